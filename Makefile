@@ -1,0 +1,30 @@
+# Two commands for a fresh machine: `make demo` and `make test`.
+# Both install what they need (venv, pip, npm) and are idempotent.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+$(STAMP): requirements.txt pyproject.toml package.json package-lock.json
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	npm ci --no-audit --no-fund --silent
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(PY) -m local_emulator demo
+
+test: install
+	$(PY) -m pytest
+
+bench: install
+	for b in bench/*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) node_modules .emulator

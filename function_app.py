@@ -1,0 +1,5 @@
+"""The Functions app object: registers the blueprints, nothing else."""
+import azure.durable_functions as df
+import azure.functions as func
+
+app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
