@@ -1,0 +1,41 @@
+"""Azure SDK clients built from settings, so app code never knows whether it talks to
+Azure or to the local twins (which only differ by URL, CA bundle and credential)."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+from azure.storage.blob import BlobServiceClient
+
+from shared import settings
+
+
+@lru_cache(maxsize=None)
+def blob_service() -> BlobServiceClient:
+    return BlobServiceClient.from_connection_string(settings.storage_connection())
+
+
+def key_client():
+    from azure.keyvault.keys import KeyClient
+
+    from shared.credentials import get_credential
+    return KeyClient(vault_url=settings.require("CCR_KEYVAULT_URL"), credential=get_credential(),
+                     verify_challenge_resource=settings.get("CCR_KEYVAULT_VERIFY_CHALLENGE", "true") != "false",
+                     connection_verify=settings.ca_bundle())
+
+
+def container_client():
+    from azure.mgmt.containerinstance import ContainerInstanceManagementClient
+
+    from shared.credentials import get_credential
+    kwargs = {"connection_verify": settings.ca_bundle()}
+    base_url = settings.get("CCR_ARM_URL")
+    if base_url:
+        kwargs["base_url"] = base_url
+    return ContainerInstanceManagementClient(get_credential(), settings.require("CCR_SUBSCRIPTION_ID"), **kwargs)
+
+
+def event_publisher():
+    from azure.core.credentials import AzureKeyCredential
+    from azure.eventgrid import EventGridPublisherClient
+    return EventGridPublisherClient(settings.require("CCR_EVENTGRID_TOPIC_URL"),
+                                    AzureKeyCredential(settings.require("CCR_EVENTGRID_KEY")))

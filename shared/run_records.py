@@ -1,0 +1,69 @@
+"""The run record: what the status API shows about a run (phases with timestamps, container
+group, outcome, output location, privacy budget spent). Never holds data, keys or tokens."""
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timezone
+
+from azure.storage.blob import BlobServiceClient
+
+from shared import storage_names
+from shared.json_blobs import JsonBlobs
+
+
+def run_id_for(contract_id: str) -> str:
+    """One run per contract, whatever the order or repetition of the events that start it."""
+    return "run-" + hashlib.sha256(contract_id.encode()).hexdigest()[:16]
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class RunRecords:
+    def __init__(self, service: BlobServiceClient):
+        self._blobs = JsonBlobs(service, storage_names.RUNS)
+
+    @staticmethod
+    def _name(run_id: str) -> str:
+        return f"records/{run_id}.json"
+
+    def create(self, run_id: str, contract_id: str) -> bool:
+        return self._blobs.create(self._name(run_id), {
+            "run_id": run_id, "contract_id": contract_id, "status": "pending",
+            "phase": "admitted", "created": utc_now(), "phases": {}})
+
+    def get(self, run_id: str) -> dict | None:
+        return self._blobs.get(self._name(run_id))
+
+    def is_stale(self, run_id: str, seconds: float) -> bool:
+        """True when the record was created more than `seconds` ago."""
+        record = self.get(run_id)
+        created = datetime.fromisoformat(record["created"]) if record else datetime.now(timezone.utc)
+        return (datetime.now(timezone.utc) - created).total_seconds() > seconds
+
+    def list(self) -> list[dict]:
+        return [doc for _, doc in self._blobs.list("records/")]
+
+    def enter_phase(self, run_id: str, phase: str, **fields) -> dict:
+        """Close the current phase and open `phase` (timestamps in UTC)."""
+        def mutate(record: dict) -> None:
+            now = utc_now()
+            current = record["phases"].get(record.get("phase"))
+            if current is not None and "ended" not in current:
+                current["ended"] = now
+            record["phases"].setdefault(phase, {"started": now})
+            record["phase"] = phase
+            record.update(fields)
+        return self._blobs.update(self._name(run_id), mutate)
+
+    def finish(self, run_id: str, **fields) -> dict:
+        def mutate(record: dict) -> None:
+            now = utc_now()
+            current = record["phases"].get(record.get("phase"))
+            if current is not None and "ended" not in current:
+                current["ended"] = now
+            record["phase"] = "finished"
+            record["finished"] = record.get("finished") or now
+            record.update(fields)
+        return self._blobs.update(self._name(run_id), mutate)
