@@ -1,0 +1,115 @@
+"""The training loop: allow-listed loss and optimizer, DP-SGD steps, one epsilon per epoch,
+validation metrics. Deterministic given the config's seed."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from shared.pipeline import TrainingConfig
+from trainer_container.dp_sgd import PrivacyPlan, PrivateStep, poisson_batch
+from trainer_container.features import Split
+from trainer_container.metrics import classification_metrics
+
+
+@dataclass
+class TrainingResult:
+    metrics: dict
+    privacy: dict
+    epochs: list[dict]
+
+
+def output_width(model: nn.Module) -> int:
+    return [m for m in model.modules() if isinstance(m, nn.Linear)][-1].out_features
+
+
+def check_model_fits(model: nn.Module, loss: str, n_features: int) -> None:
+    """Fail before training if the model's input/output shape cannot serve the loss."""
+    if getattr(model, "in_features", n_features) != n_features:
+        raise ValueError(f"the model expects {model.in_features} features, the join selects {n_features}")
+    width = output_width(model)
+    if loss == "cross_entropy" and width < 2:
+        raise ValueError("cross_entropy needs a model with one output per class")
+    if loss != "cross_entropy" and width != 1:
+        raise ValueError(f"{loss} needs a model with a single output")
+
+
+def _targets(y: torch.Tensor, loss: str) -> torch.Tensor:
+    return y.long() if loss == "cross_entropy" else y[:, None]
+
+
+def loss_function(loss: str, reduction: str) -> Callable:
+    return {"bce_with_logits": nn.BCEWithLogitsLoss, "bce": nn.BCELoss, "mse": nn.MSELoss,
+            "cross_entropy": nn.CrossEntropyLoss}[loss](reduction=reduction)
+
+
+def make_optimizer(config: TrainingConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=config.learning_rate)
+    return torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+
+
+def predictions(output: torch.Tensor, loss: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """(predicted class, positive-class score) from raw model outputs."""
+    if loss == "cross_entropy":
+        probs = torch.softmax(output, dim=1)
+        score = probs[:, 1].numpy() if probs.shape[1] == 2 else None
+        return probs.argmax(1).numpy(), score
+    score = torch.sigmoid(output[:, 0]) if loss == "bce_with_logits" else output[:, 0]
+    return (score >= 0.5).long().numpy(), score.numpy()
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainingConfig) -> dict:
+    model.eval()
+    with torch.no_grad():
+        output = model(x)
+        loss = float(loss_function(config.loss, "mean")(output, _targets(y, config.loss)))
+    model.train()
+    predicted, score = predictions(output, config.loss)
+    n_classes = output.shape[1] if config.loss == "cross_entropy" else 2
+    metrics = {"loss": loss}
+    metrics.update(classification_metrics(y.numpy(), predicted, score, n_classes, config.metrics))
+    return metrics
+
+
+def train_private(model: nn.Sequential, split: Split, config: TrainingConfig, plan: PrivacyPlan,
+                  progress: Callable[[str], None] = print) -> TrainingResult:
+    torch.manual_seed(config.seed)
+    model.train()
+    optimizer = make_optimizer(config, model)
+    loss_sum = loss_function(config.loss, "sum")
+    step = PrivateStep(model, optimizer, loss_sum, plan, noise_seed=config.seed + 1)
+    rng = np.random.default_rng(config.seed + 2)
+    n = len(split.train_x)
+    y_all = _targets(split.train_y, config.loss)
+    history = []
+    for epoch in range(1, plan.epochs + 1):
+        total, seen = 0.0, 0
+        for _ in range(plan.steps_per_epoch):
+            idx = torch.from_numpy(poisson_batch(n, plan.sample_rate, rng))
+            total += step(split.train_x[idx], y_all[idx])
+            seen += len(idx)
+        epsilon = step.epsilon()  # once per epoch: the accountant is costly to query
+        record = {"epoch": epoch, "train_loss": total / max(1, seen), "epsilon": epsilon}
+        history.append(record)
+        progress(f"epoch {epoch}/{plan.epochs} loss {record['train_loss']:.4f} epsilon {epsilon:.3f}")
+    metrics = evaluate(model, split.val_x, split.val_y, config)
+    privacy = {"epsilon": history[-1]["epsilon"], "target_epsilon": plan.target_epsilon, "delta": plan.delta,
+               "noise_multiplier": plan.noise_multiplier, "max_grad_norm": plan.max_grad_norm,
+               "sample_rate": plan.sample_rate, "steps": plan.steps, "epochs": plan.epochs,
+               "accountant": plan.accountant, "train_rows": n, "validation_rows": len(split.val_x)}
+    return TrainingResult(metrics, privacy, history)
+
+
+def train_non_private_epoch(model: nn.Module, optimizer, loss_mean, x: torch.Tensor, y: torch.Tensor,
+                            batch_size: int, generator: torch.Generator) -> None:
+    """Plain mini-batch training over shuffled slices: the baseline the benchmark compares with."""
+    order = torch.randperm(len(x), generator=generator)
+    x, y = x[order], y[order]
+    for start in range(0, len(x), batch_size):
+        optimizer.zero_grad(set_to_none=True)
+        loss_mean(model(x[start:start + batch_size]), y[start:start + batch_size]).backward()
+        optimizer.step()
