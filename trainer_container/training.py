@@ -75,6 +75,16 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Trainin
     return metrics
 
 
+def private_epoch(step: PrivateStep, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> tuple[float, int]:
+    """One epoch of Poisson-sampled DP-SGD steps; returns (summed loss, rows seen)."""
+    total, seen = 0.0, 0
+    for _ in range(step.plan.steps_per_epoch):
+        idx = torch.from_numpy(poisson_batch(len(x), step.plan.sample_rate, rng))
+        total += step(x[idx], y[idx])
+        seen += len(idx)
+    return total, seen
+
+
 def train_private(model: nn.Sequential, split: Split, config: TrainingConfig, plan: PrivacyPlan,
                   progress: Callable[[str], None] = print) -> TrainingResult:
     torch.manual_seed(config.seed)
@@ -83,15 +93,10 @@ def train_private(model: nn.Sequential, split: Split, config: TrainingConfig, pl
     loss_sum = loss_function(config.loss, "sum")
     step = PrivateStep(model, optimizer, loss_sum, plan, noise_seed=config.seed + 1)
     rng = np.random.default_rng(config.seed + 2)
-    n = len(split.train_x)
     y_all = _targets(split.train_y, config.loss)
     history = []
     for epoch in range(1, plan.epochs + 1):
-        total, seen = 0.0, 0
-        for _ in range(plan.steps_per_epoch):
-            idx = torch.from_numpy(poisson_batch(n, plan.sample_rate, rng))
-            total += step(split.train_x[idx], y_all[idx])
-            seen += len(idx)
+        total, seen = private_epoch(step, split.train_x, y_all, rng)
         epsilon = step.epsilon()  # once per epoch: the accountant is costly to query
         record = {"epoch": epoch, "train_loss": total / max(1, seen), "epsilon": epsilon}
         history.append(record)
@@ -100,7 +105,7 @@ def train_private(model: nn.Sequential, split: Split, config: TrainingConfig, pl
     privacy = {"epsilon": history[-1]["epsilon"], "target_epsilon": plan.target_epsilon, "delta": plan.delta,
                "noise_multiplier": plan.noise_multiplier, "max_grad_norm": plan.max_grad_norm,
                "sample_rate": plan.sample_rate, "steps": plan.steps, "epochs": plan.epochs,
-               "accountant": plan.accountant, "train_rows": n, "validation_rows": len(split.val_x)}
+               "accountant": plan.accountant, "train_rows": len(split.train_x), "validation_rows": len(split.val_x)}
     return TrainingResult(metrics, privacy, history)
 
 
