@@ -1,0 +1,92 @@
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+
+from shared.pipeline import TrainingConfig
+from tests.fixtures import covid_model
+from trainer_container.dp_sgd import plan_privacy, poisson_batch
+from trainer_container.export import ExportError, export_onnx, verify_onnx, with_standardization
+from trainer_container.features import split_and_scale
+from trainer_container.join import join_datasets
+from trainer_container.onnx_convert import load_model, onnx_to_torch
+from trainer_container.training import train_private
+
+
+@pytest.fixture(scope="module")
+def covid_table(covid_spec, covid_paths):
+    return join_datasets(covid_spec, covid_paths)
+
+
+def _train(table, spec, epsilon=1.5, **overrides):
+    config = TrainingConfig.from_dict(covid_model.covid_training_config(epsilon=epsilon, **overrides))
+    split = split_and_scale(table, spec.feature_columns, spec.target, config.validation_split, config.seed)
+    plan = plan_privacy(len(split.train_x), config.batch_size, config.epochs, config.epsilon, 1e-5,
+                        config.max_grad_norm)
+    model = onnx_to_torch(load_model(covid_model.covid_onnx()))
+    lines = []
+    return model, split, train_private(model, split, config, plan, lines.append), lines
+
+
+def test_covid_dp_training_reaches_the_reference_accuracy_within_budget(covid_table, covid_spec):
+    model, split, result, lines = _train(covid_table, covid_spec)
+    assert (len(split.train_x), len(split.val_x)) == (1695, 424)
+    assert result.privacy["epsilon"] <= 1.5
+    assert result.privacy["steps"] == 5 * 27 and result.privacy["accountant"] == "rdp"
+    assert result.metrics["accuracy"] >= 0.85
+    assert set(result.metrics) == {"loss", "accuracy", "precision", "recall", "f1", "roc_auc", "confusion_matrix"}
+    assert np.sum(result.metrics["confusion_matrix"]) == 424
+    assert [e["epoch"] for e in result.epochs] == [1, 2, 3, 4, 5]
+    epsilons = [e["epsilon"] for e in result.epochs]
+    assert epsilons == sorted(epsilons) and len(lines) == 5 and "epsilon" in lines[0]
+
+    exported = with_standardization(model, split.standardizer)
+    onnx_bytes = export_onnx(exported, 10)
+    assert verify_onnx(onnx_bytes, exported, split.val_raw_x) <= 1e-4
+    session = onnxruntime.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    for batch in (1, 7, 424):  # dynamic batch axis
+        assert session.run(None, {"features": split.val_raw_x[:batch]})[0].shape == (batch, 1)
+
+
+def test_training_is_deterministic_given_the_seed(covid_table, covid_spec):
+    first = _train(covid_table, covid_spec, epochs=1)
+    second = _train(covid_table, covid_spec, epochs=1)
+    other_seed = _train(covid_table, covid_spec, epochs=1, seed=8)
+    weights = lambda model: torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert torch.equal(weights(first[0]), weights(second[0]))
+    assert first[2].metrics == second[2].metrics
+    assert not torch.equal(weights(first[0]), weights(other_seed[0]))
+
+
+def test_scaling_is_fitted_on_the_training_split_only(covid_table, covid_spec):
+    split = split_and_scale(covid_table, covid_spec.feature_columns, covid_spec.target, 0.2, 7)
+    assert torch.allclose(split.train_x.mean(0), torch.zeros(10), atol=1e-4)
+    train_rows = covid_table.loc[:, list(covid_spec.feature_columns)].to_numpy()
+    assert not np.allclose(split.standardizer.mean, train_rows.mean(0))  # not fitted on everything
+
+
+def test_poisson_batches_have_the_expected_size_and_no_duplicates():
+    rng = np.random.default_rng(0)
+    sizes = []
+    for _ in range(400):
+        batch = poisson_batch(10_000, 0.01, rng)
+        assert len(np.unique(batch)) == len(batch) and batch.min(initial=0) >= 0 and batch.max(initial=0) < 10_000
+        sizes.append(len(batch))
+    assert 95 < np.mean(sizes) < 105 and 8 < np.std(sizes) < 12  # Binomial(10000, 0.01)
+
+
+def test_noise_multiplier_grows_as_the_budget_shrinks():
+    loose = plan_privacy(1695, 64, 5, 3.0, 1e-5, 1.0)
+    tight = plan_privacy(1695, 64, 5, 0.5, 1e-5, 1.0)
+    assert tight.noise_multiplier > loose.noise_multiplier > 0
+    assert plan_privacy(100, 10, 1, 1.0, 0.5, 1.0).delta == 0.01  # capped at 1/N
+
+
+def test_export_verification_fails_when_outputs_differ(covid_table, covid_spec):
+    split = split_and_scale(covid_table, covid_spec.feature_columns, covid_spec.target, 0.2, 7)
+    model = with_standardization(onnx_to_torch(load_model(covid_model.covid_onnx())), split.standardizer)
+    onnx_bytes = export_onnx(model, 10)
+    with torch.no_grad():
+        model[1][0].bias.add_(0.01)
+    with pytest.raises(ExportError, match="differs from torch"):
+        verify_onnx(onnx_bytes, model, split.val_raw_x)

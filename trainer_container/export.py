@@ -1,0 +1,53 @@
+"""Export the trained model to ONNX (standardization folded in, so it takes raw features) and
+prove onnxruntime reproduces torch on the validation features before anything leaves."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import onnxruntime
+import torch
+from torch import nn
+
+from trainer_container.features import Standardizer
+
+TOLERANCE = 1e-4
+
+
+class ExportError(RuntimeError):
+    """The exported ONNX model does not reproduce the trained torch model."""
+
+
+class Standardize(nn.Module):
+    def __init__(self, standardizer: Standardizer):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(standardizer.mean, dtype=torch.float32))
+        self.register_buffer("scale", torch.tensor(standardizer.scale, dtype=torch.float32))
+
+    def forward(self, x):
+        return (x - self.mean) / self.scale
+
+
+def with_standardization(model: nn.Module, standardizer: Standardizer) -> nn.Module:
+    return nn.Sequential(Standardize(standardizer), model).eval()
+
+
+def export_onnx(model: nn.Module, n_features: int) -> bytes:
+    """Legacy exporter (single file, no onnxscript) with a dynamic batch axis."""
+    buffer = io.BytesIO()
+    torch.onnx.export(model.eval(), torch.zeros(1, n_features), buffer, dynamo=False,
+                      input_names=["features"], output_names=["output"],
+                      dynamic_axes={"features": {0: "batch"}, "output": {0: "batch"}})
+    return buffer.getvalue()
+
+
+def verify_onnx(onnx_bytes: bytes, model: nn.Module, raw_features: np.ndarray) -> float:
+    """Max absolute difference between onnxruntime and torch; raises above the tolerance."""
+    session = onnxruntime.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    (onnx_out,) = session.run(None, {session.get_inputs()[0].name: raw_features.astype(np.float32)})
+    with torch.no_grad():
+        torch_out = model.eval()(torch.from_numpy(raw_features.astype(np.float32))).numpy()
+    difference = float(np.max(np.abs(onnx_out - torch_out))) if len(raw_features) else 0.0
+    if onnx_out.shape != torch_out.shape or not difference <= TOLERANCE:
+        raise ExportError(f"exported ONNX differs from torch by {difference:.2e} (tolerance {TOLERANCE})")
+    return difference

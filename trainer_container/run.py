@@ -1,0 +1,164 @@
+"""One clean-room run, phase by phase: read the contract's terms, fetch and check the model
+package (the privacy budget is checked here, before any data is read), fetch, check and
+decrypt the datasets, join, train with DP-SGD, export and verify, encrypt the output for the
+TDC, upload it, and publish the completion event. Plaintext lives only in a temporary
+folder that is removed at the end; stdout carries phase names and aggregate figures only."""
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from azure.core.exceptions import ResourceExistsError
+from azure.storage.blob import BlobServiceClient
+
+from shared import events, package, storage_names
+from shared.pipeline import PipelineConfigError, check_compatible
+from trainer_container.contract_terms import ContractError, ContractTerms, PackageRef
+from trainer_container.dp_sgd import PrivacyBudgetError, plan_privacy
+from trainer_container.environment import SettingsError, TrainerEnvironment
+from trainer_container.export import ExportError, export_onnx, verify_onnx, with_standardization
+from trainer_container.features import split_and_scale
+from trainer_container.join import JoinError, join_datasets
+from trainer_container.model_package import read_model_package
+from trainer_container.onnx_convert import ModelConversionError, load_model, onnx_to_torch
+from trainer_container.output_package import CONTENT_TYPE as OUTPUT_CONTENT_TYPE
+from trainer_container.output_package import build_output_zip
+from trainer_container.skr_client import KeyReleaseError, SkrClient
+from trainer_container.training import check_model_fits, train_private
+
+
+class DigestMismatch(ValueError):
+    """A downloaded package is not the one the contract pins."""
+
+
+# Errors whose messages are written to name fields, columns and datasets, never values.
+SAFE_ERRORS = (SettingsError, ContractError, PipelineConfigError, PrivacyBudgetError, DigestMismatch,
+               KeyReleaseError, package.PackageError, JoinError, ModelConversionError, ExportError)
+
+
+def safe_error(exc: BaseException) -> tuple[str, str]:
+    """(error class, message) fit for logs and events: unknown errors lose their message,
+    which could quote data (pandas and torch errors often do)."""
+    if isinstance(exc, SAFE_ERRORS):
+        return type(exc).__name__, str(exc)
+    return type(exc).__name__, "internal error in the trainer"
+
+
+class TrainerRun:
+    def __init__(self, env: TrainerEnvironment, workdir: Path, progress: Callable[[str], None] = print):
+        self.env, self.workdir, self.progress = env, workdir, progress
+        self.blobs = BlobServiceClient.from_connection_string(env.storage_connection)
+        self.skr = SkrClient(env.skr_url, env.maa_url, env.ca_bundle)
+
+    def fetch(self, ref: PackageRef) -> Path:
+        """Download, check the pinned digest, get the key released, decrypt, re-check the digest."""
+        encrypted = self.workdir / f"{ref.name}.ccr"
+        with open(encrypted, "wb") as out:
+            self.blobs.get_blob_client(ref.container, ref.blob).download_blob().readinto(out)
+        with open(encrypted, "rb") as src:
+            header = package.read_header(src)
+        if header.manifest.sha256 != ref.sha256:
+            raise DigestMismatch(f"{ref.name}: package digest differs from the contract")
+        plain = self.workdir / f"{ref.name}.plain"
+        package.decrypt_file(encrypted, plain, self.skr.release_key(ref.key_kid))
+        encrypted.unlink()
+        digest = hashlib.sha256()
+        with open(plain, "rb") as src:
+            for block in iter(lambda: src.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != ref.sha256:
+            raise DigestMismatch(f"{ref.name}: decrypted content differs from the contract's digest")
+        return plain
+
+    def execute(self) -> dict:
+        """Runs every phase; returns the completion event's data."""
+        progress = self.progress
+        progress("phase: contract")
+        terms = ContractTerms.from_payload(self.env.contract)
+        progress("phase: model package")
+        model_package = read_model_package(self.fetch(terms.model))
+        config = model_package.training
+        check_compatible(terms.join, config)
+        if config.epsilon > terms.epsilon_limit:
+            raise PrivacyBudgetError(
+                f"training config asks for epsilon {config.epsilon}, the contract allows {terms.epsilon_limit}")
+        model = onnx_to_torch(load_model(model_package.onnx_bytes))
+        features = terms.join.feature_columns
+        check_model_fits(model, config.loss, len(features))
+        progress(f"phase: datasets ({len(terms.join.datasets)})")
+        by_name = {ref.name: ref for ref in terms.datasets}
+        paths = {d.name: self.fetch(by_name[d.name]) for d in terms.join.datasets}
+        progress("phase: join")
+        table = join_datasets(terms.join, paths)
+        for path in paths.values():
+            path.unlink()
+        split = split_and_scale(table, features, terms.join.target, config.validation_split, config.seed)
+        del table
+        progress(f"joined {len(split.train_x) + len(split.val_x)} rows: {len(split.train_x)} training, "
+                 f"{len(split.val_x)} validation, {len(features)} features")
+        plan = plan_privacy(len(split.train_x), config.batch_size, config.epochs, config.epsilon,
+                            terms.delta, config.max_grad_norm)
+        progress(f"phase: training (DP-SGD, target epsilon {plan.target_epsilon}, delta {plan.delta:.3g}, "
+                 f"noise multiplier {plan.noise_multiplier:.4f}, {plan.steps} steps)")
+        result = train_private(model, split, config, plan, progress)
+        progress("phase: export")
+        exported = with_standardization(model, split.standardizer)
+        onnx_bytes = export_onnx(exported, len(features))
+        difference = verify_onnx(onnx_bytes, exported, split.val_raw_x)
+        progress(f"onnxruntime matches torch (max difference {difference:.1e})")
+        metrics = {"validation": result.metrics, "epochs": result.epochs, "feature_columns": list(features),
+                   "target_column": terms.join.target, "onnx_max_abs_difference": difference}
+        progress("phase: output")
+        output_blob, output_sha256 = self.upload_output(
+            build_output_zip(onnx_bytes, metrics, result.privacy), terms.output_key_kid)
+        summary = {k: v for k, v in result.metrics.items() if k != "confusion_matrix"}
+        return {"run_id": self.env.run_id, "status": "succeeded", "output_blob": output_blob,
+                "output_sha256": output_sha256, "metrics_summary": summary, "privacy": result.privacy}
+
+    def upload_output(self, zip_bytes: bytes, output_kid: str) -> tuple[str, str]:
+        plain, encrypted = self.workdir / "output.zip", self.workdir / "output.ccr"
+        plain.write_bytes(zip_bytes)
+        manifest = package.encrypt_file(plain, encrypted, self.skr.release_key(output_kid), output_kid,
+                                        OUTPUT_CONTENT_TYPE, None)
+        try:
+            self.blobs.create_container(storage_names.OUTPUTS)
+        except ResourceExistsError:
+            pass
+        blob = self.blobs.get_blob_client(storage_names.OUTPUTS, storage_names.output_blob(self.env.run_id))
+        with open(encrypted, "rb") as src:
+            blob.upload_blob(src, overwrite=True)
+        return blob.url, manifest.sha256
+
+
+def publish(event_type: str, data: dict, progress: Callable[[str], None]) -> bool:
+    try:
+        events.publish(event_type, f"runs/{data['run_id']}", data)
+        return True
+    except Exception as exc:  # the outcome is still reported by the exit code
+        progress(f"completion event not published ({type(exc).__name__})")
+        return False
+
+
+def main(progress: Callable[[str], None] = print) -> int:
+    """The container's entry point: 0 when the output is uploaded and the event published."""
+    try:
+        env = TrainerEnvironment.from_environ()
+    except Exception as exc:
+        error_class, message = safe_error(exc)
+        progress(f"failed: {error_class}: {message}")
+        return 2
+    progress(f"run {env.run_id}: starting")
+    try:
+        with tempfile.TemporaryDirectory(prefix="ccr-trainer-") as workdir:
+            data = TrainerRun(env, Path(workdir), progress).execute()
+    except Exception as exc:
+        error_class, message = safe_error(exc)
+        progress(f"failed: {error_class}: {message}")
+        publish(events.TRAINER_FAILED, {"run_id": env.run_id, "status": "failed", "error_class": error_class,
+                                        "message": message}, progress)
+        return 1
+    progress(f"succeeded: accuracy {data['metrics_summary'].get('accuracy')}, "
+             f"epsilon {data['privacy']['epsilon']:.3f}")
+    return 0 if publish(events.TRAINER_COMPLETED, data, progress) else 1
