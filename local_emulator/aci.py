@@ -1,0 +1,331 @@
+"""Twin of the confidential Azure Container Instances management plane (ARM REST).
+
+Serves, over HTTPS on loopback, the subset `azure-mgmt-containerinstance` 10.1.0 calls:
+create (long-running: 201 + Azure-AsyncOperation), get, list by resource group and by
+subscription, delete (long-running), stop, and a container's logs. Every request needs a
+Bearer token. What happens to a group (checks, processes, records) is aci_runtime's job.
+
+`GET /_twin/stats` (authenticated) says how many groups were ever created, so tests can
+assert that a run created exactly one.
+"""
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import re
+import ssl
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from local_emulator.aci_runtime import GroupRuntime, SidecarFactory
+from shared.cce_policy import CcePolicyError, policy_containers
+
+PROVIDER = "providers/Microsoft.ContainerInstance"
+RESOURCE_TYPE = "Microsoft.ContainerInstance/containerGroups"
+RETRY_AFTER_SECONDS = "0.1"    # the SDK's poller honours fractional Retry-After
+_NAME = r"[^/]+"
+_ROUTES = [
+    ("operation", rf"^/subscriptions/(?P<sub>{_NAME})/{PROVIDER}/locations/(?P<loc>{_NAME})/operations/(?P<op>{_NAME})$"),
+    ("by_subscription", rf"^/subscriptions/(?P<sub>{_NAME})/{PROVIDER}/containerGroups$"),
+    ("by_group", rf"^/subscriptions/(?P<sub>{_NAME})/resourceGroups/(?P<rg>{_NAME})/{PROVIDER}/containerGroups$"),
+    ("group", rf"^/subscriptions/(?P<sub>{_NAME})/resourceGroups/(?P<rg>{_NAME})/{PROVIDER}/containerGroups/(?P<name>{_NAME})$"),
+    ("action", rf"^/subscriptions/(?P<sub>{_NAME})/resourceGroups/(?P<rg>{_NAME})/{PROVIDER}/containerGroups/(?P<name>{_NAME})/(?P<action>restart|stop|start)$"),
+    ("logs", rf"^/subscriptions/(?P<sub>{_NAME})/resourceGroups/(?P<rg>{_NAME})/{PROVIDER}/containerGroups/(?P<name>{_NAME})/containers/(?P<container>{_NAME})/logs$"),
+    ("stats", r"^/_twin/stats$"),
+]
+_ROUTES = [(name, re.compile(pattern, re.IGNORECASE)) for name, pattern in _ROUTES]
+GROUP_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+RESOURCE_GROUP_NAME = re.compile(r"^[-\w._()]{1,90}$")
+
+
+class ArmError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+def _group_id(sub: str, rg: str, name: str) -> str:
+    return f"/subscriptions/{sub}/resourceGroups/{rg}/{PROVIDER}/containerGroups/{name}"
+
+
+def _sanitized_properties(properties: dict) -> tuple[dict, dict[str, dict]]:
+    """Split the PUT's properties into what may be stored and echoed (secure values removed)
+    and each container's full environment (kept in memory only, to start the process)."""
+    clean = json.loads(json.dumps(properties))
+    environments = {}
+    for container in clean.get("containers") or []:
+        env = {}
+        for variable in (container.get("properties") or {}).get("environmentVariables") or []:
+            secret = variable.pop("secureValue", None)
+            env[variable["name"]] = secret if secret is not None else variable.get("value", "")
+        environments[container.get("name")] = env
+    return clean, environments
+
+
+def _validate(body: dict) -> None:
+    """What ARM refuses synchronously (400), before any group exists."""
+    properties = body.get("properties")
+    if not isinstance(properties, dict):
+        raise ArmError(400, "InvalidRequestContent", "the request has no properties")
+    if not body.get("location"):
+        raise ArmError(400, "LocationRequired", "the container group needs a location")
+    if properties.get("sku") != "Confidential":
+        raise ArmError(400, "UnsupportedSku", "this twin runs only confidential container groups (sku Confidential)")
+    policy = (properties.get("confidentialComputeProperties") or {}).get("ccePolicy")
+    if not policy:
+        raise ArmError(400, "CcePolicyRequired", "a confidential container group needs a ccePolicy")
+    try:
+        policy_containers(policy)
+    except CcePolicyError as error:
+        raise ArmError(400, "InvalidCcePolicy", str(error)) from None
+    containers = properties.get("containers")
+    if not isinstance(containers, list) or not containers:
+        raise ArmError(400, "ContainersRequired", "the container group has no containers")
+    for container in containers:
+        props = container.get("properties") or {}
+        if not container.get("name") or not props.get("image"):
+            raise ArmError(400, "InvalidContainer", "every container needs a name and an image")
+        if not props.get("command"):
+            raise ArmError(400, "InvalidContainer",
+                           f"container {container['name']} needs a command (the CCE policy pins it)")
+        for variable in props.get("environmentVariables") or []:
+            if not variable.get("name"):
+                raise ArmError(400, "InvalidEnvironmentVariable", "an environment variable has no name")
+
+
+def _arm_view(record: dict) -> dict:
+    """The group as ARM returns it (no secure values)."""
+    properties = json.loads(json.dumps(record["properties"]))
+    properties["provisioningState"] = record["provisioning_state"]
+    for container in properties["containers"]:
+        state = record["containers"].get(container["name"], {})
+        current = {"state": state.get("state", "Waiting"), "detailStatus": state.get("detail", "")}
+        for key, arm_key in (("start_time", "startTime"), ("finish_time", "finishTime"), ("exit_code", "exitCode")):
+            if state.get(key) is not None:
+                current[arm_key] = state[key]
+        container["properties"]["instanceView"] = {"restartCount": 0, "currentState": current, "events": []}
+    events = []
+    if record.get("error"):
+        events.append({"count": 1, "name": record["error"]["code"], "message": record["error"]["message"],
+                       "type": "Warning"})
+    properties["instanceView"] = {"state": record["group_state"], "events": events}
+    return {"id": record["id"], "name": record["name"], "type": RESOURCE_TYPE, "location": record["location"],
+            "tags": record.get("tags") or {}, "properties": properties}
+
+
+def _operation_id(kind: str, group_id: str) -> str:
+    return f"{kind}.{base64.urlsafe_b64encode(group_id.encode()).decode().rstrip('=')}"
+
+
+def _parse_operation_id(operation: str) -> tuple[str, str]:
+    kind, _, encoded = operation.partition(".")
+    try:
+        return kind, base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise ArmError(404, "OperationNotFound", "no such operation") from None
+
+
+class AciTwin:
+    """The management plane twin: `start()`, `stop()`, `url`, `stats()`."""
+
+    def __init__(self, state_dir: Path, images_dir: Path, ssl_context: ssl.SSLContext, access_token: str,
+                 sidecar_factory: SidecarFactory | None, python: str = sys.executable,
+                 kill_grace_seconds: float = 5.0, port: int = 0):
+        if not access_token:
+            raise ValueError("the ACI twin needs the access token it will require from callers")
+        self.runtime = GroupRuntime(state_dir, images_dir, sidecar_factory, python, kill_grace_seconds)
+        self._ssl_context = ssl_context
+        self._access_token = access_token
+        self._port = port
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("the ACI twin is not started")
+        return f"https://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> "AciTwin":
+        self.runtime.recover()
+        server = ThreadingHTTPServer(("127.0.0.1", self._port), _handler_class(self))
+        server.daemon_threads = True
+        server.socket = self._ssl_context.wrap_socket(server.socket, server_side=True)
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name="aci-twin", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join()
+            self._server = None
+        self.runtime.shutdown()
+
+    def stats(self) -> dict:
+        return self.runtime.stats()
+
+    # --- request handling (called by the handler) -----------------------------------
+
+    def authorized(self, header: str | None) -> bool:
+        scheme, _, token = (header or "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self._access_token.encode())
+
+    def handle(self, method: str, path: str, query: dict, body: bytes) -> tuple[int, dict | None, dict]:
+        """(status, JSON body or None, extra headers) for one authenticated request."""
+        for route, pattern in _ROUTES:
+            match = pattern.match(path)
+            if match:
+                break
+        else:
+            raise ArmError(404, "InvalidResourceType", "no such resource type")
+        if route != "stats" and not query.get("api-version"):
+            raise ArmError(400, "MissingApiVersionParameter", "the api-version query parameter is required")
+        args = match.groupdict()
+        if route == "stats" and method == "GET":
+            return 200, self.stats(), {}
+        if route == "operation" and method == "GET":
+            return self._operation(args)
+        if route == "by_subscription" and method == "GET":
+            return 200, {"value": [_arm_view(r) for r in self.runtime.list(f"/subscriptions/{args['sub']}")]}, {}
+        if route == "by_group" and method == "GET":
+            prefix = f"/subscriptions/{args['sub']}/resourceGroups/{args['rg']}/{PROVIDER}/containerGroups"
+            return 200, {"value": [_arm_view(r) for r in self.runtime.list(prefix)]}, {}
+        if route == "logs" and method == "GET":
+            tail = query.get("tail", [None])[0]
+            content = self.runtime.log_tail(_group_id(args["sub"], args["rg"], args["name"]), args["container"],
+                                            int(tail) if tail and tail.isdigit() else None)
+            if content is None:
+                raise ArmError(404, "ResourceNotFound", "container group or container not found")
+            return 200, {"content": content}, {}
+        if route == "action" and method == "POST":
+            return self._action(args)
+        if route == "group":
+            group_id = _group_id(args["sub"], args["rg"], args["name"])
+            if method == "GET":
+                record = self.runtime.get(group_id)
+                if record is None:
+                    raise ArmError(404, "ResourceNotFound", f"container group {args['name']} not found")
+                return 200, _arm_view(record), {}
+            if method == "PUT":
+                return self._create(args, group_id, body)
+            if method == "DELETE":
+                return self._delete(args, group_id)
+        raise ArmError(405, "MethodNotAllowed", f"{method} is not supported on this resource")
+
+    def _async_headers(self, args: dict, kind: str, group_id: str) -> dict:
+        location = args.get("loc") or "local"
+        url = f"{self.url}/subscriptions/{args['sub']}/{PROVIDER}/locations/{location}/operations/" \
+              f"{_operation_id(kind, group_id)}?api-version=2023-05-01"
+        return {"Azure-AsyncOperation": url, "Retry-After": RETRY_AFTER_SECONDS}
+
+    def _create(self, args: dict, group_id: str, raw: bytes) -> tuple[int, dict, dict]:
+        if not GROUP_NAME.match(args["name"]) or not RESOURCE_GROUP_NAME.match(args["rg"]):
+            raise ArmError(400, "InvalidResourceName", "invalid resource group or container group name")
+        try:
+            body = json.loads(raw or b"null")
+        except ValueError:
+            raise ArmError(400, "InvalidRequestContent", "the request body is not JSON") from None
+        if not isinstance(body, dict):
+            raise ArmError(400, "InvalidRequestContent", "the request body is not a JSON object")
+        _validate(body)
+        properties, environments = _sanitized_properties(body["properties"])
+        existing = self.runtime.get(group_id)
+        if existing is not None:
+            if existing["provisioning_state"] == "Deleting":
+                raise ArmError(409, "Conflict", "the container group is being deleted")
+            if existing["properties"] != properties:
+                raise ArmError(409, "ContainerGroupUpdateNotSupported",
+                               "the twin does not update a container group in place; delete it first")
+            return 200, _arm_view(existing), {}
+        dirname = "/".join([args["sub"], args["rg"].lower(), args["name"]])
+        record = self.runtime.create(group_id, dirname, {
+            "name": args["name"], "location": body["location"], "tags": body.get("tags") or {},
+            "properties": properties}, environments)
+        return 201, _arm_view(record), self._async_headers({**args, "loc": body["location"]}, "create", group_id)
+
+    def _delete(self, args: dict, group_id: str) -> tuple[int, dict | None, dict]:
+        record = self.runtime.get(group_id)
+        if record is None:
+            return 204, None, {}
+        self.runtime.delete(group_id)
+        return 202, None, self._async_headers({**args, "loc": record["location"]}, "delete", group_id)
+
+    def _operation(self, args: dict) -> tuple[int, dict, dict]:
+        kind, group_id = _parse_operation_id(args["op"])
+        record = self.runtime.get(group_id)
+        if kind == "delete":
+            done = record is None
+            return 200, {"status": "Succeeded" if done else "InProgress"}, {} if done else {"Retry-After": RETRY_AFTER_SECONDS}
+        if kind != "create":
+            raise ArmError(404, "OperationNotFound", "no such operation")
+        if record is None:
+            return 200, {"status": "Canceled", "error": {"code": "ResourceNotFound", "message": "the group was deleted"}}, {}
+        state = record["provisioning_state"]
+        if state in ("Creating", "Pending"):
+            return 200, {"status": "InProgress"}, {"Retry-After": RETRY_AFTER_SECONDS}
+        if state == "Failed":
+            return 200, {"status": "Failed", "error": record["error"]}, {}
+        return 200, {"status": "Succeeded"}, {}
+
+    def _action(self, args: dict) -> tuple[int, None, dict]:
+        group_id = _group_id(args["sub"], args["rg"], args["name"])
+        if self.runtime.get(group_id) is None:
+            raise ArmError(404, "ResourceNotFound", f"container group {args['name']} not found")
+        if args["action"].lower() != "stop":
+            raise ArmError(400, "OperationNotSupported",
+                           "the twin does not restart confidential groups (secrets are not kept)")
+        self.runtime.stop_group(group_id)
+        return 204, None, {}
+
+
+def _handler_class(twin: AciTwin):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:      # no request lines (URLs, ids) on stderr
+            pass
+
+        def _respond(self, status: int, body: dict | None, headers: dict) -> None:
+            data = json.dumps(body).encode() if body is not None else b""
+            self.send_response(status)
+            if body is not None:
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("x-ms-request-id", "aci-twin")
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _dispatch(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            if not twin.authorized(self.headers.get("Authorization")):
+                self._respond(401, {"error": {"code": "AuthenticationFailed",
+                                              "message": "a valid Bearer token is required"}},
+                              {"WWW-Authenticate": 'Bearer authorization_uri="https://login.microsoftonline.com/common", '
+                                                  'error="invalid_token"'})
+                return
+            parts = urlsplit(self.path)
+            try:
+                status, body, headers = twin.handle(self.command, parts.path, parse_qs(parts.query), raw)
+            except ArmError as error:
+                status, body, headers = error.status, {"error": {"code": error.code, "message": str(error)}}, {}
+            self._respond(status, body, headers)
+
+        do_GET = do_PUT = do_DELETE = do_POST = do_PATCH = _dispatch
+
+    return Handler
+
+
+def skr_sidecar_factory(hardware_root, ca_bundle: str, access_token: str) -> SidecarFactory:
+    """Sidecar twins bound to each group's policy (local_emulator/skr_sidecar.py)."""
+    from local_emulator.skr_sidecar import SkrSidecar
+    return lambda cce_policy_b64: SkrSidecar(hardware_root, cce_policy_b64, ca_bundle, access_token)

@@ -1,0 +1,368 @@
+"""What the ACI twin does with a container group: check it as confidential ACI would, run
+its trainer image as a local process group beside an SKR sidecar twin, and remember it.
+
+Checks before anything starts (real confidential ACI enforces these at container start):
+the image archive exists and hashes to its digest, and the group's CCE policy allows that
+image digest, the exact command and every environment variable name. The SKR sidecar
+container of the spec is represented by a sidecar twin bound to the group's exact policy.
+
+Group records are JSON files (no secret values) so a restarted twin still answers GET and
+kills the process groups its predecessor left behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Protocol
+
+from local_emulator import images
+from shared.cce_policy import SKR_SIDECAR_IMAGE, CcePolicyError, policy_containers
+
+PYTHON_COMMANDS = {"python", "python3"}
+LOG_TAIL_LIMIT = 1 << 20
+
+
+class Sidecar(Protocol):
+    url: str
+
+    def start(self) -> object: ...
+    def stop(self) -> None: ...
+
+
+SidecarFactory = Callable[[str], Sidecar]   # cce_policy_b64 -> unstarted sidecar
+
+
+class ProvisioningError(Exception):
+    """The group is refused; `code` is the ARM error code."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _process_start_marker(pid: int) -> str | None:
+    """Start time of a process (field 22 of /proc/<pid>/stat): tells a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _alive(pid: int, marker: str | None) -> bool:
+    return marker is not None and _process_start_marker(pid) == marker
+
+
+def _kill_process_group(pid: int, marker: str | None, grace_seconds: float, popen=None) -> None:
+    """SIGTERM the group, then SIGKILL what is left after the grace period."""
+    if not _alive(pid, marker):
+        return
+    for sig, wait in ((signal.SIGTERM, grace_seconds), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if popen is not None:
+                if popen.poll() is not None:
+                    return
+            elif not _alive(pid, marker):
+                return
+            time.sleep(0.02)
+
+
+class GroupRuntime:
+    """Container groups by ARM id: provisioning, processes, persisted records, counts."""
+
+    def __init__(self, state_dir: Path, images_dir: Path, sidecar_factory: SidecarFactory | None,
+                 python: str = sys.executable, kill_grace_seconds: float = 5.0):
+        self.state_dir = Path(state_dir)
+        self.images_dir = Path(images_dir)
+        self.sidecar_factory = sidecar_factory
+        self.python = python
+        self.kill_grace_seconds = kill_grace_seconds
+        self._lock = threading.RLock()
+        self._records: dict[str, dict] = {}
+        self._popens: dict[str, subprocess.Popen] = {}
+        self._sidecars: dict[str, Sidecar] = {}
+        (self.state_dir / "groups").mkdir(parents=True, exist_ok=True)
+
+    # --- persistence ------------------------------------------------------------------
+
+    def _group_dir(self, record: dict) -> Path:
+        return self.state_dir / "groups" / record["dir"]
+
+    def _save(self, record: dict) -> None:
+        path = self._group_dir(record) / "group.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False) as tmp:
+            json.dump(record, tmp, indent=1, sort_keys=True)
+        os.replace(tmp.name, path)
+
+    def _stats_path(self) -> Path:
+        return self.state_dir / "stats.json"
+
+    def stats(self) -> dict:
+        """How many groups were ever created, in total and per group id (survives deletes)."""
+        try:
+            return json.loads(self._stats_path().read_text())
+        except FileNotFoundError:
+            return {"created": 0, "deleted": 0, "groups": {}}
+
+    def _count(self, key: str, group_id: str | None = None) -> None:
+        stats = self.stats()
+        stats[key] += 1
+        if group_id is not None:
+            stats["groups"][group_id] = stats["groups"].get(group_id, 0) + 1
+        self._stats_path().write_text(json.dumps(stats, indent=1, sort_keys=True))
+
+    def recover(self) -> None:
+        """Load the records a previous twin left; kill its orphaned process groups."""
+        for path in sorted((self.state_dir / "groups").glob("*/*/*/group.json")):
+            record = json.loads(path.read_text())
+            self._records[record["id"].lower()] = record
+            if record["provisioning_state"] == "Deleting":
+                self._finish_delete(record)
+                continue
+            if record["provisioning_state"] == "Creating":
+                record["provisioning_state"] = "Failed"
+                record["error"] = {"code": "ProvisioningInterrupted", "message": "the ACI twin restarted during creation"}
+            if record.get("pid"):
+                _kill_process_group(record["pid"], record.get("pid_start"), self.kill_grace_seconds)
+                self._terminate_all(record, exit_code=137, detail="Killed: the ACI twin restarted", state="Stopped")
+            self._save(record)
+
+    # --- queries ----------------------------------------------------------------------
+
+    def get(self, group_id: str) -> dict | None:
+        with self._lock:
+            record = self._records.get(group_id.lower())
+            return json.loads(json.dumps(record)) if record else None
+
+    def list(self, prefix: str) -> list[dict]:
+        with self._lock:
+            return [json.loads(json.dumps(r)) for key, r in sorted(self._records.items())
+                    if key.startswith(prefix.lower() + "/")]
+
+    def log_tail(self, group_id: str, container: str, tail: int | None) -> str | None:
+        record = self.get(group_id)
+        if record is None or container not in record["containers"]:
+            return None
+        if container != record.get("trainer"):
+            return ""
+        path = self._group_dir(record) / "trainer.log"
+        try:
+            with path.open("rb") as handle:
+                handle.seek(max(0, path.stat().st_size - LOG_TAIL_LIMIT))
+                text = handle.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+        lines = text.splitlines(keepends=True)
+        return "".join(lines[-tail:] if tail else lines)
+
+    # --- create -----------------------------------------------------------------------
+
+    def create(self, group_id: str, dirname: str, record_fields: dict, environments: dict[str, dict]) -> dict:
+        """Record a new group as Creating and provision it in the background.
+        `environments` (container -> name -> value, secrets included) is never persisted."""
+        record = {**record_fields, "id": group_id, "dir": dirname, "provisioning_state": "Creating",
+                  "error": None, "group_state": "Pending", "pid": None, "pid_start": None,
+                  "trainer": None, "sidecar": None,
+                  "containers": {c["name"]: {"state": "Waiting", "detail": "Creating"}
+                                 for c in record_fields["properties"]["containers"]}}
+        with self._lock:
+            old = self._group_dir(record)
+            if old.exists():
+                shutil.rmtree(old)
+            self._records[group_id.lower()] = record
+            self._save(record)
+            self._count("created", group_id)
+        threading.Thread(target=self._provision, args=(record, environments), daemon=True).start()
+        return self.get(group_id)
+
+    def _provision(self, record: dict, environments: dict[str, dict]) -> None:
+        sidecar = None
+        try:
+            trainer, image, sidecar_name = self._check(record)
+            app_dir = images.extract(image, self._group_dir(record) / "app")
+            if sidecar_name:
+                sidecar = self._start_sidecar(record, sidecar_name)
+            self._start_trainer(record, trainer, app_dir, environments.get(trainer["name"], {}), sidecar)
+        except Exception as error:  # any failure ends as a Failed group, nothing left running
+            self._stop_sidecar(record)
+            code = getattr(error, "code", "InaccessibleImage" if isinstance(error, images.ImageError) else
+                           "InvalidCcePolicy" if isinstance(error, CcePolicyError) else "ContainerGroupStartFailed")
+            with self._lock:
+                shutil.rmtree(self._group_dir(record) / "app", ignore_errors=True)
+                record.update(provisioning_state="Failed", group_state="Failed",
+                              error={"code": code, "message": str(error)})
+                for state in record["containers"].values():
+                    state.update(state="Waiting", detail=f"Not started: {code}")
+                self._save(record)
+            return
+        with self._lock:
+            record["provisioning_state"] = "Succeeded"
+            if record["group_state"] == "Pending":
+                record["group_state"] = "Running"
+            self._save(record)
+
+    def _start_sidecar(self, record: dict, name: str) -> Sidecar:
+        """The SKR sidecar twin for this group's exact policy (its hardware reports carry
+        hostdata = sha256 of that policy)."""
+        if self.sidecar_factory is None:
+            raise ProvisioningError("SidecarUnavailable", "this twin has no SKR sidecar configured")
+        sidecar = self.sidecar_factory(_cce_policy(record))
+        sidecar.start()
+        with self._lock:
+            self._sidecars[record["id"].lower()] = sidecar
+            record["sidecar"] = name
+            record["containers"][name] = {"state": "Running", "start_time": now(), "detail": ""}
+        return sidecar
+
+    def _check(self, record: dict):
+        """The trainer container, its verified image, and the sidecar container's name."""
+        containers = [{"name": c["name"], **c["properties"]} for c in record["properties"]["containers"]]
+        sidecars = [c for c in containers if c["image"] == SKR_SIDECAR_IMAGE]
+        runnable = [c for c in containers if c["image"] != SKR_SIDECAR_IMAGE]
+        if len(runnable) != 1 or len(sidecars) > 1:
+            raise ProvisioningError("UnsupportedContainerGroup",
+                                    "the twin runs exactly one trainer container (plus at most one SKR sidecar)")
+        allowed = policy_containers(_cce_policy(record))
+        trainer = runnable[0]
+        image = images.resolve(trainer["image"], self.images_dir)
+        layer = image.digest.split(":", 1)[1]
+        _enforce(trainer, [p for p in allowed if p.layers == (layer,)], f"image {image.digest}")
+        for sidecar in sidecars:
+            _enforce(sidecar, [p for p in allowed if p.image_ref == SKR_SIDECAR_IMAGE], f"image {SKR_SIDECAR_IMAGE}")
+        return trainer, image, sidecars[0]["name"] if sidecars else None
+
+    def _start_trainer(self, record: dict, trainer: dict, app_dir: Path, environment: dict,
+                       sidecar: Sidecar | None) -> None:
+        command = list(trainer["command"])
+        if command[0] in PYTHON_COMMANDS:
+            command[0] = self.python
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
+               "HOME": str(app_dir), "PYTHONPATH": str(app_dir), "PYTHONDONTWRITEBYTECODE": "1",
+               "PYTHONUNBUFFERED": "1", **environment}
+        if sidecar is not None:
+            env["CCR_SKR_URL"] = sidecar.url     # the group's localhost:8080, on this machine
+        log_path = self._group_dir(record) / "trainer.log"
+        with log_path.open("ab") as log:
+            popen = subprocess.Popen(command, cwd=app_dir, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        with self._lock:
+            self._popens[record["id"].lower()] = popen
+            record.update(pid=popen.pid, pid_start=_process_start_marker(popen.pid), trainer=trainer["name"])
+            record["containers"][trainer["name"]] = {"state": "Running", "start_time": now(), "detail": ""}
+            self._save(record)
+        threading.Thread(target=self._watch, args=(record, popen), daemon=True).start()
+
+    def _watch(self, record: dict, popen: subprocess.Popen) -> None:
+        exit_code = popen.wait()
+        self._stop_sidecar(record)
+        with self._lock:
+            if self._popens.get(record["id"].lower()) is not popen:
+                return                       # deleted or stopped meanwhile: already recorded
+            del self._popens[record["id"].lower()]
+            detail = "Completed" if exit_code == 0 else "Error"
+            self._terminate_all(record, exit_code, detail, "Succeeded" if exit_code == 0 else "Failed")
+            self._save(record)
+
+    def _terminate_all(self, record: dict, exit_code: int, detail: str, state: str) -> None:
+        for name, container in record["containers"].items():
+            if container["state"] == "Running":
+                code = exit_code if name == record.get("trainer") else 0
+                container.update(state="Terminated", exit_code=code, finish_time=now(), detail=detail)
+        record.update(group_state=state, pid=None, pid_start=None)
+
+    def _stop_sidecar(self, record: dict) -> None:
+        sidecar = self._sidecars.pop(record["id"].lower(), None)
+        if sidecar is not None:
+            sidecar.stop()
+
+    # --- stop / delete ----------------------------------------------------------------
+
+    def stop_group(self, group_id: str, detail: str = "Killed: group stopped") -> bool:
+        """Kill the trainer's process group and the sidecar; the record stays."""
+        with self._lock:
+            record = self._records.get(group_id.lower())
+            if record is None:
+                return False
+            popen = self._popens.pop(group_id.lower(), None)
+            pid, marker = record.get("pid"), record.get("pid_start")
+        if pid:
+            _kill_process_group(pid, marker, self.kill_grace_seconds, popen)
+        self._stop_sidecar(record)
+        with self._lock:
+            if pid:
+                self._terminate_all(record, exit_code=popen.returncode if popen and popen.returncode is not None
+                                    else 137, detail=detail, state="Stopped")
+            self._save(record)
+        return True
+
+    def delete(self, group_id: str) -> bool:
+        """Mark Deleting, then kill and remove in the background (the LRO reports when done)."""
+        with self._lock:
+            record = self._records.get(group_id.lower())
+            if record is None or record["provisioning_state"] == "Deleting":
+                return record is not None
+            while record["provisioning_state"] == "Creating":
+                self._lock.release()
+                time.sleep(0.02)
+                self._lock.acquire()
+            record["provisioning_state"] = "Deleting"
+            self._save(record)
+        threading.Thread(target=self._finish_delete, args=(record,), daemon=True).start()
+        return True
+
+    def _finish_delete(self, record: dict) -> None:
+        self.stop_group(record["id"], detail="Killed: group deleted")
+        with self._lock:
+            shutil.rmtree(self._group_dir(record), ignore_errors=True)
+            self._records.pop(record["id"].lower(), None)
+            self._count("deleted")
+
+    def is_deleting(self, group_id: str) -> bool:
+        record = self.get(group_id)
+        return record is not None and record["provisioning_state"] == "Deleting"
+
+    def shutdown(self) -> None:
+        """Twin stopping: leave nothing running (records say Stopped)."""
+        for group_id in list(self._records):
+            if group_id in self._popens or group_id in self._sidecars:
+                self.stop_group(group_id, detail="Killed: the ACI twin stopped")
+
+
+def _cce_policy(record: dict) -> str:
+    return record["properties"]["confidentialComputeProperties"]["ccePolicy"]
+
+
+def _enforce(container: dict, candidates: list, what: str) -> None:
+    """Refuse a container the CCE policy does not allow (image, command, env names)."""
+    if not candidates:
+        raise ProvisioningError("CcePolicyViolation", f"the CCE policy does not allow {what}")
+    command = tuple(container["command"])
+    matching = [p for p in candidates if p.command == command]
+    if not matching:
+        raise ProvisioningError("CcePolicyViolation", f"the CCE policy does not allow this command for {what}")
+    names = [env["name"] for env in container.get("environmentVariables") or []]
+    for policy in matching:
+        if all(policy.allows_env(name) for name in names):
+            return
+    refused = sorted(n for n in names if not any(p.allows_env(n) for p in matching))
+    raise ProvisioningError("CcePolicyViolation",
+                            f"the CCE policy does not allow environment variable(s) {', '.join(refused)} for {what}")
