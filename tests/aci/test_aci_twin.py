@@ -8,6 +8,7 @@ import requests
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
 
 from local_emulator import images
+from shared import settings
 from shared.cce_policy import hostdata_of
 from shared.container_group import TRAINER_CONTAINER_NAME, build_container_group
 from tests.aci.conftest import (LOCATION, RESOURCE_GROUP, SUBSCRIPTION, StaticToken, pid_alive, wait_for)
@@ -193,3 +194,22 @@ def test_stop_kills_the_process_group_and_keeps_the_record(client, stand_in_imag
     assert not pid_alive(pid)
     group = client.container_groups.get(RESOURCE_GROUP, "run-stop")
     assert group.instance_view.state == "Stopped"
+
+
+@pytest.mark.skipif(not (settings.PROJECT_ROOT / "shared" / "package.py").exists(),
+                    reason="the trainer's shared/package.py has not landed yet")
+def test_real_trainer_image_runs_from_its_archive(client, images_dir):
+    """The real trainer image starts under the twin; without its settings it says so and exits 2."""
+    real = images.build_image(images_dir=images_dir)
+    spec = build_container_group(real.ref, {"CCR_CONTRACT": "{}"}, LOCATION)
+    client.container_groups.begin_create_or_update(RESOURCE_GROUP, "run-real", spec).result()
+
+    def finished():
+        group = client.container_groups.get(RESOURCE_GROUP, "run-real")
+        state = next(c for c in group.containers if c.name == TRAINER_CONTAINER_NAME).instance_view.current_state
+        return state if state.state == "Terminated" else None
+
+    state = wait_for(finished, timeout=60, interval=0.2)
+    assert state.exit_code == 2
+    assert "CCR_RUN_ID is not set" in _logs(client, "run-real", tail=5)
+    client.container_groups.begin_delete(RESOURCE_GROUP, "run-real").result()
