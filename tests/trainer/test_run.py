@@ -1,0 +1,218 @@
+"""The trainer as the container runs it: encrypted inputs in Azurite, keys through the SKR
+sidecar API, the completion event to an Event Grid topic."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import secrets
+import subprocess
+import sys
+import uuid
+import zipfile
+
+import numpy as np
+import onnxruntime
+import pandas as pd
+import pytest
+from azure.storage.blob import BlobServiceClient
+
+from shared import storage_names
+from shared.settings import PROJECT_ROOT
+from tests.fixtures import covid_model
+from tests.trainer.harness import Azurite, EventGridTopic, KeyReleaseStandIn
+
+package = pytest.importorskip("shared.package")  # noqa: E402 (lands with the package-format issue)
+from trainer_container import run as trainer_run  # noqa: E402
+
+CONTRACT_ID = "covid-test"
+RUN_ID = "run-" + "0123456789abcdef"
+EVENT_KEY = "topic-key-for-tests"
+
+
+@pytest.fixture(scope="module")
+def azurite(tmp_path_factory):
+    service = Azurite(tmp_path_factory.mktemp("azurite")).start()
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def topic():
+    server = EventGridTopic(EVENT_KEY).start()
+    yield server
+    server.stop()
+
+
+class Stage:
+    """Encrypts and uploads the COVID inputs and builds the contract, the way the parties do."""
+
+    def __init__(self, tmp_path, azurite, contract_id):
+        self.tmp, self.contract_id, self.keys = tmp_path, contract_id, {}
+        self.blobs = BlobServiceClient.from_connection_string(azurite.connection_string)
+        for container in (storage_names.DATASETS, storage_names.MODELS, storage_names.OUTPUTS):
+            if not self.blobs.get_container_client(container).exists():
+                self.blobs.create_container(container)
+
+    def _upload(self, name, plain: bytes, container, blob, content_type):
+        kid = f"https://vault.test:8443/keys/{self.contract_id}-{name}/{uuid.uuid4().hex}"
+        self.keys[kid] = secrets.token_bytes(32)
+        (self.tmp / f"{name}.in").write_bytes(plain)
+        manifest = package.encrypt_file(self.tmp / f"{name}.in", self.tmp / f"{name}.ccr", self.keys[kid], kid,
+                                        content_type, None)
+        with open(self.tmp / f"{name}.ccr", "rb") as src:
+            self.blobs.get_blob_client(container, blob).upload_blob(src, overwrite=True)
+        return {"blob": f"{container}/{blob}", "sha256": manifest.sha256, "key_kid": kid}
+
+    def contract(self, tables: dict[str, pd.DataFrame], training: dict, join: dict, threshold=1.5) -> dict:
+        tdps = []
+        for name, table in tables.items():
+            ref = self._upload(name, table.to_csv(index=False).encode(), storage_names.DATASETS,
+                               storage_names.dataset_blob(self.contract_id, name), "text/csv")
+            tdps.append({"did": f"did:web:{name}", "datasets": [{"name": name, "epsilon_threshold": threshold, **ref}]})
+        archive = io.BytesIO()
+        with zipfile.ZipFile(archive, "w") as z:
+            z.writestr("model.onnx", covid_model.covid_onnx())
+            z.writestr("training.json", json.dumps(training))
+        model = self._upload("model", archive.getvalue(), storage_names.MODELS,
+                             storage_names.model_blob(self.contract_id), "application/vnd.ccr.model+zip")
+        output_kid = f"https://vault.test:8443/keys/{self.contract_id}-output/1"
+        self.keys[output_kid] = secrets.token_bytes(32)
+        return {"contract_id": self.contract_id, "tdc": {"did": "did:web:tdc", "model": model,
+                                                         "output": {"key_kid": output_kid}},
+                "tdps": tdps, "privacy": {"delta": 1e-5}, "pipeline": {"join": join}}
+
+
+def raw_tables() -> dict[str, pd.DataFrame]:
+    return {name: pd.read_csv(f"/work/shared/data/covid/{file}") for name, file in covid_model.RAW_FILES.items()}
+
+
+def environment(azurite, sidecar, topic, contract) -> dict:
+    return {"CCR_RUN_ID": RUN_ID, "CCR_CONTRACT": json.dumps(contract),
+            "CCR_STORAGE_CONNECTION": azurite.connection_string, "CCR_SKR_URL": sidecar.url,
+            "CCR_MAA_URL": "https://maa.test", "CCR_EVENTGRID_TOPIC_URL": f"{topic.url}/api/events",
+            "CCR_EVENTGRID_KEY": EVENT_KEY}
+
+
+def run_in_process(monkeypatch, env) -> tuple[int, list[str]]:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    lines = []
+    return trainer_run.main(lines.append), lines
+
+
+def output_blob_exists(stage) -> bool:
+    return stage.blobs.get_blob_client(storage_names.OUTPUTS, storage_names.output_blob(RUN_ID)).exists()
+
+
+def test_covid_end_to_end_with_canaries(tmp_path, azurite, topic):
+    """Planted identifiers (join keys, names, ids) must not appear anywhere that leaves."""
+    tables, canaries = raw_tables(), []
+    mobiles = tables["icmr"]["icmr_patient_mobilenumber"]
+    pseudonyms = {m: f"CANARYKEY{uuid.uuid4().hex}" for m in mobiles}
+    canaries += list(pseudonyms.values())[:50]
+    for name, key in covid_model.RAW_JOIN_KEYS.items():
+        tables[name][key] = tables[name][key].map(pseudonyms)
+    for name, column in (("cowin", "beneficiary_name"), ("index", "pname"), ("icmr", "srfnumber")):
+        marks = [f"CANARY{name}{uuid.uuid4().hex}" for _ in range(len(tables[name]))]
+        tables[name][column] = marks
+        canaries += marks[:50]
+    stage = Stage(tmp_path, azurite, CONTRACT_ID)
+    contract = stage.contract(tables, covid_model.covid_training_config(), covid_model.covid_join_spec())
+    sidecar = KeyReleaseStandIn(stage.keys).start()
+    try:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])), **environment(azurite, sidecar, topic, contract)}
+        done = subprocess.run([sys.executable, "-m", "trainer_container"], env=env, capture_output=True, text=True,
+                              timeout=300, cwd=PROJECT_ROOT)
+    finally:
+        sidecar.stop()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "joined 2119 rows: 1695 training, 424 validation, 10 features" in done.stdout
+    assert sum("epoch" in line and "epsilon" in line for line in done.stdout.splitlines()) == 5
+
+    [event] = topic.events
+    assert event["eventType"] == "CCR.Trainer.Completed" and event["subject"] == f"runs/{RUN_ID}"
+    data = event["data"]
+    assert data["status"] == "succeeded" and data["privacy"]["epsilon"] <= 1.5
+    assert data["metrics_summary"]["accuracy"] >= 0.85
+
+    encrypted = stage.blobs.get_blob_client(storage_names.OUTPUTS, storage_names.output_blob(RUN_ID))
+    assert data["output_blob"] == encrypted.url
+    (tmp_path / "out.ccr").write_bytes(encrypted.download_blob().readall())
+    output_key = stage.keys[contract["tdc"]["output"]["key_kid"]]
+    manifest = package.decrypt_file(tmp_path / "out.ccr", tmp_path / "out.zip", output_key)
+    assert manifest.sha256 == data["output_sha256"]
+    assert hashlib.sha256((tmp_path / "out.zip").read_bytes()).hexdigest() == data["output_sha256"]
+    with zipfile.ZipFile(tmp_path / "out.zip") as archive:
+        assert sorted(archive.namelist()) == ["metrics.json", "model.onnx", "privacy.json"]
+        contents = {name: archive.read(name) for name in archive.namelist()}
+    metrics, privacy = json.loads(contents["metrics.json"]), json.loads(contents["privacy.json"])
+    assert metrics["validation"]["accuracy"] >= 0.85 and privacy["epsilon"] <= 1.5
+    assert privacy["train_rows"] == 1695 and privacy["validation_rows"] == 424
+    session = onnxruntime.InferenceSession(contents["model.onnx"], providers=["CPUExecutionProvider"])
+    assert session.run(None, {"features": np.zeros((3, 10), np.float32)})[0].shape == (3, 1)
+
+    leaving = [done.stdout, done.stderr, *(b.decode() for b in topic.raw),
+               *(c.decode("latin-1") for c in contents.values())]
+    for canary in canaries:
+        assert not any(canary in text for text in leaving)
+    assert not any(str(m) in done.stdout for m in list(mobiles)[:50])
+
+
+def test_budget_over_the_contract_fails_before_any_dataset_is_read(tmp_path, azurite, topic, monkeypatch):
+    stage = Stage(tmp_path, azurite, "covid-budget")
+    contract = stage.contract(raw_tables(), covid_model.covid_training_config(epsilon=3.0),
+                              covid_model.covid_join_spec(), threshold=1.5)
+    sidecar = KeyReleaseStandIn(stage.keys).start()
+    try:
+        code, lines = run_in_process(monkeypatch, environment(azurite, sidecar, topic, contract))
+    finally:
+        sidecar.stop()
+    assert code != 0
+    assert [r["kid"] for r in sidecar.requests] == [contract["tdc"]["model"]["key_kid"]]  # no dataset key
+    assert not any(line.startswith("phase: datasets") for line in lines)
+    [event] = topic.events
+    assert event["eventType"] == "CCR.Trainer.Failed"
+    assert event["data"]["error_class"] == "PrivacyBudgetError" and "3.0" in event["data"]["message"]
+    assert not output_blob_exists(stage)
+
+
+def test_dataset_digest_mismatch_fails_before_its_key_is_released(tmp_path, azurite, topic, monkeypatch):
+    stage = Stage(tmp_path, azurite, "covid-digest")
+    contract = stage.contract(raw_tables(), covid_model.covid_training_config(), covid_model.covid_join_spec())
+    cowin = contract["tdps"][1]["datasets"][0]
+    cowin["sha256"] = hashlib.sha256(b"another table").hexdigest()
+    sidecar = KeyReleaseStandIn(stage.keys).start()
+    try:
+        code, lines = run_in_process(monkeypatch, environment(azurite, sidecar, topic, contract))
+    finally:
+        sidecar.stop()
+    assert code != 0
+    assert cowin["key_kid"] not in [r["kid"] for r in sidecar.requests]
+    [event] = topic.events
+    assert event["data"] == {"run_id": RUN_ID, "status": "failed", "error_class": "DigestMismatch",
+                             "message": "cowin: package digest differs from the contract"}
+    assert not output_blob_exists(stage)
+
+
+def test_missing_join_column_fails_naming_it(tmp_path, azurite, topic, monkeypatch):
+    tables = raw_tables()
+    tables["index"] = tables["index"].drop(columns=["potravel"])
+    stage = Stage(tmp_path, azurite, "covid-column")
+    contract = stage.contract(tables, covid_model.covid_training_config(), covid_model.covid_join_spec())
+    sidecar = KeyReleaseStandIn(stage.keys).start()
+    try:
+        code, lines = run_in_process(monkeypatch, environment(azurite, sidecar, topic, contract))
+    finally:
+        sidecar.stop()
+    assert code != 0 and lines[-1] == "failed: JoinError: dataset index has no column potravel"
+    assert topic.events[0]["data"]["message"] == "dataset index has no column potravel"
+    assert not output_blob_exists(stage)
+
+
+def test_missing_settings_fail_with_a_clear_message(monkeypatch):
+    monkeypatch.delenv("CCR_RUN_ID", raising=False)
+    lines = []
+    assert trainer_run.main(lines.append) != 0
+    assert lines == ["failed: SettingsError: environment variable CCR_RUN_ID is not set"]
