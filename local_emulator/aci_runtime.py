@@ -99,6 +99,8 @@ class GroupRuntime:
         self._records: dict[str, dict] = {}
         self._popens: dict[str, subprocess.Popen] = {}
         self._sidecars: dict[str, Sidecar] = {}
+        self._provisioned: dict[str, threading.Event] = {}
+        self._sidecar_stop_lock = threading.Lock()
         (self.state_dir / "groups").mkdir(parents=True, exist_ok=True)
 
     # --- persistence ------------------------------------------------------------------
@@ -189,12 +191,19 @@ class GroupRuntime:
             if old.exists():
                 shutil.rmtree(old)
             self._records[group_id.lower()] = record
+            self._provisioned[group_id.lower()] = threading.Event()
             self._save(record)
             self._count("created", group_id)
         threading.Thread(target=self._provision, args=(record, environments), daemon=True).start()
         return self.get(group_id)
 
     def _provision(self, record: dict, environments: dict[str, dict]) -> None:
+        try:
+            self._provision_steps(record, environments)
+        finally:
+            self._provisioned[record["id"].lower()].set()
+
+    def _provision_steps(self, record: dict, environments: dict[str, dict]) -> None:
         sidecar = None
         try:
             trainer, image, sidecar_name = self._check(record)
@@ -208,14 +217,16 @@ class GroupRuntime:
                            "InvalidCcePolicy" if isinstance(error, CcePolicyError) else "ContainerGroupStartFailed")
             with self._lock:
                 shutil.rmtree(self._group_dir(record) / "app", ignore_errors=True)
-                record.update(provisioning_state="Failed", group_state="Failed",
-                              error={"code": code, "message": str(error)})
+                if record["provisioning_state"] == "Creating":
+                    record["provisioning_state"] = "Failed"
+                record.update(group_state="Failed", error={"code": code, "message": str(error)})
                 for state in record["containers"].values():
                     state.update(state="Waiting", detail=f"Not started: {code}")
                 self._save(record)
             return
         with self._lock:
-            record["provisioning_state"] = "Succeeded"
+            if record["provisioning_state"] == "Creating":
+                record["provisioning_state"] = "Succeeded"
             if record["group_state"] == "Pending":
                 record["group_state"] = "Running"
             self._save(record)
@@ -290,9 +301,11 @@ class GroupRuntime:
         record.update(group_state=state, pid=None, pid_start=None)
 
     def _stop_sidecar(self, record: dict) -> None:
-        sidecar = self._sidecars.pop(record["id"].lower(), None)
-        if sidecar is not None:
-            sidecar.stop()
+        """Stop the group's sidecar; a concurrent caller returns only once it is stopped."""
+        with self._sidecar_stop_lock:
+            sidecar = self._sidecars.pop(record["id"].lower(), None)
+            if sidecar is not None:
+                sidecar.stop()
 
     # --- stop / delete ----------------------------------------------------------------
 
@@ -320,25 +333,20 @@ class GroupRuntime:
             record = self._records.get(group_id.lower())
             if record is None or record["provisioning_state"] == "Deleting":
                 return record is not None
-            while record["provisioning_state"] == "Creating":
-                self._lock.release()
-                time.sleep(0.02)
-                self._lock.acquire()
             record["provisioning_state"] = "Deleting"
             self._save(record)
         threading.Thread(target=self._finish_delete, args=(record,), daemon=True).start()
         return True
 
     def _finish_delete(self, record: dict) -> None:
+        provisioned = self._provisioned.pop(record["id"].lower(), None)
+        if provisioned is not None:
+            provisioned.wait()          # let a creation in flight finish, then undo it
         self.stop_group(record["id"], detail="Killed: group deleted")
         with self._lock:
             shutil.rmtree(self._group_dir(record), ignore_errors=True)
             self._records.pop(record["id"].lower(), None)
             self._count("deleted")
-
-    def is_deleting(self, group_id: str) -> bool:
-        record = self.get(group_id)
-        return record is not None and record["provisioning_state"] == "Deleting"
 
     def shutdown(self) -> None:
         """Twin stopping: leave nothing running (records say Stopped)."""

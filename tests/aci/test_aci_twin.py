@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import requests
@@ -213,3 +214,24 @@ def test_real_trainer_image_runs_from_its_archive(client, images_dir):
     assert state.exit_code == 2
     assert "CCR_RUN_ID is not set" in _logs(client, "run-real", tail=5)
     client.container_groups.begin_delete(RESOURCE_GROUP, "run-real").result()
+
+
+def test_delete_during_creation_leaves_nothing_running(client, twin, stand_in_image, sidecars):
+    spec = build_container_group(stand_in_image.ref, _environment({"sleep": 60}), LOCATION)
+    client.container_groups.begin_create_or_update(RESOURCE_GROUP, "run-hasty", spec, polling=False)
+    client.container_groups.begin_delete(RESOURCE_GROUP, "run-hasty").result()
+    with pytest.raises(ResourceNotFoundError):
+        client.container_groups.get(RESOURCE_GROUP, "run-hasty")
+    assert all(s.stopped for s in sidecars)
+    stats = twin.stats()
+    assert stats["created"] == 1 and stats["deleted"] == 1
+    # nothing of the group is left on disk, and no process of it runs
+    assert not any((twin.runtime.state_dir / "groups").rglob("group.json"))
+    assert not [p for p in Path("/proc").glob("[0-9]*/cwd") if _cwd_under(p, twin.runtime.state_dir)]
+
+
+def _cwd_under(link: Path, root: Path) -> bool:
+    try:
+        return str(link.readlink()).startswith(str(root))
+    except OSError:
+        return False
