@@ -8,12 +8,14 @@
 | `CCR_SKR_URL` | the SKR sidecar (`POST /key/release`) |
 | `CCR_MAA_URL` | the attestation authority the sidecar attests with |
 | `CCR_EVENTGRID_TOPIC_URL`, `CCR_EVENTGRID_KEY` | topic for `CCR.Trainer.Completed` / `.Failed` |
+| `CCR_EPSILON_BUDGET` | optional: the datasets' epsilon still unspent across runs (set by the orchestration); the run's epsilon stays within it as well as within the contract's thresholds |
 | `CCR_CA_BUNDLE` | PEM of the CA of the loopback TLS twins (optional; system CAs otherwise) |
 `CCR_KEYVAULT_URL` is accepted but not needed: each key's vault comes from its key id.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -42,6 +44,7 @@ class TrainerEnvironment:
     skr_url: str
     maa_url: str
     ca_bundle: str | bool
+    epsilon_budget: float | None = None
 
     @classmethod
     def from_environ(cls) -> "TrainerEnvironment":
@@ -50,7 +53,20 @@ class TrainerEnvironment:
             raise SettingsError("CCR_RUN_ID is not a run id")
         ca_bundle = os.environ.get("CCR_CA_BUNDLE") or True
         return cls(run_id, _contract(ca_bundle), _required("CCR_STORAGE_CONNECTION"), _required("CCR_SKR_URL"),
-                   _required("CCR_MAA_URL"), ca_bundle)
+                   _required("CCR_MAA_URL"), ca_bundle, _epsilon_budget())
+
+
+def _epsilon_budget() -> float | None:
+    text = os.environ.get("CCR_EPSILON_BUDGET")
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise SettingsError("CCR_EPSILON_BUDGET is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise SettingsError("CCR_EPSILON_BUDGET must be a positive number")
+    return value
 
 
 def _contract(ca_bundle: str | bool) -> dict:

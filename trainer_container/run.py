@@ -84,6 +84,9 @@ class TrainerRun:
         if config.epsilon > terms.epsilon_limit:
             raise PrivacyBudgetError(
                 f"training config asks for epsilon {config.epsilon}, the contract allows {terms.epsilon_limit}")
+        if self.env.epsilon_budget is not None and config.epsilon > self.env.epsilon_budget:
+            raise PrivacyBudgetError(f"training config asks for epsilon {config.epsilon}, "
+                                     f"the datasets' remaining budget is {self.env.epsilon_budget}")
         model = onnx_to_torch(load_model(model_package.onnx_bytes))
         features = terms.join.feature_columns
         check_model_fits(model, config.loss, len(features))

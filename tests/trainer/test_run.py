@@ -216,3 +216,18 @@ def test_missing_settings_fail_with_a_clear_message(monkeypatch):
     lines = []
     assert trainer_run.main(lines.append) != 0
     assert lines == ["failed: SettingsError: environment variable CCR_RUN_ID is not set"]
+
+
+def test_remaining_budget_below_the_ask_fails_before_any_dataset_is_read(tmp_path, azurite, topic, monkeypatch):
+    stage = Stage(tmp_path, azurite, "covid-remaining")
+    contract = stage.contract(raw_tables(), covid_model.covid_training_config(epsilon=1.5),
+                              covid_model.covid_join_spec(), threshold=1.5)
+    sidecar = KeyReleaseStandIn(stage.keys).start()
+    try:
+        env = {**environment(azurite, sidecar, topic, contract), "CCR_EPSILON_BUDGET": "0.4"}
+        code, lines = run_in_process(monkeypatch, env)
+    finally:
+        sidecar.stop()
+    assert code != 0 and "remaining budget is 0.4" in lines[-1]
+    assert [r["kid"] for r in sidecar.requests] == [contract["tdc"]["model"]["key_kid"]]
+    assert topic.events[0]["data"]["error_class"] == "PrivacyBudgetError"
