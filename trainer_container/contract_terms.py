@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from shared.pipeline import JoinSpec
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
+NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 
 
 class ContractError(ValueError):
@@ -61,6 +62,8 @@ def _ref(name: str, entry: dict) -> PackageRef:
     blob = str(entry["blob"])
     container, _, path = blob.partition("/")
     sha256 = str(entry["sha256"]).lower()
+    if not NAME.match(str(name)):
+        raise ContractError("contract dataset names must be plain names")
     if not container or not path or not SHA256.match(sha256):
         raise ContractError(f"contract entry {name} needs a 'container/blob' path and a sha256")
     return PackageRef(str(name), container, path, sha256, str(entry["key_kid"]))

@@ -54,14 +54,14 @@ class TrainerRun:
 
     def fetch(self, ref: PackageRef) -> Path:
         """Download, check the pinned digest, get the key released, decrypt, re-check the digest."""
-        encrypted = self.workdir / f"{ref.name}.ccr"
+        encrypted = self.workdir / f"{ref.container}-{ref.name}.ccr"
         with open(encrypted, "wb") as out:
             self.blobs.get_blob_client(ref.container, ref.blob).download_blob().readinto(out)
         with open(encrypted, "rb") as src:
             header = package.read_header(src)
         if header.manifest.sha256 != ref.sha256:
             raise DigestMismatch(f"{ref.name}: package digest differs from the contract")
-        plain = self.workdir / f"{ref.name}.plain"
+        plain = self.workdir / f"{ref.container}-{ref.name}.plain"
         package.decrypt_file(encrypted, plain, self.skr.release_key(ref.key_kid))
         encrypted.unlink()
         digest = hashlib.sha256()
