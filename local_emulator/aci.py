@@ -154,7 +154,9 @@ class AciTwin:
         self.runtime.recover()
         server = ThreadingHTTPServer(("127.0.0.1", self._port), _handler_class(self))
         server.daemon_threads = True
-        server.socket = self._ssl_context.wrap_socket(server.socket, server_side=True)
+        # handshake in the request's thread, so a silent client cannot stall the accept loop
+        server.socket = self._ssl_context.wrap_socket(server.socket, server_side=True,
+                                                      do_handshake_on_connect=False)
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="aci-twin", daemon=True)
         self._thread.start()

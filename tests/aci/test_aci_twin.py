@@ -235,3 +235,11 @@ def _cwd_under(link: Path, root: Path) -> bool:
         return str(link.readlink()).startswith(str(root))
     except OSError:
         return False
+
+
+@pytest.mark.timeout(30)
+def test_a_silent_connection_does_not_block_the_twin(client, twin):
+    import socket
+    port = int(twin.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)):        # never says hello
+        assert list(client.container_groups.list()) == []
