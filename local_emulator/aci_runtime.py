@@ -145,6 +145,7 @@ class GroupRuntime:
                 record["error"] = {"code": "ProvisioningInterrupted", "message": "the ACI twin restarted during creation"}
             if record.get("pid"):
                 _kill_process_group(record["pid"], record.get("pid_start"), self.kill_grace_seconds)
+            if record.get("pid") or any(c["state"] == "Running" for c in record["containers"].values()):
                 self._terminate_all(record, exit_code=137, detail="Killed: the ACI twin restarted", state="Stopped")
             self._save(record)
 
