@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from trainer_container.join import JoinError
+
 
 @dataclass(frozen=True)
 class Standardizer:
@@ -42,7 +44,7 @@ def split_and_scale(table: pd.DataFrame, feature_columns: tuple[str, ...], targe
     n = len(table)
     n_val = math.ceil(n * validation_split)
     if n_val < 1 or n - n_val < 2:
-        raise ValueError(f"{n} joined rows are too few for a {validation_split} validation split")
+        raise JoinError(f"{n} joined rows are too few for a {validation_split} validation split")
     order = np.random.default_rng(seed).permutation(n)
     train_idx, val_idx = order[n_val:], order[:n_val]
     standardizer = Standardizer.fit(x[train_idx])

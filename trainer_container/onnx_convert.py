@@ -162,6 +162,8 @@ def onnx_to_torch(model: onnx.ModelProto) -> nn.Sequential:
     """The trainable torch equivalent of `model`; refuses graphs it cannot convert exactly."""
     converter = _Converter(model.graph)
     torch_model = converter.convert()
+    if not any(isinstance(layer, nn.Linear) for layer in torch_model):
+        raise ModelConversionError("the graph has no trainable layer")
     weight_elements = sum(int(converter.weights[name].size) for name in converter.used)
     trainable = sum(p.numel() for p in torch_model.parameters() if p.requires_grad)
     if trainable != weight_elements:

@@ -26,7 +26,7 @@ from trainer_container.onnx_convert import ModelConversionError, load_model, onn
 from trainer_container.output_package import CONTENT_TYPE as OUTPUT_CONTENT_TYPE
 from trainer_container.output_package import build_output_zip
 from trainer_container.skr_client import KeyReleaseError, SkrClient
-from trainer_container.training import check_model_fits, train_private
+from trainer_container.training import TrainingSetupError, check_model_fits, train_private
 
 
 class DigestMismatch(ValueError):
@@ -35,7 +35,8 @@ class DigestMismatch(ValueError):
 
 # Errors whose messages are written to name fields, columns and datasets, never values.
 SAFE_ERRORS = (SettingsError, ContractError, PipelineConfigError, PrivacyBudgetError, DigestMismatch,
-               KeyReleaseError, package.PackageError, JoinError, ModelConversionError, ExportError)
+               KeyReleaseError, package.PackageError, JoinError, ModelConversionError, TrainingSetupError,
+               ExportError)
 
 
 def safe_error(exc: BaseException) -> tuple[str, str]:

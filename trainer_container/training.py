@@ -26,15 +26,26 @@ def output_width(model: nn.Module) -> int:
     return [m for m in model.modules() if isinstance(m, nn.Linear)][-1].out_features
 
 
+class TrainingSetupError(ValueError):
+    """The model, the loss and the joined data do not fit together (message names no values)."""
+
+
 def check_model_fits(model: nn.Module, loss: str, n_features: int) -> None:
-    """Fail before training if the model's input/output shape cannot serve the loss."""
+    """Fail before any data is read if the model's input/output shape cannot serve the loss."""
     if getattr(model, "in_features", n_features) != n_features:
-        raise ValueError(f"the model expects {model.in_features} features, the join selects {n_features}")
+        raise TrainingSetupError(f"the model expects {model.in_features} features, the join selects {n_features}")
     width = output_width(model)
     if loss == "cross_entropy" and width < 2:
-        raise ValueError("cross_entropy needs a model with one output per class")
+        raise TrainingSetupError("cross_entropy needs a model with one output per class")
     if loss != "cross_entropy" and width != 1:
-        raise ValueError(f"{loss} needs a model with a single output")
+        raise TrainingSetupError(f"{loss} needs a model with a single output")
+
+
+def check_targets(y: torch.Tensor, loss: str, width: int) -> None:
+    """Class labels must be 0/1 (binary losses) or 0..width-1 (cross_entropy)."""
+    classes = width if loss == "cross_entropy" else 2
+    if not bool(((y == y.round()) & (y >= 0) & (y < classes)).all()):
+        raise TrainingSetupError(f"the target column must hold class labels 0..{classes - 1} for {loss}")
 
 
 def _targets(y: torch.Tensor, loss: str) -> torch.Tensor:
@@ -87,6 +98,7 @@ def private_epoch(step: PrivateStep, x: torch.Tensor, y: torch.Tensor, rng: np.r
 
 def train_private(model: nn.Sequential, split: Split, config: TrainingConfig, plan: PrivacyPlan,
                   progress: Callable[[str], None] = print) -> TrainingResult:
+    check_targets(torch.cat([split.train_y, split.val_y]), config.loss, output_width(model))
     torch.manual_seed(config.seed)
     model.train()
     optimizer = make_optimizer(config, model)

@@ -89,3 +89,9 @@ def test_branching_graph_is_refused():
 def test_garbage_bytes_are_refused():
     with pytest.raises(ModelConversionError, match="not a valid ONNX model"):
         load_model(b"definitely not onnx")
+
+
+def test_graph_without_a_trainable_layer_is_refused():
+    model = _graph([helper.make_node("Relu", ["x"], ["y"])], {}, n_out=3)
+    with pytest.raises(ModelConversionError, match="no trainable layer"):
+        onnx_to_torch(load_model(model))

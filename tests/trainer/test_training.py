@@ -10,7 +10,7 @@ from trainer_container.export import ExportError, export_onnx, verify_onnx, with
 from trainer_container.features import split_and_scale
 from trainer_container.join import join_datasets
 from trainer_container.onnx_convert import load_model, onnx_to_torch
-from trainer_container.training import train_private
+from trainer_container.training import TrainingSetupError, check_model_fits, train_private
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +90,18 @@ def test_export_verification_fails_when_outputs_differ(covid_table, covid_spec):
         model[1][0].bias.add_(0.01)
     with pytest.raises(ExportError, match="differs from torch"):
         verify_onnx(onnx_bytes, model, split.val_raw_x)
+
+
+def test_non_label_targets_are_refused_before_training(covid_table, covid_spec):
+    table = covid_table.copy()
+    table[covid_spec.target] = table[covid_spec.target] * 3.5
+    with pytest.raises(TrainingSetupError, match="class labels 0..1"):
+        _train(table, covid_spec)
+
+
+def test_model_with_the_wrong_input_width_is_refused():
+    model = onnx_to_torch(load_model(covid_model.covid_onnx()))
+    with pytest.raises(TrainingSetupError, match="expects 10 features, the join selects 9"):
+        check_model_fits(model, "bce_with_logits", 9)
+    with pytest.raises(TrainingSetupError, match="cross_entropy needs"):
+        check_model_fits(model, "cross_entropy", 10)
