@@ -1,0 +1,370 @@
+"""Contracts: the payload model, its COSE_Sign envelope (one signature per party) and the
+verification our webhook relies on, because the ledger itself checks no signature.
+
+Envelope: COSE_Sign (CBOR tag 98) whose payload is the canonical JSON of the contract
+(sorted keys, compact, UTF-8) and whose body protected header carries content type
+`application/json`. Each COSE_Signature's protected header carries
+  1 (alg)  ES256,
+  4 (kid)  b"<signer DID>#<key id>",
+  15 (CWT claims, RFC 9597) {1 (iss): "<signer DID>"}.
+The contract digest (sha256 hex of the payload bytes) identifies the signed terms.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable
+
+import cbor2
+from cryptography.hazmat.primitives import serialization
+from pycose.algorithms import Es256
+from pycose.headers import KID, Algorithm, ContentType
+from pycose.keys import CoseKey
+from pycose.messages import SignMessage
+from pycose.messages.signer import CoseSignature
+
+from shared import did as dids
+from shared import storage_names
+
+COSE_SIGN_TAG = 98
+CWT_CLAIMS = 15
+CWT_ISS = 1
+PAYLOAD_CONTENT_TYPE = "application/json"
+
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
+IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._/:\-]*@sha256:[0-9a-f]{64}$")
+
+
+class ContractError(ValueError):
+    """A contract we must refuse; `http_status` is what the webhook answers."""
+    http_status = 400
+
+
+class MalformedContract(ContractError):
+    """Not a COSE_Sign envelope, or a payload that breaks the contract schema."""
+
+
+class UnsignedContract(ContractError):
+    """An envelope without any signature."""
+
+
+class BadSignature(ContractError):
+    """A signature that does not verify: payload altered, or signed with another key."""
+    http_status = 403
+
+
+class UnknownSigner(ContractError):
+    """A signature by a DID that is not a party to the contract (or signs twice)."""
+    http_status = 403
+
+
+class MissingSigner(ContractError):
+    """A party of the contract has not signed it."""
+    http_status = 422
+
+
+class ExpiredContract(ContractError):
+    http_status = 422
+
+
+class NotYetValid(ContractError):
+    http_status = 422
+
+
+class SignerUnavailable(ContractError):
+    """A signer's DID document could not be fetched now; the sender may retry."""
+    http_status = 503
+
+
+@dataclass(frozen=True)
+class Contract:
+    """A verified contract: its parsed payload, the exact signed bytes and their digest."""
+    payload: dict
+    payload_bytes: bytes
+    digest: str
+    signers: tuple[str, ...]
+
+    @property
+    def contract_id(self) -> str:
+        return self.payload["contract_id"]
+
+
+def canonical_json(payload: dict) -> bytes:
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode()
+
+
+def payload_digest(payload_bytes: bytes) -> str:
+    return hashlib.sha256(payload_bytes).hexdigest()
+
+
+def parties(payload: dict) -> list[str]:
+    """The DIDs that must sign: the TDC and every TDP."""
+    return [payload["tdc"]["did"]] + [tdp["did"] for tdp in payload["tdps"]]
+
+
+# ---------------------------------------------------------------- payload schema
+
+def _need(condition: bool, reason: str) -> None:
+    if not condition:
+        raise MalformedContract(f"contract payload: {reason}")
+
+
+def _object(value, where: str, fields: tuple[str, ...]) -> dict:
+    _need(isinstance(value, dict), f"{where} must be an object")
+    missing = [name for name in fields if name not in value]
+    _need(not missing, f"{where} lacks {', '.join(missing)}")
+    return value
+
+
+def _text(value, where: str) -> str:
+    _need(isinstance(value, str) and value.strip() != "", f"{where} must be a non-empty string")
+    return value
+
+
+def _number(value, where: str) -> float:
+    _need(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+          f"{where} must be a finite number")
+    return float(value)
+
+
+def parse_time(value, where: str) -> datetime:
+    _text(value, where)
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        moment = None
+    _need(moment is not None and moment.tzinfo is not None,
+          f"{where} must be an RFC 3339 time with a zone, like 2026-11-01T00:00:00Z")
+    return moment
+
+
+def _did(value, where: str) -> str:
+    _text(value, where)
+    try:
+        dids.document_url(value)
+    except dids.DidError:
+        _need(False, f"{where} must be a did:web identifier")
+    return value
+
+
+def _package(value, where: str, expected_blob: str) -> None:
+    _object(value, where, ("blob", "sha256", "key_kid"))
+    _need(value["blob"] == expected_blob, f"{where}.blob must be {expected_blob}")
+    _need(isinstance(value["sha256"], str) and SHA256_HEX.match(value["sha256"]) is not None,
+          f"{where}.sha256 must be 64 lowercase hex digits")
+    _text(value["key_kid"], f"{where}.key_kid")
+
+
+def validate_payload(payload) -> dict:
+    """Check every field the system acts on; raise MalformedContract naming the first fault."""
+    _object(payload, "payload", ("contract_id", "purpose", "valid_from", "valid_until", "tdc", "tdps",
+                                 "privacy", "pipeline"))
+    contract_id = _text(payload["contract_id"], "contract_id")
+    _need(NAME.match(contract_id) is not None, "contract_id must be letters, digits, '_', '.' or '-'")
+    _text(payload["purpose"], "purpose")
+    _need(parse_time(payload["valid_from"], "valid_from") < parse_time(payload["valid_until"], "valid_until"),
+          "valid_from must be before valid_until")
+
+    tdc = _object(payload["tdc"], "tdc", ("did", "model", "output"))
+    _did(tdc["did"], "tdc.did")
+    _package(tdc["model"], "tdc.model", f"{storage_names.MODELS}/{storage_names.model_blob(contract_id)}")
+    output = _object(tdc["output"], "tdc.output", ("key_kid",))
+    _text(output["key_kid"], "tdc.output.key_kid")
+    if "webhook" in output:
+        _need(isinstance(output["webhook"], str) and output["webhook"].startswith(("https://", "http://")),
+              "tdc.output.webhook must be an http(s) URL")
+
+    _need(isinstance(payload["tdps"], list) and payload["tdps"], "tdps must be a non-empty list")
+    names = set()
+    for i, tdp in enumerate(payload["tdps"]):
+        _object(tdp, f"tdps[{i}]", ("did", "datasets"))
+        _did(tdp["did"], f"tdps[{i}].did")
+        _need(isinstance(tdp["datasets"], list) and tdp["datasets"], f"tdps[{i}].datasets must be a non-empty list")
+        for j, dataset in enumerate(tdp["datasets"]):
+            where = f"tdps[{i}].datasets[{j}]"
+            _object(dataset, where, ("name", "blob", "sha256", "key_kid", "epsilon_threshold"))
+            name = _text(dataset["name"], f"{where}.name")
+            _need(NAME.match(name) is not None, f"{where}.name must be letters, digits, '_', '.' or '-'")
+            _need(name not in names, f"dataset name {name} appears twice")
+            names.add(name)
+            _package(dataset, where, f"{storage_names.DATASETS}/{storage_names.dataset_blob(contract_id, name)}")
+            _need(_number(dataset["epsilon_threshold"], f"{where}.epsilon_threshold") > 0,
+                  f"{where}.epsilon_threshold must be > 0")
+    signers = parties(payload)
+    _need(len(set(signers)) == len(signers), "the TDC and the TDPs must have distinct DIDs")
+
+    privacy = _object(payload["privacy"], "privacy", ("delta",))
+    _need(0 < _number(privacy["delta"], "privacy.delta") < 1, "privacy.delta must be in (0, 1)")
+
+    pipeline = _object(payload["pipeline"], "pipeline", ("join", "deadline_seconds", "trainer_image"))
+    _need(isinstance(pipeline["join"], dict), "pipeline.join must be an object")
+    deadline = pipeline["deadline_seconds"]
+    _need(isinstance(deadline, int) and not isinstance(deadline, bool) and deadline > 0,
+          "pipeline.deadline_seconds must be a positive integer")
+    _need(isinstance(pipeline["trainer_image"], str) and IMAGE_REF.match(pipeline["trainer_image"]) is not None,
+          "pipeline.trainer_image must be pinned by digest (<name>@sha256:<hex>)")
+    return payload
+
+
+# ---------------------------------------------------------------- envelope
+
+@dataclass(frozen=True)
+class _Envelope:
+    body: list           # [protected bytes, unprotected map, payload bytes, signatures]
+    payload: dict
+    claimed: list[str]   # the DID each signature claims, in order
+
+
+def _read(envelope: bytes) -> _Envelope:
+    """Parse structure and payload (no signature checked): MalformedContract on any fault."""
+    if not isinstance(envelope, (bytes, bytearray)) or not envelope:
+        raise MalformedContract("contract envelope is empty")
+    stream = io.BytesIO(bytes(envelope))
+    try:
+        tagged = cbor2.CBORDecoder(stream).decode()
+    except Exception:  # cbor2 raises a family of decoder errors on arbitrary bytes
+        raise MalformedContract("contract envelope is not valid CBOR") from None
+    if stream.tell() != len(envelope):
+        raise MalformedContract("contract envelope has trailing bytes after the CBOR message")
+    if not isinstance(tagged, cbor2.CBORTag) or tagged.tag != COSE_SIGN_TAG:
+        raise MalformedContract("contract envelope is not a COSE_Sign message (CBOR tag 98)")
+    body = tagged.value
+    if (not isinstance(body, list) or len(body) != 4 or not isinstance(body[0], bytes)
+            or not isinstance(body[1], dict) or not isinstance(body[2], bytes) or not isinstance(body[3], list)):
+        raise MalformedContract("contract envelope is not [protected, unprotected, payload, signatures]")
+    try:
+        payload = json.loads(body[2].decode())
+    except (UnicodeDecodeError, ValueError):
+        raise MalformedContract("contract payload is not JSON") from None
+    validate_payload(payload)
+    if canonical_json(payload) != body[2]:
+        raise MalformedContract("contract payload is not in canonical JSON form")
+    claimed = [_claimed_signer(signature) for signature in body[3]]
+    return _Envelope(body, payload, claimed)
+
+
+def _claimed_signer(signature) -> str:
+    if (not isinstance(signature, list) or len(signature) != 3 or not isinstance(signature[0], bytes)
+            or not isinstance(signature[2], bytes)):
+        raise MalformedContract("a COSE_Signature is not [protected, unprotected, signature]")
+    try:
+        header = cbor2.loads(signature[0]) if signature[0] else {}
+        kid = header[KID.identifier].decode()
+        issuer = header[CWT_CLAIMS][CWT_ISS]
+        did, _ = dids.split_did_url(kid)
+    except Exception:
+        raise MalformedContract("a signature's protected header lacks kid '<did>#<key id>' and issuer DID") from None
+    if did != issuer:
+        raise MalformedContract(f"a signature's kid names {did} but its issuer is {issuer}")
+    return did
+
+
+def envelope_signers(envelope: bytes) -> tuple[dict, list[str]]:
+    """(payload, the DIDs the signatures claim), without verifying anything: the ledger's view."""
+    parsed = _read(envelope)
+    return parsed.payload, parsed.claimed
+
+
+def new_envelope(payload: dict) -> bytes:
+    """An unsigned COSE_Sign envelope over the canonical payload (parties then add signatures)."""
+    validate_payload(payload)
+    protected = cbor2.dumps({ContentType.identifier: PAYLOAD_CONTENT_TYPE})
+    return cbor2.dumps(cbor2.CBORTag(COSE_SIGN_TAG, [protected, {}, canonical_json(payload), []]))
+
+
+def add_signature(envelope: bytes, identity: dids.Identity) -> bytes:
+    """The envelope with one more COSE_Signature, by `identity` (ES256)."""
+    parsed = _read(envelope)
+    if identity.did not in parties(parsed.payload):
+        raise UnknownSigner(f"{identity.did} is not a party to contract {parsed.payload['contract_id']}")
+    if identity.did in parsed.claimed:
+        raise UnknownSigner(f"{identity.did} has already signed this envelope")
+    message = SignMessage.from_cose_obj([parsed.body[0], dict(parsed.body[1]), parsed.body[2], []], True)
+    signer = CoseSignature(
+        phdr={Algorithm: Es256, KID: identity.key_ref.encode(), CWT_CLAIMS: {CWT_ISS: identity.did}},
+        key=CoseKey.from_pem_private_key(identity.private_pem().decode()))
+    message.signers = [signer]
+    body = list(parsed.body)
+    body[3] = list(body[3]) + [signer.encode()]
+    return cbor2.dumps(cbor2.CBORTag(COSE_SIGN_TAG, body))
+
+
+def sign_contract(payload: dict, identities: list[dids.Identity]) -> bytes:
+    envelope = new_envelope(payload)
+    for identity in identities:
+        envelope = add_signature(envelope, identity)
+    return envelope
+
+
+def merge_envelopes(first: bytes, second: bytes) -> bytes:
+    """Signatures of both envelopes over the same payload, each signer once."""
+    a, b = _read(first), _read(second)
+    if a.body[2] != b.body[2] or a.body[0] != b.body[0]:
+        raise MalformedContract("the envelopes sign different contracts")
+    body = list(a.body)
+    body[3] = list(a.body[3]) + [s for s, did in zip(b.body[3], b.claimed) if did not in a.claimed]
+    return cbor2.dumps(cbor2.CBORTag(COSE_SIGN_TAG, body))
+
+
+# ---------------------------------------------------------------- verification
+
+def _check_signer_set(payload: dict, claimed: list[str]) -> None:
+    if not claimed:
+        raise UnsignedContract("contract carries no signature")
+    required = parties(payload)
+    extra = sorted({did for did in claimed if did not in required})
+    if extra:
+        raise UnknownSigner(f"signed by {', '.join(extra)}, not a party to the contract")
+    twice = sorted({did for did in claimed if claimed.count(did) > 1})
+    if twice:
+        raise UnknownSigner(f"{', '.join(twice)} signed more than once")
+    missing = [did for did in required if did not in claimed]
+    if missing:
+        raise MissingSigner(f"not signed by {', '.join(missing)}")
+
+
+def _verify_signature(message: SignMessage, signer: CoseSignature, did: str, resolve_did) -> None:
+    if signer.phdr.get(Algorithm) is not Es256:
+        raise BadSignature(f"signature by {did} does not use ES256 in its protected header")
+    key_ref = signer.phdr[KID].decode()
+    try:
+        document = resolve_did(did)
+        public = dids.verification_key(document, key_ref)
+    except dids.DidResolutionError as problem:
+        raise SignerUnavailable(str(problem)) from None
+    except dids.DidError as problem:
+        raise BadSignature(f"cannot verify {did}'s signature: {problem}") from None
+    signer.key = CoseKey.from_pem_public_key(public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode())
+    try:
+        valid = signer.verify_signature()
+    except Exception:  # pycose raises on key/algorithm mismatches
+        valid = False
+    if not valid:
+        raise BadSignature(f"signature by {did} does not match the payload and its DID key "
+                           "(contract altered or signed with another key)")
+
+
+def verify_contract(envelope: bytes, resolve_did: Callable[[str], dict] | None = None,
+                    now: datetime | None = None) -> Contract:
+    """The contract, if every party (and nobody else) signed exactly these terms and they are
+    in force at `now`; otherwise the ContractError subclass that says why."""
+    parsed = _read(envelope)
+    _check_signer_set(parsed.payload, parsed.claimed)
+    message = SignMessage.from_cose_obj([parsed.body[0], dict(parsed.body[1]), parsed.body[2],
+                                         [list(s) for s in parsed.body[3]]], True)
+    for signer, did in zip(message.signers, parsed.claimed):
+        _verify_signature(message, signer, did, resolve_did or dids.resolve)
+    now = now or datetime.now(timezone.utc)
+    if now < parse_time(parsed.payload["valid_from"], "valid_from"):
+        raise NotYetValid(f"contract is valid from {parsed.payload['valid_from']}")
+    if now > parse_time(parsed.payload["valid_until"], "valid_until"):
+        raise ExpiredContract(f"contract expired at {parsed.payload['valid_until']}")
+    return Contract(parsed.payload, parsed.body[2], payload_digest(parsed.body[2]), tuple(parsed.claimed))

@@ -1,0 +1,62 @@
+"""Four parties (one TDC, three TDPs) with real P-256 identities, and a contract between them."""
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from shared import did as dids
+from shared import storage_names
+
+HOST, PORT = "127.0.0.1", 8443
+CONTRACT_ID = "covid-test-01"
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def contract_payload(tdc: str, tdps: dict[str, str], contract_id: str = CONTRACT_ID,
+                     valid_from: str = "2026-01-01T00:00:00Z", valid_until: str = "2027-01-01T00:00:00Z") -> dict:
+    """A payload as docs/INTERFACES.md describes it; `tdps` maps dataset name -> TDP DID."""
+    return {
+        "contract_id": contract_id, "purpose": "covid outcome model",
+        "valid_from": valid_from, "valid_until": valid_until,
+        "tdc": {"did": tdc,
+                "model": {"blob": f"models/{storage_names.model_blob(contract_id)}", "sha256": sha("model"),
+                          "key_kid": "https://kv.test/keys/model/1"},
+                "output": {"key_kid": "https://kv.test/keys/output/1", "webhook": "http://127.0.0.1:9/notify"}},
+        "tdps": [{"did": did, "datasets": [{
+            "name": name, "blob": f"datasets/{storage_names.dataset_blob(contract_id, name)}",
+            "sha256": sha(name), "key_kid": f"https://kv.test/keys/{name}/1", "epsilon_threshold": 1.5}]}
+            for name, did in tdps.items()],
+        "privacy": {"delta": 1e-5},
+        "pipeline": {"join": {"datasets": []}, "deadline_seconds": 600,
+                     "trainer_image": "ccr-trainer@sha256:" + sha("image")},
+    }
+
+
+@pytest.fixture(scope="session")
+def identities() -> dict[str, dids.Identity]:
+    """tdc, icmr, cowin, index: one key pair each."""
+    return {name: dids.Identity.generate(dids.did_web(HOST, PORT, name)) for name in ("tdc", "icmr", "cowin", "index")}
+
+
+@pytest.fixture
+def payload(identities) -> dict:
+    return contract_payload(identities["tdc"].did, {n: identities[n].did for n in ("icmr", "cowin", "index")})
+
+
+@pytest.fixture(scope="session")
+def documents(identities) -> dict[str, dict]:
+    return {identity.did: identity.document() for identity in identities.values()}
+
+
+@pytest.fixture
+def resolve(documents):
+    """Resolution from published documents (the HTTPS path is tested with the ledger's DID host)."""
+    def resolve_did(did: str) -> dict:
+        if did not in documents:
+            raise dids.DidError(f"{did} has no DID document (404)")
+        return documents[did]
+    return resolve_did
