@@ -1,0 +1,348 @@
+"""The encrypted package format (`.ccr`): streaming authenticated encryption of one file.
+
+Construction (version 1): Tink's AES-GCM-HKDF streaming AEAD ("STREAM", Hoang, Reyhanitabar,
+Rogaway and Vizár, CRYPTO 2015) on `cryptography`'s AES-256-GCM.
+
+    header  = MAGIC "CCRPKG" | version u8 | body length u32 BE | body
+    body    = salt (32) | nonce prefix (7) | key check (32) | JSON {"key_id", "manifest"}
+    subkey  = HKDF-SHA256(ikm=data key, salt=salt, info="ccr-package/1 segment key"), 32 bytes
+    segment i = AES-256-GCM(subkey, nonce = prefix | i u32 BE | last-segment flag u8,
+                            plaintext = 1 MiB (the last one 0..1 MiB), associated data = header)
+
+The whole header is the associated data of every segment, so the manifest (plaintext sha256,
+size, content type, schema) is readable without the key - the orchestration checks it against
+the contract - yet any change to it fails the first segment. The segment counter in the nonce
+detects reordering, the last-segment flag and the manifest size detect truncation (including
+whole dropped segments), and bytes after the last segment are refused. The key check
+(HKDF of the key alone, so it is the same for every package of one key) lets a wrong key be
+reported as such instead of as tampering; it also commits the package to one key.
+Decryption verifies the plaintext digest against the manifest as it goes (on a second thread),
+so a package whose content does not match its authenticated manifest is refused.
+
+Memory is constant (two 1 MiB plaintext buffers and one ciphertext buffer, reused).
+`decrypt_file` writes to a temporary file beside the destination and renames it only after
+every segment, the final flag and the digest verified: no partial plaintext on any failure.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import struct
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+MAGIC = b"CCRPKG"
+VERSION = 1
+SEGMENT_SIZE = 1 << 20
+TAG_SIZE = 16
+KEY_SIZE = 32
+SALT_SIZE = 32
+NONCE_PREFIX_SIZE = 7
+KEY_CHECK_SIZE = 32
+MAX_HEADER_SIZE = 256 * 1024
+_PREAMBLE = struct.Struct(">6sBI")  # magic, version, body length
+_NONCE_TAIL = struct.Struct(">IB")  # segment counter, last-segment flag
+_FIXED_BODY = SALT_SIZE + NONCE_PREFIX_SIZE + KEY_CHECK_SIZE
+_MAX_SEGMENTS = 2**32
+
+
+class PackageError(ValueError):
+    """Not a valid package for this key. Messages never contain key material or plaintext."""
+
+
+class TruncatedPackage(PackageError):
+    """The package ends before its last segment (or inside its header)."""
+
+
+class TamperedPackage(PackageError):
+    """A segment or the header failed authentication, segments are out of order, or
+    bytes follow the last segment."""
+
+
+class WrongKey(PackageError):
+    """The key is not the one the package was encrypted with."""
+
+
+class UnsupportedVersion(PackageError):
+    """The header names a format version this code does not read."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    sha256: str
+    size: int
+    content_type: str
+    schema: dict | None = None
+
+    def to_dict(self) -> dict:
+        return {"sha256": self.sha256, "size": self.size, "content_type": self.content_type,
+                "schema": self.schema}
+
+    @classmethod
+    def from_dict(cls, data) -> "Manifest":
+        if not isinstance(data, dict) or set(data) != {"sha256", "size", "content_type", "schema"}:
+            raise TamperedPackage("package manifest is malformed")
+        sha, size, content_type, schema = data["sha256"], data["size"], data["content_type"], data["schema"]
+        if (not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)
+                or not isinstance(size, int) or isinstance(size, bool) or size < 0
+                or size > SEGMENT_SIZE * _MAX_SEGMENTS
+                or not isinstance(content_type, str) or not content_type
+                or not (schema is None or isinstance(schema, dict))):
+            raise TamperedPackage("package manifest is malformed")
+        return cls(sha, size, content_type, schema)
+
+
+@dataclass(frozen=True)
+class Header:
+    version: int
+    key_id: str
+    manifest: Manifest
+    salt: bytes = field(repr=False)
+    nonce_prefix: bytes = field(repr=False)
+    key_check: bytes = field(repr=False)
+    raw: bytes = field(repr=False)  # the exact header bytes: associated data of every segment
+
+    @property
+    def segment_count(self) -> int:
+        return max(1, -(-self.manifest.size // SEGMENT_SIZE))
+
+
+def _hkdf(key: bytes, salt: bytes | None, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(key)
+
+
+def _key_check(key: bytes) -> bytes:
+    return _hkdf(key, None, b"ccr-package/1 key check")
+
+
+def _segment_aead(key: bytes, salt: bytes) -> AESGCM:
+    return AESGCM(_hkdf(key, salt, b"ccr-package/1 segment key"))
+
+
+def _nonce(prefix: bytes, index: int, last: bool) -> bytes:
+    return prefix + _NONCE_TAIL.pack(index, 1 if last else 0)
+
+
+def _check_key(key) -> bytes:
+    if not isinstance(key, (bytes, bytearray)) or len(key) != KEY_SIZE:
+        raise ValueError(f"a package key is {KEY_SIZE} bytes")
+    return bytes(key)
+
+
+def _build_header(key: bytes, key_id: str, manifest: Manifest) -> Header:
+    if not isinstance(key_id, str) or not key_id or len(key_id) > 2048:
+        raise ValueError("key_id must be a non-empty string of at most 2048 characters")
+    salt, prefix = os.urandom(SALT_SIZE), os.urandom(NONCE_PREFIX_SIZE)
+    check = _key_check(key)
+    document = json.dumps({"key_id": key_id, "manifest": manifest.to_dict()}, sort_keys=True,
+                          separators=(",", ":")).encode()
+    body = salt + prefix + check + document
+    if _PREAMBLE.size + len(body) > MAX_HEADER_SIZE:
+        raise ValueError(f"package header would exceed {MAX_HEADER_SIZE} bytes (schema too large)")
+    raw = _PREAMBLE.pack(MAGIC, VERSION, len(body)) + body
+    return Header(VERSION, key_id, manifest, salt, prefix, check, raw)
+
+
+def _parse_header(preamble: bytes, body: bytes) -> Header:
+    try:
+        document = json.loads(body[_FIXED_BODY:].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise TamperedPackage("package header is malformed") from None
+    if not isinstance(document, dict) or set(document) != {"key_id", "manifest"} \
+            or not isinstance(document["key_id"], str) or not document["key_id"]:
+        raise TamperedPackage("package header is malformed")
+    return Header(VERSION, document["key_id"], Manifest.from_dict(document["manifest"]),
+                  body[:SALT_SIZE], body[SALT_SIZE:SALT_SIZE + NONCE_PREFIX_SIZE],
+                  body[SALT_SIZE + NONCE_PREFIX_SIZE:_FIXED_BODY], preamble + body)
+
+
+def _read_preamble(preamble: bytes) -> int:
+    """Body length of a header, after checking magic and version."""
+    if len(preamble) < _PREAMBLE.size:
+        if MAGIC.startswith(preamble[:len(MAGIC)]):
+            raise TruncatedPackage("package ends inside its header")
+        raise PackageError("not a CCR package (bad magic)")
+    magic, version, length = _PREAMBLE.unpack(preamble)
+    if magic != MAGIC:
+        raise PackageError("not a CCR package (bad magic)")
+    if version != VERSION:
+        raise UnsupportedVersion(f"package format version {version} is not supported (this code reads {VERSION})")
+    if length < _FIXED_BODY or _PREAMBLE.size + length > MAX_HEADER_SIZE:
+        raise TamperedPackage("package header length is out of range")
+    return length
+
+
+def read_header(src: BinaryIO | bytes | bytearray | memoryview) -> Header:
+    """The header of a package (version, key id, manifest), without the key. A stream is
+    left positioned at the first segment. The header is authenticated only by decryption."""
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        data = bytes(src[:MAX_HEADER_SIZE])
+        length = _read_preamble(data[:_PREAMBLE.size])
+        body = data[_PREAMBLE.size:_PREAMBLE.size + length]
+    else:
+        preamble = _read_exactly(src, _PREAMBLE.size)
+        length = _read_preamble(preamble)
+        body = _read_exactly(src, length)
+        data = preamble
+    if len(body) < length:
+        raise TruncatedPackage("package ends inside its header")
+    return _parse_header(data[:_PREAMBLE.size], body)
+
+
+def _read_exactly(src: BinaryIO, size: int) -> bytes:
+    chunks, remaining = [], size
+    while remaining:
+        chunk = src.read(remaining)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def _readinto_full(src: BinaryIO, view: memoryview) -> int:
+    """Fill `view` unless the stream ends first; returns the bytes read (short reads of pipes
+    and sockets are retried)."""
+    total = 0
+    while total < len(view):
+        count = src.readinto(view[total:])
+        if not count:
+            break
+        total += count
+    return total
+
+
+def _digest(src: BinaryIO, buffer: memoryview) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    while True:
+        count = src.readinto(buffer)
+        if not count:
+            return digest.hexdigest(), size
+        digest.update(buffer[:count])
+        size += count
+
+
+def _source_state(src: BinaryIO):
+    """(size, mtime) of a file-backed source, to notice it changing between the two passes."""
+    try:
+        stat = os.fstat(src.fileno())
+    except (AttributeError, OSError, ValueError):
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def encrypt_stream(src: BinaryIO, dst: BinaryIO, key: bytes, key_id: str, content_type: str,
+                   schema: dict | None = None, size_hint: int | None = None) -> Manifest:
+    """Encrypts `src` into `dst`. Two passes over the source (digest for the manifest, then
+    encryption); a source that cannot seek is spooled to a temporary file first. `size_hint`,
+    when given, must equal the source's size."""
+    key = _check_key(key)
+    if not src.seekable():
+        with tempfile.TemporaryFile() as spool:
+            while chunk := src.read(SEGMENT_SIZE):
+                spool.write(chunk)
+            spool.seek(0)
+            return encrypt_stream(spool, dst, key, key_id, content_type, schema, size_hint)
+    plain = memoryview(bytearray(SEGMENT_SIZE))
+    before = _source_state(src)
+    start = src.tell()
+    sha256, size = _digest(src, plain)
+    if size_hint is not None and size_hint != size:
+        raise ValueError(f"source is {size} bytes, not the {size_hint} announced")
+    if not isinstance(content_type, str) or not content_type:
+        raise ValueError("content_type must be a non-empty string")
+    if schema is not None and not isinstance(schema, dict):
+        raise ValueError("schema must be a JSON object or None")
+    manifest = Manifest(sha256, size, content_type, schema)
+    header = _build_header(key, key_id, manifest)
+    src.seek(start)
+    dst.write(header.raw)
+    aead, sealed = _segment_aead(key, header.salt), memoryview(bytearray(SEGMENT_SIZE + TAG_SIZE))
+    count = header.segment_count
+    for index in range(count):
+        last = index == count - 1
+        expected = size - SEGMENT_SIZE * index if last else SEGMENT_SIZE
+        if _readinto_full(src, plain[:expected]) != expected:
+            raise PackageError("source changed while it was being encrypted")
+        aead.encrypt_into(_nonce(header.nonce_prefix, index, last), plain[:expected], header.raw,
+                          sealed[:expected + TAG_SIZE])
+        dst.write(sealed[:expected + TAG_SIZE])
+    if src.read(1) or _source_state(src) != before:
+        raise PackageError("source changed while it was being encrypted")
+    return manifest
+
+
+def decrypt_stream(src: BinaryIO, dst: BinaryIO, key: bytes) -> Manifest:
+    """Decrypts a package from `src` into `dst`, one verified segment at a time. On failure
+    `dst` may hold verified segments of an incomplete plaintext: callers that write to a
+    file use `decrypt_file`, which never leaves partial plaintext behind."""
+    key = _check_key(key)
+    header = read_header(src)
+    if not hmac.compare_digest(_key_check(key), header.key_check):
+        raise WrongKey("the key does not match this package (wrong key, or its key check was altered)")
+    aead, size, count = _segment_aead(key, header.salt), header.manifest.size, header.segment_count
+    sealed = memoryview(bytearray(SEGMENT_SIZE + TAG_SIZE))
+    plains = (memoryview(bytearray(SEGMENT_SIZE)), memoryview(bytearray(SEGMENT_SIZE)))
+    digest = hashlib.sha256()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ccr-package-digest") as hasher:
+        hashing = None
+        for index in range(count):
+            last = index == count - 1
+            expected = (size - SEGMENT_SIZE * index if last else SEGMENT_SIZE) + TAG_SIZE
+            if _readinto_full(src, sealed[:expected]) != expected:
+                raise TruncatedPackage(f"package ends inside or before segment {index} of {count}")
+            plain = plains[index & 1][:expected - TAG_SIZE]
+            try:
+                aead.decrypt_into(_nonce(header.nonce_prefix, index, last), sealed[:expected], header.raw, plain)
+            except InvalidTag:
+                raise TamperedPackage(f"segment {index} of {count} failed authentication "
+                                      "(altered, reordered or truncated package)") from None
+            if hashing is not None:
+                hashing.result()  # the other buffer is free again
+            dst.write(plain)
+            hashing = hasher.submit(digest.update, plain)
+        hashing.result()
+    if src.read(1):
+        raise TamperedPackage("unexpected bytes after the last segment")
+    if digest.hexdigest() != header.manifest.sha256:
+        raise TamperedPackage("plaintext digest differs from the package manifest")
+    return header.manifest
+
+
+def _atomic_output(dst_path: Path, write) -> Manifest:
+    """Runs `write(file)` on a temporary file beside `dst_path`; renames it into place only
+    if `write` returns, removes it otherwise."""
+    dst_path = Path(dst_path)
+    handle = tempfile.NamedTemporaryFile(dir=dst_path.parent, prefix=f".{dst_path.name}.", suffix=".part",
+                                         delete=False)
+    try:
+        with handle:
+            result = write(handle)
+        os.replace(handle.name, dst_path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+    return result
+
+
+def encrypt_file(src_path, dst_path, key: bytes, key_id: str, content_type: str,
+                 schema: dict | None = None) -> Manifest:
+    """Encrypts a file into a package file (written atomically)."""
+    with open(src_path, "rb", buffering=0) as src:
+        return _atomic_output(dst_path, lambda dst: encrypt_stream(src, dst, key, key_id, content_type, schema))
+
+
+def decrypt_file(src_path, dst_path, key: bytes) -> Manifest:
+    """Decrypts a package file; the destination appears only once everything verified."""
+    with open(src_path, "rb", buffering=0) as src:
+        return _atomic_output(dst_path, lambda dst: decrypt_stream(src, dst, key))
