@@ -27,7 +27,6 @@ package = pytest.importorskip("shared.package")  # noqa: E402 (lands with the pa
 from trainer_container import run as trainer_run  # noqa: E402
 
 CONTRACT_ID = "covid-test"
-RUN_ID = "run-" + "0123456789abcdef"
 EVENT_KEY = "topic-key-for-tests"
 
 
@@ -50,6 +49,7 @@ class Stage:
 
     def __init__(self, tmp_path, azurite, contract_id):
         self.tmp, self.contract_id, self.keys = tmp_path, contract_id, {}
+        self.run_id = f"run-{secrets.token_hex(8)}"
         self.blobs = BlobServiceClient.from_connection_string(azurite.connection_string)
         for container in (storage_names.DATASETS, storage_names.MODELS, storage_names.OUTPUTS):
             if not self.blobs.get_container_client(container).exists():
@@ -88,8 +88,8 @@ def raw_tables() -> dict[str, pd.DataFrame]:
     return {name: pd.read_csv(f"/work/shared/data/covid/{file}") for name, file in covid_model.RAW_FILES.items()}
 
 
-def environment(azurite, sidecar, topic, contract) -> dict:
-    return {"CCR_RUN_ID": RUN_ID, "CCR_CONTRACT": json.dumps(contract),
+def environment(stage, azurite, sidecar, topic, contract) -> dict:
+    return {"CCR_RUN_ID": stage.run_id, "CCR_CONTRACT": json.dumps(contract),
             "CCR_STORAGE_CONNECTION": azurite.connection_string, "CCR_SKR_URL": sidecar.url,
             "CCR_MAA_URL": "https://maa.test", "CCR_EVENTGRID_TOPIC_URL": f"{topic.url}/api/events",
             "CCR_EVENTGRID_KEY": EVENT_KEY}
@@ -103,7 +103,7 @@ def run_in_process(monkeypatch, env) -> tuple[int, list[str]]:
 
 
 def output_blob_exists(stage) -> bool:
-    return stage.blobs.get_blob_client(storage_names.OUTPUTS, storage_names.output_blob(RUN_ID)).exists()
+    return stage.blobs.get_blob_client(storage_names.OUTPUTS, storage_names.output_blob(stage.run_id)).exists()
 
 
 def test_covid_end_to_end_with_canaries(tmp_path, azurite, topic):
@@ -122,7 +122,7 @@ def test_covid_end_to_end_with_canaries(tmp_path, azurite, topic):
     contract = stage.contract(tables, covid_model.covid_training_config(), covid_model.covid_join_spec())
     sidecar = KeyReleaseStandIn(stage.keys).start()
     try:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])), **environment(azurite, sidecar, topic, contract)}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])), **environment(stage, azurite, sidecar, topic, contract)}
         done = subprocess.run([sys.executable, "-m", "trainer_container"], env=env, capture_output=True, text=True,
                               timeout=300, cwd=PROJECT_ROOT)
     finally:
@@ -132,12 +132,12 @@ def test_covid_end_to_end_with_canaries(tmp_path, azurite, topic):
     assert sum("epoch" in line and "epsilon" in line for line in done.stdout.splitlines()) == 5
 
     [event] = topic.events
-    assert event["eventType"] == "CCR.Trainer.Completed" and event["subject"] == f"runs/{RUN_ID}"
+    assert event["eventType"] == "CCR.Trainer.Completed" and event["subject"] == f"runs/{stage.run_id}"
     data = event["data"]
     assert data["status"] == "succeeded" and data["privacy"]["epsilon"] <= 1.5
     assert data["metrics_summary"]["accuracy"] >= 0.85
 
-    encrypted = stage.blobs.get_blob_client(storage_names.OUTPUTS, storage_names.output_blob(RUN_ID))
+    encrypted = stage.blobs.get_blob_client(storage_names.OUTPUTS, storage_names.output_blob(stage.run_id))
     assert data["output_blob"] == encrypted.url
     (tmp_path / "out.ccr").write_bytes(encrypted.download_blob().readall())
     output_key = stage.keys[contract["tdc"]["output"]["key_kid"]]
@@ -166,7 +166,7 @@ def test_budget_over_the_contract_fails_before_any_dataset_is_read(tmp_path, azu
                               covid_model.covid_join_spec(), threshold=1.5)
     sidecar = KeyReleaseStandIn(stage.keys).start()
     try:
-        code, lines = run_in_process(monkeypatch, environment(azurite, sidecar, topic, contract))
+        code, lines = run_in_process(monkeypatch, environment(stage, azurite, sidecar, topic, contract))
     finally:
         sidecar.stop()
     assert code != 0
@@ -185,13 +185,13 @@ def test_dataset_digest_mismatch_fails_before_its_key_is_released(tmp_path, azur
     cowin["sha256"] = hashlib.sha256(b"another table").hexdigest()
     sidecar = KeyReleaseStandIn(stage.keys).start()
     try:
-        code, lines = run_in_process(monkeypatch, environment(azurite, sidecar, topic, contract))
+        code, lines = run_in_process(monkeypatch, environment(stage, azurite, sidecar, topic, contract))
     finally:
         sidecar.stop()
     assert code != 0
     assert cowin["key_kid"] not in [r["kid"] for r in sidecar.requests]
     [event] = topic.events
-    assert event["data"] == {"run_id": RUN_ID, "status": "failed", "error_class": "DigestMismatch",
+    assert event["data"] == {"run_id": stage.run_id, "status": "failed", "error_class": "DigestMismatch",
                              "message": "cowin: package digest differs from the contract"}
     assert not output_blob_exists(stage)
 
@@ -203,7 +203,7 @@ def test_missing_join_column_fails_naming_it(tmp_path, azurite, topic, monkeypat
     contract = stage.contract(tables, covid_model.covid_training_config(), covid_model.covid_join_spec())
     sidecar = KeyReleaseStandIn(stage.keys).start()
     try:
-        code, lines = run_in_process(monkeypatch, environment(azurite, sidecar, topic, contract))
+        code, lines = run_in_process(monkeypatch, environment(stage, azurite, sidecar, topic, contract))
     finally:
         sidecar.stop()
     assert code != 0 and lines[-1] == "failed: JoinError: dataset index has no column potravel"
@@ -224,7 +224,7 @@ def test_remaining_budget_below_the_ask_fails_before_any_dataset_is_read(tmp_pat
                               covid_model.covid_join_spec(), threshold=1.5)
     sidecar = KeyReleaseStandIn(stage.keys).start()
     try:
-        env = {**environment(azurite, sidecar, topic, contract), "CCR_EPSILON_BUDGET": "0.4"}
+        env = {**environment(stage, azurite, sidecar, topic, contract), "CCR_EPSILON_BUDGET": "0.4"}
         code, lines = run_in_process(monkeypatch, env)
     finally:
         sidecar.stop()
