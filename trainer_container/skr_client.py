@@ -42,7 +42,8 @@ class SkrClient:
         if response.status_code != 200:
             raise KeyReleaseError(f"SKR sidecar refused to release key {kid} (HTTP {response.status_code})")
         try:
-            key = jwk.JWK.from_json(response.json()["key"])
+            released = response.json()["key"]  # a JWK as JSON text (the sidecar's format) or an object
+            key = jwk.JWK.from_json(released) if isinstance(released, str) else jwk.JWK(**released)
             material = base64.urlsafe_b64decode(key.export(private_key=True, as_dict=True)["k"] + "==")
         except (ValueError, KeyError, TypeError, json.JSONDecodeError):
             raise KeyReleaseError(f"SKR sidecar returned no usable key for {kid}") from None
