@@ -2,4 +2,10 @@
 import azure.durable_functions as df
 import azure.functions as func
 
+from functions import completion_events, contract_webhook, input_arrivals, status_api
+from orchestrations import activities, run_workflow
+
 app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
+for blueprint in (contract_webhook.bp, input_arrivals.bp, completion_events.bp, status_api.bp,
+                  run_workflow.bp, activities.bp):
+    app.register_functions(blueprint)

@@ -1,0 +1,34 @@
+"""Event Grid trigger: the trainer's completion event, raised to its run's orchestration."""
+from __future__ import annotations
+
+import logging
+
+import azure.durable_functions as df
+import azure.functions as func
+
+from orchestrations.run_workflow import TRAINER_FINISHED_EVENT
+from shared import events
+
+bp = df.Blueprint()
+log = logging.getLogger(__name__)
+
+_SAFE_FIELDS = ("run_id", "status", "output_blob", "output_sha256", "metrics_summary", "privacy",
+                "error_class", "message")
+
+
+@bp.event_grid_trigger(arg_name="event")
+@bp.durable_client_input(client_name="client")
+async def trainer_finished(event: func.EventGridEvent, client: df.DurableOrchestrationClient) -> None:
+    if event.event_type not in (events.TRAINER_COMPLETED, events.TRAINER_FAILED):
+        log.info("ignoring event of type %s", event.event_type)
+        return
+    data = event.get_json() or {}
+    run_id = data.get("run_id")
+    if not isinstance(run_id, str) or not run_id.startswith("run-"):
+        log.warning("completion event %s without a valid run id; ignored", event.id)
+        return
+    status = await client.get_status(run_id)
+    if status is None or status.runtime_status is None:
+        log.warning("completion event for unknown run %s; ignored", run_id)
+        return
+    await client.raise_event(run_id, TRAINER_FINISHED_EVENT, {k: data.get(k) for k in _SAFE_FIELDS})

@@ -1,0 +1,64 @@
+"""POST /api/contracts: the contract ledger's webhook for fully signed contracts.
+
+Verifies every signature against its signer's DID document, the signer set and the
+validity window (shared.contract), stores the contract once, and starts its run if every
+input has already arrived. Any rejection is a 4xx with the reason and starts nothing.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+
+import azure.durable_functions as df
+import azure.functions as func
+
+from functions.http_responses import error, json_response
+from orchestrations.admission import start_run_if_ready
+from shared import azure_clients
+from shared.contract import ContractError, verify_contract
+from shared.contract_store import ContractConflict, ContractStore
+from shared.run_records import run_id_for
+
+bp = df.Blueprint()
+log = logging.getLogger(__name__)
+
+MAX_ENVELOPE_BYTES = 1 << 20
+
+
+def _envelope(req: func.HttpRequest) -> tuple[bytes, str | None]:
+    """The ledger posts the COSE_Sign envelope raw (application/cose) or as JSON
+    {"envelope": base64, "seqno": n}."""
+    body = req.get_body()
+    if len(body) > MAX_ENVELOPE_BYTES:
+        raise ValueError("contract envelope too large")
+    seqno = req.headers.get("x-ledger-seqno")
+    if (req.headers.get("content-type") or "").startswith("application/json"):
+        document = json.loads(body)
+        return base64.b64decode(document["envelope"], validate=True), str(document.get("seqno", seqno))
+    return body, seqno
+
+
+@bp.route(route="contracts", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+@bp.durable_client_input(client_name="client")
+async def contract_webhook(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    try:
+        envelope, seqno = _envelope(req)
+    except (ValueError, KeyError, TypeError, binascii.Error) as problem:
+        return error(400, f"malformed request: {problem}")
+    try:
+        contract = verify_contract(envelope)
+    except ContractError as problem:
+        log.warning("contract rejected: %s", problem)
+        return error(problem.http_status, str(problem))
+    try:
+        record, new = ContractStore(azure_clients.blob_service()).accept(
+            contract.payload, contract.digest, base64.b64encode(envelope).decode(), seqno)
+    except ContractConflict as problem:
+        return error(409, str(problem))
+    contract_id = record["contract_id"]
+    if new:
+        log.info("accepted contract %s (ledger seqno %s)", contract_id, seqno)
+    await start_run_if_ready(client, contract_id)
+    return json_response({"contract_id": contract_id, "run_id": run_id_for(contract_id), "status": "accepted"})

@@ -1,0 +1,15 @@
+"""JSON responses for the HTTP triggers."""
+from __future__ import annotations
+
+import json
+
+import azure.functions as func
+
+
+def json_response(body: dict | list, status: int = 200) -> func.HttpResponse:
+    return func.HttpResponse(json.dumps(body, sort_keys=True), status_code=status,
+                             mimetype="application/json")
+
+
+def error(status: int, reason: str) -> func.HttpResponse:
+    return json_response({"error": reason}, status)

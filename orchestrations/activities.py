@@ -1,0 +1,52 @@
+"""The run's steps as Durable activities. Each one is idempotent (the host may run an
+activity again after a crash) and records its phase in the run record."""
+from __future__ import annotations
+
+import logging
+
+import azure.durable_functions as df
+
+from orchestrations import run_steps
+
+from orchestrations import run_steps
+from shared import azure_clients
+from shared.run_records import RunRecords
+
+bp = df.Blueprint()
+log = logging.getLogger(__name__)
+
+
+def _records() -> RunRecords:
+    return RunRecords(azure_clients.blob_service())
+
+
+@bp.activity_trigger(input_name="run")
+def validate_inputs(run: dict) -> dict:
+    _records().enter_phase(run["run_id"], "validating")
+    return run_steps.validate_inputs(run)
+
+
+@bp.activity_trigger(input_name="run")
+def check_key_policies(run: dict) -> dict:
+    _records().enter_phase(run["run_id"], "checking_keys")
+    return run_steps.check_key_policies(run)
+
+
+@bp.activity_trigger(input_name="run")
+def deploy_trainer(run: dict) -> dict:
+    _records().enter_phase(run["run_id"], "deploying")
+    deployment = run_steps.deploy_trainer(run)
+    _records().enter_phase(run["run_id"], "training", container_group=deployment["container_group"])
+    return deployment
+
+
+@bp.activity_trigger(input_name="run")
+def clean_up_trainer(run: dict) -> dict:
+    _records().enter_phase(run["run_id"], "cleaning_up")
+    return run_steps.clean_up_trainer(run)
+
+
+@bp.activity_trigger(input_name="result")
+def finish_run(result: dict) -> dict:
+    _records().enter_phase(result["run"]["run_id"], "notifying")
+    return run_steps.finish_run(result["run"], result["outcome"])

@@ -1,0 +1,252 @@
+"""What each step of a run does, apart from the Durable plumbing (see activities.py).
+
+Validation failures are returned as `{"ok": False, "reason": ...}` rather than raised, so
+the orchestration does not retry a deterministic failure; transient errors (network,
+storage) raise and are retried by the host.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+import time
+
+import requests
+from azure.core.exceptions import ResourceNotFoundError
+
+from orchestrations.deployment import trainer_deployment
+from shared import azure_clients, events, settings, storage_names
+from shared.contract_store import ContractStore, contract_inputs, split_blob_path
+from shared.package import PackageError, read_header
+from shared.privacy_budget import PrivacyBudget
+from shared.release_policy import (PolicyNotSatisfied, ReleasePolicyError, authorities, evaluate,
+                                   normalize_authority)
+from shared.run_records import RunRecords
+
+log = logging.getLogger(__name__)
+
+HEADER_PROBE_BYTES = 1 << 20
+LOG_TAIL_LINES = 50
+
+
+def _contract(run: dict) -> dict:
+    record = ContractStore(azure_clients.blob_service()).get(run["contract_id"])
+    if record is None or record["digest"] != run["contract_digest"]:
+        raise RuntimeError(f"accepted contract {run['contract_id']} not found or changed")
+    return record["payload"]
+
+
+def _datasets(payload: dict) -> list[dict]:
+    return [d for tdp in payload["tdps"] for d in tdp["datasets"]]
+
+
+# --- 1. validate inputs ------------------------------------------------------------------
+
+def validate_inputs(run: dict) -> dict:
+    """Each input exists, its header parses, and its manifest digest is the contract's;
+    then reserve the privacy budget this run may spend."""
+    payload = _contract(run)
+    service = azure_clients.blob_service()
+    for item in contract_inputs(payload):
+        container, name = split_blob_path(item["blob"])
+        try:
+            head = service.get_blob_client(container, name).download_blob(
+                offset=0, length=HEADER_PROBE_BYTES).readall()
+        except ResourceNotFoundError:
+            return {"ok": False, "reason": f"input {item['blob']} is missing"}
+        try:
+            header = read_header(head)
+        except PackageError as error:
+            return {"ok": False, "reason": f"input {item['blob']} is not a valid package: {error}"}
+        if header.manifest.sha256 != item["sha256"]:
+            return {"ok": False, "reason": f"input {item['blob']} does not match the contract "
+                                           f"(manifest digest differs)"}
+    return _reserve_budget(run, payload)
+
+
+def _reserve_budget(run: dict, payload: dict) -> dict:
+    budget = PrivacyBudget(azure_clients.blob_service())
+    datasets = _datasets(payload)
+    remaining = {d["name"]: budget.remaining(d["sha256"], float(d["epsilon_threshold"]), run["run_id"])
+                 for d in datasets}
+    epsilon = min(remaining.values())
+    if epsilon <= 0:
+        exhausted = sorted(name for name, left in remaining.items() if left <= 0)
+        return {"ok": False, "reason": f"privacy budget exhausted for dataset(s): {', '.join(exhausted)}"}
+    delta = float(payload.get("privacy", {}).get("delta", 0))
+    for dataset in datasets:
+        budget.record(dataset["sha256"], run["run_id"], epsilon, delta, state="reserved")
+    return {"ok": True, "epsilon_budget": epsilon}
+
+
+# --- 2. check key release policies --------------------------------------------------------
+
+def _key_ids(payload: dict) -> list[tuple[str, str]]:
+    kids = [(d["name"], d["key_kid"]) for d in _datasets(payload)]
+    kids.append(("model", payload["tdc"]["model"]["key_kid"]))
+    kids.append(("output", payload["tdc"]["output"]["key_kid"]))
+    return kids
+
+
+def _parse_kid(kid: str) -> tuple[str, str | None]:
+    parts = kid.rstrip("/").split("/keys/", 1)[-1].split("/")
+    return parts[0], (parts[1] if len(parts) > 1 and parts[1] else None)
+
+
+def check_key_policies(run: dict) -> dict:
+    """Every key's release policy must pin the container group we are about to deploy."""
+    payload = _contract(run)
+    deployment = trainer_deployment(run, payload)
+    client = azure_clients.key_client()
+    authority = settings.require("CCR_MAA_URL")
+    for label, kid in _key_ids(payload):
+        name, version = _parse_kid(kid)
+        try:
+            key = client.get_key(name, version)
+        except ResourceNotFoundError:
+            return {"ok": False, "reason": f"key for {label} ({name}) not found in Key Vault"}
+        policy = key.properties.release_policy
+        if policy is None or not key.properties.exportable:
+            return {"ok": False, "reason": f"key for {label} ({name}) has no secure key release policy"}
+        problem = release_policy_problem(json.loads(policy.encoded_policy), authority, deployment.hostdata)
+        if problem:
+            return {"ok": False, "reason": f"key for {label} ({name}): {problem}"}
+    return {"ok": True, "hostdata": deployment.hostdata}
+
+
+_PINNED_CLAIMS = {"x-ms-attestation-type": ("sevsnpvm", "sgx"),
+                  "x-ms-compliance-status": ("azure-compliant-uvm", "not-compliant"),
+                  "x-ms-sevsnpvm-is-debuggable": (False, True)}
+
+
+def release_policy_problem(policy: dict, authority: str, hostdata: str) -> str | None:
+    """Why this policy does not bind the key to our exact container group, or None.
+
+    Judged by behaviour with the same evaluator Key Vault's twin uses: the claims of the
+    group we deploy must satisfy it, and changing any pinned claim (hostdata, debuggable,
+    attestation type, compliance) or the authority must not."""
+    expected = {claim: good for claim, (good, _) in _PINNED_CLAIMS.items()}
+    expected["x-ms-sevsnpvm-hostdata"] = hostdata
+    try:
+        if any(normalize_authority(a) != normalize_authority(authority) for a in authorities(policy)):
+            return "its release policy trusts an attestation authority other than ours"
+        evaluate(policy, authority, expected)
+    except ReleasePolicyError as error:
+        return f"its release policy is invalid: {error}"
+    except PolicyNotSatisfied:
+        return "its release policy does not admit the trainer container group we deploy (hostdata differs)"
+    variations = {claim: bad for claim, (_, bad) in _PINNED_CLAIMS.items()}
+    variations["x-ms-sevsnpvm-hostdata"] = "0" * 64
+    for claim, bad in variations.items():
+        try:
+            evaluate(policy, authority, {**expected, claim: bad})
+            return f"its release policy does not pin {claim}"
+        except PolicyNotSatisfied:
+            pass
+    return None
+
+
+# --- 3. deploy the trainer ------------------------------------------------------------------
+
+def deploy_trainer(run: dict) -> dict:
+    """Create the confidential container group, once: a retry finds it and leaves it."""
+    payload = _contract(run)
+    deployment = trainer_deployment(run, payload)
+    client = azure_clients.container_client()
+    group_name = deployment.group_name
+    resource_group = settings.require("CCR_RESOURCE_GROUP")
+    try:
+        client.container_groups.get(resource_group, group_name)
+        log.info("container group %s already exists; not creating it again", group_name)
+    except ResourceNotFoundError:
+        client.container_groups.begin_create_or_update(
+            resource_group, group_name, deployment.container_group).result()
+        log.info("created container group %s", group_name)
+    return {"container_group": group_name, "hostdata": deployment.hostdata}
+
+
+# --- 5. clean up ----------------------------------------------------------------------------
+
+def clean_up_trainer(run: dict) -> dict:
+    """Keep the tail of the trainer's log in the run record, then delete the group."""
+    payload = _contract(run)
+    deployment = trainer_deployment(run, payload)
+    client = azure_clients.container_client()
+    resource_group = settings.require("CCR_RESOURCE_GROUP")
+    lines: list[str] = []
+    try:
+        logs = client.containers.list_logs(resource_group, deployment.group_name,
+                                           deployment.trainer_container_name, tail=LOG_TAIL_LINES)
+        lines = (logs.content or "").splitlines()[-LOG_TAIL_LINES:]
+    except ResourceNotFoundError:
+        pass
+    try:
+        client.container_groups.begin_delete(resource_group, deployment.group_name).result()
+    except ResourceNotFoundError:
+        pass
+    RunRecords(azure_clients.blob_service()).enter_phase(run["run_id"], "cleaning_up", trainer_log_tail=lines)
+    return {"log_lines": len(lines)}
+
+
+# --- 6. record the outcome and notify the TDC -------------------------------------------------
+
+def finish_run(run: dict, outcome: dict) -> dict:
+    payload = _contract(run)
+    budget_spent = _settle_budget(run, payload, outcome)
+    output_url = None
+    if outcome["status"] == "succeeded":
+        container, name = storage_names.OUTPUTS, storage_names.output_blob(run["run_id"])
+        output_url = azure_clients.blob_service().get_blob_client(container, name).url
+    summary = {"run_id": run["run_id"], "contract_id": run["contract_id"], "status": outcome["status"],
+               "failed_phase": outcome.get("phase") if outcome["status"] != "succeeded" else None,
+               "reason": outcome.get("reason"), "output_blob": output_url,
+               "output_sha256": outcome.get("output_sha256"), "metrics": outcome.get("metrics"),
+               "privacy_budget_spent": budget_spent}
+    records = RunRecords(azure_clients.blob_service())
+    records.enter_phase(run["run_id"], "notifying")
+    notification = _notify_tdc(payload, summary)
+    records.finish(run["run_id"], **summary, notification=notification)
+    return summary
+
+
+def _settle_budget(run: dict, payload: dict, outcome: dict) -> dict:
+    """Spent = the trainer's report on success; a run that never trained gives its
+    reservation back; a run that failed during training keeps it (data may have been used)."""
+    budget = PrivacyBudget(azure_clients.blob_service())
+    privacy = outcome.get("privacy") or {}
+    spent = {}
+    for dataset in _datasets(payload):
+        if outcome["status"] == "succeeded" and "epsilon" in privacy:
+            budget.record(dataset["sha256"], run["run_id"], privacy["epsilon"],
+                          privacy.get("delta", 0.0), state="spent")
+            spent[dataset["name"]] = privacy["epsilon"]
+        elif outcome.get("phase") in ("validating", "checking_keys"):
+            budget.release(dataset["sha256"], run["run_id"])
+            spent[dataset["name"]] = 0.0
+        else:
+            spent[dataset["name"]] = budget.of_run(dataset["sha256"], run["run_id"])
+    return spent
+
+
+def _notify_tdc(payload: dict, summary: dict) -> dict:
+    """An Event Grid event and a POST to the TDC's webhook; failures are recorded, not fatal.
+    Carries the run id, status and output location only: no keys, no SAS."""
+    notice = {k: summary[k] for k in ("run_id", "contract_id", "status", "output_blob", "output_sha256", "reason")}
+    result = {"event": False, "webhook": None}
+    try:
+        events.publish(events.RUN_FINISHED, f"runs/{summary['run_id']}", notice)
+        result["event"] = True
+    except Exception as error:  # noqa: BLE001 - recorded for the operator, run outcome stands
+        log.warning("run %s: could not publish the finished event: %s", summary["run_id"], type(error).__name__)
+    webhook = payload["tdc"].get("output", {}).get("webhook")
+    if webhook:
+        for attempt in range(3):
+            try:
+                response = requests.post(webhook, json=notice, timeout=10, verify=settings.ca_bundle())
+                result["webhook"] = response.status_code
+                if response.ok:
+                    break
+            except requests.RequestException as error:
+                result["webhook"] = type(error).__name__
+            time.sleep(2 ** attempt)
+    return result

@@ -1,0 +1,94 @@
+"""The clean-room run: validate, check keys, deploy the trainer, wait, clean up, notify.
+
+Deterministic orchestrator code only: every side effect happens in an activity
+(`orchestrations/activities.py`). Custom status always names the current phase so the
+status API and the Durable management API show where a run is.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import azure.durable_functions as df
+
+bp = df.Blueprint()
+
+TRAINER_FINISHED_EVENT = "TrainerFinished"
+RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=1000, max_number_of_attempts=3)
+
+
+def _status(context: df.DurableOrchestrationContext, phase: str, **extra) -> None:
+    context.set_custom_status({"phase": phase, **extra})
+
+
+@bp.orchestration_trigger(context_name="context")
+def ccr_run(context: df.DurableOrchestrationContext):
+    """One run of one contract; its instance id is the run id derived from the contract."""
+    run = context.get_input()
+    progress = {"phase": "validating", "deployed": False}
+    try:
+        outcome = yield from _run_steps(context, run, progress)
+    except Exception as error:  # an activity failed after its retries
+        outcome = {"status": "failed", "phase": progress["phase"], "reason": _safe_reason(error)}
+    return (yield from _finish(context, run, outcome, progress["deployed"]))
+
+
+def _run_steps(context, run: dict, progress: dict):
+    """Validate, check keys, deploy, wait; returns the outcome, raises if an activity fails."""
+    def enter(phase: str, **extra):
+        progress["phase"] = phase
+        _status(context, phase, **extra)
+
+    enter("validating")
+    validation = yield context.call_activity_with_retry("validate_inputs", RETRY, run)
+    if not validation["ok"]:
+        return {"status": "failed", "phase": "validating", "reason": validation["reason"]}
+
+    enter("checking_keys")
+    keys = yield context.call_activity_with_retry("check_key_policies", RETRY, run)
+    if not keys["ok"]:
+        return {"status": "failed", "phase": "checking_keys", "reason": keys["reason"]}
+
+    enter("deploying")
+    progress["deployed"] = True  # from here on, cleanup must always try to delete the group
+    deployment = yield context.call_activity_with_retry(
+        "deploy_trainer", RETRY, {**run, "epsilon_budget": validation["epsilon_budget"]})
+
+    enter("training", container_group=deployment["container_group"])
+    deadline = context.current_utc_datetime + timedelta(seconds=run["deadline_seconds"])
+    timer = context.create_timer(deadline)
+    finished = context.wait_for_external_event(TRAINER_FINISHED_EVENT)
+    winner = yield context.task_any([finished, timer])
+    if winner == finished:
+        timer.cancel()
+        return _trainer_outcome(finished.result)
+    return {"status": "failed", "phase": "training",
+            "reason": f"deadline of {run['deadline_seconds']} s passed before the trainer finished"}
+
+
+def _finish(context, run: dict, outcome: dict, deployed: bool):
+    """Cleanup and notification, whatever the outcome: never leave a container group."""
+    if deployed:
+        _status(context, "cleaning_up")
+        cleanup = yield context.call_activity_with_retry("clean_up_trainer", RETRY, run)
+        outcome = {**outcome, "container_logs_tail_lines": cleanup.get("log_lines", 0)}
+    _status(context, "notifying")
+    summary = yield context.call_activity_with_retry(
+        "finish_run", RETRY, {"run": run, "outcome": outcome})
+    _status(context, "finished", status=summary["status"])
+    return summary
+
+
+def _trainer_outcome(event: dict | None) -> dict:
+    event = event or {}
+    if event.get("status") == "succeeded":
+        return {"status": "succeeded", "phase": "training",
+                "output_blob": event.get("output_blob"), "output_sha256": event.get("output_sha256"),
+                "metrics": event.get("metrics_summary"), "privacy": event.get("privacy")}
+    return {"status": "failed", "phase": "training",
+            "reason": f"trainer failed: {event.get('error_class', 'UnknownError')}: {event.get('message', '')}"[:500]}
+
+
+def _safe_reason(error: Exception) -> str:
+    """Activity errors reach us as text; keep only the first line, bounded."""
+    text = str(error).split("$OutOfProcData$")[0].strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:500]
