@@ -60,3 +60,63 @@ def resolve(documents):
             raise dids.DidError(f"{did} has no DID document (404)")
         return documents[did]
     return resolve_did
+
+
+# --- loopback servers for the ledger tests ---------------------------------------------
+
+import json  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+from local_emulator import tls as loopback_tls  # noqa: E402
+from local_emulator.tls import LoopbackServer  # noqa: E402
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):
+    """Poll until `predicate()` is truthy (deliveries happen on background threads)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not reached in time")
+
+
+@pytest.fixture(scope="session")
+def tls(tmp_path_factory) -> loopback_tls.LoopbackTls:
+    return loopback_tls.load_or_create(tmp_path_factory.mktemp("emulator"))
+
+
+class RecordingWebhook:
+    """A webhook on 127.0.0.1 that records each call and answers the scripted statuses
+    in turn (the last one repeats)."""
+
+    def __init__(self, statuses: list[int]):
+        self.statuses, self.calls = list(statuses), []
+        self._lock = threading.Lock()
+        self.server = LoopbackServer(self._route, name="test-webhook")
+
+    def _route(self, method, path, query, headers, body):
+        with self._lock:
+            self.calls.append({"path": path, "headers": dict(headers), "body": body})
+            status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+        return status, {"error": "scripted"} if status >= 400 else {"ok": True}, {}
+
+    @property
+    def url(self) -> str:
+        return self.server.url + "/api/contracts"
+
+
+@pytest.fixture
+def webhook_factory():
+    started = []
+
+    def make(statuses: list[int]) -> RecordingWebhook:
+        hook = RecordingWebhook(statuses)
+        hook.server.start()
+        started.append(hook)
+        return hook
+    yield make
+    for hook in started:
+        hook.server.stop()
