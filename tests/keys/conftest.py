@@ -37,3 +37,53 @@ def key_client(vault_url: str, token: str, tls) -> KeyClient:
 @pytest.fixture
 def client(vault, token, tls) -> KeyClient:
     return key_client(vault.url, token, tls)
+
+
+# --- attestation ---------------------------------------------------------------------
+
+import base64 as _base64
+import hashlib as _hashlib
+import json as _json
+
+import requests as _requests
+from jwcrypto import jwk as _jwk
+
+from local_emulator.attestation import API_VERSION, MaaTwin, build_attest_request
+from local_emulator.sevsnp import HardwareRoot
+
+
+def cce_policy_b64(text: str) -> str:
+    return _base64.b64encode(text.encode()).decode()
+
+
+POLICY_P = cce_policy_b64('package policy\ncontainers := [{"id": "ccr-trainer@sha256:' + "1" * 64 + '"}]\n')
+POLICY_P2 = cce_policy_b64('package policy\ncontainers := [{"id": "ccr-trainer@sha256:' + "2" * 64 + '"}]\n')
+
+
+@pytest.fixture(scope="session")
+def hardware_root(tmp_path_factory) -> HardwareRoot:
+    return HardwareRoot.load_or_create(tmp_path_factory.mktemp("hw"))
+
+
+@pytest.fixture
+def maa(tmp_path, tls, hardware_root):
+    twin = MaaTwin(tmp_path / "maa", tls, [hardware_root.public_pem]).start()
+    yield twin
+    twin.stop()
+
+
+def runtime_keys(public: _jwk.JWK) -> bytes:
+    """Runtime data as the SKR sidecar presents it: its ephemeral public key."""
+    key = public.export_public(as_dict=True)
+    key.update(kid="skr-ephemeral", key_ops=["encrypt"])
+    return _json.dumps({"keys": [key]}).encode()
+
+
+def attest_response(maa_url: str, tls, root: HardwareRoot, policy_b64: str, runtime: bytes,
+                    is_debuggable: bool = False, presented_policy_b64: str | None = None):
+    """POST a report for `policy_b64` to the MAA twin (optionally presenting another policy)."""
+    report = root.report(_hashlib.sha256(_base64.b64decode(policy_b64)).hexdigest(),
+                         _hashlib.sha256(runtime).digest(), is_debuggable)
+    body = build_attest_request(report, runtime, _base64.b64decode(presented_policy_b64 or policy_b64))
+    return _requests.post(f"{maa_url}/attest/SevSnpVm?api-version={API_VERSION}", json=body,
+                          verify=str(tls.ca_path), timeout=10)
