@@ -23,13 +23,11 @@ import logging
 import re
 import ssl
 import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import requests
 
+from local_emulator.delivery import DONE, GIVE_UP, RETRY, DeliveryQueue, RetryPolicy, is_retryable
 from local_emulator.tls import LoopbackServer
 from shared import contract as contracts
 from shared import did as dids
@@ -41,18 +39,6 @@ _ENTRY = re.compile(r"^/entries/(\d{1,12})$")
 _DID_DOC = re.compile(r"^/([A-Za-z0-9][A-Za-z0-9._\-]{0,63})/did\.json$")
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff: initial, doubled per failure up to maximum, at most `attempts` calls."""
-    initial_seconds: float = 1.0
-    maximum_seconds: float = 60.0
-    attempts: int = 12
-    timeout_seconds: float = 30.0
-
-    def delay(self, failures: int) -> float:
-        return min(self.maximum_seconds, self.initial_seconds * 2 ** (failures - 1))
-
-
 class LedgerTwin:
     def __init__(self, data_dir: Path, webhook_url: str | None = None, webhook_key: str | None = None,
                  ssl_context: ssl.SSLContext | None = None, host: str = "127.0.0.1", port: int = 0,
@@ -62,13 +48,10 @@ class LedgerTwin:
         self.retry, self.webhook_verify = retry, webhook_verify
         self._server = LoopbackServer(self._route, ssl_context, port, host, name="ledger-twin")
         self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
-        self._due: dict[int, float] = {}   # seqno -> monotonic time of its next delivery attempt
-        self._running = False
-        self._scheduler: threading.Thread | None = None
-        self._pool: ThreadPoolExecutor | None = None
         (self.data_dir / "entries").mkdir(parents=True, exist_ok=True)
         (self.data_dir / "dids").mkdir(parents=True, exist_ok=True)
+        self._deliveries = DeliveryQueue(self.data_dir / "deliveries", self._deliver, self._abandon, retry,
+                                         name="ledger-webhook")
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -82,26 +65,11 @@ class LedgerTwin:
 
     def start(self) -> "LedgerTwin":
         self._server.start()
-        self._running = True
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ledger-webhook")
-        with self._lock:
-            for state in self._states():
-                if state["delivery"] == "pending":
-                    self._due[state["seqno"]] = time.monotonic()
-        self._scheduler = threading.Thread(target=self._schedule, name="ledger-scheduler", daemon=True)
-        self._scheduler.start()
+        self._deliveries.start()
         return self
 
     def stop(self) -> None:
-        with self._wake:
-            self._running = False
-            self._wake.notify_all()
-        if self._scheduler is not None:
-            self._scheduler.join()
-            self._scheduler = None
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        self._deliveries.stop()
         self._server.stop()
 
     def did_for(self, name: str) -> str:
@@ -121,9 +89,8 @@ class LedgerTwin:
                      "delivery": "pending" if not missing else "awaiting-signatures",
                      "attempts": 0, "last_status": None}
             self._save(state)
-            if not missing:
-                self._due[seqno] = time.monotonic()
-                self._wake.notify_all()
+        if not missing:
+            self._deliveries.add({"seqno": seqno})
         return {"seqno": seqno, "complete": not missing, "missing": missing}
 
     def entry(self, seqno: int) -> dict | None:
@@ -146,57 +113,44 @@ class LedgerTwin:
 
     # --- webhook delivery --------------------------------------------------------------
 
-    def _schedule(self) -> None:
-        with self._wake:
-            while self._running:
-                now = time.monotonic()
-                ready = [seqno for seqno, due in self._due.items() if due <= now]
-                for seqno in ready:
-                    del self._due[seqno]
-                    self._pool.submit(self._deliver, seqno)
-                wait = min(self._due.values(), default=now + 3600) - now
-                self._wake.wait(timeout=max(0.0, min(wait, 3600)))
-
-    def _deliver(self, seqno: int) -> None:
+    def _deliver(self, job: dict) -> str:
+        """One webhook call for a complete entry (DeliveryQueue retries it)."""
+        seqno = job["seqno"]
         if not self.webhook_url:
             log.warning("ledger entry %d is complete but no webhook is configured", seqno)
-            return self._retry_later(seqno, None)
+            return self._record(seqno, "pending", None, RETRY)
         headers = {"Content-Type": "application/cose", "x-ledger-seqno": str(seqno)}
         if self.webhook_key:
             headers["x-functions-key"] = self.webhook_key
         try:
             response = requests.post(self.webhook_url, data=self.envelope(seqno), headers=headers,
                                      timeout=self.retry.timeout_seconds, verify=self.webhook_verify)
-            status = response.status_code
         except requests.RequestException as problem:
             log.info("ledger entry %d: webhook unreachable (%s)", seqno, type(problem).__name__)
-            return self._retry_later(seqno, None)
+            return self._record(seqno, "pending", None, RETRY)
+        status = response.status_code
         if 200 <= status < 300:
-            return self._finish(seqno, "delivered", status)
-        if 400 <= status < 500 and status not in (408, 429):
-            log.warning("ledger entry %d rejected by the webhook: HTTP %d %s", seqno, status,
-                        _reason(response))
-            return self._finish(seqno, "rejected", status)
-        self._retry_later(seqno, status)
+            return self._record(seqno, "delivered", status, DONE)
+        if not is_retryable(status):
+            log.warning("ledger entry %d rejected by the webhook: HTTP %d %s", seqno, status, _reason(response))
+            return self._record(seqno, "rejected", status, GIVE_UP)
+        return self._record(seqno, "pending", status, RETRY)
 
-    def _finish(self, seqno: int, outcome: str, status: int) -> None:
+    def _record(self, seqno: int, delivery: str, status: int | None, outcome: str) -> str:
         with self._lock:
             state = self.entry(seqno)
-            state.update(delivery=outcome, attempts=state["attempts"] + 1, last_status=status)
+            state.update(delivery=delivery, attempts=state["attempts"] + 1, last_status=status)
             self._save(state)
+        return outcome
 
-    def _retry_later(self, seqno: int, status: int | None) -> None:
-        with self._wake:
-            state = self.entry(seqno)
-            state.update(attempts=state["attempts"] + 1, last_status=status)
-            if state["attempts"] >= self.retry.attempts:
+    def _abandon(self, job: dict) -> None:
+        with self._lock:
+            state = self.entry(job["seqno"])
+            if state["delivery"] == "pending":
                 state["delivery"] = "failed"
-                log.warning("ledger entry %d: webhook delivery abandoned after %d attempts", seqno,
-                            state["attempts"])
-            elif self._running:
-                self._due[seqno] = time.monotonic() + self.retry.delay(state["attempts"])
-                self._wake.notify_all()
-            self._save(state)
+                self._save(state)
+                log.warning("ledger entry %d: webhook delivery abandoned after %d attempts",
+                            job["seqno"], state["attempts"])
 
     # --- DID documents -----------------------------------------------------------------
 

@@ -9,7 +9,8 @@ from datetime import datetime, timezone
 import pytest
 import requests
 
-from local_emulator.ledger import LedgerTwin, RetryPolicy
+from local_emulator.delivery import RetryPolicy
+from local_emulator.ledger import LedgerTwin
 from shared import contract as contracts
 from shared import did as dids
 from tests.contracts.conftest import contract_payload, wait_for
