@@ -354,15 +354,17 @@ class KeyVaultTwin:
             raise VaultError(403, "Forbidden", "release policy not satisfied: the token's issuer is not an authority of the policy")
         keys = self._authority_keys(issuer)
         try:
-            verified = jwt.JWT(jwt=token, key=keys, algs=["RS256"], leeway=TOKEN_LEEWAY_SECONDS,
-                               check_claims={"exp": None, "nbf": None, "iss": issuer})
+            verified = jwt.JWT(algs=["RS256"], check_claims={"exp": None, "nbf": None, "iss": issuer},
+                               expected_type="JWS")
+            verified.leeway = TOKEN_LEEWAY_SECONDS
+            verified.deserialize(token, keys)
         except jwt.JWTExpired:
             raise VaultError(403, "Forbidden", "Attestation token has expired.") from None
         except jwt.JWTNotYetValid:
             raise VaultError(403, "Forbidden", "Attestation token is not yet valid.") from None
         except jwt.JWTMissingClaim as missing:
             raise VaultError(403, "Forbidden", f"Attestation token is missing a required claim ({missing}).") from None
-        except (JWException, ValueError, TypeError):
+        except (JWException, ValueError):
             raise VaultError(403, "Forbidden", "Attestation token signature is not valid for its issuer's signing keys.") from None
         return issuer, json.loads(verified.claims)
 
