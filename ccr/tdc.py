@@ -1,0 +1,127 @@
+"""`ccr tdc`: what the Training Data Consumer runs - publish its model package (ONNX graph +
+declarative training config) with an output key, and fetch and decrypt a run's output.
+
+The TDC's output key is generated here, imported into Key Vault (released only to the
+attested trainer, which encrypts the output with it) and kept locally as a 0600 JSON file
+`<keys-dir>/<key name>.<version>.key.json` ({"kid", "k": hex}); `fetch` finds it by the key
+id in the output package's header. keys-dir: --keys-dir, $CCR_KEYS_DIR or ~/.ccr/keys."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+from ccr.common import (CliError, add_policy_arguments, check_key_name, default_key_name, download, emit,
+                        import_release_key, keys_dir, load_local_key, plain_name, release_policy,
+                        save_local_key)
+from ccr.tdp import publish_package
+from shared import package, storage_names
+from shared.pipeline import PipelineConfigError, TrainingConfig
+
+NAME = "tdc"
+HELP = "training data consumer: publish-model, fetch"
+MODEL_CONTENT_TYPE = "application/vnd.ccr.model+zip"
+OUTPUT_CONTENT_TYPE = "application/vnd.ccr.output+zip"
+MAX_MODEL_BYTES = 512 << 20
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed, so the same inputs give the same package digest
+
+
+def register(groups) -> None:
+    parser = groups.add_parser(NAME, help=HELP, description=__doc__)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    publish = commands.add_parser("publish-model", help="package, encrypt and upload model.onnx + training.json",
+                                  description="Zip model.onnx and training.json, encrypt them with a fresh model "
+                                              "key, upload, and import the model key and a new output key into "
+                                              "Key Vault with a release policy pinned to the trainer.")
+    publish.add_argument("--model", required=True, type=Path, help="ONNX model")
+    publish.add_argument("--training", required=True, type=Path, help="training config (JSON)")
+    publish.add_argument("--contract-id", required=True, help="contract the model is published for")
+    publish.add_argument("--model-key-name", help="Key Vault name of the model key (default <contract-id>-model)")
+    publish.add_argument("--output-key-name", help="Key Vault name of the output key (default <contract-id>-output)")
+    publish.add_argument("--keys-dir", type=Path, help="where the local copy of the output key is written")
+    add_policy_arguments(publish)
+    publish.set_defaults(func=run_publish_model)
+
+    fetch = commands.add_parser("fetch", help="download and decrypt a run's output",
+                                description="Download outputs/<run-id>/output.ccr and decrypt it with the local "
+                                            "copy of the output key named in its header.")
+    fetch.add_argument("--run-id", required=True, help="run id (from the run status or the CCR.Run.Finished event)")
+    fetch.add_argument("--output", required=True, type=Path, help="zip to write (model.onnx, metrics.json, privacy.json)")
+    fetch.add_argument("--keys-dir", type=Path, help="where publish-model wrote the output key")
+    fetch.set_defaults(func=run_fetch)
+
+
+def _read_inputs(args) -> tuple[bytes, bytes]:
+    import onnx
+    for option, path in (("--model", args.model), ("--training", args.training)):
+        if not path.is_file():
+            raise CliError(f"{option}: {path} is not a file")
+        if path.stat().st_size > MAX_MODEL_BYTES:
+            raise CliError(f"{option}: {path} is larger than {MAX_MODEL_BYTES >> 20} MiB")
+    model = args.model.read_bytes()
+    try:
+        onnx.checker.check_model(onnx.load_model_from_string(model))
+    except Exception:  # onnx raises several unrelated types for a bad file
+        raise CliError(f"--model: {args.model} is not a valid ONNX model") from None
+    try:
+        training = json.loads(args.training.read_text())
+        TrainingConfig.from_dict(training)
+    except (ValueError, UnicodeDecodeError) as error:
+        detail = str(error) if isinstance(error, PipelineConfigError) else "not valid JSON"
+        raise CliError(f"--training: {args.training}: {detail}") from None
+    return model, json.dumps(training, indent=2, sort_keys=True).encode()
+
+
+def model_zip(model: bytes, training: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in (("model.onnx", model), ("training.json", training)):
+            archive.writestr(zipfile.ZipInfo(name, _ZIP_TIME), data, zipfile.ZIP_DEFLATED)
+    return buffer.getvalue()
+
+
+def run_publish_model(args) -> None:
+    contract_id = plain_name(args.contract_id, "--contract-id")
+    model_key_name = check_key_name(args.model_key_name or default_key_name(contract_id, "model"), "--model-key-name")
+    output_key_name = check_key_name(args.output_key_name or default_key_name(contract_id, "output"),
+                                     "--output-key-name")
+    if model_key_name == output_key_name:
+        raise CliError("the model key and the output key need different names")
+    model, training = _read_inputs(args)
+    policy = release_policy(args)
+    directory = keys_dir(args)
+    output_key = os.urandom(package.KEY_SIZE)
+    output_kid = import_release_key(output_key_name, output_key, policy)
+    key_file = save_local_key(directory, output_kid, output_key)
+    with tempfile.TemporaryDirectory(prefix="ccr-model-") as scratch:
+        archive = Path(scratch) / "model.zip"
+        archive.write_bytes(model_zip(model, training))
+        result = publish_package(archive, storage_names.MODELS, storage_names.model_blob(contract_id),
+                                 model_key_name, policy, MODEL_CONTENT_TYPE,
+                                 {"members": ["model.onnx", "training.json"]})
+    emit({"model": result, "output_key_kid": output_kid, "output_key_file": str(key_file)})
+
+
+def run_fetch(args) -> None:
+    run_id = plain_name(args.run_id, "--run-id")
+    if not args.output.parent.is_dir():
+        raise CliError(f"--output: directory {args.output.parent} does not exist")
+    directory = keys_dir(args)
+    with tempfile.TemporaryDirectory(prefix="ccr-fetch-") as scratch:
+        encrypted = Path(scratch) / "output.ccr"
+        download(storage_names.OUTPUTS, storage_names.output_blob(run_id), encrypted)
+        with open(encrypted, "rb") as source:
+            header = package.read_header(source)
+        if header.manifest.content_type != OUTPUT_CONTENT_TYPE:
+            raise CliError(f"run {run_id}'s output has content type {header.manifest.content_type!r}, "
+                           f"not {OUTPUT_CONTENT_TYPE}")
+        key = load_local_key(directory, header.key_id)
+        manifest = package.decrypt_file(encrypted, args.output, key)
+    with zipfile.ZipFile(args.output) as archive:
+        members = archive.namelist()
+    emit({"run_id": run_id, "output": str(args.output), "sha256": manifest.sha256, "size": manifest.size,
+          "members": members})

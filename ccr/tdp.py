@@ -1,0 +1,130 @@
+"""`ccr tdp`: what a Training Data Provider runs on its own machine - de-identify a table
+(`prepare`), make the pseudonym key its contract's providers share (`pseudonym-key`), and
+encrypt, upload and key a prepared table (`publish`)."""
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from pathlib import Path
+
+from ccr.common import (CliError, add_policy_arguments, check_key_name, default_key_name, emit,
+                        import_release_key, plain_name, release_policy, upload)
+from shared import deid, package, storage_names
+
+NAME = "tdp"
+HELP = "training data provider: prepare, pseudonym-key, publish"
+PSEUDONYM_KEY_ENV = "CCR_PSEUDONYM_KEY"
+
+
+def register(groups) -> None:
+    parser = groups.add_parser(NAME, help=HELP, description=__doc__)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    prepare = commands.add_parser("prepare", help="de-identify a CSV with a preparation config",
+                                  description="De-identify a CSV: drop direct identifiers, replace join "
+                                              "identifiers by keyed pseudonyms, coerce types (see shared/deid.py).")
+    prepare.add_argument("--config", required=True, type=Path, help="preparation config (JSON)")
+    prepare.add_argument("--input", required=True, type=Path, help="raw CSV")
+    prepare.add_argument("--output", required=True, type=Path, help="prepared CSV to write")
+    prepare.add_argument("--pseudonym-key-file", type=Path,
+                         help=f"file with the contract's shared pseudonym key (hex); default: ${PSEUDONYM_KEY_ENV}")
+    prepare.set_defaults(func=run_prepare)
+
+    make_key = commands.add_parser("pseudonym-key", help="write a new pseudonym key to share with the other providers")
+    make_key.add_argument("--output", required=True, type=Path, help="key file to create (0600; never overwritten)")
+    make_key.set_defaults(func=run_pseudonym_key)
+
+    publish = commands.add_parser("publish", help="encrypt a prepared table, upload it, import its key with SKR",
+                                  description="Encrypt a prepared table with a fresh key, import the key into Key "
+                                              "Vault (exportable, oct-HSM) with a release policy pinned to the "
+                                              "trainer, and upload the package. Prints the blob, manifest sha256 "
+                                              "and key id; never the key.")
+    publish.add_argument("--input", required=True, type=Path, help="prepared CSV")
+    publish.add_argument("--contract-id", required=True, help="contract the dataset is published for")
+    publish.add_argument("--dataset", required=True, help="dataset name in the contract (e.g. icmr)")
+    publish.add_argument("--key-name", help="Key Vault key name (default: <contract-id>-<dataset>)")
+    add_policy_arguments(publish)
+    publish.set_defaults(func=run_publish)
+
+
+def _pseudonym_key(args) -> bytes:
+    if args.pseudonym_key_file:
+        try:
+            text = args.pseudonym_key_file.read_text()
+        except OSError as error:
+            raise CliError(f"--pseudonym-key-file: cannot read {args.pseudonym_key_file} ({error.strerror})") from None
+        return deid.parse_pseudonym_key(text, str(args.pseudonym_key_file))
+    if os.environ.get(PSEUDONYM_KEY_ENV):
+        return deid.parse_pseudonym_key(os.environ[PSEUDONYM_KEY_ENV], PSEUDONYM_KEY_ENV)
+    raise CliError(f"no pseudonym key: pass --pseudonym-key-file or set {PSEUDONYM_KEY_ENV}")
+
+
+def _writable_destination(path: Path, option: str) -> None:
+    if not path.parent.is_dir():
+        raise CliError(f"{option}: directory {path.parent} does not exist")
+    if path.is_dir():
+        raise CliError(f"{option}: {path} is a directory")
+
+
+def run_prepare(args) -> None:
+    config = deid.load_config(args.config)
+    key = _pseudonym_key(args)
+    _writable_destination(args.output, "--output")
+    if args.output.resolve() == args.input.resolve():
+        raise CliError("--output must differ from --input")
+    table = deid.prepare_csv(config, args.input, args.output, key)
+    emit({"dataset": config.dataset, "rows": table.rows, "output": str(args.output),
+          "columns": [c["name"] for c in table.schema["columns"]]})
+
+
+def run_pseudonym_key(args) -> None:
+    _writable_destination(args.output, "--output")
+    try:
+        descriptor = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise CliError(f"--output: {args.output} exists; a pseudonym key is never overwritten") from None
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(deid.new_pseudonym_key() + "\n")
+    emit({"pseudonym_key_file": str(args.output)})
+
+
+def csv_schema(path: Path) -> dict:
+    """The manifest schema of a prepared table: its column names (no values)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            header = next(csv.reader(handle), None)
+    except FileNotFoundError:
+        raise CliError(f"--input: {path} does not exist") from None
+    except (csv.Error, UnicodeDecodeError):
+        raise CliError(f"--input: {path} is not a CSV file") from None
+    if not header:
+        raise CliError(f"--input: {path} is empty")
+    return {"format": "csv", "columns": header}
+
+
+def publish_package(source: Path, container: str, blob: str, key_name: str, policy: dict,
+                    content_type: str, schema: dict | None) -> dict:
+    """Fresh key -> Key Vault (with SKR policy) -> package -> blob. The key lives only in memory
+    and in Key Vault. Returns what the contract needs (blob path, sha256, key id)."""
+    key = os.urandom(package.KEY_SIZE)
+    kid = import_release_key(key_name, key, policy)
+    with tempfile.TemporaryDirectory(prefix="ccr-publish-") as scratch:
+        encrypted = Path(scratch) / "package.ccr"
+        manifest = package.encrypt_file(source, encrypted, key, kid, content_type, schema)
+        url = upload(container, blob, encrypted)
+    return {"blob": f"{container}/{blob}", "url": url, "sha256": manifest.sha256, "size": manifest.size,
+            "key_kid": kid}
+
+
+def run_publish(args) -> None:
+    if not args.input.is_file():
+        raise CliError(f"--input: {args.input} is not a file")
+    check_key_name(default_key_name(args.dataset), "--dataset")
+    key_name = check_key_name(args.key_name or default_key_name(args.contract_id, args.dataset), "--key-name")
+    blob = storage_names.dataset_blob(plain_name(args.contract_id, "--contract-id"), plain_name(args.dataset, "--dataset"))
+    policy = release_policy(args)
+    result = publish_package(args.input, storage_names.DATASETS, blob, key_name, policy, "text/csv",
+                             csv_schema(args.input))
+    emit({"dataset": args.dataset, **result})
+
