@@ -132,14 +132,13 @@ def released_jwk(value: str, private_key, trusted_ca_pem: bytes | None = None) -
     except (ValueError, InvalidUnwrap):
         raise KeyReleaseFormatError("released key does not unwrap with this private key") from None
     kty = str(released.get("kty", ""))
+    about = {name: released[name] for name in ("kid", "key_ops") if released.get(name) is not None}
     if kty.startswith("oct"):
-        return {"kty": "oct", "k": _b64url(material), "kid": released.get("kid"), "key_ops": released.get("key_ops")}
+        return {"kty": "oct", "k": _b64url(material), **about}
     if kty.startswith("RSA"):
         key = jwk.JWK.from_pem(serialization.load_der_private_key(material, password=None).private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-        out = key.export_private(as_dict=True)
-        out.update(kid=released.get("kid"), key_ops=released.get("key_ops"))
-        return out
+        return {**key.export_private(as_dict=True), **about}
     raise KeyReleaseFormatError("released key has an unsupported key type")
 
 

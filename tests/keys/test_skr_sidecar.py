@@ -1,0 +1,108 @@
+"""The SKR sidecar twin end to end: Key Vault twin + MAA twin + simulated hardware. A sidecar
+bound to the CCE policy the key is pinned to gets the key; one for any other policy does not."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+
+import pytest
+import requests
+from azure.keyvault.keys import JsonWebKey, KeyReleasePolicy
+from jwcrypto import jwk, jwt
+
+from local_emulator.skr_sidecar import SkrSidecar
+from shared.release_policy import build_release_policy, policy_to_json
+from tests.keys.conftest import POLICY_P, POLICY_P2
+from trainer_container.skr_client import KeyReleaseError, SkrClient
+
+
+@pytest.fixture
+def sidecars(hardware_root, tls, token):
+    started = []
+
+    def make(policy_b64: str, **kwargs) -> SkrSidecar:
+        sidecar = SkrSidecar(hardware_root, policy_b64, str(tls.ca_path), token, **kwargs).start()
+        started.append(sidecar)
+        return sidecar
+
+    yield make
+    for sidecar in started:
+        sidecar.stop()
+
+
+@pytest.fixture
+def data_key(client, maa):
+    """A 32-byte key pinned to policy P; (kid, material)."""
+    material = os.urandom(32)
+    hostdata = hashlib.sha256(base64.b64decode(POLICY_P)).hexdigest()
+    policy = KeyReleasePolicy(policy_to_json(build_release_policy(maa.url, hostdata)), immutable=True)
+    key = client.import_key("tdp-data", JsonWebKey(kty="oct-HSM", k=material, key_ops=["encrypt", "decrypt"]),
+                            exportable=True, release_policy=policy)
+    return key.id, material
+
+
+def _release(sidecar: SkrSidecar, maa, vault, kid: str) -> requests.Response:
+    body = {"maa_endpoint": maa.url.removeprefix("https://"), "akv_endpoint": vault.url.removeprefix("https://"),
+            "kid": kid}
+    return requests.post(f"{sidecar.url}/key/release", json=body, timeout=30)
+
+
+def test_sidecar_for_the_pinned_policy_releases_the_key(sidecars, maa, vault, data_key):
+    kid, material = data_key
+    response = _release(sidecars(POLICY_P), maa, vault, kid)
+    assert response.status_code == 200, response.text
+    key = json.loads(response.json()["key"])
+    assert key["kty"] == "oct" and key["kid"] == kid
+    assert base64.urlsafe_b64decode(key["k"] + "==") == material
+    versionless = kid.rsplit("/", 1)[0]
+    again = _release(sidecars(POLICY_P), maa, vault, versionless)
+    assert json.loads(again.json()["key"])["k"] == key["k"]
+
+
+def test_trainer_skr_client_gets_the_key_through_the_sidecar(sidecars, maa, vault, data_key):
+    kid, material = data_key
+    assert SkrClient(sidecars(POLICY_P).url, maa.url).release_key(kid) == material
+
+
+def test_sidecar_for_another_policy_is_denied(sidecars, maa, vault, data_key):
+    kid, _ = data_key
+    response = _release(sidecars(POLICY_P2), maa, vault, kid)
+    assert response.status_code == 403
+    assert "x-ms-sevsnpvm-hostdata" in response.json()["error"]
+    assert "key" not in response.json()
+    with pytest.raises(KeyReleaseError, match="HTTP 403"):
+        SkrClient(sidecars(POLICY_P2).url, maa.url).release_key(kid)
+
+
+def test_debuggable_group_is_denied(sidecars, maa, vault, data_key):
+    kid, _ = data_key
+    response = _release(sidecars(POLICY_P, is_debuggable=True), maa, vault, kid)
+    assert response.status_code == 403 and "x-ms-sevsnpvm-is-debuggable" in response.json()["error"]
+
+
+def test_attest_maa_binds_the_callers_runtime_data(sidecars, maa, tls):
+    runtime = {"keys": [], "purpose": "test"}
+    body = {"maa_endpoint": maa.url, "runtime_data": base64.b64encode(json.dumps(runtime).encode()).decode()}
+    response = requests.post(f"{sidecars(POLICY_P).url}/attest/maa", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    keys = jwk.JWKSet.from_json(requests.get(f"{maa.url}/certs", verify=str(tls.ca_path), timeout=10).text)
+    claims = json.loads(jwt.JWT(jwt=response.json()["token"], key=keys, algs=["RS256"]).claims)
+    assert claims["x-ms-runtime"] == runtime
+    assert claims["x-ms-sevsnpvm-hostdata"] == hashlib.sha256(base64.b64decode(POLICY_P)).hexdigest()
+
+
+def test_bad_requests_get_clear_errors(sidecars, maa, vault, data_key):
+    sidecar = sidecars(POLICY_P)
+    kid, _ = data_key
+    cases = [({"maa_endpoint": maa.url, "akv_endpoint": vault.url}, "kid is required"),
+             ({"maa_endpoint": maa.url, "akv_endpoint": "https://127.0.0.1:1", "kid": kid}, "does not belong"),
+             ({"akv_endpoint": vault.url, "kid": kid}, "endpoint is required"),
+             ({"maa_endpoint": "http://127.0.0.1:1", "akv_endpoint": vault.url, "kid": kid}, "must be https")]
+    for body, reason in cases:
+        response = requests.post(f"{sidecar.url}/key/release", json=body, timeout=30)
+        assert response.status_code == 400 and reason in response.json()["error"]
+    response = requests.post(f"{sidecar.url}/attest/maa", json={"maa_endpoint": maa.url, "runtime_data": "%%"},
+                             timeout=30)
+    assert response.status_code == 400 and "not base64" in response.json()["error"]
