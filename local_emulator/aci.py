@@ -16,12 +16,10 @@ import json
 import re
 import ssl
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 from local_emulator.aci_runtime import GroupRuntime, SidecarFactory
+from local_emulator.tls import LoopbackServer
 from shared.cce_policy import CcePolicyError, policy_containers
 
 PROVIDER = "providers/Microsoft.ContainerInstance"
@@ -138,36 +136,20 @@ class AciTwin:
         if not access_token:
             raise ValueError("the ACI twin needs the access token it will require from callers")
         self.runtime = GroupRuntime(state_dir, images_dir, sidecar_factory, python, kill_grace_seconds)
-        self._ssl_context = ssl_context
         self._access_token = access_token
-        self._port = port
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server = LoopbackServer(self._route, ssl_context, port=port, name="ACI twin")
 
     @property
     def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("the ACI twin is not started")
-        return f"https://127.0.0.1:{self._server.server_address[1]}"
+        return self._server.url
 
     def start(self) -> "AciTwin":
         self.runtime.recover()
-        server = ThreadingHTTPServer(("127.0.0.1", self._port), _handler_class(self))
-        server.daemon_threads = True
-        # handshake in the request's thread, so a silent client cannot stall the accept loop
-        server.socket = self._ssl_context.wrap_socket(server.socket, server_side=True,
-                                                      do_handshake_on_connect=False)
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="aci-twin", daemon=True)
-        self._thread.start()
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join()
-            self._server = None
+        self._server.stop()
         self.runtime.shutdown()
 
     def stats(self) -> dict:
@@ -175,9 +157,19 @@ class AciTwin:
 
     # --- request handling (called by the handler) -----------------------------------
 
-    def authorized(self, header: str | None) -> bool:
+    def _authorized(self, header: str | None) -> bool:
         scheme, _, token = (header or "").partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self._access_token.encode())
+
+    def _route(self, method: str, path: str, query: dict, headers, body: bytes) -> tuple[int, dict | None, dict]:
+        if not self._authorized(headers.get("Authorization")):
+            return 401, {"error": {"code": "AuthenticationFailed", "message": "a valid Bearer token is required"}}, {
+                "WWW-Authenticate": 'Bearer authorization_uri="https://login.microsoftonline.com/common", '
+                                    'error="invalid_token"'}
+        try:
+            return self.handle(method, path, query, body)
+        except ArmError as error:
+            return error.status, {"error": {"code": error.code, "message": str(error)}}, {}
 
     def handle(self, method: str, path: str, query: dict, body: bytes) -> tuple[int, dict | None, dict]:
         """(status, JSON body or None, extra headers) for one authenticated request."""
@@ -200,7 +192,7 @@ class AciTwin:
             prefix = f"/subscriptions/{args['sub']}/resourceGroups/{args['rg']}/{PROVIDER}/containerGroups"
             return 200, {"value": [_arm_view(r) for r in self.runtime.list(prefix)]}, {}
         if route == "logs" and method == "GET":
-            tail = query.get("tail", [None])[0]
+            tail = query.get("tail")
             content = self.runtime.log_tail(_group_id(args["sub"], args["rg"], args["name"]), args["container"],
                                             int(tail) if tail and tail.isdigit() else None)
             if content is None:
@@ -285,46 +277,6 @@ class AciTwin:
                            "the twin does not restart confidential groups (secrets are not kept)")
         self.runtime.stop_group(group_id)
         return 204, None, {}
-
-
-def _handler_class(twin: AciTwin):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args) -> None:      # no request lines (URLs, ids) on stderr
-            pass
-
-        def _respond(self, status: int, body: dict | None, headers: dict) -> None:
-            data = json.dumps(body).encode() if body is not None else b""
-            self.send_response(status)
-            if body is not None:
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("x-ms-request-id", "aci-twin")
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _dispatch(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            if not twin.authorized(self.headers.get("Authorization")):
-                self._respond(401, {"error": {"code": "AuthenticationFailed",
-                                              "message": "a valid Bearer token is required"}},
-                              {"WWW-Authenticate": 'Bearer authorization_uri="https://login.microsoftonline.com/common", '
-                                                  'error="invalid_token"'})
-                return
-            parts = urlsplit(self.path)
-            try:
-                status, body, headers = twin.handle(self.command, parts.path, parse_qs(parts.query), raw)
-            except ArmError as error:
-                status, body, headers = error.status, {"error": {"code": error.code, "message": str(error)}}, {}
-            self._respond(status, body, headers)
-
-        do_GET = do_PUT = do_DELETE = do_POST = do_PATCH = _dispatch
-
-    return Handler
 
 
 def skr_sidecar_factory(hardware_root, ca_bundle: str, access_token: str) -> SidecarFactory:

@@ -4,35 +4,23 @@ from __future__ import annotations
 
 import os
 import secrets
-import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import trustme
-from azure.core.credentials import AccessToken
 from azure.mgmt.containerinstance import ContainerInstanceManagementClient
 
-from local_emulator import images
+from local_emulator import images, tls as loopback_tls
 from local_emulator.aci import AciTwin
+from shared.credentials import StaticTokenCredential
 from shared.cce_policy import hostdata_of
 from tests.aci.stand_in_trainer import write_stand_in
 
 SUBSCRIPTION = "00000000-0000-0000-0000-0000000000aa"
 RESOURCE_GROUP = "ccr-tests"
 LOCATION = "westeurope"
-
-
-class StaticToken:
-    """TokenCredential with one fixed token (what shared.credentials does locally)."""
-
-    def __init__(self, token: str):
-        self._token = token
-
-    def get_token(self, *scopes, **kwargs) -> AccessToken:
-        return AccessToken(self._token, int(time.time()) + 3600)
 
 
 class HostdataSidecar:
@@ -74,14 +62,8 @@ class HostdataSidecar:
 
 @pytest.fixture(scope="session")
 def tls(tmp_path_factory):
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    folder = tmp_path_factory.mktemp("tls")
-    ca_path = folder / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_path))
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(server)
-    return {"ca_path": str(ca_path), "server_context": server, "ca": ca, "cert": cert}
+    """The emulator's loopback CA and server certificate (local_emulator/tls.py)."""
+    return loopback_tls.load_or_create(tmp_path_factory.mktemp("emulator"))
 
 
 @pytest.fixture
@@ -106,7 +88,7 @@ def twin(tmp_path, images_dir, tls, token, sidecars):
         sidecars.append(sidecar)
         return sidecar
 
-    aci = AciTwin(tmp_path / "aci", images_dir, tls["server_context"], token, factory,
+    aci = AciTwin(tmp_path / "aci", images_dir, tls.server_context(), token, factory,
                   kill_grace_seconds=2.0).start()
     yield aci
     aci.stop()
@@ -114,8 +96,8 @@ def twin(tmp_path, images_dir, tls, token, sidecars):
 
 @pytest.fixture
 def client(twin, tls, token):
-    return ContainerInstanceManagementClient(StaticToken(token), SUBSCRIPTION, base_url=twin.url,
-                                             connection_verify=tls["ca_path"])
+    return ContainerInstanceManagementClient(StaticTokenCredential(token), SUBSCRIPTION, base_url=twin.url,
+                                             connection_verify=str(tls.ca_path))
 
 
 @pytest.fixture

@@ -10,9 +10,10 @@ from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, 
 
 from local_emulator import images
 from shared import settings
+from shared.credentials import StaticTokenCredential
 from shared.cce_policy import hostdata_of
 from shared.container_group import TRAINER_CONTAINER_NAME, build_container_group
-from tests.aci.conftest import (LOCATION, RESOURCE_GROUP, SUBSCRIPTION, StaticToken, pid_alive, wait_for)
+from tests.aci.conftest import (LOCATION, RESOURCE_GROUP, SUBSCRIPTION, pid_alive, wait_for)
 
 SECRET = "DefaultEndpointsProtocol=http;AccountKey=c2VjcmV0LXZhbHVl"
 
@@ -33,7 +34,7 @@ def _log_value(client, name: str, key: str) -> str:
 
 def _stats(twin, tls, token) -> dict:
     response = requests.get(f"{twin.url}/_twin/stats", headers={"Authorization": f"Bearer {token}"},
-                            verify=tls["ca_path"], timeout=10)
+                            verify=str(tls.ca_path), timeout=10)
     assert response.status_code == 200
     return response.json()
 
@@ -176,13 +177,13 @@ def test_non_confidential_group_is_rejected_and_nothing_created(client, twin, st
 
 def test_requests_without_the_token_get_401(twin, tls, stand_in_image):
     from azure.mgmt.containerinstance import ContainerInstanceManagementClient
-    stranger = ContainerInstanceManagementClient(StaticToken("not-the-token"), SUBSCRIPTION, base_url=twin.url,
-                                                 connection_verify=tls["ca_path"])
+    stranger = ContainerInstanceManagementClient(StaticTokenCredential("not-the-token"), SUBSCRIPTION, base_url=twin.url,
+                                                 connection_verify=str(tls.ca_path))
     spec = build_container_group(stand_in_image.ref, _environment({}), LOCATION)
     with pytest.raises(ClientAuthenticationError):
         stranger.container_groups.begin_create_or_update(RESOURCE_GROUP, "run-401", spec).result()
     path = f"/subscriptions/{SUBSCRIPTION}/providers/Microsoft.ContainerInstance/containerGroups?api-version=2023-05-01"
-    bare = requests.get(twin.url + path, verify=tls["ca_path"], timeout=10)
+    bare = requests.get(twin.url + path, verify=str(tls.ca_path), timeout=10)
     assert bare.status_code == 401 and "Bearer" in bare.headers["WWW-Authenticate"]
     assert twin.stats()["created"] == 0
 

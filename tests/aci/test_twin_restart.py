@@ -10,22 +10,21 @@ import sys
 from azure.mgmt.containerinstance import ContainerInstanceManagementClient
 
 from local_emulator.aci import AciTwin
+from shared.credentials import StaticTokenCredential
 from shared.container_group import TRAINER_CONTAINER_NAME, build_container_group
-from tests.aci.conftest import LOCATION, RESOURCE_GROUP, SUBSCRIPTION, StaticToken, pid_alive, wait_for
+from tests.aci.conftest import LOCATION, RESOURCE_GROUP, SUBSCRIPTION, pid_alive, wait_for
 
 
 def test_restarted_twin_kills_orphans_and_keeps_records(tmp_path, tls, token, images_dir, stand_in_image):
-    chain = tmp_path / "server.pem"
-    tls["cert"].private_key_and_cert_chain_pem.write_to_path(str(chain))
     state_dir = tmp_path / "aci"
     crashed = subprocess.Popen([sys.executable, "-m", "tests.aci.twin_process", str(state_dir), str(images_dir),
-                                str(chain)], stdout=subprocess.PIPE, text=True,
+                                str(tls.server_chain_path)], stdout=subprocess.PIPE, text=True,
                                env={**os.environ, "ACI_TWIN_TOKEN": token})
     pid = None
     try:
         url = crashed.stdout.readline().strip()
-        client = ContainerInstanceManagementClient(StaticToken(token), SUBSCRIPTION, base_url=url,
-                                                   connection_verify=tls["ca_path"])
+        client = ContainerInstanceManagementClient(StaticTokenCredential(token), SUBSCRIPTION, base_url=url,
+                                                   connection_verify=str(tls.ca_path))
         spec = build_container_group(stand_in_image.ref, {"CCR_CONTRACT": json.dumps({"sleep": 120})}, LOCATION)
         spec.containers = [c for c in spec.containers if c.name == TRAINER_CONTAINER_NAME]  # no sidecar here
         client.container_groups.begin_create_or_update(RESOURCE_GROUP, "orphan", spec).result()
@@ -36,11 +35,11 @@ def test_restarted_twin_kills_orphans_and_keeps_records(tmp_path, tls, token, im
         crashed.wait(timeout=10)
         assert pid_alive(pid)              # the trainer outlived its twin
 
-        twin = AciTwin(state_dir, images_dir, tls["server_context"], token, None, kill_grace_seconds=1.0).start()
+        twin = AciTwin(state_dir, images_dir, tls.server_context(), token, None, kill_grace_seconds=1.0).start()
         try:
             assert not pid_alive(pid)
-            client = ContainerInstanceManagementClient(StaticToken(token), SUBSCRIPTION, base_url=twin.url,
-                                                       connection_verify=tls["ca_path"])
+            client = ContainerInstanceManagementClient(StaticTokenCredential(token), SUBSCRIPTION, base_url=twin.url,
+                                                       connection_verify=str(tls.ca_path))
             group = client.container_groups.get(RESOURCE_GROUP, "orphan")
             assert group.instance_view.state == "Stopped"
             state = group.containers[0].instance_view.current_state
