@@ -1,4 +1,4 @@
-"""Shared fixtures for the trainer tests: the raw COVID tables joined the way the contract says."""
+"""Shared fixtures for the trainer tests: the COVID inputs, Azurite, an Event Grid topic."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +7,7 @@ import pytest
 
 from shared.pipeline import JoinSpec
 from tests.fixtures import covid_model
+from tests.trainer.harness import EVENT_KEY, Azurite, EventGridTopic
 
 COVID_DATA = Path("/work/shared/data/covid")
 
@@ -19,3 +20,17 @@ def covid_paths() -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def covid_spec() -> JoinSpec:
     return JoinSpec.from_dict(covid_model.covid_join_spec())
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory):
+    service = Azurite(tmp_path_factory.mktemp("azurite")).start()
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def topic():
+    server = EventGridTopic(EVENT_KEY).start()
+    yield server
+    server.stop()

@@ -1,19 +1,30 @@
-"""Local services the trainer talks to in tests, each on 127.0.0.1 with an ephemeral port and
-stopped by the fixture that started it: Azurite (real, from npm), an Event Grid topic that
-records what the real publisher client sends, and a key-release endpoint speaking the SKR
-sidecar's HTTP API (a stand-in until the sidecar twin is wired in by the lead)."""
+"""What the trainer tests stage: local services on 127.0.0.1 (ephemeral ports, stopped by the
+fixture that started them) - Azurite (real, from npm), an Event Grid topic that records what
+the real publisher client sends, a key-release endpoint speaking the SKR sidecar's HTTP API
+(fast stand-in; tests/trainer/test_twins_e2e.py uses the real sidecar twin) - and the
+parties' side: encrypted inputs uploaded and the contract payload that pins them."""
 from __future__ import annotations
 
 import base64
+import io
 import json
 import re
+import secrets
 import subprocess
 import threading
+import uuid
+import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from shared.settings import PROJECT_ROOT
+import pandas as pd
+from azure.storage.blob import BlobServiceClient
 
+from shared import package, storage_names
+from shared.settings import PROJECT_ROOT
+from tests.fixtures import covid_model
+
+EVENT_KEY = "topic-key-for-tests"
 AZURITE_ACCOUNT_KEY = ("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/"
                        "K1SZFPTOtr/KBHBeksoGMGw==")
 
@@ -120,3 +131,56 @@ class KeyReleaseStandIn(_Server):
             def log_message(self, *args):
                 pass
         return Handler
+
+
+class Stage:
+    """Encrypts and uploads the COVID inputs and builds the contract, the way the parties do."""
+
+    def __init__(self, tmp_path, azurite, contract_id, new_key=None):
+        """`new_key(name) -> (kid, key bytes)`; by default random keys with made-up key ids,
+        served by a KeyReleaseStandIn over `self.keys`."""
+        self.tmp, self.contract_id, self.keys = tmp_path, contract_id, {}
+        self.new_key = new_key or self._random_key
+        self.run_id = f"run-{secrets.token_hex(8)}"
+        self.blobs = BlobServiceClient.from_connection_string(azurite.connection_string)
+        for container in (storage_names.DATASETS, storage_names.MODELS, storage_names.OUTPUTS):
+            if not self.blobs.get_container_client(container).exists():
+                self.blobs.create_container(container)
+
+    def _random_key(self, name):
+        return f"https://vault.test:8443/keys/{self.contract_id}-{name}/{uuid.uuid4().hex}", secrets.token_bytes(32)
+
+    def _upload(self, name, plain: bytes, container, blob, content_type):
+        kid, self.keys[kid] = self.new_key(name)
+        (self.tmp / f"{name}.in").write_bytes(plain)
+        manifest = package.encrypt_file(self.tmp / f"{name}.in", self.tmp / f"{name}.ccr", self.keys[kid], kid,
+                                        content_type, None)
+        with open(self.tmp / f"{name}.ccr", "rb") as src:
+            self.blobs.get_blob_client(container, blob).upload_blob(src, overwrite=True)
+        return {"blob": f"{container}/{blob}", "sha256": manifest.sha256, "key_kid": kid}
+
+    def contract(self, tables: dict[str, pd.DataFrame | Path], training: dict, join: dict, threshold=1.5) -> dict:
+        tdps = []
+        for name, table in tables.items():
+            csv = table.read_bytes() if isinstance(table, Path) else table.to_csv(index=False).encode()
+            ref = self._upload(name, csv, storage_names.DATASETS,
+                               storage_names.dataset_blob(self.contract_id, name), "text/csv")
+            tdps.append({"did": f"did:web:{name}", "datasets": [{"name": name, "epsilon_threshold": threshold, **ref}]})
+        archive = io.BytesIO()
+        with zipfile.ZipFile(archive, "w") as z:
+            z.writestr("model.onnx", covid_model.covid_onnx())
+            z.writestr("training.json", json.dumps(training))
+        model = self._upload("model", archive.getvalue(), storage_names.MODELS,
+                             storage_names.model_blob(self.contract_id), "application/vnd.ccr.model+zip")
+        output_kid, self.keys[output_kid] = self.new_key("output")
+        return {"contract_id": self.contract_id, "tdc": {"did": "did:web:tdc", "model": model,
+                                                         "output": {"key_kid": output_kid}},
+                "tdps": tdps, "privacy": {"delta": 1e-5}, "pipeline": {"join": join}}
+
+
+def environment(stage, azurite, sidecar, topic, contract, maa_url="https://maa.test") -> dict:
+    """The trainer's environment variables, as the container group sets them."""
+    return {"CCR_RUN_ID": stage.run_id, "CCR_CONTRACT": json.dumps(contract),
+            "CCR_STORAGE_CONNECTION": azurite.connection_string, "CCR_SKR_URL": sidecar.url,
+            "CCR_MAA_URL": maa_url, "CCR_EVENTGRID_TOPIC_URL": f"{topic.url}/api/events",
+            "CCR_EVENTGRID_KEY": EVENT_KEY}

@@ -3,10 +3,8 @@ sidecar API, the completion event to an Event Grid topic."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-import secrets
 import subprocess
 import sys
 import uuid
@@ -15,84 +13,18 @@ import zipfile
 import numpy as np
 import onnxruntime
 import pandas as pd
-import pytest
-from azure.storage.blob import BlobServiceClient
 
-from shared import storage_names
+from shared import package, storage_names
 from shared.settings import PROJECT_ROOT
 from tests.fixtures import covid_model
-from tests.trainer.harness import Azurite, EventGridTopic, KeyReleaseStandIn
-
-package = pytest.importorskip("shared.package")  # noqa: E402 (lands with the package-format issue)
-from trainer_container import run as trainer_run  # noqa: E402
+from tests.trainer.harness import KeyReleaseStandIn, Stage, environment
+from trainer_container import run as trainer_run
 
 CONTRACT_ID = "covid-test"
-EVENT_KEY = "topic-key-for-tests"
-
-
-@pytest.fixture(scope="module")
-def azurite(tmp_path_factory):
-    service = Azurite(tmp_path_factory.mktemp("azurite")).start()
-    yield service
-    service.stop()
-
-
-@pytest.fixture
-def topic():
-    server = EventGridTopic(EVENT_KEY).start()
-    yield server
-    server.stop()
-
-
-class Stage:
-    """Encrypts and uploads the COVID inputs and builds the contract, the way the parties do."""
-
-    def __init__(self, tmp_path, azurite, contract_id):
-        self.tmp, self.contract_id, self.keys = tmp_path, contract_id, {}
-        self.run_id = f"run-{secrets.token_hex(8)}"
-        self.blobs = BlobServiceClient.from_connection_string(azurite.connection_string)
-        for container in (storage_names.DATASETS, storage_names.MODELS, storage_names.OUTPUTS):
-            if not self.blobs.get_container_client(container).exists():
-                self.blobs.create_container(container)
-
-    def _upload(self, name, plain: bytes, container, blob, content_type):
-        kid = f"https://vault.test:8443/keys/{self.contract_id}-{name}/{uuid.uuid4().hex}"
-        self.keys[kid] = secrets.token_bytes(32)
-        (self.tmp / f"{name}.in").write_bytes(plain)
-        manifest = package.encrypt_file(self.tmp / f"{name}.in", self.tmp / f"{name}.ccr", self.keys[kid], kid,
-                                        content_type, None)
-        with open(self.tmp / f"{name}.ccr", "rb") as src:
-            self.blobs.get_blob_client(container, blob).upload_blob(src, overwrite=True)
-        return {"blob": f"{container}/{blob}", "sha256": manifest.sha256, "key_kid": kid}
-
-    def contract(self, tables: dict[str, pd.DataFrame], training: dict, join: dict, threshold=1.5) -> dict:
-        tdps = []
-        for name, table in tables.items():
-            ref = self._upload(name, table.to_csv(index=False).encode(), storage_names.DATASETS,
-                               storage_names.dataset_blob(self.contract_id, name), "text/csv")
-            tdps.append({"did": f"did:web:{name}", "datasets": [{"name": name, "epsilon_threshold": threshold, **ref}]})
-        archive = io.BytesIO()
-        with zipfile.ZipFile(archive, "w") as z:
-            z.writestr("model.onnx", covid_model.covid_onnx())
-            z.writestr("training.json", json.dumps(training))
-        model = self._upload("model", archive.getvalue(), storage_names.MODELS,
-                             storage_names.model_blob(self.contract_id), "application/vnd.ccr.model+zip")
-        output_kid = f"https://vault.test:8443/keys/{self.contract_id}-output/1"
-        self.keys[output_kid] = secrets.token_bytes(32)
-        return {"contract_id": self.contract_id, "tdc": {"did": "did:web:tdc", "model": model,
-                                                         "output": {"key_kid": output_kid}},
-                "tdps": tdps, "privacy": {"delta": 1e-5}, "pipeline": {"join": join}}
 
 
 def raw_tables() -> dict[str, pd.DataFrame]:
     return {name: pd.read_csv(f"/work/shared/data/covid/{file}") for name, file in covid_model.RAW_FILES.items()}
-
-
-def environment(stage, azurite, sidecar, topic, contract) -> dict:
-    return {"CCR_RUN_ID": stage.run_id, "CCR_CONTRACT": json.dumps(contract),
-            "CCR_STORAGE_CONNECTION": azurite.connection_string, "CCR_SKR_URL": sidecar.url,
-            "CCR_MAA_URL": "https://maa.test", "CCR_EVENTGRID_TOPIC_URL": f"{topic.url}/api/events",
-            "CCR_EVENTGRID_KEY": EVENT_KEY}
 
 
 def run_in_process(monkeypatch, env) -> tuple[int, list[str]]:
