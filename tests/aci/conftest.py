@@ -4,60 +4,23 @@ from __future__ import annotations
 
 import os
 import secrets
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import requests
 from azure.mgmt.containerinstance import ContainerInstanceManagementClient
 
 from local_emulator import images, tls as loopback_tls
-from local_emulator.aci import AciTwin
+from local_emulator.aci import AciTwin, skr_sidecar_factory
+from local_emulator.attestation import MaaTwin
+from local_emulator.sevsnp import HardwareRoot
 from shared.credentials import StaticTokenCredential
-from shared.cce_policy import hostdata_of
 from tests.aci.stand_in_trainer import write_stand_in
 
 SUBSCRIPTION = "00000000-0000-0000-0000-0000000000aa"
 RESOURCE_GROUP = "ccr-tests"
 LOCATION = "westeurope"
-
-
-class HostdataSidecar:
-    """Until local_emulator/skr_sidecar.py lands: a loopback server that tells the trainer
-    which hostdata its reports would carry (GET /stand-in/hostdata)."""
-
-    def __init__(self, cce_policy_b64: str):
-        self.hostdata = hostdata_of(cce_policy_b64)
-        self.stopped = False
-        sidecar = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                data = sidecar.hostdata.encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def start(self):
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self
-
-    def stop(self):
-        if not self.stopped:
-            self._server.shutdown()
-            self._server.server_close()
-            self.stopped = True
 
 
 @pytest.fixture(scope="session")
@@ -81,10 +44,24 @@ def sidecars():
     return []
 
 
+@pytest.fixture(scope="session")
+def hardware_root(tmp_path_factory) -> HardwareRoot:
+    return HardwareRoot.load_or_create(tmp_path_factory.mktemp("hw"))
+
+
 @pytest.fixture
-def twin(tmp_path, images_dir, tls, token, sidecars):
+def maa(tmp_path, tls, hardware_root):
+    twin = MaaTwin(tmp_path / "maa", tls, [hardware_root.public_pem]).start()
+    yield twin
+    twin.stop()
+
+
+@pytest.fixture
+def twin(tmp_path, images_dir, tls, token, sidecars, hardware_root):
+    real_sidecar = skr_sidecar_factory(hardware_root, str(tls.ca_path), token)
+
     def factory(policy):
-        sidecar = HostdataSidecar(policy)
+        sidecar = real_sidecar(policy)
         sidecars.append(sidecar)
         return sidecar
 
@@ -127,3 +104,10 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):
             return value
         time.sleep(interval)
     raise AssertionError("condition not met within %.0f s" % timeout)
+
+
+def sidecar_reachable(url: str) -> bool:
+    try:
+        return requests.get(url + "/status", timeout=5).status_code == 200
+    except requests.ConnectionError:
+        return False

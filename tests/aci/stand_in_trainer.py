@@ -1,19 +1,26 @@
 """Source of a tiny stand-in trainer image (no torch): prints its pid, where it runs from
-and the *names* of its CCR_ environment variables, asks the SKR sidecar who it is, then
-behaves as the JSON in CCR_CONTRACT says ({"lines": n, "sleep": s, "exit": code})."""
+and the *names* of its CCR_ environment variables, then behaves as the JSON in CCR_CONTRACT
+says: {"attest": true} gets an MAA token through the SKR sidecar and prints its hostdata
+claim; then {"lines": n} lines, "ready", {"sleep": s}, exit {"exit": code}."""
 MAIN = r'''
 import json, os, sys, time, urllib.request
 print("pid=%d" % os.getpid(), flush=True)
 print("file=%s" % __file__, flush=True)
 print("env=" + ",".join(sorted(n for n in os.environ if n.startswith("CCR_"))), flush=True)
-skr = os.environ.get("CCR_SKR_URL")
-if skr and os.environ.get("STAND_IN_ASK_SIDECAR") != "no":
+spec = json.loads(os.environ.get("CCR_CONTRACT") or "{}")
+if spec.get("attest"):
+    import base64
+    body = json.dumps({"maa_endpoint": os.environ["CCR_MAA_URL"],
+                       "runtime_data": base64.b64encode(b"{}").decode()}).encode()
+    request = urllib.request.Request(os.environ["CCR_SKR_URL"] + "/attest/maa", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(skr + "/stand-in/hostdata", timeout=5) as response:
-            print("sidecar_hostdata=" + response.read().decode(), flush=True)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            token = json.loads(response.read())["token"]
+        claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+        print("sidecar_hostdata=" + claims["x-ms-sevsnpvm-hostdata"], flush=True)
     except Exception as error:
         print("sidecar_error=%s" % type(error).__name__, flush=True)
-spec = json.loads(os.environ.get("CCR_CONTRACT") or "{}")
 for i in range(spec.get("lines", 0)):
     print("line %d" % i, flush=True)
 print("ready", flush=True)

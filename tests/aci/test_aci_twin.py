@@ -13,7 +13,8 @@ from shared import settings
 from shared.credentials import StaticTokenCredential
 from shared.cce_policy import hostdata_of
 from shared.container_group import TRAINER_CONTAINER_NAME, build_container_group
-from tests.aci.conftest import (LOCATION, RESOURCE_GROUP, SUBSCRIPTION, pid_alive, wait_for)
+from tests.aci.conftest import (LOCATION, RESOURCE_GROUP, SUBSCRIPTION, pid_alive, sidecar_reachable,
+                              wait_for)
 
 SECRET = "DefaultEndpointsProtocol=http;AccountKey=c2VjcmV0LXZhbHVl"
 
@@ -39,8 +40,9 @@ def _stats(twin, tls, token) -> dict:
     return response.json()
 
 
-def test_create_get_list_logs_delete(client, twin, tls, token, stand_in_image, sidecars):
-    spec = build_container_group(stand_in_image.ref, _environment({"lines": 30, "sleep": 60}), LOCATION)
+def test_create_get_list_logs_delete(client, twin, tls, token, stand_in_image, sidecars, maa):
+    environment = {**_environment({"attest": True, "lines": 30, "sleep": 60}), "CCR_MAA_URL": maa.url}
+    spec = build_container_group(stand_in_image.ref, environment, LOCATION)
     group = client.container_groups.begin_create_or_update(RESOURCE_GROUP, "run-a", spec).result()
     assert group.provisioning_state == "Succeeded"
     assert group.sku == "Confidential" and group.ip_address is None
@@ -51,7 +53,7 @@ def test_create_get_list_logs_delete(client, twin, tls, token, stand_in_image, s
     assert _log_value(client, "run-a", "file").startswith(str(twin.runtime.state_dir))
     names = _log_value(client, "run-a", "env").split(",")
     assert {"CCR_RUN_ID", "CCR_STORAGE_CONNECTION", "CCR_SKR_URL", "CCR_CONTRACT"} <= set(names)
-    # the sidecar it talks to is the one bound to this group's exact policy
+    # its SKR sidecar attests with hardware reports for this group's exact policy
     assert _log_value(client, "run-a", "sidecar_hostdata") == hostdata_of(spec.confidential_compute_properties.cce_policy)
 
     fetched = client.container_groups.get(RESOURCE_GROUP, "run-a")
@@ -70,9 +72,11 @@ def test_create_get_list_logs_delete(client, twin, tls, token, stand_in_image, s
     tail = _logs(client, "run-a", tail=2).splitlines()
     assert tail == ["line 29", "ready"]
 
+    assert len(sidecars) == 1 and sidecar_reachable(sidecars[0].url)
+    sidecar_url = sidecars[0].url
     client.container_groups.begin_delete(RESOURCE_GROUP, "run-a").result()
     assert not pid_alive(pid)
-    assert all(s.stopped for s in sidecars) and len(sidecars) == 1
+    assert not sidecar_reachable(sidecar_url)
     with pytest.raises(ResourceNotFoundError):
         client.container_groups.get(RESOURCE_GROUP, "run-a")
     assert list(client.container_groups.list_by_resource_group(RESOURCE_GROUP)) == []
@@ -80,8 +84,9 @@ def test_create_get_list_logs_delete(client, twin, tls, token, stand_in_image, s
 
 
 def test_exit_code_is_reported_and_sidecar_stopped(client, stand_in_image, sidecars):
-    spec = build_container_group(stand_in_image.ref, _environment({"exit": 3}), LOCATION)
+    spec = build_container_group(stand_in_image.ref, _environment({"exit": 3, "sleep": 1}), LOCATION)
     client.container_groups.begin_create_or_update(RESOURCE_GROUP, "run-exit", spec).result()
+    sidecar_url = sidecars[0].url
 
     def terminated():
         group = client.container_groups.get(RESOURCE_GROUP, "run-exit")
@@ -93,7 +98,7 @@ def test_exit_code_is_reported_and_sidecar_stopped(client, stand_in_image, sidec
     assert trainer.instance_view.current_state.exit_code == 3
     assert trainer.instance_view.current_state.finish_time is not None
     assert group.instance_view.state == "Failed"
-    assert sidecars[0].stopped
+    assert not sidecar_reachable(sidecar_url)
 
 
 def test_same_spec_twice_creates_one_group_and_other_spec_conflicts(client, twin, stand_in_image):
@@ -223,7 +228,9 @@ def test_delete_during_creation_leaves_nothing_running(client, twin, stand_in_im
     client.container_groups.begin_delete(RESOURCE_GROUP, "run-hasty").result()
     with pytest.raises(ResourceNotFoundError):
         client.container_groups.get(RESOURCE_GROUP, "run-hasty")
-    assert all(s.stopped for s in sidecars)
+    for sidecar in sidecars:
+        with pytest.raises(RuntimeError):
+            sidecar.url                       # its server is stopped
     stats = twin.stats()
     assert stats["created"] == 1 and stats["deleted"] == 1
     # nothing of the group is left on disk, and no process of it runs
