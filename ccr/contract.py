@@ -1,0 +1,282 @@
+"""`ccr contract` and `ccr identity`: a party's did:web identity, and the signed contract.
+
+  ccr identity new --name icmr --ledger URL        key pair (0600 PEM) + DID document on the ledger
+  ccr contract new ... --out payload.json           contract payload from arguments and/or a template
+  ccr contract sign --contract payload.json --did DID --key icmr.key.pem [--envelope in.cose] --out out.cose
+  ccr contract submit --envelope signed.cose [--ledger URL]
+  ccr contract verify --envelope signed.cose [--at TIME]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import requests
+
+from ccr.common import CliError, emit
+from shared import contract as contracts
+from shared import did as dids
+from shared import settings, storage_names
+
+NAME = "contract"
+HELP = "contract: new, sign, submit, verify"
+IDENTITY_HELP = "identity: new (a party's did:web key pair, registered on the ledger)"
+
+
+def register(groups) -> None:
+    _register_identity(groups)
+    parser = groups.add_parser(NAME, help=HELP, description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    new = commands.add_parser("new", help="write a contract payload (JSON)",
+                              description="Write a contract payload from a template and/or arguments "
+                                          "(arguments win); blob names follow the storage layout.")
+    new.add_argument("--template", type=Path, help="a JSON payload (complete or partial) to start from")
+    new.add_argument("--contract-id")
+    new.add_argument("--purpose")
+    new.add_argument("--valid-from", help="RFC 3339 time (default: now)")
+    new.add_argument("--valid-until", help="RFC 3339 time (default: valid-from + 365 days)")
+    new.add_argument("--tdc", metavar="DID", help="the TDC's did:web")
+    new.add_argument("--model", metavar="sha256=HEX,key_kid=URL", help="the TDC's model package")
+    new.add_argument("--output", metavar="key_kid=URL[,webhook=URL]", help="the TDC's output key and webhook")
+    new.add_argument("--dataset", action="append", default=[],
+                     metavar="did=DID,name=NAME,sha256=HEX,key_kid=URL,epsilon=X",
+                     help="one TDP dataset (repeat; datasets with the same did belong to one TDP)")
+    new.add_argument("--delta", type=float)
+    new.add_argument("--join", type=Path, metavar="FILE", help="JSON join spec (pipeline.join)")
+    new.add_argument("--deadline-seconds", type=int)
+    new.add_argument("--trainer-image", metavar="REF", help="ccr-trainer@sha256:<hex>")
+    new.add_argument("--out", type=Path, required=True)
+    new.set_defaults(func=run_new)
+
+    sign = commands.add_parser("sign", help="add your signature to the contract envelope")
+    sign.add_argument("--contract", type=Path, required=True, help="the payload JSON every party agreed on")
+    sign.add_argument("--did", required=True, help="your did:web")
+    sign.add_argument("--key", type=Path, required=True, help="your private key (PEM, from `ccr identity new`)")
+    sign.add_argument("--key-id", default=dids.DEFAULT_KEY_ID, help="verification method id in your DID document")
+    sign.add_argument("--envelope", type=Path, help="an envelope other parties already signed")
+    sign.add_argument("--out", type=Path, required=True)
+    sign.set_defaults(func=run_sign)
+
+    submit = commands.add_parser("submit", help="register the envelope on the contract ledger")
+    submit.add_argument("--envelope", type=Path, required=True)
+    submit.add_argument("--ledger", help="ledger URL (default: setting CCR_LEDGER_URL)")
+    submit.set_defaults(func=run_submit)
+
+    verify = commands.add_parser("verify", help="check every signature and the validity window locally")
+    verify.add_argument("--envelope", type=Path, required=True)
+    verify.add_argument("--at", help="RFC 3339 time to check validity at (default: now)")
+    verify.set_defaults(func=run_verify)
+
+
+def _register_identity(groups) -> None:
+    parser = groups.add_parser("identity", help=IDENTITY_HELP, description=IDENTITY_HELP)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    new = commands.add_parser("new", help="create a P-256 key pair and register its DID document",
+                              description="Create did:web:<ledger host>:<name>: the private key is written "
+                                          "0600 to <dir>/<name>.key.pem, the DID document is hosted by the ledger.")
+    new.add_argument("--name", required=True, help="party name (letters, digits, '.', '_', '-')")
+    new.add_argument("--ledger", help="ledger URL (default: setting CCR_LEDGER_URL)")
+    new.add_argument("--dir", type=Path, default=Path("."), help="where to write the private key (default: .)")
+    new.add_argument("--key-id", default=dids.DEFAULT_KEY_ID)
+    new.set_defaults(func=run_identity_new)
+
+
+# --- identity --------------------------------------------------------------------------
+
+def _ledger(args) -> str:
+    url = args.ledger or settings.get("CCR_LEDGER_URL")
+    if not url:
+        raise CliError("no ledger: pass --ledger or set CCR_LEDGER_URL")
+    return url.rstrip("/")
+
+
+def _post(url: str, **kwargs) -> requests.Response:
+    try:
+        return requests.post(url, timeout=30, verify=settings.ca_bundle(), **kwargs)
+    except requests.RequestException as error:
+        raise CliError(f"cannot reach {url} ({type(error).__name__})") from None
+
+
+def run_identity_new(args) -> None:
+    ledger = _ledger(args)
+    parts = urlsplit(ledger)
+    if parts.scheme != "https" or not parts.hostname:
+        raise CliError("--ledger must be an https:// URL (did:web documents are served over HTTPS)")
+    try:
+        identity = dids.Identity.generate(dids.did_web(parts.hostname, parts.port, args.name), args.key_id)
+    except dids.DidError as error:
+        raise CliError(str(error)) from None
+    key_path = args.dir / f"{args.name}.key.pem"
+    args.dir.mkdir(parents=True, exist_ok=True)
+    try:
+        identity.save_key(key_path)
+    except FileExistsError:
+        raise CliError(f"{key_path} exists: not overwriting a private key") from None
+    response = _post(f"{ledger}/dids", json=identity.document())
+    if response.status_code not in (200, 201):
+        key_path.unlink()   # an unregistered key is of no use and must not be mistaken for one
+        raise CliError(f"ledger refused the DID document (HTTP {response.status_code}): {_reason(response)}")
+    emit({"did": identity.did, "key_ref": identity.key_ref, "key_file": str(key_path),
+          "document_url": dids.document_url(identity.did)})
+
+
+# --- contract new ---------------------------------------------------------------------
+
+def _pairs(text: str, option: str, required: tuple[str, ...]) -> dict:
+    fields = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        if not sep or not value:
+            raise CliError(f"{option}: expected name=value pairs separated by commas, got {part!r}")
+        fields[name.strip()] = value.strip()
+    missing = [name for name in required if name not in fields]
+    if missing:
+        raise CliError(f"{option}: missing {', '.join(missing)}")
+    return fields
+
+
+def _read_json(path: Path, option: str):
+    try:
+        return json.loads(path.read_text())
+    except OSError as error:
+        raise CliError(f"{option}: cannot read {path} ({error.strerror})") from None
+    except ValueError:
+        raise CliError(f"{option}: {path} is not JSON") from None
+
+
+def build_payload(args) -> dict:
+    """Template, then arguments; blob names are derived from the contract id."""
+    payload = _read_json(args.template, "--template") if args.template else {}
+    if not isinstance(payload, dict):
+        raise CliError("--template: not a JSON object")
+    for option, key in (("contract_id", "contract_id"), ("purpose", "purpose"),
+                        ("valid_from", "valid_from"), ("valid_until", "valid_until")):
+        if getattr(args, option) is not None:
+            payload[key] = getattr(args, option)
+    start = payload.setdefault("valid_from", datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    if "valid_until" not in payload:
+        try:
+            payload["valid_until"] = (datetime.fromisoformat(start) + timedelta(days=365)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        except ValueError:
+            raise CliError(f"--valid-from: {start!r} is not an RFC 3339 time") from None
+    contract_id = payload.get("contract_id")
+    if not isinstance(contract_id, str):
+        raise CliError("--contract-id is required (or in the template)")
+    tdc = payload.setdefault("tdc", {})
+    if args.tdc:
+        tdc["did"] = args.tdc
+    if args.model:
+        tdc["model"] = _pairs(args.model, "--model", ("sha256", "key_kid"))
+    if isinstance(tdc.get("model"), dict):
+        tdc["model"]["blob"] = f"{storage_names.MODELS}/{storage_names.model_blob(contract_id)}"
+    if args.output:
+        tdc["output"] = _pairs(args.output, "--output", ("key_kid",))
+    if args.dataset:
+        tdps: dict[str, list] = {}
+        for text in args.dataset:
+            fields = _pairs(text, "--dataset", ("did", "name", "sha256", "key_kid", "epsilon"))
+            try:
+                epsilon = float(fields["epsilon"])
+            except ValueError:
+                raise CliError(f"--dataset: epsilon {fields['epsilon']!r} is not a number") from None
+            tdps.setdefault(fields["did"], []).append(
+                {"name": fields["name"], "sha256": fields["sha256"], "key_kid": fields["key_kid"],
+                 "epsilon_threshold": epsilon})
+        payload["tdps"] = [{"did": did, "datasets": datasets} for did, datasets in tdps.items()]
+    datasets = [d for tdp in payload.get("tdps") or [] if isinstance(tdp, dict) for d in tdp.get("datasets") or []]
+    for dataset in datasets:
+        if isinstance(dataset, dict) and isinstance(dataset.get("name"), str):
+            dataset["blob"] = f"{storage_names.DATASETS}/{storage_names.dataset_blob(contract_id, dataset['name'])}"
+    if args.delta is not None:
+        payload.setdefault("privacy", {})["delta"] = args.delta
+    pipeline = payload.setdefault("pipeline", {})
+    if args.join:
+        pipeline["join"] = _read_json(args.join, "--join")
+    if args.deadline_seconds is not None:
+        pipeline["deadline_seconds"] = args.deadline_seconds
+    if args.trainer_image:
+        pipeline["trainer_image"] = args.trainer_image
+    try:
+        return contracts.validate_payload(payload)
+    except contracts.ContractError as error:
+        raise CliError(str(error)) from None
+
+
+def run_new(args) -> None:
+    payload = build_payload(args)
+    _write(args.out, json.dumps(payload, indent=2, sort_keys=True).encode() + b"\n")
+    emit({"contract_id": payload["contract_id"], "out": str(args.out),
+          "digest": contracts.payload_digest(contracts.canonical_json(payload)),
+          "parties": contracts.parties(payload)})
+
+
+# --- sign / submit / verify --------------------------------------------------------
+
+def _write(path: Path, data: bytes) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
+
+
+def _read_bytes(path: Path, option: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise CliError(f"{option}: cannot read {path} ({error.strerror})") from None
+
+
+def run_sign(args) -> None:
+    payload = _read_json(args.contract, "--contract")
+    try:
+        identity = dids.Identity(args.did, dids.load_private_key(args.key), args.key_id)
+        fresh = contracts.new_envelope(payload)
+        envelope = fresh
+        if args.envelope:
+            envelope = _read_bytes(args.envelope, "--envelope")
+            if contracts.envelope_signers(envelope)[0] != contracts.envelope_signers(fresh)[0]:
+                raise CliError(f"{args.envelope} signs a different contract than {args.contract}")
+        signed = contracts.add_signature(envelope, identity)
+        _, signers = contracts.envelope_signers(signed)
+    except (contracts.ContractError, dids.DidError) as error:
+        raise CliError(str(error)) from None
+    _write(args.out, signed)
+    emit({"contract_id": payload["contract_id"], "signed_by": identity.did, "signers": signers,
+          "missing": [did for did in contracts.parties(payload) if did not in signers], "out": str(args.out)})
+
+
+def run_submit(args) -> None:
+    envelope = _read_bytes(args.envelope, "--envelope")
+    response = _post(f"{_ledger(args)}/entries", data=envelope, headers={"Content-Type": "application/cose"})
+    if response.status_code != 201:
+        raise CliError(f"ledger refused the envelope (HTTP {response.status_code}): {_reason(response)}")
+    emit(response.json())
+
+
+def run_verify(args) -> None:
+    envelope = _read_bytes(args.envelope, "--envelope")
+    at = None
+    if args.at:
+        try:
+            at = contracts.parse_time(args.at, "--at")
+        except contracts.ContractError as error:
+            raise CliError(str(error)) from None
+    try:
+        contract = contracts.verify_contract(envelope, now=at)
+    except contracts.ContractError as error:
+        raise CliError(f"{type(error).__name__}: {error}") from None
+    emit({"contract_id": contract.contract_id, "digest": contract.digest, "signers": list(contract.signers),
+          "valid_from": contract.payload["valid_from"], "valid_until": contract.payload["valid_until"],
+          "verified": True})
+
+
+def _reason(response: requests.Response) -> str:
+    try:
+        return str(response.json().get("error", ""))[:200]
+    except (ValueError, AttributeError):
+        return response.reason or ""

@@ -1,0 +1,138 @@
+"""`ccr identity` and `ccr contract` against the ledger twin: four parties create identities,
+write, sign, verify and submit a contract; the ledger then calls the webhook."""
+from __future__ import annotations
+
+import json
+import stat
+
+import pytest
+
+from ccr import cli
+from local_emulator.delivery import RetryPolicy
+from local_emulator.ledger import LedgerTwin
+from shared import contract as contracts
+from tests.contracts.conftest import sha, wait_for
+
+PARTIES = ("tdc", "icmr", "cowin", "index")
+
+
+@pytest.fixture
+def ccr(monkeypatch, capsys):
+    """Run `ccr ...` in-process; returns (exit status, parsed stdout or None, stderr)."""
+    if "ccr.contract" not in cli.GROUPS:
+        monkeypatch.setattr(cli, "GROUPS", cli.GROUPS + ["ccr.contract"])
+
+    def run(*argv):
+        status = cli.main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        return status, (json.loads(out) if status == 0 and out.strip() else None), err
+    return run
+
+
+@pytest.fixture
+def ledger(tmp_path, tls, webhook_factory, monkeypatch):
+    hook = webhook_factory([200])
+    twin = LedgerTwin(tmp_path / "ledger", hook.url, "k", tls.server_context(),
+                      retry=RetryPolicy(initial_seconds=0.02, maximum_seconds=0.1, attempts=3)).start()
+    monkeypatch.setenv("CCR_CA_BUNDLE", str(tls.ca_path))
+    monkeypatch.setenv("CCR_LEDGER_URL", twin.url)
+    twin.hook = hook
+    yield twin
+    twin.stop()
+
+
+def new_contract(ccr, tmp_path, dids: dict, epsilon=1.5, **overrides):
+    options = {"--contract-id": "covid-cli", "--purpose": "covid model", "--valid-from": "2026-01-01T00:00:00Z",
+               "--valid-until": "2099-01-01T00:00:00Z", "--tdc": dids["tdc"],
+               "--model": f"sha256={sha('m')},key_kid=https://kv/keys/model/1",
+               "--output": "key_kid=https://kv/keys/out/1,webhook=http://127.0.0.1:9/notify",
+               "--delta": "1e-5", "--deadline-seconds": "600", "--trainer-image": "ccr-trainer@sha256:" + sha("i"),
+               "--join": tmp_path / "join.json", "--out": tmp_path / "payload.json", **overrides}
+    (tmp_path / "join.json").write_text(json.dumps({"datasets": []}))
+    argv = ["contract", "new"]
+    for option, value in options.items():
+        argv += [option, value]
+    for name in PARTIES[1:]:
+        argv += ["--dataset", f"did={dids[name]},name={name},sha256={sha(name)},key_kid=https://kv/keys/{name}/1,"
+                              f"epsilon={epsilon}"]
+    return ccr(*argv)
+
+
+def test_four_parties_sign_verify_and_submit(ccr, ledger, tmp_path):
+    dids = {}
+    for name in PARTIES:
+        status, out, err = ccr("identity", "new", "--name", name, "--dir", tmp_path / "keys")
+        assert status == 0, err
+        assert out["did"] == ledger.did_for(name)
+        assert stat.S_IMODE((tmp_path / "keys" / f"{name}.key.pem").stat().st_mode) == 0o600
+        dids[name] = out["did"]
+    status, out, err = new_contract(ccr, tmp_path, dids)
+    assert status == 0, err
+    payload = json.loads((tmp_path / "payload.json").read_text())
+    assert payload["tdps"][0]["datasets"][0]["blob"] == "datasets/covid-cli/icmr.ccr"
+    assert out["parties"] == [dids[n] for n in PARTIES]
+
+    envelope = None
+    for i, name in enumerate(PARTIES):
+        argv = ["contract", "sign", "--contract", tmp_path / "payload.json", "--did", dids[name],
+                "--key", tmp_path / "keys" / f"{name}.key.pem", "--out", tmp_path / f"signed{i}.cose"]
+        status, out, err = ccr(*argv, *(["--envelope", envelope] if envelope else []))
+        assert status == 0, err
+        envelope = tmp_path / f"signed{i}.cose"
+        assert out["missing"] == [dids[n] for n in PARTIES[i + 1:]]
+
+    status, out, err = ccr("contract", "verify", "--envelope", envelope)
+    assert status == 0, err
+    assert out["verified"] and out["contract_id"] == "covid-cli" and len(out["signers"]) == 4
+    status, out, err = ccr("contract", "verify", "--envelope", tmp_path / "signed2.cose")
+    assert status == 1 and "MissingSigner" in err and dids["index"] in err
+
+    status, out, err = ccr("contract", "submit", "--envelope", envelope)
+    assert status == 0 and out == {"seqno": 1, "complete": True, "missing": []}
+    wait_for(lambda: ledger.entry(1)["delivery"] == "delivered")
+    assert ledger.hook.calls[0]["body"] == envelope.read_bytes()
+
+
+def test_identity_refusals_keep_keys_safe(ccr, ledger, tmp_path):
+    keys = tmp_path / "keys"
+    assert ccr("identity", "new", "--name", "icmr", "--dir", keys)[0] == 0
+    first = (keys / "icmr.key.pem").read_bytes()
+    status, _, err = ccr("identity", "new", "--name", "icmr", "--dir", keys)
+    assert status == 1 and "not overwriting" in err
+    assert (keys / "icmr.key.pem").read_bytes() == first
+    status, _, err = ccr("identity", "new", "--name", "icmr", "--dir", tmp_path / "other")
+    assert status == 1 and "already registered" in err
+    assert not (tmp_path / "other" / "icmr.key.pem").exists()
+    status, _, err = ccr("identity", "new", "--name", "x", "--ledger", "http://127.0.0.1:1", "--dir", keys)
+    assert status == 1 and "https" in err
+
+
+def test_bad_contract_arguments_write_nothing(ccr, ledger, tmp_path):
+    dids = {name: ledger.did_for(name) for name in PARTIES}
+    status, _, err = new_contract(ccr, tmp_path, dids, epsilon=0)
+    assert status == 1 and "epsilon_threshold must be > 0" in err
+    assert not (tmp_path / "payload.json").exists()
+    status, _, err = new_contract(ccr, tmp_path, dids, **{"--model": "sha256=abc"})
+    assert status == 1 and "missing key_kid" in err
+
+
+def test_wrong_key_or_outsider_signature(ccr, ledger, tmp_path):
+    dids = {}
+    for name in PARTIES + ("outsider",):
+        dids[name] = ccr("identity", "new", "--name", name, "--dir", tmp_path / "keys")[1]["did"]
+    assert new_contract(ccr, tmp_path, dids)[0] == 0
+    contract = tmp_path / "payload.json"
+    status, _, err = ccr("contract", "sign", "--contract", contract, "--did", dids["outsider"],
+                         "--key", tmp_path / "keys" / "outsider.key.pem", "--out", tmp_path / "x.cose")
+    assert status == 1 and "not a party" in err and not (tmp_path / "x.cose").exists()
+    envelope = None
+    for i, name in enumerate(PARTIES):   # icmr signs with cowin's key
+        key = "cowin" if name == "icmr" else name
+        argv = ["contract", "sign", "--contract", contract, "--did", dids[name],
+                "--key", tmp_path / "keys" / f"{key}.key.pem", "--out", tmp_path / f"s{i}.cose"]
+        assert ccr(*argv, *(["--envelope", envelope] if envelope else []))[0] == 0
+        envelope = tmp_path / f"s{i}.cose"
+    status, _, err = ccr("contract", "verify", "--envelope", envelope)
+    assert status == 1 and "BadSignature" in err and dids["icmr"] in err
+    with pytest.raises(contracts.BadSignature):
+        contracts.verify_contract(envelope.read_bytes())
