@@ -100,10 +100,12 @@ class MaaTwin:
         return {"keys": [public]}
 
     def sign_claims(self, claims: dict) -> str:
-        """An RS256 token from this authority; iss/iat/nbf/exp/jti are filled in unless given."""
+        """An RS256 token from this authority; iss/iat/nbf/exp/jti are filled in unless given
+        (a claim given as None is left out)."""
         now = int(time.time())
         full = {"iss": self.url, "iat": now, "nbf": now, "exp": now + self._lifetime, "jti": uuid.uuid4().hex}
         full.update(claims)
+        full = {name: value for name, value in full.items() if value is not None}
         token = jwt.JWT(header={"alg": "RS256", "typ": "JWT", "kid": self._kid, "jku": f"{self.url}/certs"},
                         claims=full)
         token.make_signed_token(self._signing_key)

@@ -156,3 +156,10 @@ def test_denied_for_a_non_exportable_key_and_a_token_without_runtime_key(client,
     with pytest.raises(HttpResponseError) as caught:
         client.release_key("data-key", target_attestation_token="not-a-jwt")
     assert caught.value.status_code == 400 and "not a JWT" in caught.value.message
+
+
+def test_denied_for_a_token_without_expiry(client, maa, tls, hardware_root):
+    _import_aes(client, maa.url)
+    claims = _claims(_token(maa, tls, hardware_root))
+    claims["exp"] = None                                  # signed by the authority, but never expires
+    _denied(client, maa.sign_claims(claims), "missing a required claim")

@@ -106,3 +106,20 @@ def test_bad_requests_get_clear_errors(sidecars, maa, vault, data_key):
     response = requests.post(f"{sidecar.url}/attest/maa", json={"maa_endpoint": maa.url, "runtime_data": "%%"},
                              timeout=30)
     assert response.status_code == 400 and "not base64" in response.json()["error"]
+
+
+def test_aci_factory_builds_working_sidecars_and_nothing_secret_is_printed(hardware_root, tls, token, maa, vault,
+                                                                           data_key, capfd):
+    from local_emulator.aci import skr_sidecar_factory
+    kid, material = data_key
+    sidecar = skr_sidecar_factory(hardware_root, str(tls.ca_path), token)(POLICY_P)
+    sidecar.start()
+    try:
+        response = _release(sidecar, maa, vault, kid)
+        assert response.status_code == 200
+        released = json.loads(response.json()["key"])["k"]
+    finally:
+        sidecar.stop()
+    out, err = capfd.readouterr()
+    for secret in (released, token, base64.b64encode(material).decode()):
+        assert secret not in out and secret not in err
