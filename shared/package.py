@@ -19,7 +19,10 @@ reported as such instead of as tampering; it also commits the package to one key
 Decryption verifies the plaintext digest against the manifest as it goes (on a second thread),
 so a package whose content does not match its authenticated manifest is refused.
 
-Memory is constant (two 1 MiB plaintext buffers and one ciphertext buffer, reused).
+Memory is constant: 1 MiB buffers, reused; file sources are read through a memory map whose
+consumed pages are dropped as it goes (one copy fewer per byte, constant resident memory).
+A file truncated by another process while it is mapped would end the process with SIGBUS:
+packages are decrypted from files the caller owns (downloads, its own temporaries).
 `decrypt_file` writes to a temporary file beside the destination and renames it only after
 every segment, the final flag and the digest verified: no partial plaintext on any failure.
 """
@@ -28,7 +31,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import mmap
 import os
+import stat
 import struct
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +59,7 @@ _PREAMBLE = struct.Struct(">6sBI")  # magic, version, body length
 _NONCE_TAIL = struct.Struct(">IB")  # segment counter, last-segment flag
 _FIXED_BODY = SALT_SIZE + NONCE_PREFIX_SIZE + KEY_CHECK_SIZE
 _MAX_SEGMENTS = 2**32
+_RELEASE_EVERY = 16 * SEGMENT_SIZE
 
 
 class PackageError(ValueError):
@@ -210,35 +216,75 @@ def _read_exactly(src: BinaryIO, size: int) -> bytes:
     return b"".join(chunks)
 
 
-def _readinto_full(src: BinaryIO, view: memoryview) -> int:
-    """Fill `view` unless the stream ends first; returns the bytes read (short reads of pipes
-    and sockets are retried)."""
-    total = 0
-    while total < len(view):
-        count = src.readinto(view[total:])
-        if not count:
-            break
-        total += count
-    return total
+class _Source:
+    """Segment-sized views of a stream: zero-copy slices of a read-only memory map when the
+    stream is a regular file (saves one copy per byte), else `readinto` one reused buffer
+    (short reads of pipes and sockets are retried). A view is valid until the next `take`."""
 
+    def __init__(self, stream: BinaryIO, capacity: int):
+        self._stream, self._start, self._map, self._view = stream, stream.tell(), None, None
+        try:
+            descriptor = stream.fileno()
+            size = os.fstat(descriptor).st_size
+            if stat.S_ISREG(os.fstat(descriptor).st_mode) and size > self._start:
+                self._map = mmap.mmap(descriptor, 0, access=mmap.ACCESS_READ)
+                self._map.madvise(mmap.MADV_SEQUENTIAL)
+                self._view = memoryview(self._map)
+        except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+            self._map = None
+        self._position, self._released = self._start, 0
+        self._buffer = None if self._map is not None else memoryview(bytearray(capacity))
 
-def _digest(src: BinaryIO, buffer: memoryview) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    while True:
-        count = src.readinto(buffer)
-        if not count:
-            return digest.hexdigest(), size
-        digest.update(buffer[:count])
-        size += count
+    def take(self, size: int) -> memoryview:
+        if self._view is not None:
+            self._forget_consumed()
+            view = self._view[self._position:self._position + size]
+            self._position += len(view)
+            return view
+        total, target = 0, self._buffer[:size]
+        while total < size:
+            count = self._stream.readinto(target[total:])
+            if not count:
+                break
+            total += count
+        self._position += total
+        return target[:total]
+
+    def _forget_consumed(self) -> None:
+        """Drop pages already read from this process's mapping (the page cache keeps them),
+        so resident memory stays constant however large the file."""
+        done = self._position - self._position % mmap.PAGESIZE
+        if done - self._released >= _RELEASE_EVERY:
+            self._map.madvise(mmap.MADV_DONTNEED, self._released, done - self._released)
+            self._released = done
+
+    def rewind(self) -> None:
+        self._forget_consumed()
+        self._released = 0
+        self._position = self._start
+        if self._view is None:
+            self._stream.seek(self._start)
+
+    def __enter__(self) -> "_Source":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._map is not None:
+            self._view.release()
+            try:
+                self._map.close()
+            except BufferError:  # a view is still referenced (e.g. by a traceback): closed when collected
+                pass
+            self._stream.seek(self._position)
 
 
 def _source_state(src: BinaryIO):
     """(size, mtime) of a file-backed source, to notice it changing between the two passes."""
     try:
-        stat = os.fstat(src.fileno())
+        status = os.fstat(src.fileno())
     except (AttributeError, OSError, ValueError):
         return None
-    return stat.st_size, stat.st_mtime_ns
+    return status.st_size, status.st_mtime_ns
 
 
 def encrypt_stream(src: BinaryIO, dst: BinaryIO, key: bytes, key_id: str, content_type: str,
@@ -253,31 +299,36 @@ def encrypt_stream(src: BinaryIO, dst: BinaryIO, key: bytes, key_id: str, conten
                 spool.write(chunk)
             spool.seek(0)
             return encrypt_stream(spool, dst, key, key_id, content_type, schema, size_hint)
-    plain = memoryview(bytearray(SEGMENT_SIZE))
-    before = _source_state(src)
-    start = src.tell()
-    sha256, size = _digest(src, plain)
-    if size_hint is not None and size_hint != size:
-        raise ValueError(f"source is {size} bytes, not the {size_hint} announced")
     if not isinstance(content_type, str) or not content_type:
         raise ValueError("content_type must be a non-empty string")
     if schema is not None and not isinstance(schema, dict):
         raise ValueError("schema must be a JSON object or None")
-    manifest = Manifest(sha256, size, content_type, schema)
-    header = _build_header(key, key_id, manifest)
-    src.seek(start)
-    dst.write(header.raw)
-    aead, sealed = _segment_aead(key, header.salt), memoryview(bytearray(SEGMENT_SIZE + TAG_SIZE))
-    count = header.segment_count
-    for index in range(count):
-        last = index == count - 1
-        expected = size - SEGMENT_SIZE * index if last else SEGMENT_SIZE
-        if _readinto_full(src, plain[:expected]) != expected:
+    before = _source_state(src)
+    with _Source(src, SEGMENT_SIZE) as source:
+        digest, size = hashlib.sha256(), 0
+        while block := source.take(SEGMENT_SIZE):
+            digest.update(block)
+            size += len(block)
+        if size_hint is not None and size_hint != size:
+            raise ValueError(f"source is {size} bytes, not the {size_hint} announced")
+        manifest = Manifest(digest.hexdigest(), size, content_type, schema)
+        header = _build_header(key, key_id, manifest)
+        source.rewind()
+        dst.write(header.raw)
+        aead, sealed = _segment_aead(key, header.salt), memoryview(bytearray(SEGMENT_SIZE + TAG_SIZE))
+        count = header.segment_count
+        for index in range(count):
+            last = index == count - 1
+            expected = size - SEGMENT_SIZE * index if last else SEGMENT_SIZE
+            plain = source.take(expected)
+            if len(plain) != expected:
+                raise PackageError("source changed while it was being encrypted")
+            aead.encrypt_into(_nonce(header.nonce_prefix, index, last), plain, header.raw,
+                              sealed[:expected + TAG_SIZE])
+            dst.write(sealed[:expected + TAG_SIZE])
+        if source.take(1):
             raise PackageError("source changed while it was being encrypted")
-        aead.encrypt_into(_nonce(header.nonce_prefix, index, last), plain[:expected], header.raw,
-                          sealed[:expected + TAG_SIZE])
-        dst.write(sealed[:expected + TAG_SIZE])
-    if src.read(1) or _source_state(src) != before:
+    if _source_state(src) != before:
         raise PackageError("source changed while it was being encrypted")
     return manifest
 
@@ -291,19 +342,20 @@ def decrypt_stream(src: BinaryIO, dst: BinaryIO, key: bytes) -> Manifest:
     if not hmac.compare_digest(_key_check(key), header.key_check):
         raise WrongKey("the key does not match this package (wrong key, or its key check was altered)")
     aead, size, count = _segment_aead(key, header.salt), header.manifest.size, header.segment_count
-    sealed = memoryview(bytearray(SEGMENT_SIZE + TAG_SIZE))
     plains = (memoryview(bytearray(SEGMENT_SIZE)), memoryview(bytearray(SEGMENT_SIZE)))
     digest = hashlib.sha256()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ccr-package-digest") as hasher:
+    with _Source(src, SEGMENT_SIZE + TAG_SIZE) as source, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="ccr-package-digest") as hasher:
         hashing = None
         for index in range(count):
             last = index == count - 1
             expected = (size - SEGMENT_SIZE * index if last else SEGMENT_SIZE) + TAG_SIZE
-            if _readinto_full(src, sealed[:expected]) != expected:
+            sealed = source.take(expected)
+            if len(sealed) != expected:
                 raise TruncatedPackage(f"package ends inside or before segment {index} of {count}")
             plain = plains[index & 1][:expected - TAG_SIZE]
             try:
-                aead.decrypt_into(_nonce(header.nonce_prefix, index, last), sealed[:expected], header.raw, plain)
+                aead.decrypt_into(_nonce(header.nonce_prefix, index, last), sealed, header.raw, plain)
             except InvalidTag:
                 raise TamperedPackage(f"segment {index} of {count} failed authentication "
                                       "(altered, reordered or truncated package)") from None
@@ -312,8 +364,8 @@ def decrypt_stream(src: BinaryIO, dst: BinaryIO, key: bytes) -> Manifest:
             dst.write(plain)
             hashing = hasher.submit(digest.update, plain)
         hashing.result()
-    if src.read(1):
-        raise TamperedPackage("unexpected bytes after the last segment")
+        if source.take(1):
+            raise TamperedPackage("unexpected bytes after the last segment")
     if digest.hexdigest() != header.manifest.sha256:
         raise TamperedPackage("plaintext digest differs from the package manifest")
     return header.manifest
