@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 
 import pytest
 
+from local_emulator import tls as loopback_tls
+from local_emulator.tls import LoopbackServer
 from shared import did as dids
 from shared import storage_names
 
@@ -63,13 +67,6 @@ def resolve(documents):
 
 
 # --- loopback servers for the ledger tests ---------------------------------------------
-
-import json  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-
-from local_emulator import tls as loopback_tls  # noqa: E402
-from local_emulator.tls import LoopbackServer  # noqa: E402
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):
