@@ -1,0 +1,73 @@
+"""python -m local_emulator up | host --app-dir DIR --port P | demo"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from shared.settings import PROJECT_ROOT
+
+
+def _logging() -> None:
+    logging.basicConfig(level=os.environ.get("CCR_LOG_LEVEL", "INFO"), stream=sys.stdout,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("azure", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+async def _run_until_signalled(start, stop) -> None:
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping.set)
+    await start()
+    await stopping.wait()
+    await stop()
+
+
+def host_command(args) -> None:
+    """Just the Functions host, against an existing storage account (AzureWebJobsStorage)."""
+    from local_emulator.host.server import FunctionHost
+    from shared.settings import storage_connection
+    connection = os.environ.get("AzureWebJobsStorage") or storage_connection()
+    host = FunctionHost(Path(args.app_dir), connection, port=args.port)
+
+    async def start():
+        await host.start()
+        print(f"Host listening on {host.url}", flush=True)
+
+    asyncio.run(_run_until_signalled(start, host.stop))
+
+
+def up_command(args) -> None:
+    from local_emulator.services import Emulator
+    emulator = Emulator(Path(args.app_dir), port=args.port)
+    asyncio.run(_run_until_signalled(emulator.start, emulator.stop))
+
+
+def demo_command(args) -> None:
+    from local_emulator.services import run_demo
+    run_demo()
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m local_emulator")
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("up", help="Azurite, the twins and the Functions host, in the foreground")
+    up.add_argument("--app-dir", default=str(PROJECT_ROOT))
+    up.add_argument("--port", type=int, default=7071)
+    host = commands.add_parser("host", help="only the Functions host, against existing storage")
+    host.add_argument("--app-dir", default=str(PROJECT_ROOT))
+    host.add_argument("--port", type=int, default=7071)
+    commands.add_parser("demo", help="run the sample end to end on the local emulators")
+    args = parser.parse_args(argv)
+    _logging()
+    {"up": up_command, "host": host_command, "demo": demo_command}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Blob triggers on Azurite containers, with the real host's semantics: each new blob (or new
+version: new ETag) fires once; receipts live in a table so a restarted host does not fire
+again; after 5 failed attempts a message goes to the `webjobs-blobtrigger-poison` queue (same
+JSON fields as Azure, base64 like the host's queue messages) and the blob is not retried."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import re
+
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.data.tables.aio import TableClient
+from azure.functions import meta
+from azure.storage.blob.aio import BlobServiceClient
+from azure.storage.queue import TextBase64EncodePolicy
+from azure.storage.queue.aio import QueueClient
+
+from local_emulator.host.app_loader import FunctionEntry, FunctionIndex
+from local_emulator.host.invoker import Invoker
+
+log = logging.getLogger("local_emulator.host.blobs")
+POISON_QUEUE = "webjobs-blobtrigger-poison"
+MAX_ATTEMPTS = 5
+
+
+def compile_blob_path(path: str) -> tuple[str, str, re.Pattern]:
+    """'container/prefix/{name}.csv' -> (container, literal prefix, regex with named groups)."""
+    container, _, pattern = path.partition("/")
+    prefix = pattern.split("{", 1)[0]
+    regex = ""
+    for literal, name in re.findall(r"([^{]*)(?:\{([A-Za-z_][A-Za-z0-9_]*)\})?", pattern):
+        regex += re.escape(literal) + (f"(?P<{name}>.+?)" if name else "")
+    return container, prefix, re.compile("^" + regex + "$")
+
+
+class BlobTriggers:
+    def __init__(self, index: FunctionIndex, invoker: Invoker, default_connection: str, hub: str,
+                 extra_inputs, poll_seconds: float = 1.0):
+        self.functions = index.by_trigger("blobTrigger")
+        self.invoker = invoker
+        self.default_connection = default_connection
+        self.extra_inputs = extra_inputs
+        self.poll_seconds = poll_seconds
+        self.receipts = TableClient.from_connection_string(default_connection, f"{hub}BlobReceipts")
+        self.poison = QueueClient.from_connection_string(default_connection, POISON_QUEUE,
+                                                         message_encode_policy=TextBase64EncodePolicy())
+        self.done: set[str] = set()  # receipt keys known to be final (fired or poisoned)
+        self.hub = hub
+        self._task: asyncio.Task | None = None
+        self._clients: dict[str, BlobServiceClient] = {}
+
+    async def start(self) -> None:
+        if not self.functions:
+            return
+        for create in (self.receipts.create_table, self.poison.create_queue):
+            try:
+                await create()
+            except ResourceExistsError:
+                pass
+        self._task = asyncio.create_task(self._poll_forever())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for client in list(self._clients.values()):
+            await client.close()
+        await self.receipts.close()
+        await self.poison.close()
+
+    def _service(self, entry: FunctionEntry) -> BlobServiceClient:
+        setting = entry.trigger.get("connection") or "AzureWebJobsStorage"
+        connection = os.environ.get(setting) or self.default_connection
+        if connection not in self._clients:
+            self._clients[connection] = BlobServiceClient.from_connection_string(connection)
+        return self._clients[connection]
+
+    async def _poll_forever(self) -> None:
+        while True:
+            for entry in self.functions:
+                try:
+                    await self.poll(entry)
+                except asyncio.CancelledError:
+                    raise
+                except ResourceNotFoundError:
+                    pass  # container not created yet
+                except Exception:
+                    log.exception("blob trigger %s: polling failed", entry.name)
+            await asyncio.sleep(self.poll_seconds)
+
+    async def poll(self, entry: FunctionEntry) -> None:
+        container_name, prefix, pattern = compile_blob_path(entry.trigger["path"])
+        container = self._service(entry).get_container_client(container_name)
+        async for blob in container.list_blobs(name_starts_with=prefix or None):
+            if not pattern.match(blob.name):
+                continue
+            key = hashlib.sha256(f"{container_name}/{blob.name}|{blob.etag}".encode()).hexdigest()
+            if key in self.done:
+                continue
+            await self._fire(entry, container, blob, key)
+
+    async def _fire(self, entry: FunctionEntry, container, blob, key: str) -> None:
+        try:
+            receipt = await self.receipts.get_entity(entry.name, key)
+        except ResourceNotFoundError:
+            receipt = {"PartitionKey": entry.name, "RowKey": key, "Blob": f"{container.container_name}/{blob.name}",
+                       "ETag": blob.etag, "Attempts": 0, "Status": "pending"}
+        if receipt["Status"] in ("fired", "poisoned"):
+            self.done.add(key)
+            return
+        try:
+            data = await (await container.download_blob(blob.name)).readall()
+        except ResourceNotFoundError:
+            return  # deleted meanwhile
+        argument = meta.get_binding_registry().get("blobTrigger").decode(
+            meta.Datum(data, "bytes"), trigger_metadata=self._metadata(container, blob))
+        try:
+            await self.invoker.invoke(entry, {entry.trigger["name"]: argument, **self.extra_inputs(entry)})
+            receipt["Status"] = "fired"
+        except Exception:
+            receipt["Attempts"] += 1
+            if receipt["Attempts"] >= MAX_ATTEMPTS:
+                await self.poison.send_message(json.dumps({
+                    "Type": "BlobTrigger", "FunctionId": f"Host.Functions.{entry.name}", "BlobType": "BlockBlob",
+                    "ContainerName": container.container_name, "BlobName": blob.name, "ETag": blob.etag}))
+                receipt["Status"] = "poisoned"
+                log.warning("blob trigger %s: blob moved to %s after %d failures", entry.name, POISON_QUEUE,
+                            MAX_ATTEMPTS)
+        await self.receipts.upsert_entity(receipt)
+        if receipt["Status"] != "pending":
+            self.done.add(key)
+
+    @staticmethod
+    def _metadata(container, blob) -> dict:
+        properties = {"ContentLength": blob.size, "ETag": blob.etag,
+                      "ContentType": blob.content_settings.content_type if blob.content_settings else None}
+        return {"BlobTrigger": meta.Datum(f"{container.container_name}/{blob.name}", "string"),
+                "Uri": meta.Datum(f"{container.url}/{blob.name}", "string"),
+                "Properties": meta.Datum(json.dumps(properties), "json"),
+                "Metadata": meta.Datum(json.dumps(blob.metadata or {}), "json")}

@@ -1,0 +1,181 @@
+"""The Durable HTTP management API: the loopback RPC endpoint the SDK's
+DurableOrchestrationClient calls (`rpcBaseUrl`), the public check-status webhooks under
+/runtime/webhooks/durabletask (system key), and the durable_client_input binding payload."""
+from __future__ import annotations
+
+import json
+from urllib.parse import quote
+
+from aiohttp import web
+
+from local_emulator.host.durable import history as h
+from local_emulator.host.durable.engine import DurableEngine, InstanceExists, UnknownOrchestrator
+from local_emulator.host.durable.store import ACTIVE, TERMINAL
+from local_emulator.host.keys import key_matches, unauthorized
+
+WEBHOOK_PREFIX = "/runtime/webhooks/durabletask"
+EVENT_NAMES = {0: "ExecutionStarted", 1: "ExecutionCompleted", 3: "ExecutionTerminated",
+               4: "TaskScheduled", 5: "TaskCompleted", 6: "TaskFailed",
+               7: "SubOrchestrationInstanceCreated", 8: "SubOrchestrationInstanceCompleted",
+               9: "SubOrchestrationInstanceFailed", 10: "TimerCreated", 11: "TimerFired",
+               12: "OrchestratorStarted", 13: "OrchestratorCompleted", 15: "EventRaised"}
+HIDDEN_FIELDS = ("MessageKey", "Action", "IsPlayed", "EventId")
+
+
+class DurableApi:
+    def __init__(self, engine: DurableEngine, system_key: str):
+        self.engine = engine
+        self.system_key = system_key
+        self.public_url = ""  # set once the HTTP port is known
+        self.rpc_url = ""
+
+    # binding payload ---------------------------------------------------------------------
+    def management_urls(self, instance_id: str) -> dict:
+        base = f"{self.public_url}{WEBHOOK_PREFIX}/instances/{quote(instance_id, safe='')}"
+        query = f"taskHub={self.engine.store.hub}&connection=Storage&code={self.system_key}"
+        return {"id": instance_id, "statusQueryGetUri": f"{base}?{query}",
+                "sendEventPostUri": f"{base}/raiseEvent/{{eventName}}?{query}",
+                "terminatePostUri": f"{base}/terminate?reason={{text}}&{query}",
+                "rewindPostUri": f"{base}/rewind?reason={{text}}&{query}",
+                "purgeHistoryDeleteUri": f"{base}?{query}",
+                "restartPostUri": f"{base}/restart?{query}",
+                "suspendPostUri": f"{base}/suspend?reason={{text}}&{query}",
+                "resumePostUri": f"{base}/resume?reason={{text}}&{query}"}
+
+    def client_binding(self) -> str:
+        """The JSON string the durable_client_input binding receives."""
+        base = f"{self.public_url}{WEBHOOK_PREFIX}"
+        return json.dumps({
+            "taskHubName": self.engine.store.hub,
+            "creationUrls": {
+                "createNewInstancePostUri": f"{base}/orchestrators/{{functionName}}[/{{instanceId}}]?code={self.system_key}",
+                "createAndWaitOnNewInstancePostUri": f"{base}/orchestrators/{{functionName}}[/{{instanceId}}]?timeout={{timeoutInSeconds}}&pollingInterval={{intervalInSeconds}}&code={self.system_key}"},
+            "managementUrls": self.management_urls("INSTANCEID"),
+            "baseUrl": base, "requiredQueryStringParameters": f"code={self.system_key}",
+            "rpcBaseUrl": f"{self.rpc_url}/durabletask/", "httpBaseUrl": "",
+        })
+
+    # routes ------------------------------------------------------------------------------
+    def add_rpc_routes(self, app: web.Application) -> None:
+        """Loopback-only RPC port: the SDK client sends no key (as with the real host)."""
+        self._add(app, "/durabletask", client_encoded=True)
+
+    def add_public_routes(self, app: web.Application) -> None:
+        self._add(app, WEBHOOK_PREFIX, client_encoded=False, guarded=True)
+
+    def _add(self, app: web.Application, prefix: str, client_encoded: bool, guarded: bool = False) -> None:
+        def route(handler):
+            async def wrapped(request: web.Request):
+                if guarded and not key_matches(request, self.system_key):
+                    return unauthorized()
+                return await handler(request, client_encoded)
+            return wrapped
+        app.router.add_post(prefix + "/orchestrators/{name}", route(self.start))
+        app.router.add_post(prefix + "/orchestrators/{name}/{instance_id}", route(self.start))
+        app.router.add_get(prefix + "/instances/", route(self.query))
+        app.router.add_get(prefix + "/instances", route(self.query))
+        app.router.add_delete(prefix + "/instances/", route(self.purge_many))
+        app.router.add_get(prefix + "/instances/{instance_id}", route(self.status))
+        app.router.add_delete(prefix + "/instances/{instance_id}", route(self.purge))
+        app.router.add_post(prefix + "/instances/{instance_id}/raiseEvent/{event}", route(self.raise_event))
+        app.router.add_post(prefix + "/instances/{instance_id}/terminate", route(self.terminate))
+
+    @staticmethod
+    async def _input(request: web.Request, client_encoded: bool) -> str | None:
+        """The serialized input: the SDK client posts it JSON-encoded once more (json=str)."""
+        text = (await request.text()).strip()
+        if not text or text == "null":
+            return None
+        try:
+            value = json.loads(text)
+        except ValueError:
+            raise web.HTTPBadRequest(text=json.dumps({"error": "body is not JSON"}),
+                                     content_type="application/json")
+        if client_encoded and isinstance(value, str):
+            return value
+        return text
+
+    async def start(self, request: web.Request, client_encoded: bool) -> web.Response:
+        name = request.match_info["name"]
+        try:
+            input_json = await self._input(request, client_encoded)
+            instance_id = await self.engine.start_instance(name, request.match_info.get("instance_id"), input_json)
+        except UnknownOrchestrator as unknown:
+            return web.json_response({"Message": "One or more of the arguments submitted is incorrect",
+                                      "ExceptionMessage": str(unknown)}, status=400)
+        except InstanceExists as exists:
+            return web.json_response({"Message": str(exists), "ExceptionMessage": str(exists)}, status=409)
+        payload = self.management_urls(instance_id)
+        return web.json_response(payload, status=202, headers={"Location": payload["statusQueryGetUri"]})
+
+    def _status_body(self, instance_id: str, state: dict, history: list | None, show_input: bool) -> dict:
+        body = {"name": state["Name"], "instanceId": instance_id, "runtimeStatus": state["RuntimeStatus"],
+                "input": json.loads(state["Input"]) if show_input and state.get("Input") else None,
+                "customStatus": state.get("CustomStatus"), "output": state.get("Output"),
+                "createdTime": state["CreatedTime"], "lastUpdatedTime": state["LastUpdatedTime"]}
+        if history is not None:
+            body["historyEvents"] = body["history"] = [
+                {"EventType": EVENT_NAMES.get(e["EventType"], str(e["EventType"])),
+                 **{k: v for k, v in e.items() if k not in HIDDEN_FIELDS + ("EventType",) and v is not None}}
+                for e in history if e["EventType"] not in (h.ORCHESTRATOR_STARTED, h.ORCHESTRATOR_COMPLETED)]
+        return body
+
+    async def status(self, request: web.Request, client_encoded: bool) -> web.Response:
+        instance_id = request.match_info["instance_id"]
+        show_history = request.query.get("showHistory", "").lower() == "true"
+        show_input = request.query.get("showInput", "true").lower() != "false"
+        engine_store = self.engine.store
+        instance = await (engine_store.load(instance_id) if show_history else engine_store.load_state(instance_id))
+        if instance is None:
+            return web.json_response(None, status=404)
+        status = instance.status
+        code = 200 if status == "Completed" else 202 if status in ACTIVE else 400
+        body = self._status_body(instance_id, instance.state, instance.history if show_history else None,
+                                 show_input)
+        headers = {"Location": self.management_urls(instance_id)["statusQueryGetUri"]} if code == 202 else {}
+        return web.json_response(body, status=code, headers=headers)
+
+    async def query(self, request: web.Request, client_encoded: bool) -> web.Response:
+        wanted = {s for s in request.query.get("runtimeStatus", "").split(",") if s}
+        prefix = request.query.get("instanceIdPrefix", "")
+        created_from = request.query.get("createdTimeFrom")
+        created_to = request.query.get("createdTimeTo")
+        states = await self.engine.store.query_states_with_ids()
+        results = []
+        for instance_id, state in states:
+            if wanted and state["RuntimeStatus"] not in wanted or not instance_id.startswith(prefix):
+                continue
+            created = h.parse_iso(state["CreatedTime"])
+            if created_from and created < h.parse_iso(created_from) or created_to and created > h.parse_iso(created_to):
+                continue
+            results.append(self._status_body(instance_id, state, None, True))
+        return web.json_response(results)
+
+    async def purge(self, request: web.Request, client_encoded: bool) -> web.Response:
+        instance_id = request.match_info["instance_id"]
+        instance = await self.engine.store.load_state(instance_id)
+        if instance is None:
+            return web.json_response(None, status=404)
+        if instance.status not in TERMINAL:
+            return web.json_response({"error": "only completed, failed or terminated instances can be purged"},
+                                     status=400)
+        deleted = await self.engine.store.purge(instance_id)
+        return web.json_response({"instancesDeleted": deleted})
+
+    async def purge_many(self, request: web.Request, client_encoded: bool) -> web.Response:
+        wanted = {s for s in request.query.get("runtimeStatus", "").split(",") if s} or set(TERMINAL)
+        deleted = 0
+        for instance_id, state in await self.engine.store.query_states_with_ids():
+            if state["RuntimeStatus"] in wanted and state["RuntimeStatus"] in TERMINAL:
+                deleted += await self.engine.store.purge(instance_id)
+        return web.json_response({"instancesDeleted": deleted}, status=200 if deleted else 404)
+
+    async def raise_event(self, request: web.Request, client_encoded: bool) -> web.Response:
+        input_json = await self._input(request, client_encoded)
+        code = await self.engine.raise_event(request.match_info["instance_id"], request.match_info["event"],
+                                             input_json)
+        return web.json_response(None, status=code)
+
+    async def terminate(self, request: web.Request, client_encoded: bool) -> web.Response:
+        code = await self.engine.terminate(request.match_info["instance_id"], request.query.get("reason", ""))
+        return web.json_response(None, status=code)

@@ -1,0 +1,483 @@
+"""Drives orchestrators through the azure-functions-durable SDK's own replay: for each batch of
+new events the host appends them to the history, calls the function the DFApp registered
+(its `handle`) with the JSON context, records the actions it returns as history and sends
+their work (activities, timers, sub-orchestrations) as queue messages.
+
+Crash safety: outbound messages are sent before the history is committed and carry
+deterministic keys, so a batch replayed after a crash sends the same messages again and the
+receiver drops the duplicates; queue messages are deleted only after the commit. Activities
+record their outcome in a table before acknowledging, so a redelivered work item reports the
+recorded outcome instead of running again. Each instance is processed by one task at a time.
+
+Retries belong to the host (as DTF's RetryInterceptor): TaskFailed, then a back-off timer,
+then a new TaskScheduled. Such retry events are replayed one per episode so the task ids the
+host allocates match the SDK's counter."""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import uuid
+from collections import defaultdict
+from typing import Awaitable, Callable
+
+from azure.core.exceptions import ResourceModifiedError
+from azure.functions import meta
+
+from local_emulator.host.app_loader import FunctionEntry, FunctionIndex
+from local_emulator.host.durable import history as h
+from local_emulator.host.durable.store import ACTIVE, TERMINAL, Instance, TaskHubStore
+from local_emulator.host.invoker import Invoker
+
+log = logging.getLogger("local_emulator.host.durable")
+OUT_OF_PROC = "$OutOfProcData$:"
+
+
+class InstanceExists(Exception):
+    """An instance with this id is pending or running: starting it again would run it twice."""
+
+
+class UnknownOrchestrator(Exception):
+    pass
+
+
+class DurableEngine:
+    def __init__(self, store: TaskHubStore, index: FunctionIndex, invoker: Invoker,
+                 lease_seconds: int = 30, concurrency: int = 32, max_poll_seconds: float = 0.5):
+        self.store = store
+        self.invoker = invoker
+        self.orchestrators = {e.name: e for e in index.by_trigger("orchestrationTrigger")}
+        self.activities = {e.name: e for e in index.by_trigger("activityTrigger")}
+        self.lease_seconds = lease_seconds
+        self.max_poll_seconds = max_poll_seconds
+        self.slots = asyncio.Semaphore(concurrency)
+        self.locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.extra_inputs: Callable[[FunctionEntry], dict] = lambda entry: {}
+        self._loops: list[asyncio.Task] = []
+        self._work: set[asyncio.Task] = set()
+        self._receipts: dict[str, str] = {}  # work-item id -> pop receipt after a lease renewal
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.orchestrators or self.activities)
+
+    async def start(self) -> None:
+        await self.store.create()
+        self._loops = [asyncio.create_task(self._dispatch(self.store.control, self._orchestration_batch)),
+                       asyncio.create_task(self._dispatch(self.store.workitems, self._activity_batch))]
+
+    async def stop(self) -> None:
+        for task in self._loops + list(self._work):
+            task.cancel()
+        await asyncio.gather(*self._loops, *self._work, return_exceptions=True)
+        await self.store.close()
+
+    # client operations ---------------------------------------------------------------
+    async def start_instance(self, name: str, instance_id: str | None, input_json: str | None,
+                             parent: dict | None = None) -> str:
+        if name not in self.orchestrators:
+            raise UnknownOrchestrator(f"The function '{name}' doesn't exist, is disabled, or is not "
+                                      f"an orchestrator function.")
+        instance_id = instance_id or uuid.uuid4().hex
+        now = h.iso(h.utc_now())
+        execution_id = h.new_key()
+        state = {"Name": name, "RuntimeStatus": "Pending", "Input": input_json, "Output": None,
+                 "CustomStatus": None, "CreatedTime": now, "LastUpdatedTime": now,
+                 "ExecutionId": execution_id, "ActionCount": 0, "NextId": 0, "Episodes": 0,
+                 **(parent or {})}
+        existing = await self.store.load_state(instance_id)
+        if existing is None:
+            if not await self.store.insert_new(instance_id, state):
+                raise InstanceExists(f"An orchestration instance with id {instance_id} already exists.")
+        else:
+            if existing.status in ACTIVE:
+                raise InstanceExists(f"An orchestration instance with the status {existing.status} "
+                                     f"already exists.")
+            existing.state = state
+            try:
+                await self.store.replace_state(existing)
+            except ResourceModifiedError:
+                raise InstanceExists(f"An orchestration instance with id {instance_id} already exists.")
+        started = h.event(h.EXECUTION_STARTED, Name=name, Input=input_json, Version="",
+                          OrchestrationInstance={"InstanceId": instance_id, "ExecutionId": execution_id})
+        await self.store.send_control({"InstanceId": instance_id, "ExecutionId": execution_id,
+                                       "Event": started, "Key": f"{instance_id}:{execution_id}:start"})
+        return instance_id
+
+    async def raise_event(self, instance_id: str, name: str, input_json: str | None) -> int:
+        """202 accepted, 404 no such instance, 410 instance already finished."""
+        instance = await self.store.load_state(instance_id)
+        if instance is None:
+            return 404
+        if instance.status in TERMINAL:
+            return 410
+        await self.store.send_control({"InstanceId": instance_id, "Key": h.new_key(),
+                                       "Event": h.event(h.EVENT_RAISED, Name=name, Input=input_json)})
+        return 202
+
+    async def terminate(self, instance_id: str, reason: str) -> int:
+        instance = await self.store.load_state(instance_id)
+        if instance is None:
+            return 404
+        if instance.status in TERMINAL:
+            return 410
+        await self.store.send_control({"InstanceId": instance_id, "Key": h.new_key(),
+                                       "Event": h.event(h.EXECUTION_TERMINATED, Input=json.dumps(reason))})
+        return 202
+
+    # dispatch loops --------------------------------------------------------------------
+    async def _dispatch(self, queue, handle_batch: Callable[[list], Awaitable[None]]) -> None:
+        idle = 0.02
+        while True:
+            try:
+                messages = await self.store.receive(queue, 32, self.lease_seconds)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("queue %s: receive failed", queue.queue_name)
+                messages = []
+            if not messages:
+                await asyncio.sleep(idle)
+                idle = min(idle * 2, self.max_poll_seconds)
+                continue
+            idle = 0.02
+            await handle_batch(messages)
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.create_task(coroutine)
+        self._work.add(task)
+        task.add_done_callback(self._work.discard)
+
+    async def _guarded(self, coroutine) -> None:
+        try:
+            await coroutine
+        finally:
+            self.slots.release()
+
+    async def _orchestration_batch(self, messages: list) -> None:
+        groups: dict[str, list] = defaultdict(list)
+        for message in messages:
+            try:
+                body = json.loads(message.content)
+                groups[body["InstanceId"]].append((message, body))
+            except (ValueError, KeyError, TypeError):
+                log.warning("control queue: dropping a malformed message")
+                await self.store.control.delete_message(message)
+        for instance_id, group in groups.items():
+            await self.slots.acquire()
+            self._spawn(self._guarded(self._process_instance(instance_id, group)))
+
+    async def _activity_batch(self, messages: list) -> None:
+        for message in messages:
+            await self.slots.acquire()
+            self._spawn(self._guarded(self._run_activity(message)))
+
+    # orchestrations --------------------------------------------------------------------
+    async def _process_instance(self, instance_id: str, group: list) -> None:
+        lock = self.locks[instance_id]
+        async with lock:
+            try:
+                await self._apply(instance_id, [body for _, body in group])
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("orchestration dispatch failed; its messages will be delivered again")
+                return
+            for message, _ in group:
+                await self.store.control.delete_message(message)
+        if not lock.locked() and not getattr(lock, "_waiters", None):
+            self.locks.pop(instance_id, None)
+
+    def _new_events(self, instance: Instance, bodies: list[dict]) -> list[dict]:
+        """Events not yet in the history, for this execution, ExecutionStarted first."""
+        seen = {e.get("MessageKey") for e in instance.history}
+        completed = {h.completion_id(e) for e in instance.history if h.completion_id(e) is not None}
+        events = []
+        for body in bodies:
+            event = dict(body["Event"])
+            if body.get("ExecutionId") not in (None, instance.execution_id) or body["Key"] in seen:
+                continue
+            kind = event["EventType"]
+            if kind == h.EXECUTION_STARTED and instance.history:
+                continue
+            task_id = h.completion_id(event)
+            if task_id is not None:
+                if task_id in completed:
+                    continue
+                completed.add(task_id)
+            seen.add(body["Key"])
+            event["MessageKey"] = body["Key"]
+            events.append(event)
+        events.sort(key=lambda e: e["EventType"] != h.EXECUTION_STARTED)
+        return events
+
+    async def _apply(self, instance_id: str, bodies: list[dict]) -> None:
+        instance = await self.store.load(instance_id)
+        if instance is None:
+            return  # purged or never created
+        events = self._new_events(instance, bodies)
+        if not events or instance.status in TERMINAL:
+            return
+        if not instance.history and events[0]["EventType"] != h.EXECUTION_STARTED:
+            for body in bodies:  # arrived before the start message: look again shortly
+                await self.store.send_control(body, delay_seconds=1)
+            return
+        outbound: list[Callable[[], Awaitable[None]]] = []
+        new_history: list[dict] = []
+        first_episode = instance.state.get("Episodes", 0) == 0
+        terminate = next((e for e in events if e["EventType"] == h.EXECUTION_TERMINATED), None)
+        if terminate is not None:
+            self._finish(instance, "Terminated", json.loads(terminate.get("Input") or "null"),
+                         new_history, outbound, terminate)
+        else:
+            ordinary = [e for e in events if not self._is_retry_event(instance.history, e)]
+            batches = ([ordinary] if ordinary else []) + [[e] for e in events if e not in ordinary]
+            for batch in batches:
+                if await self._episode(instance, batch, new_history, outbound):
+                    break
+        for send in outbound:
+            await send()
+        reset = first_episode or instance.state.get("Episodes", 0) == 0
+        await self.store.commit(instance, new_history, reset_history=reset)
+
+    @staticmethod
+    def _is_retry_event(history: list[dict], event: dict) -> bool:
+        kind = event["EventType"]
+        if kind == h.TASK_FAILED:
+            scheduled = h.find_event(history, h.TASK_SCHEDULED, event["TaskScheduledId"])
+        elif kind == h.SUB_FAILED:
+            scheduled = h.find_event(history, h.SUB_CREATED, event["TaskScheduledId"])
+        elif kind == h.TIMER_FIRED:
+            timer = h.find_event(history, h.TIMER_CREATED, event["TimerId"])
+            return bool(timer and "RetryFor" in timer)
+        else:
+            return False
+        return bool(scheduled and scheduled.get("RetryOptions"))
+
+    async def _episode(self, instance: Instance, batch: list[dict], new_history: list[dict],
+                       outbound: list) -> bool:
+        """Replay with `batch` as the new events; True when the execution ended."""
+        state = instance.state
+        instance_id = instance.instance_id
+        retry_events = self._retry_bookkeeping(instance, batch[0], outbound) \
+            if len(batch) == 1 and self._is_retry_event(instance.history, batch[0]) else []
+        episode = [h.event(h.ORCHESTRATOR_STARTED)] + batch
+        context = {"history": [dict(e, IsPlayed=True) for e in instance.history] + episode,
+                   "input": state.get("Input"), "instanceId": instance_id, "isReplaying": False,
+                   "parentInstanceId": state.get("ParentInstanceId"), "upperSchemaVersion": 2,
+                   "maximumShortTimerDuration": "6.00:00:00",
+                   "longRunningTimerIntervalDuration": "3.00:00:00"}
+        entry = self.orchestrators.get(state["Name"])
+        result, error = await self._call_orchestrator(entry, context)
+        instance.history.extend(episode + retry_events)
+        new_history.extend(episode + retry_events)
+        scheduled: list[dict] = []
+        continue_as_new = None
+        actions = h.flatten_actions(result.get("actions"))
+        for action in actions[state["ActionCount"]:]:
+            kind = action.get("actionType")
+            if kind == h.CONTINUE_AS_NEW_ACTION:
+                continue_as_new = action
+            elif kind == h.WAIT_FOR_EVENT:
+                continue
+            elif kind in h.TAKES_TASK_ID:
+                task_id = state["NextId"]
+                state["NextId"] += 1
+                scheduled.append(self._schedule(instance, action, task_id, outbound))
+            elif error is None:
+                error = f"action type {kind} is not supported by the local host"
+        state["ActionCount"] = len(actions)
+        instance.history.extend(scheduled)
+        new_history.extend(scheduled)
+        state["CustomStatus"] = result.get("customStatus")
+        state["LastUpdatedTime"] = h.iso(h.utc_now())
+        if state["RuntimeStatus"] == "Pending":
+            state["RuntimeStatus"] = "Running"
+        if error is not None:
+            self._finish(instance, "Failed", f"Orchestrator function '{state['Name']}' failed: {error}",
+                         new_history, outbound)
+            return True
+        if result.get("isDone"):
+            if continue_as_new is not None:
+                self._continue_as_new(instance, continue_as_new, outbound)
+            else:
+                self._finish(instance, "Completed", result.get("output"), new_history, outbound)
+            return True
+        completed = h.event(h.ORCHESTRATOR_COMPLETED)
+        instance.history.append(completed)
+        new_history.append(completed)
+        return False
+
+    async def _call_orchestrator(self, entry: FunctionEntry | None, context: dict):
+        if entry is None:
+            return {}, "orchestrator function is not registered in this app"
+        converter = meta.get_binding_registry().get("orchestrationTrigger")
+        argument = converter.decode(meta.Datum(json.dumps(context), "string"), trigger_metadata={})
+        try:
+            raw = await self.invoker.invoke(entry, {entry.trigger["name"]: argument}, quiet=True)
+            return json.loads(raw), None
+        except Exception as failure:
+            message = str(failure)
+            if OUT_OF_PROC in message:
+                text, state = message.split(OUT_OF_PROC, 1)
+                return json.loads(state), text.strip()
+            return {}, message
+
+    def _schedule(self, instance: Instance, action: dict, task_id: int, outbound: list,
+                  attempt: int = 1) -> dict:
+        """History event for a newly scheduled task, and the message that does its work."""
+        kind = action["actionType"]
+        instance_id, execution_id = instance.instance_id, instance.execution_id
+        retry = action.get("retryOptions")
+        if kind in (h.CALL_ACTIVITY, h.CALL_ACTIVITY_WITH_RETRY):
+            item = {"InstanceId": instance_id, "ExecutionId": execution_id, "TaskId": task_id,
+                    "Name": action["functionName"], "Input": action.get("input"),
+                    "Key": f"{instance_id}:{execution_id}:{task_id}"}
+            outbound.append(lambda: self.store.send_workitem(item))
+            return h.event(h.TASK_SCHEDULED, task_id, Name=action["functionName"], Input=action.get("input"),
+                           RetryOptions=retry, Action=action, Attempt=attempt)
+        if kind in (h.CALL_SUB, h.CALL_SUB_WITH_RETRY):
+            child = action.get("instanceId") or f"{instance_id}:{task_id:04d}"
+            parent = {"ParentInstanceId": instance_id, "ParentExecutionId": execution_id,
+                      "ParentTaskId": task_id}
+            outbound.append(lambda: self._start_child(action["functionName"], child, action.get("input"), parent))
+            return h.event(h.SUB_CREATED, task_id, Name=action["functionName"], Input=action.get("input"),
+                           InstanceId=child, RetryOptions=retry, Action=action, Attempt=attempt)
+        fire_at = h.parse_iso(action["fireAt"])
+        self._send_timer(instance, task_id, fire_at, outbound)
+        return h.event(h.TIMER_CREATED, task_id, FireAt=h.iso(fire_at))
+
+    def _send_timer(self, instance: Instance, timer_id: int, fire_at: dt.datetime, outbound: list) -> None:
+        fired = h.event(h.TIMER_FIRED, TimerId=timer_id, FireAt=h.iso(fire_at))
+        message = {"InstanceId": instance.instance_id, "ExecutionId": instance.execution_id, "Event": fired,
+                   "Key": f"{instance.instance_id}:{instance.execution_id}:{timer_id}:timer"}
+        delay = max(0.0, (fire_at - h.utc_now()).total_seconds())
+        outbound.append(lambda: self.store.send_control(message, delay_seconds=int(delay + 0.999)))
+
+    def _retry_bookkeeping(self, instance: Instance, event: dict, outbound: list) -> list[dict]:
+        """Host-owned retries: a back-off timer after a failure, a new attempt after the timer."""
+        state = instance.state
+        if event["EventType"] in (h.TASK_FAILED, h.SUB_FAILED):
+            kind = h.TASK_SCHEDULED if event["EventType"] == h.TASK_FAILED else h.SUB_CREATED
+            failed = h.find_event(instance.history, kind, event["TaskScheduledId"])
+            options = failed["RetryOptions"]
+            last = failed["Attempt"] >= options.get("maxNumberOfAttempts", 1)
+            delay_ms = 0 if last else h.retry_delay_ms(options, failed["Attempt"])
+            fire_at = h.utc_now() + dt.timedelta(milliseconds=delay_ms)
+            timer_id = state["NextId"]
+            state["NextId"] += 1
+            self._send_timer(instance, timer_id, fire_at, outbound)
+            return [h.event(h.TIMER_CREATED, timer_id, FireAt=h.iso(fire_at),
+                            RetryFor={"EventType": kind, "EventId": failed["EventId"]})]
+        timer = h.find_event(instance.history, h.TIMER_CREATED, event["TimerId"])
+        failed = h.find_event(instance.history, timer["RetryFor"]["EventType"], timer["RetryFor"]["EventId"])
+        if failed["Attempt"] >= failed["RetryOptions"].get("maxNumberOfAttempts", 1):
+            return []  # the SDK now reports the failure to the orchestrator
+        task_id = state["NextId"]
+        state["NextId"] += 1
+        return [self._schedule(instance, failed["Action"], task_id, outbound, failed["Attempt"] + 1)]
+
+    async def _start_child(self, name: str, child_id: str, input_json, parent: dict) -> None:
+        existing = await self.store.load_state(child_id)
+        if existing and all(existing.state.get(k) == v for k, v in parent.items()):
+            return  # started by an earlier attempt of this same batch
+        try:
+            await self.start_instance(name, child_id, input_json, parent)
+        except (InstanceExists, UnknownOrchestrator) as refused:
+            failed = h.event(h.SUB_FAILED, TaskScheduledId=parent["ParentTaskId"],
+                             Reason=str(refused), Details=type(refused).__name__)
+            await self.store.send_control({"InstanceId": parent["ParentInstanceId"],
+                                           "ExecutionId": parent["ParentExecutionId"], "Event": failed,
+                                           "Key": f"{child_id}:refused:{parent['ParentTaskId']}"})
+
+    def _finish(self, instance: Instance, status: str, output, new_history: list[dict], outbound: list,
+                terminate_event: dict | None = None) -> None:
+        state = instance.state
+        state.update(RuntimeStatus=status, Output=output, LastUpdatedTime=h.iso(h.utc_now()))
+        if terminate_event is not None:
+            new_history.append(terminate_event)
+        result_json = json.dumps(output)
+        new_history.append(h.event(h.EXECUTION_COMPLETED, OrchestrationStatus=status, Result=result_json))
+        log.info("orchestration %s instance=%s outcome=%s", state["Name"], instance.instance_id, status.lower())
+        parent_id = state.get("ParentInstanceId")
+        if not parent_id:
+            return
+        if status == "Completed":
+            reply = h.event(h.SUB_COMPLETED, TaskScheduledId=state["ParentTaskId"], Result=result_json)
+        else:
+            reply = h.event(h.SUB_FAILED, TaskScheduledId=state["ParentTaskId"],
+                            Reason=f"Sub-orchestration '{state['Name']}' {status.lower()}",
+                            Details=output if isinstance(output, str) else result_json)
+        message = {"InstanceId": parent_id, "ExecutionId": state["ParentExecutionId"], "Event": reply,
+                   "Key": f"{instance.instance_id}:{instance.execution_id}:result"}
+        outbound.append(lambda: self.store.send_control(message))
+
+    def _continue_as_new(self, instance: Instance, action: dict, outbound: list) -> None:
+        state = instance.state
+        old_execution = instance.execution_id
+        execution_id = h.new_key()
+        state.update(ExecutionId=execution_id, Input=action.get("input"), ActionCount=0, NextId=0,
+                     Episodes=0, RuntimeStatus="Running", LastUpdatedTime=h.iso(h.utc_now()))
+        instance.history = []
+        started = h.event(h.EXECUTION_STARTED, Name=state["Name"], Input=action.get("input"), Version="",
+                          OrchestrationInstance={"InstanceId": instance.instance_id, "ExecutionId": execution_id})
+        message = {"InstanceId": instance.instance_id, "ExecutionId": execution_id, "Event": started,
+                   "Key": f"{instance.instance_id}:{old_execution}:continued"}
+        outbound.append(lambda: self.store.send_control(message))
+
+    # activities ------------------------------------------------------------------------
+    async def _run_activity(self, message) -> None:
+        try:
+            item = json.loads(message.content)
+            instance_id, execution_id, task_id = item["InstanceId"], item["ExecutionId"], item["TaskId"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("work-item queue: dropping a malformed message")
+            await self.store.workitems.delete_message(message)
+            return
+        record_key = f"{execution_id}-{task_id:06d}"
+        try:
+            outcome = await self.store.completed_activity(instance_id, record_key)
+            if outcome is None:
+                renewal = asyncio.create_task(self._keep_leased(message))
+                try:
+                    outcome = await self._execute_activity(item)
+                finally:
+                    renewal.cancel()
+                outcome = await self.store.record_activity(instance_id, record_key, outcome)
+            await self.store.send_control({"InstanceId": instance_id, "ExecutionId": execution_id,
+                                           "Event": outcome, "Key": f"{item['Key']}:done"})
+            await self.store.workitems.delete_message(message.id, self._receipts.pop(message.id, message.pop_receipt))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("activity dispatch failed; the work item will be delivered again")
+
+    async def _keep_leased(self, message) -> None:
+        """Extend the work item's invisibility while a long activity runs."""
+        receipt = message.pop_receipt
+        while True:
+            await asyncio.sleep(max(1.0, self.lease_seconds / 3))
+            updated = await self.store.workitems.update_message(
+                message.id, receipt, visibility_timeout=self.lease_seconds)
+            receipt = updated.pop_receipt
+            self._receipts[message.id] = receipt
+
+    async def _execute_activity(self, item: dict) -> dict:
+        task_id = item["TaskId"]
+        entry = self.activities.get(item["Name"])
+        if entry is None:
+            return h.event(h.TASK_FAILED, TaskScheduledId=task_id,
+                           Reason=f"The activity function '{item['Name']}' doesn't exist.", Details="")
+        converter = meta.get_binding_registry().get("activityTrigger")
+        raw = item.get("Input")
+        argument = None if raw is None else converter.decode(meta.Datum(raw, "json"), trigger_metadata={})
+        kwargs = {entry.trigger["name"]: argument, **self.extra_inputs(entry)}
+        try:
+            result = await self.invoker.invoke(entry, kwargs)
+        except Exception as failure:
+            return h.event(h.TASK_FAILED, TaskScheduledId=task_id,
+                           Reason=f"Activity function '{item['Name']}' failed: {failure}",
+                           Details=type(failure).__name__)
+        encoded = converter.encode(result, expected_type=None)
+        return h.event(h.TASK_COMPLETED, TaskScheduledId=task_id, Result=encoded.value)

@@ -1,0 +1,188 @@
+"""Task-hub state in Azurite, so a killed host loses nothing:
+- table <hub>Instances: per instance (PartitionKey = instance id) one row `state` and one row
+  per orchestration episode (`h<execution>-<n>`, its history events as JSON), written in one
+  entity-group transaction guarded by the state row's ETag;
+- table <hub>Activities: one row per finished activity (its result), written before the
+  activity's queue message is deleted, so a redelivered work item is not executed again;
+- queues <hub>-control (orchestrator events, timers as invisible messages) and
+  <hub>-workitems (activity executions)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.data.tables.aio import TableClient
+from azure.storage.queue.aio import QueueClient
+
+STATE_ROW = "state"
+TERMINAL = ("Completed", "Failed", "Terminated")
+ACTIVE = ("Pending", "Running")
+
+
+@dataclass
+class Instance:
+    instance_id: str
+    state: dict
+    etag: str | None = None
+    history: list[dict] = field(default_factory=list)
+    history_rows: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        return self.state["RuntimeStatus"]
+
+    @property
+    def execution_id(self) -> str:
+        return self.state["ExecutionId"]
+
+
+class TaskHubStore:
+    def __init__(self, connection_string: str, hub: str):
+        self.hub = hub
+        self.instances = TableClient.from_connection_string(connection_string, f"{hub}Instances")
+        self.activities = TableClient.from_connection_string(connection_string, f"{hub}Activities")
+        self.control = QueueClient.from_connection_string(connection_string, f"{hub.lower()}-control")
+        self.workitems = QueueClient.from_connection_string(connection_string, f"{hub.lower()}-workitems")
+
+    async def create(self) -> None:
+        for table in (self.instances, self.activities):
+            try:
+                await table.create_table()
+            except ResourceExistsError:
+                pass
+        for queue in (self.control, self.workitems):
+            try:
+                await queue.create_queue()
+            except ResourceExistsError:
+                pass
+
+    async def close(self) -> None:
+        for client in (self.instances, self.activities, self.control, self.workitems):
+            await client.close()
+
+    # instances -------------------------------------------------------------------------
+    async def load_state(self, instance_id: str) -> Instance | None:
+        try:
+            row = await self.instances.get_entity(instance_id, STATE_ROW)
+        except ResourceNotFoundError:
+            return None
+        return Instance(instance_id, _unpack_state(row), row.metadata["etag"])
+
+    async def load(self, instance_id: str) -> Instance | None:
+        """State and the current execution's history, in order."""
+        rows = [row async for row in self.instances.query_entities(
+            "PartitionKey eq @pk", parameters={"pk": instance_id})]
+        state_rows = [row for row in rows if row["RowKey"] == STATE_ROW]
+        if not state_rows:
+            return None
+        instance = Instance(instance_id, _unpack_state(state_rows[0]), state_rows[0].metadata["etag"])
+        episodes = sorted((row for row in rows if row["RowKey"].startswith("h")), key=lambda r: r["RowKey"])
+        for row in episodes:
+            instance.history_rows.append(row["RowKey"])
+            if row["RowKey"].startswith(f"h{instance.execution_id}-"):
+                instance.history.extend(json.loads(row["Events"]))
+        return instance
+
+    async def insert_new(self, instance_id: str, state: dict) -> bool:
+        """Create the state row; False if the instance already exists."""
+        try:
+            await self.instances.create_entity(_pack_state(instance_id, state))
+            return True
+        except ResourceExistsError:
+            return False
+
+    async def commit(self, instance: Instance, new_events: list[dict], reset_history: bool) -> None:
+        """Append one episode (or start a fresh history) and update the state row atomically."""
+        ops = []
+        if reset_history:
+            ops += [("delete", {"PartitionKey": instance.instance_id, "RowKey": rk})
+                    for rk in instance.history_rows]
+            instance.history_rows = []
+        state_entity = _pack_state(instance.instance_id, instance.state)
+        if instance.etag:
+            ops.append(("update", state_entity, {"mode": "replace", "etag": instance.etag,
+                                                 "match_condition": MatchConditions.IfNotModified}))
+        else:
+            ops.append(("upsert", state_entity, {"mode": "replace"}))
+        if new_events:
+            episode = instance.state["Episodes"] = instance.state.get("Episodes", 0) + 1
+            row_key = f"h{instance.execution_id}-{episode:06d}"
+            state_entity["Episodes"] = episode
+            ops.append(("upsert", {"PartitionKey": instance.instance_id, "RowKey": row_key,
+                                   "Events": json.dumps(new_events)}, {"mode": "replace"}))
+            instance.history_rows.append(row_key)
+        for start in range(0, len(ops), 99):  # entity-group transactions hold at most 100
+            await self.instances.submit_transaction(ops[start:start + 99])
+        refreshed = await self.instances.get_entity(instance.instance_id, STATE_ROW)
+        instance.etag = refreshed.metadata["etag"]
+
+    async def replace_state(self, instance: Instance) -> None:
+        entity = _pack_state(instance.instance_id, instance.state)
+        metadata = await self.instances.update_entity(
+            entity, mode="replace", etag=instance.etag, match_condition=MatchConditions.IfNotModified)
+        instance.etag = metadata["etag"]
+
+    async def purge(self, instance_id: str) -> int:
+        rows = [row async for row in self.instances.query_entities(
+            "PartitionKey eq @pk", parameters={"pk": instance_id}, select=["PartitionKey", "RowKey"])]
+        for row in rows:
+            await self.instances.delete_entity(instance_id, row["RowKey"])
+        async for row in self.activities.query_entities("PartitionKey eq @pk", parameters={"pk": instance_id},
+                                                         select=["PartitionKey", "RowKey"]):
+            await self.activities.delete_entity(instance_id, row["RowKey"])
+        return 1 if any(row["RowKey"] == STATE_ROW for row in rows) else 0
+
+    async def query_states_with_ids(self) -> list[tuple[str, dict]]:
+        return [(row["PartitionKey"], _unpack_state(row)) async for row in self.instances.query_entities(
+            "RowKey eq @rk", parameters={"rk": STATE_ROW})]
+
+    # activity completions ---------------------------------------------------------------
+    async def completed_activity(self, instance_id: str, key: str) -> dict | None:
+        try:
+            row = await self.activities.get_entity(instance_id, key)
+        except ResourceNotFoundError:
+            return None
+        return json.loads(row["Event"])
+
+    async def record_activity(self, instance_id: str, key: str, event: dict) -> dict:
+        """Keep the first recorded outcome; return whichever is recorded."""
+        try:
+            await self.activities.create_entity({"PartitionKey": instance_id, "RowKey": key,
+                                                 "Event": json.dumps(event)})
+            return event
+        except ResourceExistsError:
+            return await self.completed_activity(instance_id, key)
+
+    # queues -----------------------------------------------------------------------------
+    async def send_control(self, message: dict, delay_seconds: int = 0) -> None:
+        await self.control.send_message(json.dumps(message), visibility_timeout=max(0, int(delay_seconds)) or None,
+                                        time_to_live=-1)
+
+    async def send_workitem(self, message: dict) -> None:
+        await self.workitems.send_message(json.dumps(message), time_to_live=-1)
+
+    @staticmethod
+    async def receive(queue: QueueClient, max_messages: int, lease_seconds: int) -> list:
+        pager = queue.receive_messages(messages_per_page=max_messages, max_messages=max_messages,
+                                       visibility_timeout=lease_seconds)
+        return [message async for message in pager]
+
+
+_JSON_FIELDS = ("Input", "Output", "CustomStatus")
+
+
+def _pack_state(instance_id: str, state: dict) -> dict:
+    entity = {"PartitionKey": instance_id, "RowKey": STATE_ROW}
+    for key, value in state.items():
+        entity[key] = json.dumps(value) if key in _JSON_FIELDS else value
+    return entity
+
+
+def _unpack_state(row) -> dict:
+    state = {k: v for k, v in row.items() if k not in ("PartitionKey", "RowKey")}
+    for key in _JSON_FIELDS:
+        if key in state and isinstance(state[key], str):
+            state[key] = json.loads(state[key])
+    return state

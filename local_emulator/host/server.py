@@ -1,0 +1,105 @@
+"""The host process: one asyncio loop serving HTTP and Event Grid triggers, the Durable
+management API, the Durable dispatchers and the blob-trigger poller for one app folder."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from aiohttp import web
+
+from local_emulator.host.app_loader import FunctionEntry, load_functions, task_hub_name
+from local_emulator.host.blob_trigger import BlobTriggers
+from local_emulator.host.durable.api import DurableApi
+from local_emulator.host.durable.engine import DurableEngine
+from local_emulator.host.durable.store import TaskHubStore
+from local_emulator.host.eventgrid_trigger import EventGridTriggers
+from local_emulator.host.http_trigger import HttpTriggers
+from local_emulator.host.invoker import Invoker
+from local_emulator.host.keys import HostKeys
+
+log = logging.getLogger("local_emulator.host")
+SUPPORTED_BINDINGS = {"httpTrigger", "http", "durableClient", "blobTrigger", "eventGridTrigger",
+                      "orchestrationTrigger", "activityTrigger"}
+
+
+class FunctionHost:
+    """Runs one Functions app. Settings: AzureWebJobsStorage (task hub, blob receipts),
+    CCR_FUNCTION_KEY / CCR_EVENTGRID_SYSTEM_KEY / CCR_DURABLE_SYSTEM_KEY / CCR_MASTER_KEY,
+    CCR_TASK_HUB (overrides host.json's hubName), CCR_HOST_LEASE_SECONDS (how long a message
+    taken by a host that died stays invisible), CCR_BLOB_POLL_SECONDS."""
+
+    def __init__(self, app_dir: Path, storage_connection: str, port: int = 0, keys: HostKeys | None = None):
+        self.app_dir = Path(app_dir)
+        self.storage_connection = storage_connection
+        self.port = port
+        self.keys = keys or HostKeys.from_env()
+        self.url = ""
+        self._runners: list[web.AppRunner] = []
+
+    def _check_bindings(self, entries) -> None:
+        for entry in entries:
+            for binding in entry.bindings:
+                if binding["type"] not in SUPPORTED_BINDINGS:
+                    raise ValueError(f"function {entry.name}: binding type {binding['type']!r} is not "
+                                     f"supported by the local host")
+
+    def _extra_inputs(self, entry: FunctionEntry) -> dict:
+        """Non-trigger input bindings: the durable client's JSON payload."""
+        client = entry.binding_of_type("durableClient")
+        return {client["name"]: self.durable_api.client_binding()} if client else {}
+
+    async def start(self) -> "FunctionHost":
+        index = load_functions(self.app_dir)
+        self._check_bindings(index.entries.values())
+        hub = task_hub_name(self.app_dir, os.environ.get("CCR_TASK_HUB"))
+        self.invoker = Invoker()
+        lease = int(os.environ.get("CCR_HOST_LEASE_SECONDS", "30"))
+        self.engine = DurableEngine(TaskHubStore(self.storage_connection, hub), index, self.invoker,
+                                    lease_seconds=lease)
+        self.engine.extra_inputs = self._extra_inputs
+        self.durable_api = DurableApi(self.engine, self.keys.durable_system)
+        self.blobs = BlobTriggers(index, self.invoker, self.storage_connection, hub, self._extra_inputs,
+                                  poll_seconds=float(os.environ.get("CCR_BLOB_POLL_SECONDS", "1.0")))
+
+        public = web.Application(client_max_size=100 * 1024 * 1024)
+        HttpTriggers(index, self.invoker, self.keys, self._extra_inputs).add_to(public)
+        EventGridTriggers(index, self.invoker, self.keys.eventgrid_system, self._extra_inputs).add_to(public)
+        self.durable_api.add_public_routes(public)
+        public.router.add_get("/admin/host/status", self._host_status)
+        rpc = web.Application(client_max_size=100 * 1024 * 1024)
+        self.durable_api.add_rpc_routes(rpc)
+
+        self.url = await self._serve(public, self.port)
+        self.durable_api.public_url = self.url
+        self.durable_api.rpc_url = await self._serve(rpc, 0)
+        await self.engine.start()
+        await self.blobs.start()
+        log.info("host ready: %d functions, task hub %s, %s", len(index), hub, self.url)
+        return self
+
+    async def _serve(self, app: web.Application, port: int) -> str:
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", port)
+        await site.start()
+        self._runners.append(runner)
+        bound = runner.addresses[0][1]
+        return f"http://127.0.0.1:{bound}"
+
+    async def _host_status(self, request: web.Request) -> web.Response:
+        return web.json_response({"state": "Running"})
+
+    async def stop(self) -> None:
+        await self.blobs.stop()
+        await self.engine.stop()
+        for runner in self._runners:
+            await runner.cleanup()
+        self.invoker.close()
+        await _close_durable_client_session()
+
+
+async def _close_durable_client_session() -> None:
+    """The SDK's client keeps one module-level aiohttp session on this loop; close it with us."""
+    from azure.durable_functions.models.utils import http_utils
+    await http_utils._close_session()

@@ -1,0 +1,196 @@
+"""Test app for the local host (not production code): one function per feature under test.
+Side effects go to files under CCR_TEST_RECORD_DIR so tests can count executions."""
+import datetime as dt
+import json
+import os
+import time
+
+import azure.durable_functions as df
+import azure.functions as func
+
+app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
+BLOB_CONTAINER = os.environ.get("TEST_BLOB_CONTAINER", "testblobs")
+
+
+def record(kind: str, line: str) -> int:
+    """Append one line to <record dir>/<kind>.log; returns how many lines it now holds."""
+    path = os.path.join(os.environ["CCR_TEST_RECORD_DIR"], f"{kind}.log")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+    with open(path) as handle:
+        return sum(1 for _ in handle)
+
+
+# HTTP -----------------------------------------------------------------------------------
+@app.route(route="hello/{name}", methods=["GET", "POST"])
+def hello(req: func.HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse(f"hello {req.route_params['name']} {req.params.get('q', '')}".strip(),
+                             status_code=200)
+
+
+@app.route(route="open", auth_level=func.AuthLevel.ANONYMOUS)
+def open_route(req: func.HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse('{"open": true}', mimetype="application/json")
+
+
+@app.route(route="orchestrators/{name}", methods=["POST"])
+@app.durable_client_input(client_name="client")
+async def http_start(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    body = req.get_body()
+    instance_id = await client.start_new(req.route_params["name"], req.params.get("id"),
+                                         req.get_json() if body else None)
+    return client.create_check_status_response(req, instance_id)
+
+
+@app.route(route="manage/{op}/{instance_id}", methods=["POST"])
+@app.durable_client_input(client_name="client")
+async def manage(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
+    """Drives the SDK client's other calls (status, raise event, terminate, purge, restart)."""
+    op, instance_id = req.route_params["op"], req.route_params["instance_id"]
+    body = req.get_json() if req.get_body() else {}
+    if op == "status":
+        status = await client.get_status(instance_id, show_history=True)
+        return func.HttpResponse(json.dumps({
+            "runtimeStatus": status.runtime_status.value if status.runtime_status else None,
+            "output": status.output, "customStatus": status.custom_status,
+            "history": [e["EventType"] for e in status.history or []]}), mimetype="application/json")
+    if op == "raise":
+        await client.raise_event(instance_id, body["event"], body.get("data"))
+    elif op == "terminate":
+        await client.terminate(instance_id, body.get("reason", "stopped"))
+    elif op == "purge":
+        result = await client.purge_instance_history(instance_id)
+        return func.HttpResponse(json.dumps({"deleted": result.instances_deleted}))
+    elif op == "start":
+        try:
+            await client.start_new(body["name"], instance_id, body.get("input"))
+        except Exception as refused:
+            return func.HttpResponse(json.dumps({"refused": str(refused)}), status_code=409)
+    elif op == "running":
+        statuses = await client.get_status_by(runtime_status=[df.OrchestrationRuntimeStatus.Running])
+        return func.HttpResponse(json.dumps(sorted(s.instance_id for s in statuses)))
+    return func.HttpResponse(status_code=202)
+
+
+# Orchestrators --------------------------------------------------------------------------
+@app.orchestration_trigger(context_name="context")
+def fan_out(context: df.DurableOrchestrationContext):
+    job = context.get_input()
+    tasks = [context.call_activity("work", {"i": i, "sleep": job.get("sleep", 0), "tag": job.get("tag", "")})
+             for i in range(job["n"])]
+    results = yield context.task_all(tasks)
+    return sum(results)
+
+
+@app.orchestration_trigger(context_name="context")
+def with_retry(context: df.DurableOrchestrationContext):
+    job = context.get_input()
+    options = df.RetryOptions(first_retry_interval_in_milliseconds=200, max_number_of_attempts=3)
+    value = yield context.call_activity_with_retry("flaky", options, {"key": job["key"], "fail": job["fail"]})
+    return value
+
+
+@app.orchestration_trigger(context_name="context")
+def retry_exhausted(context: df.DurableOrchestrationContext):
+    options = df.RetryOptions(first_retry_interval_in_milliseconds=100, max_number_of_attempts=2)
+    try:
+        yield context.call_activity_with_retry("flaky", options, {"key": context.get_input(), "fail": 99})
+    except Exception as error:
+        after = yield context.call_activity("work", {"i": 7, "sleep": 0, "tag": "after"})
+        return {"failed": "boom" in str(error), "after": after}
+    return {"failed": False}
+
+
+@app.orchestration_trigger(context_name="context")
+def timer(context: df.DurableOrchestrationContext):
+    started = context.current_utc_datetime
+    yield context.create_timer(started + dt.timedelta(seconds=1.5))
+    return (context.current_utc_datetime - started).total_seconds()
+
+
+@app.orchestration_trigger(context_name="context")
+def approval(context: df.DurableOrchestrationContext):
+    context.set_custom_status({"stage": "waiting"})
+    deadline = context.current_utc_datetime + dt.timedelta(seconds=context.get_input()["timeout"])
+    event = context.wait_for_external_event("approve")
+    timeout = context.create_timer(deadline)
+    winner = yield context.task_any([event, timeout])
+    if winner == event:
+        timeout.cancel()
+        context.set_custom_status({"stage": "approved"})
+        return {"approved": event.result}
+    context.set_custom_status({"stage": "timed out"})
+    return {"approved": None}
+
+
+@app.orchestration_trigger(context_name="context")
+def parent(context: df.DurableOrchestrationContext):
+    first = yield context.call_sub_orchestrator("child", {"x": context.get_input()})
+    second = yield context.call_sub_orchestrator("child", {"x": first}, "fixed-child-" + context.instance_id)
+    return [first, second]
+
+
+@app.orchestration_trigger(context_name="context")
+def child(context: df.DurableOrchestrationContext):
+    value = yield context.call_activity("double", context.get_input()["x"])
+    return value + 1
+
+
+@app.orchestration_trigger(context_name="context")
+def counter(context: df.DurableOrchestrationContext):
+    state = context.get_input()
+    value = yield context.call_activity("double", state["n"])
+    if state["n"] < 3:
+        context.continue_as_new({"n": state["n"] + 1, "seen": state["seen"] + [value]})
+        return None
+    return state["seen"] + [value]
+
+
+@app.orchestration_trigger(context_name="context")
+def broken(context: df.DurableOrchestrationContext):
+    yield context.call_activity("double", 1)
+    raise ValueError("orchestrator gave up")
+
+
+@app.orchestration_trigger(context_name="context")
+def forever(context: df.DurableOrchestrationContext):
+    yield context.wait_for_external_event("never")
+    return "unreachable"
+
+
+# Activities -----------------------------------------------------------------------------
+@app.activity_trigger(input_name="job")
+def work(job: dict) -> int:
+    time.sleep(job["sleep"])
+    record("work", f"{job['tag']}:{job['i']}")
+    return job["i"] * 10
+
+
+@app.activity_trigger(input_name="job")
+def flaky(job: dict) -> str:
+    attempts = record("flaky-" + job["key"], "attempt")
+    if attempts <= job["fail"]:
+        raise RuntimeError(f"boom {attempts}")
+    return f"ok after {attempts}"
+
+
+@app.activity_trigger(input_name="x")
+def double(x: int) -> int:
+    return 2 * x
+
+
+# Blob and Event Grid triggers ------------------------------------------------------------
+@app.blob_trigger(arg_name="blob", path=BLOB_CONTAINER + "/{name}", connection="AzureWebJobsStorage")
+def on_blob(blob: func.InputStream):
+    record("blob", f"{blob.name}:{blob.length}:{len(blob.read())}")
+    if blob.name.split("/", 1)[1].startswith("poison"):
+        raise ValueError("this blob always fails")
+
+
+@app.event_grid_trigger(arg_name="event")
+def on_event(event: func.EventGridEvent):
+    kind = getattr(event, "event_type", None) or getattr(event, "type", None)
+    record("eventgrid", f"{kind}:{event.subject}:{event.get_json()['n']}")
