@@ -3,14 +3,15 @@
 Serves over HTTPS on loopback the REST subset azure-keyvault-keys 4.11.3 calls, so the
 official `KeyClient` works unchanged: create and import keys (RSA/RSA-HSM, oct/oct-HSM) with
 `exportable` and a release policy, get a key (latest or a version), list keys and versions
-(paged with nextLink), and release a key (`POST /keys/{name}/{version}/release`, also the
-versionless `/keys/{name}//release`). Authentication is Key Vault's challenge: a request
-without the expected Bearer token gets 401 + `WWW-Authenticate`.
+(paged with nextLink), delete / get deleted / purge, and release a key
+(`POST /keys/{name}/{version}/release`, also the versionless `/keys/{name}//release`).
+Authentication is Key Vault's challenge: a request without the expected Bearer token gets
+401 + `WWW-Authenticate`.
 
 Release verifies the attestation token (RS256, against the issuing authority's JWKS at
 `{iss}/certs`, over HTTPS with the loopback CA), checks exp/nbf, evaluates the key's release
 policy (shared.release_policy) and returns the key wrapped to the RSA key in the token's
-`x-ms-runtime.keys`, as a JWS signed with the vault's certificate (local_emulator.skr_wrap).
+`x-ms-runtime.keys`, as a JWS signed with the vault's TLS certificate (format: shared.key_release).
 
 Keys persist as JSON files (0600) under `<data_dir>/keys/`; key material and tokens are never
 logged or put into error messages."""
@@ -91,6 +92,8 @@ class KeyStore:
 
     def add(self, name: str, record: dict) -> None:
         with self.lock:
+            if self._deleted_path(name).exists():
+                raise VaultError(409, "Conflict", f"Key {name} is currently in a deleted but recoverable state; purge it first.")
             versions = self.versions(name) + [record]
             write_private(self._path(name), json.dumps({"name": name, "versions": versions}).encode())
 
@@ -104,6 +107,28 @@ class KeyStore:
 
     def names(self) -> list[str]:
         return sorted(json.loads(p.read_text())["name"] for p in self.folder.glob("*.json"))
+
+    def _deleted_path(self, name: str) -> Path:
+        return self.folder / "deleted" / f"{name.lower()}.json"
+
+    def delete(self, name: str) -> dict:
+        """Move every version of `name` to the deleted collection; the newest version."""
+        with self.lock:
+            latest = self.get(name, None)
+            self._deleted_path(name).parent.mkdir(exist_ok=True)
+            os.replace(self._path(name), self._deleted_path(name))
+            return latest
+
+    def deleted(self, name: str) -> dict:
+        try:
+            return json.loads(self._deleted_path(name).read_text())["versions"][-1]
+        except FileNotFoundError:
+            raise VaultError(404, "KeyNotFound", f"Deleted Key not found: {name}") from None
+
+    def purge(self, name: str) -> None:
+        with self.lock:
+            self.deleted(name)
+            self._deleted_path(name).unlink()
 
 
 class KeyVaultTwin:
@@ -139,14 +164,21 @@ class KeyVaultTwin:
             return 401, {"error": {"code": "Unauthorized", "message": "AKV10000: Request is missing a Bearer or PoP token."}}, \
                 {"WWW-Authenticate": CHALLENGE}
         try:
-            return 200, self._handle(method, path, query, body), {}
+            result = self._handle(method, path, query, body)
+            return (204, None, {}) if result is None else (200, result, {})
         except VaultError as error:
             return error.status, {"error": {"code": error.code, "message": str(error)}}, {}
 
-    def _handle(self, method: str, path: str, query: dict, body: bytes) -> dict:
+    def _handle(self, method: str, path: str, query: dict, body: bytes) -> dict | None:
         if not query.get("api-version"):
             raise VaultError(400, "BadParameter", "The api-version query parameter is required.")
         parts = path.split("/")[1:]           # "/keys/a//release" -> ["keys", "a", "", "release"]
+        if len(parts) == 2 and parts[0] == "deletedkeys" and KEY_NAME.match(parts[1]):
+            if method == "GET":
+                return self._deleted_bundle(parts[1], self.store.deleted(parts[1]))
+            if method == "DELETE":
+                self.store.purge(parts[1])
+                return None
         if not parts or parts[0] != "keys":
             raise VaultError(404, "NotFound", "no such resource")
         if len(parts) == 1 or (len(parts) == 2 and parts[1] == ""):
@@ -161,6 +193,8 @@ class KeyVaultTwin:
                 return self._import(name, self._json(body))
             if method == "GET" and rest in ([], [""]):
                 return self._bundle(name, self.store.get(name, None))
+            if method == "DELETE" and rest in ([], [""]):
+                return self._deleted_bundle(name, self.store.delete(name))
             if method == "POST" and rest == ["create"]:
                 return self._create(name, self._json(body))
             if method == "GET" and rest == ["versions"]:
@@ -169,12 +203,12 @@ class KeyVaultTwin:
                 return self._bundle(name, self.store.get(name, self._version(rest[0])))
             if method == "POST" and len(rest) == 2 and rest[1] == "release":
                 return self._release(name, self._version(rest[0]) if rest[0] else None, self._json(body), query)
-        raise VaultError(405 if method not in ("GET", "PUT", "POST") else 404, "NotFound", "no such operation")
+        raise VaultError(404, "NotFound", "no such operation")
 
     @staticmethod
     def _version(text: str) -> str:
         if not VERSION.match(text):
-            raise VaultError(400, "BadParameter", "Key version must be 32 lowercase hex digits.")
+            raise VaultError(404, "KeyNotFound", "A key with this version was not found in this key vault.")
         return text
 
     @staticmethod
@@ -269,6 +303,11 @@ class KeyVaultTwin:
         if record["release_policy"]:
             bundle["release_policy"] = record["release_policy"]
         return bundle
+
+    def _deleted_bundle(self, name: str, record: dict) -> dict:
+        deleted_at = int(time.time())
+        return {**self._bundle(name, record), "recoveryId": f"{self.url}/deletedkeys/{name}",
+                "deletedDate": deleted_at, "scheduledPurgeDate": deleted_at + 90 * 86400}
 
     def _list(self, name: str | None, query: dict) -> dict:
         if name is None:

@@ -115,3 +115,19 @@ def test_requests_need_the_bearer_token(vault, tls):
     assert bare.status_code == 401
     challenge = bare.headers["WWW-Authenticate"]
     assert challenge.startswith("Bearer authorization=") and 'resource="https://vault.azure.net"' in challenge
+
+
+def test_delete_then_purge_frees_the_name(client):
+    from azure.core.exceptions import ResourceExistsError
+    client.import_key("gone", _aes_jwk(os.urandom(32)))
+    deleted = client.begin_delete_key("gone", _polling_interval=0.05).result()
+    assert deleted.name == "gone" and deleted.recovery_id.endswith("/deletedkeys/gone")
+    with pytest.raises(ResourceNotFoundError):
+        client.get_key("gone")
+    assert client.get_deleted_key("gone").properties.version == deleted.properties.version
+    with pytest.raises(ResourceExistsError, match="deleted but recoverable"):
+        client.import_key("gone", _aes_jwk(os.urandom(32)))
+    client.purge_deleted_key("gone")
+    with pytest.raises(ResourceNotFoundError):
+        client.get_deleted_key("gone")
+    assert client.import_key("gone", _aes_jwk(os.urandom(32))).properties.version != deleted.properties.version
