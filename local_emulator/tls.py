@@ -101,7 +101,7 @@ class LoopbackServer:
         return f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
 
     def start(self) -> "LoopbackServer":
-        server = ThreadingHTTPServer((self._host, self._port), _handler_class(self._router))
+        server = _QuietServer((self._host, self._port), _handler_class(self._router))
         server.daemon_threads = True
         if self._ssl_context is not None:
             server.socket = self._ssl_context.wrap_socket(server.socket, server_side=True,
@@ -117,6 +117,14 @@ class LoopbackServer:
             self._server.server_close()
             self._thread.join()
             self._server = None
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """Dropped connections and failed handshakes (a client that does not trust the CA) are the
+    client's business: no traceback on stderr."""
+
+    def handle_error(self, request, client_address) -> None:
+        pass
 
 
 def _handler_class(router: Router):
