@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import time
 
 import pytest
 
@@ -67,17 +66,6 @@ def resolve(documents):
 
 
 # --- loopback servers for the ledger tests ---------------------------------------------
-
-
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):
-    """Poll until `predicate()` is truthy (deliveries happen on background threads)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not reached in time")
 
 
 @pytest.fixture(scope="session")

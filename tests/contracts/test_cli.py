@@ -11,7 +11,8 @@ from ccr import cli
 from local_emulator.delivery import RetryPolicy
 from local_emulator.ledger import LedgerTwin
 from shared import contract as contracts
-from tests.contracts.conftest import sha, wait_for
+from tests.conftest import wait_until as wait_for
+from tests.contracts.conftest import sha
 
 PARTIES = ("tdc", "icmr", "cowin", "index")
 

@@ -13,7 +13,8 @@ from local_emulator.delivery import RetryPolicy
 from local_emulator.ledger import LedgerTwin
 from shared import contract as contracts
 from shared import did as dids
-from tests.contracts.conftest import contract_payload, wait_for
+from tests.conftest import wait_until as wait_for
+from tests.contracts.conftest import contract_payload
 
 FAST = RetryPolicy(initial_seconds=0.02, maximum_seconds=0.1, attempts=5, timeout_seconds=5)
 NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)

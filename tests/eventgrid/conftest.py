@@ -1,29 +1,17 @@
-"""Fixtures for the Event Grid twin: Azurite for dead letters, the twin, and a subscriber
+"""Fixtures for the Event Grid twin: the twin (dead letters go to the session's Azurite), and a subscriber
 webhook on 127.0.0.1 that answers the validation handshakes and scripted statuses."""
 from __future__ import annotations
 
 import json
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from local_emulator.azurite import Azurite
 from local_emulator.delivery import RetryPolicy
 from local_emulator.eventgrid import EventGridTwin
 
 FAST = RetryPolicy(initial_seconds=0.02, maximum_seconds=0.1, attempts=5, timeout_seconds=5)
-
-
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not reached in time")
 
 
 class Subscriber:
@@ -90,19 +78,12 @@ def subscriber_factory():
         subscriber.stop()
 
 
-@pytest.fixture(scope="session")
-def azurite(tmp_path_factory):
-    instance = Azurite(tmp_path_factory.mktemp("azurite")).start()
-    yield instance
-    instance.stop()
-
-
 @pytest.fixture
 def twin_factory(tmp_path, azurite):
     started = []
 
     def make(retry=FAST, data_dir=None) -> EventGridTwin:
-        twin = EventGridTwin(data_dir or tmp_path / "eventgrid", azurite.connection_string, retry=retry)
+        twin = EventGridTwin(data_dir or tmp_path / "eventgrid", azurite, retry=retry)
         started.append(twin.start())
         return twin
     yield make

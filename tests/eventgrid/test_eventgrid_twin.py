@@ -15,7 +15,7 @@ from azure.storage.blob import BlobServiceClient
 
 from local_emulator.delivery import RetryPolicy
 from local_emulator.eventgrid import CLOUD_EVENT_SCHEMA, SubscriptionValidationFailed
-from tests.eventgrid.conftest import wait_for
+from tests.conftest import wait_until as wait_for
 
 
 def event(event_type="CCR.Trainer.Completed", subject="runs/run-1", data=None) -> EventGridEvent:
@@ -28,7 +28,7 @@ def publisher(topic, key=None) -> EventGridPublisherClient:
 
 
 def dead_letters(azurite, container) -> list[dict]:
-    client = BlobServiceClient.from_connection_string(azurite.connection_string).get_container_client(container)
+    client = BlobServiceClient.from_connection_string(azurite).get_container_client(container)
     if not client.exists():
         return []
     return [(blob.name, json.loads(client.download_blob(blob.name).readall())) for blob in client.list_blobs()]
