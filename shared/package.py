@@ -278,6 +278,13 @@ class _Source:
             self._stream.seek(self._position)
 
 
+def _write_all(dst: BinaryIO, view: memoryview) -> None:
+    """`write` until done: raw (unbuffered) streams may accept part of a buffer."""
+    while view:
+        written = dst.write(view)
+        view = view[len(view) if written is None else written:]
+
+
 def _source_state(src: BinaryIO):
     """(size, mtime) of a file-backed source, to notice it changing between the two passes."""
     try:
@@ -314,18 +321,24 @@ def encrypt_stream(src: BinaryIO, dst: BinaryIO, key: bytes, key_id: str, conten
         manifest = Manifest(digest.hexdigest(), size, content_type, schema)
         header = _build_header(key, key_id, manifest)
         source.rewind()
-        dst.write(header.raw)
-        aead, sealed = _segment_aead(key, header.salt), memoryview(bytearray(SEGMENT_SIZE + TAG_SIZE))
+        _write_all(dst, memoryview(header.raw))
+        aead = _segment_aead(key, header.salt)
+        sealed_buffers = (memoryview(bytearray(SEGMENT_SIZE + TAG_SIZE)), memoryview(bytearray(SEGMENT_SIZE + TAG_SIZE)))
         count = header.segment_count
-        for index in range(count):
-            last = index == count - 1
-            expected = size - SEGMENT_SIZE * index if last else SEGMENT_SIZE
-            plain = source.take(expected)
-            if len(plain) != expected:
-                raise PackageError("source changed while it was being encrypted")
-            aead.encrypt_into(_nonce(header.nonce_prefix, index, last), plain, header.raw,
-                              sealed[:expected + TAG_SIZE])
-            dst.write(sealed[:expected + TAG_SIZE])
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ccr-package-writer") as writer:
+            writing = None  # segment i is written while segment i+1 is encrypted
+            for index in range(count):
+                last = index == count - 1
+                expected = size - SEGMENT_SIZE * index if last else SEGMENT_SIZE
+                plain = source.take(expected)
+                if len(plain) != expected:
+                    raise PackageError("source changed while it was being encrypted")
+                sealed = sealed_buffers[index & 1][:expected + TAG_SIZE]
+                aead.encrypt_into(_nonce(header.nonce_prefix, index, last), plain, header.raw, sealed)
+                if writing is not None:
+                    writing.result()  # the other buffer is free again
+                writing = writer.submit(_write_all, dst, sealed)
+            writing.result()
         if source.take(1):
             raise PackageError("source changed while it was being encrypted")
     if _source_state(src) != before:
@@ -361,7 +374,7 @@ def decrypt_stream(src: BinaryIO, dst: BinaryIO, key: bytes) -> Manifest:
                                       "(altered, reordered or truncated package)") from None
             if hashing is not None:
                 hashing.result()  # the other buffer is free again
-            dst.write(plain)
+            _write_all(dst, plain)
             hashing = hasher.submit(digest.update, plain)
         hashing.result()
         if source.take(1):
