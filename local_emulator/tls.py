@@ -107,7 +107,7 @@ class LoopbackServer:
             server.socket = self._ssl_context.wrap_socket(server.socket, server_side=True,
                                                           do_handshake_on_connect=False)
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name=self._name, daemon=True)
+        self._thread = threading.Thread(target=server.serve_forever, args=(0.05,), name=self._name, daemon=True)
         self._thread.start()
         return self
 
