@@ -23,6 +23,7 @@ DEFAULT_KEY_ID = "key-1"
 DID_CONTEXT = ["https://www.w3.org/ns/did/v1", "https://w3id.org/security/suites/jws-2020/v1"]
 _DID_WEB = re.compile(r"^did:web:([A-Za-z0-9.\-]+(?:%3[Aa][0-9]{1,5})?)((?::[A-Za-z0-9._\-]+)*)$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
+MAX_DOCUMENT_BYTES = 64 * 1024
 
 
 class DidError(ValueError):
@@ -130,6 +131,8 @@ def resolve(did: str, verify: str | bool | None = None, timeout: float = 5.0) ->
         raise DidError(f"{did} has no DID document (404)")
     if response.status_code != 200:
         raise DidResolutionError(f"DID document of {did}: HTTP {response.status_code}")
+    if len(response.content) > MAX_DOCUMENT_BYTES:
+        raise DidError(f"DID document of {did} is larger than {MAX_DOCUMENT_BYTES} bytes")
     try:
         document = response.json()
     except ValueError:

@@ -18,11 +18,8 @@ PARTIES = ("tdc", "icmr", "cowin", "index")
 
 
 @pytest.fixture
-def ccr(monkeypatch, capsys):
+def ccr(capsys):
     """Run `ccr ...` in-process; returns (exit status, parsed stdout or None, stderr)."""
-    if "ccr.contract" not in cli.GROUPS:
-        monkeypatch.setattr(cli, "GROUPS", cli.GROUPS + ["ccr.contract"])
-
     def run(*argv):
         status = cli.main([str(a) for a in argv])
         out, err = capsys.readouterr()
