@@ -1,9 +1,10 @@
 """Source of a tiny stand-in trainer image (no torch): prints its pid, where it runs from
 and the *names* of its CCR_ environment variables, then behaves as the JSON in CCR_CONTRACT
 says: {"attest": true} gets an MAA token through the SKR sidecar and prints its hostdata
-claim; then {"lines": n} lines, "ready", {"sleep": s}, exit {"exit": code}."""
+claim; {"release": kid} asks the sidecar for that key (prints the HTTP status, never the
+key); then {"lines": n} lines, "ready", {"sleep": s}, exit {"exit": code}."""
 MAIN = r'''
-import json, os, sys, time, urllib.request
+import json, os, sys, time, urllib.error, urllib.request
 print("pid=%d" % os.getpid(), flush=True)
 print("file=%s" % __file__, flush=True)
 print("env=" + ",".join(sorted(n for n in os.environ if n.startswith("CCR_"))), flush=True)
@@ -21,6 +22,17 @@ if spec.get("attest"):
         print("sidecar_hostdata=" + claims["x-ms-sevsnpvm-hostdata"], flush=True)
     except Exception as error:
         print("sidecar_error=%s" % type(error).__name__, flush=True)
+if spec.get("release"):
+    body = json.dumps({"maa_endpoint": os.environ["CCR_MAA_URL"], "akv_endpoint": os.environ["CCR_KEYVAULT_URL"],
+                       "kid": spec["release"]}).encode()
+    request = urllib.request.Request(os.environ["CCR_SKR_URL"] + "/key/release", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            print("release_status=%d" % response.status, flush=True)
+            print("released_kid=" + json.loads(json.loads(response.read())["key"])["kid"], flush=True)
+    except urllib.error.HTTPError as error:
+        print("release_status=%d" % error.code, flush=True)
 for i in range(spec.get("lines", 0)):
     print("line %d" % i, flush=True)
 print("ready", flush=True)
