@@ -83,7 +83,7 @@ class LedgerTwin:
         payload, claimed = contracts.envelope_signers(envelope)
         missing = [did for did in contracts.parties(payload) if did not in claimed]
         with self._lock:
-            seqno = max((s["seqno"] for s in self._states()), default=0) + 1
+            seqno = max((int(p.stem) for p in (self.data_dir / "entries").glob("*.cose")), default=0) + 1
             (self.data_dir / "entries" / f"{seqno:012d}.cose").write_bytes(envelope)
             state = {"seqno": seqno, "contract_id": payload["contract_id"], "complete": not missing,
                      "delivery": "pending" if not missing else "awaiting-signatures",
@@ -101,9 +101,6 @@ class LedgerTwin:
 
     def envelope(self, seqno: int) -> bytes:
         return (self.data_dir / "entries" / f"{seqno:012d}.cose").read_bytes()
-
-    def _states(self) -> list[dict]:
-        return [json.loads(p.read_text()) for p in sorted((self.data_dir / "entries").glob("*.json"))]
 
     def _save(self, state: dict) -> None:
         path = self.data_dir / "entries" / f"{state['seqno']:012d}.json"
