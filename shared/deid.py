@@ -237,6 +237,8 @@ def prepare_csv(config: PreparationConfig, input_path, output_path, pseudonym_ke
         raise DeidError(f"pseudonym key must be at least {PSEUDONYM_KEY_BYTES} bytes")
     input_path, output_path = Path(input_path), Path(output_path)
     name = str(input_path)
+    if not output_path.parent.is_dir():
+        raise DeidError(f"{output_path}: output directory does not exist")
     try:
         source = open(input_path, newline="", encoding="utf-8-sig")
     except FileNotFoundError:

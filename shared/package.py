@@ -225,13 +225,14 @@ class _Source:
         self._stream, self._start, self._map, self._view = stream, stream.tell(), None, None
         try:
             descriptor = stream.fileno()
-            size = os.fstat(descriptor).st_size
-            if stat.S_ISREG(os.fstat(descriptor).st_mode) and size > self._start:
+            status = os.fstat(descriptor)
+            if stat.S_ISREG(status.st_mode) and status.st_size > self._start:
                 self._map = mmap.mmap(descriptor, 0, access=mmap.ACCESS_READ)
-                self._map.madvise(mmap.MADV_SEQUENTIAL)
-                self._view = memoryview(self._map)
         except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
             self._map = None
+        if self._map is not None:
+            self._map.madvise(mmap.MADV_SEQUENTIAL)
+            self._view = memoryview(self._map)
         self._position, self._released = self._start, 0
         self._buffer = None if self._map is not None else memoryview(bytearray(capacity))
 
