@@ -79,6 +79,7 @@ class KeyStore:
     def __init__(self, folder: Path):
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.folder, 0o700)
         self.lock = threading.Lock()
 
     def _path(self, name: str) -> Path:
@@ -260,6 +261,10 @@ class KeyVaultTwin:
             raise VaultError(400, "BadParameter", "attributes must be an object.")
         if key_ops is not None and (not isinstance(key_ops, list) or not all(isinstance(o, str) for o in key_ops)):
             raise VaultError(400, "BadParameter", "key_ops must be a list of operation names.")
+        for stamp in ("nbf", "exp"):
+            if attributes.get(stamp) is not None and (isinstance(attributes[stamp], bool)
+                                                      or not isinstance(attributes[stamp], int)):
+                raise VaultError(400, "BadParameter", f"attributes.{stamp} must be a unix timestamp.")
         tags = body.get("tags") or {}
         policy = _release_policy(body.get("release_policy"))
         exportable = bool(attributes.get("exportable", False))
@@ -346,8 +351,9 @@ class KeyVaultTwin:
         attributes = record["attributes"]
         if not attributes["exportable"] or not record["release_policy"]:
             raise VaultError(403, "Forbidden", "Key is not exportable: it has no release policy.")
-        if not attributes["enabled"]:
-            raise VaultError(403, "Forbidden", "Operation release is not allowed on a disabled key.")
+        now = time.time()
+        if not attributes["enabled"] or (attributes.get("nbf") or 0) > now or (attributes.get("exp") or now + 1) <= now:
+            raise VaultError(403, "Forbidden", "Operation release is not allowed on a disabled, expired or not yet valid key.")
         policy = policies.policy_from_json(_unb64url(record["release_policy"]["data"], "release_policy.data"))
         issuer, claims = self._verified_claims(target, policy)
         try:

@@ -163,3 +163,16 @@ def test_denied_for_a_token_without_expiry(client, maa, tls, hardware_root):
     claims = _claims(_token(maa, tls, hardware_root))
     claims["exp"] = None                                  # signed by the authority, but never expires
     _denied(client, maa.sign_claims(claims), "missing a required claim")
+
+
+def test_denied_for_an_expired_or_disabled_key(client, maa, tls, hardware_root):
+    import datetime
+    policy = KeyReleasePolicy(policy_to_json(build_release_policy(maa.url, _hostdata(POLICY_P))))
+    past = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=1)
+    client.import_key("expired", JsonWebKey(kty="oct-HSM", k=os.urandom(32)), exportable=True,
+                      release_policy=policy, expires_on=past)
+    client.import_key("disabled", JsonWebKey(kty="oct-HSM", k=os.urandom(32)), exportable=True,
+                      release_policy=policy, enabled=False)
+    token = _token(maa, tls, hardware_root)
+    _denied(client, token, "disabled, expired or not yet valid", name="expired")
+    _denied(client, token, "disabled, expired or not yet valid", name="disabled")
