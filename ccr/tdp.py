@@ -120,7 +120,6 @@ def publish_package(source: Path, container: str, blob: str, key_name: str, poli
 def run_publish(args) -> None:
     if not args.input.is_file():
         raise CliError(f"--input: {args.input} is not a file")
-    check_key_name(default_key_name(args.dataset), "--dataset")
     key_name = check_key_name(args.key_name or default_key_name(args.contract_id, args.dataset), "--key-name")
     blob = storage_names.dataset_blob(plain_name(args.contract_id, "--contract-id"), plain_name(args.dataset, "--dataset"))
     policy = release_policy(args)
