@@ -44,7 +44,7 @@ class UnknownOrchestrator(Exception):
 
 class DurableEngine:
     def __init__(self, store: TaskHubStore, index: FunctionIndex, invoker: Invoker,
-                 lease_seconds: int = 30, concurrency: int = 32, max_poll_seconds: float = 0.5):
+                 lease_seconds: int = 30, concurrency: int = 32, max_poll_seconds: float = 0.25):
         self.store = store
         self.invoker = invoker
         self.orchestrators = {e.name: e for e in index.by_trigger("orchestrationTrigger")}
@@ -138,8 +138,12 @@ class DurableEngine:
                 log.exception("queue %s: receive failed", queue.queue_name)
                 messages = []
             if not messages:
-                await asyncio.sleep(idle)
-                idle = min(idle * 2, self.max_poll_seconds)
+                sent = self.store.sent[queue.queue_name]
+                try:
+                    await asyncio.wait_for(sent.wait(), idle)
+                except asyncio.TimeoutError:
+                    idle = min(idle * 2, self.max_poll_seconds)
+                sent.clear()
                 continue
             idle = 0.02
             await handle_batch(messages)
@@ -300,7 +304,7 @@ class DurableEngine:
             return True
         if result.get("isDone"):
             if continue_as_new is not None:
-                self._continue_as_new(instance, continue_as_new, outbound)
+                self._continue_as_new(instance, continue_as_new, new_history, outbound)
             else:
                 self._finish(instance, "Completed", result.get("output"), new_history, outbound)
             return True
@@ -413,8 +417,10 @@ class DurableEngine:
                    "Key": f"{instance.instance_id}:{instance.execution_id}:result"}
         outbound.append(lambda: self.store.send_control(message))
 
-    def _continue_as_new(self, instance: Instance, action: dict, outbound: list) -> None:
+    def _continue_as_new(self, instance: Instance, action: dict, new_history: list[dict], outbound: list) -> None:
+        """A fresh execution: new id, the action's input, history of the old one dropped."""
         state = instance.state
+        new_history.clear()
         old_execution = instance.execution_id
         execution_id = h.new_key()
         state.update(ExecutionId=execution_id, Input=action.get("input"), ActionCount=0, NextId=0,

@@ -8,6 +8,7 @@
   <hub>-workitems (activity executions)."""
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 
@@ -45,6 +46,8 @@ class TaskHubStore:
         self.activities = TableClient.from_connection_string(connection_string, f"{hub}Activities")
         self.control = QueueClient.from_connection_string(connection_string, f"{hub.lower()}-control")
         self.workitems = QueueClient.from_connection_string(connection_string, f"{hub.lower()}-workitems")
+        # set when this process sends to a queue, so its idle dispatcher looks at once
+        self.sent = {self.control.queue_name: asyncio.Event(), self.workitems.queue_name: asyncio.Event()}
 
     async def create(self) -> None:
         for table in (self.instances, self.activities):
@@ -159,9 +162,12 @@ class TaskHubStore:
     async def send_control(self, message: dict, delay_seconds: int = 0) -> None:
         await self.control.send_message(json.dumps(message), visibility_timeout=max(0, int(delay_seconds)) or None,
                                         time_to_live=-1)
+        if not delay_seconds:
+            self.sent[self.control.queue_name].set()
 
     async def send_workitem(self, message: dict) -> None:
         await self.workitems.send_message(json.dumps(message), time_to_live=-1)
+        self.sent[self.workitems.queue_name].set()
 
     @staticmethod
     async def receive(queue: QueueClient, max_messages: int, lease_seconds: int) -> list:

@@ -1,0 +1,121 @@
+"""Each Durable feature end to end: the test app's orchestrators run under the local host,
+driven by the azure-functions-durable SDK, with task-hub state in Azurite."""
+import requests
+
+from tests.conftest import wait_until
+from tests.host.conftest import manage, records, start, status, wait_done
+
+
+def test_fan_out_runs_every_activity_once(host, record_dir):
+    links = start(host, "fan_out", {"n": 6, "tag": "fan"})
+    done = wait_done(links)
+    assert done["runtimeStatus"] == "Completed"
+    assert done["output"] == sum(i * 10 for i in range(6))
+    assert sorted(records(record_dir, "work")) == sorted(f"fan:{i}" for i in range(6))
+    history = manage(host, "status", links["id"]).json()["history"]
+    assert history.count("TaskScheduled") == 6 and history.count("TaskCompleted") == 6
+    assert history[0] == "ExecutionStarted" and history[-1] == "ExecutionCompleted"
+
+
+def test_activity_retry_is_owned_by_the_host(host, record_dir):
+    links = start(host, "with_retry", {"key": "a", "fail": 2})
+    done = wait_done(links)
+    assert (done["runtimeStatus"], done["output"]) == ("Completed", "ok after 3")
+    assert len(records(record_dir, "flaky-a")) == 3
+    history = manage(host, "status", links["id"]).json()["history"]
+    assert history.count("TaskFailed") == 2 and history.count("TimerFired") == 2
+    assert history.count("TaskScheduled") == 3
+
+
+def test_exhausted_retries_reach_the_orchestrator_as_an_exception(host, record_dir):
+    links = start(host, "retry_exhausted", "b")
+    done = wait_done(links)
+    assert done["runtimeStatus"] == "Completed"
+    assert done["output"] == {"failed": True, "after": 70}
+    assert len(records(record_dir, "flaky-b")) == 2
+    assert records(record_dir, "work") == ["after:7"]
+
+
+def test_durable_timer_fires_after_its_time(host):
+    done = wait_done(start(host, "timer"))
+    assert done["runtimeStatus"] == "Completed"
+    assert done["output"] >= 1.5
+
+
+def test_external_event_wins_over_timeout_and_custom_status_is_visible(host):
+    links = start(host, "approval", {"timeout": 60})
+    wait_until(lambda: status(links)["customStatus"] == {"stage": "waiting"}, 20, message="custom status")
+    assert manage(host, "raise", links["id"], {"event": "approve", "data": {"by": "tdc"}}).status_code == 202
+    done = wait_done(links)
+    assert done["output"] == {"approved": {"by": "tdc"}}
+    assert done["customStatus"] == {"stage": "approved"}
+
+
+def test_timeout_wins_when_no_event_comes(host):
+    done = wait_done(start(host, "approval", {"timeout": 1}))
+    assert done["output"] == {"approved": None}
+    assert done["customStatus"] == {"stage": "timed out"}
+
+
+def test_raise_event_via_public_webhook_and_unknown_instance(host):
+    links = start(host, "approval", {"timeout": 60})
+    wait_until(lambda: status(links)["runtimeStatus"] == "Running", 20, message="running")
+    url = links["sendEventPostUri"].replace("{eventName}", "approve")
+    assert requests.post(url, json="yes", timeout=10).status_code == 202
+    assert wait_done(links)["output"] == {"approved": "yes"}
+    assert requests.post(url, json="again", timeout=10).status_code == 410
+    missing = links["sendEventPostUri"].replace(links["id"], "no-such-instance").replace("{eventName}", "x")
+    assert requests.post(missing, json=1, timeout=10).status_code == 404
+
+
+def test_sub_orchestrations(host):
+    links = start(host, "parent", 5)
+    done = wait_done(links)
+    assert (done["runtimeStatus"], done["output"]) == ("Completed", [11, 23])
+    child = status({"statusQueryGetUri": links["statusQueryGetUri"].replace(links["id"], "fixed-child-" + links["id"])})
+    assert (child["name"], child["runtimeStatus"], child["output"]) == ("child", "Completed", 23)
+
+
+def test_continue_as_new_restarts_with_new_input_and_fresh_history(host):
+    links = start(host, "counter", {"n": 0, "seen": []})
+    done = wait_done(links)
+    assert (done["runtimeStatus"], done["output"]) == ("Completed", [0, 2, 4, 6])
+    history = manage(host, "status", links["id"]).json()["history"]
+    assert history.count("ExecutionStarted") == 1 and history.count("TaskScheduled") == 1
+
+
+def test_orchestrator_exception_fails_the_instance(host):
+    done = wait_done(start(host, "broken"))
+    assert done["runtimeStatus"] == "Failed"
+    assert "orchestrator gave up" in done["output"]
+
+
+def test_terminate_and_purge_through_the_sdk_client(host):
+    links = start(host, "forever")
+    wait_until(lambda: status(links)["runtimeStatus"] == "Running", 20, message="running")
+    assert sorted(manage(host, "running", "-").json()) == [links["id"]]
+    assert manage(host, "purge", links["id"]).status_code == 500  # running instances are not purged
+    assert manage(host, "terminate", links["id"], {"reason": "operator"}).status_code == 202
+    done = wait_done(links)
+    assert (done["runtimeStatus"], done["output"]) == ("Terminated", "operator")
+    assert manage(host, "purge", links["id"]).json() == {"deleted": 1}
+    assert requests.get(links["statusQueryGetUri"], timeout=10).status_code == 404
+
+
+def test_starting_a_running_instance_id_does_not_start_a_second_run(host, record_dir):
+    links = start(host, "forever", instance_id="only-once")
+    wait_until(lambda: status(links)["runtimeStatus"] == "Running", 20, message="running")
+    refused = manage(host, "start", "only-once", {"name": "fan_out", "input": {"n": 2}})
+    assert refused.status_code == 409 and "already exists" in refused.json()["refused"]
+    assert status(links)["name"] == "forever" and records(record_dir, "work") == []
+    manage(host, "terminate", "only-once")
+    wait_done(links)
+    again = start(host, "fan_out", {"n": 2, "tag": "second"}, instance_id="only-once")
+    assert wait_done(again)["output"] == 10  # a finished id may be started again
+    assert sorted(records(record_dir, "work")) == ["second:0", "second:1"]
+
+
+def test_unknown_orchestrator_is_a_clear_error(host):
+    response = requests.post(f"{host.url}/runtime/webhooks/durabletask/orchestrators/nope",
+                             params={"code": host.system_key}, json=1, timeout=10)
+    assert response.status_code == 400 and "nope" in response.json()["ExceptionMessage"]
