@@ -203,9 +203,8 @@ def finish_run(run: dict, outcome: dict) -> dict:
                "output_sha256": outcome.get("output_sha256"), "metrics": outcome.get("metrics"),
                "privacy_budget_spent": budget_spent}
     records = RunRecords(azure_clients.blob_service())
-    records.enter_phase(run["run_id"], "notifying")
-    notification = _notify_tdc(payload, summary)
-    records.finish(run["run_id"], **summary, notification=notification)
+    records.finish(run["run_id"], summary)
+    records.finish(run["run_id"], {"notification": _notify_tdc(payload, summary)})
     return summary
 
 

@@ -57,7 +57,7 @@ class RunRecords:
             record.update(fields)
         return self._blobs.update(self._name(run_id), mutate)
 
-    def finish(self, run_id: str, **fields) -> dict:
+    def finish(self, run_id: str, fields: dict) -> dict:
         def mutate(record: dict) -> None:
             now = utc_now()
             current = record["phases"].get(record.get("phase"))

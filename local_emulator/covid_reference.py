@@ -1,0 +1,71 @@
+"""The COVID reference inputs the TDC brings: a 10 -> 128 -> 64 -> 1 MLP as ONNX (legacy
+exporter, dynamic batch axis), its training.json, and the contract's join spec over the
+three providers' tables. Used by tests and the demo."""
+from __future__ import annotations
+
+import io
+
+import torch
+from torch import nn
+
+FEATURES = {  # provider -> selected columns (the join key is never a feature)
+    "icmr": ["a_icmr_test_result", "a_test_ct_value", "a_sample_genetic_sequenced", "a_sample_genetic_strain"],
+    "cowin": ["age", "vaccine_name"],
+    "index": ["pasymp", "dsinfection", "potravel", "labcode", "page"],
+}
+TARGET = "a_icmr_test_result"
+RAW_JOIN_KEYS = {"icmr": "icmr_patient_mobilenumber", "cowin": "cowin_registered_mobile", "index": "pcnumber"}
+RAW_FILES = {"icmr": "poc_data_icmr_data.csv", "cowin": "poc_data_cowin_data.csv",
+             "index": "poc_data_statewarroom_data.csv"}
+N_FEATURES = sum(len(c) for c in FEATURES.values()) - 1
+
+
+def covid_mlp(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(N_FEATURES, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 1))
+
+
+def covid_onnx(seed: int = 0) -> bytes:
+    """The untrained reference model as ONNX bytes (logit output, for bce_with_logits)."""
+    buffer = io.BytesIO()
+    torch.onnx.export(covid_mlp(seed).eval(), torch.zeros(1, N_FEATURES), buffer, dynamo=False,
+                      input_names=["features"], output_names=["logit"],
+                      dynamic_axes={"features": {0: "batch"}, "logit": {0: "batch"}})
+    return buffer.getvalue()
+
+
+def covid_training_config(**overrides) -> dict:
+    config = {"loss": "bce_with_logits", "optimizer": "adam", "learning_rate": 0.01, "batch_size": 64,
+              "epochs": 5, "metrics": ["accuracy", "precision", "recall", "f1", "roc_auc", "confusion_matrix"],
+              "seed": 7, "validation_split": 0.2, "target_column": TARGET, "max_grad_norm": 1.0,
+              "epsilon": 1.5}
+    config.update(overrides)
+    return config
+
+
+def covid_join_spec(join_keys: dict[str, str] | None = None) -> dict:
+    """Join spec over the three tables; `join_keys` defaults to the raw mobile-number columns
+    (after de-identification it is the pseudonym column)."""
+    keys = join_keys or RAW_JOIN_KEYS
+    return {"datasets": [{"name": name, "join_key": keys[name], "columns": list(columns)}
+                         for name, columns in FEATURES.items()],
+            "drop_columns": [], "target": TARGET}
+
+
+DEID_JOIN_KEYS = {name: "pseudonym" for name in RAW_FILES}  # configs/covid/*.json: the mobile number's pseudonym
+
+
+def deidentified_covid(out_dir, pseudonym_key: bytes) -> dict:
+    """The three providers' tables as they publish them: prepared by shared.deid with
+    configs/covid/<name>.json (keyed-HMAC pseudonym join key, identifiers dropped)."""
+    from pathlib import Path
+
+    from shared import deid
+
+    root = Path(__file__).resolve().parents[2]
+    paths = {}
+    for name, file in RAW_FILES.items():
+        config = deid.load_config(root / "configs" / "covid" / f"{name}.json")
+        paths[name] = Path(out_dir) / f"{name}.csv"
+        deid.prepare_csv(config, Path("/work/shared/data/covid") / file, paths[name], pseudonym_key)
+    return paths

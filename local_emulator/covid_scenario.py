@@ -1,0 +1,220 @@
+"""The COVID reference scenario, played by every party with the `ccr` tool against a running
+`Stack`: three TDPs prepare, encrypt, upload and import keys; the TDC publishes its model
+and output key; all four sign; the ledger calls our webhook; the run starts by itself; the
+TDC is notified, fetches and decrypts the trained model.
+
+Used by `python -m local_emulator demo`, the end-to-end tests and bench/run_overhead.py.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import threading
+import time
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from ccr.cli import main as ccr_main
+from local_emulator.images import build_image
+from local_emulator.stack import Stack, wait_for
+from shared import azure_clients
+from shared.settings import PROJECT_ROOT
+
+PROVIDERS = {"icmr": "poc_data_icmr_data.csv", "cowin": "poc_data_cowin_data.csv",
+             "index": "poc_data_statewarroom_data.csv"}
+CONFIGS = PROJECT_ROOT / "configs" / "covid"
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("CCR_COVID_DATA", PROJECT_ROOT.parent / "shared" / "data" / "covid"))
+
+
+class CommandFailed(RuntimeError):
+    pass
+
+
+class TdcInbox:
+    """The TDC's own webhook endpoint: records the notifications our system sends it."""
+
+    def __init__(self):
+        self.notices: list[dict] = []
+        inbox = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                try:
+                    inbox.notices.append(json.loads(body))
+                    self.send_response(200)
+                except ValueError:
+                    self.send_response(400)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/notify"
+
+    def start(self) -> "TdcInbox":
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class CovidScenario:
+    """Each step is a `ccr` command, run in this process with the stack's settings."""
+
+    def __init__(self, stack: Stack, workdir: Path, contract_id: str = "covid-demo",
+                 epsilon: float = 1.5, deadline_seconds: int = 600, echo=print, training_overrides=None):
+        self.stack, self.workdir, self.contract_id = stack, Path(workdir), contract_id
+        self.epsilon, self.deadline_seconds, self.echo = epsilon, deadline_seconds, echo
+        self.training_overrides = training_overrides or {}
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.published: dict[str, dict] = {}
+        self.identities: dict[str, dict] = {}
+        self.timings: dict[str, float] = {}
+        self.inbox = TdcInbox().start()
+
+    def close(self) -> None:
+        self.inbox.stop()
+
+    # --- running ccr ---------------------------------------------------------------------
+
+    def ccr(self, *args: str) -> dict:
+        """`ccr ARGS` with the stack's settings; its JSON result."""
+        self.echo("$ ccr " + " ".join(_shorten(a) for a in args))
+        out, err = io.StringIO(), io.StringIO()
+        with _environment(self.stack.settings), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            azure_clients.blob_service.cache_clear()
+            try:
+                status = ccr_main(list(args))
+            except SystemExit as exit_:
+                status = exit_.code
+        if status:
+            raise CommandFailed(f"ccr {args[0]} {args[1]} failed ({status}): {err.getvalue().strip()}")
+        return json.loads(out.getvalue()) if out.getvalue().strip() else {}
+
+    # --- the parties' steps ----------------------------------------------------------------
+
+    def build_trainer_image(self) -> str:
+        image = build_image(images_dir=self.stack.state_dir / "images")
+        self.trainer_image = image.ref
+        self.echo(f"trainer image: {image.ref}")
+        return image.ref
+
+    def prepare_and_publish_datasets(self) -> None:
+        key_file = self.workdir / "pseudonym.key"
+        if not key_file.exists():
+            self.ccr("tdp", "pseudonym-key", "--output", str(key_file))
+        for name, raw in PROVIDERS.items():
+            prepared = self.workdir / f"{name}.prepared.csv"
+            self.ccr("tdp", "prepare", "--config", str(CONFIGS / f"{name}.json"), "--input", str(data_dir() / raw),
+                     "--output", str(prepared), "--pseudonym-key-file", str(key_file))
+            self.published[name] = self.ccr("tdp", "publish", "--input", str(prepared), "--contract-id",
+                                            self.contract_id, "--dataset", name, "--trainer-image", self.trainer_image)
+
+    def publish_model(self) -> None:
+        from local_emulator.covid_reference import covid_onnx, covid_training_config
+        model, training = self.workdir / "model.onnx", self.workdir / "training.json"
+        model.write_bytes(covid_onnx())
+        training.write_text(json.dumps(covid_training_config(epsilon=self.epsilon, **self.training_overrides)))
+        self.model = self.ccr("tdc", "publish-model", "--model", str(model), "--training", str(training),
+                              "--contract-id", self.contract_id, "--trainer-image", self.trainer_image,
+                              "--keys-dir", str(self.workdir / "tdc-keys"))
+
+    def create_identities(self) -> None:
+        for party in ("tdc", *PROVIDERS):
+            name = f"{self.contract_id}-{party}"
+            self.identities[party] = self.ccr("identity", "new", "--name", name, "--dir", str(self.workdir / "ids"))
+
+    def write_contract(self) -> Path:
+        from local_emulator.covid_reference import covid_join_spec
+        join = self.workdir / "join.json"
+        join.write_text(json.dumps(covid_join_spec({name: "pseudonym" for name in PROVIDERS})))
+        payload = self.workdir / "contract.json"
+        datasets = [f"did={self.identities[n]['did']},name={n},sha256={p['sha256']},key_kid={p['key_kid']},"
+                    f"epsilon={self.epsilon}" for n, p in self.published.items()]
+        model = self.model["model"]
+        self.ccr("contract", "new", "--contract-id", self.contract_id, "--purpose", "COVID test-result model",
+                 "--tdc", self.identities["tdc"]["did"],
+                 "--model", f"sha256={model['sha256']},key_kid={model['key_kid']}",
+                 "--output", f"key_kid={self.model['output_key_kid']},webhook={self.inbox.url}",
+                 *[arg for d in datasets for arg in ("--dataset", d)],
+                 "--delta", "1e-5", "--join", str(join), "--deadline-seconds", str(self.deadline_seconds),
+                 "--trainer-image", self.trainer_image, "--out", str(payload))
+        return payload
+
+    def sign_and_submit(self, payload: Path) -> dict:
+        envelope = None
+        for party, identity in self.identities.items():
+            out = self.workdir / f"contract.{party}.cose"
+            self.ccr("contract", "sign", "--contract", str(payload), "--did", identity["did"],
+                     "--key", identity["key_file"], "--out", str(out), *(["--envelope", str(envelope)] if envelope else []))
+            envelope = out
+        self.submitted_at = time.monotonic()
+        return self.ccr("contract", "submit", "--envelope", str(envelope))
+
+    def publish_inputs(self) -> None:
+        self.build_trainer_image()
+        self.prepare_and_publish_datasets()
+        self.publish_model()
+
+    def wait_for_notice(self, timeout: float) -> dict:
+        notice = wait_for(lambda: self.inbox.notices[-1] if self.inbox.notices else None, timeout,
+                          what="the TDC's notification")
+        self.notified_at = time.monotonic()
+        return notice
+
+    def fetch_output(self, run_id: str) -> dict:
+        output = self.workdir / "output.zip"
+        result = self.ccr("tdc", "fetch", "--run-id", run_id, "--output", str(output),
+                          "--keys-dir", str(self.workdir / "tdc-keys"))
+        with zipfile.ZipFile(output) as archive:
+            result["metrics"] = json.loads(archive.read("metrics.json"))
+            result["privacy"] = json.loads(archive.read("privacy.json"))
+            result["members"] = sorted(archive.namelist())
+            (self.workdir / "trained.onnx").write_bytes(archive.read("model.onnx"))
+        return result
+
+    def run(self, timeout: float = 300) -> dict:
+        """The whole scenario; returns the notice, the output and the run record."""
+        self.publish_inputs()
+        self.create_identities()
+        self.sign_and_submit(self.write_contract())
+        notice = self.wait_for_notice(timeout)
+        result = {"notice": notice, "run": self.run_record(notice["run_id"])}
+        if notice["status"] == "succeeded":
+            result["output"] = self.fetch_output(notice["run_id"])
+        return result
+
+    def run_record(self, run_id: str) -> dict:
+        import requests
+        response = requests.get(f"{self.stack.settings['CCR_FUNCTIONS_URL']}/api/runs/{run_id}",
+                                headers={"x-functions-key": self.stack.settings["CCR_FUNCTION_KEY"]}, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+
+@contextlib.contextmanager
+def _environment(values: dict):
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _shorten(arg: str) -> str:
+    return arg if len(arg) < 60 else arg[:28] + "…" + arg[-20:]

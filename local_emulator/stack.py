@@ -1,0 +1,213 @@
+"""The whole system on one machine: Azurite, the twins, and our Functions host running
+`function_app.py` unchanged, wired together by settings exactly as app settings would be in
+Azure. Used by `python -m local_emulator up|demo`, the end-to-end tests and the benchmarks.
+
+Every server listens on 127.0.0.1; `stop()` stops everything this stack started.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from local_emulator import tls as loopback_tls
+from local_emulator.aci import AciTwin, skr_sidecar_factory
+from local_emulator.attestation import MaaTwin
+from local_emulator.azurite import Azurite
+from local_emulator.delivery import RetryPolicy
+from local_emulator.eventgrid import EventGridTwin
+from local_emulator.keyvault import KeyVaultTwin
+from local_emulator.ledger import LedgerTwin
+from local_emulator.sevsnp import HardwareRoot
+from shared import events
+from shared.settings import PROJECT_ROOT
+
+TOPIC = "ccr-events"
+SUBSCRIPTION_ID = "00000000-0000-0000-0000-00000000c0de"
+RESOURCE_GROUP = "ccr-local"
+
+
+class HostProcess:
+    """`python -m local_emulator host` in its own process group, so a test can kill -9 it."""
+
+    def __init__(self, app_dir: Path, env: dict, port: int = 0, log_path: Path | None = None):
+        self.app_dir, self.env, self.port, self.log_path = Path(app_dir), env, port, log_path
+        self.process: subprocess.Popen | None = None
+        self.url = ""
+        self.lines: list[str] = []
+
+    def start(self, timeout: float = 90.0) -> "HostProcess":
+        self.url = ""
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "local_emulator", "host", "--app-dir", str(self.app_dir), "--port", str(self.port)],
+            cwd=PROJECT_ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True)
+        ready = threading.Event()
+        threading.Thread(target=self._read, args=(self.process, ready), daemon=True).start()
+        if not ready.wait(timeout) or not self.url:
+            self.kill()
+            raise RuntimeError("the Functions host did not start:\n" + "".join(self.lines[-40:]))
+        self.port = int(self.url.rsplit(":", 1)[1])  # a restart keeps the same address
+        return self
+
+    def _read(self, process: subprocess.Popen, ready: threading.Event) -> None:
+        log = self.log_path.open("a") if self.log_path else None
+        for line in process.stdout:
+            self.lines.append(line)
+            if log:
+                log.write(line)
+                log.flush()
+            found = re.match(r"Host listening on (http://127\.0\.0\.1:\d+)", line)
+            if found:
+                self.url = found.group(1)
+                ready.set()
+        ready.set()
+        if log:
+            log.close()
+
+    def kill(self) -> None:
+        """kill -9 the whole process group: what a crash looks like."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class Stack:
+    """Start with `start()`, read settings from `settings`, stop with `stop()`."""
+
+    def __init__(self, state_dir: Path, app_dir: Path = PROJECT_ROOT, host_port: int = 0,
+                 ledger_port: int = 0, azurite_ports: tuple[int, int, int] = (0, 0, 0),
+                 fast_retries: bool = False):
+        self.state_dir = Path(state_dir)
+        self.app_dir = Path(app_dir)
+        self.host_port, self.ledger_port, self.azurite_ports = host_port, ledger_port, azurite_ports
+        retry = RetryPolicy(initial_seconds=0.5, maximum_seconds=2, attempts=10) if fast_retries else RetryPolicy()
+        self._retry = retry
+        self._started: list = []
+        self.settings: dict[str, str] = {}
+        self.host: HostProcess | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> "Stack":
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tls = loopback_tls.load_or_create(self.state_dir)
+        token = self._secret("access_token")
+        blob, queue, table = self.azurite_ports
+        self.azurite = self._run(Azurite(self.state_dir / "azurite", blob, queue, table))
+        storage = self.azurite.connection_string
+        root = HardwareRoot.load_or_create(self.state_dir)
+        self.maa = self._run(MaaTwin(self.state_dir / "maa", tls, [root.public_pem]))
+        self.keyvault = self._run(KeyVaultTwin(self.state_dir / "keyvault", tls, token))
+        self.eventgrid = self._run(EventGridTwin(self.state_dir / "eventgrid", storage, retry=self._retry))
+        topic = self.eventgrid.create_topic(TOPIC)
+        self.aci = self._run(AciTwin(self.state_dir / "aci", self.state_dir / "images", tls.server_context(), token,
+                                     skr_sidecar_factory(root, str(tls.ca_path), token)))
+        self.settings = {
+            "AzureWebJobsStorage": storage, "CCR_STORAGE_CONNECTION": storage,
+            "CCR_EMULATOR_DIR": str(self.state_dir), "CCR_CA_BUNDLE": str(tls.ca_path),
+            "CCR_ACCESS_TOKEN": token,
+            "CCR_KEYVAULT_URL": self.keyvault.url, "CCR_KEYVAULT_VERIFY_CHALLENGE": "false",
+            "CCR_MAA_URL": self.maa.url,
+            "CCR_ARM_URL": self.aci.url, "CCR_SUBSCRIPTION_ID": SUBSCRIPTION_ID,
+            "CCR_RESOURCE_GROUP": RESOURCE_GROUP, "CCR_LOCATION": "local",
+            "CCR_EVENTGRID_TOPIC_URL": topic.endpoint, "CCR_EVENTGRID_KEY": topic.key,
+            "CCR_FUNCTION_KEY": self._secret("function_key"),
+            "CCR_DURABLE_SYSTEM_KEY": self._secret("durable_system_key"),
+            "CCR_EVENTGRID_SYSTEM_KEY": self._secret("eventgrid_system_key"),
+            "CCR_TASK_HUB": "ccrhub",
+        }
+        self.host = HostProcess(self.app_dir, self.process_env(), self.host_port,
+                                log_path=self.state_dir / "host.log").start()
+        self._started.append(self.host)
+        self.settings["CCR_FUNCTIONS_URL"] = self.host.url
+        self.ledger = self._run(LedgerTwin(
+            self.state_dir / "ledger", webhook_url=f"{self.host.url}/api/contracts",
+            webhook_key=self.settings["CCR_FUNCTION_KEY"], ssl_context=tls.server_context(),
+            port=self.ledger_port, retry=self._retry))
+        self.settings["CCR_LEDGER_URL"] = self.ledger.url
+        self._subscribe_host()
+        self._write_endpoints()
+
+    def _subscribe_host(self) -> None:
+        """The completion events reach the host's Event Grid trigger, as a subscription would."""
+        endpoint = (f"{self.host.url}/runtime/webhooks/eventgrid?functionName=trainer_finished"
+                    f"&code={self.settings['CCR_EVENTGRID_SYSTEM_KEY']}")
+        self.eventgrid.create_subscription(TOPIC, "trainer-completion", endpoint,
+                                           event_types=[events.TRAINER_COMPLETED, events.TRAINER_FAILED])
+
+    def subscribe(self, name: str, endpoint: str, event_types: list[str]) -> None:
+        """Another subscriber (e.g. the TDC's own endpoint for CCR.Run.Finished)."""
+        self.eventgrid.create_subscription(TOPIC, name, endpoint, event_types=event_types)
+
+    def _run(self, service):
+        started = service.start()
+        self._started.append(service)
+        return started
+
+    def _secret(self, name: str) -> str:
+        """Local secrets persist in the state folder (0600), so a restarted stack matches its data."""
+        path = self.state_dir / "secrets" / name
+        if not path.exists():
+            loopback_tls.write_private(path, secrets.token_urlsafe(32).encode())
+        return path.read_text().strip()
+
+    def _write_endpoints(self) -> None:
+        path = self.state_dir / "endpoints.json"
+        loopback_tls.write_private(path, json.dumps(self.settings, indent=2, sort_keys=True).encode())
+
+    def process_env(self) -> dict[str, str]:
+        """Environment for a process of this stack (the host, the CLI, a party's script)."""
+        path = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
+        return {**os.environ, "PYTHONPATH": path, **self.settings}
+
+    def restart_host(self) -> None:
+        self.host.start()
+
+    def stop(self) -> None:
+        for service in reversed(self._started):
+            try:
+                service.stop()
+            except Exception as error:  # noqa: BLE001 - stop the rest whatever one does
+                print(f"stopping {type(service).__name__}: {error}", file=sys.stderr)
+        self._started.clear()
+
+    def __enter__(self) -> "Stack":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.25, what: str = "condition"):
+    """Poll until `predicate()` returns something truthy; its value, or TimeoutError."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
