@@ -1,8 +1,8 @@
 """Throughput of plain torch training vs our DP-SGD on the COVID MLP (10 -> 128 -> 64 -> 1),
 200,000 synthetic rows, batch sizes 64 and 256, one thread. Throughput is rows per second of
 this process's CPU time, and each figure the best of REPEATS epochs with plain and DP
-interleaved, so other processes sharing the machine distort the ratio less. Last line: one JSON object with samples/s per mode and batch size
-and the DP/plain ratio."""
+interleaved, so other processes sharing the machine distort the ratio less.
+Last line: one JSON object with samples/s per mode and batch size and the DP/plain ratio."""
 from __future__ import annotations
 
 import json

@@ -8,7 +8,8 @@
 | `CCR_SKR_URL` | the SKR sidecar (`POST /key/release`) |
 | `CCR_MAA_URL` | the attestation authority the sidecar attests with |
 | `CCR_EVENTGRID_TOPIC_URL`, `CCR_EVENTGRID_KEY` | topic for `CCR.Trainer.Completed` / `.Failed` |
-| `CCR_EPSILON_BUDGET` | optional: the datasets' epsilon still unspent across runs (set by the orchestration); the run's epsilon stays within it as well as within the contract's thresholds |
+| `CCR_EPSILON_BUDGET` | optional: the datasets' epsilon left after earlier runs (set by the |
+|   | orchestration); the run's epsilon stays within it and within the contract's thresholds |
 | `CCR_CA_BUNDLE` | PEM of the CA of the loopback TLS twins (optional; system CAs otherwise) |
 `CCR_KEYVAULT_URL` is accepted but not needed: each key's vault comes from its key id.
 """

@@ -8,9 +8,11 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import re
 import secrets
 import subprocess
+import sys
 import threading
 import uuid
 import zipfile
@@ -184,3 +186,10 @@ def environment(stage, azurite, sidecar, topic, contract, maa_url="https://maa.t
             "CCR_STORAGE_CONNECTION": azurite.connection_string, "CCR_SKR_URL": sidecar.url,
             "CCR_MAA_URL": maa_url, "CCR_EVENTGRID_TOPIC_URL": f"{topic.url}/api/events",
             "CCR_EVENTGRID_KEY": EVENT_KEY}
+
+
+def run_trainer_process(trainer_env: dict) -> subprocess.CompletedProcess:
+    """`python -m trainer_container` as the container runs it, with `trainer_env` added."""
+    path = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", "trainer_container"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": path, **trainer_env}, timeout=300, cwd=PROJECT_ROOT)

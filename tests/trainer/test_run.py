@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 import uuid
 import zipfile
 
@@ -15,9 +12,8 @@ import onnxruntime
 import pandas as pd
 
 from shared import package, storage_names
-from shared.settings import PROJECT_ROOT
 from tests.fixtures import covid_model
-from tests.trainer.harness import KeyReleaseStandIn, Stage, environment
+from tests.trainer.harness import KeyReleaseStandIn, Stage, environment, run_trainer_process
 from trainer_container import run as trainer_run
 
 CONTRACT_ID = "covid-test"
@@ -54,9 +50,7 @@ def test_covid_end_to_end_with_canaries(tmp_path, azurite, topic):
     contract = stage.contract(tables, covid_model.covid_training_config(), covid_model.covid_join_spec())
     sidecar = KeyReleaseStandIn(stage.keys).start()
     try:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])), **environment(stage, azurite, sidecar, topic, contract)}
-        done = subprocess.run([sys.executable, "-m", "trainer_container"], env=env, capture_output=True, text=True,
-                              timeout=300, cwd=PROJECT_ROOT)
+        done = run_trainer_process(environment(stage, azurite, sidecar, topic, contract))
     finally:
         sidecar.stop()
     assert done.returncode == 0, done.stdout + done.stderr

@@ -7,10 +7,7 @@ policy (a changed trainer) is never released and the run fails with nothing uplo
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import subprocess
-import sys
 import uuid
 
 import pytest
@@ -26,9 +23,8 @@ from shared.cce_policy import build_cce_policy, hostdata_of
 from shared.container_group import TRAINER_COMMAND, TRAINER_ENV_NAMES
 from shared.credentials import StaticTokenCredential
 from shared.release_policy import build_release_policy, policy_to_json
-from shared.settings import PROJECT_ROOT
 from tests.fixtures import covid_model
-from tests.trainer.harness import Stage, environment
+from tests.trainer.harness import Stage, environment, run_trainer_process
 
 TRAINER_POLICY = build_cce_policy(f"ccr-trainer@sha256:{'a' * 64}", f"sha256:{'a' * 64}", TRAINER_COMMAND,
                                   TRAINER_ENV_NAMES)
@@ -67,11 +63,8 @@ def key_importer(twins, bound_policy_for=lambda name: TRAINER_POLICY):
 
 
 def run_trainer(stage, azurite, twins, topic, contract):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
-           **environment(stage, azurite, twins["sidecar"], topic, contract, maa_url=twins["maa"].url),
-           "CCR_CA_BUNDLE": str(twins["tls"].ca_path)}
-    return subprocess.run([sys.executable, "-m", "trainer_container"], env=env, capture_output=True, text=True,
-                          timeout=300, cwd=PROJECT_ROOT)
+    return run_trainer_process({**environment(stage, azurite, twins["sidecar"], topic, contract,
+                                              maa_url=twins["maa"].url), "CCR_CA_BUNDLE": str(twins["tls"].ca_path)})
 
 
 def test_covid_reference_through_the_twins(tmp_path, azurite, twins, topic):
