@@ -1,14 +1,21 @@
 """Fixtures for the key-release tests: persisted loopback TLS, a bearer token, the Key Vault
-twin and the official KeyClient pointed at it."""
+twin and the official KeyClient pointed at it, the simulated hardware root and the MAA twin."""
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import secrets
 
 import pytest
+import requests
 from azure.keyvault.keys import KeyClient
+from jwcrypto import jwk
 
 from local_emulator import tls as loopback_tls
+from local_emulator.attestation import API_VERSION, MaaTwin, build_attest_request
 from local_emulator.keyvault import KeyVaultTwin
+from local_emulator.sevsnp import HardwareRoot
 from shared.credentials import StaticTokenCredential
 
 
@@ -41,19 +48,9 @@ def client(vault, token, tls) -> KeyClient:
 
 # --- attestation ---------------------------------------------------------------------
 
-import base64 as _base64
-import hashlib as _hashlib
-import json as _json
-
-import requests as _requests
-from jwcrypto import jwk as _jwk
-
-from local_emulator.attestation import API_VERSION, MaaTwin, build_attest_request
-from local_emulator.sevsnp import HardwareRoot
-
 
 def cce_policy_b64(text: str) -> str:
-    return _base64.b64encode(text.encode()).decode()
+    return base64.b64encode(text.encode()).decode()
 
 
 POLICY_P = cce_policy_b64('package policy\ncontainers := [{"id": "ccr-trainer@sha256:' + "1" * 64 + '"}]\n')
@@ -72,18 +69,18 @@ def maa(tmp_path, tls, hardware_root):
     twin.stop()
 
 
-def runtime_keys(public: _jwk.JWK) -> bytes:
+def runtime_keys(public: jwk.JWK) -> bytes:
     """Runtime data as the SKR sidecar presents it: its ephemeral public key."""
     key = public.export_public(as_dict=True)
     key.update(kid="skr-ephemeral", key_ops=["encrypt"])
-    return _json.dumps({"keys": [key]}).encode()
+    return json.dumps({"keys": [key]}).encode()
 
 
 def attest_response(maa_url: str, tls, root: HardwareRoot, policy_b64: str, runtime: bytes,
                     is_debuggable: bool = False, presented_policy_b64: str | None = None):
     """POST a report for `policy_b64` to the MAA twin (optionally presenting another policy)."""
-    report = root.report(_hashlib.sha256(_base64.b64decode(policy_b64)).hexdigest(),
-                         _hashlib.sha256(runtime).digest(), is_debuggable)
-    body = build_attest_request(report, runtime, _base64.b64decode(presented_policy_b64 or policy_b64))
-    return _requests.post(f"{maa_url}/attest/SevSnpVm?api-version={API_VERSION}", json=body,
+    report = root.report(hashlib.sha256(base64.b64decode(policy_b64)).hexdigest(),
+                         hashlib.sha256(runtime).digest(), is_debuggable)
+    body = build_attest_request(report, runtime, base64.b64decode(presented_policy_b64 or policy_b64))
+    return requests.post(f"{maa_url}/attest/SevSnpVm?api-version={API_VERSION}", json=body,
                           verify=str(tls.ca_path), timeout=10)
