@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import wait_until
+from tests.conftest import HostProcess, wait_until
 
 APP_DIR = Path(__file__).parent / "app"
 
@@ -24,9 +24,24 @@ def host(function_host, record_dir):
     return function_host(APP_DIR, env={"CCR_TEST_RECORD_DIR": str(record_dir)})
 
 
-def records(record_dir: Path, kind: str) -> list[str]:
+@pytest.fixture(scope="module")
+def shared_records(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("records")
+
+
+@pytest.fixture(scope="module")
+def shared_host(azurite, shared_records):
+    """One host for a whole module (starting one costs seconds); tests tag what they record."""
+    process = HostProcess(APP_DIR, azurite, env={"CCR_TEST_RECORD_DIR": str(shared_records)}).start()
+    yield process
+    process.stop()
+
+
+def records(record_dir: Path, kind: str, tag: str | None = None) -> list[str]:
+    """Lines the test app recorded (optionally only those starting with `tag:`)."""
     path = record_dir / f"{kind}.log"
-    return path.read_text().splitlines() if path.exists() else []
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [line for line in lines if tag is None or line.startswith(tag + ":")]
 
 
 def start(host, orchestrator: str, payload=None, instance_id: str | None = None) -> dict:
