@@ -1,0 +1,63 @@
+"""One whole local stack (Azurite, every twin, the Functions host running function_app.py)
+per test module; each test plays its own contract id so runs do not interfere."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import requests
+
+from local_emulator.covid_scenario import CovidScenario, _environment
+from local_emulator.stack import RESOURCE_GROUP, Stack
+from shared import azure_clients
+from shared.run_records import run_id_for
+
+_ids = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    with Stack(tmp_path_factory.mktemp("stack"), fast_retries=True) as running:
+        yield running
+
+
+@pytest.fixture
+def scenario_factory(stack, tmp_path, request):
+    made = []
+
+    def make(**options) -> CovidScenario:
+        contract_id = f"{request.node.name[:20].replace('_', '-').strip('-')}-{next(_ids)}".lower()
+        scenario = CovidScenario(stack, tmp_path / contract_id, contract_id=contract_id, echo=lambda _: None,
+                                 **options)
+        made.append(scenario)
+        return scenario
+
+    yield make
+    for scenario in made:
+        scenario.close()
+
+
+def group_name(contract_id: str) -> str:
+    return f"ccr-{run_id_for(contract_id)}"
+
+
+def groups_created(stack: Stack, contract_id: str) -> int:
+    return stack.aci.stats()["groups"].get(_group_id(stack, contract_id), 0)
+
+
+def _group_id(stack: Stack, contract_id: str) -> str:
+    return (f"/subscriptions/{stack.settings['CCR_SUBSCRIPTION_ID']}/resourceGroups/{RESOURCE_GROUP}"
+            f"/providers/Microsoft.ContainerInstance/containerGroups/{group_name(contract_id)}")
+
+
+def remaining_groups(stack: Stack) -> list[str]:
+    with _environment(stack.settings):
+        client = azure_clients.container_client()
+        return [group.name for group in client.container_groups.list_by_resource_group(RESOURCE_GROUP)]
+
+
+def run_record(stack: Stack, run_id: str) -> dict | None:
+    response = requests.get(f"{stack.settings['CCR_FUNCTIONS_URL']}/api/runs/{run_id}",
+                            headers={"x-functions-key": stack.settings["CCR_FUNCTION_KEY"]}, timeout=30)
+    return response.json() if response.status_code == 200 else None
+

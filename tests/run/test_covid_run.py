@@ -1,0 +1,50 @@
+"""The COVID reference end to end through every part, with a host crash in the middle:
+the parties publish with `ccr`, sign, the ledger calls the webhook, the run starts by itself,
+the host is killed -9 while the trainer trains and started again, and the run still finishes
+exactly once: one container group ever created, none left, the TDC told once."""
+from __future__ import annotations
+
+import onnxruntime
+import numpy as np
+
+from local_emulator.stack import wait_for
+from shared.run_records import run_id_for
+from tests.run.conftest import groups_created, remaining_groups, run_record
+
+
+def test_covid_run_survives_a_host_crash_and_delivers_the_model(stack, scenario_factory):
+    scenario = scenario_factory()
+    scenario.publish_inputs()
+    scenario.create_identities()
+    scenario.sign_and_submit(scenario.write_contract())
+    run_id = run_id_for(scenario.contract_id)
+
+    wait_for(lambda: (run_record(stack, run_id) or {}).get("phase") == "training", 120, what="training to start")
+    stack.host.kill()
+    stack.restart_host()
+
+    notice = scenario.wait_for_notice(300)
+    assert notice["run_id"] == run_id and notice["status"] == "succeeded", notice
+    assert set(notice) >= {"run_id", "contract_id", "status", "output_blob"}
+    assert "sig=" not in (notice["output_blob"] or "")  # a location, never a SAS
+
+    output = scenario.fetch_output(run_id)
+    assert output["members"] == ["metrics.json", "model.onnx", "privacy.json"]
+    validation, privacy = output["metrics"]["validation"], output["privacy"]
+    assert privacy["train_rows"] == 1695 and privacy["validation_rows"] == 424
+    assert privacy["epsilon"] <= 1.5 and privacy["epochs"] == 5
+    assert validation["accuracy"] >= 0.85
+    session = onnxruntime.InferenceSession(str(scenario.workdir / "trained.onnx"))
+    logits = session.run(None, {session.get_inputs()[0].name: np.zeros((3, 10), np.float32)})[0]
+    assert logits.shape == (3, 1)
+
+    record = run_record(stack, run_id)
+    assert record["status"] == "succeeded" and record["phase"] == "finished"
+    for phase in ("validating", "checking_keys", "deploying", "training", "cleaning_up", "notifying"):
+        assert {"started", "ended"} <= set(record["phases"][phase]), phase
+    assert record["privacy_budget_spent"] == {name: privacy["epsilon"] for name in ("icmr", "cowin", "index")}
+    assert record["trainer_log_tail"], "the trainer's log tail is kept in the run record"
+
+    assert groups_created(stack, scenario.contract_id) == 1
+    assert remaining_groups(stack) == []
+    assert len(scenario.inbox.notices) == 1
