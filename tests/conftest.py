@@ -4,7 +4,7 @@
   data folder; `azurite` (session): its connection string. Stopped at the end of the session.
 - `function_host` (function): a factory starting the local Functions host as a subprocess,
   `function_host(app_dir, env={...}, hub="name")` -> HostProcess (.url, .function_key,
-  .system_key, .eventgrid_key, .env, .logs(), .stop(), .kill(), .restart()). Every host a test
+  .system_key, .eventgrid_key, .env, .logs(), .stop(), .kill(), .start() again on the same port). Every host a test
   started is stopped when the test ends. Give each test its own task hub (`hub=`, default a
   fresh random name) so tests sharing the session's Azurite do not see each other's work.
 """
@@ -59,11 +59,13 @@ class HostProcess:
         self.start_timeout = start_timeout
         self.process: subprocess.Popen | None = None
         self.url = ""
+        self.port = 0  # a restarted host keeps the port it got first, so URLs stay valid
         self._lines: list[str] = []
 
     def start(self) -> "HostProcess":
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "local_emulator", "host", "--app-dir", str(self.app_dir), "--port", "0"],
+            [sys.executable, "-m", "local_emulator", "host", "--app-dir", str(self.app_dir),
+             "--port", str(self.port)],
             cwd=PROJECT_ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             start_new_session=True)
         ready = threading.Event()
@@ -79,6 +81,7 @@ class HostProcess:
             found = re.match(r"Host listening on (http://127\.0\.0\.1:\d+)", line)
             if found:
                 self.url = found.group(1)
+                self.port = int(self.url.rsplit(":", 1)[1])
                 ready.set()
         ready.set()
 

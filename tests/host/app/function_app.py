@@ -79,7 +79,8 @@ async def manage(req: func.HttpRequest, client: df.DurableOrchestrationClient) -
 @app.orchestration_trigger(context_name="context")
 def fan_out(context: df.DurableOrchestrationContext):
     job = context.get_input()
-    tasks = [context.call_activity("work", {"i": i, "sleep": job.get("sleep", 0), "tag": job.get("tag", "")})
+    tasks = [context.call_activity("work", {"i": i, "tag": job.get("tag", ""),
+                                            "sleep": job.get("sleep", 0) * (i + 1 if job.get("stagger") else 1)})
              for i in range(job["n"])]
     results = yield context.task_all(tasks)
     return sum(results)
