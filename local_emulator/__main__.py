@@ -45,7 +45,7 @@ def host_command(args) -> None:
 
 def up_command(args) -> None:
     from local_emulator.services import Emulator
-    emulator = Emulator(Path(args.app_dir), port=args.port)
+    emulator = Emulator(Path(args.app_dir), port=args.port, ephemeral_ports=args.ephemeral_ports)
     asyncio.run(_run_until_signalled(emulator.start, emulator.stop))
 
 
@@ -59,7 +59,9 @@ def main(argv=None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="Azurite, the twins and the Functions host, in the foreground")
     up.add_argument("--app-dir", default=str(PROJECT_ROOT))
-    up.add_argument("--port", type=int, default=7071)
+    up.add_argument("--port", type=int, default=7071, help="host HTTP port (0: any free port)")
+    up.add_argument("--ephemeral-ports", action="store_true",
+                    help="free ports for Azurite and the twins instead of the well-known ones")
     host = commands.add_parser("host", help="only the Functions host, against existing storage")
     host.add_argument("--app-dir", default=str(PROJECT_ROOT))
     host.add_argument("--port", type=int, default=7071)
