@@ -134,6 +134,7 @@ TAMPERING = {
     "bit flip in the salt": (lambda d: _flip(d, 11), TamperedPackage),
     "bit flip in the nonce prefix": (lambda d: _flip(d, 11 + 32 + 3), TamperedPackage),
     "bit flip in the manifest": (lambda d: _flip(d, _json_offset(d) + 30), TamperedPackage),
+    "manifest size inflated": (lambda d: d.replace(b'"size":2097252', b'"size":9097252'), TamperedPackage),
     "key id replaced": (lambda d: d.replace(b"icmr", b"cwin"), TamperedPackage),
     "trailing garbage": (lambda d: d + b"\x00", TamperedPackage),
     "format version 2": (lambda d: d[:6] + b"\x02" + d[7:], UnsupportedVersion),
@@ -146,6 +147,7 @@ TAMPERING = {
 @pytest.mark.parametrize("case", sorted(TAMPERING))
 def test_tampering_is_refused_and_leaves_no_plaintext(tmp_path, three_segments, case):
     alter, expected = TAMPERING[case]
+    assert alter(three_segments) != three_segments
     (tmp_path / "bad.ccr").write_bytes(alter(three_segments))
     with pytest.raises(expected) as raised:
         package.decrypt_file(tmp_path / "bad.ccr", tmp_path / "out.csv", KEY)
