@@ -192,17 +192,20 @@ class GroupRuntime:
             if old.exists():
                 shutil.rmtree(old)
             self._records[group_id.lower()] = record
-            self._provisioned[group_id.lower()] = threading.Event()
+            provisioned = self._provisioned[group_id.lower()] = threading.Event()
             self._save(record)
             self._count("created", group_id)
-        threading.Thread(target=self._provision, args=(record, environments), daemon=True).start()
+        threading.Thread(target=self._provision, args=(record, environments, provisioned), daemon=True).start()
         return self.get(group_id)
 
-    def _provision(self, record: dict, environments: dict[str, dict]) -> None:
+    def _provision(self, record: dict, environments: dict[str, dict], provisioned: threading.Event) -> None:
         try:
             self._provision_steps(record, environments)
         finally:
-            self._provisioned[record["id"].lower()].set()
+            provisioned.set()
+            with self._lock:
+                if self._provisioned.get(record["id"].lower()) is provisioned:
+                    del self._provisioned[record["id"].lower()]
 
     def _provision_steps(self, record: dict, environments: dict[str, dict]) -> None:
         sidecar = None
