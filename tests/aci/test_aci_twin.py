@@ -16,6 +16,8 @@ from shared.container_group import TRAINER_CONTAINER_NAME, build_container_group
 from tests.aci.conftest import (LOCATION, RESOURCE_GROUP, SUBSCRIPTION, pid_alive, sidecar_reachable,
                               wait_for)
 
+pytestmark = pytest.mark.timeout(120)   # a hung twin fails fast instead of stalling the suite
+
 SECRET = "DefaultEndpointsProtocol=http;AccountKey=c2VjcmV0LXZhbHVl"
 
 

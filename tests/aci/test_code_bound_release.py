@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
 from azure.keyvault.keys import JsonWebKey, KeyClient, KeyReleasePolicy
 
 from local_emulator import images
@@ -14,6 +15,8 @@ from shared.container_group import TRAINER_CONTAINER_NAME, build_container_group
 from shared.credentials import StaticTokenCredential
 from shared.release_policy import build_release_policy, policy_to_json
 from tests.aci.conftest import LOCATION, RESOURCE_GROUP, wait_for
+
+pytestmark = pytest.mark.timeout(120)   # a hung twin fails fast instead of stalling the suite
 
 
 def _release_status(client, name: str) -> tuple[str, str | None]:

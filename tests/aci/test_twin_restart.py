@@ -7,12 +7,15 @@ import signal
 import subprocess
 import sys
 
+import pytest
 from azure.mgmt.containerinstance import ContainerInstanceManagementClient
 
 from local_emulator.aci import AciTwin
 from shared.credentials import StaticTokenCredential
 from shared.container_group import TRAINER_CONTAINER_NAME, build_container_group
 from tests.aci.conftest import LOCATION, RESOURCE_GROUP, SUBSCRIPTION, pid_alive, wait_for
+
+pytestmark = pytest.mark.timeout(120)   # a hung twin fails fast instead of stalling the suite
 
 
 def test_restarted_twin_kills_orphans_and_keeps_records(tmp_path, tls, token, images_dir, stand_in_image):
