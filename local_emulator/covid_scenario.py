@@ -72,7 +72,7 @@ class CovidScenario:
     """Each step is a `ccr` command, run in this process with the stack's settings."""
 
     def __init__(self, stack: Stack, workdir: Path, contract_id: str = "covid-demo",
-                 epsilon: float = 1.5, deadline_seconds: int = 600, echo=print, training_overrides=None):
+                 epsilon: float = 1.5, deadline_seconds: int = 300, echo=print, training_overrides=None):
         self.stack, self.workdir, self.contract_id = stack, Path(workdir), contract_id
         self.epsilon, self.deadline_seconds, self.echo = epsilon, deadline_seconds, echo
         self.training_overrides = training_overrides or {}

@@ -36,7 +36,8 @@ def check_key_policies(run: dict) -> dict:
 def deploy_trainer(run: dict) -> dict:
     _records().enter_phase(run["run_id"], "deploying")
     deployment = run_steps.deploy_trainer(run)
-    _records().enter_phase(run["run_id"], "training", container_group=deployment["container_group"])
+    if deployment["ok"]:
+        _records().enter_phase(run["run_id"], "training", container_group=deployment["container_group"])
     return deployment
 
 

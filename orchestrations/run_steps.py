@@ -12,7 +12,7 @@ import logging
 import time
 
 import requests
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from orchestrations.deployment import trainer_deployment
 from shared import azure_clients, events, settings, storage_names
@@ -149,20 +149,36 @@ def release_policy_problem(policy: dict, authority: str, hostdata: str) -> str |
 # --- 3. deploy the trainer ------------------------------------------------------------------
 
 def deploy_trainer(run: dict) -> dict:
-    """Create the confidential container group, once: a retry finds it and leaves it."""
+    """Create the confidential container group, once: a retry finds it and leaves it.
+    A group the platform refuses (e.g. an image that does not match its digest) is a
+    failed run, not something to retry."""
     payload = _contract(run)
     deployment = trainer_deployment(run, payload)
     client = azure_clients.container_client()
     group_name = deployment.group_name
     resource_group = settings.require("CCR_RESOURCE_GROUP")
     try:
-        client.container_groups.get(resource_group, group_name)
+        group = client.container_groups.get(resource_group, group_name)
         log.info("container group %s already exists; not creating it again", group_name)
     except ResourceNotFoundError:
-        client.container_groups.begin_create_or_update(
-            resource_group, group_name, deployment.container_group).result()
+        try:
+            group = client.container_groups.begin_create_or_update(
+                resource_group, group_name, deployment.container_group).result()
+        except HttpResponseError as error:
+            if error.status_code is not None and error.status_code >= 500:
+                raise
+            return {"ok": False, "container_group": group_name,
+                    "reason": f"container group {group_name} was refused: {_first_line(error)}"}
         log.info("created container group %s", group_name)
-    return {"container_group": group_name, "hostdata": deployment.hostdata}
+    if group.provisioning_state == "Failed":
+        return {"ok": False, "container_group": group_name,
+                "reason": f"container group {group_name} failed to provision"}
+    return {"ok": True, "container_group": group_name, "hostdata": deployment.hostdata}
+
+
+def _first_line(error: HttpResponseError) -> str:
+    text = (error.message or str(error) or type(error).__name__).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:300]
 
 
 # --- 5. clean up ----------------------------------------------------------------------------
@@ -219,7 +235,7 @@ def _settle_budget(run: dict, payload: dict, outcome: dict) -> dict:
             budget.record(dataset["sha256"], run["run_id"], privacy["epsilon"],
                           privacy.get("delta", 0.0), state="spent")
             spent[dataset["name"]] = privacy["epsilon"]
-        elif outcome.get("phase") in ("validating", "checking_keys"):
+        elif outcome.get("data_untouched"):
             budget.release(dataset["sha256"], run["run_id"])
             spent[dataset["name"]] = 0.0
         else:

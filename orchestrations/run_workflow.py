@@ -41,17 +41,19 @@ def _run_steps(context, run: dict, progress: dict):
     enter("validating")
     validation = yield context.call_activity_with_retry("validate_inputs", RETRY, run)
     if not validation["ok"]:
-        return {"status": "failed", "phase": "validating", "reason": validation["reason"]}
+        return _refused("validating", validation["reason"])
 
     enter("checking_keys")
     keys = yield context.call_activity_with_retry("check_key_policies", RETRY, run)
     if not keys["ok"]:
-        return {"status": "failed", "phase": "checking_keys", "reason": keys["reason"]}
+        return _refused("checking_keys", keys["reason"])
 
     enter("deploying")
     progress["deployed"] = True  # from here on, cleanup must always try to delete the group
     deployment = yield context.call_activity_with_retry(
         "deploy_trainer", RETRY, {**run, "epsilon_budget": validation["epsilon_budget"]})
+    if not deployment["ok"]:
+        return _refused("deploying", deployment["reason"])
 
     enter("training", container_group=deployment["container_group"])
     deadline = context.current_utc_datetime + timedelta(seconds=run["deadline_seconds"])
@@ -76,6 +78,11 @@ def _finish(context, run: dict, outcome: dict, deployed: bool):
         "finish_run", RETRY, {"run": run, "outcome": outcome})
     _status(context, "finished", status=summary["status"])
     return summary
+
+
+def _refused(phase: str, reason: str) -> dict:
+    """A run stopped before any trainer ran: no data was touched."""
+    return {"status": "failed", "phase": phase, "reason": reason, "data_untouched": True}
 
 
 def _trainer_outcome(event: dict | None) -> dict:

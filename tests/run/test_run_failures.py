@@ -1,0 +1,172 @@
+"""Runs that must fail, each with a clear reason, the TDC told, and never a container group
+left behind; and contracts that must be refused without starting anything."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import requests
+
+from shared import contract as contracts
+from shared import did as dids
+from shared.run_records import run_id_for
+from tests.run.conftest import groups_created, remaining_groups, run_record
+
+
+def _submit(scenario) -> dict:
+    scenario.create_identities()
+    scenario.sign_and_submit(scenario.write_contract())
+    notice = scenario.wait_for_notice(180)
+    assert notice["run_id"] == run_id_for(scenario.contract_id)
+    return notice
+
+
+def _assert_failed_before_deploying_any_trainer(stack, notice, phase: str, reason: str) -> dict:
+    assert notice["status"] == "failed" and reason in notice["reason"], notice
+    record = run_record(stack, notice["run_id"])
+    assert record["status"] == "failed" and record["failed_phase"] == phase
+    assert set(record["privacy_budget_spent"].values()) == {0.0}  # nothing trained: budget given back
+    return record
+
+
+def _assert_failed_before_deploying(stack, scenario, notice, phase: str, reason: str) -> dict:
+    record = _assert_failed_before_deploying_any_trainer(stack, notice, phase, reason)
+    assert groups_created(stack, scenario.contract_id) == 0
+    return record
+
+
+def test_tampered_input_fails_validation_and_deploys_nothing(stack, scenario_factory):
+    scenario = scenario_factory()
+    scenario.publish_inputs()
+    genuine = scenario.published["icmr"]
+    tampered = scenario.workdir / "icmr.tampered.csv"
+    lines = (scenario.workdir / "icmr.prepared.csv").read_text().splitlines()
+    tampered.write_text("\n".join(lines[:-1]) + "\n")  # one row quietly removed
+    scenario.ccr("tdp", "publish", "--input", str(tampered), "--contract-id", scenario.contract_id,
+                 "--dataset", "icmr", "--key-name", f"{scenario.contract_id}-icmr-2",
+                 "--trainer-image", scenario.trainer_image)
+    scenario.published["icmr"] = genuine  # the contract pins what the parties agreed on
+
+    notice = _submit(scenario)
+    _assert_failed_before_deploying(stack, scenario, notice, "validating", "does not match the contract")
+
+
+def test_key_bound_to_another_trainer_fails_before_deploying(stack, scenario_factory):
+    scenario = scenario_factory()
+    scenario.publish_inputs()
+    scenario.published["cowin"] = scenario.ccr(
+        "tdp", "publish", "--input", str(scenario.workdir / "cowin.prepared.csv"), "--contract-id",
+        scenario.contract_id, "--dataset", "cowin", "--key-name", f"{scenario.contract_id}-cowin-2",
+        "--hostdata", "ab" * 32)
+
+    notice = _submit(scenario)
+    _assert_failed_before_deploying(stack, scenario, notice, "checking_keys", "key for cowin")
+
+
+def test_trainer_past_its_deadline_is_killed_and_its_group_deleted(stack, scenario_factory):
+    scenario = scenario_factory(deadline_seconds=3)
+    scenario.publish_inputs()
+    notice = _submit(scenario)
+    assert notice["status"] == "failed" and "deadline of 3 s" in notice["reason"], notice
+    record = run_record(stack, notice["run_id"])
+    assert record["failed_phase"] == "training"
+    assert groups_created(stack, scenario.contract_id) == 1
+    assert f"ccr-{notice['run_id']}" not in remaining_groups(stack)
+    # the trainer may have touched the data: its reservation stays spent
+    assert set(record["privacy_budget_spent"].values()) == {1.5}
+
+
+def test_modified_trainer_image_is_refused_and_the_tdc_told(stack, scenario_factory):
+    scenario = scenario_factory()
+    scenario.publish_inputs()
+    archive = stack.state_dir / "images" / f"sha256-{scenario.trainer_image.rsplit(':', 1)[1]}.tar"
+    genuine = archive.read_bytes()
+    archive.write_bytes(genuine + b"\0" * 512)  # someone swapped the trainer's code
+    try:
+        notice = _submit(scenario)
+    finally:
+        archive.write_bytes(genuine)
+    record = _assert_failed_before_deploying_any_trainer(stack, notice, "deploying", "was refused")
+    assert f"ccr-{notice['run_id']}" not in remaining_groups(stack)
+    assert record.get("output_blob") is None
+
+
+# --- contracts refused at the webhook ---------------------------------------------------------
+
+@pytest.fixture
+def ready_contract(stack, scenario_factory):
+    """Inputs published and identities registered: only a good contract is missing."""
+    scenario = scenario_factory()
+    scenario.publish_inputs()
+    scenario.create_identities()
+    payload = json.loads(scenario.write_contract().read_text())
+    keys = {party: dids.Identity(identity["did"], dids.load_private_key(Path(identity["key_file"])))
+            for party, identity in scenario.identities.items()}
+    return scenario, payload, keys
+
+
+def _post(stack, body: bytes, key: str | None = "default") -> requests.Response:
+    headers = {"content-type": "application/cose"}
+    if key:
+        headers["x-functions-key"] = stack.settings["CCR_FUNCTION_KEY"] if key == "default" else key
+    return requests.post(f"{stack.settings['CCR_FUNCTIONS_URL']}/api/contracts", data=body, headers=headers,
+                         timeout=60)
+
+
+def _expired(payload: dict) -> dict:
+    return {**payload, "valid_from": "2020-01-01T00:00:00Z", "valid_until": "2021-01-01T00:00:00Z"}
+
+
+@pytest.mark.parametrize("case, status, reason", [
+    ("no function key", 401, None),
+    ("wrong function key", 401, None),
+    ("not COSE at all", 400, ""),
+    ("unsigned", 400, "signature"),
+    ("a party did not sign", 422, "not signed by"),
+    ("signed with a key not in the DID document", 403, ""),
+    ("altered after signing", 403, ""),
+    ("expired", 422, "expired"),
+])
+def test_bad_contract_is_refused_and_starts_nothing(stack, ready_contract, case, status, reason):
+    scenario, payload, keys = ready_contract
+    signers = list(keys.values())
+    if case == "unsigned":
+        body = contracts.new_envelope(payload)
+    elif case == "a party did not sign":
+        body = contracts.sign_contract(payload, signers[:-1])
+    elif case == "signed with a key not in the DID document":
+        impostor = dids.Identity.generate(signers[0].did)
+        body = contracts.sign_contract(payload, [impostor, *signers[1:]])
+    elif case == "altered after signing":
+        signed = contracts.sign_contract(payload, signers)
+        body = signed.replace(b'"epsilon_threshold":1.5', b'"epsilon_threshold":9.5')
+        assert body != signed
+    elif case == "expired":
+        body = contracts.sign_contract(_expired(payload), signers)
+    elif case == "not COSE at all":
+        body = b"\x00not a contract"
+    else:
+        body = contracts.sign_contract(payload, signers)
+
+    key = {"no function key": None, "wrong function key": "not-the-key"}.get(case, "default")
+    response = _post(stack, body, key)
+    assert response.status_code == status, response.text
+    if reason is not None:
+        assert reason in response.json()["error"].lower()
+    assert run_record(stack, run_id_for(scenario.contract_id)) is None
+    assert groups_created(stack, scenario.contract_id) == 0
+
+
+def test_replayed_contract_gets_the_same_answer_and_one_run(stack, ready_contract):
+    scenario, payload, keys = ready_contract
+    body = contracts.sign_contract(payload, list(keys.values()))
+    first, second = _post(stack, body), _post(stack, body)
+    assert first.status_code == second.status_code == 200
+    assert first.json() == second.json() == {"contract_id": scenario.contract_id,
+                                             "run_id": run_id_for(scenario.contract_id), "status": "accepted"}
+    notice = scenario.wait_for_notice(240)
+    assert notice["status"] == "succeeded"
+    assert _post(stack, body).json() == first.json()
+    assert groups_created(stack, scenario.contract_id) == 1
+    assert len(scenario.inbox.notices) == 1
