@@ -11,7 +11,7 @@ import sys
 
 from ccr.common import CliError
 
-GROUPS = ["ccr.tdp", "ccr.tdc", "ccr.keys", "ccr.contract"]
+GROUPS = ["ccr.tdp", "ccr.tdc", "ccr.keys", "ccr.contract", "ccr.runs"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from local_emulator.covid_scenario import CommandFailed
 from shared import contract as contracts
 from shared import did as dids
 from shared.run_records import run_id_for
@@ -170,3 +171,15 @@ def test_replayed_contract_gets_the_same_answer_and_one_run(stack, ready_contrac
     assert _post(stack, body).json() == first.json()
     assert groups_created(stack, scenario.contract_id) == 1
     assert len(scenario.inbox.notices) == 1
+
+    # the parties follow it through the status API with `ccr runs`
+    run_id = run_id_for(scenario.contract_id)
+    shown = scenario.ccr("runs", "show", run_id)
+    assert shown["status"] == "succeeded" and shown["output_blob"].endswith(f"outputs/{run_id}/output.ccr")
+    assert run_id in [run["run_id"] for run in scenario.ccr("runs", "list")["runs"]]
+    with pytest.raises(CommandFailed, match="no such run"):
+        scenario.ccr("runs", "show", "run-0000000000000000")
+    with pytest.raises(CommandFailed, match="RUN_ID looks like"):
+        scenario.ccr("runs", "show", "../admin")
+    requests_without_key = requests.get(f"{stack.settings['CCR_FUNCTIONS_URL']}/api/runs/{run_id}", timeout=30)
+    assert requests_without_key.status_code == 401
