@@ -18,7 +18,7 @@ import ssl
 import sys
 from pathlib import Path
 
-from local_emulator.aci_runtime import GroupRuntime, SidecarFactory
+from local_emulator.aci_runtime import GroupConflict, GroupRuntime, SidecarFactory
 from local_emulator.tls import LoopbackServer
 from shared.cce_policy import CcePolicyError, policy_containers
 
@@ -37,7 +37,8 @@ _ROUTES = [
 ]
 _ROUTES = [(name, re.compile(pattern, re.IGNORECASE)) for name, pattern in _ROUTES]
 GROUP_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-RESOURCE_GROUP_NAME = re.compile(r"^[-\w._()]{1,90}$")
+RESOURCE_GROUP_NAME = re.compile(r"^[-\w._()]{0,89}[-\w_()]$")   # ARM: no trailing period
+SUBSCRIPTION_ID = re.compile(r"^[0-9A-Za-z-]{1,64}$")
 
 
 class ArmError(Exception):
@@ -155,7 +156,7 @@ class AciTwin:
     def stats(self) -> dict:
         return self.runtime.stats()
 
-    # --- request handling (called by the handler) -----------------------------------
+    # --- requests (LoopbackServer calls _route) ------------------------------------
 
     def _authorized(self, header: str | None) -> bool:
         scheme, _, token = (header or "").partition(" ")
@@ -167,11 +168,11 @@ class AciTwin:
                 "WWW-Authenticate": 'Bearer authorization_uri="https://login.microsoftonline.com/common", '
                                     'error="invalid_token"'}
         try:
-            return self.handle(method, path, query, body)
+            return self._handle(method, path, query, body)
         except ArmError as error:
             return error.status, {"error": {"code": error.code, "message": str(error)}}, {}
 
-    def handle(self, method: str, path: str, query: dict, body: bytes) -> tuple[int, dict | None, dict]:
+    def _handle(self, method: str, path: str, query: dict, body: bytes) -> tuple[int, dict | None, dict]:
         """(status, JSON body or None, extra headers) for one authenticated request."""
         for route, pattern in _ROUTES:
             match = pattern.match(path)
@@ -220,7 +221,8 @@ class AciTwin:
         return {"Azure-AsyncOperation": url, "Retry-After": RETRY_AFTER_SECONDS}
 
     def _create(self, args: dict, group_id: str, raw: bytes) -> tuple[int, dict, dict]:
-        if not GROUP_NAME.match(args["name"]) or not RESOURCE_GROUP_NAME.match(args["rg"]):
+        if not (GROUP_NAME.match(args["name"]) and RESOURCE_GROUP_NAME.match(args["rg"])
+                and SUBSCRIPTION_ID.match(args["sub"])):
             raise ArmError(400, "InvalidResourceName", "invalid resource group or container group name")
         try:
             body = json.loads(raw or b"null")
@@ -230,18 +232,15 @@ class AciTwin:
             raise ArmError(400, "InvalidRequestContent", "the request body is not a JSON object")
         _validate(body)
         properties, environments = _sanitized_properties(body["properties"])
-        existing = self.runtime.get(group_id)
-        if existing is not None:
-            if existing["provisioning_state"] == "Deleting":
-                raise ArmError(409, "Conflict", "the container group is being deleted")
-            if existing["properties"] != properties:
-                raise ArmError(409, "ContainerGroupUpdateNotSupported",
-                               "the twin does not update a container group in place; delete it first")
-            return 200, _arm_view(existing), {}
         dirname = "/".join([args["sub"], args["rg"].lower(), args["name"]])
-        record = self.runtime.create(group_id, dirname, {
-            "name": args["name"], "location": body["location"], "tags": body.get("tags") or {},
-            "properties": properties}, environments)
+        try:
+            record, created = self.runtime.create(group_id, dirname, {
+                "name": args["name"], "location": body["location"], "tags": body.get("tags") or {},
+                "properties": properties}, environments)
+        except GroupConflict as conflict:
+            raise ArmError(409, conflict.code, str(conflict)) from None
+        if not created:
+            return 200, _arm_view(record), {}
         return 201, _arm_view(record), self._async_headers({**args, "loc": body["location"]}, "create", group_id)
 
     def _delete(self, args: dict, group_id: str) -> tuple[int, dict | None, dict]:

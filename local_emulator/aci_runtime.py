@@ -41,6 +41,14 @@ class Sidecar(Protocol):
 SidecarFactory = Callable[[str], Sidecar]   # cce_policy_b64 -> unstarted sidecar
 
 
+class GroupConflict(Exception):
+    """A PUT that would change an existing group; `code` is the ARM error code."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
 class ProvisioningError(Exception):
     """The group is refused; `code` is the ARM error code."""
 
@@ -179,8 +187,10 @@ class GroupRuntime:
 
     # --- create -----------------------------------------------------------------------
 
-    def create(self, group_id: str, dirname: str, record_fields: dict, environments: dict[str, dict]) -> dict:
-        """Record a new group as Creating and provision it in the background.
+    def create(self, group_id: str, dirname: str, record_fields: dict,
+               environments: dict[str, dict]) -> tuple[dict, bool]:
+        """(record, created): a new group is recorded as Creating and provisioned in the
+        background; the same spec again returns the existing group (atomically: one creation).
         `environments` (container -> name -> value, secrets included) is never persisted."""
         record = {**record_fields, "id": group_id, "dir": dirname, "provisioning_state": "Creating",
                   "error": None, "group_state": "Pending", "pid": None, "pid_start": None,
@@ -188,6 +198,9 @@ class GroupRuntime:
                   "containers": {c["name"]: {"state": "Waiting", "detail": "Creating"}
                                  for c in record_fields["properties"]["containers"]}}
         with self._lock:
+            existing = self._records.get(group_id.lower())
+            if existing is not None:
+                return self._existing(existing, record_fields["properties"]), False
             old = self._group_dir(record)
             if old.exists():
                 shutil.rmtree(old)
@@ -196,7 +209,16 @@ class GroupRuntime:
             self._save(record)
             self._count("created", group_id)
         threading.Thread(target=self._provision, args=(record, environments, provisioned), daemon=True).start()
-        return self.get(group_id)
+        return self.get(group_id), True
+
+    @staticmethod
+    def _existing(record: dict, properties: dict) -> dict:
+        if record["provisioning_state"] == "Deleting":
+            raise GroupConflict("Conflict", "the container group is being deleted")
+        if record["properties"] != properties:
+            raise GroupConflict("ContainerGroupUpdateNotSupported",
+                                "the twin does not update a container group in place; delete it first")
+        return json.loads(json.dumps(record))
 
     def _provision(self, record: dict, environments: dict[str, dict], provisioned: threading.Event) -> None:
         try:

@@ -253,3 +253,23 @@ def test_a_silent_connection_does_not_block_the_twin(client, twin):
     port = int(twin.url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port)):        # never says hello
         assert list(client.container_groups.list()) == []
+
+
+def test_concurrent_creates_of_one_group_create_it_once(client, twin, stand_in_image):
+    from concurrent.futures import ThreadPoolExecutor
+    spec = build_container_group(stand_in_image.ref, _environment({"sleep": 60}), LOCATION)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: client.container_groups.begin_create_or_update(
+            RESOURCE_GROUP, "run-race", spec).result().provisioning_state, range(4)))
+    assert results == ["Succeeded"] * 4
+    assert twin.stats()["created"] == 1
+
+
+@pytest.mark.parametrize("resource_group", ["..", "bad.", "a/b"])
+def test_resource_names_that_could_escape_the_state_folder_are_refused(client, twin, stand_in_image, resource_group):
+    spec = build_container_group(stand_in_image.ref, _environment({}), LOCATION)
+    with pytest.raises(HttpResponseError) as refused:
+        client.container_groups.begin_create_or_update(resource_group, "run-x", spec).result()
+    assert refused.value.status_code in (400, 404)
+    assert twin.stats()["created"] == 0
+    assert not any((twin.runtime.state_dir.parent).glob("*/run-x"))
