@@ -14,6 +14,7 @@ import os
 import threading
 import time
 import zipfile
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -41,6 +42,7 @@ class TdcInbox:
 
     def __init__(self):
         self.notices: list[dict] = []
+        self.received_at: list[datetime] = []
         inbox = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -48,6 +50,7 @@ class TdcInbox:
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 try:
                     inbox.notices.append(json.loads(body))
+                    inbox.received_at.append(datetime.now(timezone.utc))
                     self.send_response(200)
                 except ValueError:
                     self.send_response(400)
