@@ -74,10 +74,18 @@ def _alive(pid: int, marker: str | None) -> bool:
     return marker is not None and _process_start_marker(pid) == marker
 
 
+def _kill_stragglers(pgid: int) -> None:
+    """A container ends with its main process: SIGKILL whatever else is left in its group."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def _kill_process_group(pid: int, marker: str | None, grace_seconds: float, popen=None) -> None:
     """SIGTERM the group, then SIGKILL what is left after the grace period."""
-    if not _alive(pid, marker):
-        return
+    if popen is None and not _alive(pid, marker):
+        return                        # an orphan that is gone (or a reused pid): not ours
     for sig, wait in ((signal.SIGTERM, grace_seconds), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(pid, sig)
@@ -87,8 +95,10 @@ def _kill_process_group(pid: int, marker: str | None, grace_seconds: float, pope
         while time.monotonic() < deadline:
             if popen is not None:
                 if popen.poll() is not None:
+                    _kill_stragglers(pid)
                     return
             elif not _alive(pid, marker):
+                _kill_stragglers(pid)
                 return
             time.sleep(0.02)
 
@@ -310,6 +320,7 @@ class GroupRuntime:
 
     def _watch(self, record: dict, popen: subprocess.Popen) -> None:
         exit_code = popen.wait()
+        _kill_stragglers(popen.pid)
         self._stop_sidecar(record)
         with self._lock:
             if self._popens.get(record["id"].lower()) is not popen:

@@ -2,7 +2,7 @@
 and the *names* of its CCR_ environment variables, then behaves as the JSON in CCR_CONTRACT
 says: {"attest": true} gets an MAA token through the SKR sidecar and prints its hostdata
 claim; {"release": kid} asks the sidecar for that key (prints the HTTP status, never the
-key); then {"lines": n} lines, "ready", {"sleep": s}, exit {"exit": code}."""
+key); then {"child": true} leaves a child process behind; {"lines": n} lines, "ready", {"sleep": s}, exit {"exit": code}."""
 MAIN = r'''
 import json, os, sys, time, urllib.error, urllib.request
 print("pid=%d" % os.getpid(), flush=True)
@@ -33,6 +33,10 @@ if spec.get("release"):
             print("released_kid=" + json.loads(json.loads(response.read())["key"])["kid"], flush=True)
     except urllib.error.HTTPError as error:
         print("release_status=%d" % error.code, flush=True)
+if spec.get("child"):
+    import subprocess
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    print("child=%d" % child.pid, flush=True)
 for i in range(spec.get("lines", 0)):
     print("line %d" % i, flush=True)
 print("ready", flush=True)

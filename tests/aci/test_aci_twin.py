@@ -273,3 +273,12 @@ def test_resource_names_that_could_escape_the_state_folder_are_refused(client, t
     assert refused.value.status_code in (400, 404)
     assert twin.stats()["created"] == 0
     assert not any((twin.runtime.state_dir.parent).glob("*/run-x"))
+
+
+def test_processes_left_behind_by_the_trainer_die_with_it(client, stand_in_image):
+    spec = build_container_group(stand_in_image.ref, _environment({"child": True, "sleep": 0.5}), LOCATION)
+    client.container_groups.begin_create_or_update(RESOURCE_GROUP, "run-child", spec).result()
+    child = int(_log_value(client, "run-child", "child"))
+    wait_for(lambda: not pid_alive(child))
+    group = client.container_groups.get(RESOURCE_GROUP, "run-child")
+    assert group.instance_view.state == "Succeeded"
