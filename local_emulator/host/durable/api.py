@@ -159,6 +159,7 @@ class DurableApi:
         if instance.status not in TERMINAL:
             return web.json_response({"error": "only completed, failed or terminated instances can be purged"},
                                      status=400)
+        self.engine.cache.pop(instance_id, None)
         deleted = await self.engine.store.purge(instance_id)
         return web.json_response({"instancesDeleted": deleted})
 
@@ -167,6 +168,7 @@ class DurableApi:
         deleted = 0
         for instance_id, state in await self.engine.store.query_states_with_ids():
             if state["RuntimeStatus"] in wanted and state["RuntimeStatus"] in TERMINAL:
+                self.engine.cache.pop(instance_id, None)
                 deleted += await self.engine.store.purge(instance_id)
         return web.json_response({"instancesDeleted": deleted}, status=200 if deleted else 404)
 

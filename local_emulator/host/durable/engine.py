@@ -23,6 +23,7 @@ from collections import defaultdict
 from typing import Awaitable, Callable
 
 from azure.core.exceptions import ResourceModifiedError
+from azure.data.tables import TableTransactionError
 from azure.functions import meta
 
 from local_emulator.host.app_loader import FunctionEntry, FunctionIndex
@@ -56,6 +57,10 @@ class DurableEngine:
         self.extra_inputs: Callable[[FunctionEntry], dict] = lambda entry: {}
         self._loops: list[asyncio.Task] = []
         self._work: set[asyncio.Task] = set()
+        self.cache: dict[str, Instance] = {}
+        self.report_delay = 0.02  # seconds activity outcomes wait to share a transaction and message
+        self._outbox: dict[tuple[str, str], list] = {}
+        self.cache_size = 5000
         self._receipts: dict[str, str] = {}  # work-item id -> pop receipt after a lease renewal
 
     @property
@@ -86,15 +91,15 @@ class DurableEngine:
                  "CustomStatus": None, "CreatedTime": now, "LastUpdatedTime": now,
                  "ExecutionId": execution_id, "ActionCount": 0, "NextId": 0, "Episodes": 0,
                  **(parent or {})}
-        existing = await self.store.load_state(instance_id)
-        if existing is None:
-            if not await self.store.insert_new(instance_id, state):
-                raise InstanceExists(f"An orchestration instance with id {instance_id} already exists.")
-        else:
+        if not await self.store.insert_new(instance_id, state):
+            existing = await self.store.load_state(instance_id)
+            if existing is None:
+                raise InstanceExists(f"An orchestration instance with id {instance_id} is being purged.")
             if existing.status in ACTIVE:
                 raise InstanceExists(f"An orchestration instance with the status {existing.status} "
                                      f"already exists.")
             existing.state = state
+            self.cache.pop(instance_id, None)
             try:
                 await self.store.replace_state(existing)
             except ResourceModifiedError:
@@ -181,11 +186,19 @@ class DurableEngine:
     async def _process_instance(self, instance_id: str, group: list) -> None:
         lock = self.locks[instance_id]
         async with lock:
+            bodies = [body for _, body in group]
+            redelivered = any(message.dequeue_count > 1 for message, _ in group)
             try:
-                await self._apply(instance_id, [body for _, body in group])
+                try:
+                    await self._apply(instance_id, bodies, redelivered)
+                except (TableTransactionError, ResourceModifiedError):
+                    self.cache.pop(instance_id, None)  # changed elsewhere: reload and go again
+                    await self._apply(instance_id, bodies, redelivered)
             except asyncio.CancelledError:
+                self.cache.pop(instance_id, None)
                 raise
             except Exception:
+                self.cache.pop(instance_id, None)
                 log.exception("orchestration dispatch failed; its messages will be delivered again")
                 return
             for message, _ in group:
@@ -198,9 +211,9 @@ class DurableEngine:
         seen = {e.get("MessageKey") for e in instance.history}
         completed = {h.completion_id(e) for e in instance.history if h.completion_id(e) is not None}
         events = []
-        for body in bodies:
-            event = dict(body["Event"])
-            if body.get("ExecutionId") not in (None, instance.execution_id) or body["Key"] in seen:
+        for body, key, event in _events_of(bodies):
+            event = dict(event)
+            if body.get("ExecutionId") not in (None, instance.execution_id) or key in seen:
                 continue
             kind = event["EventType"]
             if kind == h.EXECUTION_STARTED and instance.history:
@@ -210,16 +223,17 @@ class DurableEngine:
                 if task_id in completed:
                     continue
                 completed.add(task_id)
-            seen.add(body["Key"])
-            event["MessageKey"] = body["Key"]
+            seen.add(key)
+            event["MessageKey"] = key
             events.append(event)
         events.sort(key=lambda e: e["EventType"] != h.EXECUTION_STARTED)
         return events
 
-    async def _apply(self, instance_id: str, bodies: list[dict]) -> None:
-        instance = await self.store.load(instance_id)
+    async def _apply(self, instance_id: str, bodies: list[dict], redelivered: bool = False) -> None:
+        instance = self.cache.get(instance_id) or await self.store.load(instance_id)
         if instance is None:
             return  # purged or never created
+        instance.redelivered = redelivered
         events = self._new_events(instance, bodies)
         if not events or instance.status in TERMINAL:
             return
@@ -244,6 +258,16 @@ class DurableEngine:
             await send()
         reset = first_episode or instance.state.get("Episodes", 0) == 0
         await self.store.commit(instance, new_history, reset_history=reset)
+        self._remember(instance)
+
+    def _remember(self, instance: Instance) -> None:
+        """Keep a running instance's state and history in memory (the commit's ETag guards
+        against anyone else having changed it meanwhile), saving a query per episode."""
+        if instance.status in TERMINAL:
+            return
+        self.cache[instance.instance_id] = instance
+        while len(self.cache) > self.cache_size:
+            self.cache.pop(next(iter(self.cache)))
 
     @staticmethod
     def _is_retry_event(history: list[dict], event: dict) -> bool:
@@ -337,7 +361,9 @@ class DurableEngine:
         if kind in (h.CALL_ACTIVITY, h.CALL_ACTIVITY_WITH_RETRY):
             item = {"InstanceId": instance_id, "ExecutionId": execution_id, "TaskId": task_id,
                     "Name": action["functionName"], "Input": action.get("input"),
-                    "Key": f"{instance_id}:{execution_id}:{task_id}"}
+                    "Key": f"{instance_id}:{execution_id}:{task_id}",
+                    # sent again after a crash? then the worker checks for a recorded outcome first
+                    "MayRepeat": instance.redelivered}
             outbound.append(lambda: self.store.send_workitem(item))
             return h.event(h.TASK_SCHEDULED, task_id, Name=action["functionName"], Input=action.get("input"),
                            RetryOptions=retry, Action=action, Attempt=attempt)
@@ -443,21 +469,61 @@ class DurableEngine:
             return
         record_key = f"{execution_id}-{task_id:06d}"
         try:
-            outcome = await self.store.completed_activity(instance_id, record_key)
-            if outcome is None:
+            outcome = None
+            if message.dequeue_count > 1 or item.get("MayRepeat"):  # first deliveries cannot be recorded yet
+                outcome = await self.store.completed_activity(instance_id, record_key)
+            fresh = outcome is None
+            if fresh:
                 renewal = asyncio.create_task(self._keep_leased(message))
                 try:
                     outcome = await self._execute_activity(item)
                 finally:
                     renewal.cancel()
-                outcome = await self.store.record_activity(instance_id, record_key, outcome)
-            await self.store.send_control({"InstanceId": instance_id, "ExecutionId": execution_id,
-                                           "Event": outcome, "Key": f"{item['Key']}:done"})
+            await self._report(instance_id, execution_id, record_key, outcome, f"{item['Key']}:done", fresh)
             await self.store.workitems.delete_message(message.id, self._receipts.pop(message.id, message.pop_receipt))
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("activity dispatch failed; the work item will be delivered again")
+
+    async def _report(self, instance_id: str, execution_id: str, record_key: str, outcome: dict, key: str,
+                      fresh: bool) -> None:
+        """Record the outcome, then tell the orchestrator. Outcomes of one instance finishing
+        within a few milliseconds share one table transaction and one control message."""
+        batch_key = (instance_id, execution_id)
+        pending = self._outbox.get(batch_key)
+        if pending is None:
+            pending = self._outbox[batch_key] = []
+            asyncio.get_running_loop().call_later(self.report_delay, self._spawn_flush, batch_key)
+        done = asyncio.get_running_loop().create_future()
+        pending.append((record_key, outcome, key, fresh, done))
+        await done
+
+    def _spawn_flush(self, batch_key) -> None:
+        task = asyncio.create_task(self._flush(batch_key))
+        self._work.add(task)
+        task.add_done_callback(self._work.discard)
+
+    async def _flush(self, batch_key) -> None:
+        instance_id, execution_id = batch_key
+        pending = self._outbox.pop(batch_key, [])
+        try:
+            recorded = await self.store.record_activities(
+                instance_id, [(record_key, outcome) for record_key, outcome, _, fresh, _ in pending if fresh])
+            events = [{"Key": key, "Event": recorded.get(record_key, outcome)}
+                      for record_key, outcome, key, _, _ in pending]
+            await self.store.send_control({"InstanceId": instance_id, "ExecutionId": execution_id,
+                                           "Events": events, "Key": events[0]["Key"]})
+        except BaseException as failure:
+            for *_, done in pending:
+                if not done.done():
+                    done.set_exception(failure if isinstance(failure, Exception) else RuntimeError("stopped"))
+            if not isinstance(failure, Exception):
+                raise
+            return
+        for *_, done in pending:
+            if not done.done():
+                done.set_result(None)
 
     async def _keep_leased(self, message) -> None:
         """Extend the work item's invisibility while a long activity runs."""
@@ -487,3 +553,13 @@ class DurableEngine:
                            Details=type(failure).__name__)
         encoded = converter.encode(result, expected_type=None)
         return h.event(h.TASK_COMPLETED, TaskScheduledId=task_id, Result=encoded.value)
+
+
+def _events_of(bodies: list[dict]):
+    """(message, dedup key, event) for single-event and batched control messages."""
+    for body in bodies:
+        if "Events" in body:
+            for item in body["Events"]:
+                yield body, item["Key"], item["Event"]
+        else:
+            yield body, body["Key"], body["Event"]

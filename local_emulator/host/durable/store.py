@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.data.tables import TableTransactionError
 from azure.data.tables.aio import TableClient
 from azure.storage.queue.aio import QueueClient
 
@@ -29,6 +30,7 @@ class Instance:
     etag: str | None = None
     history: list[dict] = field(default_factory=list)
     history_rows: list[str] = field(default_factory=list)
+    redelivered: bool = False  # being rebuilt from messages a previous attempt may have handled
 
     @property
     def status(self) -> str:
@@ -116,10 +118,11 @@ class TaskHubStore:
             ops.append(("upsert", {"PartitionKey": instance.instance_id, "RowKey": row_key,
                                    "Events": json.dumps(new_events)}, {"mode": "replace"}))
             instance.history_rows.append(row_key)
+        state_at = len(ops) - (2 if new_events else 1)
         for start in range(0, len(ops), 99):  # entity-group transactions hold at most 100
-            await self.instances.submit_transaction(ops[start:start + 99])
-        refreshed = await self.instances.get_entity(instance.instance_id, STATE_ROW)
-        instance.etag = refreshed.metadata["etag"]
+            results = await self.instances.submit_transaction(ops[start:start + 99])
+            if start <= state_at < start + 99:
+                instance.etag = results[state_at - start]["etag"]
 
     async def replace_state(self, instance: Instance) -> None:
         entity = _pack_state(instance.instance_id, instance.state)
@@ -157,6 +160,18 @@ class TaskHubStore:
             return event
         except ResourceExistsError:
             return await self.completed_activity(instance_id, key)
+
+    async def record_activities(self, instance_id: str, outcomes: list[tuple[str, dict]]) -> dict[str, dict]:
+        """Record several outcomes in one transaction; any already recorded keeps its first one."""
+        if not outcomes:
+            return {}
+        operations = [("create", {"PartitionKey": instance_id, "RowKey": key, "Event": json.dumps(event)})
+                      for key, event in outcomes]
+        try:
+            await self.activities.submit_transaction(operations)
+            return dict(outcomes)
+        except TableTransactionError:
+            return {key: await self.record_activity(instance_id, key, event) for key, event in outcomes}
 
     # queues -----------------------------------------------------------------------------
     async def send_control(self, message: dict, delay_seconds: int = 0) -> None:

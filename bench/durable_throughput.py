@@ -1,0 +1,111 @@
+"""Durable throughput of the local host: N orchestrations, each fanning out to 10 trivial
+activities, started through the app's HTTP starter (client.start_new) on Azurite.
+Prints orchestrations/s, activities/s and p50/p95 start-to-completion latency (host
+timestamps: createdTime -> lastUpdatedTime of the completed instance) for N=50 and N=200;
+the last line is one JSON object with those figures."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from local_emulator.azurite import Azurite  # noqa: E402
+
+APP_DIR = ROOT / "local_emulator" / "demo_app"
+FAN_OUT = 10
+RUNS = tuple(int(n) for n in os.environ.get("BENCH_RUNS", "50,200").split(","))
+
+
+def start_host(connection: str, key: str, system_key: str) -> tuple[subprocess.Popen, str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "AzureWebJobsStorage": connection, "CCR_FUNCTION_KEY": key,
+           "CCR_DURABLE_SYSTEM_KEY": system_key, "CCR_TASK_HUB": "bench" + secrets.token_hex(4),
+           "CCR_LOG_LEVEL": "WARNING"}
+    process = subprocess.Popen([sys.executable, "-m", "local_emulator", "host", "--app-dir", str(APP_DIR),
+                                "--port", "0"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    for line in process.stdout:
+        found = re.match(r"Host listening on (\S+)", line)
+        if found:
+            return process, found.group(1)
+    raise RuntimeError("host did not start")
+
+
+def parse(moment: str) -> datetime:
+    return datetime.fromisoformat(moment.replace("Z", "+00:00"))
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+def run(url: str, key: str, system_key: str, n: int) -> dict:
+    cities = [f"city-{i}" for i in range(FAN_OUT)]
+
+    def start_one(_):
+        response = requests.post(f"{url}/api/orchestrators/hello_sequence", params={"code": key},
+                                 json=cities, timeout=60)
+        response.raise_for_status()
+        return response.json()["id"]
+
+    began = time.perf_counter()
+    with ThreadPoolExecutor(16) as pool:
+        ids = set(pool.map(start_one, range(n)))
+    started = time.perf_counter() - began
+    done: dict[str, dict] = {}
+    deadline = time.monotonic() + 600
+    while len(done) < n and time.monotonic() < deadline:
+        listing = requests.get(f"{url}/runtime/webhooks/durabletask/instances",
+                               params={"code": system_key, "runtimeStatus": "Completed,Failed"}, timeout=60).json()
+        done = {s["instanceId"]: s for s in listing if s["instanceId"] in ids}
+        if len(done) < n:
+            time.sleep(0.2)
+    elapsed = time.perf_counter() - began
+    failed = [s for s in done.values() if s["runtimeStatus"] != "Completed" or len(s["output"]) != FAN_OUT]
+    if len(done) < n or failed:
+        raise RuntimeError(f"N={n}: {len(done)} finished, {len(failed)} failed or wrong")
+    latencies = [(parse(s["lastUpdatedTime"]) - parse(s["createdTime"])).total_seconds() for s in done.values()]
+    figures = {"n": n, "activities": n * FAN_OUT, "seconds": round(elapsed, 2),
+               "start_seconds": round(started, 2),
+               "orchestrations_per_s": round(n / elapsed, 2),
+               "activities_per_s": round(n * FAN_OUT / elapsed, 1),
+               "p50_latency_s": round(statistics.median(latencies), 3),
+               "p95_latency_s": round(percentile(latencies, 0.95), 3)}
+    print(f"N={n:>4} x {FAN_OUT} activities: {figures['seconds']} s, "
+          f"{figures['orchestrations_per_s']} orchestrations/s, {figures['activities_per_s']} activities/s, "
+          f"latency p50 {figures['p50_latency_s']} s, p95 {figures['p95_latency_s']} s", flush=True)
+    return figures
+
+
+def main() -> None:
+    key, system_key = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    with tempfile.TemporaryDirectory(prefix="bench-azurite-") as folder:
+        azurite = Azurite(Path(folder)).start()
+        host = None
+        try:
+            host, url = start_host(azurite.connection_string, key, system_key)
+            results = {f"n{n}": run(url, key, system_key, n) for n in RUNS}
+        finally:
+            if host is not None:
+                os.killpg(host.pid, signal.SIGTERM)
+                host.wait(30)
+            azurite.stop()
+    print(json.dumps({"benchmark": "durable_throughput", "fan_out": FAN_OUT, **results}))
+
+
+if __name__ == "__main__":
+    main()
