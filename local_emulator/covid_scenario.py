@@ -38,29 +38,44 @@ class CommandFailed(RuntimeError):
 
 
 class TdcInbox:
-    """The TDC's own webhook endpoint: records the notifications our system sends it."""
+    """The TDC's own endpoints: `/notify` records the webhook notices our system sends,
+    `/events` is its Event Grid subscription (validation handshake, then event batches)."""
 
     def __init__(self):
         self.notices: list[dict] = []
         self.received_at: list[datetime] = []
+        self.events: list[dict] = []
         inbox = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 try:
-                    inbox.notices.append(json.loads(body))
-                    inbox.received_at.append(datetime.now(timezone.utc))
-                    self.send_response(200)
+                    document = json.loads(body)
                 except ValueError:
-                    self.send_response(400)
+                    return self._answer(400)
+                if self.path == "/events":
+                    if self.headers.get("aeg-event-type") == "SubscriptionValidation":
+                        return self._answer(200, {"validationResponse": document[0]["data"]["validationCode"]})
+                    inbox.events.extend(document)
+                else:
+                    inbox.notices.append(document)
+                    inbox.received_at.append(datetime.now(timezone.utc))
+                self._answer(200)
+
+            def _answer(self, status: int, body: dict | None = None):
+                data = json.dumps(body).encode() if body is not None else b""
+                self.send_response(status)
+                self.send_header("content-length", str(len(data)))
                 self.end_headers()
+                self.wfile.write(data)
 
             def log_message(self, *args):
                 pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/notify"
+        base = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self.url, self.events_url = f"{base}/notify", f"{base}/events"
 
     def start(self) -> "TdcInbox":
         threading.Thread(target=self._server.serve_forever, daemon=True).start()

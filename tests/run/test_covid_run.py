@@ -8,12 +8,14 @@ import onnxruntime
 import numpy as np
 
 from local_emulator.stack import wait_for
+from shared import events
 from shared.run_records import run_id_for
 from tests.run.conftest import groups_created, remaining_groups, run_record
 
 
 def test_covid_run_survives_a_host_crash_and_delivers_the_model(stack, scenario_factory):
     scenario = scenario_factory()
+    stack.subscribe(f"tdc-{scenario.contract_id}", scenario.inbox.events_url, [events.RUN_FINISHED])
     scenario.publish_inputs()
     scenario.create_identities()
     scenario.sign_and_submit(scenario.write_contract())
@@ -48,3 +50,7 @@ def test_covid_run_survives_a_host_crash_and_delivers_the_model(stack, scenario_
     assert groups_created(stack, scenario.contract_id) == 1
     assert remaining_groups(stack) == []
     assert len(scenario.inbox.notices) == 1
+    finished = wait_for(lambda: [e for e in scenario.inbox.events if e["subject"] == f"runs/{run_id}"], 30,
+                        what="the CCR.Run.Finished event")
+    assert finished[0]["eventType"] == events.RUN_FINISHED and finished[0]["data"]["status"] == "succeeded"
+    assert finished[0]["data"]["output_blob"] == notice["output_blob"]
