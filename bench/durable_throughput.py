@@ -14,6 +14,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -40,8 +41,15 @@ def start_host(connection: str, key: str, system_key: str) -> tuple[subprocess.P
     for line in process.stdout:
         found = re.match(r"Host listening on (\S+)", line)
         if found:
+            threading.Thread(target=_drain, args=(process.stdout,), daemon=True).start()
             return process, found.group(1)
     raise RuntimeError("host did not start")
+
+
+def _drain(stream) -> None:
+    """Keep reading the host's output so it never blocks on a full pipe; show warnings."""
+    for line in stream:
+        print("host:", line, end="", file=sys.stderr)
 
 
 def parse(moment: str) -> datetime:
@@ -73,7 +81,7 @@ def run(url: str, key: str, system_key: str, n: int) -> dict:
                                params={"code": system_key, "runtimeStatus": "Completed,Failed"}, timeout=60).json()
         done = {s["instanceId"]: s for s in listing if s["instanceId"] in ids}
         if len(done) < n:
-            time.sleep(0.2)
+            time.sleep(0.25)
     elapsed = time.perf_counter() - began
     failed = [s for s in done.values() if s["runtimeStatus"] != "Completed" or len(s["output"]) != FAN_OUT]
     if len(done) < n or failed:

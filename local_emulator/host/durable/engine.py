@@ -58,7 +58,7 @@ class DurableEngine:
         self._loops: list[asyncio.Task] = []
         self._work: set[asyncio.Task] = set()
         self.cache: dict[str, Instance] = {}
-        self.report_delay = 0.02  # seconds activity outcomes wait to share a transaction and message
+        self.report_delay = 0.05  # seconds activity outcomes wait to share a transaction and message
         self._outbox: dict[tuple[str, str], list] = {}
         self.cache_size = 5000
         self._receipts: dict[str, str] = {}  # work-item id -> pop receipt after a lease renewal
