@@ -103,3 +103,14 @@ def test_eventgrid_and_cloudevents_bodies_invoke_once_per_event(host, record_dir
     unknown = requests.post(eventgrid_url(host), params={**params, "functionName": "nope"}, json=batch, timeout=10)
     assert unknown.status_code == 404
     assert len(records(record_dir, "eventgrid")) == 3
+
+
+def test_a_blob_trigger_can_start_an_orchestration_with_its_durable_client(blob_host, record_dir, container):
+    container.upload_blob("start-job", b"go")
+    wait_until(lambda: len(records(record_dir, "work", "start-job")) == 2, 30, message="orchestration ran")
+    status_url = (f"{blob_host.url}/runtime/webhooks/durabletask/instances/"
+                  f"blob-{container.container_name}-start-job")
+    done = wait_until(lambda: (lambda s: s if s["runtimeStatus"] == "Completed" else None)(
+        requests.get(status_url, params={"code": blob_host.system_key}, timeout=10).json()), 30,
+        message="orchestration completed")
+    assert done["output"] == 10 and done["name"] == "fan_out"

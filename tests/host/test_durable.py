@@ -131,7 +131,20 @@ def test_starting_a_running_instance_id_does_not_start_a_second_run(host, record
     assert sorted(records(record_dir, "work", "second")) == ["second:0", "second:1"]
 
 
-def test_unknown_orchestrator_is_a_clear_error(host):
-    response = requests.post(f"{host.url}/runtime/webhooks/durabletask/orchestrators/nope",
-                             params={"code": host.system_key}, json=1, timeout=10)
+def instance_ids(host) -> set[str]:
+    listing = requests.get(f"{host.url}/runtime/webhooks/durabletask/instances",
+                           params={"code": host.system_key}, timeout=10).json()
+    return {item["instanceId"] for item in listing}
+
+
+def test_unknown_orchestrator_or_bad_input_is_a_clear_error_and_starts_nothing(host):
+    before = instance_ids(host)
+    base = f"{host.url}/runtime/webhooks/durabletask/orchestrators"
+    response = requests.post(f"{base}/nope/id-nope", params={"code": host.system_key}, json=1, timeout=10)
     assert response.status_code == 400 and "nope" in response.json()["ExceptionMessage"]
+    garbled = requests.post(f"{base}/fan_out/id-garbled", params={"code": host.system_key}, data=b"{not json",
+                            timeout=10)
+    assert garbled.status_code == 400 and "not JSON" in garbled.text
+    unauthenticated = requests.post(f"{base}/fan_out/id-nokey", json={"n": 1}, timeout=10)
+    assert unauthenticated.status_code == 401
+    assert instance_ids(host) == before

@@ -185,10 +185,14 @@ def double(x: int) -> int:
 
 # Blob and Event Grid triggers ------------------------------------------------------------
 @app.blob_trigger(arg_name="blob", path=BLOB_CONTAINER + "/{name}", connection="AzureWebJobsStorage")
-def on_blob(blob: func.InputStream):
+@app.durable_client_input(client_name="client")
+async def on_blob(blob: func.InputStream, client: df.DurableOrchestrationClient):
     record("blob", f"{blob.name}:{blob.length}:{len(blob.read())}")
-    if blob.name.split("/", 1)[1].startswith("poison"):
+    name = blob.name.split("/", 1)[1]
+    if name.startswith("poison"):
         raise ValueError("this blob always fails")
+    if name.startswith("start-"):  # a blob arrival starting an orchestration, as the real app does
+        await client.start_new("fan_out", "blob-" + blob.name.replace("/", "-"), {"n": 2, "tag": name})
 
 
 @app.event_grid_trigger(arg_name="event")
