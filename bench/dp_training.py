@@ -15,7 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the fixtures live in tests/, not installed
 from shared.pipeline import TrainingConfig
-from tests.fixtures.covid_model import N_FEATURES, covid_mlp, covid_training_config
+from local_emulator.covid_reference import N_FEATURES, covid_mlp, covid_training_config
 from trainer_container.dp_sgd import PrivateStep, plan_privacy
 from trainer_container.training import (loss_function, make_optimizer, private_epoch,
                                         train_non_private_epoch)

@@ -4,9 +4,13 @@ three providers' tables. Used by tests and the demo."""
 from __future__ import annotations
 
 import io
+import os
+from pathlib import Path
 
 import torch
 from torch import nn
+
+from shared.settings import PROJECT_ROOT
 
 FEATURES = {  # provider -> selected columns (the join key is never a feature)
     "icmr": ["a_icmr_test_result", "a_test_ct_value", "a_sample_genetic_sequenced", "a_sample_genetic_strain"],
@@ -15,6 +19,7 @@ FEATURES = {  # provider -> selected columns (the join key is never a feature)
 }
 TARGET = "a_icmr_test_result"
 RAW_JOIN_KEYS = {"icmr": "icmr_patient_mobilenumber", "cowin": "cowin_registered_mobile", "index": "pcnumber"}
+COVID_DATA = Path(os.environ.get("CCR_COVID_DATA", PROJECT_ROOT.parent / "shared" / "data" / "covid"))
 RAW_FILES = {"icmr": "poc_data_icmr_data.csv", "cowin": "poc_data_cowin_data.csv",
              "index": "poc_data_statewarroom_data.csv"}
 N_FEATURES = sum(len(c) for c in FEATURES.values()) - 1
@@ -58,8 +63,6 @@ DEID_JOIN_KEYS = {name: "pseudonym" for name in RAW_FILES}  # configs/covid/*.js
 def deidentified_covid(out_dir, pseudonym_key: bytes) -> dict:
     """The three providers' tables as they publish them: prepared by shared.deid with
     configs/covid/<name>.json (keyed-HMAC pseudonym join key, identifiers dropped)."""
-    from pathlib import Path
-
     from shared import deid
 
     root = Path(__file__).resolve().parents[2]
@@ -67,5 +70,5 @@ def deidentified_covid(out_dir, pseudonym_key: bytes) -> dict:
     for name, file in RAW_FILES.items():
         config = deid.load_config(root / "configs" / "covid" / f"{name}.json")
         paths[name] = Path(out_dir) / f"{name}.csv"
-        deid.prepare_csv(config, Path("/work/shared/data/covid") / file, paths[name], pseudonym_key)
+        deid.prepare_csv(config, COVID_DATA / file, paths[name], pseudonym_key)
     return paths

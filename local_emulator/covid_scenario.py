@@ -19,18 +19,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from ccr.cli import main as ccr_main
+from local_emulator import covid_reference
 from local_emulator.images import build_image
 from local_emulator.stack import Stack, wait_for
 from shared import azure_clients
 from shared.settings import PROJECT_ROOT
 
-PROVIDERS = {"icmr": "poc_data_icmr_data.csv", "cowin": "poc_data_cowin_data.csv",
-             "index": "poc_data_statewarroom_data.csv"}
+PROVIDERS = covid_reference.RAW_FILES
 CONFIGS = PROJECT_ROOT / "configs" / "covid"
-
-
-def data_dir() -> Path:
-    return Path(os.environ.get("CCR_COVID_DATA", PROJECT_ROOT.parent / "shared" / "data" / "covid"))
 
 
 class CommandFailed(RuntimeError):
@@ -133,16 +129,15 @@ class CovidScenario:
             self.ccr("tdp", "pseudonym-key", "--output", str(key_file))
         for name, raw in PROVIDERS.items():
             prepared = self.workdir / f"{name}.prepared.csv"
-            self.ccr("tdp", "prepare", "--config", str(CONFIGS / f"{name}.json"), "--input", str(data_dir() / raw),
+            self.ccr("tdp", "prepare", "--config", str(CONFIGS / f"{name}.json"), "--input", str(covid_reference.COVID_DATA / raw),
                      "--output", str(prepared), "--pseudonym-key-file", str(key_file))
             self.published[name] = self.ccr("tdp", "publish", "--input", str(prepared), "--contract-id",
                                             self.contract_id, "--dataset", name, "--trainer-image", self.trainer_image)
 
     def publish_model(self) -> None:
-        from local_emulator.covid_reference import covid_onnx, covid_training_config
         model, training = self.workdir / "model.onnx", self.workdir / "training.json"
-        model.write_bytes(covid_onnx())
-        training.write_text(json.dumps(covid_training_config(epsilon=self.epsilon, **self.training_overrides)))
+        model.write_bytes(covid_reference.covid_onnx())
+        training.write_text(json.dumps(covid_reference.covid_training_config(epsilon=self.epsilon, **self.training_overrides)))
         self.model = self.ccr("tdc", "publish-model", "--model", str(model), "--training", str(training),
                               "--contract-id", self.contract_id, "--trainer-image", self.trainer_image,
                               "--keys-dir", str(self.workdir / "tdc-keys"))
@@ -153,9 +148,8 @@ class CovidScenario:
             self.identities[party] = self.ccr("identity", "new", "--name", name, "--dir", str(self.workdir / "ids"))
 
     def write_contract(self) -> Path:
-        from local_emulator.covid_reference import covid_join_spec
         join = self.workdir / "join.json"
-        join.write_text(json.dumps(covid_join_spec({name: "pseudonym" for name in PROVIDERS})))
+        join.write_text(json.dumps(covid_reference.covid_join_spec({name: "pseudonym" for name in PROVIDERS})))
         payload = self.workdir / "contract.json"
         datasets = [f"did={self.identities[n]['did']},name={n},sha256={p['sha256']},key_kid={p['key_kid']},"
                     f"epsilon={self.epsilon}" for n, p in self.published.items()]

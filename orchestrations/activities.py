@@ -7,8 +7,6 @@ import logging
 import azure.durable_functions as df
 
 from orchestrations import run_steps
-
-from orchestrations import run_steps
 from shared import azure_clients
 from shared.run_records import RunRecords
 

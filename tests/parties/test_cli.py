@@ -22,11 +22,11 @@ from shared import azure_clients, package, storage_names
 from shared.container_group import trainer_hostdata
 from shared.credentials import StaticTokenCredential
 from shared.release_policy import build_release_policy
-from tests.fixtures import covid_model
+from local_emulator import covid_reference as covid_model
 from tests.parties.conftest import MAA_URL
 
 ROOT = Path(__file__).resolve().parents[2]
-COVID = Path("/work/shared/data/covid")
+COVID = covid_model.COVID_DATA
 IMAGE = "ccr-trainer@sha256:" + "ab" * 32
 HOSTDATA = "cd" * 32
 

@@ -14,10 +14,10 @@ import pytest
 from shared import deid
 from shared.deid import DeidError
 from shared.pipeline import JoinSpec
-from tests.fixtures import covid_model
+from local_emulator import covid_reference as covid_model
 from trainer_container.join import join_datasets
 
-COVID = Path("/work/shared/data/covid")
+COVID = covid_model.COVID_DATA
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "covid"
 KEY = bytes.fromhex("a1" * 32)
 IDENTIFIERS = {  # provider -> raw columns holding direct identifiers

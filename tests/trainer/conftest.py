@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 
 from shared.pipeline import JoinSpec
-from tests.fixtures import covid_model
+from local_emulator import covid_reference as covid_model
 from tests.trainer.harness import EVENT_KEY, Azurite, EventGridTopic
 
-COVID_DATA = Path("/work/shared/data/covid")
+COVID_DATA = covid_model.COVID_DATA
 
 
 @pytest.fixture(scope="session")

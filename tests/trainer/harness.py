@@ -24,7 +24,7 @@ from azure.storage.blob import BlobServiceClient
 
 from shared import package, storage_names
 from shared.settings import PROJECT_ROOT
-from tests.fixtures import covid_model
+from local_emulator import covid_reference as covid_model
 
 EVENT_KEY = "topic-key-for-tests"
 AZURITE_ACCOUNT_KEY = ("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/"

@@ -2,7 +2,7 @@ import copy
 
 import pytest
 
-from tests.fixtures import covid_model
+from local_emulator import covid_reference as covid_model
 from trainer_container.contract_terms import ContractError, ContractTerms
 
 SHA = "ab" * 32

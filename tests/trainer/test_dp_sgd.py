@@ -5,7 +5,7 @@ from opacus.accountants import RDPAccountant
 from opacus.optimizers import DPOptimizer
 from torch import nn
 
-from tests.fixtures.covid_model import covid_mlp
+from local_emulator.covid_reference import covid_mlp
 from trainer_container.dp_sgd import PrivacyPlan, PrivateStep
 
 PLAN = PrivacyPlan(target_epsilon=1.0, delta=1e-5, noise_multiplier=0.9, max_grad_norm=0.7, sample_rate=0.05,

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from shared.pipeline import JoinSpec, PipelineConfigError, TrainingConfig
-from tests.fixtures import covid_model
+from local_emulator import covid_reference as covid_model
 from trainer_container.join import JoinError, join_datasets
 
 

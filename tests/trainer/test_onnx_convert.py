@@ -6,7 +6,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from tests.fixtures.covid_model import N_FEATURES, covid_mlp, covid_onnx
+from local_emulator.covid_reference import N_FEATURES, covid_mlp, covid_onnx
 from trainer_container.onnx_convert import ModelConversionError, load_model, onnx_to_torch
 
 

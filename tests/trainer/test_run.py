@@ -12,7 +12,7 @@ import onnxruntime
 import pandas as pd
 
 from shared import package, storage_names
-from tests.fixtures import covid_model
+from local_emulator import covid_reference as covid_model
 from tests.trainer.harness import KeyReleaseStandIn, Stage, environment, run_trainer_process
 from trainer_container import run as trainer_run
 
@@ -20,7 +20,7 @@ CONTRACT_ID = "covid-test"
 
 
 def raw_tables() -> dict[str, pd.DataFrame]:
-    return {name: pd.read_csv(f"/work/shared/data/covid/{file}") for name, file in covid_model.RAW_FILES.items()}
+    return {name: pd.read_csv(covid_model.COVID_DATA / file) for name, file in covid_model.RAW_FILES.items()}
 
 
 def run_in_process(monkeypatch, env) -> tuple[int, list[str]]:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from shared.pipeline import TrainingConfig
-from tests.fixtures import covid_model
+from local_emulator import covid_reference as covid_model
 from trainer_container.dp_sgd import plan_privacy, poisson_batch
 from trainer_container.export import ExportError, export_onnx, verify_onnx, with_standardization
 from trainer_container.features import split_and_scale

@@ -23,7 +23,7 @@ from shared.cce_policy import build_cce_policy, hostdata_of
 from shared.container_group import TRAINER_COMMAND, TRAINER_ENV_NAMES
 from shared.credentials import StaticTokenCredential
 from shared.release_policy import build_release_policy, policy_to_json
-from tests.fixtures import covid_model
+from local_emulator import covid_reference as covid_model
 from tests.trainer.harness import Stage, environment, run_trainer_process
 
 TRAINER_POLICY = build_cce_policy(f"ccr-trainer@sha256:{'a' * 64}", f"sha256:{'a' * 64}", TRAINER_COMMAND,
