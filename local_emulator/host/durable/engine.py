@@ -264,6 +264,7 @@ class DurableEngine:
         """Keep a running instance's state and history in memory (the commit's ETag guards
         against anyone else having changed it meanwhile), saving a query per episode."""
         if instance.status in TERMINAL:
+            self.cache.pop(instance.instance_id, None)
             return
         self.cache[instance.instance_id] = instance
         while len(self.cache) > self.cache_size:
