@@ -28,6 +28,7 @@ from azure.functions import meta
 
 from local_emulator.host.app_loader import FunctionEntry, FunctionIndex
 from local_emulator.host.durable import history as h
+from local_emulator.host.durable.activities import ActivityWorker
 from local_emulator.host.durable.store import ACTIVE, TERMINAL, Instance, TaskHubStore
 from local_emulator.host.invoker import Invoker
 
@@ -57,11 +58,10 @@ class DurableEngine:
         self.extra_inputs: Callable[[FunctionEntry], dict] = lambda entry: {}
         self._loops: list[asyncio.Task] = []
         self._work: set[asyncio.Task] = set()
+        self.activity_worker = ActivityWorker(store, self.activities, invoker, lease_seconds,
+                                              lambda entry: self.extra_inputs(entry), self._spawn)
         self.cache: dict[str, Instance] = {}
-        self.report_delay = 0.05  # seconds activity outcomes wait to share a transaction and message
-        self._outbox: dict[tuple[str, str], list] = {}
         self.cache_size = 5000
-        self._receipts: dict[str, str] = {}  # work-item id -> pop receipt after a lease renewal
 
     @property
     def enabled(self) -> bool:
@@ -180,7 +180,7 @@ class DurableEngine:
     async def _activity_batch(self, messages: list) -> None:
         for message in messages:
             await self.slots.acquire()
-            self._spawn(self._guarded(self._run_activity(message)))
+            self._spawn(self._guarded(self.activity_worker.run(message)))
 
     # orchestrations --------------------------------------------------------------------
     async def _process_instance(self, instance_id: str, group: list) -> None:
@@ -458,102 +458,6 @@ class DurableEngine:
         message = {"InstanceId": instance.instance_id, "ExecutionId": execution_id, "Event": started,
                    "Key": f"{instance.instance_id}:{old_execution}:continued"}
         outbound.append(lambda: self.store.send_control(message))
-
-    # activities ------------------------------------------------------------------------
-    async def _run_activity(self, message) -> None:
-        try:
-            item = json.loads(message.content)
-            instance_id, execution_id, task_id = item["InstanceId"], item["ExecutionId"], item["TaskId"]
-        except (ValueError, KeyError, TypeError):
-            log.warning("work-item queue: dropping a malformed message")
-            await self.store.workitems.delete_message(message)
-            return
-        record_key = f"{execution_id}-{task_id:06d}"
-        try:
-            outcome = None
-            if message.dequeue_count > 1 or item.get("MayRepeat"):  # first deliveries cannot be recorded yet
-                outcome = await self.store.completed_activity(instance_id, record_key)
-            fresh = outcome is None
-            if fresh:
-                renewal = asyncio.create_task(self._keep_leased(message))
-                try:
-                    outcome = await self._execute_activity(item)
-                finally:
-                    renewal.cancel()
-            await self._report(instance_id, execution_id, record_key, outcome, f"{item['Key']}:done", fresh)
-            await self.store.workitems.delete_message(message.id, self._receipts.pop(message.id, message.pop_receipt))
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("activity dispatch failed; the work item will be delivered again")
-
-    async def _report(self, instance_id: str, execution_id: str, record_key: str, outcome: dict, key: str,
-                      fresh: bool) -> None:
-        """Record the outcome, then tell the orchestrator. Outcomes of one instance finishing
-        within a few milliseconds share one table transaction and one control message."""
-        batch_key = (instance_id, execution_id)
-        pending = self._outbox.get(batch_key)
-        if pending is None:
-            pending = self._outbox[batch_key] = []
-            asyncio.get_running_loop().call_later(self.report_delay, self._spawn_flush, batch_key)
-        done = asyncio.get_running_loop().create_future()
-        pending.append((record_key, outcome, key, fresh, done))
-        await done
-
-    def _spawn_flush(self, batch_key) -> None:
-        task = asyncio.create_task(self._flush(batch_key))
-        self._work.add(task)
-        task.add_done_callback(self._work.discard)
-
-    async def _flush(self, batch_key) -> None:
-        instance_id, execution_id = batch_key
-        pending = self._outbox.pop(batch_key, [])
-        try:
-            recorded = await self.store.record_activities(
-                instance_id, [(record_key, outcome) for record_key, outcome, _, fresh, _ in pending if fresh])
-            events = [{"Key": key, "Event": recorded.get(record_key, outcome)}
-                      for record_key, outcome, key, _, _ in pending]
-            await self.store.send_control({"InstanceId": instance_id, "ExecutionId": execution_id,
-                                           "Events": events, "Key": events[0]["Key"]})
-        except BaseException as failure:
-            for *_, done in pending:
-                if not done.done():
-                    done.set_exception(failure if isinstance(failure, Exception) else RuntimeError("stopped"))
-            if not isinstance(failure, Exception):
-                raise
-            return
-        for *_, done in pending:
-            if not done.done():
-                done.set_result(None)
-
-    async def _keep_leased(self, message) -> None:
-        """Extend the work item's invisibility while a long activity runs."""
-        receipt = message.pop_receipt
-        while True:
-            await asyncio.sleep(max(1.0, self.lease_seconds / 3))
-            updated = await self.store.workitems.update_message(
-                message.id, receipt, visibility_timeout=self.lease_seconds)
-            receipt = updated.pop_receipt
-            self._receipts[message.id] = receipt
-
-    async def _execute_activity(self, item: dict) -> dict:
-        task_id = item["TaskId"]
-        entry = self.activities.get(item["Name"])
-        if entry is None:
-            return h.event(h.TASK_FAILED, TaskScheduledId=task_id,
-                           Reason=f"The activity function '{item['Name']}' doesn't exist.", Details="")
-        converter = meta.get_binding_registry().get("activityTrigger")
-        raw = item.get("Input")
-        argument = None if raw is None else converter.decode(meta.Datum(raw, "json"), trigger_metadata={})
-        kwargs = {entry.trigger["name"]: argument, **self.extra_inputs(entry)}
-        try:
-            result = await self.invoker.invoke(entry, kwargs)
-        except Exception as failure:
-            return h.event(h.TASK_FAILED, TaskScheduledId=task_id,
-                           Reason=f"Activity function '{item['Name']}' failed: {failure}",
-                           Details=type(failure).__name__)
-        encoded = converter.encode(result, expected_type=None)
-        return h.event(h.TASK_COMPLETED, TaskScheduledId=task_id, Result=encoded.value)
 
 
 def _events_of(bodies: list[dict]):
