@@ -33,31 +33,38 @@ class ActivityWorker:
         self._receipts: dict[str, str] = {}  # work-item id -> pop receipt after a lease renewal
 
     async def run(self, message) -> None:
+        """One work-item message: the activities one orchestrator episode scheduled."""
         try:
-            item = json.loads(message.content)
-            instance_id, execution_id, task_id = item["InstanceId"], item["ExecutionId"], item["TaskId"]
+            body = json.loads(message.content)
+            items = body["Items"]
+            keys = [(item["InstanceId"], item["ExecutionId"], int(item["TaskId"])) for item in items]
         except (ValueError, KeyError, TypeError):
             log.warning("work-item queue: dropping a malformed message")
             await self.store.workitems.delete_message(message)
             return
-        record_key = f"{execution_id}-{task_id:06d}"
+        renewal = asyncio.create_task(self._keep_leased(message))
         try:
-            outcome = None
-            if message.dequeue_count > 1 or item.get("MayRepeat"):  # first deliveries cannot be recorded yet
-                outcome = await self.store.completed_activity(instance_id, record_key)
-            fresh = outcome is None
-            if fresh:
-                renewal = asyncio.create_task(self._keep_leased(message))
-                try:
-                    outcome = await self._execute_activity(item)
-                finally:
-                    renewal.cancel()
-            await self._report(instance_id, execution_id, record_key, outcome, f"{item['Key']}:done", fresh)
+            # a first delivery of a message sent once cannot have recorded outcomes yet
+            check = message.dequeue_count > 1 or body.get("MayRepeat", False)
+            await asyncio.gather(*(self._run_item(item, key, check) for item, key in zip(items, keys)))
+            renewal.cancel()
             await self.store.workitems.delete_message(message.id, self._receipts.pop(message.id, message.pop_receipt))
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("activity dispatch failed; the work item will be delivered again")
+        finally:
+            renewal.cancel()
+            self._receipts.pop(message.id, None)
+
+    async def _run_item(self, item: dict, key: tuple[str, str, int], check: bool) -> None:
+        instance_id, execution_id, task_id = key
+        record_key = f"{execution_id}-{task_id:06d}"
+        outcome = await self.store.completed_activity(instance_id, record_key) if check else None
+        fresh = outcome is None
+        if fresh:
+            outcome = await self._execute_activity(item)
+        await self._report(instance_id, execution_id, record_key, outcome, f"{item['Key']}:done", fresh)
 
     async def _report(self, instance_id: str, execution_id: str, record_key: str, outcome: dict, key: str,
                       fresh: bool) -> None:

@@ -254,11 +254,30 @@ class DurableEngine:
             for batch in batches:
                 if await self._episode(instance, batch, new_history, outbound):
                     break
+        for message in self._work_item_messages(instance):
+            outbound.append(lambda message=message: self.store.send_workitem(message))
         for send in outbound:
             await send()
         reset = first_episode or instance.state.get("Episodes", 0) == 0
         await self.store.commit(instance, new_history, reset_history=reset)
         self._remember(instance)
+
+    @staticmethod
+    def _work_item_messages(instance: Instance, limit: int = 48 * 1024) -> list[dict]:
+        """The episode's activities in as few work-item messages as fit a queue message
+        (64 KiB); `MayRepeat` when rebuilt from redelivered events, as they may be sent twice."""
+        messages, items, size = [], [], 0
+        for item in instance.work_items:
+            item_size = len(json.dumps(item))
+            if items and size + item_size > limit:
+                messages.append(items)
+                items, size = [], 0
+            items.append(item)
+            size += item_size
+        if items:
+            messages.append(items)
+        instance.work_items = []
+        return [{"Items": chunk, "MayRepeat": instance.redelivered} for chunk in messages]
 
     def _remember(self, instance: Instance) -> None:
         """Keep a running instance's state and history in memory (the commit's ETag guards
@@ -360,12 +379,9 @@ class DurableEngine:
         instance_id, execution_id = instance.instance_id, instance.execution_id
         retry = action.get("retryOptions")
         if kind in (h.CALL_ACTIVITY, h.CALL_ACTIVITY_WITH_RETRY):
-            item = {"InstanceId": instance_id, "ExecutionId": execution_id, "TaskId": task_id,
-                    "Name": action["functionName"], "Input": action.get("input"),
-                    "Key": f"{instance_id}:{execution_id}:{task_id}",
-                    # sent again after a crash? then the worker checks for a recorded outcome first
-                    "MayRepeat": instance.redelivered}
-            outbound.append(lambda: self.store.send_workitem(item))
+            instance.work_items.append({"InstanceId": instance_id, "ExecutionId": execution_id, "TaskId": task_id,
+                                        "Name": action["functionName"], "Input": action.get("input"),
+                                        "Key": f"{instance_id}:{execution_id}:{task_id}"})
             return h.event(h.TASK_SCHEDULED, task_id, Name=action["functionName"], Input=action.get("input"),
                            RetryOptions=retry, Action=action, Attempt=attempt)
         if kind in (h.CALL_SUB, h.CALL_SUB_WITH_RETRY):

@@ -31,6 +31,7 @@ class Instance:
     history: list[dict] = field(default_factory=list)
     history_rows: list[str] = field(default_factory=list)
     redelivered: bool = False  # being rebuilt from messages a previous attempt may have handled
+    work_items: list[dict] = field(default_factory=list)  # activities scheduled, not yet sent
 
     @property
     def status(self) -> str:
