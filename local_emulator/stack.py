@@ -34,11 +34,15 @@ SUBSCRIPTION_ID = "00000000-0000-0000-0000-00000000c0de"
 RESOURCE_GROUP = "ccr-local"
 
 
+FIXED_PORTS = {"host": 7071, "azurite_blob": 10000, "azurite_queue": 10001, "azurite_table": 10002,
+               "ledger": 8440, "maa": 8441, "keyvault": 8442, "aci": 8443, "eventgrid": 8444}
+
+
 class HostProcess:
     """`python -m local_emulator host` in its own process group, so a test can kill -9 it."""
 
-    def __init__(self, app_dir: Path, env: dict, port: int = 0, log_path: Path | None = None):
-        self.app_dir, self.env, self.port, self.log_path = Path(app_dir), env, port, log_path
+    def __init__(self, app_dir: Path, env: dict, port: int = 0, log_path: Path | None = None, echo: bool = False):
+        self.app_dir, self.env, self.port, self.log_path, self.echo = Path(app_dir), env, port, log_path, echo
         self.process: subprocess.Popen | None = None
         self.url = ""
         self.lines: list[str] = []
@@ -61,6 +65,8 @@ class HostProcess:
         log = self.log_path.open("a") if self.log_path else None
         for line in process.stdout:
             self.lines.append(line)
+            if self.echo:
+                print(line, end="", flush=True)
             if log:
                 log.write(line)
                 log.flush()
@@ -90,12 +96,15 @@ class HostProcess:
 class Stack:
     """Start with `start()`, read settings from `settings`, stop with `stop()`."""
 
-    def __init__(self, state_dir: Path, app_dir: Path = PROJECT_ROOT, host_port: int = 0,
-                 ledger_port: int = 0, azurite_ports: tuple[int, int, int] = (0, 0, 0),
-                 fast_retries: bool = False):
+    def __init__(self, state_dir: Path, app_dir: Path = PROJECT_ROOT, ports: dict[str, int] | None = None,
+                 fast_retries: bool = False, echo_host_log: bool = False):
+        """`ports`: fixed ports by service name (see FIXED_PORTS); 0 or absent picks a free one.
+        Fixed ports matter for a stack that restarts on its own data: release policies name
+        the attestation authority's URL and DIDs name the ledger's."""
         self.state_dir = Path(state_dir)
         self.app_dir = Path(app_dir)
-        self.host_port, self.ledger_port, self.azurite_ports = host_port, ledger_port, azurite_ports
+        self.ports = {**dict.fromkeys(FIXED_PORTS, 0), **(ports or {})}
+        self.echo_host_log = echo_host_log
         retry = RetryPolicy(initial_seconds=0.5, maximum_seconds=2, attempts=10) if fast_retries else RetryPolicy()
         self._retry = retry
         self._started: list = []
@@ -116,16 +125,18 @@ class Stack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         tls = loopback_tls.load_or_create(self.state_dir)
         token = self._secret("access_token")
-        blob, queue, table = self.azurite_ports
-        self.azurite = self._run(Azurite(self.state_dir / "azurite", blob, queue, table))
+        ports = self.ports
+        self.azurite = self._run(Azurite(self.state_dir / "azurite", ports["azurite_blob"], ports["azurite_queue"],
+                                         ports["azurite_table"]))
         storage = self.azurite.connection_string
         root = HardwareRoot.load_or_create(self.state_dir)
-        self.maa = self._run(MaaTwin(self.state_dir / "maa", tls, [root.public_pem]))
-        self.keyvault = self._run(KeyVaultTwin(self.state_dir / "keyvault", tls, token))
-        self.eventgrid = self._run(EventGridTwin(self.state_dir / "eventgrid", storage, retry=self._retry))
+        self.maa = self._run(MaaTwin(self.state_dir / "maa", tls, [root.public_pem], port=ports["maa"]))
+        self.keyvault = self._run(KeyVaultTwin(self.state_dir / "keyvault", tls, token, port=ports["keyvault"]))
+        self.eventgrid = self._run(EventGridTwin(self.state_dir / "eventgrid", storage, port=ports["eventgrid"],
+                                                       retry=self._retry))
         topic = self.eventgrid.create_topic(TOPIC)
         self.aci = self._run(AciTwin(self.state_dir / "aci", self.state_dir / "images", tls.server_context(), token,
-                                     skr_sidecar_factory(root, str(tls.ca_path), token)))
+                                     skr_sidecar_factory(root, str(tls.ca_path), token), port=ports["aci"]))
         self.settings = {
             "AzureWebJobsStorage": storage, "CCR_STORAGE_CONNECTION": storage,
             "CCR_EMULATOR_DIR": str(self.state_dir), "CCR_CA_BUNDLE": str(tls.ca_path),
@@ -140,14 +151,14 @@ class Stack:
             "CCR_EVENTGRID_SYSTEM_KEY": self._secret("eventgrid_system_key"),
             "CCR_TASK_HUB": "ccrhub",
         }
-        self.host = HostProcess(self.app_dir, self.process_env(), self.host_port,
-                                log_path=self.state_dir / "host.log").start()
+        self.host = HostProcess(self.app_dir, self.process_env(), ports["host"],
+                                log_path=self.state_dir / "host.log", echo=self.echo_host_log).start()
         self._started.append(self.host)
         self.settings["CCR_FUNCTIONS_URL"] = self.host.url
         self.ledger = self._run(LedgerTwin(
             self.state_dir / "ledger", webhook_url=f"{self.host.url}/api/contracts",
             webhook_key=self.settings["CCR_FUNCTION_KEY"], ssl_context=tls.server_context(),
-            port=self.ledger_port, retry=self._retry))
+            port=ports["ledger"], retry=self._retry))
         self.settings["CCR_LEDGER_URL"] = self.ledger.url
         self._subscribe_host()
         self._write_endpoints()
