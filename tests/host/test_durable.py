@@ -148,3 +148,12 @@ def test_unknown_orchestrator_or_bad_input_is_a_clear_error_and_starts_nothing(h
     unauthenticated = requests.post(f"{base}/fan_out/id-nokey", json={"n": 1}, timeout=10)
     assert unauthenticated.status_code == 401
     assert instance_ids(host) == before
+
+
+def test_malformed_queue_messages_are_dropped_without_stopping_the_hub(host, record_dir, azurite):
+    from azure.storage.queue import QueueClient
+    for queue in ("control", "workitems"):
+        QueueClient.from_connection_string(azurite, f"{host.hub.lower()}-{queue}").send_message("{not json")
+    done = wait_done(start(host, "fan_out", {"n": 2, "tag": "after-garbage"}))
+    assert (done["runtimeStatus"], done["output"]) == ("Completed", 10)
+    wait_until(lambda: host.logs().count("dropping a malformed message") == 2, 20, message="both dropped")

@@ -151,7 +151,12 @@ class DurableEngine:
                 sent.clear()
                 continue
             idle = 0.02
-            await handle_batch(messages)
+            try:
+                await handle_batch(messages)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # keep dispatching; the messages become visible again
+                log.exception("queue %s: dispatch failed", queue.queue_name)
 
     def _spawn(self, coroutine) -> None:
         task = asyncio.create_task(coroutine)
