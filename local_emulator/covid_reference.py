@@ -65,10 +65,9 @@ def deidentified_covid(out_dir, pseudonym_key: bytes) -> dict:
     configs/covid/<name>.json (keyed-HMAC pseudonym join key, identifiers dropped)."""
     from shared import deid
 
-    root = Path(__file__).resolve().parents[2]
     paths = {}
     for name, file in RAW_FILES.items():
-        config = deid.load_config(root / "configs" / "covid" / f"{name}.json")
+        config = deid.load_config(PROJECT_ROOT / "configs" / "covid" / f"{name}.json")
         paths[name] = Path(out_dir) / f"{name}.csv"
         deid.prepare_csv(config, COVID_DATA / file, paths[name], pseudonym_key)
     return paths

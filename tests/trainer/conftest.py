@@ -7,7 +7,7 @@ import pytest
 
 from shared.pipeline import JoinSpec
 from local_emulator import covid_reference as covid_model
-from tests.trainer.harness import EVENT_KEY, Azurite, EventGridTopic
+from tests.trainer.harness import EVENT_KEY, EventGridTopic
 
 COVID_DATA = covid_model.COVID_DATA
 
@@ -23,10 +23,9 @@ def covid_spec() -> JoinSpec:
 
 
 @pytest.fixture(scope="session")
-def azurite(tmp_path_factory):
-    service = Azurite(tmp_path_factory.mktemp("azurite")).start()
-    yield service
-    service.stop()
+def azurite(azurite_service):
+    """The session's Azurite itself (these tests want its `.connection_string`)."""
+    return azurite_service
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import base64
 import io
 import json
 import os
-import re
 import secrets
 import subprocess
 import sys
@@ -29,39 +28,6 @@ from local_emulator import covid_reference as covid_model
 EVENT_KEY = "topic-key-for-tests"
 AZURITE_ACCOUNT_KEY = ("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/"
                        "K1SZFPTOtr/KBHBeksoGMGw==")
-
-
-class Azurite:
-    def __init__(self, location: Path):
-        self.location = location
-
-    def start(self) -> "Azurite":
-        self.process = subprocess.Popen(
-            [str(PROJECT_ROOT / "node_modules/.bin/azurite-blob"), "--blobHost", "127.0.0.1", "--blobPort", "0",
-             "--location", str(self.location), "--skipApiVersionCheck"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for line in self.process.stdout:
-            found = re.search(r"listens on (http://127\.0\.0\.1:\d+)", line)
-            if found:
-                self.url = found.group(1)
-                break
-        else:
-            raise RuntimeError("azurite did not start")
-        threading.Thread(target=self.process.stdout.read, daemon=True).start()
-        return self
-
-    @property
-    def connection_string(self) -> str:
-        return (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_ACCOUNT_KEY};"
-                f"BlobEndpoint={self.url}/devstoreaccount1;")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=3)
-        except subprocess.TimeoutExpired:  # it waits for idle keep-alive clients to hang up
-            self.process.kill()
-            self.process.wait(timeout=10)
 
 
 class _Server:
