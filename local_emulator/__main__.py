@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from shared.settings import PROJECT_ROOT
@@ -44,14 +45,26 @@ def host_command(args) -> None:
 
 
 def up_command(args) -> None:
-    from local_emulator.services import Emulator
-    emulator = Emulator(Path(args.app_dir), port=args.port, ephemeral_ports=args.ephemeral_ports)
-    asyncio.run(_run_until_signalled(emulator.start, emulator.stop))
+    """The whole system (Azurite, every twin, the host) until Ctrl-C or SIGTERM."""
+    from local_emulator.stack import FIXED_PORTS, Stack
+    from shared.settings import emulator_dir
+    ports = {} if args.ephemeral_ports else {**FIXED_PORTS, "host": args.port}
+    stopping = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopping.set())
+    with Stack(emulator_dir(), Path(args.app_dir), ports=ports, echo_host_log=True) as stack:
+        public = {k: v for k, v in stack.settings.items() if k.endswith("_URL")}
+        print("local clean room up; settings in " + str(emulator_dir() / "endpoints.json"), flush=True)
+        for name, value in sorted(public.items()):
+            print(f"  {name} = {value}", flush=True)
+        stopping.wait()
+        print("stopping...", flush=True)
+    print("stopped", flush=True)
 
 
 def demo_command(args) -> None:
-    from local_emulator.services import run_demo
-    run_demo()
+    from local_emulator.demo import run_demo
+    sys.exit(run_demo())
 
 
 def main(argv=None) -> None:
@@ -65,7 +78,7 @@ def main(argv=None) -> None:
     host = commands.add_parser("host", help="only the Functions host, against existing storage")
     host.add_argument("--app-dir", default=str(PROJECT_ROOT))
     host.add_argument("--port", type=int, default=7071)
-    commands.add_parser("demo", help="run the sample end to end on the local emulators")
+    commands.add_parser("demo", help="the COVID scenario end to end on the local emulators")
     args = parser.parse_args(argv)
     _logging()
     {"up": up_command, "host": host_command, "demo": demo_command}[args.command](args)

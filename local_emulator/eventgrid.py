@@ -188,14 +188,14 @@ class EventGridTwin:
                                               "aeg-subscription-name": subscription.name.upper()})
         except requests.RequestException as problem:
             raise SubscriptionValidationFailed(
-                f"{subscription.endpoint} unreachable for validation ({type(problem).__name__})") from None
+                f"{_without_query(subscription.endpoint)} unreachable for validation ({type(problem).__name__})") from None
         try:
             answered = response.json().get("validationResponse")
         except (ValueError, AttributeError):
             answered = None
         if response.status_code != 200 or answered != code:
             raise SubscriptionValidationFailed(
-                f"{subscription.endpoint} did not answer the validation code (HTTP {response.status_code})")
+                f"{_without_query(subscription.endpoint)} did not answer the validation code (HTTP {response.status_code})")
 
     def _load(self) -> None:
         path = self.data_dir / "config.json"
@@ -354,3 +354,8 @@ def _valid_sas(token: str, topic: Topic) -> bool:
 
 def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _without_query(url: str) -> str:
+    """Webhook URLs may carry a key in their query string (`code=`): never in a message."""
+    return url.split("?", 1)[0]

@@ -160,7 +160,8 @@ class Stack:
             webhook_key=self.settings["CCR_FUNCTION_KEY"], ssl_context=tls.server_context(),
             port=ports["ledger"], retry=self._retry))
         self.settings["CCR_LEDGER_URL"] = self.ledger.url
-        self._subscribe_host()
+        if self.app_dir.resolve() == PROJECT_ROOT.resolve():  # another app has no completion trigger
+            self._subscribe_host()
         self._write_endpoints()
 
     def _subscribe_host(self) -> None:

@@ -1,5 +1,5 @@
-"""`python -m local_emulator up`: starts Azurite and the host, publishes endpoints.json,
-serves the app, and SIGTERM stops everything it started."""
+"""`python -m local_emulator up`: starts Azurite, the twins and the host, publishes
+endpoints.json, serves the app, and SIGTERM stops everything it started."""
 import json
 import os
 import signal
@@ -46,6 +46,7 @@ def test_up_publishes_endpoints_serves_the_app_and_stops_cleanly(tmp_path):
         os.killpg(process.pid, signal.SIGTERM)
         output, _ = process.communicate(timeout=30)
     assert process.returncode == 0, output
-    assert "invoked hello trigger=httpTrigger" in output and "azurite stopped" in output
+    assert "invoked hello trigger=httpTrigger" in output and output.rstrip().endswith("stopped")
     assert endpoints["CCR_FUNCTION_KEY"] not in output
-    assert not port_open(url) and not port_open(blob_url)
+    for service_url in (url, blob_url, endpoints["CCR_KEYVAULT_URL"], endpoints["CCR_LEDGER_URL"]):
+        assert not port_open(service_url), service_url
