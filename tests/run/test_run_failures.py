@@ -3,6 +3,7 @@ left behind; and contracts that must be refused without starting anything."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,21 @@ def test_replayed_contract_gets_the_same_answer_and_one_run(stack, ready_contrac
         scenario.ccr("runs", "show", "../admin")
     requests_without_key = requests.get(f"{stack.settings['CCR_FUNCTIONS_URL']}/api/runs/{run_id}", timeout=30)
     assert requests_without_key.status_code == 401
+
+
+def test_a_dataset_whose_budget_is_spent_is_refused_in_a_later_contract(stack, scenario_factory):
+    first = scenario_factory()
+    first.publish_inputs()
+    assert _submit(first)["status"] == "succeeded"
+
+    second = scenario_factory()  # the same tables (same pseudonym key, same digests), a new contract
+    second.workdir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(first.workdir / "pseudonym.key", second.workdir / "pseudonym.key")
+    second.publish_inputs()
+    assert {n: p["sha256"] for n, p in second.published.items()} == {n: p["sha256"] for n, p in first.published.items()}
+    notice = _submit(second)
+    # what is left (1.5 minus the epsilon the first run spent) is far below the TDC's ask:
+    # the trainer refuses before it asks for any key or reads any row
+    assert notice["status"] == "failed" and "PrivacyBudgetError" in notice["reason"], notice
+    assert "remaining budget is 0.00" in notice["reason"]
+    assert notice["output_blob"] is None
