@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-
 import time
 
 import requests
@@ -58,6 +57,9 @@ def validate_inputs(run: dict) -> dict:
             header = read_header(head)
         except PackageError as error:
             return {"ok": False, "reason": f"input {item['blob']} is not a valid package: {error}"}
+        if header.key_id != item["key_kid"]:
+            return {"ok": False, "reason": f"input {item['blob']} does not match the contract "
+                                           f"(encrypted under another key)"}
         if header.manifest.sha256 != item["sha256"]:
             return {"ok": False, "reason": f"input {item['blob']} does not match the contract "
                                            f"(manifest digest differs)"}
@@ -75,7 +77,10 @@ def _reserve_budget(run: dict, payload: dict) -> dict:
         return {"ok": False, "reason": f"privacy budget exhausted for dataset(s): {', '.join(exhausted)}"}
     delta = float(payload.get("privacy", {}).get("delta", 0))
     for dataset in datasets:
-        budget.record(dataset["sha256"], run["run_id"], epsilon, delta, state="reserved")
+        if not budget.reserve(dataset["sha256"], run["run_id"], float(dataset["epsilon_threshold"]), epsilon, delta):
+            for reserved in datasets:  # another run took it meanwhile: give back what we hold
+                budget.release(reserved["sha256"], run["run_id"])
+            return {"ok": False, "reason": f"privacy budget of dataset {dataset['name']} was taken by another run"}
     return {"ok": True, "epsilon_budget": epsilon}
 
 
@@ -232,8 +237,7 @@ def _settle_budget(run: dict, payload: dict, outcome: dict) -> dict:
     spent = {}
     for dataset in _datasets(payload):
         if outcome["status"] == "succeeded" and "epsilon" in privacy:
-            budget.record(dataset["sha256"], run["run_id"], privacy["epsilon"],
-                          privacy.get("delta", 0.0), state="spent")
+            budget.spend(dataset["sha256"], run["run_id"], privacy["epsilon"], privacy.get("delta", 0.0))
             spent[dataset["name"]] = privacy["epsilon"]
         elif outcome.get("data_untouched"):
             budget.release(dataset["sha256"], run["run_id"])

@@ -71,8 +71,7 @@ def _finish(context, run: dict, outcome: dict, deployed: bool):
     """Cleanup and notification, whatever the outcome: never leave a container group."""
     if deployed:
         _status(context, "cleaning_up")
-        cleanup = yield context.call_activity_with_retry("clean_up_trainer", RETRY, run)
-        outcome = {**outcome, "container_logs_tail_lines": cleanup.get("log_lines", 0)}
+        yield context.call_activity_with_retry("clean_up_trainer", RETRY, run)
     _status(context, "notifying")
     summary = yield context.call_activity_with_retry(
         "finish_run", RETRY, {"run": run, "outcome": outcome})

@@ -20,9 +20,6 @@ class PrivacyBudget:
     def _name(dataset_sha256: str) -> str:
         return f"budget/{dataset_sha256}.json"
 
-    def spent(self, dataset_sha256: str) -> float:
-        return self.spent_excluding(dataset_sha256, run_id=None)
-
     def spent_excluding(self, dataset_sha256: str, run_id: str | None) -> float:
         """Epsilon spent or reserved by every run but `run_id` (a retried admission)."""
         ledger = self._blobs.get(self._name(dataset_sha256)) or {"runs": {}}
@@ -35,13 +32,24 @@ class PrivacyBudget:
     def remaining(self, dataset_sha256: str, threshold: float, run_id: str | None = None) -> float:
         return max(0.0, threshold - self.spent_excluding(dataset_sha256, run_id))
 
-    def record(self, dataset_sha256: str, run_id: str, epsilon: float, delta: float,
-               state: str) -> None:
-        """Set this run's entry (`reserved` at admission, `spent` after training).
-        Idempotent per run: a retried activity does not spend the budget twice."""
+    def spend(self, dataset_sha256: str, run_id: str, epsilon: float, delta: float) -> None:
+        """Replace this run's reservation by what it actually spent (idempotent per run)."""
         def mutate(ledger: dict) -> None:
-            ledger["runs"][run_id] = {"epsilon": float(epsilon), "delta": float(delta), "state": state}
+            ledger["runs"][run_id] = {"epsilon": float(epsilon), "delta": float(delta), "state": "spent"}
         self._blobs.update(self._name(dataset_sha256), mutate, default={"runs": {}})
+
+    def reserve(self, dataset_sha256: str, run_id: str, threshold: float, epsilon: float, delta: float) -> bool:
+        """Reserve `epsilon` for this run if it still fits under `threshold`, atomically with
+        respect to other runs reserving the same dataset (ETag-checked update)."""
+        fits = {}
+
+        def mutate(ledger: dict) -> None:
+            others = sum(e["epsilon"] for rid, e in ledger["runs"].items() if rid != run_id)
+            fits["ok"] = others + epsilon <= threshold + 1e-12
+            if fits["ok"]:
+                ledger["runs"][run_id] = {"epsilon": float(epsilon), "delta": float(delta), "state": "reserved"}
+        self._blobs.update(self._name(dataset_sha256), mutate, default={"runs": {}})
+        return fits["ok"]
 
     def release(self, dataset_sha256: str, run_id: str) -> None:
         """Give back a reservation of a run that never touched the data."""
