@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 import requests
+from azure.storage.blob import BlobServiceClient
 
 from local_emulator.covid_scenario import CommandFailed
 from shared import contract as contracts
 from shared import did as dids
+from local_emulator.stack import wait_for
 from shared.run_records import run_id_for
 from tests.run.conftest import groups_created, remaining_groups, run_record
 
@@ -202,3 +204,27 @@ def test_a_dataset_whose_budget_is_spent_is_refused_in_a_later_contract(stack, s
     assert notice["status"] == "failed" and "PrivacyBudgetError" in notice["reason"], notice
     assert "remaining budget is 0.00" in notice["reason"]
     assert notice["output_blob"] is None
+
+
+def test_contract_before_its_last_input_then_that_input_twice_starts_one_run(stack, scenario_factory):
+    scenario = scenario_factory()
+    scenario.publish_inputs()
+    blobs = BlobServiceClient.from_connection_string(stack.settings["CCR_STORAGE_CONNECTION"])
+    model = blobs.get_blob_client("models", f"{scenario.contract_id}/model.ccr")
+    package = model.download_blob().readall()
+    model.delete_blob()
+
+    scenario.create_identities()
+    seqno = scenario.sign_and_submit(scenario.write_contract())["seqno"]
+    run_id = run_id_for(scenario.contract_id)
+    entry = f"{stack.settings['CCR_LEDGER_URL']}/entries/{seqno}"
+    wait_for(lambda: requests.get(entry, verify=stack.settings["CCR_CA_BUNDLE"], timeout=10).json()["delivery"]
+             == "delivered", 30, what="the ledger's delivery to the webhook")
+    assert run_record(stack, run_id) is None and groups_created(stack, scenario.contract_id) == 0
+
+    model.upload_blob(package)
+    model.upload_blob(package, overwrite=True)  # the same input again: still one run
+    notice = scenario.wait_for_notice(240)
+    assert notice["status"] == "succeeded", notice
+    assert groups_created(stack, scenario.contract_id) == 1
+    assert len(scenario.inbox.notices) == 1
