@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from local_emulator.azurite import Azurite  # noqa: E402
 
-APP_DIR = ROOT / "local_emulator" / "demo_app"
+APP_DIR = ROOT / "bench" / "fanout_app"
 FAN_OUT = 10
 RUNS = tuple(int(n) for n in os.environ.get("BENCH_RUNS", "50,200").split(","))
 
