@@ -105,8 +105,7 @@ class Stack:
         self.app_dir = Path(app_dir)
         self.ports = {**dict.fromkeys(FIXED_PORTS, 0), **(ports or {})}
         self.echo_host_log = echo_host_log
-        retry = RetryPolicy(initial_seconds=0.5, maximum_seconds=2, attempts=10) if fast_retries else RetryPolicy()
-        self._retry = retry
+        self._retry = RetryPolicy(initial_seconds=0.5, maximum_seconds=2, attempts=10) if fast_retries else RetryPolicy()
         self._started: list = []
         self.settings: dict[str, str] = {}
         self.host: HostProcess | None = None
