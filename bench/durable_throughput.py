@@ -38,12 +38,15 @@ def start_host(connection: str, key: str, system_key: str) -> tuple[subprocess.P
     process = subprocess.Popen([sys.executable, "-m", "local_emulator", "host", "--app-dir", str(APP_DIR),
                                 "--port", "0"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    output = []
     for line in process.stdout:
         found = re.match(r"Host listening on (\S+)", line)
         if found:
             threading.Thread(target=_drain, args=(process.stdout,), daemon=True).start()
             return process, found.group(1)
-    raise RuntimeError("host did not start")
+        output.append(line)
+    process.wait(30)  # the loop ends only when the host closed its output
+    raise RuntimeError("host did not start:\n" + "".join(output))
 
 
 def _drain(stream) -> None:

@@ -94,7 +94,8 @@ def wait_until_reachable(azurite: Azurite, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            list(TableServiceClient.from_connection_string(azurite.connection_string).list_tables())
+            with TableServiceClient.from_connection_string(azurite.connection_string) as client:
+                list(client.list_tables())
             return
         except Exception:
             if time.monotonic() > deadline:

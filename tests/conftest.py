@@ -4,9 +4,10 @@
   data folder; `azurite` (session): its connection string. Stopped at the end of the session.
 - `function_host` (function): a factory starting the local Functions host as a subprocess,
   `function_host(app_dir, env={...}, hub="name")` -> HostProcess (.url, .function_key,
-  .system_key, .eventgrid_key, .env, .logs(), .stop(), .kill(), .start() again on the same port). Every host a test
-  started is stopped when the test ends. Give each test its own task hub (`hub=`, default a
-  fresh random name) so tests sharing the session's Azurite do not see each other's work.
+  .system_key, .eventgrid_key, .master_key, .env, .logs(), .stop(), .kill(), .start() again on the
+  same port). Every host a test started is stopped when the test ends. Give each test its own
+  task hub (`hub=`, default a fresh random name) so tests sharing the session's Azurite do not
+  see each other's work.
 """
 from __future__ import annotations
 
@@ -48,12 +49,14 @@ class HostProcess:
         self.function_key = secrets.token_urlsafe(24)
         self.system_key = secrets.token_urlsafe(24)
         self.eventgrid_key = secrets.token_urlsafe(24)
+        self.master_key = secrets.token_urlsafe(24)
         self.hub = hub or "h" + secrets.token_hex(6)
         self.env = {**os.environ,
                     "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
                     "AzureWebJobsStorage": connection_string, "CCR_STORAGE_CONNECTION": connection_string,
                     "CCR_FUNCTION_KEY": self.function_key, "CCR_DURABLE_SYSTEM_KEY": self.system_key,
-                    "CCR_EVENTGRID_SYSTEM_KEY": self.eventgrid_key, "CCR_TASK_HUB": self.hub,
+                    "CCR_EVENTGRID_SYSTEM_KEY": self.eventgrid_key, "CCR_MASTER_KEY": self.master_key,
+                    "CCR_TASK_HUB": self.hub,
                     "CCR_HOST_LEASE_SECONDS": "4", "CCR_BLOB_POLL_SECONDS": "0.2",
                     **(env or {})}
         self.start_timeout = start_timeout
@@ -63,6 +66,7 @@ class HostProcess:
         self._lines: list[str] = []
 
     def start(self) -> "HostProcess":
+        self.url = ""  # a restart must announce itself again
         self.process = subprocess.Popen(
             [sys.executable, "-m", "local_emulator", "host", "--app-dir", str(self.app_dir),
              "--port", str(self.port)],
@@ -101,12 +105,6 @@ class HostProcess:
         if self.process and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
-
-    def restart(self) -> "HostProcess":
-        self.stop()
-        self._lines.append("---- restart ----\n")
-        self.url = ""
-        return self.start()
 
 
 @pytest.fixture

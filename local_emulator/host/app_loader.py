@@ -32,19 +32,12 @@ class FunctionEntry:
     def binding_of_type(self, binding_type: str) -> dict | None:
         return next((b for b in self.bindings if b["type"] == binding_type), None)
 
-    @property
-    def return_binding(self) -> dict | None:
-        return next((b for b in self.bindings if b["name"] == "$return"), None)
-
 
 class FunctionIndex:
     """Every function of one app, looked up by name or by trigger type."""
 
     def __init__(self, entries: list[FunctionEntry]):
         self.entries = {entry.name: entry for entry in entries}
-
-    def get(self, name: str) -> FunctionEntry | None:
-        return self.entries.get(name)
 
     def by_trigger(self, trigger_type: str) -> list[FunctionEntry]:
         return [e for e in self.entries.values() if e.trigger_type == trigger_type]

@@ -48,7 +48,6 @@ class BlobTriggers:
         self.poison = QueueClient.from_connection_string(default_connection, POISON_QUEUE,
                                                          message_encode_policy=TextBase64EncodePolicy())
         self.done: set[str] = set()  # receipt keys known to be final (fired or poisoned)
-        self.hub = hub
         self._task: asyncio.Task | None = None
         self._clients: dict[str, BlobServiceClient] = {}
 

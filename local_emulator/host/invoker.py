@@ -35,9 +35,5 @@ class Invoker:
                 log.info("invoked %s trigger=%s duration=%.1fms outcome=%s", entry.name,
                          entry.trigger_type, (time.perf_counter() - started) * 1000, outcome)
 
-    async def run_sync(self, function, *args) -> Any:
-        """CPU work off the event loop (orchestrator replays)."""
-        return await asyncio.get_running_loop().run_in_executor(self.pool, function, *args)
-
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -16,7 +16,7 @@ from local_emulator.host.durable.store import TaskHubStore
 from local_emulator.host.eventgrid_trigger import EventGridTriggers
 from local_emulator.host.http_trigger import HttpTriggers
 from local_emulator.host.invoker import Invoker
-from local_emulator.host.keys import HostKeys
+from local_emulator.host.keys import HostKeys, key_matches, unauthorized
 
 log = logging.getLogger("local_emulator.host")
 SUPPORTED_BINDINGS = {"httpTrigger", "http", "durableClient", "blobTrigger", "eventGridTrigger",
@@ -88,6 +88,9 @@ class FunctionHost:
         return f"http://127.0.0.1:{bound}"
 
     async def _host_status(self, request: web.Request) -> web.Response:
+        """Admin route: master key only, as on Azure."""
+        if not key_matches(request, self.keys.master):
+            return unauthorized()
         return web.json_response({"state": "Running"})
 
     async def stop(self) -> None:

@@ -1,7 +1,6 @@
 """The test app under tests/host/app, hosted by the local host against the session's Azurite."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -67,7 +66,3 @@ def wait_done(links: dict, timeout: float = 30.0) -> dict:
 def manage(host, op: str, instance_id: str, body: dict | None = None) -> requests.Response:
     return requests.post(f"{host.url}/api/manage/{op}/{instance_id}", params={"code": host.function_key},
                          json=body, timeout=30)
-
-
-def pause(seconds: float) -> None:
-    time.sleep(seconds)

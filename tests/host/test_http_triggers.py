@@ -35,6 +35,14 @@ def test_each_invocation_is_logged_without_payloads(host):
     assert secret not in logs and host.function_key not in logs
 
 
+def test_admin_routes_need_the_master_key(host):
+    url = f"{host.url}/admin/host/status"
+    assert requests.get(url, timeout=10).status_code == 401
+    assert requests.get(url, params={"code": host.function_key}, timeout=10).status_code == 401
+    allowed = requests.get(url, headers={"x-functions-key": host.master_key}, timeout=10)
+    assert (allowed.status_code, allowed.json()) == (200, {"state": "Running"})
+
+
 def test_durable_management_webhooks_need_the_system_key(host):
     url = f"{host.url}/runtime/webhooks/durabletask/instances/whatever"
     assert requests.get(url, timeout=10).status_code == 401

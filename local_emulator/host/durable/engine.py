@@ -63,10 +63,6 @@ class DurableEngine:
         self.cache: dict[str, Instance] = {}
         self.cache_size = 5000
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.orchestrators or self.activities)
-
     async def start(self) -> None:
         await self.store.create()
         self._loops = [asyncio.create_task(self._dispatch(self.store.control, self._orchestration_batch)),
@@ -112,23 +108,19 @@ class DurableEngine:
 
     async def raise_event(self, instance_id: str, name: str, input_json: str | None) -> int:
         """202 accepted, 404 no such instance, 410 instance already finished."""
-        instance = await self.store.load_state(instance_id)
-        if instance is None:
-            return 404
-        if instance.status in TERMINAL:
-            return 410
-        await self.store.send_control({"InstanceId": instance_id, "Key": h.new_key(),
-                                       "Event": h.event(h.EVENT_RAISED, Name=name, Input=input_json)})
-        return 202
+        return await self._send_to_running(instance_id, h.event(h.EVENT_RAISED, Name=name, Input=input_json))
 
     async def terminate(self, instance_id: str, reason: str) -> int:
+        """Status codes as raise_event."""
+        return await self._send_to_running(instance_id, h.event(h.EXECUTION_TERMINATED, Input=json.dumps(reason)))
+
+    async def _send_to_running(self, instance_id: str, event: dict) -> int:
         instance = await self.store.load_state(instance_id)
         if instance is None:
             return 404
         if instance.status in TERMINAL:
             return 410
-        await self.store.send_control({"InstanceId": instance_id, "Key": h.new_key(),
-                                       "Event": h.event(h.EXECUTION_TERMINATED, Input=json.dumps(reason))})
+        await self.store.send_control({"InstanceId": instance_id, "Key": h.new_key(), "Event": event})
         return 202
 
     # dispatch loops --------------------------------------------------------------------
