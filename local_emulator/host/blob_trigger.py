@@ -36,6 +36,11 @@ def compile_blob_path(path: str) -> tuple[str, str, re.Pattern]:
     return container, prefix, re.compile("^" + regex + "$")
 
 
+def _without_query(url: str) -> str:
+    """A SAS connection string puts its token in every client URL; the function must not get it."""
+    return url.split("?", 1)[0]
+
+
 class BlobTriggers:
     def __init__(self, index: FunctionIndex, invoker: Invoker, default_connection: str, hub: str,
                  extra_inputs, poll_seconds: float = 1.0):
@@ -137,6 +142,6 @@ class BlobTriggers:
         properties = {"ContentLength": blob.size, "ETag": blob.etag,
                       "ContentType": blob.content_settings.content_type if blob.content_settings else None}
         return {"BlobTrigger": meta.Datum(f"{container.container_name}/{blob.name}", "string"),
-                "Uri": meta.Datum(f"{container.url}/{blob.name}", "string"),
+                "Uri": meta.Datum(f"{_without_query(container.url)}/{blob.name}", "string"),
                 "Properties": meta.Datum(json.dumps(properties), "json"),
                 "Metadata": meta.Datum(json.dumps(blob.metadata or {}), "json")}

@@ -1,4 +1,5 @@
-"""Route and blob-path templates, matched the way the Functions host matches them."""
+"""Route and blob-path templates, matched the way the Functions host matches them; app loading;
+the blob-trigger metadata a function receives."""
 import sys
 
 import pytest
@@ -74,3 +75,17 @@ def test_an_app_needs_exactly_one_function_app(tmp_path, monkeypatch):
             sys.modules.pop("function_app", None)
         else:
             sys.modules["function_app"] = saved
+
+
+def test_blob_uri_given_to_the_function_carries_no_sas():
+    from azure.storage.blob.aio import BlobServiceClient
+
+    from local_emulator.host.blob_trigger import BlobTriggers
+
+    service = BlobServiceClient.from_connection_string(
+        "BlobEndpoint=http://127.0.0.1:1/devstoreaccount1;SharedAccessSignature=sv=2020-08-04&sig=SECRET")
+    container = service.get_container_client("datasets")
+    blob = type("Blob", (), {"name": "c1/x.ccr", "size": 1, "etag": "e", "content_settings": None,
+                             "metadata": {}})()
+    uri = BlobTriggers._metadata(container, blob)["Uri"].value
+    assert uri == "http://127.0.0.1:1/devstoreaccount1/datasets/c1/x.ccr"
