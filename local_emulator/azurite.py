@@ -38,6 +38,7 @@ class Azurite:
         self.start_timeout = start_timeout
         self.urls: dict[str, str] = {}
         self.process: subprocess.Popen | None = None
+        self._reader: threading.Thread | None = None
 
     def start(self) -> "Azurite":
         self.location.mkdir(parents=True, exist_ok=True)
@@ -48,7 +49,8 @@ class Azurite:
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         text=True, start_new_session=True)
         ready = threading.Event()
-        threading.Thread(target=self._read_output, args=(ready,), daemon=True).start()
+        self._reader = threading.Thread(target=self._read_output, args=(ready,), daemon=True)
+        self._reader.start()
         if not ready.wait(self.start_timeout) or len(self.urls) < len(SERVICES):
             self.stop()
             raise RuntimeError(f"Azurite did not start within {self.start_timeout:.0f} s "
@@ -76,16 +78,20 @@ class Azurite:
         return {name: self.connection_string for name in self.env_names}
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None:
             return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:  # it waits for idle keep-alive clients to hang up
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-        except ProcessLookupError:
-            pass
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:  # it waits for idle keep-alive clients to hang up
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+            except ProcessLookupError:
+                pass
+        self._reader.join(5)  # it reads to the end of the output, then the pipe can be closed
+        if not self._reader.is_alive():
+            self.process.stdout.close()
 
 
 def wait_until_reachable(azurite: Azurite, timeout: float = 10.0) -> None:

@@ -64,6 +64,7 @@ class HostProcess:
         self.url = ""
         self.port = 0  # a restarted host keeps the port it got first, so URLs stay valid
         self._lines: list[str] = []
+        self._reader: threading.Thread | None = None
 
     def start(self) -> "HostProcess":
         self.url = ""  # a restart must announce itself again
@@ -73,7 +74,8 @@ class HostProcess:
             cwd=PROJECT_ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             start_new_session=True)
         ready = threading.Event()
-        threading.Thread(target=self._read, args=(ready,), daemon=True).start()
+        self._reader = threading.Thread(target=self._read, args=(ready,), daemon=True)
+        self._reader.start()
         if not ready.wait(self.start_timeout) or not self.url:
             self.kill()
             raise RuntimeError("host did not start:\n" + self.logs())
@@ -99,12 +101,21 @@ class HostProcess:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
+        self._close_output()
 
     def kill(self) -> None:
         """kill -9: nothing gets a chance to clean up."""
         if self.process and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
+        self._close_output()
+
+    def _close_output(self) -> None:
+        """Once the reader has seen the end of the output (all of it is in logs()), close the pipe."""
+        if self._reader is not None:
+            self._reader.join(5)
+            if not self._reader.is_alive():
+                self.process.stdout.close()
 
 
 @pytest.fixture
