@@ -1,5 +1,9 @@
 """HTTP triggers through the local host: routes, route parameters, auth levels."""
+import secrets
+
 import requests
+
+from tests.host.conftest import APP_DIR, start, status
 
 
 def test_function_route_needs_the_key(host):
@@ -48,3 +52,11 @@ def test_durable_management_webhooks_need_the_system_key(host):
     assert requests.get(url, timeout=10).status_code == 401
     assert requests.get(url, params={"code": host.function_key}, timeout=10).status_code == 401
     assert requests.get(url, params={"code": host.system_key}, timeout=10).status_code == 404
+
+
+def test_check_status_links_work_with_an_azure_style_system_key(function_host, record_dir):
+    host = function_host(APP_DIR, env={"CCR_TEST_RECORD_DIR": str(record_dir),
+                                       "CCR_DURABLE_SYSTEM_KEY": "a+b/c==" + secrets.token_hex(8)})
+    links = start(host, "forever")
+    assert status(links)["name"] == "forever"  # '+', '/' and '=' survive the query string
+    assert requests.post(links["terminatePostUri"].replace("{text}", "done"), timeout=10).status_code == 202

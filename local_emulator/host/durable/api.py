@@ -30,9 +30,14 @@ class DurableApi:
         self.rpc_url = ""
 
     # binding payload ---------------------------------------------------------------------
+    @property
+    def _code(self) -> str:
+        """The system key as a query parameter (Azure-style keys may hold '+', '/' or '=')."""
+        return "code=" + quote(self.system_key, safe="")
+
     def management_urls(self, instance_id: str) -> dict:
         base = f"{self.public_url}{WEBHOOK_PREFIX}/instances/{quote(instance_id, safe='')}"
-        query = f"taskHub={self.engine.store.hub}&connection=Storage&code={self.system_key}"
+        query = f"taskHub={self.engine.store.hub}&connection=Storage&{self._code}"
         return {"id": instance_id, "statusQueryGetUri": f"{base}?{query}",
                 "sendEventPostUri": f"{base}/raiseEvent/{{eventName}}?{query}",
                 "terminatePostUri": f"{base}/terminate?reason={{text}}&{query}",
@@ -44,14 +49,14 @@ class DurableApi:
 
     def client_binding(self) -> str:
         """The JSON string the durable_client_input binding receives."""
-        base = f"{self.public_url}{WEBHOOK_PREFIX}"
+        base, code = f"{self.public_url}{WEBHOOK_PREFIX}", self._code
         return json.dumps({
             "taskHubName": self.engine.store.hub,
             "creationUrls": {
-                "createNewInstancePostUri": f"{base}/orchestrators/{{functionName}}[/{{instanceId}}]?code={self.system_key}",
-                "createAndWaitOnNewInstancePostUri": f"{base}/orchestrators/{{functionName}}[/{{instanceId}}]?timeout={{timeoutInSeconds}}&pollingInterval={{intervalInSeconds}}&code={self.system_key}"},
+                "createNewInstancePostUri": f"{base}/orchestrators/{{functionName}}[/{{instanceId}}]?{code}",
+                "createAndWaitOnNewInstancePostUri": f"{base}/orchestrators/{{functionName}}[/{{instanceId}}]?timeout={{timeoutInSeconds}}&pollingInterval={{intervalInSeconds}}&{code}"},
             "managementUrls": self.management_urls("INSTANCEID"),
-            "baseUrl": base, "requiredQueryStringParameters": f"code={self.system_key}",
+            "baseUrl": base, "requiredQueryStringParameters": code,
             "rpcBaseUrl": f"{self.rpc_url}/durabletask/", "httpBaseUrl": "",
         })
 
