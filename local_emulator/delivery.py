@@ -2,11 +2,12 @@
 restart of the twin that owns it (the ledger's webhook calls, Event Grid's deliveries).
 
 A job is a JSON object stored as one file; `attempt(job)` makes one try and returns DONE,
-RETRY or GIVE_UP; after the policy's last failed try `exhausted(job, last)` is called.
+RETRY or GIVE_UP (an exception counts as RETRY); after the last failed try `exhausted(job)` is called.
 """
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import uuid
@@ -14,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+log = logging.getLogger(__name__)
 
 DONE, RETRY, GIVE_UP = "done", "retry", "give-up"
 
@@ -105,7 +108,11 @@ class DeliveryQueue:
     def _try(self, job_id: str) -> None:
         path = self.folder / f"{job_id}.json"
         job = json.loads(path.read_text())
-        outcome = self._attempt(job)
+        try:
+            outcome = self._attempt(job)
+        except Exception as error:   # left unhandled, the job would sit on disk untried until a restart
+            log.warning("%s: a delivery attempt failed (%s); will retry", self._name, type(error).__name__)
+            outcome = RETRY
         job["attempts"] += 1
         limit = job.get("max_attempts") or self.policy.attempts
         if outcome == RETRY and job["attempts"] < limit:

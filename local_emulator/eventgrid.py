@@ -37,7 +37,7 @@ from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobServiceClient
 
 from local_emulator.delivery import DONE, GIVE_UP, RETRY, DeliveryQueue, RetryPolicy
-from local_emulator.tls import LoopbackServer
+from local_emulator.tls import LoopbackServer, write_private
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +176,8 @@ class EventGridTwin:
                 response = requests.options(subscription.endpoint, timeout=self.handshake_timeout,
                                             headers={"WebHook-Request-Origin": origin})
                 if response.status_code != 200 or response.headers.get("WebHook-Allowed-Origin") not in (origin, "*"):
-                    raise SubscriptionValidationFailed(
-                        f"{subscription.endpoint} did not allow origin {origin} (HTTP {response.status_code})")
+                    raise SubscriptionValidationFailed(f"{_without_query(subscription.endpoint)} did not allow origin "
+                                                       f"{origin} (HTTP {response.status_code})")
                 return
             code = str(uuid.uuid4()).upper()
             event = {"id": str(uuid.uuid4()), "topic": topic.resource_id, "subject": "",
@@ -205,13 +205,10 @@ class EventGridTwin:
             self._subscriptions = {(s["topic"], s["name"]): Subscription(**s) for s in config["subscriptions"]}
 
     def _save(self) -> None:
-        path = self.data_dir / "config.json"
-        tmp = path.with_suffix(".tmp")
         # topic keys are the twin's own secrets: the file is the owner's only
-        tmp.touch(mode=0o600)
-        tmp.write_text(json.dumps({"topics": [asdict(t) for t in self._topics.values()],
-                                   "subscriptions": [asdict(s) for s in self._subscriptions.values()]}))
-        tmp.replace(path)
+        write_private(self.data_dir / "config.json",
+                      json.dumps({"topics": [asdict(t) for t in self._topics.values()],
+                                  "subscriptions": [asdict(s) for s in self._subscriptions.values()]}).encode())
 
     # --- publishing -------------------------------------------------------------------
 
@@ -273,10 +270,13 @@ class EventGridTwin:
         if not isinstance(events, list) or not events:
             raise ValueError("body must be a non-empty JSON array of events")
         required = _CLOUD_EVENT_FIELDS if cloud else _EVENT_GRID_FIELDS
+        filtered_on = ("type", "subject") if cloud else ("eventType", "subject")
         for event in events:
             missing = [name for name in required if not isinstance(event, dict) or name not in event]
             if missing:
                 raise ValueError(f"an event lacks {', '.join(missing)}")
+            if any(not isinstance(event.get(name, ""), str) for name in filtered_on):
+                raise ValueError(f"an event's {' and '.join(filtered_on)} must be strings")
         return events
 
     # --- delivery ---------------------------------------------------------------------
@@ -336,6 +336,8 @@ def _valid_sas(token: str, topic: Topic) -> bool:
     """`r=<resource>&e=<expiry>&s=<signature>` signed with the topic key (HMAC-SHA256), unexpired,
     for this topic's endpoint."""
     unsigned, sep, signature = token.rpartition("&s=")
+    if not (unsigned.isascii() and signature.isascii()):
+        return False
     fields = dict(part.split("=", 1) for part in unsigned.split("&") if "=" in part)
     if not sep or "r" not in fields or "e" not in fields:
         return False

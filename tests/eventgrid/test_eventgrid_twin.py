@@ -61,10 +61,12 @@ def test_validation_handshake(twin_factory, subscriber_factory):
     assert validation["data"]["validationCode"]
 
     silent = subscriber_factory(validate=False)
-    with pytest.raises(SubscriptionValidationFailed, match="did not answer the validation code"):
-        twin.create_subscription("ccr-runs", "silent-hook", silent.url)
-    with pytest.raises(SubscriptionValidationFailed, match="unreachable"):
-        twin.create_subscription("ccr-runs", "gone-hook", "http://127.0.0.1:9/api/events")
+    with pytest.raises(SubscriptionValidationFailed, match="did not answer the validation code") as refused:
+        twin.create_subscription("ccr-runs", "silent-hook", silent.url + "?code=hook-secret")
+    assert "hook-secret" not in str(refused.value)          # a webhook's function key is never echoed
+    with pytest.raises(SubscriptionValidationFailed, match="unreachable") as refused:
+        twin.create_subscription("ccr-runs", "gone-hook", "http://127.0.0.1:9/api/events?code=hook-secret")
+    assert "hook-secret" not in str(refused.value)
     raw = {"id": "e1", "subject": "runs/run-1", "eventType": "CCR.Run.Finished", "eventTime": "2026-01-01T00:00:00Z",
            "data": {}, "dataVersion": "1.0"}
     assert twin.publish("ccr-runs", [raw]) == 1   # only the validated subscription was stored
@@ -164,7 +166,9 @@ def test_malformed_batches_are_refused(twin_factory, subscriber_factory):
     hook = subscriber_factory()
     twin.create_subscription("ccr-runs", "tdc-hook", hook.url)
     headers = {"aeg-sas-key": topic.key, "Content-Type": "application/json"}
-    for body, reason in ((b"not json", "not JSON"), (b"[]", "non-empty"), (b'[{"id": "1"}]', "lacks subject")):
+    typed = b'[{"id": "1", "subject": "s", "eventType": 7, "eventTime": "t", "data": {}, "dataVersion": "1"}]'
+    for body, reason in ((b"not json", "not JSON"), (b"[]", "non-empty"), (b'[{"id": "1"}]', "lacks subject"),
+                         (typed, "must be strings")):
         response = requests.post(topic.endpoint, data=body, headers=headers)
         assert response.status_code == 400 and reason in response.json()["error"]["message"]
     with pytest.raises(HttpResponseError) as caught:   # CloudEvents to an Event Grid schema topic
@@ -186,8 +190,9 @@ def test_cloud_events_topic(twin_factory, subscriber_factory):
     assert notification["body"]["id"] == sent.id and notification["body"]["data"] == {"status": "ok"}
     assert notification["headers"]["Content-Type"].startswith("application/cloudevents+json")
     refusing = subscriber_factory(validate=False)
-    with pytest.raises(SubscriptionValidationFailed, match="did not allow origin"):
-        twin.create_subscription("ccr-cloud", "refusing", refusing.url)
+    with pytest.raises(SubscriptionValidationFailed, match="did not allow origin") as refused:
+        twin.create_subscription("ccr-cloud", "refusing", refusing.url + "?code=hook-secret")
+    assert "hook-secret" not in str(refused.value)
 
 
 def test_pending_delivery_survives_a_restart(twin_factory, subscriber_factory, tmp_path):
@@ -202,5 +207,6 @@ def test_pending_delivery_survives_a_restart(twin_factory, subscriber_factory, t
     twin.stop()
     again = twin_factory(data_dir=twin.data_dir)
     assert again.create_topic("ccr-runs").key == topic.key     # the topic and its key persisted
+    assert (twin.data_dir / "config.json").stat().st_mode & 0o777 == 0o600   # ... readable by the owner only
     wait_for(lambda: len(hook.notifications) == 2 and again.pending_deliveries() == 0)
     assert hook.notifications[0]["body"][0]["id"] == hook.notifications[1]["body"][0]["id"]
