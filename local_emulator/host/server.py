@@ -56,8 +56,7 @@ class FunctionHost:
         self.invoker = Invoker()
         lease = int(os.environ.get("CCR_HOST_LEASE_SECONDS", "30"))
         self.engine = DurableEngine(TaskHubStore(self.storage_connection, hub), index, self.invoker,
-                                    lease_seconds=lease)
-        self.engine.extra_inputs = self._extra_inputs
+                                    lease_seconds=lease, extra_inputs=self._extra_inputs)
         self.durable_api = DurableApi(self.engine, self.keys.durable_system)
         self.blobs = BlobTriggers(index, self.invoker, self.storage_connection, hub, self._extra_inputs,
                                   poll_seconds=float(os.environ.get("CCR_BLOB_POLL_SECONDS", "1.0")))

@@ -46,7 +46,8 @@ class UnknownOrchestrator(Exception):
 
 class DurableEngine:
     def __init__(self, store: TaskHubStore, index: FunctionIndex, invoker: Invoker,
-                 lease_seconds: int = 30, concurrency: int = 32, max_poll_seconds: float = 0.25):
+                 lease_seconds: int = 30, concurrency: int = 32, max_poll_seconds: float = 0.25,
+                 extra_inputs: Callable[[FunctionEntry], dict] = lambda entry: {}):
         self.store = store
         self.invoker = invoker
         self.orchestrators = {e.name: e for e in index.by_trigger("orchestrationTrigger")}
@@ -55,11 +56,10 @@ class DurableEngine:
         self.max_poll_seconds = max_poll_seconds
         self.slots = asyncio.Semaphore(concurrency)
         self.locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self.extra_inputs: Callable[[FunctionEntry], dict] = lambda entry: {}
         self._loops: list[asyncio.Task] = []
         self._work: set[asyncio.Task] = set()
-        self.activity_worker = ActivityWorker(store, self.activities, invoker, lease_seconds,
-                                              lambda entry: self.extra_inputs(entry), self._spawn)
+        self.activity_worker = ActivityWorker(store, self.activities, invoker, lease_seconds, extra_inputs,
+                                              self._spawn)
         self.cache: dict[str, Instance] = {}
         self.cache_size = 5000
 
