@@ -251,6 +251,8 @@ class KeyVaultTwin:
             if size not in RSA_SIZES:
                 raise VaultError(400, "BadParameter", "RSA key_size must be 2048, 3072 or 4096.")
             exponent = body.get("public_exponent") or 65537
+            if exponent not in (3, 65537):
+                raise VaultError(400, "BadParameter", "public_exponent must be 3 or 65537.")
             private = rsa.generate_private_key(public_exponent=exponent, key_size=size)
             stored = {"pem": _pkcs8_pem(private)}
         return self._add(name, family, hsm, body.get("key_ops"), stored, body)
@@ -428,7 +430,7 @@ class KeyVaultTwin:
 def _family(kty) -> tuple[str, bool]:
     """("RSA" | "oct", is HSM) of a JSON Web Key type."""
     table = {"RSA": ("RSA", False), "RSA-HSM": ("RSA", True), "oct": ("oct", False), "oct-HSM": ("oct", True)}
-    if kty not in table:
+    if not isinstance(kty, str) or kty not in table:
         raise VaultError(400, "BadParameter", "Key type (kty) must be one of RSA, RSA-HSM, oct, oct-HSM.")
     return table[kty]
 

@@ -139,7 +139,10 @@ class SkrSidecar:
             raise SidecarError(502, f"attestation service unreachable ({type(exc).__name__})") from None
         if response.status_code != 200:
             raise SidecarError(502, f"attestation refused (HTTP {response.status_code}): {_maa_reason(response)}")
-        token = response.json().get("token")
+        try:
+            token = response.json().get("token")
+        except (ValueError, AttributeError):
+            token = None
         if not isinstance(token, str):
             raise SidecarError(502, "attestation service returned no token")
         return token

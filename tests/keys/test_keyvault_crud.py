@@ -102,6 +102,9 @@ def test_missing_key_and_bad_input_get_clear_errors_and_store_nothing(client, va
     public_only = JsonWebKey(kty="RSA-HSM", n=b"\x01" * 256, e=b"\x01\x00\x01")
     with pytest.raises(HttpResponseError, match="needs the private key"):
         client.import_key("public", public_only)
+    with pytest.raises(HttpResponseError, match="public_exponent must be") as caught:
+        client.create_rsa_key("oddexponent", public_exponent=17)
+    assert caught.value.status_code == 400
     assert list(client.list_properties_of_keys()) == []
     assert list(vault.store.folder.iterdir()) == []
 
