@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from ccr.common import CliError
 
 GROUPS = ["ccr.tdp", "ccr.tdc", "ccr.keys", "ccr.contract", "ccr.runs"]
+# urllib3 quotes the request URL in connection errors; with a SAS connection string it holds sig=
+_SAS_SIGNATURE = re.compile(r"(?i)\b(sig=)[^&\s'\"]+")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +40,7 @@ def _user_error(error: BaseException) -> str | None:
         reason = (error.message or "").splitlines()[0] if error.message else error.reason
         return f"service refused the request (HTTP {error.status_code}): {reason}"
     if isinstance(error, ServiceRequestError):
-        return f"cannot reach the service: {error.message}"
+        return "cannot reach the service: " + _SAS_SIGNATURE.sub(r"\1<redacted>", str(error.message))
     if isinstance(error, OSError) and error.filename:
         return f"{error.filename}: {error.strerror}"
     return None

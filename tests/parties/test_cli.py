@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from azure.keyvault.keys import KeyClient
 
-from ccr.cli import main
+from ccr.cli import _user_error, main
 from shared import azure_clients, package, storage_names
 from shared.container_group import trainer_hostdata
 from shared.credentials import StaticTokenCredential
@@ -149,6 +149,15 @@ def test_user_errors_never_show_a_traceback(tmp_path):
     assert result.stderr.strip() == f"ccr: error: {tmp_path / 'none.json'}: config file not found"
 
 
+def test_unreachable_service_errors_never_show_a_sas_signature():
+    from azure.core.exceptions import ServiceRequestError
+    error = ServiceRequestError("HTTPConnectionPool(host='127.0.0.1', port=9): Max retries exceeded with url: "
+                                "/devstoreaccount1/datasets/c/icmr.ccr?sv=2021-08-06&sig=c2VjcmV0%2Bc2ln&se=x")
+    message = _user_error(error)
+    assert message.startswith("cannot reach the service: ") and "/datasets/c/icmr.ccr?sv=2021-08-06" in message
+    assert "c2VjcmV0" not in message and "sig=<redacted>&se=x" in message
+
+
 # --- against Azurite and the Key Vault twin ------------------------------------------------
 
 def _vault_key(vault, name: str) -> bytes:
@@ -158,9 +167,11 @@ def _vault_key(vault, name: str) -> bytes:
     return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
 
 
-def _key_client(vault) -> KeyClient:
-    return KeyClient(vault.url, StaticTokenCredential(vault.token), verify_challenge_resource=False,
-                     connection_verify=vault.ca_path)
+def _stored_key(vault, name: str):
+    """The key as Key Vault's SDK reads it back (public view and properties)."""
+    with KeyClient(vault.url, StaticTokenCredential(vault.token), verify_challenge_resource=False,
+                   connection_verify=vault.ca_path) as client:
+        return client.get_key(name)
 
 
 def _download(blob_path: str, destination: Path) -> None:
@@ -184,7 +195,7 @@ def test_tdp_publish_encrypts_uploads_and_imports_a_bound_key(capsys, tmp_path, 
     header = package.read_header((tmp_path / "icmr.ccr").read_bytes())
     assert header.key_id == result["key_kid"] and header.manifest.sha256 == result["sha256"]
     assert header.manifest.schema["columns"][0] == "pseudonym"
-    stored = _key_client(vault).get_key("covid-1-icmr")
+    stored = _stored_key(vault, "covid-1-icmr")
     assert stored.id == result["key_kid"] and stored.key_type == "oct-HSM"
     assert stored.properties.exportable is True
     policy = json.loads(stored.properties.release_policy.encoded_policy)
@@ -221,7 +232,7 @@ def test_tdc_publish_model_then_fetch_output(capsys, tmp_path, services, vault):
     output_key = bytes.fromhex(json.loads(key_file.read_text())["k"])
     assert output_key == _vault_key(vault, "covid-2-output") and output_key.hex() not in out
     for name in ("covid-2-model", "covid-2-output"):
-        properties = _key_client(vault).get_key(name).properties
+        properties = _stored_key(vault, name).properties
         assert properties.exportable and json.loads(properties.release_policy.encoded_policy) == \
             build_release_policy(MAA_URL, HOSTDATA)
 
