@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the fixtures live in tests/, not installed
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, not installed
 from shared.pipeline import TrainingConfig
 from local_emulator.covid_reference import N_FEATURES, covid_mlp, covid_training_config
 from trainer_container.dp_sgd import PrivateStep, plan_privacy

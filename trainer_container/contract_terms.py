@@ -46,8 +46,10 @@ class ContractTerms:
             delta = float(payload["privacy"]["delta"])
             join = JoinSpec.from_dict(payload["pipeline"]["join"])
             contract_id = str(payload["contract_id"])
-        except (KeyError, TypeError) as exc:
+        except KeyError as exc:
             raise ContractError(f"contract payload lacks {exc}") from None
+        except TypeError:
+            raise ContractError("contract payload has a field of the wrong type") from None
         if not refs or not all(math.isfinite(t) and t > 0 for t in thresholds):
             raise ContractError("contract needs datasets with positive epsilon_threshold values")
         if not 0 < delta < 1:

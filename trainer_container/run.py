@@ -6,6 +6,7 @@ folder that is removed at the end; stdout carries phase names and aggregate figu
 from __future__ import annotations
 
 import tempfile
+from contextlib import closing
 from pathlib import Path
 from typing import Callable
 
@@ -51,6 +52,10 @@ class TrainerRun:
         self.env, self.workdir, self.progress = env, workdir, progress
         self.blobs = BlobServiceClient.from_connection_string(env.storage_connection)
         self.skr = SkrClient(env.skr_url, env.maa_url, env.ca_bundle)
+
+    def close(self) -> None:
+        self.blobs.close()
+        self.skr.close()
 
     def fetch(self, ref: PackageRef) -> Path:
         """Download, check the pinned digest, get the key released, decrypt (which checks the
@@ -149,8 +154,9 @@ def main(progress: Callable[[str], None] = print) -> int:
         return 2
     progress(f"run {env.run_id}: starting")
     try:
-        with tempfile.TemporaryDirectory(prefix="ccr-trainer-") as workdir:
-            data = TrainerRun(env, Path(workdir), progress).execute()
+        with tempfile.TemporaryDirectory(prefix="ccr-trainer-") as workdir, \
+                closing(TrainerRun(env, Path(workdir), progress)) as trainer:
+            data = trainer.execute()
     except Exception as exc:
         error_class, message = safe_error(exc)
         progress(f"failed: {error_class}: {message}")

@@ -4,11 +4,11 @@ container and asks Key Vault to release the key to that attested environment."""
 from __future__ import annotations
 
 import base64
-import json
 from urllib.parse import urlsplit
 
 import requests
 from jwcrypto import jwk
+from jwcrypto.common import JWException
 
 KEY_BYTES = 32
 TIMEOUT_SECONDS = 60
@@ -31,6 +31,9 @@ class SkrClient:
         self.skr_url, self.maa_endpoint, self.verify = skr_url.rstrip("/"), maa_endpoint, verify
         self.session = requests.Session()
 
+    def close(self) -> None:
+        self.session.close()
+
     def release_key(self, kid: str) -> bytes:
         """The 32-byte data key behind `kid` (an `oct` JWK's "k")."""
         body = {"maa_endpoint": self.maa_endpoint, "akv_endpoint": vault_endpoint(kid), "kid": kid}
@@ -45,7 +48,7 @@ class SkrClient:
             released = response.json()["key"]  # a JWK as JSON text (the sidecar's format) or an object
             key = jwk.JWK.from_json(released) if isinstance(released, str) else jwk.JWK(**released)
             material = base64.urlsafe_b64decode(key.export(private_key=True, as_dict=True)["k"] + "==")
-        except (ValueError, KeyError, TypeError, json.JSONDecodeError):
+        except (ValueError, KeyError, TypeError, JWException):  # jwcrypto's errors are not ValueErrors
             raise KeyReleaseError(f"SKR sidecar returned no usable key for {kid}") from None
         if len(material) != KEY_BYTES:
             raise KeyReleaseError(f"key {kid} is not a {KEY_BYTES}-byte data key")

@@ -32,6 +32,7 @@ def test_terms_take_the_smallest_threshold_and_split_blob_paths():
     (lambda p: p["tdps"][0]["datasets"][0].update(epsilon_threshold=-1), "positive epsilon_threshold"),
     (lambda p: p["privacy"].update(delta=1), "delta"),
     (lambda p: p["tdps"].pop(), "not in the contract: index"),
+    (lambda p: p.update(tdps="icmr"), "field of the wrong type"),
 ])
 def test_malformed_contracts_are_refused(mutate, message):
     bad = copy.deepcopy(payload())

@@ -23,11 +23,16 @@ def raw_tables() -> dict[str, pd.DataFrame]:
     return {name: pd.read_csv(covid_model.COVID_DATA / file) for name, file in covid_model.RAW_FILES.items()}
 
 
-def run_in_process(monkeypatch, env) -> tuple[int, list[str]]:
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    lines = []
-    return trainer_run.main(lines.append), lines
+def run_in_process(monkeypatch, stage, azurite, topic, contract, **extra_env):
+    """(exit code, progress lines, the key-release stand-in) of `trainer_run.main` in this process."""
+    sidecar = KeyReleaseStandIn(stage.keys).start()
+    try:
+        for name, value in {**environment(stage, azurite, sidecar, topic, contract), **extra_env}.items():
+            monkeypatch.setenv(name, value)
+        lines = []
+        return trainer_run.main(lines.append), lines, sidecar
+    finally:
+        sidecar.stop()
 
 
 def output_blob_exists(stage) -> bool:
@@ -90,11 +95,7 @@ def test_budget_over_the_contract_fails_before_any_dataset_is_read(tmp_path, azu
     stage = Stage(tmp_path, azurite, "covid-budget")
     contract = stage.contract(raw_tables(), covid_model.covid_training_config(epsilon=3.0),
                               covid_model.covid_join_spec(), threshold=1.5)
-    sidecar = KeyReleaseStandIn(stage.keys).start()
-    try:
-        code, lines = run_in_process(monkeypatch, environment(stage, azurite, sidecar, topic, contract))
-    finally:
-        sidecar.stop()
+    code, lines, sidecar = run_in_process(monkeypatch, stage, azurite, topic, contract)
     assert code != 0
     assert [r["kid"] for r in sidecar.requests] == [contract["tdc"]["model"]["key_kid"]]  # no dataset key
     assert not any(line.startswith("phase: datasets") for line in lines)
@@ -109,11 +110,7 @@ def test_dataset_digest_mismatch_fails_before_its_key_is_released(tmp_path, azur
     contract = stage.contract(raw_tables(), covid_model.covid_training_config(), covid_model.covid_join_spec())
     cowin = contract["tdps"][1]["datasets"][0]
     cowin["sha256"] = hashlib.sha256(b"another table").hexdigest()
-    sidecar = KeyReleaseStandIn(stage.keys).start()
-    try:
-        code, lines = run_in_process(monkeypatch, environment(stage, azurite, sidecar, topic, contract))
-    finally:
-        sidecar.stop()
+    code, lines, sidecar = run_in_process(monkeypatch, stage, azurite, topic, contract)
     assert code != 0
     assert cowin["key_kid"] not in [r["kid"] for r in sidecar.requests]
     [event] = topic.events
@@ -127,11 +124,7 @@ def test_missing_join_column_fails_naming_it(tmp_path, azurite, topic, monkeypat
     tables["index"] = tables["index"].drop(columns=["potravel"])
     stage = Stage(tmp_path, azurite, "covid-column")
     contract = stage.contract(tables, covid_model.covid_training_config(), covid_model.covid_join_spec())
-    sidecar = KeyReleaseStandIn(stage.keys).start()
-    try:
-        code, lines = run_in_process(monkeypatch, environment(stage, azurite, sidecar, topic, contract))
-    finally:
-        sidecar.stop()
+    code, lines, sidecar = run_in_process(monkeypatch, stage, azurite, topic, contract)
     assert code != 0 and lines[-1] == "failed: JoinError: dataset index has no column potravel"
     assert topic.events[0]["data"]["message"] == "dataset index has no column potravel"
     assert not output_blob_exists(stage)
@@ -148,12 +141,7 @@ def test_remaining_budget_below_the_ask_fails_before_any_dataset_is_read(tmp_pat
     stage = Stage(tmp_path, azurite, "covid-remaining")
     contract = stage.contract(raw_tables(), covid_model.covid_training_config(epsilon=1.5),
                               covid_model.covid_join_spec(), threshold=1.5)
-    sidecar = KeyReleaseStandIn(stage.keys).start()
-    try:
-        env = {**environment(stage, azurite, sidecar, topic, contract), "CCR_EPSILON_BUDGET": "0.4"}
-        code, lines = run_in_process(monkeypatch, env)
-    finally:
-        sidecar.stop()
+    code, lines, sidecar = run_in_process(monkeypatch, stage, azurite, topic, contract, CCR_EPSILON_BUDGET="0.4")
     assert code != 0 and "remaining budget is 0.4" in lines[-1]
     assert [r["kid"] for r in sidecar.requests] == [contract["tdc"]["model"]["key_kid"]]
     assert topic.events[0]["data"]["error_class"] == "PrivacyBudgetError"

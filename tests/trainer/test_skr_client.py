@@ -1,6 +1,8 @@
+import json
 import secrets
 
 import pytest
+import requests
 
 from tests.trainer.harness import KeyReleaseStandIn
 from trainer_container.skr_client import KeyReleaseError, SkrClient, vault_endpoint
@@ -40,3 +42,14 @@ def test_unreachable_sidecar_and_bad_key_ids_fail_clearly(sidecar):
     sidecar.start()  # the fixture stops it again
     with pytest.raises(KeyReleaseError, match="not a Key Vault key URL"):
         vault_endpoint("http://vault.test/keys/x")
+
+
+@pytest.mark.parametrize("released", ['{"kty": "oct"}', "not json", {"kty": "nope"}, "null"])
+def test_a_malformed_key_from_the_sidecar_is_a_key_release_error(monkeypatch, released):
+    response = requests.Response()
+    response.status_code, response._content = 200, json.dumps({"key": released}).encode()
+    client = SkrClient("http://127.0.0.1:9", "https://maa.test")
+    monkeypatch.setattr(client.session, "post", lambda *args, **kwargs: response)
+    with pytest.raises(KeyReleaseError, match="no usable key"):
+        client.release_key(KID)
+    client.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import secrets
 import uuid
+from pathlib import Path
 
 import pytest
 from azure.keyvault.keys import JsonWebKey, KeyClient, KeyReleasePolicy
@@ -83,7 +84,7 @@ def test_covid_reference_through_the_twins(tmp_path, azurite, twins, topic):
     output_key = stage.keys[contract["tdc"]["output"]["key_kid"]]
     assert package.decrypt_file(tmp_path / "out.ccr", tmp_path / "out.zip", output_key).sha256 == \
         event["data"]["output_sha256"]
-    pseudonym = open(tables["icmr"]).read().splitlines()[1].split(",")[0]
+    pseudonym = Path(tables["icmr"]).read_text().splitlines()[1].split(",")[0]
     assert pseudonym not in done.stdout + done.stderr + json.dumps(topic.events)
 
 
