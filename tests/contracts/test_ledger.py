@@ -109,33 +109,19 @@ def test_webhook_called_only_when_fully_signed(ledger_factory, webhook_factory, 
     assert base64.b64decode(stored["envelope"]) == partial and stored["complete"] is False
 
 
-def test_retries_on_500_until_2xx(ledger_factory, webhook_factory, tls):
-    hook = webhook_factory([500, 503, 200])
+@pytest.mark.parametrize("statuses, outcome, attempts", [
+    ([500, 503, 200], "delivered", 3),        # retried on 5xx until a 2xx
+    ([400], "rejected", 1),                    # a 4xx stops the retries
+    ([500], "failed", FAST.attempts),          # gives up after the retry limit
+], ids=["retries-until-2xx", "rejection-stops", "gives-up"])
+def test_delivery_retries(ledger_factory, webhook_factory, tls, statuses, outcome, attempts):
+    hook = webhook_factory(statuses)
     ledger = ledger_factory(hook.url)
     identities, payload = parties_on(ledger, tls)
     seqno = submit(ledger, contracts.sign_contract(payload, list(identities.values())), tls).json()["seqno"]
-    state = wait_for(lambda: (s := ledger.entry(seqno))["delivery"] == "delivered" and s)
-    assert state["attempts"] == 3 and state["last_status"] == 200
-    assert len(hook.calls) == 3
-
-
-def test_rejection_stops_retries(ledger_factory, webhook_factory, tls):
-    hook = webhook_factory([400])
-    ledger = ledger_factory(hook.url)
-    identities, payload = parties_on(ledger, tls)
-    seqno = submit(ledger, contracts.sign_contract(payload, list(identities.values())), tls).json()["seqno"]
-    state = wait_for(lambda: (s := ledger.entry(seqno))["delivery"] == "rejected" and s)
-    assert state["attempts"] == 1 and state["last_status"] == 400
-    assert len(hook.calls) == 1
-
-
-def test_gives_up_after_the_retry_limit(ledger_factory, webhook_factory, tls):
-    hook = webhook_factory([500])
-    ledger = ledger_factory(hook.url)
-    identities, payload = parties_on(ledger, tls)
-    seqno = submit(ledger, contracts.sign_contract(payload, list(identities.values())), tls).json()["seqno"]
-    state = wait_for(lambda: (s := ledger.entry(seqno))["delivery"] == "failed" and s)
-    assert state["attempts"] == FAST.attempts and len(hook.calls) == FAST.attempts
+    state = wait_for(lambda: (s := ledger.entry(seqno))["delivery"] == outcome and s)
+    assert state["attempts"] == attempts and state["last_status"] == statuses[min(attempts, len(statuses)) - 1]
+    assert len(hook.calls) == attempts
 
 
 def test_malformed_entry_is_refused_and_not_stored(ledger_factory, webhook_factory, tls):
