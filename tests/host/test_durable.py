@@ -145,6 +145,9 @@ def test_unknown_orchestrator_or_bad_input_is_a_clear_error_and_starts_nothing(h
     garbled = requests.post(f"{base}/fan_out/id-garbled", params={"code": host.system_key}, data=b"{not json",
                             timeout=10)
     assert garbled.status_code == 400 and "not JSON" in garbled.text
+    for bad_id in ("id%23hash", "id%3Fquery", "id%5Cback", "id%01ctl"):  # not storable as a table key
+        refused = requests.post(f"{base}/fan_out/{bad_id}", params={"code": host.system_key}, json=1, timeout=10)
+        assert refused.status_code == 400 and "must not contain" in refused.json()["ExceptionMessage"]
     unauthenticated = requests.post(f"{base}/fan_out/id-nokey", json={"n": 1}, timeout=10)
     assert unauthenticated.status_code == 401
     assert instance_ids(host) == before

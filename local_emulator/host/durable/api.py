@@ -9,7 +9,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from local_emulator.host.durable import history as h
-from local_emulator.host.durable.engine import DurableEngine, InstanceExists, UnknownOrchestrator
+from local_emulator.host.durable.engine import DurableEngine, InstanceExists, InvalidInstanceId, UnknownOrchestrator
 from local_emulator.host.durable.store import ACTIVE, TERMINAL
 from local_emulator.host.keys import key_matches, unauthorized
 
@@ -105,9 +105,9 @@ class DurableApi:
         try:
             input_json = await self._input(request, client_encoded)
             instance_id = await self.engine.start_instance(name, request.match_info.get("instance_id"), input_json)
-        except UnknownOrchestrator as unknown:
+        except (UnknownOrchestrator, InvalidInstanceId) as refused:
             return web.json_response({"Message": "One or more of the arguments submitted is incorrect",
-                                      "ExceptionMessage": str(unknown)}, status=400)
+                                      "ExceptionMessage": str(refused)}, status=400)
         except InstanceExists as exists:
             return web.json_response({"Message": str(exists), "ExceptionMessage": str(exists)}, status=409)
         payload = self.management_urls(instance_id)

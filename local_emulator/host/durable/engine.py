@@ -18,6 +18,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import re
 import uuid
 from collections import defaultdict
 from typing import Awaitable, Callable
@@ -34,6 +35,8 @@ from local_emulator.host.invoker import Invoker
 
 log = logging.getLogger("local_emulator.host.durable")
 OUT_OF_PROC = "$OutOfProcData$:"
+# what a table PartitionKey refuses: the instance id is one
+_BAD_INSTANCE_ID = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
 
 
 class InstanceExists(Exception):
@@ -41,7 +44,11 @@ class InstanceExists(Exception):
 
 
 class UnknownOrchestrator(Exception):
-    pass
+    """No orchestrator function of that name in the app."""
+
+
+class InvalidInstanceId(Exception):
+    """The id cannot be stored (a clear 400 rather than a storage error)."""
 
 
 class DurableEngine:
@@ -81,6 +88,8 @@ class DurableEngine:
             raise UnknownOrchestrator(f"The function '{name}' doesn't exist, is disabled, or is not "
                                       f"an orchestrator function.")
         instance_id = instance_id or uuid.uuid4().hex
+        if _BAD_INSTANCE_ID.search(instance_id):
+            raise InvalidInstanceId("Instance ids must not contain /, \\, #, ? or control characters.")
         now = h.iso(h.utc_now())
         execution_id = h.new_key()
         state = {"Name": name, "RuntimeStatus": "Pending", "Input": input_json, "Output": None,
@@ -428,7 +437,7 @@ class DurableEngine:
             return  # started by an earlier attempt of this same batch
         try:
             await self.start_instance(name, child_id, input_json, parent)
-        except (InstanceExists, UnknownOrchestrator) as refused:
+        except (InstanceExists, UnknownOrchestrator, InvalidInstanceId) as refused:
             failed = h.event(h.SUB_FAILED, TaskScheduledId=parent["ParentTaskId"],
                              Reason=str(refused), Details=type(refused).__name__)
             await self.store.send_control({"InstanceId": parent["ParentInstanceId"],
