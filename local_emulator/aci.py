@@ -85,14 +85,14 @@ def _validate(body: dict) -> None:
     if not isinstance(containers, list) or not containers:
         raise ArmError(400, "ContainersRequired", "the container group has no containers")
     for container in containers:
-        props = container.get("properties") or {}
-        if not container.get("name") or not props.get("image"):
+        props = container.get("properties") if isinstance(container, dict) else None
+        if not isinstance(props, dict) or not container.get("name") or not props.get("image"):
             raise ArmError(400, "InvalidContainer", "every container needs a name and an image")
         if not props.get("command"):
             raise ArmError(400, "InvalidContainer",
                            f"container {container['name']} needs a command (the CCE policy pins it)")
         for variable in props.get("environmentVariables") or []:
-            if not variable.get("name"):
+            if not isinstance(variable, dict) or not variable.get("name"):
                 raise ArmError(400, "InvalidEnvironmentVariable", "an environment variable has no name")
 
 

@@ -73,8 +73,9 @@ def twin(tmp_path, images_dir, tls, token, sidecars, hardware_root):
 
 @pytest.fixture
 def client(twin, tls, token):
-    return ContainerInstanceManagementClient(StaticTokenCredential(token), SUBSCRIPTION, base_url=twin.url,
-                                             connection_verify=str(tls.ca_path))
+    with ContainerInstanceManagementClient(StaticTokenCredential(token), SUBSCRIPTION, base_url=twin.url,
+                                           connection_verify=str(tls.ca_path)) as management:
+        yield management
 
 
 @pytest.fixture

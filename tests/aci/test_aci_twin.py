@@ -9,7 +9,6 @@ import requests
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
 
 from local_emulator import images
-from shared import settings
 from shared.credentials import StaticTokenCredential
 from shared.cce_policy import hostdata_of
 from shared.container_group import TRAINER_CONTAINER_NAME, build_container_group
@@ -205,8 +204,6 @@ def test_stop_kills_the_process_group_and_keeps_the_record(client, stand_in_imag
     assert group.instance_view.state == "Stopped"
 
 
-@pytest.mark.skipif(not (settings.PROJECT_ROOT / "shared" / "package.py").exists(),
-                    reason="the trainer's shared/package.py has not landed yet")
 def test_real_trainer_image_runs_from_its_archive(client, images_dir):
     """The real trainer image starts under the twin; without its settings it says so and exits 2."""
     real = images.build_image(images_dir=images_dir)
@@ -280,5 +277,24 @@ def test_processes_left_behind_by_the_trainer_die_with_it(client, stand_in_image
     client.container_groups.begin_create_or_update(RESOURCE_GROUP, "run-child", spec).result()
     child = int(_log_value(client, "run-child", "child"))
     wait_for(lambda: not pid_alive(child))
-    group = client.container_groups.get(RESOURCE_GROUP, "run-child")
+    # the twin records the exit after it has killed the stragglers and stopped the sidecar
+    group = wait_for(lambda: (lambda g: g if g.instance_view.state != "Running" else None)(
+        client.container_groups.get(RESOURCE_GROUP, "run-child")))
     assert group.instance_view.state == "Succeeded"
+
+
+@pytest.mark.parametrize("containers", [["not-an-object"], [{"name": "trainer", "properties": "x"}],
+                                        [{"name": "trainer", "properties": {"image": "i", "command": ["c"],
+                                                                            "environmentVariables": ["x"]}}]])
+def test_malformed_containers_are_400_not_a_twin_error(twin, tls, token, stand_in_image, containers):
+    from shared.container_group import trainer_cce_policy
+    path = (f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.ContainerInstance"
+            f"/containerGroups/run-raw?api-version=2023-05-01")
+    body = {"location": LOCATION, "properties": {
+        "sku": "Confidential", "containers": containers,
+        "confidentialComputeProperties": {"ccePolicy": trainer_cce_policy(stand_in_image.ref)}}}
+    response = requests.put(twin.url + path, json=body, headers={"Authorization": f"Bearer {token}"},
+                            verify=str(tls.ca_path), timeout=10)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] in ("InvalidContainer", "InvalidEnvironmentVariable")
+    assert twin.stats()["created"] == 0

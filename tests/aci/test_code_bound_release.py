@@ -50,5 +50,6 @@ def test_only_the_pinned_trainer_image_gets_the_key(tmp_path, client, tls, token
 
         assert _release_status(client, "run-pinned") == ("200", key.id)
         assert _release_status(client, "run-modified") == ("403", None)
+        keys.close()
     finally:
         vault.stop()
