@@ -20,11 +20,11 @@ from ccr.common import (CliError, add_policy_arguments, check_key_name, default_
 from ccr.tdp import publish_package
 from shared import package, storage_names
 from shared.pipeline import PipelineConfigError, TrainingConfig
+from trainer_container.model_package import CONTENT_TYPE as MODEL_CONTENT_TYPE  # what the trainer reads
+from trainer_container.output_package import CONTENT_TYPE as OUTPUT_CONTENT_TYPE  # and writes
 
 NAME = "tdc"
 HELP = "training data consumer: publish-model, fetch"
-MODEL_CONTENT_TYPE = "application/vnd.ccr.model+zip"
-OUTPUT_CONTENT_TYPE = "application/vnd.ccr.output+zip"
 MAX_MODEL_BYTES = 512 << 20
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed, so the same inputs give the same package digest
 

@@ -24,6 +24,7 @@ from azure.storage.blob import BlobServiceClient
 from shared import package, storage_names
 from shared.settings import PROJECT_ROOT
 from local_emulator import covid_reference as covid_model
+from trainer_container.model_package import CONTENT_TYPE as MODEL_CONTENT_TYPE
 
 EVENT_KEY = "topic-key-for-tests"
 AZURITE_ACCOUNT_KEY = ("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/"
@@ -139,7 +140,7 @@ class Stage:
             z.writestr("model.onnx", covid_model.covid_onnx())
             z.writestr("training.json", json.dumps(training))
         model = self._upload("model", archive.getvalue(), storage_names.MODELS,
-                             storage_names.model_blob(self.contract_id), "application/vnd.ccr.model+zip")
+                             storage_names.model_blob(self.contract_id), MODEL_CONTENT_TYPE)
         output_kid, self.keys[output_kid] = self.new_key("output")
         return {"contract_id": self.contract_id, "tdc": {"did": "did:web:tdc", "model": model,
                                                          "output": {"key_kid": output_kid}},
