@@ -148,6 +148,11 @@ def test_unknown_orchestrator_or_bad_input_is_a_clear_error_and_starts_nothing(h
     for bad_id in ("id%23hash", "id%3Fquery", "id%5Cback", "id%01ctl"):  # not storable as a table key
         refused = requests.post(f"{base}/fan_out/{bad_id}", params={"code": host.system_key}, json=1, timeout=10)
         assert refused.status_code == 400 and "must not contain" in refused.json()["ExceptionMessage"]
+    instances = f"{host.url}/runtime/webhooks/durabletask/instances/id%23hash"
+    key = {"code": host.system_key}
+    assert requests.get(instances, params=key, timeout=10).status_code == 404
+    assert requests.post(f"{instances}/terminate", params=key, timeout=10).status_code == 404
+    assert requests.post(f"{instances}/raiseEvent/x", params=key, json=1, timeout=10).status_code == 404
     unauthenticated = requests.post(f"{base}/fan_out/id-nokey", json={"n": 1}, timeout=10)
     assert unauthenticated.status_code == 401
     assert instance_ids(host) == before

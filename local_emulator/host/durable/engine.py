@@ -18,7 +18,6 @@ import asyncio
 import datetime as dt
 import json
 import logging
-import re
 import uuid
 from collections import defaultdict
 from typing import Awaitable, Callable
@@ -30,13 +29,11 @@ from azure.functions import meta
 from local_emulator.host.app_loader import FunctionEntry, FunctionIndex
 from local_emulator.host.durable import history as h
 from local_emulator.host.durable.activities import ActivityWorker
-from local_emulator.host.durable.store import ACTIVE, TERMINAL, Instance, TaskHubStore
+from local_emulator.host.durable.store import ACTIVE, TERMINAL, Instance, TaskHubStore, storable_id
 from local_emulator.host.invoker import Invoker
 
 log = logging.getLogger("local_emulator.host.durable")
 OUT_OF_PROC = "$OutOfProcData$:"
-# what a table PartitionKey refuses: the instance id is one
-_BAD_INSTANCE_ID = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
 
 
 class InstanceExists(Exception):
@@ -88,7 +85,7 @@ class DurableEngine:
             raise UnknownOrchestrator(f"The function '{name}' doesn't exist, is disabled, or is not "
                                       f"an orchestrator function.")
         instance_id = instance_id or uuid.uuid4().hex
-        if _BAD_INSTANCE_ID.search(instance_id):
+        if not storable_id(instance_id):
             raise InvalidInstanceId("Instance ids must not contain /, \\, #, ? or control characters.")
         now = h.iso(h.utc_now())
         execution_id = h.new_key()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from dataclasses import dataclass, field
 
 from azure.core import MatchConditions
@@ -21,6 +22,12 @@ from azure.storage.queue.aio import QueueClient
 STATE_ROW = "state"
 TERMINAL = ("Completed", "Failed", "Terminated")
 ACTIVE = ("Pending", "Running")
+_NOT_IN_KEYS = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")  # what a table PartitionKey refuses
+
+
+def storable_id(instance_id: str) -> bool:
+    """Whether an instance id can be a PartitionKey (no such instance can exist otherwise)."""
+    return not _NOT_IN_KEYS.search(instance_id)
 
 
 @dataclass
@@ -70,6 +77,8 @@ class TaskHubStore:
 
     # instances -------------------------------------------------------------------------
     async def load_state(self, instance_id: str) -> Instance | None:
+        if not storable_id(instance_id):
+            return None
         try:
             row = await self.instances.get_entity(instance_id, STATE_ROW)
         except ResourceNotFoundError:
@@ -78,6 +87,8 @@ class TaskHubStore:
 
     async def load(self, instance_id: str) -> Instance | None:
         """State and the current execution's history, in order."""
+        if not storable_id(instance_id):
+            return None
         rows = [row async for row in self.instances.query_entities(
             "PartitionKey eq @pk", parameters={"pk": instance_id})]
         state_rows = [row for row in rows if row["RowKey"] == STATE_ROW]
