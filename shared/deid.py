@@ -129,7 +129,8 @@ def parse_config(data, where: str = "config") -> PreparationConfig:
         _fail_config(where, "pseudonymize must map at least one join identifier column to {\"as\", \"normalize\"}")
     pseudonyms = {}
     for column, spec in raw_pseudonyms.items():
-        if not isinstance(spec, dict) or set(spec) != {"as", "normalize"} or spec["normalize"] not in NORMALIZATIONS:
+        if not isinstance(spec, dict) or set(spec) != {"as", "normalize"} or not isinstance(spec["as"], str) \
+                or spec["normalize"] not in NORMALIZATIONS:
             _fail_config(where, f"pseudonymize.{column} must be {{\"as\": name, \"normalize\": one of "
                                 f"{', '.join(NORMALIZATIONS)}}}")
         pseudonyms[column] = Pseudonym(spec["as"], spec["normalize"])
@@ -149,8 +150,11 @@ def parse_config(data, where: str = "config") -> PreparationConfig:
     prefix = data.get("prefix", "")
     if not isinstance(prefix, str):
         _fail_config(where, "prefix must be a string")
+    raw_types = data.get("types") or {}
+    if not isinstance(raw_types, dict):
+        _fail_config(where, "types must map kept column names to types")
     types = {}
-    for column, kind in (data.get("types") or {}).items():
+    for column, kind in raw_types.items():
         if column not in keep:
             _fail_config(where, f"types.{column} names a column that is not kept")
         types[column] = _parse_type(where, column, kind)

@@ -136,7 +136,9 @@ def test_small_table_is_prepared_with_types_and_order(tmp_path):
 @pytest.mark.parametrize("change, message", [
     ({"keep": ["age", "sex", "name"]}, "both drop and keep"),
     ({"pseudonymize": {"phone": {"as": "pseudonym", "normalize": "sha1"}}}, "pseudonymize.phone"),
+    ({"pseudonymize": {"phone": {"as": 7, "normalize": "phone"}}}, "pseudonymize.phone"),
     ({"types": {"age": "integer"}}, "types.age"),
+    ({"types": ["age", "int"]}, "types must map"),
     ({"types": {"name": "str"}}, "types.name names a column that is not kept"),
     ({"rename": {"age": "pseudonym"}}, "same output name"),
     ({"colour": "blue"}, "unknown field(s) colour"),
