@@ -165,3 +165,18 @@ def test_malformed_queue_messages_are_dropped_without_stopping_the_hub(host, rec
     done = wait_done(start(host, "fan_out", {"n": 2, "tag": "after-garbage"}))
     assert (done["runtimeStatus"], done["output"]) == ("Completed", 10)
     wait_until(lambda: host.logs().count("dropping a malformed message") == 2, 20, message="both dropped")
+
+
+def test_instance_query_filters(host):
+    tag = "query-" + uuid.uuid4().hex[:8]
+    wait_done(start(host, "fan_out", {"n": 1, "tag": tag}, instance_id=tag + "-a"))
+    url, key = f"{host.url}/runtime/webhooks/durabletask/instances", {"code": host.system_key}
+
+    def ids(**params) -> set[str]:
+        response = requests.get(url, params={**key, "instanceIdPrefix": tag, **params}, timeout=10)
+        assert response.status_code == 200, response.text
+        return {item["instanceId"] for item in response.json()}
+    assert ids() == ids(runtimeStatus="Completed") == ids(createdTimeFrom="2000-01-01T00:00:00Z") == {tag + "-a"}
+    assert ids(runtimeStatus="Running,Failed") == ids(createdTimeTo="2000-01-01T00:00:00Z") == set()
+    bad = requests.get(url, params={**key, "createdTimeFrom": "yesterday"}, timeout=10)
+    assert bad.status_code == 400

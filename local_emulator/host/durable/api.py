@@ -143,15 +143,18 @@ class DurableApi:
     async def query(self, request: web.Request, client_encoded: bool) -> web.Response:
         wanted = {s for s in request.query.get("runtimeStatus", "").split(",") if s}
         prefix = request.query.get("instanceIdPrefix", "")
-        created_from = request.query.get("createdTimeFrom")
-        created_to = request.query.get("createdTimeTo")
+        try:
+            created_from, created_to = (h.parse_iso(request.query[name]) if request.query.get(name) else None
+                                        for name in ("createdTimeFrom", "createdTimeTo"))
+        except ValueError:
+            return web.json_response({"error": "createdTimeFrom/createdTimeTo must be ISO 8601"}, status=400)
         states = await self.engine.store.query_states_with_ids()
         results = []
         for instance_id, state in states:
             if wanted and state["RuntimeStatus"] not in wanted or not instance_id.startswith(prefix):
                 continue
             created = h.parse_iso(state["CreatedTime"])
-            if created_from and created < h.parse_iso(created_from) or created_to and created > h.parse_iso(created_to):
+            if created_from and created < created_from or created_to and created > created_to:
                 continue
             results.append(self._status_body(instance_id, state, None, True))
         return web.json_response(results)
