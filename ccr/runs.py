@@ -43,11 +43,14 @@ def _get(args, path: str):
         raise CliError(f"cannot reach {base} ({type(error).__name__})") from None
     if response.status_code == 401:
         raise CliError("the Functions app refused the function key (HTTP 401)")
-    if response.status_code == 404:
+    if response.status_code == 404 and path.startswith("runs/"):
         raise CliError(f"no such run: {path.rsplit('/', 1)[-1]}")
     if not response.ok:
         raise CliError(f"status API answered HTTP {response.status_code}")
-    return response.json()
+    try:
+        return response.json()
+    except ValueError:
+        raise CliError("status API answered something that is not JSON") from None
 
 
 def run_list(args) -> None:
