@@ -84,16 +84,17 @@ class HttpTriggers:
     def add_to(self, app: web.Application) -> None:
         app.router.add_route("*", "/api/{tail:.*}", self.handle)
 
-    def _match(self, path: str, method: str):
-        allowed_elsewhere = False
+    def _match(self, path: str, method: str) -> tuple[FunctionEntry | None, dict, bool]:
+        """(function, route parameters, whether the path matched but only for other methods)."""
+        wrong_method = False
         for pattern, methods, entry in self.routes:
             found = pattern.match("/" + path.strip("/"))
             if found:
                 if methods and method not in methods:
-                    allowed_elsewhere = True
+                    wrong_method = True
                     continue
-                return entry, found.groupdict()
-        return None, allowed_elsewhere
+                return entry, found.groupdict(), False
+        return None, {}, wrong_method
 
     def _authorized(self, request: web.Request, entry: FunctionEntry) -> bool:
         level = str(entry.trigger.get("authLevel", "FUNCTION")).upper()
@@ -104,10 +105,9 @@ class HttpTriggers:
         return key_matches(request, self.keys.function, self.keys.master)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        entry, route_params = self._match(request.match_info["tail"], request.method)
+        entry, route_params, wrong_method = self._match(request.match_info["tail"], request.method)
         if entry is None:
-            status = 405 if route_params else 404
-            return web.json_response({"error": "no function at this route"}, status=status)
+            return web.json_response({"error": "no function at this route"}, status=405 if wrong_method else 404)
         if not self._authorized(request, entry):
             return unauthorized()
         body = await request.read()
