@@ -321,13 +321,13 @@ class EventGridTwin:
         now = datetime.now(timezone.utc)
         name = (f"{job['topic'].upper()}/{job['subscription'].upper()}/"
                 f"{now:%Y/%m/%d/%H}/{uuid.uuid4()}.json")
-        container = BlobServiceClient.from_connection_string(self.blob_connection).get_container_client(
-            subscription.dead_letter_container)
-        try:
-            container.create_container()
-        except ResourceExistsError:
-            pass
-        container.upload_blob(name, json.dumps([record]).encode(), overwrite=True)
+        with BlobServiceClient.from_connection_string(self.blob_connection) as service:
+            container = service.get_container_client(subscription.dead_letter_container)
+            try:
+                container.create_container()
+            except ResourceExistsError:
+                pass
+            container.upload_blob(name, json.dumps([record]).encode(), overwrite=True)
         log.info("event for %s/%s dead-lettered after %d attempts", job["topic"], job["subscription"],
                  job["attempts"])
 

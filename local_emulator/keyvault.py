@@ -329,7 +329,7 @@ class KeyVaultTwin:
         except ValueError:
             raise VaultError(400, "BadParameter", "maxresults and $skiptoken must be integers.") from None
         if size < 1 or start < 0:
-            raise VaultError(400, "BadParameter", "maxresults must be positive.")
+            raise VaultError(400, "BadParameter", "maxresults must be positive and $skiptoken not negative.")
         page = items[start:start + size]
         value = []
         for key_name, record in page:

@@ -135,7 +135,13 @@ def _handler_class(router: Router):
             pass
 
         def _dispatch(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if length < 0:
+                self.close_connection = True          # the body's end is unknown: no keep-alive
+                return self._reply(400, {"error": {"code": "BadRequest", "message": "invalid Content-Length"}}, {})
             body = self.rfile.read(length) if length else b""
             parts = urlsplit(self.path)
             query = {name: values[-1] for name, values in parse_qs(parts.query).items()}
@@ -144,6 +150,9 @@ def _handler_class(router: Router):
             except Exception as exc:  # a bug in a twin: say so without echoing request data
                 status, headers = 500, {}
                 payload = {"error": {"code": "InternalError", "message": f"twin error ({type(exc).__name__})"}}
+            self._reply(status, payload, headers)
+
+        def _reply(self, status: int, payload: dict | None, headers: dict) -> None:
             data = json.dumps(payload).encode() if payload is not None else b""
             self.send_response(status)
             if payload is not None:

@@ -47,3 +47,28 @@ def test_static_token_from_the_setting(monkeypatch):
     assert "tok-123" not in repr(credential)
     with pytest.raises(ValueError):
         credentials.StaticTokenCredential("")
+
+
+def test_json_server_answers_errors_without_echoing_the_request():
+    def broken(method, path, query, headers, body):
+        raise RuntimeError(f"leaked {body!r}")
+
+    server = loopback_tls.LoopbackServer(broken).start()
+    try:
+        port = int(server.url.rsplit(":", 1)[1])
+
+        def exchange(request: bytes) -> bytes:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+                raw.sendall(request)
+                answer = b""
+                while chunk := raw.recv(65536):    # the requests say Connection: close
+                    answer += chunk
+                return answer
+
+        failed = exchange(b"POST /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 6\r\n\r\nsecret")
+        assert failed.startswith(b"HTTP/1.1 500")
+        assert b"RuntimeError" in failed and b"secret" not in failed
+        refused = exchange(b"POST /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: nope\r\n\r\n")
+        assert refused.split(b"\r\n", 1)[0].endswith(b"400 Bad Request") and b"Content-Length" in refused
+    finally:
+        server.stop()
