@@ -95,3 +95,4 @@ def test_signing_key_and_hardware_root_persist(tmp_path, tls):
     finally:
         first.stop()
     assert MaaTwin(tmp_path / "maa", tls, [root.public_pem]).jwks() == keys
+    assert (tmp_path / "maa" / "maa_signing_key.pem").stat().st_mode & 0o777 == 0o600
