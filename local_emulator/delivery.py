@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from local_emulator.tls import write_private
+
 log = logging.getLogger(__name__)
 
 DONE, RETRY, GIVE_UP = "done", "retry", "give-up"
@@ -90,10 +92,7 @@ class DeliveryQueue:
         return len(list(self.folder.glob("*.json")))
 
     def _save(self, job: dict) -> None:
-        path = self.folder / f"{job['id']}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(job))
-        tmp.replace(path)
+        write_private(self.folder / f"{job['id']}.json", json.dumps(job).encode())   # events can carry run data
 
     def _schedule(self) -> None:
         with self._wake:

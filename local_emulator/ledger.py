@@ -28,7 +28,7 @@ from pathlib import Path
 import requests
 
 from local_emulator.delivery import DONE, GIVE_UP, RETRY, DeliveryQueue, RetryPolicy, is_retryable
-from local_emulator.tls import LoopbackServer
+from local_emulator.tls import LoopbackServer, write_private
 from shared import contract as contracts
 from shared import did as dids
 
@@ -103,10 +103,7 @@ class LedgerTwin:
         return (self.data_dir / "entries" / f"{seqno:012d}.cose").read_bytes()
 
     def _save(self, state: dict) -> None:
-        path = self.data_dir / "entries" / f"{state['seqno']:012d}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        tmp.replace(path)
+        write_private(self.data_dir / "entries" / f"{state['seqno']:012d}.json", json.dumps(state).encode())
 
     # --- webhook delivery --------------------------------------------------------------
 

@@ -101,11 +101,17 @@ class LoopbackServer:
         return f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
 
     def start(self) -> "LoopbackServer":
+        if self._server is not None:       # a second server would be left running, unreachable
+            raise RuntimeError(f"the {self._name} is already started")
         server = _QuietServer((self._host, self._port), _handler_class(self._router))
         server.daemon_threads = True
         if self._ssl_context is not None:
-            server.socket = self._ssl_context.wrap_socket(server.socket, server_side=True,
-                                                          do_handshake_on_connect=False)
+            try:
+                server.socket = self._ssl_context.wrap_socket(server.socket, server_side=True,
+                                                              do_handshake_on_connect=False)
+            except Exception:
+                server.server_close()
+                raise
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, args=(0.05,), name=self._name, daemon=True)
         self._thread.start()

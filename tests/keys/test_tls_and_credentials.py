@@ -34,6 +34,8 @@ def test_server_certificate_verifies_for_loopback_names(tmp_path):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
             with pytest.raises(ssl.SSLCertVerificationError):
                 other.client_context().wrap_socket(raw, server_hostname="127.0.0.1")
+        with pytest.raises(RuntimeError, match="already started"):
+            server.start()
     finally:
         server.stop()
     with pytest.raises(ValueError, match="loopback"):
