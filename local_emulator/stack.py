@@ -39,26 +39,31 @@ FIXED_PORTS = {"host": 7071, "azurite_blob": 10000, "azurite_queue": 10001, "azu
 
 
 class HostProcess:
-    """`python -m local_emulator host` in its own process group, so a test can kill -9 it."""
+    """`python -m local_emulator host` in its own process group, so a test can kill -9 it.
+    A restarted host keeps the port it got first, so URLs stay valid."""
 
-    def __init__(self, app_dir: Path, env: dict, port: int = 0, log_path: Path | None = None, echo: bool = False):
+    def __init__(self, app_dir: Path, env: dict, port: int = 0, log_path: Path | None = None, echo: bool = False,
+                 start_timeout: float = 90.0):
         self.app_dir, self.env, self.port, self.log_path, self.echo = Path(app_dir), env, port, log_path, echo
+        self.start_timeout = start_timeout
         self.process: subprocess.Popen | None = None
         self.url = ""
         self.lines: list[str] = []
+        self._reader: threading.Thread | None = None
 
-    def start(self, timeout: float = 90.0) -> "HostProcess":
-        self.url = ""
+    def start(self) -> "HostProcess":
+        self.url = ""  # a restart must announce itself again
         self.process = subprocess.Popen(
             [sys.executable, "-m", "local_emulator", "host", "--app-dir", str(self.app_dir), "--port", str(self.port)],
             cwd=PROJECT_ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             start_new_session=True)
         ready = threading.Event()
-        threading.Thread(target=self._read, args=(self.process, ready), daemon=True).start()
-        if not ready.wait(timeout) or not self.url:
+        self._reader = threading.Thread(target=self._read, args=(self.process, ready), daemon=True)
+        self._reader.start()
+        if not ready.wait(self.start_timeout) or not self.url:
             self.kill()
             raise RuntimeError("the Functions host did not start:\n" + "".join(self.lines[-40:]))
-        self.port = int(self.url.rsplit(":", 1)[1])  # a restart keeps the same address
+        self.port = int(self.url.rsplit(":", 1)[1])
         return self
 
     def _read(self, process: subprocess.Popen, ready: threading.Event) -> None:
@@ -78,19 +83,31 @@ class HostProcess:
         if log:
             log.close()
 
+    def logs(self) -> str:
+        return "".join(self.lines)
+
     def kill(self) -> None:
         """kill -9 the whole process group: what a crash looks like."""
         if self.process and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
+        self._close_output()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 15.0) -> None:
         if self.process and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
-                self.process.wait(timeout=15)
+                self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
+        self._close_output()
+
+    def _close_output(self) -> None:
+        """Once the reader has seen the end of the output (all of it is in logs()), close the pipe."""
+        if self._reader is not None:
+            self._reader.join(5)
+            if not self._reader.is_alive():
+                self.process.stdout.close()
 
 
 class Stack:
