@@ -195,7 +195,7 @@ class AciTwin:
         if route == "logs" and method == "GET":
             tail = query.get("tail")
             content = self.runtime.log_tail(_group_id(args["sub"], args["rg"], args["name"]), args["container"],
-                                            int(tail) if tail and tail.isdigit() else None)
+                                            int(tail) if tail and tail.isdecimal() else None)
             if content is None:
                 raise ArmError(404, "ResourceNotFound", "container group or container not found")
             return 200, {"content": content}, {}

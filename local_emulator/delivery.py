@@ -42,6 +42,8 @@ def is_retryable(status: int | None) -> bool:
 
 
 class DeliveryQueue:
+    """Persisted jobs tried by a small thread pool when due: `start()`, `add(job)`, `pending()`, `stop()`."""
+
     def __init__(self, folder: Path, attempt: Callable[[dict], str], exhausted: Callable[[dict], None],
                  policy: RetryPolicy, workers: int = 4, name: str = "delivery"):
         self.folder = Path(folder)

@@ -89,6 +89,9 @@ class Subscription:
 
 
 class EventGridTwin:
+    """Topics, subscriptions and their delivery queue: `start()`, `stop()`, `url`, `create_topic()`,
+    `create_subscription()`; state persists under `data_dir`."""
+
     def __init__(self, data_dir: Path, blob_connection: str | None = None, host: str = "127.0.0.1",
                  port: int = 0, retry: RetryPolicy = RetryPolicy(initial_seconds=10, maximum_seconds=600,
                                                                   attempts=30),

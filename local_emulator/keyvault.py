@@ -268,6 +268,8 @@ class KeyVaultTwin:
                                                       or not isinstance(attributes[stamp], int)):
                 raise VaultError(400, "BadParameter", f"attributes.{stamp} must be a unix timestamp.")
         tags = body.get("tags") or {}
+        if not isinstance(tags, dict):
+            raise VaultError(400, "BadParameter", "tags must be an object.")
         policy = _release_policy(body.get("release_policy"))
         exportable = bool(attributes.get("exportable", False))
         if exportable and policy is None:

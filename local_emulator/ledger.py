@@ -40,6 +40,9 @@ _DID_DOC = re.compile(r"^/([A-Za-z0-9][A-Za-z0-9._\-]{0,63})/did\.json$")
 
 
 class LedgerTwin:
+    """`start()`, `stop()`, `url`, `register()`, `did_for()`; entries, DID documents and pending
+    webhook calls persist under `data_dir`."""
+
     def __init__(self, data_dir: Path, webhook_url: str | None = None, webhook_key: str | None = None,
                  ssl_context: ssl.SSLContext | None = None, host: str = "127.0.0.1", port: int = 0,
                  retry: RetryPolicy = RetryPolicy(), webhook_verify: str | bool = True):
