@@ -8,6 +8,8 @@
   same port). Every host a test started is stopped when the test ends. Give each test its own
   task hub (`hub=`, default a fresh random name) so tests sharing the session's Azurite do not
   see each other's work.
+- `tls` (session), `token`, `hardware_root` (session), `maa`: the loopback CA, a twin's bearer
+  token, the simulated SEV-SNP root and the attestation twin trusting it.
 """
 from __future__ import annotations
 
@@ -18,7 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from local_emulator import tls as loopback_tls
+from local_emulator.attestation import MaaTwin
 from local_emulator.azurite import Azurite
+from local_emulator.sevsnp import HardwareRoot
 from local_emulator.stack import HostProcess as StackHostProcess
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -56,6 +61,30 @@ class HostProcess(StackHostProcess):
             "CCR_TASK_HUB": self.hub,
             "CCR_HOST_LEASE_SECONDS": "4", "CCR_BLOB_POLL_SECONDS": "0.2",
             **(env or {})}, start_timeout=start_timeout)
+
+
+@pytest.fixture(scope="session")
+def tls(tmp_path_factory):
+    """The emulator's loopback CA and server certificate (local_emulator/tls.py)."""
+    return loopback_tls.load_or_create(tmp_path_factory.mktemp("emulator"))
+
+
+@pytest.fixture
+def token() -> str:
+    """The bearer token a twin requires of its callers."""
+    return secrets.token_urlsafe(24)
+
+
+@pytest.fixture(scope="session")
+def hardware_root(tmp_path_factory) -> HardwareRoot:
+    return HardwareRoot.load_or_create(tmp_path_factory.mktemp("hw"))
+
+
+@pytest.fixture
+def maa(tmp_path, tls, hardware_root):
+    twin = MaaTwin(tmp_path / "maa", tls, [hardware_root.public_pem]).start()
+    yield twin
+    twin.stop()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ management client, and stand-in trainer images built by local_emulator.images.""
 from __future__ import annotations
 
 import os
-import secrets
 import time
 from pathlib import Path
 
@@ -11,27 +10,14 @@ import pytest
 import requests
 from azure.mgmt.containerinstance import ContainerInstanceManagementClient
 
-from local_emulator import images, tls as loopback_tls
+from local_emulator import images
 from local_emulator.aci import AciTwin, skr_sidecar_factory
-from local_emulator.attestation import MaaTwin
-from local_emulator.sevsnp import HardwareRoot
 from shared.credentials import StaticTokenCredential
 from tests.aci.stand_in_trainer import write_stand_in
 
 SUBSCRIPTION = "00000000-0000-0000-0000-0000000000aa"
 RESOURCE_GROUP = "ccr-tests"
 LOCATION = "westeurope"
-
-
-@pytest.fixture(scope="session")
-def tls(tmp_path_factory):
-    """The emulator's loopback CA and server certificate (local_emulator/tls.py)."""
-    return loopback_tls.load_or_create(tmp_path_factory.mktemp("emulator"))
-
-
-@pytest.fixture
-def token() -> str:
-    return secrets.token_urlsafe(24)
 
 
 @pytest.fixture
@@ -42,18 +28,6 @@ def images_dir(tmp_path) -> Path:
 @pytest.fixture
 def sidecars():
     return []
-
-
-@pytest.fixture(scope="session")
-def hardware_root(tmp_path_factory) -> HardwareRoot:
-    return HardwareRoot.load_or_create(tmp_path_factory.mktemp("hw"))
-
-
-@pytest.fixture
-def maa(tmp_path, tls, hardware_root):
-    twin = MaaTwin(tmp_path / "maa", tls, [hardware_root.public_pem]).start()
-    yield twin
-    twin.stop()
 
 
 @pytest.fixture

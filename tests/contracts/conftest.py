@@ -6,7 +6,6 @@ import threading
 
 import pytest
 
-from local_emulator import tls as loopback_tls
 from local_emulator.tls import LoopbackServer
 from shared import did as dids
 from shared import storage_names
@@ -66,11 +65,6 @@ def resolve(documents):
 
 
 # --- loopback servers for the ledger tests ---------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def tls(tmp_path_factory) -> loopback_tls.LoopbackTls:
-    return loopback_tls.load_or_create(tmp_path_factory.mktemp("emulator"))
 
 
 class RecordingWebhook:

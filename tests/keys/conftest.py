@@ -5,28 +5,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import secrets
 
 import pytest
 import requests
 from azure.keyvault.keys import KeyClient
 from jwcrypto import jwk
 
-from local_emulator import tls as loopback_tls
-from local_emulator.attestation import API_VERSION, MaaTwin, build_attest_request
+from local_emulator.attestation import API_VERSION, build_attest_request
 from local_emulator.keyvault import KeyVaultTwin
 from local_emulator.sevsnp import HardwareRoot
 from shared.credentials import StaticTokenCredential
-
-
-@pytest.fixture(scope="session")
-def tls(tmp_path_factory):
-    return loopback_tls.load_or_create(tmp_path_factory.mktemp("emulator"))
-
-
-@pytest.fixture
-def token() -> str:
-    return secrets.token_urlsafe(24)
 
 
 @pytest.fixture
@@ -55,18 +43,6 @@ def cce_policy_b64(text: str) -> str:
 
 POLICY_P = cce_policy_b64('package policy\ncontainers := [{"id": "ccr-trainer@sha256:' + "1" * 64 + '"}]\n')
 POLICY_P2 = cce_policy_b64('package policy\ncontainers := [{"id": "ccr-trainer@sha256:' + "2" * 64 + '"}]\n')
-
-
-@pytest.fixture(scope="session")
-def hardware_root(tmp_path_factory) -> HardwareRoot:
-    return HardwareRoot.load_or_create(tmp_path_factory.mktemp("hw"))
-
-
-@pytest.fixture
-def maa(tmp_path, tls, hardware_root):
-    twin = MaaTwin(tmp_path / "maa", tls, [hardware_root.public_pem]).start()
-    yield twin
-    twin.stop()
 
 
 def runtime_keys(public: jwk.JWK) -> bytes:
