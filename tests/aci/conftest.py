@@ -3,7 +3,6 @@ management client, and stand-in trainer images built by local_emulator.images.""
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from local_emulator import images
 from local_emulator.aci import AciTwin, skr_sidecar_factory
 from shared.credentials import StaticTokenCredential
 from tests.aci.stand_in_trainer import write_stand_in
+from tests.conftest import wait_until
 
 SUBSCRIPTION = "00000000-0000-0000-0000-0000000000aa"
 RESOURCE_GROUP = "ccr-tests"
@@ -72,13 +72,8 @@ def pid_alive(pid: int) -> bool:
 
 
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met within %.0f s" % timeout)
+    """The shared poll (tests/conftest.py) with the short interval these twin tests want."""
+    return wait_until(predicate, timeout, interval)
 
 
 def sidecar_reachable(url: str) -> bool:
