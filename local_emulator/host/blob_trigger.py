@@ -54,6 +54,7 @@ class BlobTriggers:
                                                          message_encode_policy=TextBase64EncodePolicy())
         self.done: set[str] = set()  # receipt keys known to be final (fired or poisoned)
         self._task: asyncio.Task | None = None
+        self._stopping = asyncio.Event()
         self._clients: dict[str, BlobServiceClient] = {}
 
     async def start(self) -> None:
@@ -66,10 +67,15 @@ class BlobTriggers:
                 pass
         self._task = asyncio.create_task(self._poll_forever())
 
-    async def stop(self) -> None:
+    async def stop(self, grace_seconds: float = 10.0) -> None:
+        """Let an invocation in flight finish and write its receipt (a cancelled receipt write
+        would fire that blob version again after the restart), then stop polling."""
+        self._stopping.set()
         if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            try:
+                await asyncio.wait_for(self._task, grace_seconds)
+            except asyncio.TimeoutError:
+                log.warning("blob triggers: an invocation outlived the %.0f s shutdown grace", grace_seconds)
         for client in list(self._clients.values()):
             await client.close()
         await self.receipts.close()
@@ -83,7 +89,7 @@ class BlobTriggers:
         return self._clients[connection]
 
     async def _poll_forever(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             for entry in self.functions:
                 try:
                     await self.poll(entry)
@@ -93,7 +99,10 @@ class BlobTriggers:
                     pass  # container not created yet
                 except Exception:
                     log.exception("blob trigger %s: polling failed", entry.name)
-            await asyncio.sleep(self.poll_seconds)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.poll_seconds)
+            except asyncio.TimeoutError:
+                pass
 
     async def poll(self, entry: FunctionEntry) -> None:
         container_name, prefix, pattern = compile_blob_path(entry.trigger["path"])
@@ -102,6 +111,8 @@ class BlobTriggers:
             if not pattern.match(blob.name):
                 continue
             key = hashlib.sha256(f"{container_name}/{blob.name}|{blob.etag}".encode()).hexdigest()
+            if self._stopping.is_set():
+                return
             if key in self.done:
                 continue
             await self._fire(entry, container, blob, key)

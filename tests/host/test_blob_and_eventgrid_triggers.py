@@ -51,6 +51,18 @@ def test_each_blob_version_fires_once_and_not_again_after_restart(blob_host, rec
     assert len(lines) == 5 and lines[-1] == f"{container.container_name}/e.csv:1:1"
 
 
+def test_stopping_the_host_mid_invocation_still_keeps_its_receipt(blob_host, record_dir, container):
+    container.upload_blob("slow-1.csv", b"abc")
+    wait_until(lambda: len(fired(record_dir, container)) == 1, 20, message="slow blob fired")
+    blob_host.stop()  # SIGTERM while the function is still sleeping
+    blob_host.start()
+    container.upload_blob("after.csv", b"z")
+    wait_until(lambda: len(fired(record_dir, container)) == 2, 20, message="blob after restart fired")
+    time.sleep(1.0)
+    assert fired(record_dir, container) == [f"{container.container_name}/slow-1.csv:3:3",
+                                            f"{container.container_name}/after.csv:1:1"]
+
+
 def test_a_blob_that_keeps_failing_lands_on_the_poison_queue(blob_host, record_dir, container, azurite):
     container.upload_blob("poison-1.bin", b"bad")
     poison = QueueClient.from_connection_string(azurite, "webjobs-blobtrigger-poison",

@@ -1,5 +1,6 @@
 """Test app for the local host (not production code): one function per feature under test.
 Side effects go to files under CCR_TEST_RECORD_DIR so tests can count executions."""
+import asyncio
 import datetime as dt
 import json
 import os
@@ -191,6 +192,8 @@ async def on_blob(blob: func.InputStream, client: df.DurableOrchestrationClient)
     name = blob.name.split("/", 1)[1]
     if name.startswith("poison"):
         raise ValueError("this blob always fails")
+    if name.startswith("slow-"):  # still running when a test stops the host
+        await asyncio.sleep(2.0)
     if name.startswith("start-"):  # a blob arrival starting an orchestration, as the real app does
         await client.start_new("fan_out", "blob-" + blob.name.replace("/", "-"), {"n": 2, "tag": name})
 
