@@ -1,16 +1,27 @@
 """Load `function_app.py` like the Python worker: import it from the app folder, find the one
-FunctionApp / DFApp object, and read each function's bindings from the app itself."""
+FunctionApp / DFApp object, and read each function's bindings from the app itself. A parameter
+typed with an SDK type (`azurefunctions.extensions.bindings.blob.BlobClient`, ...) makes a
+deferred binding, as in the worker: its raw binding carries `properties.SupportsDeferredBinding`
+(what tells the host to send a reference, not the content) and its argument is built by the
+extension's converter."""
 from __future__ import annotations
 
 import importlib.util
 import inspect
 import json
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import azure.functions as func
+import azurefunctions.extensions.base as sdk_extensions
+from azure.functions import meta
+
+# The worker's DEFERRED_BINDING_REGISTRY: converters of the SDK-type extensions the app imported.
+SDK_BINDING_REGISTRY = sdk_extensions.get_binding_registry()
 
 
 @dataclass
@@ -20,6 +31,7 @@ class FunctionEntry:
     user_function: Callable
     trigger: dict
     bindings: list[dict] = field(default_factory=list)
+    sdk_types: dict[str, type] = field(default_factory=dict)  # parameter -> SDK type (deferred binding)
 
     @property
     def trigger_type(self) -> str:
@@ -31,6 +43,15 @@ class FunctionEntry:
 
     def binding_of_type(self, binding_type: str) -> dict | None:
         return next((b for b in self.bindings if b["type"] == binding_type), None)
+
+    def decode_trigger(self, datum, trigger_metadata: dict) -> Any:
+        """The trigger argument as the worker builds it: an SDK-typed parameter through its
+        extension's converter (given the type), any other through azure-functions' converter."""
+        sdk_type = self.sdk_types.get(self.trigger["name"])
+        if sdk_type is not None:
+            converter = SDK_BINDING_REGISTRY.get(self.trigger_type)
+            return converter.decode(datum, trigger_metadata=trigger_metadata, pytype=sdk_type)
+        return meta.get_binding_registry().get(self.trigger_type).decode(datum, trigger_metadata=trigger_metadata)
 
 
 class FunctionIndex:
@@ -68,17 +89,53 @@ def find_app(module) -> func.FunctionRegister:
     return apps[0]
 
 
+def sdk_typed_parameters(function) -> dict[str, type]:
+    """Parameters whose annotation is an SDK type, found as the worker's indexing finds them
+    (`check_supported_type` on `typing.get_type_hints`), each checked against its binding's
+    converter as the worker does (it refuses to load a function that fails the check)."""
+    name = function.get_function_name()
+    hints = typing.get_type_hints(function.get_user_function())
+    bindings = {binding.name: binding.type for binding in function.get_bindings()}
+    found = {}
+    for param, annotation in hints.items():
+        if param not in bindings or not SDK_BINDING_REGISTRY.check_supported_type(annotation):
+            continue
+        converter = SDK_BINDING_REGISTRY.get(bindings[param])
+        if converter is None or not converter.check_input_type_annotation(annotation):
+            raise ValueError(f"function {name}: parameter {param!r} is typed "
+                             f"{getattr(annotation, '__name__', annotation)}, "
+                             f"which a {bindings[param]!r} binding cannot give")
+        found[param] = annotation
+    return found
+
+
+def raw_bindings(function, sdk_types: dict[str, type]) -> list[dict]:
+    """The bindings the worker reports to the host: with an SDK-typed parameter the worker has
+    the base extension write them, flagging each with `SupportsDeferredBinding`."""
+    if not sdk_types:
+        return [json.loads(raw) for raw in function.get_raw_bindings()]
+    input_types = {param: SimpleNamespace(pytype=annotation) for param, annotation in sdk_types.items()}
+    raw, _ = SDK_BINDING_REGISTRY.get_raw_bindings(function, input_types)
+    return [json.loads(binding) for binding in raw]
+
+
+def supports_deferred_binding(binding: dict) -> bool:
+    """The host's reading of the flag (a JSON boolean, or "True" as .NET workers write it)."""
+    return str(binding.get("properties", {}).get("SupportsDeferredBinding", False)).lower() == "true"
+
+
 def load_functions(app_dir: Path) -> FunctionIndex:
     """Index the functions the app registered (no second list of functions anywhere)."""
     app = find_app(import_app_module(app_dir))
     entries = []
     for function in app.get_functions():
-        bindings = [json.loads(raw) for raw in function.get_raw_bindings()]
+        sdk_types = sdk_typed_parameters(function)
+        bindings = raw_bindings(function, sdk_types)
         triggers = [b for b in bindings if b["type"].lower().endswith("trigger")]
         if len(triggers) != 1:
             raise ValueError(f"function {function.get_function_name()} needs exactly one trigger")
         entries.append(FunctionEntry(function.get_function_name(), function.get_user_function(),
-                                     triggers[0], bindings))
+                                     triggers[0], bindings, sdk_types))
     return FunctionIndex(entries)
 
 

@@ -1,7 +1,10 @@
 """Blob triggers on Azurite containers, with the real host's semantics: each new blob (or new
 version: new ETag) fires once; receipts live in a table so a restarted host does not fire
 again; after 5 failed attempts a message goes to the `webjobs-blobtrigger-poison` queue (same
-JSON fields as Azure, base64 like the host's queue messages) and the blob is not retried."""
+JSON fields as Azure, base64 like the host's queue messages) and the blob is not retried.
+A function whose trigger parameter has an SDK type (deferred binding) gets a reference to the
+blob, the worker protocol's ModelBindingData, and never its content: a dataset of many GB is
+not read just to say that it arrived."""
 from __future__ import annotations
 
 import asyncio
@@ -10,6 +13,7 @@ import json
 import logging
 import os
 import re
+from dataclasses import dataclass
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables.aio import TableClient
@@ -18,7 +22,7 @@ from azure.storage.blob.aio import BlobServiceClient
 from azure.storage.queue import TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
-from local_emulator.host.app_loader import FunctionEntry, FunctionIndex
+from local_emulator.host.app_loader import FunctionEntry, FunctionIndex, supports_deferred_binding
 from local_emulator.host.invoker import Invoker
 
 log = logging.getLogger("local_emulator.host.blobs")
@@ -34,6 +38,23 @@ def compile_blob_path(path: str) -> tuple[str, str, re.Pattern]:
     for literal, name in re.findall(r"([^{]*)(?:\{([A-Za-z_][A-Za-z0-9_]*)\})?", pattern):
         regex += re.escape(literal) + (f"(?P<{name}>.+?)" if name else "")
     return container, prefix, re.compile("^" + regex + "$")
+
+
+@dataclass(frozen=True)
+class ModelBindingData:
+    """The worker protocol's ModelBindingData message, as the storage extension fills it."""
+    content: bytes
+    version: str = "1.0"
+    source: str = "AzureStorageBlobs"
+    content_type: str = "application/json"
+
+
+def blob_reference(connection_setting: str, container_name: str, blob_name: str) -> meta.Datum:
+    """What the host sends for a deferred blob binding: the setting's *name* (the worker reads
+    the connection from its own environment), the container and the blob name; no content."""
+    content = json.dumps({"Connection": connection_setting, "ContainerName": container_name,
+                          "BlobName": blob_name}).encode()
+    return meta.Datum(ModelBindingData(content), "model_binding_data")
 
 
 def _without_query(url: str) -> str:
@@ -81,9 +102,12 @@ class BlobTriggers:
         await self.receipts.close()
         await self.poison.close()
 
+    @staticmethod
+    def _connection_setting(entry: FunctionEntry) -> str:
+        return entry.trigger.get("connection") or "AzureWebJobsStorage"
+
     def _service(self, entry: FunctionEntry) -> BlobServiceClient:
-        setting = entry.trigger.get("connection") or "AzureWebJobsStorage"
-        connection = os.environ.get(setting) or self.default_connection
+        connection = os.environ.get(self._connection_setting(entry)) or self.default_connection
         if connection not in self._clients:
             self._clients[connection] = BlobServiceClient.from_connection_string(connection)
         return self._clients[connection]
@@ -127,12 +151,11 @@ class BlobTriggers:
             self.done.add(key)
             return
         try:
-            data = await (await container.download_blob(blob.name)).readall()
+            datum = await self._trigger_datum(entry, container, blob)
         except ResourceNotFoundError:
             return  # deleted meanwhile
-        argument = meta.get_binding_registry().get("blobTrigger").decode(
-            meta.Datum(data, "bytes"), trigger_metadata=self._metadata(container, blob))
-        try:
+        try:  # a binding the worker cannot build (e.g. an unknown connection setting) fails the attempt too
+            argument = entry.decode_trigger(datum, self._metadata(container, blob))
             await self.invoker.invoke(entry, {entry.trigger["name"]: argument, **self.extra_inputs(entry)})
             receipt["Status"] = "fired"
         except Exception:
@@ -147,6 +170,14 @@ class BlobTriggers:
         await self.receipts.upsert_entity(receipt)
         if receipt["Status"] != "pending":
             self.done.add(key)
+
+    async def _trigger_datum(self, entry: FunctionEntry, container, blob) -> meta.Datum:
+        """A reference when the binding supports deferred binding (after checking, as the host
+        does, that the blob is still there), else the whole content, as for `InputStream`."""
+        if supports_deferred_binding(entry.trigger):
+            await container.get_blob_client(blob.name).get_blob_properties()
+            return blob_reference(self._connection_setting(entry), container.container_name, blob.name)
+        return meta.Datum(await (await container.download_blob(blob.name)).readall(), "bytes")
 
     @staticmethod
     def _metadata(container, blob) -> dict:

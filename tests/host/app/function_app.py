@@ -8,9 +8,11 @@ import time
 
 import azure.durable_functions as df
 import azure.functions as func
+import azurefunctions.extensions.bindings.blob as sdk_blob
 
 app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
 BLOB_CONTAINER = os.environ.get("TEST_BLOB_CONTAINER", "testblobs")
+SDK_BLOB_CONTAINER = os.environ.get("TEST_SDK_BLOB_CONTAINER", "testsdkblobs")
 
 
 def record(kind: str, line: str) -> int:
@@ -196,6 +198,16 @@ async def on_blob(blob: func.InputStream, client: df.DurableOrchestrationClient)
         await asyncio.sleep(2.0)
     if name.startswith("start-"):  # a blob arrival starting an orchestration, as the real app does
         await client.start_new("fan_out", "blob-" + blob.name.replace("/", "-"), {"n": 2, "tag": name})
+
+
+@app.blob_trigger(arg_name="client", path=SDK_BLOB_CONTAINER + "/{name}", connection="AzureWebJobsStorage")
+def on_sdk_blob(client: sdk_blob.BlobClient):
+    """An SDK-typed trigger: a BlobClient, not the content; reads the size and the last 16 bytes."""
+    with client:
+        size = client.get_blob_properties().size
+        tail = client.download_blob(offset=max(size - 16, 0)).readall()
+    kind = f"{type(client).__module__}.{type(client).__name__}"
+    record("sdkblob", f"{client.container_name}/{client.blob_name}:{kind}:{size}:{tail.hex()}")
 
 
 @app.event_grid_trigger(arg_name="event")
