@@ -1,12 +1,18 @@
-"""Route and blob-path templates, matched the way the Functions host matches them; app loading;
-the blob-trigger metadata a function receives."""
+"""Route and blob-path templates, matched the way the Functions host matches them; app loading
+(SDK-typed parameters indexed as the worker indexes them); the blob-trigger metadata and the
+blob reference a function receives."""
+import json
 import sys
 
+import azure.functions as func
 import pytest
+from azure.functions import meta
+from azurefunctions.extensions.bindings.blob import BlobClient
 
-from local_emulator.host.app_loader import task_hub_name
-from local_emulator.host.blob_trigger import compile_blob_path
+from local_emulator.host.app_loader import FunctionEntry, load_functions, task_hub_name
+from local_emulator.host.blob_trigger import blob_reference, compile_blob_path
 from local_emulator.host.http_trigger import compile_route
+from tests.conftest import PROJECT_ROOT
 
 
 @pytest.mark.parametrize("template,path,params", [
@@ -62,19 +68,60 @@ def on_message(msg: func.QueueMessage):
     assert "binding type 'queueTrigger' is not supported" in str(refused.value)
 
 
-def test_an_app_needs_exactly_one_function_app(tmp_path, monkeypatch):
-    from local_emulator.host.app_loader import load_functions
-    monkeypatch.setattr(sys, "path", list(sys.path))  # the loader puts the app folder first
-    saved = sys.modules.get("function_app")
-    app = write_app(tmp_path / "two", "a = func.FunctionApp()\nb = func.FunctionApp()\n")
+def index_in_process(app_dir):
+    """load_functions here, leaving sys.path (the loader puts the app folder first) and any
+    `function_app` module already imported as they were."""
+    saved_path, saved_module = list(sys.path), sys.modules.get("function_app")
     try:
-        with pytest.raises(ValueError, match="exactly one FunctionApp"):
-            load_functions(app)
+        return load_functions(app_dir)
     finally:
-        if saved is None:
+        sys.path[:] = saved_path
+        if saved_module is None:
             sys.modules.pop("function_app", None)
         else:
-            sys.modules["function_app"] = saved
+            sys.modules["function_app"] = saved_module
+
+
+def test_an_app_needs_exactly_one_function_app(tmp_path):
+    app = write_app(tmp_path / "two", "a = func.FunctionApp()\nb = func.FunctionApp()\n")
+    with pytest.raises(ValueError, match="exactly one FunctionApp"):
+        index_in_process(app)
+
+
+def test_the_input_triggers_are_deferred_blob_bindings_the_rest_unchanged():
+    """What the worker reports for the real app: the two input triggers take a BlobClient, so
+    their bindings carry SupportsDeferredBinding (true on the trigger, false on the durable
+    client, as the base extension writes them); functions without SDK types have no flag."""
+    index = index_in_process(PROJECT_ROOT)
+    for name, container in (("dataset_arrived", "datasets"), ("model_arrived", "models")):
+        entry = index.entries[name]
+        assert entry.sdk_types == {"blob": BlobClient}
+        assert entry.trigger == {"direction": "IN", "type": "blobTrigger", "name": "blob",
+                                 "path": container + "/{name}", "connection": "AzureWebJobsStorage",
+                                 "properties": {"SupportsDeferredBinding": True}}
+        assert entry.binding_of_type("durableClient") == {
+            "direction": "IN", "type": "durableClient", "name": "client",
+            "properties": {"SupportsDeferredBinding": False}}
+    others = [entry for entry in index.entries.values() if not entry.sdk_types]
+    assert len(others) == len(index) - 2 and index.by_trigger("blobTrigger") == [
+        index.entries["dataset_arrived"], index.entries["model_arrived"]]
+    assert not any("properties" in binding for entry in others for binding in entry.bindings)
+
+
+def test_an_sdk_type_its_binding_cannot_give_is_refused_at_load(tmp_path):
+    app = write_app(tmp_path / "mistyped", '''
+import azurefunctions.extensions.bindings.blob as blob
+
+app = func.FunctionApp()
+
+@app.event_grid_trigger(arg_name="event")
+def on_event(event: blob.BlobClient):
+    pass
+''')
+    with pytest.raises(ValueError) as refused:
+        index_in_process(app)
+    assert str(refused.value) == ("function on_event: parameter 'event' is typed BlobClient, "
+                                  "which a 'eventGridTrigger' binding cannot give")
 
 
 def test_blob_uri_given_to_the_function_carries_no_sas():
@@ -89,3 +136,26 @@ def test_blob_uri_given_to_the_function_carries_no_sas():
                              "metadata": {}})()
     uri = BlobTriggers._metadata(container, blob)["Uri"].value
     assert uri == "http://127.0.0.1:1/devstoreaccount1/datasets/c1/x.ccr"
+
+
+def test_a_blob_reference_names_the_setting_not_the_connection_and_becomes_a_client(monkeypatch):
+    """The ModelBindingData content names the connection *setting*; for an SDK-typed parameter
+    the extension's converter resolves it from the environment and builds a BlobClient for that
+    blob (no request made); any other parameter keeps azure-functions' converter."""
+    monkeypatch.setenv("CCR_TEST_CONNECTION", "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+                       "AccountKey=a2V5;BlobEndpoint=http://127.0.0.1:1/devstoreaccount1")
+    datum = blob_reference("CCR_TEST_CONNECTION", "datasets", "c1/icmr.ccr")
+    message = datum.value
+    assert datum.type == "model_binding_data"
+    assert (message.version, message.source, message.content_type) == ("1.0", "AzureStorageBlobs", "application/json")
+    assert json.loads(message.content) == {"Connection": "CCR_TEST_CONNECTION", "ContainerName": "datasets",
+                                           "BlobName": "c1/icmr.ccr"}
+    trigger = {"type": "blobTrigger", "name": "blob"}
+    sdk_typed = FunctionEntry("sdk", lambda blob: None, trigger, [trigger], {"blob": BlobClient})
+    client = sdk_typed.decode_trigger(datum, {})
+    assert (client.container_name, client.blob_name) == ("datasets", "c1/icmr.ccr")
+    assert client.url == "http://127.0.0.1:1/devstoreaccount1/datasets/c1/icmr.ccr"
+
+    stream = FunctionEntry("stream", lambda blob: None, trigger, [trigger]).decode_trigger(
+        meta.Datum(b"abc", "bytes"), {"BlobTrigger": meta.Datum("datasets/c1/icmr.ccr", "string")})
+    assert isinstance(stream, func.InputStream) and stream.read() == b"abc" and stream.name == "datasets/c1/icmr.ccr"
