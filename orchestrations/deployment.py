@@ -1,29 +1,51 @@
-"""The trainer container group of a run, built the same way for the key-policy check, the
-deployment and the cleanup, so all three agree on its name and its CCE policy hash."""
+"""The trainer container group of a run. Its name and the hostdata of its CCE policy are cheap
+and derived the same way by the key-policy check, the deployment and the cleanup, so all three
+agree; the full spec, which carries the run's SAS URLs, is built only to deploy it."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
 from azure.mgmt.containerinstance.models import ContainerGroup
 
-from shared import settings
-from shared.container_group import TRAINER_CONTAINER_NAME, build_container_group, trainer_hostdata
+from shared import azure_clients, settings, storage_names
+from shared.blob_sas import trainer_blob_urls
+from shared.container_group import build_container_group, trainer_hostdata
+from shared.contract_store import contract_inputs
+
+# The SAS outlives the run's deadline by this much: the deadline timer starts only once the
+# group is deployed, and clocks differ. The group is deleted at the deadline anyway.
+SAS_MARGIN = timedelta(minutes=10)
 
 
-@dataclass(frozen=True)
-class TrainerDeployment:
-    group_name: str
-    hostdata: str
-    container_group: ContainerGroup
-    trainer_container_name: str = TRAINER_CONTAINER_NAME
+def group_name(run: dict) -> str:
+    return f"ccr-{run['run_id']}"
+
+
+def hostdata(payload: dict) -> str:
+    """What the keys' release policies must pin for this contract's trainer image."""
+    return trainer_hostdata(payload["pipeline"]["trainer_image"])
+
+
+def output_path(run: dict) -> str:
+    """`outputs/<run_id>/output.ccr`: the one blob the trainer may create."""
+    return f"{storage_names.OUTPUTS}/{storage_names.output_blob(run['run_id'])}"
+
+
+def trainer_container_group(run: dict, payload: dict) -> ContainerGroup:
+    """The full spec: secrets (SAS URLs, Event Grid key) go in as secure values."""
+    return build_container_group(payload["pipeline"]["trainer_image"], _environment(run, payload),
+                                 settings.get("CCR_LOCATION", "westeurope"))
 
 
 def _environment(run: dict, payload: dict) -> dict[str, str]:
+    expiry = datetime.now(timezone.utc) + timedelta(seconds=int(run["deadline_seconds"])) + SAS_MARGIN
+    urls = trainer_blob_urls(azure_clients.blob_service(), [item["blob"] for item in contract_inputs(payload)],
+                             output_path(run), expiry)
     environment = {
         "CCR_RUN_ID": run["run_id"],
         "CCR_CONTRACT": json.dumps(payload, sort_keys=True),
-        "CCR_STORAGE_CONNECTION": settings.storage_connection(),
+        "CCR_BLOB_URLS": json.dumps(urls, sort_keys=True),
         "CCR_MAA_URL": settings.require("CCR_MAA_URL"),
         "CCR_KEYVAULT_URL": settings.require("CCR_KEYVAULT_URL"),
         "CCR_EVENTGRID_TOPIC_URL": settings.require("CCR_EVENTGRID_TOPIC_URL"),
@@ -35,10 +57,3 @@ def _environment(run: dict, payload: dict) -> dict[str, str]:
     if isinstance(ca_bundle, str):
         environment["CCR_CA_BUNDLE"] = ca_bundle
     return environment
-
-
-def trainer_deployment(run: dict, payload: dict) -> TrainerDeployment:
-    image = payload["pipeline"]["trainer_image"]
-    group = build_container_group(image, _environment(run, payload), settings.get("CCR_LOCATION", "westeurope"))
-    return TrainerDeployment(group_name=f"ccr-{run['run_id']}", hostdata=trainer_hostdata(image),
-                             container_group=group)

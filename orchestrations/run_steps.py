@@ -11,10 +11,11 @@ import logging
 import time
 
 import requests
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 
-from orchestrations.deployment import trainer_deployment
+from orchestrations import deployment
 from shared import azure_clients, events, settings, storage_names
+from shared.container_group import TRAINER_CONTAINER_NAME
 from shared.contract_store import ContractStore, contract_inputs, split_blob_path
 from shared.package import PackageError, read_header
 from shared.privacy_budget import PrivacyBudget
@@ -101,7 +102,7 @@ def _parse_kid(kid: str) -> tuple[str, str | None]:
 def check_key_policies(run: dict) -> dict:
     """Every key's release policy must pin the container group we are about to deploy."""
     payload = _contract(run)
-    deployment = trainer_deployment(run, payload)
+    hostdata = deployment.hostdata(payload)
     client = azure_clients.key_client()
     authority = settings.require("CCR_MAA_URL")
     for label, kid in _key_ids(payload):
@@ -113,10 +114,10 @@ def check_key_policies(run: dict) -> dict:
         policy = key.properties.release_policy
         if policy is None or not key.properties.exportable:
             return {"ok": False, "reason": f"key for {label} ({name}) has no secure key release policy"}
-        problem = release_policy_problem(json.loads(policy.encoded_policy), authority, deployment.hostdata)
+        problem = release_policy_problem(json.loads(policy.encoded_policy), authority, hostdata)
         if problem:
             return {"ok": False, "reason": f"key for {label} ({name}): {problem}"}
-    return {"ok": True, "hostdata": deployment.hostdata}
+    return {"ok": True, "hostdata": hostdata}
 
 
 _PINNED_CLAIMS = {"x-ms-attestation-type": ("sevsnpvm", "sgx"),
@@ -156,19 +157,20 @@ def release_policy_problem(policy: dict, authority: str, hostdata: str) -> str |
 def deploy_trainer(run: dict) -> dict:
     """Create the confidential container group, once: a retry finds it and leaves it.
     A group the platform refuses (e.g. an image that does not match its digest) is a
-    failed run, not something to retry."""
+    failed run, not something to retry. The spec carries the trainer's SAS URLs: it is built
+    here only, and never logged or returned."""
     payload = _contract(run)
-    deployment = trainer_deployment(run, payload)
     client = azure_clients.container_client()
-    group_name = deployment.group_name
+    group_name = deployment.group_name(run)
     resource_group = settings.require("CCR_RESOURCE_GROUP")
     try:
         group = client.container_groups.get(resource_group, group_name)
         log.info("container group %s already exists; not creating it again", group_name)
     except ResourceNotFoundError:
+        _ensure_outputs_container()  # the trainer's create-only SAS cannot create it
         try:
             group = client.container_groups.begin_create_or_update(
-                resource_group, group_name, deployment.container_group).result()
+                resource_group, group_name, deployment.trainer_container_group(run, payload)).result()
         except HttpResponseError as error:
             if error.status_code is not None and error.status_code >= 500:
                 raise
@@ -178,7 +180,14 @@ def deploy_trainer(run: dict) -> dict:
     if group.provisioning_state == "Failed":
         return {"ok": False, "container_group": group_name,
                 "reason": f"container group {group_name} failed to provision"}
-    return {"ok": True, "container_group": group_name, "hostdata": deployment.hostdata}
+    return {"ok": True, "container_group": group_name, "hostdata": deployment.hostdata(payload)}
+
+
+def _ensure_outputs_container() -> None:
+    try:
+        azure_clients.blob_service().create_container(storage_names.OUTPUTS)
+    except ResourceExistsError:
+        pass
 
 
 def _first_line(error: HttpResponseError) -> str:
@@ -190,19 +199,17 @@ def _first_line(error: HttpResponseError) -> str:
 
 def clean_up_trainer(run: dict) -> dict:
     """Keep the tail of the trainer's log in the run record, then delete the group."""
-    payload = _contract(run)
-    deployment = trainer_deployment(run, payload)
     client = azure_clients.container_client()
     resource_group = settings.require("CCR_RESOURCE_GROUP")
+    group_name = deployment.group_name(run)
     lines: list[str] = []
     try:
-        logs = client.containers.list_logs(resource_group, deployment.group_name,
-                                           deployment.trainer_container_name, tail=LOG_TAIL_LINES)
+        logs = client.containers.list_logs(resource_group, group_name, TRAINER_CONTAINER_NAME, tail=LOG_TAIL_LINES)
         lines = (logs.content or "").splitlines()[-LOG_TAIL_LINES:]
     except ResourceNotFoundError:
         pass
     try:
-        client.container_groups.begin_delete(resource_group, deployment.group_name).result()
+        client.container_groups.begin_delete(resource_group, group_name).result()
     except ResourceNotFoundError:
         pass
     RunRecords(azure_clients.blob_service()).enter_phase(run["run_id"], "cleaning_up", trainer_log_tail=lines)

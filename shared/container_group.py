@@ -24,10 +24,11 @@ SKR_PORT = 8080
 SKR_URL_IN_GROUP = f"http://localhost:{SKR_PORT}"
 
 # Everything the trainer reads (trainer_container/environment.py); the policy pins the names.
-TRAINER_ENV_NAMES = ("CCR_CA_BUNDLE", "CCR_CONTRACT", "CCR_CONTRACT_URL", "CCR_EPSILON_BUDGET", "CCR_EVENTGRID_KEY",
-                     "CCR_EVENTGRID_TOPIC_URL", "CCR_KEYVAULT_URL", "CCR_MAA_URL", "CCR_RUN_ID",
-                     "CCR_SKR_URL", "CCR_STORAGE_CONNECTION")
-SECURE_ENV_NAMES = frozenset({"CCR_STORAGE_CONNECTION", "CCR_EVENTGRID_KEY"})
+# Storage access is CCR_BLOB_URLS (per-blob SAS URLs, shared/blob_sas.py), never a connection string.
+TRAINER_ENV_NAMES = ("CCR_BLOB_URLS", "CCR_CA_BUNDLE", "CCR_CONTRACT", "CCR_CONTRACT_URL", "CCR_EPSILON_BUDGET",
+                     "CCR_EVENTGRID_KEY", "CCR_EVENTGRID_TOPIC_URL", "CCR_KEYVAULT_URL", "CCR_MAA_URL", "CCR_RUN_ID",
+                     "CCR_SKR_URL")
+SECURE_ENV_NAMES = frozenset({"CCR_BLOB_URLS", "CCR_EVENTGRID_KEY"})
 
 
 def trainer_image_digest(trainer_image: str) -> str:

@@ -4,7 +4,8 @@
 |---|---|
 | `CCR_RUN_ID` | the run (`run-<16 hex>`); names the output blob and the events |
 | `CCR_CONTRACT` | the contract payload JSON (or `CCR_CONTRACT_URL`: where to GET it) |
-| `CCR_STORAGE_CONNECTION` | storage connection string for `datasets`, `models`, `outputs` |
+| `CCR_BLOB_URLS` | JSON object: blob path (`container/name`) -> SAS URL; read-only for each |
+|   | input, create-only for `outputs/<run_id>/output.ccr`. Secret: never printed |
 | `CCR_SKR_URL` | the SKR sidecar (`POST /key/release`) |
 | `CCR_MAA_URL` | the attestation authority the sidecar attests with |
 | `CCR_EVENTGRID_TOPIC_URL`, `CCR_EVENTGRID_KEY` | topic for `CCR.Trainer.Completed` / `.Failed` |
@@ -19,7 +20,7 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import requests
 
@@ -41,7 +42,7 @@ def _required(name: str) -> str:
 class TrainerEnvironment:
     run_id: str
     contract: dict
-    storage_connection: str
+    blob_urls: dict[str, str] = field(repr=False)  # SAS URLs are secrets
     skr_url: str
     maa_url: str
     ca_bundle: str | bool
@@ -53,8 +54,26 @@ class TrainerEnvironment:
         if not RUN_ID.match(run_id):
             raise SettingsError("CCR_RUN_ID is not a run id")
         ca_bundle = os.environ.get("CCR_CA_BUNDLE") or True
-        return cls(run_id, _contract(ca_bundle), _required("CCR_STORAGE_CONNECTION"), _required("CCR_SKR_URL"),
+        return cls(run_id, _contract(ca_bundle), _blob_urls(), _required("CCR_SKR_URL"),
                    _required("CCR_MAA_URL"), ca_bundle, _epsilon_budget())
+
+    def blob_url(self, path: str) -> str:
+        """The SAS URL for blob `container/name`; the trainer reaches no blob without one."""
+        url = self.blob_urls.get(path)
+        if not url:
+            raise SettingsError(f"CCR_BLOB_URLS has no URL for blob {path}")
+        return url
+
+
+def _blob_urls() -> dict[str, str]:
+    text = _required("CCR_BLOB_URLS")
+    try:
+        urls = json.loads(text)
+    except ValueError:
+        urls = None
+    if not isinstance(urls, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in urls.items()):
+        raise SettingsError("CCR_BLOB_URLS is not a JSON object of blob paths to URLs")
+    return urls
 
 
 def _epsilon_budget() -> float | None:

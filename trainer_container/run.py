@@ -2,18 +2,20 @@
 package (the privacy budget is checked here, before any data is read), fetch, check and
 decrypt the datasets, join, train with DP-SGD, export and verify, encrypt the output for the
 TDC, upload it, and publish the completion event. Plaintext lives only in a temporary
-folder that is removed at the end; stdout carries phase names and aggregate figures only."""
+folder that is removed at the end; stdout carries phase names and aggregate figures only.
+Storage is reached only through the per-blob SAS URLs of CCR_BLOB_URLS (never printed)."""
 from __future__ import annotations
 
 import tempfile
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
-from azure.core.exceptions import ResourceExistsError
-from azure.storage.blob import BlobServiceClient
+from azure.core.exceptions import HttpResponseError
+from azure.storage.blob import BlobClient
 
 from shared import events, package, storage_names
+from shared.blob_sas import blob_location
 from shared.pipeline import PipelineConfigError, check_compatible
 from trainer_container.contract_terms import ContractError, ContractTerms, PackageRef
 from trainer_container.dp_sgd import PrivacyBudgetError, plan_privacy
@@ -29,14 +31,22 @@ from trainer_container.skr_client import KeyReleaseError, SkrClient
 from trainer_container.training import TrainingSetupError, check_model_fits, train_private
 
 
+# The output goes up in one Put Blob: a create-only SAS cannot stage blocks.
+OUTPUT_MAX_BYTES = 256 << 20
+
+
 class DigestMismatch(ValueError):
     """A downloaded package is not the one the contract pins."""
+
+
+class BlobAccessError(RuntimeError):
+    """Storage refused or failed a blob operation (named by path, status and error code only)."""
 
 
 # Errors whose messages are written to name fields, columns and datasets, never values.
 SAFE_ERRORS = (SettingsError, ContractError, PipelineConfigError, PrivacyBudgetError, DigestMismatch,
                KeyReleaseError, package.PackageError, JoinError, ModelConversionError, TrainingSetupError,
-               ExportError)
+               ExportError, BlobAccessError)
 
 
 def safe_error(exc: BaseException) -> tuple[str, str]:
@@ -50,19 +60,19 @@ def safe_error(exc: BaseException) -> tuple[str, str]:
 class TrainerRun:
     def __init__(self, env: TrainerEnvironment, workdir: Path, progress: Callable[[str], None] = print):
         self.env, self.workdir, self.progress = env, workdir, progress
-        self.blobs = BlobServiceClient.from_connection_string(env.storage_connection)
         self.skr = SkrClient(env.skr_url, env.maa_url, env.ca_bundle)
 
     def close(self) -> None:
-        self.blobs.close()
         self.skr.close()
 
     def fetch(self, ref: PackageRef) -> Path:
         """Download, check the pinned digest, get the key released, decrypt (which checks the
         plaintext against the authenticated manifest, hence against the contract)."""
         encrypted = self.workdir / f"{ref.container}-{ref.name}.ccr"
-        with open(encrypted, "wb") as out:
-            self.blobs.get_blob_client(ref.container, ref.blob).download_blob().readinto(out)
+        path = f"{ref.container}/{ref.blob}"
+        with BlobClient.from_blob_url(self.env.blob_url(path)) as blob, _storage("download", path), \
+                open(encrypted, "wb") as out:
+            blob.download_blob().readinto(out)
         with open(encrypted, "rb") as src:
             header = package.read_header(src)
         if header.manifest.sha256 != ref.sha256:
@@ -125,14 +135,23 @@ class TrainerRun:
         plain.write_bytes(zip_bytes)
         manifest = package.encrypt_file(plain, encrypted, self.skr.release_key(output_kid), output_kid,
                                         OUTPUT_CONTENT_TYPE, None)
-        try:
-            self.blobs.create_container(storage_names.OUTPUTS)
-        except ResourceExistsError:
-            pass
-        blob = self.blobs.get_blob_client(storage_names.OUTPUTS, storage_names.output_blob(self.env.run_id))
-        with open(encrypted, "rb") as src:
-            blob.upload_blob(src, overwrite=True)
-        return blob.url, manifest.sha256
+        if encrypted.stat().st_size > OUTPUT_MAX_BYTES:
+            raise ExportError(f"the encrypted output is larger than {OUTPUT_MAX_BYTES >> 20} MiB")
+        path = f"{storage_names.OUTPUTS}/{storage_names.output_blob(self.env.run_id)}"
+        with BlobClient.from_blob_url(self.env.blob_url(path), max_single_put_size=OUTPUT_MAX_BYTES) as blob, \
+                _storage("upload", path), open(encrypted, "rb") as src:
+            blob.upload_blob(src, overwrite=False)  # the one output of this run, created once
+        return blob_location(blob.url), manifest.sha256
+
+
+@contextmanager
+def _storage(action: str, path: str) -> Iterator[None]:
+    """Storage errors as BlobAccessError: the SDK's own text is not for logs and events."""
+    try:
+        yield
+    except HttpResponseError as error:
+        code = getattr(error.error_code, "value", error.error_code) or "no error code"
+        raise BlobAccessError(f"{action} {path}: storage answered HTTP {error.status_code} ({code})") from None
 
 
 def publish(event_type: str, data: dict, progress: Callable[[str], None]) -> bool:

@@ -17,12 +17,13 @@ from tests.aci.conftest import (LOCATION, RESOURCE_GROUP, SUBSCRIPTION, pid_aliv
 
 pytestmark = pytest.mark.timeout(120)   # a hung twin fails fast instead of stalling the suite
 
-SECRET = "DefaultEndpointsProtocol=http;AccountKey=c2VjcmV0LXZhbHVl"
+SIGNATURE = "c2VjcmV0LXNhcy1zaWduYXR1cmU"  # what must never be echoed
+SECRET = json.dumps({"datasets/c1/icmr.ccr": f"http://127.0.0.1:1/a/datasets/c1/icmr.ccr?sp=r&sig={SIGNATURE}"})
 
 
 def _environment(behaviour: dict) -> dict:
     return {"CCR_RUN_ID": "run-0123456789abcdef", "CCR_CONTRACT": json.dumps(behaviour),
-            "CCR_STORAGE_CONNECTION": SECRET, "CCR_MAA_URL": "https://127.0.0.1:1/maa"}
+            "CCR_BLOB_URLS": SECRET, "CCR_MAA_URL": "https://127.0.0.1:1/maa"}
 
 
 def _logs(client, name: str, tail: int | None = None) -> str:
@@ -53,7 +54,7 @@ def test_create_get_list_logs_delete(client, twin, tls, token, stand_in_image, s
     # the process runs the image's code, not the working tree's
     assert _log_value(client, "run-a", "file").startswith(str(twin.runtime.state_dir))
     names = _log_value(client, "run-a", "env").split(",")
-    assert {"CCR_RUN_ID", "CCR_STORAGE_CONNECTION", "CCR_SKR_URL", "CCR_CONTRACT"} <= set(names)
+    assert {"CCR_RUN_ID", "CCR_BLOB_URLS", "CCR_SKR_URL", "CCR_CONTRACT"} <= set(names)
     # its SKR sidecar attests with hardware reports for this group's exact policy
     assert _log_value(client, "run-a", "sidecar_hostdata") == hostdata_of(spec.confidential_compute_properties.cce_policy)
 
@@ -61,11 +62,12 @@ def test_create_get_list_logs_delete(client, twin, tls, token, stand_in_image, s
     trainer = next(c for c in fetched.containers if c.name == TRAINER_CONTAINER_NAME)
     assert trainer.instance_view.current_state.state == "Running"
     assert fetched.instance_view.state == "Running"
-    secure = next(v for v in trainer.environment_variables if v.name == "CCR_STORAGE_CONNECTION")
+    secure = next(v for v in trainer.environment_variables if v.name == "CCR_BLOB_URLS")
     assert secure.value is None and secure.secure_value is None
-    assert SECRET not in json.dumps([v.as_dict() for v in trainer.environment_variables])
+    assert SIGNATURE not in json.dumps([v.as_dict() for v in trainer.environment_variables])
     state_files = "".join(p.read_text() for p in twin.runtime.state_dir.rglob("*.json"))
-    assert SECRET not in state_files
+    assert SIGNATURE not in state_files
+    assert SIGNATURE not in json.dumps([g.as_dict() for g in client.container_groups.list()])
 
     assert "run-a" in [g.name for g in client.container_groups.list_by_resource_group(RESOURCE_GROUP)]
     assert "run-a" in [g.name for g in client.container_groups.list()]

@@ -32,6 +32,7 @@ def test_policy_pins_digest_command_and_env_names_only():
     trainer, sidecar = policy_containers(policy)
     assert trainer.layers == (DIGEST_A.split(":")[1],) and trainer.command == TRAINER_COMMAND
     assert SECURE_ENV_NAMES <= set(trainer.env_names)
+    assert "CCR_STORAGE_CONNECTION" not in trainer.env_names  # storage is per-blob SAS URLs only
     assert sidecar.image_ref.startswith("mcr.microsoft.com/aci/skr")
     assert trainer_hostdata("ccr-trainer@" + DIGEST_A) != trainer_hostdata("ccr-trainer@" + DIGEST_B)
     other_command = build_cce_policy("ccr-trainer@" + DIGEST_A, DIGEST_A, ("python", "-m", "other"), trainer.env_names)
@@ -49,12 +50,12 @@ def test_hostdata_does_not_depend_on_run_values():
 
 def test_container_group_shape():
     group = build_container_group("ccr-trainer@" + DIGEST_A, {"CCR_RUN_ID": "run-1111111111111111",
-                                                             "CCR_STORAGE_CONNECTION": "conn"}, "westeurope")
+                                                             "CCR_BLOB_URLS": "{}"}, "westeurope")
     assert group.sku == "Confidential" and group.restart_policy == "Never" and group.ip_address is None
     trainer, sidecar = group.containers
     assert trainer.image == "ccr-trainer@" + DIGEST_A and trainer.command == list(TRAINER_COMMAND)
     env = {v.name: v for v in trainer.environment_variables}
-    assert env["CCR_STORAGE_CONNECTION"].secure_value == "conn" and env["CCR_STORAGE_CONNECTION"].value is None
+    assert env["CCR_BLOB_URLS"].secure_value == "{}" and env["CCR_BLOB_URLS"].value is None
     assert env["CCR_RUN_ID"].value == "run-1111111111111111"
     assert env["CCR_SKR_URL"].value == "http://localhost:8080"
     assert sidecar.image.startswith("mcr.microsoft.com/aci/skr")

@@ -15,6 +15,7 @@ import sys
 import threading
 import uuid
 import zipfile
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -22,6 +23,8 @@ import pandas as pd
 from azure.storage.blob import BlobServiceClient
 
 from shared import package, storage_names
+from shared.blob_sas import trainer_blob_urls
+from shared.contract_store import contract_inputs
 from shared.settings import PROJECT_ROOT
 from local_emulator import covid_reference as covid_model
 from trainer_container.model_package import CONTENT_TYPE as MODEL_CONTENT_TYPE
@@ -147,10 +150,17 @@ class Stage:
                 "tdps": tdps, "privacy": {"delta": 1e-5}, "pipeline": {"join": join}}
 
 
-def environment(stage, azurite, sidecar, topic, contract, maa_url="https://maa.test") -> dict:
+def blob_urls(stage, contract) -> dict[str, str]:
+    """The run's per-blob SAS URLs, signed as the control plane signs them."""
+    return trainer_blob_urls(stage.blobs, [item["blob"] for item in contract_inputs(contract)],
+                             f"{storage_names.OUTPUTS}/{storage_names.output_blob(stage.run_id)}",
+                             datetime.now(timezone.utc) + timedelta(hours=1))
+
+
+def environment(stage, sidecar, topic, contract, maa_url="https://maa.test") -> dict:
     """The trainer's environment variables, as the container group sets them."""
     return {"CCR_RUN_ID": stage.run_id, "CCR_CONTRACT": json.dumps(contract),
-            "CCR_STORAGE_CONNECTION": azurite.connection_string, "CCR_SKR_URL": sidecar.url,
+            "CCR_BLOB_URLS": json.dumps(blob_urls(stage, contract)), "CCR_SKR_URL": sidecar.url,
             "CCR_MAA_URL": maa_url, "CCR_EVENTGRID_TOPIC_URL": f"{topic.url}/api/events",
             "CCR_EVENTGRID_KEY": EVENT_KEY}
 

@@ -10,10 +10,11 @@ import zipfile
 import numpy as np
 import onnxruntime
 import pandas as pd
+import pytest
 
 from shared import package, storage_names
 from local_emulator import covid_reference as covid_model
-from tests.trainer.harness import KeyReleaseStandIn, Stage, environment, run_trainer_process
+from tests.trainer.harness import KeyReleaseStandIn, Stage, blob_urls, environment, run_trainer_process
 from trainer_container import run as trainer_run
 
 CONTRACT_ID = "covid-test"
@@ -23,11 +24,11 @@ def raw_tables() -> dict[str, pd.DataFrame]:
     return {name: pd.read_csv(covid_model.COVID_DATA / file) for name, file in covid_model.RAW_FILES.items()}
 
 
-def run_in_process(monkeypatch, stage, azurite, topic, contract, **extra_env):
+def run_in_process(monkeypatch, stage, topic, contract, **extra_env):
     """(exit code, progress lines, the key-release stand-in) of `trainer_run.main` in this process."""
     sidecar = KeyReleaseStandIn(stage.keys).start()
     try:
-        for name, value in {**environment(stage, azurite, sidecar, topic, contract), **extra_env}.items():
+        for name, value in {**environment(stage, sidecar, topic, contract), **extra_env}.items():
             monkeypatch.setenv(name, value)
         lines = []
         return trainer_run.main(lines.append), lines, sidecar
@@ -55,7 +56,7 @@ def test_covid_end_to_end_with_canaries(tmp_path, azurite, topic):
     contract = stage.contract(tables, covid_model.covid_training_config(), covid_model.covid_join_spec())
     sidecar = KeyReleaseStandIn(stage.keys).start()
     try:
-        done = run_trainer_process(environment(stage, azurite, sidecar, topic, contract))
+        done = run_trainer_process(environment(stage, sidecar, topic, contract))
     finally:
         sidecar.stop()
     assert done.returncode == 0, done.stdout + done.stderr
@@ -88,6 +89,7 @@ def test_covid_end_to_end_with_canaries(tmp_path, azurite, topic):
                *(c.decode("latin-1") for c in contents.values())]
     for canary in canaries:
         assert not any(canary in text for text in leaving)
+    assert not any("sig=" in text for text in leaving)  # the SAS URLs never leave either
     assert not any(str(m) in done.stdout for m in list(mobiles)[:50])
 
 
@@ -95,7 +97,7 @@ def test_budget_over_the_contract_fails_before_any_dataset_is_read(tmp_path, azu
     stage = Stage(tmp_path, azurite, "covid-budget")
     contract = stage.contract(raw_tables(), covid_model.covid_training_config(epsilon=3.0),
                               covid_model.covid_join_spec(), threshold=1.5)
-    code, lines, sidecar = run_in_process(monkeypatch, stage, azurite, topic, contract)
+    code, lines, sidecar = run_in_process(monkeypatch, stage, topic, contract)
     assert code != 0
     assert [r["kid"] for r in sidecar.requests] == [contract["tdc"]["model"]["key_kid"]]  # no dataset key
     assert not any(line.startswith("phase: datasets") for line in lines)
@@ -110,7 +112,7 @@ def test_dataset_digest_mismatch_fails_before_its_key_is_released(tmp_path, azur
     contract = stage.contract(raw_tables(), covid_model.covid_training_config(), covid_model.covid_join_spec())
     cowin = contract["tdps"][1]["datasets"][0]
     cowin["sha256"] = hashlib.sha256(b"another table").hexdigest()
-    code, lines, sidecar = run_in_process(monkeypatch, stage, azurite, topic, contract)
+    code, lines, sidecar = run_in_process(monkeypatch, stage, topic, contract)
     assert code != 0
     assert cowin["key_kid"] not in [r["kid"] for r in sidecar.requests]
     [event] = topic.events
@@ -124,7 +126,7 @@ def test_missing_join_column_fails_naming_it(tmp_path, azurite, topic, monkeypat
     tables["index"] = tables["index"].drop(columns=["potravel"])
     stage = Stage(tmp_path, azurite, "covid-column")
     contract = stage.contract(tables, covid_model.covid_training_config(), covid_model.covid_join_spec())
-    code, lines, sidecar = run_in_process(monkeypatch, stage, azurite, topic, contract)
+    code, lines, sidecar = run_in_process(monkeypatch, stage, topic, contract)
     assert code != 0 and lines[-1] == "failed: JoinError: dataset index has no column potravel"
     assert topic.events[0]["data"]["message"] == "dataset index has no column potravel"
     assert not output_blob_exists(stage)
@@ -141,7 +143,30 @@ def test_remaining_budget_below_the_ask_fails_before_any_dataset_is_read(tmp_pat
     stage = Stage(tmp_path, azurite, "covid-remaining")
     contract = stage.contract(raw_tables(), covid_model.covid_training_config(epsilon=1.5),
                               covid_model.covid_join_spec(), threshold=1.5)
-    code, lines, sidecar = run_in_process(monkeypatch, stage, azurite, topic, contract, CCR_EPSILON_BUDGET="0.4")
+    code, lines, sidecar = run_in_process(monkeypatch, stage, topic, contract, CCR_EPSILON_BUDGET="0.4")
     assert code != 0 and "remaining budget is 0.4" in lines[-1]
     assert [r["kid"] for r in sidecar.requests] == [contract["tdc"]["model"]["key_kid"]]
     assert topic.events[0]["data"]["error_class"] == "PrivacyBudgetError"
+
+
+def test_a_blob_without_a_sas_url_fails_before_anything_is_read(tmp_path, azurite, topic, monkeypatch):
+    stage = Stage(tmp_path, azurite, "covid-no-url")
+    contract = stage.contract(raw_tables(), covid_model.covid_training_config(), covid_model.covid_join_spec())
+    urls = blob_urls(stage, contract)
+    del urls[contract["tdc"]["model"]["blob"]]
+    code, lines, sidecar = run_in_process(monkeypatch, stage, topic, contract, CCR_BLOB_URLS=json.dumps(urls))
+    assert code != 0
+    assert lines[-1] == f"failed: SettingsError: CCR_BLOB_URLS has no URL for blob {contract['tdc']['model']['blob']}"
+    assert sidecar.requests == []  # no key asked for
+    assert topic.events[0]["data"]["error_class"] == "SettingsError"
+    assert not output_blob_exists(stage)
+
+
+@pytest.mark.parametrize("value", ["not json", '["a list"]', '{"datasets/x.ccr": 1}'])
+def test_malformed_blob_urls_are_a_clear_settings_error(monkeypatch, value):
+    for name, setting in {"CCR_RUN_ID": "run-0123456789abcdef", "CCR_CONTRACT": "{}", "CCR_BLOB_URLS": value,
+                          "CCR_SKR_URL": "http://127.0.0.1:9", "CCR_MAA_URL": "https://maa.test"}.items():
+        monkeypatch.setenv(name, setting)
+    lines = []
+    assert trainer_run.main(lines.append) == 2
+    assert lines == ["failed: SettingsError: CCR_BLOB_URLS is not a JSON object of blob paths to URLs"]

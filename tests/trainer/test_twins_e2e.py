@@ -63,8 +63,8 @@ def key_importer(twins, bound_policy_for=lambda name: TRAINER_POLICY):
     return new_key
 
 
-def run_trainer(stage, azurite, twins, topic, contract):
-    return run_trainer_process({**environment(stage, azurite, twins["sidecar"], topic, contract,
+def run_trainer(stage, twins, topic, contract):
+    return run_trainer_process({**environment(stage, twins["sidecar"], topic, contract,
                                               maa_url=twins["maa"].url), "CCR_CA_BUNDLE": str(twins["tls"].ca_path)})
 
 
@@ -73,7 +73,7 @@ def test_covid_reference_through_the_twins(tmp_path, azurite, twins, topic):
     stage = Stage(tmp_path, azurite, "covid-twins", new_key=key_importer(twins))
     contract = stage.contract(tables, covid_model.covid_training_config(),
                               covid_model.covid_join_spec(covid_model.DEID_JOIN_KEYS))
-    done = run_trainer(stage, azurite, twins, topic, contract)
+    done = run_trainer(stage, twins, topic, contract)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "joined 2119 rows: 1695 training, 424 validation, 10 features" in done.stdout
     [event] = topic.events
@@ -94,7 +94,7 @@ def test_a_key_bound_to_another_trainer_is_not_released(tmp_path, azurite, twins
     stage = Stage(tmp_path, azurite, "covid-other-trainer", new_key=key_importer(twins, bound))
     contract = stage.contract(tables, covid_model.covid_training_config(),
                               covid_model.covid_join_spec(covid_model.DEID_JOIN_KEYS))
-    done = run_trainer(stage, azurite, twins, topic, contract)
+    done = run_trainer(stage, twins, topic, contract)
     assert done.returncode != 0
     [event] = topic.events
     assert event["eventType"] == "CCR.Trainer.Failed" and event["data"]["error_class"] == "KeyReleaseError"
