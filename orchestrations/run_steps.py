@@ -12,6 +12,7 @@ import time
 
 import requests
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.storage.blob import BlobClient
 
 from orchestrations import deployment
 from shared import azure_clients, events, settings, storage_names
@@ -50,8 +51,7 @@ def validate_inputs(run: dict) -> dict:
     for item in contract_inputs(payload):
         container, name = split_blob_path(item["blob"])
         try:
-            head = service.get_blob_client(container, name).download_blob(
-                offset=0, length=HEADER_PROBE_BYTES).readall()
+            head = _head(service.get_blob_client(container, name))
         except ResourceNotFoundError:
             return {"ok": False, "reason": f"input {item['blob']} is missing"}
         try:
@@ -65,6 +65,16 @@ def validate_inputs(run: dict) -> dict:
             return {"ok": False, "reason": f"input {item['blob']} does not match the contract "
                                            f"(manifest digest differs)"}
     return _reserve_budget(run, payload)
+
+
+def _head(blob: BlobClient) -> bytes:
+    """The first bytes of a package blob: enough for its header (see shared/package.py)."""
+    try:
+        return blob.download_blob(offset=0, length=HEADER_PROBE_BYTES).readall()
+    except HttpResponseError as error:
+        if error.status_code == 416:  # an empty blob has no range to read
+            return b""
+        raise
 
 
 def _reserve_budget(run: dict, payload: dict) -> dict:
@@ -219,21 +229,46 @@ def clean_up_trainer(run: dict) -> dict:
 # --- 6. record the outcome and notify the TDC -------------------------------------------------
 
 def finish_run(run: dict, outcome: dict) -> dict:
+    """Record the outcome, settle the privacy budget, tell the TDC. A success is taken only
+    with its output in place: a trainer's word alone does not make a run succeed."""
     payload = _contract(run)
-    budget_spent = _settle_budget(run, payload, outcome)
+    output = azure_clients.blob_service().get_blob_client(*split_blob_path(deployment.output_path(run)))
     output_url = None
     if outcome["status"] == "succeeded":
-        container, name = storage_names.OUTPUTS, storage_names.output_blob(run["run_id"])
-        output_url = azure_clients.blob_service().get_blob_client(container, name).url
+        problem = output_problem(output, payload, outcome)
+        if problem:
+            outcome = {"status": "failed", "phase": outcome.get("phase", "training"),
+                       "reason": f"trainer reported success but its output is {problem}"}
+        else:
+            output_url = output.url
+    budget_spent = _settle_budget(run, payload, outcome)
     summary = {"run_id": run["run_id"], "contract_id": run["contract_id"], "status": outcome["status"],
                "failed_phase": outcome.get("phase") if outcome["status"] != "succeeded" else None,
                "reason": outcome.get("reason"), "output_blob": output_url,
                "output_sha256": outcome.get("output_sha256"), "metrics": outcome.get("metrics"),
                "privacy_budget_spent": budget_spent}
     records = RunRecords(azure_clients.blob_service())
+    # Written before the TDC is told (it may read the status as soon as it hears), then once
+    # more with how the telling went: one write cannot hold both in that order.
     records.finish(run["run_id"], summary)
     records.finish(run["run_id"], {"notification": _notify_tdc(payload, summary)})
     return summary
+
+
+def output_problem(output: BlobClient, payload: dict, outcome: dict) -> str | None:
+    """What is wrong with a claimed output, or None: it must exist, its package header must
+    parse, name the TDC's output key and carry the digest the trainer reported."""
+    try:
+        header = read_header(_head(output))
+    except ResourceNotFoundError:
+        return "missing"
+    except PackageError as error:
+        return f"invalid (not a valid package: {error})"
+    if header.key_id != payload["tdc"]["output"]["key_kid"]:
+        return "invalid (not encrypted under the contract's output key)"
+    if header.manifest.sha256 != outcome.get("output_sha256"):
+        return "invalid (its manifest digest is not the one the trainer reported)"
+    return None
 
 
 def _settle_budget(run: dict, payload: dict, outcome: dict) -> dict:

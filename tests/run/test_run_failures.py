@@ -10,9 +10,10 @@ import pytest
 import requests
 from azure.storage.blob import BlobServiceClient
 
-from local_emulator.covid_scenario import CommandFailed
+from local_emulator.covid_scenario import CommandFailed, _environment
 from shared import contract as contracts
 from shared import did as dids
+from shared import events
 from local_emulator.stack import wait_for
 from shared.run_records import run_id_for
 from tests.run.conftest import groups_created, remaining_groups, run_record
@@ -79,6 +80,33 @@ def test_trainer_past_its_deadline_is_killed_and_its_group_deleted(stack, scenar
     assert f"ccr-{notice['run_id']}" not in remaining_groups(stack)
     # the trainer may have touched the data: its reservation stays spent
     assert set(record["privacy_budget_spent"].values()) == {1.5}
+
+
+def test_success_claimed_without_an_output_fails_the_run_and_the_tdc_is_told(stack, scenario_factory):
+    """A completion event saying "succeeded" is not enough: the output must be there. The event
+    comes while the trainer (slowed down) is still far from uploading; cleanup then kills it."""
+    scenario = scenario_factory(training_overrides={"epochs": 200})
+    scenario.publish_inputs()
+    scenario.create_identities()
+    scenario.sign_and_submit(scenario.write_contract())
+    run_id = run_id_for(scenario.contract_id)
+    wait_for(lambda: (run_record(stack, run_id) or {}).get("phase") == "training", 120, what="training to start")
+    with _environment(stack.settings):
+        events.publish(events.TRAINER_COMPLETED, f"runs/{run_id}", {
+            "run_id": run_id, "status": "succeeded", "output_sha256": "0" * 64,
+            "output_blob": f"{stack.settings['CCR_FUNCTIONS_URL']}/elsewhere/output.ccr",
+            "metrics_summary": {"accuracy": 0.99}, "privacy": {"epsilon": 0.01, "delta": 1e-5}})
+
+    notice = scenario.wait_for_notice(180)
+    assert notice["status"] == "failed", notice
+    assert notice["reason"] == "trainer reported success but its output is missing"
+    assert notice["output_blob"] is None and notice["output_sha256"] is None
+    record = run_record(stack, run_id)
+    assert record["status"] == "failed" and record["failed_phase"] == "training" and record["metrics"] is None
+    # the trainer had the data: its reservation stays spent, whatever epsilon the event claimed
+    assert set(record["privacy_budget_spent"].values()) == {1.5}
+    assert f"ccr-{run_id}" not in remaining_groups(stack)
+    assert len(scenario.inbox.notices) == 1
 
 
 def test_modified_trainer_image_is_refused_and_the_tdc_told(stack, scenario_factory):
