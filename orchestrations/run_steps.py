@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 HEADER_PROBE_BYTES = 1 << 20
 LOG_TAIL_LINES = 50
+WEBHOOK_ATTEMPTS = 3
 
 
 def _contract(run: dict) -> dict:
@@ -301,7 +302,9 @@ def _notify_tdc(payload: dict, summary: dict) -> dict:
         log.warning("run %s: could not publish the finished event: %s", summary["run_id"], type(error).__name__)
     webhook = payload["tdc"].get("output", {}).get("webhook")
     if webhook:
-        for attempt in range(3):
+        for attempt in range(WEBHOOK_ATTEMPTS):
+            if attempt:
+                time.sleep(2 ** (attempt - 1))
             try:
                 response = requests.post(webhook, json=notice, timeout=10, verify=settings.ca_bundle())
                 result["webhook"] = response.status_code
@@ -309,5 +312,4 @@ def _notify_tdc(payload: dict, summary: dict) -> dict:
                     break
             except requests.RequestException as error:
                 result["webhook"] = type(error).__name__
-            time.sleep(2 ** attempt)
     return result
