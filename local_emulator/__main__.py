@@ -35,6 +35,7 @@ def host_command(args) -> None:
     from local_emulator.host.server import FunctionHost
     from shared.settings import storage_connection
     connection = os.environ.get("AzureWebJobsStorage") or storage_connection()
+    os.environ["AzureWebJobsStorage"] = connection  # an app setting in Azure; SDK-typed bindings read it
     host = FunctionHost(Path(args.app_dir), connection, port=args.port)
 
     async def start():
