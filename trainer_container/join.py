@@ -3,8 +3,9 @@ rows are matched on each dataset's join key (an inner join), and only the select
 come out (never the keys). Nothing from a party is executed.
 
 Memory: tables are read in chunks, values kept as float32 arrays, and keys matched by a hash
-index on the first dataset (join keys must be unique per dataset), so 10 million joined rows
-take about 4 bytes per value plus one copy of the first dataset's keys.
+index on the first dataset (join keys must be unique per dataset). At most two datasets' keys
+are held at once (the first's and the one being matched), as Python strings (about 110 bytes
+each for a 64-hex-digit pseudonym) plus a hash index each: bench/join_scale.py measures it.
 Errors name columns and datasets, never values.
 """
 from __future__ import annotations
@@ -52,23 +53,35 @@ def read_dataset(dataset: JoinDataset, spec: JoinSpec, path: Path) -> tuple[np.n
 
 def join_datasets(spec: JoinSpec, paths: dict[str, Path]) -> pd.DataFrame:
     """The joined table: one column per feature plus the target, in the spec's order."""
-    base_index, present, columns = None, None, {}
-    for dataset in spec.datasets:
-        keys, values = read_dataset(dataset, spec, paths[dataset.name])
-        index = pd.Index(keys)
-        if not index.is_unique:
-            raise JoinError(f"join key {dataset.join_key} of dataset {dataset.name} is not unique")
-        if base_index is None:
-            base_index, present = index, np.ones(len(index), dtype=bool)
-            columns.update(values)
-            continue
-        position = base_index.get_indexer(index)
-        hit = position >= 0
-        matched = np.zeros(len(base_index), dtype=bool)
-        matched[position[hit]] = True
+    first, *others = spec.datasets
+    base_index, columns = _indexed(first, spec, paths[first.name])
+    present = np.ones(len(base_index), dtype=bool)
+    for dataset in others:
+        matched, aligned = _aligned(base_index, dataset, spec, paths[dataset.name])
         present &= matched
-        for column, data in values.items():
-            aligned = np.full(len(base_index), np.nan, dtype=np.float32)
-            aligned[position[hit]] = data[hit]
-            columns[column] = aligned
+        columns.update(aligned)
     return pd.DataFrame({column: data[present] for column, data in columns.items()})
+
+
+def _indexed(dataset: JoinDataset, spec: JoinSpec, path: Path) -> tuple[pd.Index, dict[str, np.ndarray]]:
+    keys, values = read_dataset(dataset, spec, path)
+    index = pd.Index(keys)
+    if not index.is_unique:
+        raise JoinError(f"join key {dataset.join_key} of dataset {dataset.name} is not unique")
+    return index, values
+
+
+def _aligned(base_index: pd.Index, dataset: JoinDataset, spec: JoinSpec,
+             path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(which base rows this dataset has, its columns in base order). A function of its own so
+    this dataset's keys and hash index are freed before the next dataset is read."""
+    index, values = _indexed(dataset, spec, path)
+    position = base_index.get_indexer(index)
+    hit = position >= 0
+    matched = np.zeros(len(base_index), dtype=bool)
+    matched[position[hit]] = True
+    aligned = {}
+    for column, data in values.items():
+        aligned[column] = np.full(len(base_index), np.nan, dtype=np.float32)
+        aligned[column][position[hit]] = data[hit]
+    return matched, aligned
