@@ -47,7 +47,7 @@ def worker(operation: str, source: str, destination: str) -> None:
 
 def run_worker(operation: str, source: Path, destination: Path, key: bytes) -> dict:
     output = subprocess.run([sys.executable, __file__, "--worker", operation, str(source), str(destination)],
-                            input=key.hex() + "\n", check=True, capture_output=True, text=True).stdout
+                            input=key.hex() + "\n", check=True, stdout=subprocess.PIPE, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 

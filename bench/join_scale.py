@@ -88,7 +88,7 @@ def run_join(paths: dict[str, Path]) -> dict:
     job = json.dumps({"spec": covid_join_spec(DEID_JOIN_KEYS),
                       "paths": {name: str(path) for name, path in paths.items()}})
     output = subprocess.run([sys.executable, __file__, "--worker"], input=job, check=True,
-                            capture_output=True, text=True).stdout
+                            stdout=subprocess.PIPE, text=True).stdout
     result = json.loads(output.strip().splitlines()[-1])
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux: KiB
     return result
