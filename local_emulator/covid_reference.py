@@ -39,11 +39,28 @@ def covid_onnx(seed: int = 0) -> bytes:
     return buffer.getvalue()
 
 
+# Public bounds of the ten features, from what the columns mean (never from the data): the
+# trainer clips to them and fits the DP scaling inside them. Codes without a published code
+# book get the range of the code set they name.
+FEATURE_BOUNDS = {
+    "a_test_ct_value": [0, 40],  # RT-PCR cycle threshold: at most the 40 cycles of a standard run
+    "a_sample_genetic_sequenced": [0, 1],  # yes/no flag
+    "a_sample_genetic_strain": [0, 13],  # strain code: 0 none, 1..13 the WHO Greek-letter variant labels
+    "age": [0, 120],  # years
+    "vaccine_name": [0, 3],  # CoWIN vaccine code: 0 none, 1..3 Covishield, Covaxin, Sputnik V (2021)
+    "pasymp": [0, 1],  # asymptomatic: yes/no flag
+    "dsinfection": [0, 1],  # yes/no flag
+    "potravel": [0, 1],  # travel history: yes/no flag
+    "labcode": [0, 999],  # three-digit lab code
+    "page": [0, 120],  # patient age in years
+}
+
+
 def covid_training_config(**overrides) -> dict:
     config = {"loss": "bce_with_logits", "optimizer": "adam", "learning_rate": 0.01, "batch_size": 64,
               "epochs": 5, "metrics": ["accuracy", "precision", "recall", "f1", "roc_auc", "confusion_matrix"],
               "seed": 7, "validation_split": 0.2, "target_column": TARGET, "max_grad_norm": 1.0,
-              "epsilon": 1.5}
+              "epsilon": 1.5, "feature_bounds": {column: list(bounds) for column, bounds in FEATURE_BOUNDS.items()}}
     config.update(overrides)
     return config
 

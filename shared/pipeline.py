@@ -9,7 +9,10 @@ Every dataset is inner-joined on its `join_key` (the keys hold the same identifi
 different names); the join keys never become features. Features are exactly the selected
 `columns` (in order, dataset by dataset) minus `drop_columns` and the target.
 
-Training config (`training.json` in the model package): see `TrainingConfig`.
+Training config (`training.json` in the model package): see `TrainingConfig`. Its
+`feature_bounds` ({"age": [0, 120], ...}, one entry per feature column of the join) are public
+bounds: the trainer clips every feature to them and fits the scaling with differential privacy
+inside them, so they must come from domain knowledge, never from the data.
 """
 from __future__ import annotations
 
@@ -120,11 +123,12 @@ class TrainingConfig:
     target_column: str
     max_grad_norm: float
     epsilon: float
+    feature_bounds: dict[str, tuple[float, float]]  # public: domain facts, never read off the data
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainingConfig":
         fields = {"loss", "optimizer", "learning_rate", "batch_size", "epochs", "metrics", "seed",
-                  "validation_split", "target_column", "max_grad_norm", "epsilon"}
+                  "validation_split", "target_column", "max_grad_norm", "epsilon", "feature_bounds"}
         _require_keys("training config", data, fields)
         if data["loss"] not in LOSSES:
             raise PipelineConfigError(f"loss must be one of {', '.join(LOSSES)}")
@@ -143,7 +147,28 @@ class TrainingConfig:
             target_column=_name("target_column", data["target_column"]),
             max_grad_norm=_number("max_grad_norm", data["max_grad_norm"], 0.0, 1e4),
             epsilon=_number("epsilon", data["epsilon"], 0.0, 100.0),
+            feature_bounds=_bounds(data["feature_bounds"]),
         )
+
+
+BOUND_LIMIT = 1e12  # the exported model computes in float32: wider bounds would mean nothing there
+
+
+def _bounds(data) -> dict[str, tuple[float, float]]:
+    """column -> (low, high): finite numbers within +-BOUND_LIMIT, low < high."""
+    if not isinstance(data, dict) or not data:
+        raise PipelineConfigError("feature_bounds must be a non-empty object: feature column -> [low, high]")
+    bounds = {}
+    for column, pair in data.items():
+        where = f"feature_bounds.{_name('feature_bounds', column)}"
+        if not (isinstance(pair, list) and len(pair) == 2 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                and abs(v) <= BOUND_LIMIT for v in pair)):
+            raise PipelineConfigError(f"{where} must be [low, high]: two finite numbers within +-{BOUND_LIMIT:g}")
+        if not pair[0] < pair[1]:
+            raise PipelineConfigError(f"{where} must have low < high")
+        bounds[column] = (float(pair[0]), float(pair[1]))
+    return bounds
 
 
 def _number(name: str, value, low: float, high: float, integer: bool = False) -> float:
@@ -158,6 +183,14 @@ def _number(name: str, value, low: float, high: float, integer: bool = False) ->
 
 
 def check_compatible(join: JoinSpec, training: TrainingConfig) -> None:
+    """The training config fits the contract's join: checked before any data is read."""
     if training.target_column != join.target:
         raise PipelineConfigError(
             f"training target {training.target_column!r} differs from the contract's {join.target!r}")
+    missing = [c for c in join.feature_columns if c not in training.feature_bounds]
+    if missing:
+        raise PipelineConfigError(f"feature_bounds has no bounds for feature column(s) {', '.join(missing)}")
+    unknown = sorted(training.feature_bounds.keys() - set(join.feature_columns))
+    if unknown:
+        raise PipelineConfigError(f"feature_bounds names column(s) {', '.join(unknown)}, "
+                                  "which are not feature columns of the join")
