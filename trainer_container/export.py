@@ -1,5 +1,6 @@
-"""Export the trained model to ONNX (standardization folded in, so it takes raw features) and
-prove onnxruntime reproduces torch on the validation features before anything leaves."""
+"""Export the trained model to ONNX (clipping to the public bounds and the DP standardization
+folded in, so it takes raw features) and prove onnxruntime reproduces torch on the validation
+features before anything leaves."""
 from __future__ import annotations
 
 import io
@@ -19,13 +20,15 @@ class ExportError(RuntimeError):
 
 
 class Standardize(nn.Module):
+    """Standardizer.apply as a layer: clip to the bounds, subtract the mean, divide by the scale."""
+
     def __init__(self, standardizer: Standardizer):
         super().__init__()
-        self.register_buffer("mean", torch.tensor(standardizer.mean, dtype=torch.float32))
-        self.register_buffer("scale", torch.tensor(standardizer.scale, dtype=torch.float32))
+        for name in ("low", "high", "mean", "scale"):
+            self.register_buffer(name, torch.tensor(getattr(standardizer, name), dtype=torch.float32))
 
     def forward(self, x):
-        return (x - self.mean) / self.scale
+        return (torch.clamp(x, self.low, self.high) - self.mean) / self.scale
 
 
 def with_standardization(model: nn.Module, standardizer: Standardizer) -> nn.Module:

@@ -6,6 +6,7 @@ folder that is removed at the end; stdout carries phase names and aggregate figu
 Storage is reached only through the per-blob SAS URLs of CCR_BLOB_URLS (never printed)."""
 from __future__ import annotations
 
+import secrets
 import tempfile
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -18,7 +19,7 @@ from shared import events, package, storage_names
 from shared.blob_sas import blob_location
 from shared.pipeline import PipelineConfigError, check_compatible
 from trainer_container.contract_terms import ContractError, ContractTerms, PackageRef
-from trainer_container.dp_sgd import PrivacyBudgetError, plan_privacy
+from trainer_container.dp_sgd import PrivacyBudgetError, check_covers_statistics, noise_generator, plan_privacy
 from trainer_container.environment import SettingsError, TrainerEnvironment
 from trainer_container.export import ExportError, export_onnx, verify_onnx, with_standardization
 from trainer_container.features import split_and_scale
@@ -97,6 +98,7 @@ class TrainerRun:
         if self.env.epsilon_budget is not None and config.epsilon > self.env.epsilon_budget:
             raise PrivacyBudgetError(f"training config asks for epsilon {config.epsilon}, "
                                      f"the datasets' remaining budget is {self.env.epsilon_budget}")
+        check_covers_statistics(config.epsilon, terms.delta)
         model = onnx_to_torch(load_model(model_package.onnx_bytes))
         features = terms.join.feature_columns
         check_model_fits(model, config.loss, len(features))
@@ -107,15 +109,21 @@ class TrainerRun:
         table = join_datasets(terms.join, paths)
         for path in paths.values():
             path.unlink()
-        split = split_and_scale(table, features, terms.join.target, config.validation_split, config.seed)
+        # All DP noise (scaling statistics, DP-SGD) and the Poisson sampling come from a seed drawn
+        # here: from the config's seed, which the TDC chose, the TDC could recompute the noise and
+        # subtract it from the released constants.
+        noise = noise_generator(secrets.randbits(63))
+        split = split_and_scale(table, features, terms.join.target, config.validation_split, config.seed,
+                                config.feature_bounds, noise)
         del table
         progress(f"joined {len(split.train_x) + len(split.val_x)} rows: {len(split.train_x)} training, "
                  f"{len(split.val_x)} validation, {len(features)} features")
         plan = plan_privacy(len(split.train_x), config.batch_size, config.epochs, config.epsilon,
                             terms.delta, config.max_grad_norm)
-        progress(f"phase: training (DP-SGD, target epsilon {plan.target_epsilon}, delta {plan.delta:.3g}, "
-                 f"noise multiplier {plan.noise_multiplier:.4f}, {plan.steps} steps)")
-        result = train_private(model, split, config, plan, progress)
+        progress(f"phase: training (DP scaling statistics noise multiplier {plan.statistics_noise_multiplier}, "
+                 f"DP-SGD noise multiplier {plan.noise_multiplier:.4f}, {plan.steps} steps, "
+                 f"total target epsilon {plan.target_epsilon}, delta {plan.delta:.3g})")
+        result = train_private(model, split, config, plan, noise, progress)
         progress("phase: export")
         exported = with_standardization(model, split.standardizer)
         onnx_bytes = export_onnx(exported, len(features))

@@ -1,5 +1,6 @@
 """The training loop: allow-listed loss and optimizer, DP-SGD steps, one epsilon per epoch,
-validation metrics. Deterministic given the config's seed."""
+validation metrics, and the privacy report. Deterministic given the config's seed and the
+DP noise generator's seed."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -97,14 +98,16 @@ def private_epoch(step: PrivateStep, x: torch.Tensor, y: torch.Tensor, rng: np.r
 
 
 def train_private(model: nn.Sequential, split: Split, config: TrainingConfig, plan: PrivacyPlan,
-                  progress: Callable[[str], None] = print) -> TrainingResult:
+                  noise: torch.Generator, progress: Callable[[str], None] = print) -> TrainingResult:
+    """`noise`: the run's DP noise generator, which already drew the feature statistics' noise.
+    Poisson sampling is seeded from it too: DP assumes batches the adversary cannot predict."""
     check_targets(torch.cat([split.train_y, split.val_y]), config.loss, output_width(model))
     torch.manual_seed(config.seed)
     model.train()
     optimizer = make_optimizer(config, model)
     loss_sum = loss_function(config.loss, "sum")
-    step = PrivateStep(model, optimizer, loss_sum, plan, noise_seed=config.seed + 1)
-    rng = np.random.default_rng(config.seed + 2)
+    rng = np.random.default_rng(int(torch.randint(0, 2**62, (), generator=noise)))
+    step = PrivateStep(model, optimizer, loss_sum, plan, noise)
     y_all = _targets(split.train_y, config.loss)
     history = []
     for epoch in range(1, plan.epochs + 1):
@@ -114,11 +117,20 @@ def train_private(model: nn.Sequential, split: Split, config: TrainingConfig, pl
         history.append(record)
         progress(f"epoch {epoch}/{plan.epochs} loss {record['train_loss']:.4f} epsilon {epsilon:.3f}")
     metrics = evaluate(model, split.val_x, split.val_y, config)
-    privacy = {"epsilon": history[-1]["epsilon"], "target_epsilon": plan.target_epsilon, "delta": plan.delta,
-               "noise_multiplier": plan.noise_multiplier, "max_grad_norm": plan.max_grad_norm,
-               "sample_rate": plan.sample_rate, "steps": plan.steps, "epochs": plan.epochs,
-               "accountant": plan.accountant, "train_rows": len(split.train_x), "validation_rows": len(split.val_x)}
-    return TrainingResult(metrics, privacy, history)
+    return TrainingResult(metrics, privacy_report(plan, history[-1]["epsilon"], split), history)
+
+
+def privacy_report(plan: PrivacyPlan, epsilon: float, split: Split) -> dict:
+    """privacy.json and the completion event's `privacy`: `epsilon` is the run's total (feature
+    statistics + DP-SGD, composed in one RDP accountant); `noise_multiplier` is DP-SGD's."""
+    return {"epsilon": epsilon, "target_epsilon": plan.target_epsilon, "delta": plan.delta,
+            "noise_multiplier": plan.noise_multiplier, "max_grad_norm": plan.max_grad_norm,
+            "sample_rate": plan.sample_rate, "steps": plan.steps, "epochs": plan.epochs,
+            "accountant": plan.accountant, "train_rows": len(split.train_x), "validation_rows": len(split.val_x),
+            "feature_scaling": {
+                "bounds": "public: the training config's feature_bounds; features clipped to them",
+                "mechanism": "gaussian: per-feature sums of the bound-normalized values and of their squares",
+                "noise_multiplier": plan.statistics_noise_multiplier, "sample_rate": 1.0, "steps": 1}}
 
 
 def train_non_private_epoch(model: nn.Module, optimizer, loss_mean, x: torch.Tensor, y: torch.Tensor,

@@ -1,15 +1,19 @@
-"""Our DP-SGD step must do exactly what Opacus does (clipping, noise, scaling, accounting)."""
+"""Our DP-SGD step must do exactly what Opacus does (clipping, noise, scaling, accounting), and
+the plan must charge the feature statistics to the same budget."""
+import pytest
 import torch
 from opacus import GradSampleModule
 from opacus.accountants import RDPAccountant
+from opacus.accountants.utils import get_noise_multiplier
 from opacus.optimizers import DPOptimizer
 from torch import nn
 
 from local_emulator.covid_reference import covid_mlp
-from trainer_container.dp_sgd import PrivacyPlan, PrivateStep
+from trainer_container.dp_sgd import (EPSILON_TOLERANCE, STATISTICS_NOISE_MULTIPLIER, PrivacyBudgetError, PrivacyPlan,
+                                      PrivateStep, noise_generator, plan_privacy, total_epsilon)
 
 PLAN = PrivacyPlan(target_epsilon=1.0, delta=1e-5, noise_multiplier=0.9, max_grad_norm=0.7, sample_rate=0.05,
-                   steps_per_epoch=20, epochs=1, expected_batch_size=32)
+                   steps_per_epoch=20, epochs=1, expected_batch_size=32, statistics_noise_multiplier=6.0)
 
 
 def _batch(seed=0, n=29):
@@ -33,7 +37,7 @@ def _opacus_step(x, y, noise_seed, steps=1):
 def _our_step(x, y, noise_seed, steps=1):
     model = covid_mlp(seed=1)
     step = PrivateStep(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.BCEWithLogitsLoss(reduction="sum"),
-                       PLAN, noise_seed=noise_seed)
+                       PLAN, noise_generator(noise_seed))
     for _ in range(steps):
         step(x, y)
     return [p.detach().clone() for p in model.parameters()], step
@@ -54,10 +58,11 @@ def test_noise_depends_on_the_seed():
     assert not torch.allclose(_our_step(x, y, 5)[0][0], _our_step(x, y, 6)[0][0])
 
 
-def test_accountant_matches_opacus_rdp_for_the_same_steps():
+def test_accountant_matches_opacus_rdp_for_the_statistics_and_the_same_steps():
     x, y = _batch(2)
     _, step = _our_step(x, y, noise_seed=0, steps=4)
     reference = RDPAccountant()
+    reference.step(noise_multiplier=PLAN.statistics_noise_multiplier, sample_rate=1.0)
     for _ in range(4):
         reference.step(noise_multiplier=PLAN.noise_multiplier, sample_rate=PLAN.sample_rate)
     assert step.epsilon() == reference.get_epsilon(delta=PLAN.delta) > 0
@@ -68,4 +73,43 @@ def test_empty_batch_takes_a_pure_noise_step():
     ours, step = _our_step(empty_x, empty_y, noise_seed=3)
     start = [p.detach() for p in covid_mlp(seed=1).parameters()]
     assert all(not torch.equal(a, b) for a, b in zip(ours, start))
-    assert step.accountant.history == [(PLAN.noise_multiplier, PLAN.sample_rate, 1)]
+    assert step.accountant.history == [(PLAN.statistics_noise_multiplier, 1.0, 1),  # charged at the start
+                                       (PLAN.noise_multiplier, PLAN.sample_rate, 1)]
+
+
+@pytest.mark.parametrize("n_train, batch_size, epochs, target, delta", [
+    (1695, 64, 5, 1.5, 1e-5),  # the COVID reference
+    (1695, 8, 5, 1.5, 1e-5),
+    (200_000, 256, 2, 3.0, 1e-6),
+])
+def test_plan_charges_the_statistics_and_meets_the_total_target(n_train, batch_size, epochs, target, delta):
+    plan = plan_privacy(n_train, batch_size, epochs, target, delta, 1.0)
+    sgd_only = get_noise_multiplier(target_epsilon=target, target_delta=plan.delta, sample_rate=plan.sample_rate,
+                                    steps=plan.steps, accountant="rdp")
+    assert plan.statistics_noise_multiplier == STATISTICS_NOISE_MULTIPLIER
+    assert plan.noise_multiplier > sgd_only  # the statistics cost something
+    accountant = RDPAccountant()  # composed independently of the plan's own helpers
+    accountant.step(noise_multiplier=STATISTICS_NOISE_MULTIPLIER, sample_rate=1.0)
+    for _ in range(plan.steps):
+        accountant.step(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate)
+    total = accountant.get_epsilon(delta=plan.delta)
+    assert total == total_epsilon(plan)
+    assert target - EPSILON_TOLERANCE <= total <= target
+    without_statistics = RDPAccountant()
+    without_statistics.history.append((plan.noise_multiplier, plan.sample_rate, plan.steps))
+    assert without_statistics.get_epsilon(delta=plan.delta) < total - 0.05  # the step is really composed in
+
+
+def test_covid_statistics_cost_a_small_part_of_the_budget():
+    """At the COVID settings the statistics leave DP-SGD about 90% of epsilon 1.5."""
+    plan = plan_privacy(1695, 64, 5, 1.5, 1e-5, 1.0)
+    sgd_only = RDPAccountant()
+    sgd_only.history.append((plan.noise_multiplier, plan.sample_rate, plan.steps))
+    assert 0.8 * 1.5 < sgd_only.get_epsilon(delta=plan.delta) < 0.95 * 1.5
+    assert 1.0 < plan.noise_multiplier / get_noise_multiplier(
+        target_epsilon=1.5, target_delta=1e-5, sample_rate=plan.sample_rate, steps=plan.steps, accountant="rdp") < 1.15
+
+
+def test_a_target_the_statistics_alone_exceed_is_refused():
+    with pytest.raises(PrivacyBudgetError, match="epsilon 0.5 does not cover the feature scaling statistics"):
+        plan_privacy(1695, 64, 5, 0.5, 1e-5, 1.0)

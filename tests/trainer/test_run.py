@@ -8,14 +8,20 @@ import uuid
 import zipfile
 
 import numpy as np
+import onnx
 import onnxruntime
 import pandas as pd
 import pytest
+from onnx import numpy_helper
 
 from shared import package, storage_names
+from shared.pipeline import JoinSpec
 from local_emulator import covid_reference as covid_model
 from tests.trainer.harness import KeyReleaseStandIn, Stage, blob_urls, environment, run_trainer_process
 from trainer_container import run as trainer_run
+from trainer_container.dp_sgd import noise_generator
+from trainer_container.features import split_and_scale
+from trainer_container.join import join_datasets
 
 CONTRACT_ID = "covid-test"
 
@@ -82,8 +88,10 @@ def test_covid_end_to_end_with_canaries(tmp_path, azurite, topic):
     metrics, privacy = json.loads(contents["metrics.json"]), json.loads(contents["privacy.json"])
     assert metrics["validation"]["accuracy"] >= 0.85 and privacy["epsilon"] <= 1.5
     assert privacy["train_rows"] == 1695 and privacy["validation_rows"] == 424
+    assert privacy["feature_scaling"]["noise_multiplier"] == 6.0 and "public" in privacy["feature_scaling"]["bounds"]
     session = onnxruntime.InferenceSession(contents["model.onnx"], providers=["CPUExecutionProvider"])
     assert session.run(None, {"features": np.zeros((3, 10), np.float32)})[0].shape == (3, 1)
+    assert_scaling_noise_is_secret(tmp_path, contents["model.onnx"])
 
     leaving = [done.stdout, done.stderr, *(b.decode() for b in topic.raw),
                *(c.decode("latin-1") for c in contents.values())]
@@ -91,6 +99,25 @@ def test_covid_end_to_end_with_canaries(tmp_path, azurite, topic):
         assert not any(canary in text for text in leaving)
     assert not any("sig=" in text for text in leaving)  # the SAS URLs never leave either
     assert not any(str(m) in done.stdout for m in list(mobiles)[:50])
+
+
+def assert_scaling_noise_is_secret(tmp_path, onnx_bytes):
+    """The released scaling constants are neither the exact statistics nor what the TDC could
+    recompute: the noise is not derived from the training config's seed, which the TDC chose."""
+    initializers = {i.name: numpy_helper.to_array(i) for i in onnx.load_from_string(onnx_bytes).graph.initializer}
+    released = initializers["0.mean"]
+    spec = JoinSpec.from_dict(covid_model.covid_join_spec())
+    table = join_datasets(spec, {name: tmp_path / f"{name}.in" for name in covid_model.RAW_FILES})  # as staged
+    config = covid_model.covid_training_config()
+    for seed in range(config["seed"] - 2, config["seed"] + 3):
+        guess = split_and_scale(table, spec.feature_columns, spec.target, config["validation_split"], config["seed"],
+                                config["feature_bounds"], noise_generator(seed)).standardizer
+        assert not np.allclose(released, guess.mean, rtol=0, atol=1e-4)
+    rows = table.loc[:, list(spec.feature_columns)].to_numpy(dtype=np.float64)
+    exact = rows[np.random.default_rng(config["seed"]).permutation(len(rows))[424:]].mean(0)  # the training split
+    assert not np.allclose(released, exact, rtol=0, atol=1e-4)
+    half = np.array([high - low for low, high in map(config["feature_bounds"].get, spec.feature_columns)]) / 2
+    assert np.all(np.abs(released - exact) < 5 * 6.0 * np.sqrt(20) / 1695 * half)  # noise of the mechanism's scale
 
 
 def test_budget_over_the_contract_fails_before_any_dataset_is_read(tmp_path, azurite, topic, monkeypatch):
@@ -170,3 +197,29 @@ def test_malformed_blob_urls_are_a_clear_settings_error(monkeypatch, value):
     lines = []
     assert trainer_run.main(lines.append) == 2
     assert lines == ["failed: SettingsError: CCR_BLOB_URLS is not a JSON object of blob paths to URLs"]
+
+
+def test_missing_feature_bounds_fail_before_any_dataset_is_read(tmp_path, azurite, topic, monkeypatch):
+    stage = Stage(tmp_path, azurite, "covid-bounds")
+    training = covid_model.covid_training_config()
+    del training["feature_bounds"]["age"], training["feature_bounds"]["labcode"]
+    contract = stage.contract(raw_tables(), training, covid_model.covid_join_spec())
+    code, lines, sidecar = run_in_process(monkeypatch, stage, topic, contract)
+    assert code != 0
+    assert lines[-1] == "failed: PipelineConfigError: feature_bounds has no bounds for feature column(s) age, labcode"
+    assert [r["kid"] for r in sidecar.requests] == [contract["tdc"]["model"]["key_kid"]]  # no dataset key
+    assert not any(line.startswith("phase: datasets") for line in lines)
+    assert topic.events[0]["data"]["error_class"] == "PipelineConfigError"
+    assert not output_blob_exists(stage)
+
+
+def test_epsilon_below_the_scaling_statistics_cost_fails_before_any_dataset_is_read(tmp_path, azurite, topic,
+                                                                                     monkeypatch):
+    stage = Stage(tmp_path, azurite, "covid-tiny-epsilon")
+    contract = stage.contract(raw_tables(), covid_model.covid_training_config(epsilon=0.5),
+                              covid_model.covid_join_spec())
+    code, lines, sidecar = run_in_process(monkeypatch, stage, topic, contract)
+    assert code != 0 and "epsilon 0.5 does not cover the feature scaling statistics" in lines[-1]
+    assert [r["kid"] for r in sidecar.requests] == [contract["tdc"]["model"]["key_kid"]]
+    assert topic.events[0]["data"]["error_class"] == "PrivacyBudgetError"
+    assert not output_blob_exists(stage)

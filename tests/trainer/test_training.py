@@ -5,9 +5,9 @@ import torch
 
 from shared.pipeline import TrainingConfig
 from local_emulator import covid_reference as covid_model
-from trainer_container.dp_sgd import plan_privacy, poisson_batch
+from trainer_container.dp_sgd import noise_generator, plan_privacy, poisson_batch
 from trainer_container.export import ExportError, export_onnx, verify_onnx, with_standardization
-from trainer_container.features import split_and_scale
+from trainer_container.features import Standardizer, split_and_scale
 from trainer_container.join import join_datasets
 from trainer_container.onnx_convert import load_model, onnx_to_torch
 from trainer_container.training import TrainingSetupError, check_model_fits, train_private
@@ -18,21 +18,32 @@ def covid_table(covid_spec, covid_paths):
     return join_datasets(covid_spec, covid_paths)
 
 
-def _train(table, spec, epsilon=1.5, **overrides):
+BOUNDS = covid_model.covid_training_config()["feature_bounds"]
+
+
+def _split(table, spec, noise_seed=0):
+    return split_and_scale(table, spec.feature_columns, spec.target, 0.2, 7, BOUNDS, noise_generator(noise_seed))
+
+
+def _train(table, spec, epsilon=1.5, noise_seed=0, **overrides):
+    """Trains as the run does, with the DP noise seeded by `noise_seed` (the run draws it secretly)."""
     config = TrainingConfig.from_dict(covid_model.covid_training_config(epsilon=epsilon, **overrides))
-    split = split_and_scale(table, spec.feature_columns, spec.target, config.validation_split, config.seed)
+    noise = noise_generator(noise_seed)
+    split = split_and_scale(table, spec.feature_columns, spec.target, config.validation_split, config.seed,
+                            config.feature_bounds, noise)
     plan = plan_privacy(len(split.train_x), config.batch_size, config.epochs, config.epsilon, 1e-5,
                         config.max_grad_norm)
     model = onnx_to_torch(load_model(covid_model.covid_onnx()))
     lines = []
-    return model, split, train_private(model, split, config, plan, lines.append), lines
+    return model, split, train_private(model, split, config, plan, noise, lines.append), lines
 
 
 def test_covid_dp_training_reaches_the_reference_accuracy_within_budget(covid_table, covid_spec):
     model, split, result, lines = _train(covid_table, covid_spec)
     assert (len(split.train_x), len(split.val_x)) == (1695, 424)
-    assert result.privacy["epsilon"] <= 1.5
+    assert 1.49 <= result.privacy["epsilon"] <= 1.5  # the total: feature statistics + DP-SGD
     assert result.privacy["steps"] == 5 * 27 and result.privacy["accountant"] == "rdp"
+    assert result.privacy["feature_scaling"]["noise_multiplier"] == 6.0
     assert result.metrics["accuracy"] >= 0.85
     assert set(result.metrics) == {"loss", "accuracy", "precision", "recall", "f1", "roc_auc", "confusion_matrix"}
     assert np.sum(result.metrics["confusion_matrix"]) == 424
@@ -48,21 +59,31 @@ def test_covid_dp_training_reaches_the_reference_accuracy_within_budget(covid_ta
         assert session.run(None, {"features": split.val_raw_x[:batch]})[0].shape == (batch, 1)
 
 
-def test_training_is_deterministic_given_the_seed(covid_table, covid_spec):
+def test_training_is_deterministic_given_the_seeds(covid_table, covid_spec):
     first = _train(covid_table, covid_spec, epochs=1)
     second = _train(covid_table, covid_spec, epochs=1)
     other_seed = _train(covid_table, covid_spec, epochs=1, seed=8)
+    other_noise = _train(covid_table, covid_spec, epochs=1, noise_seed=1)
     weights = lambda model: torch.cat([p.detach().flatten() for p in model.parameters()])
     assert torch.equal(weights(first[0]), weights(second[0]))
     assert first[2].metrics == second[2].metrics
+    assert np.array_equal(first[1].standardizer.scale, second[1].standardizer.scale)
     assert not torch.equal(weights(first[0]), weights(other_seed[0]))
+    assert not torch.equal(weights(first[0]), weights(other_noise[0]))
+    assert not np.array_equal(first[1].standardizer.scale, other_noise[1].standardizer.scale)
 
 
 def test_scaling_is_fitted_on_the_training_split_only(covid_table, covid_spec):
-    split = split_and_scale(covid_table, covid_spec.feature_columns, covid_spec.target, 0.2, 7)
-    assert torch.allclose(split.train_x.mean(0), torch.zeros(10), atol=1e-4)
-    train_rows = covid_table.loc[:, list(covid_spec.feature_columns)].to_numpy()
-    assert not np.allclose(split.standardizer.mean, train_rows.mean(0))  # not fitted on everything
+    split = _split(covid_table, covid_spec)
+    rows = covid_table.loc[:, list(covid_spec.feature_columns)].to_numpy(dtype=np.float64)
+    train_rows = rows[np.random.default_rng(7).permutation(len(rows))[424:]]
+    low, high = (np.array([BOUNDS[c][i] for c in covid_spec.feature_columns], dtype=np.float64) for i in (0, 1))
+    on_train = Standardizer.fit_private(train_rows, low, high, noise_generator(0))
+    on_all = Standardizer.fit_private(rows, low, high, noise_generator(0))
+    assert np.array_equal(split.standardizer.mean, on_train.mean)
+    assert np.array_equal(split.standardizer.scale, on_train.scale)
+    assert not np.allclose(split.standardizer.mean, on_all.mean)
+    assert torch.allclose(split.train_x.mean(0), torch.zeros(10), atol=0.5)  # standardized, up to the DP noise
 
 
 def test_poisson_batches_have_the_expected_size_and_no_duplicates():
@@ -77,13 +98,13 @@ def test_poisson_batches_have_the_expected_size_and_no_duplicates():
 
 def test_noise_multiplier_grows_as_the_budget_shrinks():
     loose = plan_privacy(1695, 64, 5, 3.0, 1e-5, 1.0)
-    tight = plan_privacy(1695, 64, 5, 0.5, 1e-5, 1.0)
+    tight = plan_privacy(1695, 64, 5, 0.9, 1e-5, 1.0)
     assert tight.noise_multiplier > loose.noise_multiplier > 0
     assert plan_privacy(100, 10, 1, 1.0, 0.5, 1.0).delta == 0.01  # capped at 1/N
 
 
 def test_export_verification_fails_when_outputs_differ(covid_table, covid_spec):
-    split = split_and_scale(covid_table, covid_spec.feature_columns, covid_spec.target, 0.2, 7)
+    split = _split(covid_table, covid_spec)
     model = with_standardization(onnx_to_torch(load_model(covid_model.covid_onnx())), split.standardizer)
     onnx_bytes = export_onnx(model, 10)
     with torch.no_grad():
