@@ -17,7 +17,7 @@ gradient is the outer product b_i a_i^T (output gradient, input), so its squared
 
 The run releases one more thing computed from the training rows: the feature-scaling
 statistics (features.py), a Gaussian mechanism on the whole training split with noise
-multiplier STATISTICS_NOISE_MULTIPLIER. It is one accountant step with sample_rate=1.0 before
+multiplier `statistics_noise_multiplier(target, delta)`. It is one accountant step with sample_rate=1.0 before
 the DP-SGD steps, so the accountant's epsilon is the run's total, and the DP-SGD noise
 multiplier is searched so that this total meets the target (Opacus's `get_noise_multiplier`
 knows only the DP-SGD steps).
@@ -34,12 +34,14 @@ from opacus.accountants import RDPAccountant
 from torch import nn
 
 ACCOUNTANT = "rdp"
-# The feature statistics' noise multiplier, fixed so that they cost a small, known part of the
-# budget: at the COVID settings (1695 rows, batch 64, 5 epochs, epsilon 1.5, delta 1e-5) the
-# DP-SGD noise multiplier rises from 1.543 to 1.67 (DP-SGD alone would then spend about 1.33 of
-# the 1.5), and the noisy means and scales stay close to the exact ones (README: figures). On
-# its own it spends 0.65 at delta 1e-5: a smaller target epsilon cannot be met.
+# The feature statistics' noise multiplier: at least this, so that they cost a small, known part
+# of the budget. At the COVID settings (1695 rows, batch 64, 5 epochs, epsilon 1.5, delta 1e-5)
+# the DP-SGD noise multiplier rises from 1.543 to 1.67 (DP-SGD alone would then spend about 1.33
+# of the 1.5), and the noisy means and scales stay close to the exact ones (README: figures).
+# On its own it spends 0.65 at delta 1e-5; a smaller target doubles it until the statistics
+# alone spend at most half the target (noisier scaling rather than a refused run).
 STATISTICS_NOISE_MULTIPLIER = 6.0
+MAX_STATISTICS_NOISE_MULTIPLIER = STATISTICS_NOISE_MULTIPLIER * 2 ** 10
 EPSILON_TOLERANCE = 0.01  # as Opacus's get_noise_multiplier: total epsilon in [target - 0.01, target]
 
 
@@ -85,34 +87,52 @@ def total_epsilon(plan: PrivacyPlan) -> float:
     return float(accountant.get_epsilon(delta=plan.delta))
 
 
-def check_covers_statistics(target_epsilon: float, delta: float,
-                            statistics_noise_multiplier: float = STATISTICS_NOISE_MULTIPLIER) -> None:
-    """The feature statistics alone must leave room for DP-SGD. Needs no data: with the
-    contract's delta (the run's is at most that, which costs more) it runs before any is read."""
+def statistics_epsilon(noise_multiplier: float, delta: float) -> float:
+    """Epsilon of the feature statistics' release alone."""
     accountant = RDPAccountant()
-    accountant.step(noise_multiplier=statistics_noise_multiplier, sample_rate=1.0)
-    statistics_only = float(accountant.get_epsilon(delta=delta))
+    accountant.step(noise_multiplier=noise_multiplier, sample_rate=1.0)
+    return float(accountant.get_epsilon(delta=delta))
+
+
+def statistics_noise_multiplier(target_epsilon: float, delta: float) -> float:
+    """STATISTICS_NOISE_MULTIPLIER, doubled until the statistics spend at most half the target.
+    Needs no data, so a hopeless target is refused before any is read."""
+    noise = STATISTICS_NOISE_MULTIPLIER
+    with warnings.catch_warnings():  # large multipliers hit Opacus's largest order
+        warnings.filterwarnings("ignore", "Optimal order is the largest alpha")
+        while statistics_epsilon(noise, delta) > target_epsilon / 2:
+            noise *= 2
+            if noise > MAX_STATISTICS_NOISE_MULTIPLIER:
+                raise PrivacyBudgetError(f"epsilon {target_epsilon} is too small to release even the "
+                                         f"feature scaling statistics at delta {delta:.3g}")
+    return noise
+
+
+def check_covers_statistics(target_epsilon: float, delta: float, statistics_noise: float) -> None:
+    """The feature statistics alone must leave room for DP-SGD."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Optimal order is the largest alpha")
+        statistics_only = statistics_epsilon(statistics_noise, delta)
     if statistics_only >= target_epsilon - EPSILON_TOLERANCE:
         raise PrivacyBudgetError(f"epsilon {target_epsilon} does not cover the feature scaling statistics, "
                                  f"which alone spend {statistics_only:.3f} at delta {delta:.3g}")
 
 
 def plan_privacy(n_train: int, batch_size: int, epochs: int, target_epsilon: float, contract_delta: float,
-                 max_grad_norm: float, statistics_noise_multiplier: float = STATISTICS_NOISE_MULTIPLIER
-                 ) -> PrivacyPlan:
+                 max_grad_norm: float, statistics_noise: float = STATISTICS_NOISE_MULTIPLIER) -> PrivacyPlan:
     """The DP-SGD noise multiplier whose total epsilon (statistics included) lies within
     EPSILON_TOLERANCE below the target: Opacus's search (double, then bisect) with the
     statistics step composed in. The row count is public, as the sample rate needs it."""
     if n_train < 2:
         raise PrivacyBudgetError("too few training rows for DP-SGD")
     delta = effective_delta(contract_delta, n_train)
-    check_covers_statistics(target_epsilon, delta, statistics_noise_multiplier)
+    check_covers_statistics(target_epsilon, delta, statistics_noise)
     steps_per_epoch = math.ceil(n_train / batch_size)
     sample_rate = 1.0 / steps_per_epoch
 
     def plan(noise: float) -> PrivacyPlan:
         return PrivacyPlan(target_epsilon, delta, noise, max_grad_norm, sample_rate, steps_per_epoch, epochs,
-                           max(1, round(n_train * sample_rate)), statistics_noise_multiplier)
+                           max(1, round(n_train * sample_rate)), statistics_noise)
 
     with warnings.catch_warnings():  # trial multipliers far above the answer hit Opacus's largest order
         warnings.filterwarnings("ignore", "Optimal order is the largest alpha")

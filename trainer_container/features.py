@@ -65,7 +65,8 @@ class Split:
 
 
 def split_and_scale(table: pd.DataFrame, feature_columns: tuple[str, ...], target: str, validation_split: float,
-                    seed: int, bounds: Mapping[str, tuple[float, float]], noise: torch.Generator) -> Split:
+                    seed: int, bounds: Mapping[str, tuple[float, float]], noise: torch.Generator,
+                    statistics_noise: float = STATISTICS_NOISE_MULTIPLIER) -> Split:
     """Exactly `feature_columns` become features (in that order); nothing else of the table does.
     `bounds` holds every feature column's public (low, high) (checked by check_compatible)."""
     low, high = (np.array([bounds[c][i] for c in feature_columns], dtype=np.float64) for i in (0, 1))
@@ -77,7 +78,7 @@ def split_and_scale(table: pd.DataFrame, feature_columns: tuple[str, ...], targe
         raise JoinError(f"{n} joined rows are too few for a {validation_split} validation split")
     order = np.random.default_rng(seed).permutation(n)
     train_idx, val_idx = order[n_val:], order[:n_val]
-    standardizer = Standardizer.fit_private(x[train_idx], low, high, noise)
+    standardizer = Standardizer.fit_private(x[train_idx], low, high, noise, statistics_noise)
     return Split(torch.from_numpy(standardizer.apply(x[train_idx])), torch.from_numpy(y[train_idx]).float(),
                  torch.from_numpy(standardizer.apply(x[val_idx])), torch.from_numpy(y[val_idx]).float(),
                  x[val_idx].astype(np.float32), standardizer)

@@ -19,7 +19,8 @@ from shared import events, package, storage_names
 from shared.blob_sas import blob_location
 from shared.pipeline import PipelineConfigError, check_compatible
 from trainer_container.contract_terms import ContractError, ContractTerms, PackageRef
-from trainer_container.dp_sgd import PrivacyBudgetError, check_covers_statistics, noise_generator, plan_privacy
+from trainer_container.dp_sgd import (PrivacyBudgetError, noise_generator, plan_privacy,
+                                      statistics_noise_multiplier)
 from trainer_container.environment import SettingsError, TrainerEnvironment
 from trainer_container.export import ExportError, export_onnx, verify_onnx, with_standardization
 from trainer_container.features import split_and_scale
@@ -98,7 +99,7 @@ class TrainerRun:
         if self.env.epsilon_budget is not None and config.epsilon > self.env.epsilon_budget:
             raise PrivacyBudgetError(f"training config asks for epsilon {config.epsilon}, "
                                      f"the datasets' remaining budget is {self.env.epsilon_budget}")
-        check_covers_statistics(config.epsilon, terms.delta)
+        statistics_noise = statistics_noise_multiplier(config.epsilon, terms.delta)
         model = onnx_to_torch(load_model(model_package.onnx_bytes))
         features = terms.join.feature_columns
         check_model_fits(model, config.loss, len(features))
@@ -114,12 +115,12 @@ class TrainerRun:
         # subtract it from the released constants.
         noise = noise_generator(secrets.randbits(63))
         split = split_and_scale(table, features, terms.join.target, config.validation_split, config.seed,
-                                config.feature_bounds, noise)
+                                config.feature_bounds, noise, statistics_noise)
         del table
         progress(f"joined {len(split.train_x) + len(split.val_x)} rows: {len(split.train_x)} training, "
                  f"{len(split.val_x)} validation, {len(features)} features")
         plan = plan_privacy(len(split.train_x), config.batch_size, config.epochs, config.epsilon,
-                            terms.delta, config.max_grad_norm)
+                            terms.delta, config.max_grad_norm, statistics_noise)
         progress(f"phase: training (DP scaling statistics noise multiplier {plan.statistics_noise_multiplier}, "
                  f"DP-SGD noise multiplier {plan.noise_multiplier:.4f}, {plan.steps} steps, "
                  f"total target epsilon {plan.target_epsilon}, delta {plan.delta:.3g})")

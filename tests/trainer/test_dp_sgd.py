@@ -10,7 +10,8 @@ from torch import nn
 
 from local_emulator.covid_reference import covid_mlp
 from trainer_container.dp_sgd import (EPSILON_TOLERANCE, STATISTICS_NOISE_MULTIPLIER, PrivacyBudgetError, PrivacyPlan,
-                                      PrivateStep, noise_generator, plan_privacy, total_epsilon)
+                                      PrivateStep, noise_generator, plan_privacy, statistics_epsilon,
+                                      statistics_noise_multiplier, total_epsilon)
 
 PLAN = PrivacyPlan(target_epsilon=1.0, delta=1e-5, noise_multiplier=0.9, max_grad_norm=0.7, sample_rate=0.05,
                    steps_per_epoch=20, epochs=1, expected_batch_size=32, statistics_noise_multiplier=6.0)
@@ -110,6 +111,14 @@ def test_covid_statistics_cost_a_small_part_of_the_budget():
         target_epsilon=1.5, target_delta=1e-5, sample_rate=plan.sample_rate, steps=plan.steps, accountant="rdp") < 1.15
 
 
-def test_a_target_the_statistics_alone_exceed_is_refused():
+def test_a_small_target_gets_noisier_statistics_and_a_hopeless_one_is_refused():
+    assert statistics_noise_multiplier(1.5, 1e-5) == STATISTICS_NOISE_MULTIPLIER  # COVID: the floor suffices
+    noise = statistics_noise_multiplier(0.5, 1e-5)  # the floor alone would spend 0.65
+    assert noise > STATISTICS_NOISE_MULTIPLIER and statistics_epsilon(noise, 1e-5) <= 0.25
+    assert statistics_epsilon(noise / 2, 1e-5) > 0.25  # the smallest doubling that fits
+    plan = plan_privacy(1695, 64, 5, 0.5, 1e-5, 1.0, noise)
+    assert plan.statistics_noise_multiplier == noise and 0.5 - EPSILON_TOLERANCE <= total_epsilon(plan) <= 0.5
     with pytest.raises(PrivacyBudgetError, match="epsilon 0.5 does not cover the feature scaling statistics"):
-        plan_privacy(1695, 64, 5, 0.5, 1e-5, 1.0)
+        plan_privacy(1695, 64, 5, 0.5, 1e-5, 1.0)  # with the floor's noise it cannot
+    with pytest.raises(PrivacyBudgetError, match="epsilon 0.0001 is too small to release even the feature"):
+        statistics_noise_multiplier(1e-4, 1e-5)

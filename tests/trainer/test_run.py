@@ -216,10 +216,10 @@ def test_missing_feature_bounds_fail_before_any_dataset_is_read(tmp_path, azurit
 def test_epsilon_below_the_scaling_statistics_cost_fails_before_any_dataset_is_read(tmp_path, azurite, topic,
                                                                                      monkeypatch):
     stage = Stage(tmp_path, azurite, "covid-tiny-epsilon")
-    contract = stage.contract(raw_tables(), covid_model.covid_training_config(epsilon=0.5),
+    contract = stage.contract(raw_tables(), covid_model.covid_training_config(epsilon=0.0001),
                               covid_model.covid_join_spec())
     code, lines, sidecar = run_in_process(monkeypatch, stage, topic, contract)
-    assert code != 0 and "epsilon 0.5 does not cover the feature scaling statistics" in lines[-1]
+    assert code != 0 and "epsilon 0.0001 is too small to release even the feature scaling statistics" in lines[-1]
     assert [r["kid"] for r in sidecar.requests] == [contract["tdc"]["model"]["key_kid"]]
     assert topic.events[0]["data"]["error_class"] == "PrivacyBudgetError"
     assert not output_blob_exists(stage)
