@@ -40,7 +40,9 @@ def report(result: dict, elapsed: float, echo=print) -> None:
                                                                          "roc_auc")))
         echo(f"confusion matrix: {metrics['confusion_matrix']}")
         echo(f"privacy: epsilon {privacy['epsilon']:.3f} (target {privacy['target_epsilon']}), delta {privacy['delta']}, "
-             f"noise multiplier {privacy['noise_multiplier']:.3f}, {privacy['steps']} steps, {privacy['accountant']}")
+             f"{privacy['accountant']} over DP-SGD ({privacy['steps']} steps, noise multiplier "
+             f"{privacy['noise_multiplier']:.3f}) and the scaling statistics (noise multiplier "
+             f"{privacy['feature_scaling']['noise_multiplier']:g})")
         echo(f"budget spent per dataset: {record.get('privacy_budget_spent')}")
         echo(f"decrypted output: {', '.join(output['members'])} ({output['size']} bytes)")
     echo(f"total {elapsed:.1f} s")
