@@ -120,5 +120,9 @@ def test_a_small_target_gets_noisier_statistics_and_a_hopeless_one_is_refused():
     assert plan.statistics_noise_multiplier == noise and 0.5 - EPSILON_TOLERANCE <= total_epsilon(plan) <= 0.5
     with pytest.raises(PrivacyBudgetError, match="epsilon 0.5 does not cover the feature scaling statistics"):
         plan_privacy(1695, 64, 5, 0.5, 1e-5, 1.0)  # with the floor's noise it cannot
+    strict = plan_privacy(1695, 64, 5, 0.3, 1e-5, 1.0, statistics_noise_multiplier(0.3, 1e-5))
+    assert 0.3 - EPSILON_TOLERANCE <= total_epsilon(strict) <= 0.3  # beyond what Opacus's orders certify
     with pytest.raises(PrivacyBudgetError, match="epsilon 0.0001 is too small to release even the feature"):
         statistics_noise_multiplier(1e-4, 1e-5)
+    with pytest.raises(PrivacyBudgetError, match="epsilon 0.01 does not cover the feature scaling statistics"):
+        statistics_noise_multiplier(0.01, 1e-5)  # within the search's tolerance: refused before any data
