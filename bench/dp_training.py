@@ -16,7 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, not installed
 from shared.pipeline import TrainingConfig
 from local_emulator.covid_reference import N_FEATURES, covid_mlp, covid_training_config
-from trainer_container.dp_sgd import PrivateStep, noise_generator, plan_privacy
+from trainer_container.dp_sgd import STATISTICS_NOISE_MULTIPLIER, PrivateStep, noise_generator, plan_privacy
 from trainer_container.training import (loss_function, make_optimizer, private_epoch,
                                         train_non_private_epoch)
 
@@ -46,7 +46,7 @@ def plain_samples_per_second(x, y, batch_size: int) -> float:
 def private_samples_per_second(x, y, batch_size: int) -> float:
     config = TrainingConfig.from_dict(covid_training_config(batch_size=batch_size))
     model = covid_mlp()
-    plan = plan_privacy(len(x), batch_size, 1, 1.5, 1e-6, 1.0)
+    plan = plan_privacy(len(x), batch_size, 1, 1.5, 1e-6, 1.0, STATISTICS_NOISE_MULTIPLIER)
     optimizer, loss = make_optimizer(config, model), loss_function(config.loss, "sum")
     step = PrivateStep(model, optimizer, loss, plan, noise_generator(0))
     rng = np.random.default_rng(0)

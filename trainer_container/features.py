@@ -24,7 +24,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from trainer_container.dp_sgd import STATISTICS_NOISE_MULTIPLIER
 from trainer_container.join import JoinError
 
 
@@ -38,7 +37,7 @@ class Standardizer:
 
     @classmethod
     def fit_private(cls, x: np.ndarray, low: np.ndarray, high: np.ndarray, noise: torch.Generator,
-                    noise_multiplier: float = STATISTICS_NOISE_MULTIPLIER) -> "Standardizer":
+                    noise_multiplier: float) -> "Standardizer":
         """Mean and scale from the noisy sums of the module docstring (x: training rows only)."""
         n, d = x.shape
         mid, half = (high + low) / 2, (high - low) / 2
@@ -64,18 +63,26 @@ class Split:
     standardizer: Standardizer
 
 
+def training_rows(n: int, validation_split: float) -> int:
+    """How many of n joined rows the split keeps for training (the rest validate)."""
+    n_val = math.ceil(n * validation_split)
+    if n_val < 1 or n - n_val < 2:
+        raise JoinError(f"{n} joined rows are too few for a {validation_split} validation split")
+    return n - n_val
+
+
 def split_and_scale(table: pd.DataFrame, feature_columns: tuple[str, ...], target: str, validation_split: float,
                     seed: int, bounds: Mapping[str, tuple[float, float]], noise: torch.Generator,
-                    statistics_noise: float = STATISTICS_NOISE_MULTIPLIER) -> Split:
+                    statistics_noise: float) -> Split:
     """Exactly `feature_columns` become features (in that order); nothing else of the table does.
-    `bounds` holds every feature column's public (low, high) (checked by check_compatible)."""
+    `bounds` holds every feature column's public (low, high) (checked by check_compatible);
+    `statistics_noise` is the plan's (dp_sgd.statistics_noise_multiplier), so that the accountant
+    charges exactly the noise the scaling statistics get."""
     low, high = (np.array([bounds[c][i] for c in feature_columns], dtype=np.float64) for i in (0, 1))
     x = table.loc[:, list(feature_columns)].to_numpy(dtype=np.float64)
     y = table[target].to_numpy(dtype=np.float64)
     n = len(table)
-    n_val = math.ceil(n * validation_split)
-    if n_val < 1 or n - n_val < 2:
-        raise JoinError(f"{n} joined rows are too few for a {validation_split} validation split")
+    n_val = n - training_rows(n, validation_split)
     order = np.random.default_rng(seed).permutation(n)
     train_idx, val_idx = order[n_val:], order[:n_val]
     standardizer = Standardizer.fit_private(x[train_idx], low, high, noise, statistics_noise)

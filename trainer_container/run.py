@@ -19,11 +19,11 @@ from shared import events, package, storage_names
 from shared.blob_sas import blob_location
 from shared.pipeline import PipelineConfigError, check_compatible
 from trainer_container.contract_terms import ContractError, ContractTerms, PackageRef
-from trainer_container.dp_sgd import (PrivacyBudgetError, noise_generator, plan_privacy,
+from trainer_container.dp_sgd import (PrivacyBudgetError, effective_delta, noise_generator, plan_privacy,
                                       statistics_noise_multiplier)
 from trainer_container.environment import SettingsError, TrainerEnvironment
 from trainer_container.export import ExportError, export_onnx, verify_onnx, with_standardization
-from trainer_container.features import split_and_scale
+from trainer_container.features import split_and_scale, training_rows
 from trainer_container.join import JoinError, join_datasets
 from trainer_container.model_package import read_model_package
 from trainer_container.onnx_convert import ModelConversionError, load_model, onnx_to_torch
@@ -99,7 +99,7 @@ class TrainerRun:
         if self.env.epsilon_budget is not None and config.epsilon > self.env.epsilon_budget:
             raise PrivacyBudgetError(f"training config asks for epsilon {config.epsilon}, "
                                      f"the datasets' remaining budget is {self.env.epsilon_budget}")
-        statistics_noise = statistics_noise_multiplier(config.epsilon, terms.delta)
+        statistics_noise_multiplier(config.epsilon, terms.delta)  # a hopeless budget stops here, before any data
         model = onnx_to_torch(load_model(model_package.onnx_bytes))
         features = terms.join.feature_columns
         check_model_fits(model, config.loss, len(features))
@@ -114,6 +114,9 @@ class TrainerRun:
         # here: from the config's seed, which the TDC chose, the TDC could recompute the noise and
         # subtract it from the released constants.
         noise = noise_generator(secrets.randbits(63))
+        # The run's delta is capped at 1/N_train (effective_delta): choose the statistics' noise at it.
+        statistics_noise = statistics_noise_multiplier(
+            config.epsilon, effective_delta(terms.delta, training_rows(len(table), config.validation_split)))
         split = split_and_scale(table, features, terms.join.target, config.validation_split, config.seed,
                                 config.feature_bounds, noise, statistics_noise)
         del table

@@ -49,7 +49,7 @@ def _exported_constants(onnx_bytes):
 
 def test_exported_scaling_constants_are_noisy_not_the_exact_statistics(covid_table, covid_spec):
     split = split_and_scale(covid_table, covid_spec.feature_columns, covid_spec.target, 0.2, 7, BOUNDS,
-                            noise_generator(3))
+                            noise_generator(3), STATISTICS_NOISE_MULTIPLIER)
     exported = with_standardization(onnx_to_torch(load_model(covid_model.covid_onnx())), split.standardizer)
     onnx_bytes = export_onnx(exported, 10)
     assert verify_onnx(onnx_bytes, exported, split.val_raw_x) <= 1e-4
@@ -84,8 +84,8 @@ def test_one_row_moves_the_constants_only_within_the_noise(covid_table, covid_sp
 
     noise_std = _mean_noise_std(n, 10, (high - low) / 2)
     assert np.all(np.abs(exact_shift) < 0.1 * noise_std)  # a row moves a mean by far less than the noise
-    released = np.array([Standardizer.fit_private(rows, low, high, noise_generator(s)).mean for s in range(300)])
-    released_neighbour = np.array([Standardizer.fit_private(neighbour, low, high, noise_generator(1000 + s)).mean
+    released = np.array([Standardizer.fit_private(rows, low, high, noise_generator(s), STATISTICS_NOISE_MULTIPLIER).mean for s in range(300)])
+    released_neighbour = np.array([Standardizer.fit_private(neighbour, low, high, noise_generator(1000 + s), STATISTICS_NOISE_MULTIPLIER).mean
                                    for s in range(300)])
     assert np.allclose(released.std(0), noise_std, rtol=0.2)  # the mechanism's noise, as documented
     assert np.all(np.abs(released_neighbour - released) < 6 * math.sqrt(2) * noise_std)
@@ -101,7 +101,7 @@ def test_one_row_moves_the_constants_only_within_the_noise(covid_table, covid_sp
 
 def test_values_outside_the_bounds_are_clipped_in_training_and_in_the_exported_model():
     table = pd.DataFrame({"x": [-5.0, 0.0, 3.0, 10.0, 250.0, 4.0, 6.0, 7.0], "t": [0, 1, 0, 1, 0, 1, 0, 1]})
-    split = split_and_scale(table, ("x",), "t", 0.25, 0, {"x": (0, 10)}, noise_generator(0))
+    split = split_and_scale(table, ("x",), "t", 0.25, 0, {"x": (0, 10)}, noise_generator(0), STATISTICS_NOISE_MULTIPLIER)
     standardizer = split.standardizer
     assert standardizer.apply(np.array([[-5.0], [250.0]])).tolist() == standardizer.apply(
         np.array([[0.0], [10.0]])).tolist()

@@ -84,7 +84,7 @@ def test_empty_batch_takes_a_pure_noise_step():
     (200_000, 256, 2, 3.0, 1e-6),
 ])
 def test_plan_charges_the_statistics_and_meets_the_total_target(n_train, batch_size, epochs, target, delta):
-    plan = plan_privacy(n_train, batch_size, epochs, target, delta, 1.0)
+    plan = plan_privacy(n_train, batch_size, epochs, target, delta, 1.0, STATISTICS_NOISE_MULTIPLIER)
     sgd_only = get_noise_multiplier(target_epsilon=target, target_delta=plan.delta, sample_rate=plan.sample_rate,
                                     steps=plan.steps, accountant="rdp")
     assert plan.statistics_noise_multiplier == STATISTICS_NOISE_MULTIPLIER
@@ -103,7 +103,7 @@ def test_plan_charges_the_statistics_and_meets_the_total_target(n_train, batch_s
 
 def test_covid_statistics_cost_a_small_part_of_the_budget():
     """At the COVID settings the statistics leave DP-SGD about 90% of epsilon 1.5."""
-    plan = plan_privacy(1695, 64, 5, 1.5, 1e-5, 1.0)
+    plan = plan_privacy(1695, 64, 5, 1.5, 1e-5, 1.0, STATISTICS_NOISE_MULTIPLIER)
     sgd_only = RDPAccountant()
     sgd_only.history.append((plan.noise_multiplier, plan.sample_rate, plan.steps))
     assert 0.8 * 1.5 < sgd_only.get_epsilon(delta=plan.delta) < 0.95 * 1.5
@@ -119,7 +119,7 @@ def test_a_small_target_gets_noisier_statistics_and_a_hopeless_one_is_refused():
     plan = plan_privacy(1695, 64, 5, 0.5, 1e-5, 1.0, noise)
     assert plan.statistics_noise_multiplier == noise and 0.5 - EPSILON_TOLERANCE <= total_epsilon(plan) <= 0.5
     with pytest.raises(PrivacyBudgetError, match="epsilon 0.5 does not cover the feature scaling statistics"):
-        plan_privacy(1695, 64, 5, 0.5, 1e-5, 1.0)  # with the floor's noise it cannot
+        plan_privacy(1695, 64, 5, 0.5, 1e-5, 1.0, STATISTICS_NOISE_MULTIPLIER)  # with the floor's noise it cannot
     strict = plan_privacy(1695, 64, 5, 0.3, 1e-5, 1.0, statistics_noise_multiplier(0.3, 1e-5))
     assert 0.3 - EPSILON_TOLERANCE <= total_epsilon(strict) <= 0.3  # beyond what Opacus's orders certify
     with pytest.raises(PrivacyBudgetError, match="epsilon 0.0001 is too small to release even the feature"):

@@ -19,7 +19,7 @@ from shared.pipeline import JoinSpec
 from local_emulator import covid_reference as covid_model
 from tests.trainer.harness import KeyReleaseStandIn, Stage, blob_urls, environment, run_trainer_process
 from trainer_container import run as trainer_run
-from trainer_container.dp_sgd import noise_generator
+from trainer_container.dp_sgd import STATISTICS_NOISE_MULTIPLIER, noise_generator
 from trainer_container.features import split_and_scale
 from trainer_container.join import join_datasets
 
@@ -111,7 +111,8 @@ def assert_scaling_noise_is_secret(tmp_path, onnx_bytes):
     config = covid_model.covid_training_config()
     for seed in range(config["seed"] - 2, config["seed"] + 3):
         guess = split_and_scale(table, spec.feature_columns, spec.target, config["validation_split"], config["seed"],
-                                config["feature_bounds"], noise_generator(seed)).standardizer
+                                config["feature_bounds"], noise_generator(seed),
+                                STATISTICS_NOISE_MULTIPLIER).standardizer
         assert not np.allclose(released, guess.mean, rtol=0, atol=1e-4)
     rows = table.loc[:, list(spec.feature_columns)].to_numpy(dtype=np.float64)
     exact = rows[np.random.default_rng(config["seed"]).permutation(len(rows))[424:]].mean(0)  # the training split
@@ -223,3 +224,18 @@ def test_epsilon_below_the_scaling_statistics_cost_fails_before_any_dataset_is_r
     assert [r["kid"] for r in sidecar.requests] == [contract["tdc"]["model"]["key_kid"]]
     assert topic.events[0]["data"]["error_class"] == "PrivacyBudgetError"
     assert not output_blob_exists(stage)
+
+
+def test_statistics_noise_is_chosen_at_the_runs_delta_not_the_contracts(tmp_path, azurite, topic, monkeypatch):
+    """Delta 1e-2 in the contract, 1/1695 for the run: noise chosen at 1e-2 (24) would spend
+    0.09 of a 0.1 target at the run's delta, leaving DP-SGD nothing; chosen at 1/1695 it fits."""
+    stage = Stage(tmp_path, azurite, "covid-loose-delta")
+    contract = stage.contract(raw_tables(), covid_model.covid_training_config(epsilon=0.1, epochs=1),
+                              covid_model.covid_join_spec())
+    contract["privacy"]["delta"] = 1e-2
+    code, lines, _ = run_in_process(monkeypatch, stage, topic, contract)
+    assert code == 0, lines[-1]
+    privacy = topic.events[0]["data"]["privacy"]
+    assert privacy["delta"] == pytest.approx(1 / 1695) and privacy["epsilon"] <= 0.1
+    assert privacy["feature_scaling"]["noise_multiplier"] == 48.0
+

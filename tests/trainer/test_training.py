@@ -5,7 +5,7 @@ import torch
 
 from shared.pipeline import TrainingConfig
 from local_emulator import covid_reference as covid_model
-from trainer_container.dp_sgd import noise_generator, plan_privacy, poisson_batch
+from trainer_container.dp_sgd import STATISTICS_NOISE_MULTIPLIER, noise_generator, plan_privacy, poisson_batch
 from trainer_container.export import ExportError, export_onnx, verify_onnx, with_standardization
 from trainer_container.features import Standardizer, split_and_scale
 from trainer_container.join import join_datasets
@@ -22,7 +22,8 @@ BOUNDS = covid_model.covid_training_config()["feature_bounds"]
 
 
 def _split(table, spec, noise_seed=0):
-    return split_and_scale(table, spec.feature_columns, spec.target, 0.2, 7, BOUNDS, noise_generator(noise_seed))
+    return split_and_scale(table, spec.feature_columns, spec.target, 0.2, 7, BOUNDS, noise_generator(noise_seed),
+                           STATISTICS_NOISE_MULTIPLIER)
 
 
 def _train(table, spec, epsilon=1.5, noise_seed=0, **overrides):
@@ -30,9 +31,9 @@ def _train(table, spec, epsilon=1.5, noise_seed=0, **overrides):
     config = TrainingConfig.from_dict(covid_model.covid_training_config(epsilon=epsilon, **overrides))
     noise = noise_generator(noise_seed)
     split = split_and_scale(table, spec.feature_columns, spec.target, config.validation_split, config.seed,
-                            config.feature_bounds, noise)
+                            config.feature_bounds, noise, STATISTICS_NOISE_MULTIPLIER)
     plan = plan_privacy(len(split.train_x), config.batch_size, config.epochs, config.epsilon, 1e-5,
-                        config.max_grad_norm)
+                        config.max_grad_norm, STATISTICS_NOISE_MULTIPLIER)
     model = onnx_to_torch(load_model(covid_model.covid_onnx()))
     lines = []
     return model, split, train_private(model, split, config, plan, noise, lines.append), lines
@@ -78,8 +79,8 @@ def test_scaling_is_fitted_on_the_training_split_only(covid_table, covid_spec):
     rows = covid_table.loc[:, list(covid_spec.feature_columns)].to_numpy(dtype=np.float64)
     train_rows = rows[np.random.default_rng(7).permutation(len(rows))[424:]]
     low, high = (np.array([BOUNDS[c][i] for c in covid_spec.feature_columns], dtype=np.float64) for i in (0, 1))
-    on_train = Standardizer.fit_private(train_rows, low, high, noise_generator(0))
-    on_all = Standardizer.fit_private(rows, low, high, noise_generator(0))
+    on_train = Standardizer.fit_private(train_rows, low, high, noise_generator(0), STATISTICS_NOISE_MULTIPLIER)
+    on_all = Standardizer.fit_private(rows, low, high, noise_generator(0), STATISTICS_NOISE_MULTIPLIER)
     assert np.array_equal(split.standardizer.mean, on_train.mean)
     assert np.array_equal(split.standardizer.scale, on_train.scale)
     assert not np.allclose(split.standardizer.mean, on_all.mean)
@@ -97,10 +98,10 @@ def test_poisson_batches_have_the_expected_size_and_no_duplicates():
 
 
 def test_noise_multiplier_grows_as_the_budget_shrinks():
-    loose = plan_privacy(1695, 64, 5, 3.0, 1e-5, 1.0)
-    tight = plan_privacy(1695, 64, 5, 0.9, 1e-5, 1.0)
+    loose = plan_privacy(1695, 64, 5, 3.0, 1e-5, 1.0, STATISTICS_NOISE_MULTIPLIER)
+    tight = plan_privacy(1695, 64, 5, 0.9, 1e-5, 1.0, STATISTICS_NOISE_MULTIPLIER)
     assert tight.noise_multiplier > loose.noise_multiplier > 0
-    assert plan_privacy(100, 10, 1, 1.0, 0.5, 1.0).delta == 0.01  # capped at 1/N
+    assert plan_privacy(100, 10, 1, 1.0, 0.5, 1.0, STATISTICS_NOISE_MULTIPLIER).delta == 0.01  # capped at 1/N
 
 
 def test_export_verification_fails_when_outputs_differ(covid_table, covid_spec):
