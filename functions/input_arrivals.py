@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 import azure.durable_functions as df
-import azurefunctions.extensions.bindings.blob as blob
+import azurefunctions.extensions.bindings.blob as sdk_blob
 
 from orchestrations.admission import start_run_if_ready
 from shared import storage_names
@@ -15,24 +15,24 @@ bp = df.Blueprint()
 log = logging.getLogger(__name__)
 
 
-async def _arrived(client: blob.BlobClient, durable: df.DurableOrchestrationClient) -> None:
+async def _arrived(blob: sdk_blob.BlobClient, client: df.DurableOrchestrationClient) -> None:
     # blob names are "<contract_id>/<file>" (storage_names)
-    name = f"{client.container_name}/{client.blob_name}"
-    contract_id, separator, _ = client.blob_name.partition("/")
+    name = f"{blob.container_name}/{blob.blob_name}"
+    contract_id, separator, _ = blob.blob_name.partition("/")
     if not separator:
         log.warning("ignoring blob %s: not under a contract folder", name)
         return
-    result = await start_run_if_ready(durable, contract_id)
+    result = await start_run_if_ready(client, contract_id)
     log.info("input %s arrived: %s", name, result)
 
 
 @bp.blob_trigger(arg_name="blob", path=f"{storage_names.DATASETS}/{{name}}", connection="AzureWebJobsStorage")
 @bp.durable_client_input(client_name="client")
-async def dataset_arrived(blob: blob.BlobClient, client: df.DurableOrchestrationClient) -> None:
+async def dataset_arrived(blob: sdk_blob.BlobClient, client: df.DurableOrchestrationClient) -> None:
     await _arrived(blob, client)
 
 
 @bp.blob_trigger(arg_name="blob", path=f"{storage_names.MODELS}/{{name}}", connection="AzureWebJobsStorage")
 @bp.durable_client_input(client_name="client")
-async def model_arrived(blob: blob.BlobClient, client: df.DurableOrchestrationClient) -> None:
+async def model_arrived(blob: sdk_blob.BlobClient, client: df.DurableOrchestrationClient) -> None:
     await _arrived(blob, client)

@@ -14,8 +14,9 @@ from shared.container_group import build_container_group, trainer_hostdata
 from shared.contract_store import contract_inputs
 
 # The SAS outlives the run's deadline by this much: the deadline timer starts only once the
-# group is deployed, and clocks differ. The group is deleted at the deadline anyway.
-SAS_MARGIN = timedelta(minutes=10)
+# group is provisioned (confidential ACI can take many minutes, plus activity retries), and
+# clocks differ. The group is deleted at the deadline anyway.
+SAS_MARGIN = timedelta(hours=1)
 
 
 def group_name(run: dict) -> str:
@@ -27,11 +28,6 @@ def hostdata(payload: dict) -> str:
     return trainer_hostdata(payload["pipeline"]["trainer_image"])
 
 
-def output_path(run: dict) -> str:
-    """`outputs/<run_id>/output.ccr`: the one blob the trainer may create."""
-    return f"{storage_names.OUTPUTS}/{storage_names.output_blob(run['run_id'])}"
-
-
 def trainer_container_group(run: dict, payload: dict) -> ContainerGroup:
     """The full spec: secrets (SAS URLs, Event Grid key) go in as secure values."""
     return build_container_group(payload["pipeline"]["trainer_image"], _environment(run, payload),
@@ -41,7 +37,7 @@ def trainer_container_group(run: dict, payload: dict) -> ContainerGroup:
 def _environment(run: dict, payload: dict) -> dict[str, str]:
     expiry = datetime.now(timezone.utc) + timedelta(seconds=int(run["deadline_seconds"])) + SAS_MARGIN
     urls = trainer_blob_urls(azure_clients.blob_service(), [item["blob"] for item in contract_inputs(payload)],
-                             output_path(run), expiry)
+                             storage_names.output_path(run["run_id"]), expiry)
     environment = {
         "CCR_RUN_ID": run["run_id"],
         "CCR_CONTRACT": json.dumps(payload, sort_keys=True),

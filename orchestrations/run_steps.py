@@ -233,13 +233,15 @@ def finish_run(run: dict, outcome: dict) -> dict:
     """Record the outcome, settle the privacy budget, tell the TDC. A success is taken only
     with its output in place: a trainer's word alone does not make a run succeed."""
     payload = _contract(run)
-    output = azure_clients.blob_service().get_blob_client(*split_blob_path(deployment.output_path(run)))
+    output = azure_clients.blob_service().get_blob_client(
+        *split_blob_path(storage_names.output_path(run["run_id"])))
     output_url = None
     if outcome["status"] == "succeeded":
         problem = output_problem(output, payload, outcome)
         if problem:
             outcome = {"status": "failed", "phase": outcome.get("phase", "training"),
                        "reason": f"trainer reported success but its output is {problem}"}
+            _delete_if_present(output)  # create-only for the trainer: nothing could ever replace it
         else:
             output_url = output.url
     budget_spent = _settle_budget(run, payload, outcome)
@@ -263,6 +265,10 @@ def output_problem(output: BlobClient, payload: dict, outcome: dict) -> str | No
         header = read_header(_head(output))
     except ResourceNotFoundError:
         return "missing"
+    except HttpResponseError as error:
+        if error.status_code is None or error.status_code >= 500:
+            raise  # transient: the activity is retried
+        return f"unverifiable (storage answered {error.status_code})"
     except PackageError as error:
         return f"invalid (not a valid package: {error})"
     if header.key_id != payload["tdc"]["output"]["key_kid"]:
@@ -270,6 +276,13 @@ def output_problem(output: BlobClient, payload: dict, outcome: dict) -> str | No
     if header.manifest.sha256 != outcome.get("output_sha256"):
         return "invalid (its manifest digest is not the one the trainer reported)"
     return None
+
+
+def _delete_if_present(blob: BlobClient) -> None:
+    try:
+        blob.delete_blob()
+    except ResourceNotFoundError:
+        pass
 
 
 def _settle_budget(run: dict, payload: dict, outcome: dict) -> dict:

@@ -18,3 +18,8 @@ def model_blob(contract_id: str) -> str:
 
 def output_blob(run_id: str) -> str:
     return f"{run_id}/output{PACKAGE_SUFFIX}"
+
+
+def output_path(run_id: str) -> str:
+    """`outputs/<run_id>/output.ccr`: the one blob a run's trainer may create."""
+    return f"{OUTPUTS}/{output_blob(run_id)}"

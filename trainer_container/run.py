@@ -149,7 +149,7 @@ class TrainerRun:
                                         OUTPUT_CONTENT_TYPE, None)
         if encrypted.stat().st_size > OUTPUT_MAX_BYTES:
             raise ExportError(f"the encrypted output is larger than {OUTPUT_MAX_BYTES >> 20} MiB")
-        path = f"{storage_names.OUTPUTS}/{storage_names.output_blob(self.env.run_id)}"
+        path = storage_names.output_path(self.env.run_id)
         with BlobClient.from_blob_url(self.env.blob_url(path), max_single_put_size=OUTPUT_MAX_BYTES) as blob, \
                 _storage("upload", path), open(encrypted, "rb") as src:
             blob.upload_blob(src, overwrite=False)  # the one output of this run, created once

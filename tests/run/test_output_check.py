@@ -5,9 +5,10 @@ from __future__ import annotations
 import io
 import secrets
 import uuid
+from datetime import datetime, timedelta, timezone
 
 import pytest
-from azure.storage.blob import BlobServiceClient
+from azure.storage.blob import BlobClient, BlobSasPermissions, BlobServiceClient, generate_blob_sas
 
 from orchestrations.run_steps import output_problem
 from shared import package, storage_names
@@ -59,3 +60,17 @@ def test_an_invalid_output_is_named_invalid(output, case, expected):
         sha256 = "0" * 64
     output.upload_blob(blob)
     assert output_problem(output, PAYLOAD, {"output_sha256": sha256}).startswith(expected)
+
+
+
+def test_an_output_storage_refuses_to_show_is_named_unverifiable(output, azurite):
+    """A 4xx other than 404 (here 403: a SAS signed for another blob) cannot prove the output."""
+    blob, sha256 = _package(OUTPUT_KID, b"the model")
+    output.upload_blob(blob)
+    service = BlobServiceClient.from_connection_string(azurite)
+    token = generate_blob_sas(service.account_name, output.container_name, "another/blob.ccr",
+                              account_key=service.credential.account_key, permission=BlobSasPermissions(read=True),
+                              expiry=datetime.now(timezone.utc) + timedelta(minutes=5))
+    refused = BlobClient.from_blob_url(f"{output.url}?{token}")
+    assert output_problem(refused, PAYLOAD, {"output_sha256": sha256}) == "unverifiable (storage answered 403)"
+    assert output_problem(output, PAYLOAD, {"output_sha256": sha256}) is None  # the blob itself is fine

@@ -13,7 +13,7 @@ from azure.storage.blob import BlobServiceClient
 from local_emulator.covid_scenario import CommandFailed, _environment
 from shared import contract as contracts
 from shared import did as dids
-from shared import events
+from shared import events, storage_names
 from local_emulator.stack import wait_for
 from shared.run_records import run_id_for
 from tests.run.conftest import groups_created, remaining_groups, run_record
@@ -82,15 +82,19 @@ def test_trainer_past_its_deadline_is_killed_and_its_group_deleted(stack, scenar
     assert set(record["privacy_budget_spent"].values()) == {1.5}
 
 
-def test_success_claimed_without_an_output_fails_the_run_and_the_tdc_is_told(stack, scenario_factory):
-    """A completion event saying "succeeded" is not enough: the output must be there. The event
-    comes while the trainer (slowed down) is still far from uploading; cleanup then kills it."""
+def test_success_claimed_with_a_bogus_output_fails_the_run_and_the_tdc_is_told(stack, scenario_factory):
+    """A completion event saying "succeeded" is not enough: the output must be a package for the
+    TDC's key. Event and bogus blob come while the trainer (slowed down) is still far from
+    uploading; cleanup then kills it, and the bogus blob is deleted."""
     scenario = scenario_factory(training_overrides={"epochs": 200})
     scenario.publish_inputs()
     scenario.create_identities()
     scenario.sign_and_submit(scenario.write_contract())
     run_id = run_id_for(scenario.contract_id)
     wait_for(lambda: (run_record(stack, run_id) or {}).get("phase") == "training", 120, what="training to start")
+    output = BlobServiceClient.from_connection_string(stack.settings["CCR_STORAGE_CONNECTION"]).get_blob_client(
+        *storage_names.output_path(run_id).split("/", 1))
+    output.upload_blob(b"not a package")
     with _environment(stack.settings):
         events.publish(events.TRAINER_COMPLETED, f"runs/{run_id}", {
             "run_id": run_id, "status": "succeeded", "output_sha256": "0" * 64,
@@ -99,7 +103,8 @@ def test_success_claimed_without_an_output_fails_the_run_and_the_tdc_is_told(sta
 
     notice = scenario.wait_for_notice(180)
     assert notice["status"] == "failed", notice
-    assert notice["reason"] == "trainer reported success but its output is missing"
+    assert notice["reason"].startswith("trainer reported success but its output is invalid (not a valid package")
+    assert not output.exists()  # nobody could ever replace it (the trainer's SAS is create-only)
     assert notice["output_blob"] is None and notice["output_sha256"] is None
     record = run_record(stack, run_id)
     assert record["status"] == "failed" and record["failed_phase"] == "training" and record["metrics"] is None

@@ -153,7 +153,7 @@ class Stage:
 def blob_urls(stage, contract) -> dict[str, str]:
     """The run's per-blob SAS URLs, signed as the control plane signs them."""
     return trainer_blob_urls(stage.blobs, [item["blob"] for item in contract_inputs(contract)],
-                             f"{storage_names.OUTPUTS}/{storage_names.output_blob(stage.run_id)}",
+                             storage_names.output_path(stage.run_id),
                              datetime.now(timezone.utc) + timedelta(hours=1))
 
 

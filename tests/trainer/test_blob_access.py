@@ -78,7 +78,7 @@ def run(service):
     trainer = next(c for c in group.containers if c.name == TRAINER_CONTAINER_NAME)
     env = {v.name: v for v in trainer.environment_variables}
     return {"run": run, "group": group, "env": env, "urls": json.loads(env["CCR_BLOB_URLS"].secure_value),
-            "inputs": mine["contents"], "other": other["contents"], "output": deployment.output_path(run),
+            "inputs": mine["contents"], "other": other["contents"], "output": storage_names.output_path(run["run_id"]),
             "signed_at": signed_at}
 
 
