@@ -45,12 +45,18 @@ def test_covid_dp_training_reaches_the_reference_accuracy_within_budget(covid_ta
     assert 1.49 <= result.privacy["epsilon"] <= 1.5  # the total: feature statistics + DP-SGD
     assert result.privacy["steps"] == 5 * 27 and result.privacy["accountant"] == "rdp"
     assert result.privacy["feature_scaling"]["noise_multiplier"] == 6.0
+    assert any("validation metrics" in item for item in result.privacy["outside_epsilon"])  # said, not hidden
     assert result.metrics["accuracy"] >= 0.85
     assert set(result.metrics) == {"loss", "accuracy", "precision", "recall", "f1", "roc_auc", "confusion_matrix"}
     assert np.sum(result.metrics["confusion_matrix"]) == 424
     assert [e["epoch"] for e in result.epochs] == [1, 2, 3, 4, 5]
     epsilons = [e["epsilon"] for e in result.epochs]
     assert epsilons == sorted(epsilons) and len(lines) == 5 and "epsilon" in lines[0]
+    # the loss shown per epoch is the held-out split's (the final one is the reported metric),
+    # never an exact aggregate of the training rows DP-SGD protects
+    assert all(set(e) == {"epoch", "validation_loss", "epsilon"} for e in result.epochs)
+    assert result.epochs[-1]["validation_loss"] == result.metrics["loss"]
+    assert f"validation loss {result.metrics['loss']:.4f}" in lines[-1]
 
     exported = with_standardization(model, split.standardizer)
     onnx_bytes = export_onnx(exported, 10)
