@@ -119,14 +119,22 @@ def evaluate(policy: dict, issuer: str, claims: dict) -> None:
     entries = [e for e in _get(policy, "anyOf") if normalize_authority(_get(e, "authority")) == normalize_authority(issuer)]
     if not entries:
         raise PolicyNotSatisfied("release policy not satisfied: the token's issuer is not an authority of the policy")
+    failures = _failures_unless_any(entries, claims)
+    if failures is not None:
+        raise PolicyNotSatisfied("release policy not satisfied: " + "; ".join(failures))
+
+
+def _failures_unless_any(conditions: list, claims: dict) -> list[str] | None:
+    """None as soon as one condition holds; otherwise why each one fails (an empty list when
+    there are none, which holds nothing)."""
     failures = []
-    for entry in entries:
+    for condition in conditions:
         try:
-            _check(entry, claims)
-            return
+            _check(condition, claims)
+            return None
         except PolicyNotSatisfied as failure:
             failures.append(str(failure))
-    raise PolicyNotSatisfied("release policy not satisfied: " + "; ".join(failures))
+    return failures
 
 
 def _check(condition: dict, claims: dict) -> None:
@@ -137,14 +145,10 @@ def _check(condition: dict, claims: dict) -> None:
         return
     children = _get(condition, "anyOf")
     if children is not _MISSING:
-        reasons = []
-        for child in children:
-            try:
-                _check(child, claims)
-                return
-            except PolicyNotSatisfied as failure:
-                reasons.append(str(failure))
-        raise PolicyNotSatisfied("none of (" + " | ".join(reasons) + ")")
+        reasons = _failures_unless_any(children, claims)
+        if reasons is not None:
+            raise PolicyNotSatisfied("none of (" + " | ".join(reasons) + ")")
+        return
     claim = _get(condition, "claim")
     operator = next(op for op in OPERATORS if _get(condition, op) is not _MISSING)
     expected = _get(condition, operator)

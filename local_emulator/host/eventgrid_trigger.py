@@ -58,9 +58,8 @@ class EventGridTriggers:
             if event.get("eventType") == VALIDATION_EVENT or event.get("type") == VALIDATION_EVENT:
                 code = (event.get("data") or {}).get("validationCode")
                 return web.json_response({"validationResponse": code})
-        converter = meta.get_binding_registry().get("eventGridTrigger")
         for event in events:
-            argument = converter.decode(meta.Datum(json.dumps(event), "json"), trigger_metadata={})
+            argument = entry.decode_trigger(meta.Datum(json.dumps(event), "json"), trigger_metadata={})
             try:
                 await self.invoker.invoke(entry, {entry.trigger["name"]: argument, **self.extra_inputs(entry)})
             except Exception:
