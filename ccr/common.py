@@ -1,6 +1,7 @@
-"""What the `ccr` command groups share: the user-error type, Azure clients from settings,
-the release-policy choice, key import, blob transfer with a progress bar, and the local store
-where a party keeps the keys it must use again (the TDC's output keys)."""
+"""What the `ccr` command groups share: the user-error type, the release policy of a contract's
+key-encryption keys and their creation in Key Vault, blob transfer with a progress bar, and the
+local store where a party keeps its data keys (datasets, model, output), which never leave it
+unwrapped."""
 from __future__ import annotations
 
 import argparse
@@ -11,10 +12,9 @@ import sys
 from pathlib import Path
 
 from shared import azure_clients, settings
-from shared.container_group import trainer_hostdata
-from shared.release_policy import ReleasePolicyError, build_release_policy
+from shared.release_policy import ReleasePolicyError
 
-KEY_NAME = re.compile(r"^[0-9A-Za-z-]{1,127}$")
+KEY_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 PROGRESS_CHUNK = 4 << 20
 
 
@@ -27,47 +27,23 @@ def emit(document: dict) -> None:
     print(json.dumps(document, indent=2))
 
 
-# --- arguments shared by several commands ----------------------------------------------
+# --- contracts and their grants --------------------------------------------------------
 
-def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
-    pin = parser.add_mutually_exclusive_group(required=True)
-    pin.add_argument("--trainer-image", metavar="REF",
-                     help="the contract's trainer image, ccr-trainer@sha256:<hex> (hostdata is derived from it)")
-    pin.add_argument("--hostdata", metavar="HEX", help="sha256 hex of the trainer's CCE policy")
-    pin.add_argument("--hostdata-file", metavar="FILE", type=Path, help="file holding that hex digest")
-    parser.add_argument("--authority", metavar="URL",
-                        help="attestation authority trusted by the policy (default: setting CCR_MAA_URL)")
-
-
-def hostdata(args) -> str:
-    if args.trainer_image:
-        try:
-            return trainer_hostdata(args.trainer_image)
-        except ValueError as error:
-            raise CliError(f"--trainer-image: {error}") from None
-    if args.hostdata_file:
-        try:
-            return args.hostdata_file.read_text().strip().lower()
-        except OSError as error:
-            raise CliError(f"--hostdata-file: cannot read {args.hostdata_file} ({error.strerror})") from None
-    return args.hostdata.strip().lower()
-
-
-def release_policy(args) -> dict:
-    pinned = hostdata(args)
-    authority = args.authority or settings.get("CCR_MAA_URL")
-    if not authority:
+def authority(args) -> str:
+    """The attestation authority KEK release policies trust: --authority or CCR_MAA_URL."""
+    value = getattr(args, "authority", None) or settings.get("CCR_MAA_URL")
+    if not value:
         raise CliError("no attestation authority: pass --authority or set CCR_MAA_URL")
+    return value
+
+
+def contract_policy(authority_url: str, payload: dict, digest: str) -> dict:
+    """The release policy of this contract's KEKs (pins the host data of its trainer group)."""
+    from shared.key_grants import kek_release_policy
     try:
-        return build_release_policy(authority, pinned)
-    except ReleasePolicyError as error:
+        return kek_release_policy(authority_url, payload, digest)
+    except (ValueError, ReleasePolicyError) as error:
         raise CliError(f"release policy: {error}") from None
-
-
-def check_key_name(name: str, option: str) -> str:
-    if not KEY_NAME.match(name):
-        raise CliError(f"{option}: Key Vault key names use letters, digits and '-' (1-127 characters)")
-    return name
 
 
 def plain_name(value: str, option: str) -> str:
@@ -77,25 +53,34 @@ def plain_name(value: str, option: str) -> str:
     return value
 
 
-def default_key_name(*parts: str) -> str:
-    return re.sub(r"[^0-9A-Za-z-]+", "-", "-".join(parts)).strip("-")[:127]
-
-
 # --- Key Vault ---------------------------------------------------------------------------
 
-def import_release_key(name: str, key: bytes, policy: dict) -> str:
-    """Imports a 32-byte AES key as an exportable oct-HSM key bound to `policy`; returns its kid."""
-    from azure.keyvault.keys import JsonWebKey, KeyReleasePolicy
+def create_kek(vault_url: str, name: str, policy: dict):
+    """The public half of the exportable RSA-HSM key-encryption key `name`, released only under
+    `policy`: created unless it exists (a retried grant reuses it, so an earlier grant still
+    matches its latest version); an existing one must carry exactly that policy."""
+    from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+    from azure.keyvault.keys import KeyReleasePolicy
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
-    from shared.release_policy import policy_to_json
+    from shared.key_grants import KEK_BITS
+    from shared.release_policy import policy_from_json, policy_to_json
+    client = azure_clients.key_client(vault_url)
     try:
-        client = azure_clients.key_client()
-    except RuntimeError as error:
-        raise CliError(str(error)) from None
-    imported = client.import_key(name, JsonWebKey(kty="oct-HSM", k=key, key_ops=["wrapKey", "unwrapKey", "encrypt", "decrypt"]),
-                                 hardware_protected=True, exportable=True,
-                                 release_policy=KeyReleasePolicy(policy_to_json(policy)))
-    return imported.id
+        try:
+            key = client.get_key(name)
+            existing = key.properties.release_policy
+            if existing is None or policy_from_json(existing.encoded_policy) != policy:
+                raise CliError(f"Key Vault {vault_url} already holds key {name} with another release policy")
+        except ResourceNotFoundError:
+            key = client.create_rsa_key(name, size=KEK_BITS, hardware_protected=True, exportable=True,
+                                        key_operations=["wrapKey", "unwrapKey", "encrypt", "decrypt"],
+                                        release_policy=KeyReleasePolicy(policy_to_json(policy), immutable=True))
+    except HttpResponseError as error:
+        raise CliError(f"Key Vault {vault_url} refused key {name} (HTTP {error.status_code})") from None
+    finally:
+        client.close()
+    return rsa.RSAPublicNumbers(int.from_bytes(key.key.e, "big"), int.from_bytes(key.key.n, "big")).public_key()
 
 
 # --- Blob Storage ------------------------------------------------------------------------
@@ -122,6 +107,17 @@ def upload(container: str, blob: str, path: Path) -> str:
     return client.url
 
 
+def upload_text(container: str, blob: str, text: str) -> None:
+    """A small blob (a grant), overwritten if present."""
+    from azure.core.exceptions import ResourceExistsError
+    service = azure_clients.blob_service()
+    try:
+        service.create_container(container)
+    except ResourceExistsError:
+        pass
+    service.get_blob_client(container, blob).upload_blob(text.encode(), overwrite=True)
+
+
 def download(container: str, blob: str, path: Path) -> None:
     from azure.core.exceptions import ResourceNotFoundError
     client = azure_clients.blob_service().get_blob_client(container, blob)
@@ -142,34 +138,39 @@ def keys_dir(args) -> Path:
     return Path(os.environ.get("CCR_KEYS_DIR") or Path.home() / ".ccr" / "keys")
 
 
-def _key_file(directory: Path, kid: str) -> Path:
-    parts = kid.rstrip("/").split("/")
-    if len(parts) < 3 or parts[-3] != "keys" or not KEY_NAME.match(parts[-2]) or not re.match(r"^[0-9A-Za-z]+$", parts[-1]):
-        raise CliError("key id is not a Key Vault key URL (.../keys/<name>/<version>)")
-    return directory / f"{parts[-2]}.{parts[-1]}.key.json"
+def _key_file(directory: Path, key_id: str) -> Path:
+    if not KEY_ID.match(key_id or ""):
+        raise CliError(f"{key_id!r} is not a key id (letters, digits, '_', '.', '-')")
+    return directory / f"{key_id}.key.json"
 
 
-def save_local_key(directory: Path, kid: str, key: bytes) -> Path:
-    """Writes the key (hex) with its kid, readable by the owner only (0600, directory 0700)."""
+def new_key_id(prefix: str) -> str:
+    """A fresh data key id: `<prefix>-<16 random hex>` (names the key, never reveals it)."""
+    return f"{re.sub(r'[^0-9A-Za-z_-]+', '-', prefix).strip('-')[:60] or 'key'}-{os.urandom(8).hex()}"
+
+
+def save_local_key(directory: Path, key_id: str, key: bytes) -> Path:
+    """Writes the key (hex) with its id, readable by the owner only (0600, directory 0700)."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = _key_file(directory, kid)
+    path = _key_file(directory, key_id)
     temporary = path.with_name(path.name + ".tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as handle:
-        json.dump({"kid": kid, "k": key.hex()}, handle)
+        json.dump({"key_id": key_id, "k": key.hex()}, handle)
     os.replace(temporary, path)
     return path
 
 
-def load_local_key(directory: Path, kid: str) -> bytes:
-    path = _key_file(directory, kid)
+def load_local_key(directory: Path, key_id: str) -> bytes:
+    path = _key_file(directory, key_id)
     try:
         document = json.loads(path.read_text())
         key = bytes.fromhex(document["k"])
     except FileNotFoundError:
-        raise CliError(f"no local copy of key {kid} in {directory} (it is written by `ccr tdc publish-model`)") from None
+        raise CliError(f"no local copy of key {key_id} in {directory} (`ccr tdp publish` and `ccr tdc publish-model` "
+                       "write it there; pass --keys-dir or set CCR_KEYS_DIR)") from None
     except (ValueError, KeyError, TypeError):
         raise CliError(f"local key file {path} is malformed") from None
-    if document.get("kid") != kid or len(key) != 32:
-        raise CliError(f"local key file {path} does not hold key {kid}")
+    if document.get("key_id") != key_id or len(key) != 32:
+        raise CliError(f"local key file {path} does not hold key {key_id}")
     return key

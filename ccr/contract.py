@@ -1,8 +1,10 @@
 """`ccr contract` and `ccr identity`: a party's did:web identity, and the signed contract.
 
   ccr identity new --name icmr --ledger URL        key pair (0600 PEM) + DID document on the ledger
-  ccr contract new ... --out payload.json           contract payload from arguments and/or a template
+  ccr contract new ... --out payload.json           contract payload (schema 2) from arguments and/or a template
   ccr contract sign --contract payload.json --did DID --key icmr.key.pem [--envelope in.cose] --out out.cose
+                                                    signs, and grants your data keys to this contract
+  ccr contract grant --contract payload.json --did DID   (again) grant your keys to this contract
   ccr contract submit --envelope signed.cose [--ledger URL]
   ccr contract verify --envelope signed.cose [--at TIME]
 """
@@ -17,10 +19,15 @@ from urllib.parse import urlsplit
 
 import requests
 
-from ccr.common import CliError, emit
+from ccr.common import (CliError, authority, contract_policy, create_kek, emit, keys_dir, load_local_key,
+                        upload_text)
 from shared import contract as contracts
 from shared import did as dids
-from shared import settings, storage_names
+from shared import key_grants, settings, storage_names
+from shared.container_group import policy_template_sha256
+
+DEFAULT_VALIDATION_SPLIT = 0.2
+DEFAULT_MIN_JOINED_ROWS = 100
 
 NAME = "contract"
 HELP = "contract: new, sign, submit, verify"
@@ -33,35 +40,62 @@ def register(groups) -> None:
                                formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    new = commands.add_parser("new", help="write a contract payload (JSON)",
+    new = commands.add_parser("new", help="write a contract payload (JSON, schema 2)",
                               description="Write a contract payload from a template and/or arguments "
-                                          "(arguments win); blob names follow the storage layout.")
+                                          "(arguments win). Package fields come from the publish outputs "
+                                          "(--dataset-from, --model-from) or are given as pairs.")
     new.add_argument("--template", type=Path, help="a JSON payload (complete or partial) to start from")
     new.add_argument("--contract-id")
     new.add_argument("--purpose")
     new.add_argument("--valid-from", help="RFC 3339 time (default: now)")
     new.add_argument("--valid-until", help="RFC 3339 time (default: valid-from + 365 days)")
     new.add_argument("--tdc", metavar="DID", help="the TDC's did:web")
-    new.add_argument("--model", metavar="sha256=HEX,key_kid=URL", help="the TDC's model package")
-    new.add_argument("--output", metavar="key_kid=URL[,webhook=URL]", help="the TDC's output key and webhook")
+    new.add_argument("--model", metavar="blob=PATH,sha256=HEX,key_id=ID", help="the TDC's model package")
+    new.add_argument("--model-from", metavar="FILE", type=Path,
+                     help="the JSON `ccr tdc publish-model` printed (model package and output key id)")
+    new.add_argument("--output", metavar="key_id=ID[,webhook=URL]", help="the TDC's output key and webhook")
     new.add_argument("--dataset", action="append", default=[],
-                     metavar="did=DID,name=NAME,sha256=HEX,key_kid=URL,epsilon=X",
-                     help="one TDP dataset (repeat; datasets with the same did belong to one TDP)")
+                     metavar="did=DID,name=N,blob=PATH,sha256=HEX,key_id=ID,epsilon=X[,threshold=Y][,version=V]",
+                     help="one TDP dataset (repeat; datasets with the same did belong to one TDP); epsilon is "
+                          "what this contract may spend, threshold the dataset's lifetime budget (default: epsilon)")
+    new.add_argument("--dataset-from", action="append", default=[],
+                     metavar="did=DID,file=PUBLISH.json,epsilon=X[,threshold=Y][,version=V]",
+                     help="one TDP dataset from the JSON `ccr tdp publish` printed")
+    new.add_argument("--key-vault", action="append", default=[], metavar="DID=URL",
+                     help="the vault where that party creates its key-encryption keys (repeat; default for "
+                          "every party: setting CCR_KEYVAULT_URL)")
     new.add_argument("--delta", type=float)
-    new.add_argument("--join", type=Path, metavar="FILE", help="JSON join spec (pipeline.join)")
+    new.add_argument("--validation-split", type=float, help=f"share of joined rows held out (default "
+                                                             f"{DEFAULT_VALIDATION_SPLIT})")
+    new.add_argument("--min-joined-rows", type=int, help=f"fewest joined rows a run may train on (default "
+                                                         f"{DEFAULT_MIN_JOINED_ROWS})")
+    new.add_argument("--join", type=Path, metavar="FILE", help="JSON join spec (workloads.training.join)")
     new.add_argument("--deadline-seconds", type=int)
-    new.add_argument("--trainer-image", metavar="REF", help="ccr-trainer@sha256:<hex>")
+    new.add_argument("--trainer-image", metavar="REF", help="ccr-trainer@sha256:<hex> (its policy template's "
+                                                            "digest is pinned too)")
     new.add_argument("--out", type=Path, required=True)
     new.set_defaults(func=run_new)
 
-    sign = commands.add_parser("sign", help="add your signature to the contract envelope")
+    sign = commands.add_parser("sign", help="add your signature to the contract envelope and grant your keys",
+                               description="Sign the contract and, for each of your packages in it (and the output "
+                                           "key, for the TDC), grant its data key to this contract only: a "
+                                           "key-encryption key in your vault released only to this contract's "
+                                           "attested trainer, and the data key wrapped under it.")
     sign.add_argument("--contract", type=Path, required=True, help="the payload JSON every party agreed on")
     sign.add_argument("--did", required=True, help="your did:web")
     sign.add_argument("--key", type=Path, required=True, help="your private key (PEM, from `ccr identity new`)")
     sign.add_argument("--key-id", default=dids.DEFAULT_KEY_ID, help="verification method id in your DID document")
     sign.add_argument("--envelope", type=Path, help="an envelope other parties already signed")
     sign.add_argument("--out", type=Path, required=True)
+    sign.add_argument("--no-grant", action="store_true", help="sign only; grant later with `ccr contract grant`")
+    _grant_arguments(sign)
     sign.set_defaults(func=run_sign)
+
+    grant = commands.add_parser("grant", help="grant your data keys to a contract (done by sign)")
+    grant.add_argument("--contract", type=Path, required=True, help="the payload JSON you signed")
+    grant.add_argument("--did", required=True, help="your did:web")
+    _grant_arguments(grant)
+    grant.set_defaults(func=run_grant)
 
     submit = commands.add_parser("submit", help="register the envelope on the contract ledger")
     submit.add_argument("--envelope", type=Path, required=True)
@@ -72,6 +106,12 @@ def register(groups) -> None:
     verify.add_argument("--envelope", type=Path, required=True)
     verify.add_argument("--at", help="RFC 3339 time to check validity at (default: now)")
     verify.set_defaults(func=run_verify)
+
+
+def _grant_arguments(parser) -> None:
+    parser.add_argument("--keys-dir", type=Path, help="where your data keys are (default: $CCR_KEYS_DIR or ~/.ccr/keys)")
+    parser.add_argument("--authority", metavar="URL",
+                        help="attestation authority the release policies trust (default: setting CCR_MAA_URL)")
 
 
 def _register_identity(groups) -> None:
@@ -150,11 +190,49 @@ def _read_json(path: Path, option: str):
         raise CliError(f"{option}: {path} is not JSON") from None
 
 
+def _epsilons(fields: dict, option: str) -> dict:
+    try:
+        epsilon = float(fields["epsilon"])
+        threshold = float(fields.get("threshold", epsilon))
+        version = int(fields.get("version", 1))
+    except ValueError:
+        raise CliError(f"{option}: epsilon, threshold and version must be numbers") from None
+    return {"epsilon": epsilon, "epsilon_threshold": threshold, "version": version}
+
+
+def _datasets(args) -> dict[str, list]:
+    by_provider: dict[str, list] = {}
+    for text in args.dataset:
+        fields = _pairs(text, "--dataset", ("did", "name", "blob", "sha256", "key_id", "epsilon"))
+        by_provider.setdefault(fields["did"], []).append(
+            {**{k: fields[k] for k in ("name", "blob", "sha256", "key_id")}, **_epsilons(fields, "--dataset")})
+    for text in args.dataset_from:
+        fields = _pairs(text, "--dataset-from", ("did", "file", "epsilon"))
+        published = _read_json(Path(fields["file"]), "--dataset-from")
+        if not isinstance(published, dict) or not all(k in published for k in ("dataset", "blob", "sha256", "key_id")):
+            raise CliError(f"--dataset-from: {fields['file']} is not the output of `ccr tdp publish`")
+        by_provider.setdefault(fields["did"], []).append(
+            {"name": published["dataset"], **{k: published[k] for k in ("blob", "sha256", "key_id")},
+             **_epsilons(fields, "--dataset-from")})
+    return by_provider
+
+
+def _vaults(args) -> dict[str, str]:
+    vaults = {}
+    for text in args.key_vault:
+        did, sep, url = text.rpartition("=")
+        if not sep or not did or not url:
+            raise CliError(f"--key-vault: expected DID=URL, got {text!r}")
+        vaults[did] = url
+    return vaults
+
+
 def build_payload(args) -> dict:
-    """Template, then arguments; blob names are derived from the contract id."""
+    """Template, then arguments; defaults for the evaluation terms and the parties' vaults."""
     payload = _read_json(args.template, "--template") if args.template else {}
     if not isinstance(payload, dict):
         raise CliError("--template: not a JSON object")
+    payload["schema_version"] = contracts.SCHEMA_VERSION
     for option, key in (("contract_id", "contract_id"), ("purpose", "purpose"),
                         ("valid_from", "valid_from"), ("valid_until", "valid_until")):
         if getattr(args, option) is not None:
@@ -165,43 +243,46 @@ def build_payload(args) -> dict:
             payload["valid_until"] = (datetime.fromisoformat(start) + timedelta(days=365)).strftime("%Y-%m-%dT%H:%M:%SZ")
         except ValueError:
             raise CliError(f"--valid-from: {start!r} is not an RFC 3339 time") from None
-    contract_id = payload.get("contract_id")
-    if not isinstance(contract_id, str):
-        raise CliError("--contract-id is required (or in the template)")
     tdc = payload.setdefault("tdc", {})
     if args.tdc:
         tdc["did"] = args.tdc
+    if args.model_from:
+        published = _read_json(args.model_from, "--model-from")
+        try:
+            tdc["model"] = {k: published["model"][k] for k in ("blob", "sha256", "key_id")}
+            tdc.setdefault("output", {})["key_id"] = published["output_key_id"]
+        except (KeyError, TypeError):
+            raise CliError(f"--model-from: {args.model_from} is not the output of `ccr tdc publish-model`") from None
     if args.model:
-        tdc["model"] = _pairs(args.model, "--model", ("sha256", "key_kid"))
-    if isinstance(tdc.get("model"), dict):
-        tdc["model"]["blob"] = f"{storage_names.MODELS}/{storage_names.model_blob(contract_id)}"
+        tdc["model"] = _pairs(args.model, "--model", ("blob", "sha256", "key_id"))
     if args.output:
-        tdc["output"] = _pairs(args.output, "--output", ("key_kid",))
-    if args.dataset:
-        tdps: dict[str, list] = {}
-        for text in args.dataset:
-            fields = _pairs(text, "--dataset", ("did", "name", "sha256", "key_kid", "epsilon"))
-            try:
-                epsilon = float(fields["epsilon"])
-            except ValueError:
-                raise CliError(f"--dataset: epsilon {fields['epsilon']!r} is not a number") from None
-            tdps.setdefault(fields["did"], []).append(
-                {"name": fields["name"], "sha256": fields["sha256"], "key_kid": fields["key_kid"],
-                 "epsilon_threshold": epsilon})
-        payload["tdps"] = [{"did": did, "datasets": datasets} for did, datasets in tdps.items()]
-    datasets = [d for tdp in payload.get("tdps") or [] if isinstance(tdp, dict) for d in tdp.get("datasets") or []]
-    for dataset in datasets:
-        if isinstance(dataset, dict) and isinstance(dataset.get("name"), str):
-            dataset["blob"] = f"{storage_names.DATASETS}/{storage_names.dataset_blob(contract_id, dataset['name'])}"
+        tdc["output"] = {**tdc.get("output", {}), **_pairs(args.output, "--output", ())}
+    datasets = _datasets(args)
+    if datasets:
+        payload["tdps"] = [{"did": did, "datasets": entries} for did, entries in datasets.items()]
+    vaults, default_vault = _vaults(args), settings.get("CCR_KEYVAULT_URL")
+    for party in [tdc, *[tdp for tdp in payload.get("tdps") or [] if isinstance(tdp, dict)]]:
+        vault = vaults.get(party.get("did")) or party.get("key_vault") or default_vault
+        if vault:
+            party["key_vault"] = vault.rstrip("/")
     if args.delta is not None:
         payload.setdefault("privacy", {})["delta"] = args.delta
-    pipeline = payload.setdefault("pipeline", {})
+    evaluation = payload.setdefault("evaluation", {})
+    evaluation["validation_split"] = args.validation_split if args.validation_split is not None else \
+        evaluation.get("validation_split", DEFAULT_VALIDATION_SPLIT)
+    evaluation["min_joined_rows"] = args.min_joined_rows if args.min_joined_rows is not None else \
+        evaluation.get("min_joined_rows", DEFAULT_MIN_JOINED_ROWS)
+    training = payload.setdefault("workloads", {}).setdefault("training", {})
     if args.join:
-        pipeline["join"] = _read_json(args.join, "--join")
+        training["join"] = _read_json(args.join, "--join")
     if args.deadline_seconds is not None:
-        pipeline["deadline_seconds"] = args.deadline_seconds
+        training["deadline_seconds"] = args.deadline_seconds
     if args.trainer_image:
-        pipeline["trainer_image"] = args.trainer_image
+        try:
+            training["policy_template_sha256"] = policy_template_sha256(args.trainer_image)
+        except ValueError as error:
+            raise CliError(f"--trainer-image: {error}") from None
+        training["image"] = args.trainer_image
     try:
         return contracts.validate_payload(payload)
     except contracts.ContractError as error:
@@ -245,9 +326,41 @@ def run_sign(args) -> None:
         _, signers = contracts.envelope_signers(signed)
     except (contracts.ContractError, dids.DidError) as error:
         raise CliError(str(error)) from None
+    granted = [] if args.no_grant else grant_keys(payload, identity.did, keys_dir(args), authority(args))
     _write(args.out, signed)
     emit({"contract_id": payload["contract_id"], "signed_by": identity.did, "signers": signers,
-          "missing": [did for did in contracts.parties(payload) if did not in signers], "out": str(args.out)})
+          "missing": [did for did in contracts.parties(payload) if did not in signers], "out": str(args.out),
+          "granted": granted})
+
+
+def run_grant(args) -> None:
+    payload = _read_json(args.contract, "--contract")
+    try:
+        contracts.validate_payload(payload)
+    except contracts.ContractError as error:
+        raise CliError(str(error)) from None
+    if args.did not in contracts.parties(payload):
+        raise CliError(f"{args.did} is not a party to contract {payload['contract_id']}")
+    emit({"contract_id": payload["contract_id"], "granted": grant_keys(payload, args.did, keys_dir(args),
+                                                                       authority(args))})
+
+
+def grant_keys(payload: dict, did: str, directory: Path, authority_url: str) -> list[dict]:
+    """For each of `did`'s keys in the contract: its KEK for this contract (created in the
+    party's vault with this contract's release policy) and the data key wrapped under it."""
+    digest = contracts.payload_digest(contracts.canonical_json(payload))
+    policy = contract_policy(authority_url, payload, digest)
+    granted = []
+    for subject in key_grants.subjects(payload):
+        if subject.grantor != did:
+            continue
+        data_key = load_local_key(directory, subject.key_id)
+        kek = key_grants.kek_name(digest, subject.subject)
+        wrapped = key_grants.wrap(data_key, create_kek(subject.key_vault, kek, policy), kek, subject.key_id)
+        upload_text(storage_names.GRANTS, key_grants.grant_blob(digest, subject.subject), wrapped)
+        granted.append({"subject": subject.label, "key_id": subject.key_id, "kek": kek,
+                        "grant": key_grants.grant_path(digest, subject.subject)})
+    return granted
 
 
 def run_submit(args) -> None:

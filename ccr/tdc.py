@@ -1,10 +1,11 @@
 """`ccr tdc`: what the Training Data Consumer runs - publish its model package (ONNX graph +
 declarative training config) with an output key, and fetch and decrypt a run's output.
 
-The TDC's output key is generated here, imported into Key Vault (released only to the
-attested trainer, which encrypts the output with it) and kept locally as a 0600 JSON file
-`<keys-dir>/<key name>.<version>.key.json` ({"kid", "k": hex}); `fetch` finds it by the key
-id in the output package's header. keys-dir: --keys-dir, $CCR_KEYS_DIR or ~/.ccr/keys."""
+The model key and the TDC's output key are generated here and kept locally as 0600 JSON files
+`<keys-dir>/<key id>.key.json` ({"key_id", "k": hex}); they reach the clean room only through
+the grants `ccr contract sign` makes for a contract the TDC signed (the trainer encrypts the
+output with the output key); `fetch` finds the output key by the key id in the output
+package's header. keys-dir: --keys-dir, $CCR_KEYS_DIR or ~/.ccr/keys."""
 from __future__ import annotations
 
 import io
@@ -14,9 +15,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from ccr.common import (CliError, add_policy_arguments, check_key_name, default_key_name, download, emit,
-                        import_release_key, keys_dir, load_local_key, plain_name, release_policy,
-                        save_local_key)
+from ccr.common import CliError, download, emit, keys_dir, load_local_key, new_key_id, plain_name, save_local_key
 from ccr.tdp import publish_package
 from shared import package, storage_names
 from shared.pipeline import PipelineConfigError, TrainingConfig
@@ -34,16 +33,13 @@ def register(groups) -> None:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     publish = commands.add_parser("publish-model", help="package, encrypt and upload model.onnx + training.json",
-                                  description="Zip model.onnx and training.json, encrypt them with a fresh model "
-                                              "key, upload, and import the model key and a new output key into "
-                                              "Key Vault with a release policy pinned to the trainer.")
+                                  description="Zip model.onnx and training.json, encrypt them under a fresh model "
+                                              "key, upload, and make a new output key; both keys stay in your keys "
+                                              "dir and reach the clean room only through the grants made when you "
+                                              "sign a contract.")
     publish.add_argument("--model", required=True, type=Path, help="ONNX model")
     publish.add_argument("--training", required=True, type=Path, help="training config (JSON)")
-    publish.add_argument("--contract-id", required=True, help="contract the model is published for")
-    publish.add_argument("--model-key-name", help="Key Vault name of the model key (default <contract-id>-model)")
-    publish.add_argument("--output-key-name", help="Key Vault name of the output key (default <contract-id>-output)")
-    publish.add_argument("--keys-dir", type=Path, help="where the local copy of the output key is written")
-    add_policy_arguments(publish)
+    publish.add_argument("--keys-dir", type=Path, help="where the model and output keys are kept")
     publish.set_defaults(func=run_publish_model)
 
     fetch = commands.add_parser("fetch", help="download and decrypt a run's output",
@@ -85,25 +81,16 @@ def model_zip(model: bytes, training: bytes) -> bytes:
 
 
 def run_publish_model(args) -> None:
-    contract_id = plain_name(args.contract_id, "--contract-id")
-    model_key_name = check_key_name(args.model_key_name or default_key_name(contract_id, "model"), "--model-key-name")
-    output_key_name = check_key_name(args.output_key_name or default_key_name(contract_id, "output"),
-                                     "--output-key-name")
-    if model_key_name == output_key_name:
-        raise CliError("the model key and the output key need different names")
     model, training = _read_inputs(args)
-    policy = release_policy(args)
     directory = keys_dir(args)
-    output_key = os.urandom(package.KEY_SIZE)
-    output_kid = import_release_key(output_key_name, output_key, policy)
-    key_file = save_local_key(directory, output_kid, output_key)
+    output_key_id = new_key_id("output")
+    key_file = save_local_key(directory, output_key_id, os.urandom(package.KEY_SIZE))
     with tempfile.TemporaryDirectory(prefix="ccr-model-") as scratch:
         archive = Path(scratch) / "model.zip"
         archive.write_bytes(model_zip(model, training))
-        result = publish_package(archive, storage_names.MODELS, storage_names.model_blob(contract_id),
-                                 model_key_name, policy, MODEL_CONTENT_TYPE,
+        result = publish_package(archive, storage_names.MODELS, "model", directory, MODEL_CONTENT_TYPE,
                                  {"members": ["model.onnx", "training.json"]})
-    emit({"model": result, "output_key_kid": output_kid, "output_key_file": str(key_file)})
+    emit({"model": result, "output_key_id": output_key_id, "output_key_file": str(key_file)})
 
 
 def run_fetch(args) -> None:

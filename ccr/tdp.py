@@ -8,8 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ccr.common import (CliError, add_policy_arguments, check_key_name, default_key_name, emit,
-                        import_release_key, plain_name, release_policy, upload)
+from ccr.common import CliError, emit, keys_dir, new_key_id, plain_name, save_local_key, upload
 from shared import deid, package, storage_names
 
 NAME = "tdp"
@@ -35,16 +34,17 @@ def register(groups) -> None:
     make_key.add_argument("--output", required=True, type=Path, help="key file to create (0600; never overwritten)")
     make_key.set_defaults(func=run_pseudonym_key)
 
-    publish = commands.add_parser("publish", help="encrypt a prepared table, upload it, import its key with SKR",
-                                  description="Encrypt a prepared table with a fresh key, import the key into Key "
-                                              "Vault (exportable, oct-HSM) with a release policy pinned to the "
-                                              "trainer, and upload the package. Prints the blob, manifest sha256 "
-                                              "and key id; never the key.")
+    publish = commands.add_parser("publish", help="encrypt a prepared table under a new data key and upload it",
+                                  description="Encrypt a prepared table under a fresh data key, keep the key in "
+                                              "your keys dir (0600) and upload the package. Prints the blob, "
+                                              "manifest sha256 and key id for the contract; never the key. The key "
+                                              "reaches the clean room only through a grant made when you sign a "
+                                              "contract (`ccr contract sign`), and one upload serves any number of "
+                                              "contracts.")
     publish.add_argument("--input", required=True, type=Path, help="prepared CSV")
-    publish.add_argument("--contract-id", required=True, help="contract the dataset is published for")
-    publish.add_argument("--dataset", required=True, help="dataset name in the contract (e.g. icmr)")
-    publish.add_argument("--key-name", help="Key Vault key name (default: <contract-id>-<dataset>)")
-    add_policy_arguments(publish)
+    publish.add_argument("--dataset", required=True, help="dataset name (e.g. icmr): names the blob and the key")
+    publish.add_argument("--keys-dir", type=Path, help="where the data key is kept (default: $CCR_KEYS_DIR or "
+                                                       "~/.ccr/keys)")
     publish.set_defaults(func=run_publish)
 
 
@@ -103,27 +103,26 @@ def csv_schema(path: Path) -> dict:
     return {"format": "csv", "columns": header}
 
 
-def publish_package(source: Path, container: str, blob: str, key_name: str, policy: dict,
-                    content_type: str, schema: dict | None) -> dict:
-    """Fresh key -> Key Vault (with SKR policy) -> package -> blob. The key lives only in memory
-    and in Key Vault. Returns what the contract needs (blob path, sha256, key id)."""
+def publish_package(source: Path, container: str, name: str, directory: Path, content_type: str,
+                    schema: dict | None) -> dict:
+    """Fresh data key (kept in `directory`, 0600) -> package -> blob `<name>/<key id>.ccr`.
+    Returns what the contract needs (blob path, sha256, key id)."""
     key = os.urandom(package.KEY_SIZE)
-    kid = import_release_key(key_name, key, policy)
+    key_id = new_key_id(name)
+    save_local_key(directory, key_id, key)
+    blob = storage_names.dataset_blob(name, key_id)
     with tempfile.TemporaryDirectory(prefix="ccr-publish-") as scratch:
         encrypted = Path(scratch) / "package.ccr"
-        manifest = package.encrypt_file(source, encrypted, key, kid, content_type, schema)
+        manifest = package.encrypt_file(source, encrypted, key, key_id, content_type, schema)
         url = upload(container, blob, encrypted)
     return {"blob": f"{container}/{blob}", "url": url, "sha256": manifest.sha256, "size": manifest.size,
-            "key_kid": kid}
+            "key_id": key_id}
 
 
 def run_publish(args) -> None:
     if not args.input.is_file():
         raise CliError(f"--input: {args.input} is not a file")
-    key_name = check_key_name(args.key_name or default_key_name(args.contract_id, args.dataset), "--key-name")
-    blob = storage_names.dataset_blob(plain_name(args.contract_id, "--contract-id"), plain_name(args.dataset, "--dataset"))
-    policy = release_policy(args)
-    result = publish_package(args.input, storage_names.DATASETS, blob, key_name, policy, "text/csv",
+    name = plain_name(args.dataset, "--dataset")
+    result = publish_package(args.input, storage_names.DATASETS, name, keys_dir(args), "text/csv",
                              csv_schema(args.input))
-    emit({"dataset": args.dataset, **result})
-
+    emit({"dataset": name, **result})

@@ -9,21 +9,22 @@ import azure.durable_functions as df
 import azurefunctions.extensions.bindings.blob as sdk_blob
 
 from orchestrations.admission import start_run_if_ready
-from shared import storage_names
+from shared import azure_clients, storage_names
+from shared.contract_store import ContractStore
 
 bp = df.Blueprint()
 log = logging.getLogger(__name__)
 
 
 async def _arrived(blob: sdk_blob.BlobClient, client: df.DurableOrchestrationClient) -> None:
-    # blob names are "<contract_id>/<file>" (storage_names)
+    # one upload may serve several contracts: each accepted contract naming it may now be complete
     name = f"{blob.container_name}/{blob.blob_name}"
-    contract_id, separator, _ = blob.blob_name.partition("/")
-    if not separator:
-        log.warning("ignoring blob %s: not under a contract folder", name)
-        return
-    result = await start_run_if_ready(client, contract_id)
-    log.info("input %s arrived: %s", name, result)
+    contract_ids = ContractStore(azure_clients.blob_service()).naming(name)
+    if not contract_ids:
+        log.info("input %s arrived: no accepted contract names it yet", name)
+    for contract_id in contract_ids:
+        result = await start_run_if_ready(client, contract_id)
+        log.info("input %s arrived: %s", name, result)
 
 
 @bp.blob_trigger(arg_name="blob", path=f"{storage_names.DATASETS}/{{name}}", connection="AzureWebJobsStorage")

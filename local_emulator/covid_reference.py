@@ -59,7 +59,7 @@ FEATURE_BOUNDS = {
 def covid_training_config(**overrides) -> dict:
     config = {"loss": "bce_with_logits", "optimizer": "adam", "learning_rate": 0.01, "batch_size": 64,
               "epochs": 5, "metrics": ["accuracy", "precision", "recall", "f1", "roc_auc", "confusion_matrix"],
-              "seed": 7, "validation_split": 0.2, "target_column": TARGET, "max_grad_norm": 1.0,
+              "seed": 7, "target_column": TARGET, "max_grad_norm": 1.0,
               "epsilon": 1.5, "feature_bounds": {column: list(bounds) for column, bounds in FEATURE_BOUNDS.items()}}
     config.update(overrides)
     return config

@@ -131,44 +131,54 @@ class CovidScenario:
             prepared = self.workdir / f"{name}.prepared.csv"
             self.ccr("tdp", "prepare", "--config", str(CONFIGS / f"{name}.json"), "--input", str(covid_reference.COVID_DATA / raw),
                      "--output", str(prepared), "--pseudonym-key-file", str(key_file))
-            self.published[name] = self.ccr("tdp", "publish", "--input", str(prepared), "--contract-id",
-                                            self.contract_id, "--dataset", name, "--trainer-image", self.trainer_image)
+            self.published[name] = self.ccr("tdp", "publish", "--input", str(prepared), "--dataset", name,
+                                            "--keys-dir", str(self.keys_dir(name)))
+            (self.workdir / f"{name}.published.json").write_text(json.dumps(self.published[name]))
 
     def publish_model(self) -> None:
         model, training = self.workdir / "model.onnx", self.workdir / "training.json"
         model.write_bytes(covid_reference.covid_onnx())
         training.write_text(json.dumps(covid_reference.covid_training_config(epsilon=self.epsilon, **self.training_overrides)))
         self.model = self.ccr("tdc", "publish-model", "--model", str(model), "--training", str(training),
-                              "--contract-id", self.contract_id, "--trainer-image", self.trainer_image,
-                              "--keys-dir", str(self.workdir / "tdc-keys"))
+                              "--keys-dir", str(self.keys_dir("tdc")))
+        (self.workdir / "model.published.json").write_text(json.dumps(self.model))
+
+    def keys_dir(self, party: str) -> Path:
+        """Each party keeps its own data keys (a provider never holds another's)."""
+        return self.workdir / "keys" / party
 
     def create_identities(self) -> None:
         for party in ("tdc", *PROVIDERS):
             name = f"{self.contract_id}-{party}"
             self.identities[party] = self.ccr("identity", "new", "--name", name, "--dir", str(self.workdir / "ids"))
 
-    def write_contract(self) -> Path:
+    def write_contract(self, **changes) -> Path:
+        """The contract payload every party agrees on; `changes` overrides `ccr contract new`
+        options (e.g. epsilon=2.0) for tests."""
         join = self.workdir / "join.json"
         join.write_text(json.dumps(covid_reference.covid_join_spec({name: "pseudonym" for name in PROVIDERS})))
         payload = self.workdir / "contract.json"
-        datasets = [f"did={self.identities[n]['did']},name={n},sha256={p['sha256']},key_kid={p['key_kid']},"
-                    f"epsilon={self.epsilon}" for n, p in self.published.items()]
-        model = self.model["model"]
+        epsilon = changes.get("epsilon", self.epsilon)
+        datasets = [f"did={self.identities[n]['did']},file={self.workdir / f'{n}.published.json'},epsilon={epsilon},"
+                    f"threshold={changes.get('threshold', epsilon)}" for n in self.published]
         self.ccr("contract", "new", "--contract-id", self.contract_id, "--purpose", "COVID test-result model",
-                 "--tdc", self.identities["tdc"]["did"],
-                 "--model", f"sha256={model['sha256']},key_kid={model['key_kid']}",
-                 "--output", f"key_kid={self.model['output_key_kid']},webhook={self.inbox.url}",
-                 *[arg for d in datasets for arg in ("--dataset", d)],
-                 "--delta", "1e-5", "--join", str(join), "--deadline-seconds", str(self.deadline_seconds),
+                 "--tdc", self.identities["tdc"]["did"], "--model-from", str(self.workdir / "model.published.json"),
+                 "--output", f"webhook={self.inbox.url}",
+                 *[arg for d in datasets for arg in ("--dataset-from", d)],
+                 "--delta", "1e-5", "--validation-split", "0.2", "--min-joined-rows", "100",
+                 "--join", str(join), "--deadline-seconds", str(self.deadline_seconds),
                  "--trainer-image", self.trainer_image, "--out", str(payload))
         return payload
 
-    def sign_and_submit(self, payload: Path) -> dict:
+    def sign_and_submit(self, payload: Path, parties=None) -> dict:
+        """Each party signs (and grants its keys to this contract) in turn; then one submits."""
         envelope = None
-        for party, identity in self.identities.items():
+        for party in parties or self.identities:
+            identity = self.identities[party]
             out = self.workdir / f"contract.{party}.cose"
             self.ccr("contract", "sign", "--contract", str(payload), "--did", identity["did"],
-                     "--key", identity["key_file"], "--out", str(out), *(["--envelope", str(envelope)] if envelope else []))
+                     "--key", identity["key_file"], "--keys-dir", str(self.keys_dir(party)), "--out", str(out),
+                     *(["--envelope", str(envelope)] if envelope else []))
             envelope = out
         self.submitted_at = time.monotonic()
         return self.ccr("contract", "submit", "--envelope", str(envelope))
@@ -187,7 +197,7 @@ class CovidScenario:
     def fetch_output(self, run_id: str) -> dict:
         output = self.workdir / "output.zip"
         result = self.ccr("tdc", "fetch", "--run-id", run_id, "--output", str(output),
-                          "--keys-dir", str(self.workdir / "tdc-keys"))
+                          "--keys-dir", str(self.keys_dir("tdc")))
         with zipfile.ZipFile(output) as archive:
             result["metrics"] = json.loads(archive.read("metrics.json"))
             result["privacy"] = json.loads(archive.read("privacy.json"))

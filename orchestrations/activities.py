@@ -25,9 +25,15 @@ def validate_inputs(run: dict) -> dict:
 
 
 @bp.activity_trigger(input_name="run")
-def check_key_policies(run: dict) -> dict:
-    _records().enter_phase(run["run_id"], "checking_keys")
-    return run_steps.check_key_policies(run)
+def gather_key_grants(run: dict) -> dict:
+    _records().enter_phase(run["run_id"], "gathering_key_grants")
+    return run_steps.gather_key_grants(run)
+
+
+@bp.activity_trigger(input_name="run")
+def reserve_privacy_budget(run: dict) -> dict:
+    _records().enter_phase(run["run_id"], "reserving_budget")
+    return run_steps.reserve_privacy_budget(run)
 
 
 @bp.activity_trigger(input_name="run")

@@ -13,12 +13,12 @@ import azure.durable_functions as df
 from azure.core.exceptions import ResourceNotFoundError
 
 from shared import azure_clients
+from shared.contract import training
 from shared.contract_store import ContractStore, contract_inputs, split_blob_path
 from shared.run_records import RunRecords, run_id_for
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DEADLINE_SECONDS = 1800
 STARTER_GRACE_SECONDS = 15  # a claimed run with no orchestration after this: its starter died
 
 
@@ -36,10 +36,9 @@ def missing_inputs(payload: dict) -> list[str]:
 
 def run_input(contract_record: dict) -> dict:
     payload = contract_record["payload"]
-    pipeline = payload.get("pipeline", {})
     return {"run_id": run_id_for(payload["contract_id"]), "contract_id": payload["contract_id"],
             "contract_digest": contract_record["digest"],
-            "deadline_seconds": int(pipeline.get("deadline_seconds", DEFAULT_DEADLINE_SECONDS))}
+            "deadline_seconds": int(training(payload)["deadline_seconds"])}
 
 
 async def start_run_if_ready(client: df.DurableOrchestrationClient, contract_id: str) -> dict:

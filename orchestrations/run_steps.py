@@ -15,7 +15,8 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 from azure.storage.blob import BlobClient
 
 from orchestrations import deployment
-from shared import azure_clients, events, settings, storage_names
+from shared import azure_clients, events, key_grants, settings, storage_names
+from shared import contract as contracts
 from shared.container_group import TRAINER_CONTAINER_NAME
 from shared.contract_store import ContractStore, contract_inputs, split_blob_path
 from shared.package import PackageError, read_header
@@ -31,22 +32,23 @@ LOG_TAIL_LINES = 50
 WEBHOOK_ATTEMPTS = 3
 
 
-def _contract(run: dict) -> dict:
+def _record(run: dict) -> dict:
+    """The accepted contract of this run: payload, digest and the signed envelope."""
     record = ContractStore(azure_clients.blob_service()).get(run["contract_id"])
     if record is None or record["digest"] != run["contract_digest"]:
         raise RuntimeError(f"accepted contract {run['contract_id']} not found or changed")
-    return record["payload"]
+    return record
 
 
-def _datasets(payload: dict) -> list[dict]:
-    return [d for tdp in payload["tdps"] for d in tdp["datasets"]]
+def _contract(run: dict) -> dict:
+    return _record(run)["payload"]
 
 
 # --- 1. validate inputs ------------------------------------------------------------------
 
 def validate_inputs(run: dict) -> dict:
-    """Each input exists, its header parses, and its manifest digest is the contract's;
-    then reserve the privacy budget this run may spend."""
+    """Each input exists, its header parses, names the contract's data key and carries the
+    contract's manifest digest. Reserves nothing: consent is not checked yet."""
     payload = _contract(run)
     service = azure_clients.blob_service()
     for item in contract_inputs(payload):
@@ -59,13 +61,13 @@ def validate_inputs(run: dict) -> dict:
             header = read_header(head)
         except PackageError as error:
             return {"ok": False, "reason": f"input {item['blob']} is not a valid package: {error}"}
-        if header.key_id != item["key_kid"]:
+        if header.key_id != item["key_id"]:
             return {"ok": False, "reason": f"input {item['blob']} does not match the contract "
-                                           f"(encrypted under another key)"}
+                                           f"(encrypted under another data key)"}
         if header.manifest.sha256 != item["sha256"]:
             return {"ok": False, "reason": f"input {item['blob']} does not match the contract "
                                            f"(manifest digest differs)"}
-    return _reserve_budget(run, payload)
+    return {"ok": True}
 
 
 def _head(blob: BlobClient) -> bytes:
@@ -78,57 +80,45 @@ def _head(blob: BlobClient) -> bytes:
         raise
 
 
-def _reserve_budget(run: dict, payload: dict) -> dict:
-    budget = PrivacyBudget(azure_clients.blob_service())
-    datasets = _datasets(payload)
-    remaining = {d["name"]: budget.remaining(d["sha256"], float(d["epsilon_threshold"]), run["run_id"])
-                 for d in datasets}
-    epsilon = min(remaining.values())
-    if epsilon <= 0:
-        exhausted = sorted(name for name, left in remaining.items() if left <= 0)
-        return {"ok": False, "reason": f"privacy budget exhausted for dataset(s): {', '.join(exhausted)}"}
-    delta = float(payload.get("privacy", {}).get("delta", 0))
-    for dataset in datasets:
-        if not budget.reserve(dataset["sha256"], run["run_id"], float(dataset["epsilon_threshold"]), epsilon, delta):
-            for reserved in datasets:  # another run took it meanwhile: give back what we hold
-                budget.release(reserved["sha256"], run["run_id"])
-            return {"ok": False, "reason": f"privacy budget of dataset {dataset['name']} was taken by another run"}
-    return {"ok": True, "epsilon_budget": epsilon}
+# --- 2. gather the key grants ("import keys") ----------------------------------------------
 
-
-# --- 2. check key release policies --------------------------------------------------------
-
-def _key_ids(payload: dict) -> list[tuple[str, str]]:
-    kids = [(d["name"], d["key_kid"]) for d in _datasets(payload)]
-    kids.append(("model", payload["tdc"]["model"]["key_kid"]))
-    kids.append(("output", payload["tdc"]["output"]["key_kid"]))
-    return kids
-
-
-def _parse_kid(kid: str) -> tuple[str, str | None]:
-    parts = kid.rstrip("/").split("/keys/", 1)[-1].split("/")
-    return parts[0], (parts[1] if len(parts) > 1 and parts[1] else None)
-
-
-def check_key_policies(run: dict) -> dict:
-    """Every key's release policy must pin the container group we are about to deploy."""
+def gather_key_grants(run: dict) -> dict:
+    """Every party has granted every key the run needs to THIS contract: for each dataset, the
+    model and the output key, a KEK in the grantor's vault whose release policy admits only
+    this contract's trainer group, and the data key wrapped under it. The parties import
+    their keys themselves (a grant is part of their consent); this step gathers and checks
+    them all before anything is reserved or deployed."""
     payload = _contract(run)
-    hostdata = deployment.hostdata(payload)
-    client = azure_clients.key_client()
+    expected = deployment.hostdata(payload, run["contract_digest"])
     authority = settings.require("CCR_MAA_URL")
-    for label, kid in _key_ids(payload):
-        name, version = _parse_kid(kid)
+    service = azure_clients.blob_service()
+    for subject in key_grants.subjects(payload):
+        kek = key_grants.kek_name(run["contract_digest"], subject.subject)
+        whose = f"{subject.label} (granted by {subject.grantor})"
+        client = azure_clients.key_client(subject.key_vault)
         try:
-            key = client.get_key(name, version)
+            key = client.get_key(kek)
         except ResourceNotFoundError:
-            return {"ok": False, "reason": f"key for {label} ({name}) not found in Key Vault"}
+            return {"ok": False, "reason": f"no key grant for {whose} under this contract: its key-encryption "
+                                           f"key is not in {subject.key_vault}"}
+        finally:
+            client.close()
         policy = key.properties.release_policy
         if policy is None or not key.properties.exportable:
-            return {"ok": False, "reason": f"key for {label} ({name}) has no secure key release policy"}
-        problem = release_policy_problem(json.loads(policy.encoded_policy), authority, hostdata)
+            return {"ok": False, "reason": f"key grant for {whose} has no secure key release policy"}
+        problem = release_policy_problem(json.loads(policy.encoded_policy), authority, expected)
         if problem:
-            return {"ok": False, "reason": f"key for {label} ({name}): {problem}"}
-    return {"ok": True, "hostdata": hostdata}
+            return {"ok": False, "reason": f"key grant for {whose}: {problem}"}
+        container, name = split_blob_path(key_grants.grant_path(run["contract_digest"], subject.subject))
+        try:
+            wrapped = service.get_blob_client(container, name).download_blob().readall().decode("ascii", "replace")
+            key_grants.check_header(wrapped, kek, subject.key_id)
+        except ResourceNotFoundError:
+            return {"ok": False, "reason": f"no key grant for {whose} under this contract: the wrapped data key "
+                                           f"is missing"}
+        except key_grants.GrantError as error:
+            return {"ok": False, "reason": f"key grant for {whose} is invalid: {error}"}
+    return {"ok": True, "hostdata": expected}
 
 
 _PINNED_CLAIMS = {"x-ms-attestation-type": ("sevsnpvm", "sgx"),
@@ -151,7 +141,7 @@ def release_policy_problem(policy: dict, authority: str, hostdata: str) -> str |
     except ReleasePolicyError as error:
         return f"its release policy is invalid: {error}"
     except PolicyNotSatisfied:
-        return "its release policy does not admit the trainer container group we deploy (hostdata differs)"
+        return "its release policy does not admit this contract's trainer group (hostdata differs)"
     variations = {claim: bad for claim, (_, bad) in _PINNED_CLAIMS.items()}
     variations["x-ms-sevsnpvm-hostdata"] = "0" * 64
     for claim, bad in variations.items():
@@ -163,6 +153,29 @@ def release_policy_problem(policy: dict, authority: str, hostdata: str) -> str |
     return None
 
 
+# --- 3. reserve the privacy budget (only after consent) ------------------------------------
+
+def reserve_privacy_budget(run: dict) -> dict:
+    """Reserve, for each dataset's population (provider DID + dataset name), exactly the
+    epsilon this contract asks for it, if its lifetime budget still allows it. Runs only after
+    every grant is verified: a contract a provider never signed cannot charge its budget."""
+    payload = _contract(run)
+    budget = PrivacyBudget(azure_clients.blob_service())
+    delta = float(payload["privacy"]["delta"])
+    reserved = []
+    for provider, dataset in contracts.datasets(payload):
+        identity = contracts.dataset_identity(provider, dataset)
+        if not budget.reserve(identity, run["run_id"], float(dataset["epsilon_threshold"]),
+                              float(dataset["epsilon"]), delta):
+            for earlier in reserved:  # all or nothing
+                budget.release(earlier, run["run_id"])
+            return {"ok": False, "reason": f"privacy budget of dataset {dataset['name']} is exhausted: "
+                                           f"epsilon {dataset['epsilon']} does not fit in what is left of "
+                                           f"{dataset['epsilon_threshold']}"}
+        reserved.append(identity)
+    return {"ok": True, "epsilon": min(float(d["epsilon"]) for _, d in contracts.datasets(payload))}
+
+
 # --- 3. deploy the trainer ------------------------------------------------------------------
 
 def deploy_trainer(run: dict) -> dict:
@@ -170,7 +183,7 @@ def deploy_trainer(run: dict) -> dict:
     A group the platform refuses (e.g. an image that does not match its digest) is a
     failed run, not something to retry. The spec carries the trainer's SAS URLs: it is built
     here only, and never logged or returned."""
-    payload = _contract(run)
+    record = _record(run)
     client = azure_clients.container_client()
     group_name = deployment.group_name(run)
     resource_group = settings.require("CCR_RESOURCE_GROUP")
@@ -181,7 +194,7 @@ def deploy_trainer(run: dict) -> dict:
         _ensure_outputs_container()  # the trainer's create-only SAS cannot create it
         try:
             group = client.container_groups.begin_create_or_update(
-                resource_group, group_name, deployment.trainer_container_group(run, payload)).result()
+                resource_group, group_name, deployment.trainer_container_group(run, record)).result()
         except HttpResponseError as error:
             if error.status_code is not None and error.status_code >= 500:
                 raise
@@ -191,7 +204,8 @@ def deploy_trainer(run: dict) -> dict:
     if group.provisioning_state == "Failed":
         return {"ok": False, "container_group": group_name,
                 "reason": f"container group {group_name} failed to provision"}
-    return {"ok": True, "container_group": group_name, "hostdata": deployment.hostdata(payload)}
+    return {"ok": True, "container_group": group_name,
+            "hostdata": deployment.hostdata(record["payload"], record["digest"])}
 
 
 def _ensure_outputs_container() -> None:
@@ -271,7 +285,7 @@ def output_problem(output: BlobClient, payload: dict, outcome: dict) -> str | No
         return f"unverifiable (storage answered {error.status_code})"
     except PackageError as error:
         return f"invalid (not a valid package: {error})"
-    if header.key_id != payload["tdc"]["output"]["key_kid"]:
+    if header.key_id != payload["tdc"]["output"]["key_id"]:
         return "invalid (not encrypted under the contract's output key)"
     if header.manifest.sha256 != outcome.get("output_sha256"):
         return "invalid (its manifest digest is not the one the trainer reported)"
@@ -291,15 +305,16 @@ def _settle_budget(run: dict, payload: dict, outcome: dict) -> dict:
     budget = PrivacyBudget(azure_clients.blob_service())
     privacy = outcome.get("privacy") or {}
     spent = {}
-    for dataset in _datasets(payload):
+    for provider, dataset in contracts.datasets(payload):
+        identity = contracts.dataset_identity(provider, dataset)
         if outcome["status"] == "succeeded" and "epsilon" in privacy:
-            budget.spend(dataset["sha256"], run["run_id"], privacy["epsilon"], privacy.get("delta", 0.0))
+            budget.spend(identity, run["run_id"], privacy["epsilon"], privacy.get("delta", 0.0))
             spent[dataset["name"]] = privacy["epsilon"]
         elif outcome.get("data_untouched"):
-            budget.release(dataset["sha256"], run["run_id"])
+            budget.release(identity, run["run_id"])
             spent[dataset["name"]] = 0.0
         else:
-            spent[dataset["name"]] = budget.of_run(dataset["sha256"], run["run_id"])
+            spent[dataset["name"]] = budget.of_run(identity, run["run_id"])
     return spent
 
 

@@ -1,4 +1,12 @@
-"""The clean-room run: validate, check keys, deploy the trainer, wait, clean up, notify.
+"""The clean-room run: validate the data, import the keys (gather every party's grant to this
+contract), reserve the privacy budget, spin up the confidential trainer, wait, clean up,
+notify the TDC.
+
+"Import keys" is the parties' own act: each one grants its data key to this contract when it
+signs (shared/key_grants.py), because a key the control plane could import for any contract
+would protect nothing against a dishonest control plane or party. The step stays here as
+`gather_key_grants`: nothing is reserved or deployed until every grant is in place and pins
+this contract's trainer group.
 
 Deterministic orchestrator code only: every side effect happens in an activity
 (`orchestrations/activities.py`). Custom status always names the current phase so the
@@ -33,7 +41,8 @@ def ccr_run(context: df.DurableOrchestrationContext):
 
 
 def _run_steps(context, run: dict, progress: dict):
-    """Validate, check keys, deploy, wait; returns the outcome, raises if an activity fails."""
+    """Validate, gather grants, reserve, deploy, wait; returns the outcome, raises if an
+    activity fails."""
     def enter(phase: str, **extra):
         progress["phase"] = phase
         _status(context, phase, **extra)
@@ -43,15 +52,19 @@ def _run_steps(context, run: dict, progress: dict):
     if not validation["ok"]:
         return _refused("validating", validation["reason"])
 
-    enter("checking_keys")
-    keys = yield context.call_activity_with_retry("check_key_policies", RETRY, run)
-    if not keys["ok"]:
-        return _refused("checking_keys", keys["reason"])
+    enter("gathering_key_grants")
+    grants = yield context.call_activity_with_retry("gather_key_grants", RETRY, run)
+    if not grants["ok"]:
+        return _refused("gathering_key_grants", grants["reason"])
+
+    enter("reserving_budget")
+    budget = yield context.call_activity_with_retry("reserve_privacy_budget", RETRY, run)
+    if not budget["ok"]:
+        return _refused("reserving_budget", budget["reason"])
 
     enter("deploying")
     progress["deployed"] = True  # from here on, cleanup must always try to delete the group
-    deployment = yield context.call_activity_with_retry(
-        "deploy_trainer", RETRY, {**run, "epsilon_budget": validation["epsilon_budget"]})
+    deployment = yield context.call_activity_with_retry("deploy_trainer", RETRY, run)
     if not deployment["ok"]:
         return _refused("deploying", deployment["reason"])
 

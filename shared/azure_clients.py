@@ -14,11 +14,13 @@ def blob_service() -> BlobServiceClient:
     return BlobServiceClient.from_connection_string(settings.storage_connection())
 
 
-def key_client():
+def key_client(vault_url: str | None = None):
+    """A client of `vault_url` (each party may keep its keys in its own vault), or of
+    CCR_KEYVAULT_URL."""
     from azure.keyvault.keys import KeyClient
 
     from shared.credentials import get_credential
-    return KeyClient(vault_url=settings.require("CCR_KEYVAULT_URL"), credential=get_credential(),
+    return KeyClient(vault_url=vault_url or settings.require("CCR_KEYVAULT_URL"), credential=get_credential(),
                      verify_challenge_resource=settings.get("CCR_KEYVAULT_VERIFY_CHALLENGE", "true") != "false",
                      connection_verify=settings.ca_bundle())
 

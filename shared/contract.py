@@ -39,6 +39,13 @@ PAYLOAD_CONTENT_TYPE = "application/json"
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._/:\-]*@sha256:[0-9a-f]{64}$")
+BLOB_PATH = re.compile(r"^[a-z0-9-]+/[A-Za-z0-9_\-][A-Za-z0-9_.\-/]{0,250}\.ccr$")
+VAULT_URL = re.compile(r"^https://[A-Za-z0-9.\-]+(:[0-9]{1,5})?/?$")
+
+SCHEMA_VERSION = 2
+WORKLOADS = ("training",)           # inference and continued training come later
+MIN_VALIDATION_SPLIT, MAX_VALIDATION_SPLIT = 0.1, 0.5
+MIN_JOINED_ROWS = 1
 
 
 class ContractError(ValueError):
@@ -154,63 +161,134 @@ def _did(value, where: str) -> str:
     return value
 
 
-def _package(value, where: str, expected_blob: str) -> None:
-    _object(value, where, ("blob", "sha256", "key_kid"))
-    _need(value["blob"] == expected_blob, f"{where}.blob must be {expected_blob}")
-    _need(isinstance(value["sha256"], str) and SHA256_HEX.match(value["sha256"]) is not None,
-          f"{where}.sha256 must be 64 lowercase hex digits")
-    _text(value["key_kid"], f"{where}.key_kid")
+def _package(value, where: str, container: str) -> None:
+    _object(value, where, ("blob", "sha256", "key_id"))
+    _need(isinstance(value["blob"], str) and BLOB_PATH.match(value["blob"]) is not None
+          and value["blob"].startswith(container + "/") and ".." not in value["blob"],
+          f"{where}.blob must be a path {container}/<name>.ccr (letters, digits, '_', '-', '.', '/')")
+    _sha256(value["sha256"], f"{where}.sha256")
+    _key_id(value["key_id"], f"{where}.key_id")
+
+
+def _sha256(value, where: str) -> str:
+    _need(isinstance(value, str) and SHA256_HEX.match(value) is not None, f"{where} must be 64 lowercase hex digits")
+    return value
+
+
+def _key_id(value, where: str) -> str:
+    _need(isinstance(value, str) and NAME.match(value) is not None,
+          f"{where} must name the data key (letters, digits, '_', '.' or '-'), not a Key Vault URL")
+    return value
+
+
+def _vault(value, where: str) -> str:
+    _need(isinstance(value, str) and VAULT_URL.match(value) is not None,
+          f"{where} must be a Key Vault URL like https://<vault>.vault.azure.net")
+    return value
+
+
+def _positive(value, where: str) -> float:
+    number = _number(value, where)
+    _need(number > 0, f"{where} must be > 0")
+    return number
+
+
+def _integer(value, where: str, minimum: int) -> int:
+    _need(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+          f"{where} must be an integer >= {minimum}")
+    return value
+
+
+def _dataset(dataset, where: str) -> str:
+    _object(dataset, where, ("name", "version", "blob", "sha256", "key_id", "epsilon", "epsilon_threshold"))
+    name = _text(dataset["name"], f"{where}.name")
+    _need(NAME.match(name) is not None, f"{where}.name must be letters, digits, '_', '.' or '-'")
+    _integer(dataset["version"], f"{where}.version", 1)
+    _package(dataset, where, storage_names.DATASETS)
+    requested = _positive(dataset["epsilon"], f"{where}.epsilon")
+    _need(_positive(dataset["epsilon_threshold"], f"{where}.epsilon_threshold") >= requested,
+          f"{where}.epsilon (asked for this contract) must not exceed epsilon_threshold (the dataset's lifetime budget)")
+    return name
+
+
+def _training(workload, where: str) -> None:
+    _object(workload, where, ("image", "policy_template_sha256", "join", "deadline_seconds"))
+    _need(isinstance(workload["image"], str) and IMAGE_REF.match(workload["image"]) is not None,
+          f"{where}.image must be pinned by digest (<name>@sha256:<hex>)")
+    _sha256(workload["policy_template_sha256"], f"{where}.policy_template_sha256")
+    _need(isinstance(workload["join"], dict), f"{where}.join must be an object")
+    _integer(workload["deadline_seconds"], f"{where}.deadline_seconds", 1)
 
 
 def validate_payload(payload) -> dict:
     """Check every field the system acts on; raise MalformedContract naming the first fault."""
+    _need(isinstance(payload, dict), "payload must be an object")
+    _need(payload.get("schema_version") == SCHEMA_VERSION,
+          f"schema_version must be {SCHEMA_VERSION} (older contracts are not accepted: write it again "
+          "with `ccr contract new`)")
     _object(payload, "payload", ("contract_id", "purpose", "valid_from", "valid_until", "tdc", "tdps",
-                                 "privacy", "pipeline"))
+                                 "privacy", "evaluation", "workloads"))
     contract_id = _text(payload["contract_id"], "contract_id")
     _need(NAME.match(contract_id) is not None, "contract_id must be letters, digits, '_', '.' or '-'")
     _text(payload["purpose"], "purpose")
     _need(parse_time(payload["valid_from"], "valid_from") < parse_time(payload["valid_until"], "valid_until"),
           "valid_from must be before valid_until")
 
-    tdc = _object(payload["tdc"], "tdc", ("did", "model", "output"))
+    tdc = _object(payload["tdc"], "tdc", ("did", "key_vault", "model", "output"))
     _did(tdc["did"], "tdc.did")
-    _package(tdc["model"], "tdc.model", f"{storage_names.MODELS}/{storage_names.model_blob(contract_id)}")
-    output = _object(tdc["output"], "tdc.output", ("key_kid",))
-    _text(output["key_kid"], "tdc.output.key_kid")
+    _vault(tdc["key_vault"], "tdc.key_vault")
+    _package(tdc["model"], "tdc.model", storage_names.MODELS)
+    output = _object(tdc["output"], "tdc.output", ("key_id",))
+    _key_id(output["key_id"], "tdc.output.key_id")
     if "webhook" in output:
         _need(isinstance(output["webhook"], str) and output["webhook"].startswith(("https://", "http://")),
               "tdc.output.webhook must be an http(s) URL")
 
     _need(isinstance(payload["tdps"], list) and payload["tdps"], "tdps must be a non-empty list")
-    names = set()
+    names, key_ids = set(), [tdc["model"]["key_id"], output["key_id"]]
     for i, tdp in enumerate(payload["tdps"]):
-        _object(tdp, f"tdps[{i}]", ("did", "datasets"))
+        _object(tdp, f"tdps[{i}]", ("did", "key_vault", "datasets"))
         _did(tdp["did"], f"tdps[{i}].did")
+        _vault(tdp["key_vault"], f"tdps[{i}].key_vault")
         _need(isinstance(tdp["datasets"], list) and tdp["datasets"], f"tdps[{i}].datasets must be a non-empty list")
         for j, dataset in enumerate(tdp["datasets"]):
-            where = f"tdps[{i}].datasets[{j}]"
-            _object(dataset, where, ("name", "blob", "sha256", "key_kid", "epsilon_threshold"))
-            name = _text(dataset["name"], f"{where}.name")
-            _need(NAME.match(name) is not None, f"{where}.name must be letters, digits, '_', '.' or '-'")
+            name = _dataset(dataset, f"tdps[{i}].datasets[{j}]")
             _need(name not in names, f"dataset name {name} appears twice")
             names.add(name)
-            _package(dataset, where, f"{storage_names.DATASETS}/{storage_names.dataset_blob(contract_id, name)}")
-            _need(_number(dataset["epsilon_threshold"], f"{where}.epsilon_threshold") > 0,
-                  f"{where}.epsilon_threshold must be > 0")
+            key_ids.append(dataset["key_id"])
+    _need(len(set(key_ids)) == len(key_ids), "every package and the output need their own key_id")
     signers = parties(payload)
     _need(len(set(signers)) == len(signers), "the TDC and the TDPs must have distinct DIDs")
 
     privacy = _object(payload["privacy"], "privacy", ("delta",))
     _need(0 < _number(privacy["delta"], "privacy.delta") < 1, "privacy.delta must be in (0, 1)")
+    evaluation = _object(payload["evaluation"], "evaluation", ("validation_split", "min_joined_rows"))
+    split = _number(evaluation["validation_split"], "evaluation.validation_split")
+    _need(MIN_VALIDATION_SPLIT <= split <= MAX_VALIDATION_SPLIT,
+          f"evaluation.validation_split must be in [{MIN_VALIDATION_SPLIT}, {MAX_VALIDATION_SPLIT}]")
+    _integer(evaluation["min_joined_rows"], "evaluation.min_joined_rows", MIN_JOINED_ROWS)
 
-    pipeline = _object(payload["pipeline"], "pipeline", ("join", "deadline_seconds", "trainer_image"))
-    _need(isinstance(pipeline["join"], dict), "pipeline.join must be an object")
-    deadline = pipeline["deadline_seconds"]
-    _need(isinstance(deadline, int) and not isinstance(deadline, bool) and deadline > 0,
-          "pipeline.deadline_seconds must be a positive integer")
-    _need(isinstance(pipeline["trainer_image"], str) and IMAGE_REF.match(pipeline["trainer_image"]) is not None,
-          "pipeline.trainer_image must be pinned by digest (<name>@sha256:<hex>)")
+    workloads = payload["workloads"]
+    _need(isinstance(workloads, dict) and "training" in workloads, "workloads must be an object with 'training'")
+    unknown = sorted(set(workloads) - set(WORKLOADS))
+    _need(not unknown, f"workloads {', '.join(unknown)} are not supported (supported: {', '.join(WORKLOADS)})")
+    _training(workloads["training"], "workloads.training")
     return payload
+
+
+def training(payload: dict) -> dict:
+    """The training workload's terms (image, policy template digest, join, deadline)."""
+    return payload["workloads"]["training"]
+
+
+def datasets(payload: dict) -> list[tuple[str, dict]]:
+    """(provider DID, dataset entry) for every dataset of the contract, in order."""
+    return [(tdp["did"], dataset) for tdp in payload["tdps"] for dataset in tdp["datasets"]]
+
+
+def dataset_identity(provider_did: str, dataset: dict) -> str:
+    """The population a dataset's privacy budget belongs to: its provider and its name."""
+    return f"{provider_did}/{dataset['name']}"
 
 
 # ---------------------------------------------------------------- envelope

@@ -119,7 +119,6 @@ class TrainingConfig:
     epochs: int
     metrics: tuple[str, ...]
     seed: int
-    validation_split: float
     target_column: str
     max_grad_norm: float
     epsilon: float
@@ -128,7 +127,10 @@ class TrainingConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "TrainingConfig":
         fields = {"loss", "optimizer", "learning_rate", "batch_size", "epochs", "metrics", "seed",
-                  "validation_split", "target_column", "max_grad_norm", "epsilon", "feature_bounds"}
+                  "target_column", "max_grad_norm", "epsilon", "feature_bounds"}
+        if isinstance(data, dict) and "validation_split" in data:
+            raise PipelineConfigError("validation_split is a term of the contract (evaluation.validation_split), "
+                                      "not of the training config: remove it")
         _require_keys("training config", data, fields)
         if data["loss"] not in LOSSES:
             raise PipelineConfigError(f"loss must be one of {', '.join(LOSSES)}")
@@ -143,7 +145,6 @@ class TrainingConfig:
             epochs=int(_number("epochs", data["epochs"], 1, 1000, integer=True)),
             metrics=tuple(dict.fromkeys(data["metrics"])),
             seed=int(_number("seed", data["seed"], 0, 2**32 - 1, integer=True)),
-            validation_split=_number("validation_split", data["validation_split"], 0.0, 0.9),
             target_column=_name("target_column", data["target_column"]),
             max_grad_norm=_number("max_grad_norm", data["max_grad_norm"], 0.0, 1e4),
             epsilon=_number("epsilon", data["epsilon"], 0.0, 100.0),

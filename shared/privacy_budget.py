@@ -1,10 +1,14 @@
-"""Privacy budget kept per dataset across runs.
+"""Privacy budget kept per dataset population across runs.
 
-A dataset is identified by its plaintext digest, so the same table reused in another
-contract draws on the same budget. Runs compose by basic sequential composition
-(epsilons and deltas add up): a conservative bound that needs no accountant state.
+A dataset is identified by its provider's DID and its name (`shared.contract.dataset_identity`),
+not by a file: the same people re-encrypted, or named by another contract, draw on the same
+budget, and a contract naming another provider's file under its own DID charges its own.
+Runs compose by basic sequential composition (epsilons and deltas add up): a conservative
+bound that needs no accountant state.
 """
 from __future__ import annotations
+
+import hashlib
 
 from azure.storage.blob import BlobServiceClient
 
@@ -17,28 +21,28 @@ class PrivacyBudget:
         self._blobs = JsonBlobs(service, storage_names.RUNS)
 
     @staticmethod
-    def _name(dataset_sha256: str) -> str:
-        return f"budget/{dataset_sha256}.json"
+    def _name(identity: str) -> str:
+        return f"budget/{hashlib.sha256(identity.encode()).hexdigest()}.json"
 
-    def spent_excluding(self, dataset_sha256: str, run_id: str | None) -> float:
+    def spent_excluding(self, identity: str, run_id: str | None) -> float:
         """Epsilon spent or reserved by every run but `run_id` (a retried admission)."""
-        ledger = self._blobs.get(self._name(dataset_sha256)) or {"runs": {}}
+        ledger = self._blobs.get(self._name(identity)) or {"runs": {}}
         return sum(entry["epsilon"] for rid, entry in ledger["runs"].items() if rid != run_id)
 
-    def of_run(self, dataset_sha256: str, run_id: str) -> float:
-        ledger = self._blobs.get(self._name(dataset_sha256)) or {"runs": {}}
+    def of_run(self, identity: str, run_id: str) -> float:
+        ledger = self._blobs.get(self._name(identity)) or {"runs": {}}
         return ledger["runs"].get(run_id, {}).get("epsilon", 0.0)
 
-    def remaining(self, dataset_sha256: str, threshold: float, run_id: str | None = None) -> float:
-        return max(0.0, threshold - self.spent_excluding(dataset_sha256, run_id))
+    def remaining(self, identity: str, threshold: float, run_id: str | None = None) -> float:
+        return max(0.0, threshold - self.spent_excluding(identity, run_id))
 
-    def spend(self, dataset_sha256: str, run_id: str, epsilon: float, delta: float) -> None:
+    def spend(self, identity: str, run_id: str, epsilon: float, delta: float) -> None:
         """Replace this run's reservation by what it actually spent (idempotent per run)."""
         def mutate(ledger: dict) -> None:
             ledger["runs"][run_id] = {"epsilon": float(epsilon), "delta": float(delta), "state": "spent"}
-        self._blobs.update(self._name(dataset_sha256), mutate, default={"runs": {}})
+        self._blobs.update(self._name(identity), mutate, default={"runs": {}})
 
-    def reserve(self, dataset_sha256: str, run_id: str, threshold: float, epsilon: float, delta: float) -> bool:
+    def reserve(self, identity: str, run_id: str, threshold: float, epsilon: float, delta: float) -> bool:
         """Reserve `epsilon` for this run if it still fits under `threshold`, atomically with
         respect to other runs reserving the same dataset (ETag-checked update)."""
         fits = {}
@@ -48,11 +52,11 @@ class PrivacyBudget:
             fits["ok"] = others + epsilon <= threshold + 1e-12
             if fits["ok"]:
                 ledger["runs"][run_id] = {"epsilon": float(epsilon), "delta": float(delta), "state": "reserved"}
-        self._blobs.update(self._name(dataset_sha256), mutate, default={"runs": {}})
+        self._blobs.update(self._name(identity), mutate, default={"runs": {}})
         return fits["ok"]
 
-    def release(self, dataset_sha256: str, run_id: str) -> None:
+    def release(self, identity: str, run_id: str) -> None:
         """Give back a reservation of a run that never touched the data."""
         def mutate(ledger: dict) -> None:
             ledger["runs"].pop(run_id, None)
-        self._blobs.update(self._name(dataset_sha256), mutate, default={"runs": {}})
+        self._blobs.update(self._name(identity), mutate, default={"runs": {}})

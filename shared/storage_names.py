@@ -4,16 +4,19 @@ MODELS = "models"
 OUTPUTS = "outputs"
 CONTRACTS = "contracts"
 RUNS = "runs"
+GRANTS = "grants"
 
 PACKAGE_SUFFIX = ".ccr"
 
 
-def dataset_blob(contract_id: str, dataset_name: str) -> str:
-    return f"{contract_id}/{dataset_name}{PACKAGE_SUFFIX}"
+def dataset_blob(dataset_name: str, key_id: str) -> str:
+    """`<dataset>/<key id>.ccr`: one upload per encryption, which any number of contracts may
+    name (the contract pins its digest; the provider grants its key per contract)."""
+    return f"{dataset_name}/{key_id}{PACKAGE_SUFFIX}"
 
 
-def model_blob(contract_id: str) -> str:
-    return f"{contract_id}/model{PACKAGE_SUFFIX}"
+def model_blob(key_id: str) -> str:
+    return f"model/{key_id}{PACKAGE_SUFFIX}"
 
 
 def output_blob(run_id: str) -> str:

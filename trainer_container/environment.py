@@ -3,28 +3,28 @@
 | variable | meaning |
 |---|---|
 | `CCR_RUN_ID` | the run (`run-<16 hex>`); names the output blob and the events |
-| `CCR_CONTRACT` | the contract payload JSON (or `CCR_CONTRACT_URL`: where to GET it) |
+| `CCR_CONTRACT` | the signed contract: base64 of its COSE_Sign envelope (verified by the trainer) |
+| `CCR_CONTRACT_DIGEST` | sha256 hex of the contract payload; the group's CCE policy requires exactly |
+|   | this value, so it is measured into the host data every key grant pins |
 | `CCR_BLOB_URLS` | JSON object: blob path (`container/name`) -> SAS URL; read-only for each |
 |   | input, create-only for `outputs/<run_id>/output.ccr`. Secret: never printed |
 | `CCR_SKR_URL` | the SKR sidecar (`POST /key/release`) |
 | `CCR_MAA_URL` | the attestation authority the sidecar attests with |
 | `CCR_EVENTGRID_TOPIC_URL`, `CCR_EVENTGRID_KEY` | topic for `CCR.Trainer.Completed` / `.Failed` |
-| `CCR_EPSILON_BUDGET` | optional: the datasets' epsilon left after earlier runs (set by the |
-|   | orchestration); the run's epsilon stays within it and within the contract's thresholds |
 | `CCR_CA_BUNDLE` | PEM of the CA of the loopback TLS twins (optional; system CAs otherwise) |
-`CCR_KEYVAULT_URL` is accepted but not needed: each key's vault comes from its key id.
+Each key-encryption key's vault comes from the signed contract (its grantor's `key_vault`).
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import json
-import math
 import os
 import re
 from dataclasses import dataclass, field
 
-import requests
-
 RUN_ID = re.compile(r"^run-[0-9a-f]{16}$")
+DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 
 class SettingsError(ValueError):
@@ -41,21 +41,24 @@ def _required(name: str) -> str:
 @dataclass(frozen=True)
 class TrainerEnvironment:
     run_id: str
-    contract: dict
+    envelope: bytes = field(repr=False)
+    contract_digest: str
     blob_urls: dict[str, str] = field(repr=False)  # SAS URLs are secrets
     skr_url: str
     maa_url: str
     ca_bundle: str | bool
-    epsilon_budget: float | None = None
 
     @classmethod
     def from_environ(cls) -> "TrainerEnvironment":
         run_id = _required("CCR_RUN_ID")
         if not RUN_ID.match(run_id):
             raise SettingsError("CCR_RUN_ID is not a run id")
+        digest = _required("CCR_CONTRACT_DIGEST")
+        if not DIGEST.match(digest):
+            raise SettingsError("CCR_CONTRACT_DIGEST is not a sha256 hex digest")
         ca_bundle = os.environ.get("CCR_CA_BUNDLE") or True
-        return cls(run_id, _contract(ca_bundle), _blob_urls(), _required("CCR_SKR_URL"),
-                   _required("CCR_MAA_URL"), ca_bundle, _epsilon_budget())
+        return cls(run_id, _envelope(), digest, _blob_urls(), _required("CCR_SKR_URL"),
+                   _required("CCR_MAA_URL"), ca_bundle)
 
     def blob_url(self, path: str) -> str:
         """The SAS URL for blob `container/name`; the trainer reaches no blob without one."""
@@ -76,31 +79,8 @@ def _blob_urls() -> dict[str, str]:
     return urls
 
 
-def _epsilon_budget() -> float | None:
-    text = os.environ.get("CCR_EPSILON_BUDGET")
-    if not text:
-        return None
+def _envelope() -> bytes:
     try:
-        value = float(text)
-    except ValueError:
-        raise SettingsError("CCR_EPSILON_BUDGET is not a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise SettingsError("CCR_EPSILON_BUDGET must be a positive number")
-    return value
-
-
-def _contract(ca_bundle: str | bool) -> dict:
-    text = os.environ.get("CCR_CONTRACT")
-    if not text:
-        url = _required("CCR_CONTRACT_URL")
-        response = requests.get(url, verify=ca_bundle, timeout=60)
-        if response.status_code != 200:
-            raise SettingsError(f"contract not available from CCR_CONTRACT_URL (HTTP {response.status_code})")
-        text = response.text
-    try:
-        contract = json.loads(text)
-    except ValueError:
-        raise SettingsError("the contract is not JSON") from None
-    if not isinstance(contract, dict):
-        raise SettingsError("the contract is not a JSON object")
-    return contract
+        return base64.b64decode(_required("CCR_CONTRACT"), validate=True)
+    except binascii.Error:
+        raise SettingsError("CCR_CONTRACT is not base64 of a contract envelope") from None

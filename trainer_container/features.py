@@ -67,7 +67,7 @@ def training_rows(n: int, validation_split: float) -> int:
     """How many of n joined rows the split keeps for training (the rest validate)."""
     n_val = math.ceil(n * validation_split)
     if n_val < 1 or n - n_val < 2:
-        raise JoinError(f"{n} joined rows are too few for a {validation_split} validation split")
+        raise JoinError(f"the join has too few rows for a {validation_split} validation split")  # n is private
     return n - n_val
 
 

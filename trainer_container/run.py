@@ -1,5 +1,6 @@
-"""One clean-room run, phase by phase: read the contract's terms, fetch and check the model
-package (the privacy budget is checked here, before any data is read), fetch, check and
+"""One clean-room run, phase by phase: verify the signed contract against the digest the
+container policy measured (trainer_container/consent.py), fetch and check the model package
+(the privacy budget is checked here, before any data is read), fetch, check and
 decrypt the datasets, join, train with DP-SGD, export and verify, encrypt the output for the
 TDC, upload it, and publish the completion event. Plaintext lives only in a temporary
 folder that is removed at the end; stdout carries phase names and aggregate figures only.
@@ -18,6 +19,8 @@ from azure.storage.blob import BlobClient
 from shared import events, package, storage_names
 from shared.blob_sas import blob_location
 from shared.pipeline import PipelineConfigError, check_compatible
+from shared import key_grants
+from trainer_container.consent import ConsentError, verified_contract
 from trainer_container.contract_terms import ContractError, ContractTerms, PackageRef
 from trainer_container.dp_sgd import (PrivacyBudgetError, effective_delta, noise_generator, plan_privacy,
                                       statistics_noise_multiplier)
@@ -46,9 +49,9 @@ class BlobAccessError(RuntimeError):
 
 
 # Errors whose messages are written to name fields, columns and datasets, never values.
-SAFE_ERRORS = (SettingsError, ContractError, PipelineConfigError, PrivacyBudgetError, DigestMismatch,
-               KeyReleaseError, package.PackageError, JoinError, ModelConversionError, TrainingSetupError,
-               ExportError, BlobAccessError)
+SAFE_ERRORS = (SettingsError, ConsentError, ContractError, PipelineConfigError, PrivacyBudgetError, DigestMismatch,
+               KeyReleaseError, key_grants.GrantError, package.PackageError, JoinError, ModelConversionError,
+               TrainingSetupError, ExportError, BlobAccessError)
 
 
 def safe_error(exc: BaseException) -> tuple[str, str]:
@@ -67,9 +70,19 @@ class TrainerRun:
     def close(self) -> None:
         self.skr.close()
 
-    def fetch(self, ref: PackageRef) -> Path:
-        """Download, check the pinned digest, get the key released, decrypt (which checks the
-        plaintext against the authenticated manifest, hence against the contract)."""
+    def data_key(self, contract_digest: str, grant: key_grants.GrantSubject) -> bytes:
+        """A data key through its owner's grant to this contract: the KEK is released only to
+        this contract's attested group, then unwraps the data key the owner wrapped under it."""
+        kek = key_grants.kek_name(contract_digest, grant.subject)
+        path = key_grants.grant_path(contract_digest, grant.subject)
+        with BlobClient.from_blob_url(self.env.blob_url(path)) as blob, _storage("download", path):
+            wrapped = blob.download_blob().readall().decode("ascii", "replace")
+        key_grants.check_header(wrapped, kek, grant.key_id)
+        return key_grants.unwrap(wrapped, self.skr.release(grant.key_vault, kek), kek, grant.key_id)
+
+    def fetch(self, ref: PackageRef, contract_digest: str) -> Path:
+        """Download, check the pinned digest, get the data key through its grant, decrypt
+        (which checks the plaintext against the authenticated manifest, hence the contract)."""
         encrypted = self.workdir / f"{ref.container}-{ref.name}.ccr"
         path = f"{ref.container}/{ref.blob}"
         with BlobClient.from_blob_url(self.env.blob_url(path)) as blob, _storage("download", path), \
@@ -79,8 +92,10 @@ class TrainerRun:
             header = package.read_header(src)
         if header.manifest.sha256 != ref.sha256:
             raise DigestMismatch(f"{ref.name}: package digest differs from the contract")
+        if header.key_id != ref.grant.key_id:
+            raise DigestMismatch(f"{ref.name}: package is encrypted under another data key than the contract names")
         plain = self.workdir / f"{ref.container}-{ref.name}.plain"
-        package.decrypt_file(encrypted, plain, self.skr.release_key(ref.key_kid))  # verifies that digest
+        package.decrypt_file(encrypted, plain, self.data_key(contract_digest, ref.grant))  # verifies that digest
         encrypted.unlink()
         return plain
 
@@ -88,36 +103,35 @@ class TrainerRun:
         """Runs every phase; returns the completion event's data."""
         progress = self.progress
         progress("phase: contract")
-        terms = ContractTerms.from_payload(self.env.contract)
+        terms = ContractTerms.from_contract(verified_contract(self.env.envelope, self.env.contract_digest))
         progress("phase: model package")
-        model_package = read_model_package(self.fetch(terms.model))
+        model_package = read_model_package(self.fetch(terms.model, terms.digest))
         config = model_package.training
         check_compatible(terms.join, config)
-        if config.epsilon > terms.epsilon_limit:
+        if config.epsilon > terms.epsilon_limit:  # the budget reserved for this run is the contract's
             raise PrivacyBudgetError(
                 f"training config asks for epsilon {config.epsilon}, the contract allows {terms.epsilon_limit}")
-        if self.env.epsilon_budget is not None and config.epsilon > self.env.epsilon_budget:
-            raise PrivacyBudgetError(f"training config asks for epsilon {config.epsilon}, "
-                                     f"the datasets' remaining budget is {self.env.epsilon_budget}")
         statistics_noise_multiplier(config.epsilon, terms.delta)  # a hopeless budget stops here, before any data
         model = onnx_to_torch(load_model(model_package.onnx_bytes))
         features = terms.join.feature_columns
         check_model_fits(model, config.loss, len(features))
         progress(f"phase: datasets ({len(terms.join.datasets)})")
         by_name = {ref.name: ref for ref in terms.datasets}
-        paths = {d.name: self.fetch(by_name[d.name]) for d in terms.join.datasets}
+        paths = {d.name: self.fetch(by_name[d.name], terms.digest) for d in terms.join.datasets}
         progress("phase: join")
         table = join_datasets(terms.join, paths)
         for path in paths.values():
             path.unlink()
+        if len(table) < terms.min_joined_rows:  # one message whatever the count: it is private
+            raise JoinError(f"the join has fewer rows than the contract's minimum ({terms.min_joined_rows})")
         # All DP noise (scaling statistics, DP-SGD) and the Poisson sampling come from a seed drawn
         # here: from the config's seed, which the TDC chose, the TDC could recompute the noise and
         # subtract it from the released constants.
         noise = noise_generator(secrets.randbits(63))
         # The run's delta is capped at 1/N_train (effective_delta): choose the statistics' noise at it.
         statistics_noise = statistics_noise_multiplier(
-            config.epsilon, effective_delta(terms.delta, training_rows(len(table), config.validation_split)))
-        split = split_and_scale(table, features, terms.join.target, config.validation_split, config.seed,
+            config.epsilon, effective_delta(terms.delta, training_rows(len(table), terms.validation_split)))
+        split = split_and_scale(table, features, terms.join.target, terms.validation_split, config.seed,
                                 config.feature_bounds, noise, statistics_noise)
         del table
         progress(f"joined {len(split.train_x) + len(split.val_x)} rows: {len(split.train_x)} training, "
@@ -137,15 +151,15 @@ class TrainerRun:
                    "target_column": terms.join.target, "onnx_max_abs_difference": difference}
         progress("phase: output")
         output_blob, output_sha256 = self.upload_output(
-            build_output_zip(onnx_bytes, metrics, result.privacy), terms.output_key_kid)
+            build_output_zip(onnx_bytes, metrics, result.privacy), terms.output, terms.digest)
         summary = {k: v for k, v in result.metrics.items() if k != "confusion_matrix"}
         return {"run_id": self.env.run_id, "status": "succeeded", "output_blob": output_blob,
                 "output_sha256": output_sha256, "metrics_summary": summary, "privacy": result.privacy}
 
-    def upload_output(self, zip_bytes: bytes, output_kid: str) -> tuple[str, str]:
+    def upload_output(self, zip_bytes: bytes, output: key_grants.GrantSubject, contract_digest: str) -> tuple[str, str]:
         plain, encrypted = self.workdir / "output.zip", self.workdir / "output.ccr"
         plain.write_bytes(zip_bytes)
-        manifest = package.encrypt_file(plain, encrypted, self.skr.release_key(output_kid), output_kid,
+        manifest = package.encrypt_file(plain, encrypted, self.data_key(contract_digest, output), output.key_id,
                                         OUTPUT_CONTENT_TYPE, None)
         if encrypted.stat().st_size > OUTPUT_MAX_BYTES:
             raise ExportError(f"the encrypted output is larger than {OUTPUT_MAX_BYTES >> 20} MiB")
