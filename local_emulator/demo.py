@@ -13,7 +13,7 @@ from local_emulator.covid_scenario import CovidScenario
 from local_emulator.stack import Stack
 from shared.settings import emulator_dir
 
-PHASES = ("validating", "checking_keys", "deploying", "training", "cleaning_up", "notifying")
+PHASES = ("validating", "gathering_key_grants", "reserving_budget", "deploying", "training", "cleaning_up", "notifying")
 
 
 def phase_seconds(record: dict) -> dict[str, float]:

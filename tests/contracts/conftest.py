@@ -18,23 +18,28 @@ def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+IMAGE = "ccr-trainer@sha256:" + sha("image")
+VAULT = "https://kv.test"
+
+
 def contract_payload(tdc: str, tdps: dict[str, str], contract_id: str = CONTRACT_ID,
                      valid_from: str = "2026-01-01T00:00:00Z", valid_until: str = "2027-01-01T00:00:00Z") -> dict:
-    """A payload as docs/INTERFACES.md describes it; `tdps` maps dataset name -> TDP DID."""
+    """A schema-2 payload as docs/INTERFACES.md describes it; `tdps` maps dataset name -> TDP DID."""
     return {
-        "contract_id": contract_id, "purpose": "covid outcome model",
+        "schema_version": 2, "contract_id": contract_id, "purpose": "covid outcome model",
         "valid_from": valid_from, "valid_until": valid_until,
-        "tdc": {"did": tdc,
-                "model": {"blob": f"models/{storage_names.model_blob(contract_id)}", "sha256": sha("model"),
-                          "key_kid": "https://kv.test/keys/model/1"},
-                "output": {"key_kid": "https://kv.test/keys/output/1", "webhook": "http://127.0.0.1:9/notify"}},
-        "tdps": [{"did": did, "datasets": [{
-            "name": name, "blob": f"datasets/{storage_names.dataset_blob(contract_id, name)}",
-            "sha256": sha(name), "key_kid": f"https://kv.test/keys/{name}/1", "epsilon_threshold": 1.5}]}
+        "tdc": {"did": tdc, "key_vault": VAULT,
+                "model": {"blob": f"models/{storage_names.model_blob('model-1')}", "sha256": sha("model"),
+                          "key_id": "model-1"},
+                "output": {"key_id": "output-1", "webhook": "http://127.0.0.1:9/notify"}},
+        "tdps": [{"did": did, "key_vault": VAULT, "datasets": [{
+            "name": name, "version": 1, "blob": f"datasets/{storage_names.dataset_blob(name, name + '-1')}",
+            "sha256": sha(name), "key_id": f"{name}-1", "epsilon": 1.5, "epsilon_threshold": 1.5}]}
             for name, did in tdps.items()],
         "privacy": {"delta": 1e-5},
-        "pipeline": {"join": {"datasets": []}, "deadline_seconds": 600,
-                     "trainer_image": "ccr-trainer@sha256:" + sha("image")},
+        "evaluation": {"validation_split": 0.2, "min_joined_rows": 100},
+        "workloads": {"training": {"image": IMAGE, "policy_template_sha256": sha("template"),
+                                   "join": {"datasets": []}, "deadline_seconds": 600}},
     }
 
 

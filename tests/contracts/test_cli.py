@@ -11,6 +11,7 @@ from ccr import cli
 from local_emulator.delivery import RetryPolicy
 from local_emulator.ledger import LedgerTwin
 from shared import contract as contracts
+from shared.container_group import policy_template_sha256
 from tests.conftest import wait_until as wait_for
 from tests.contracts.conftest import sha
 
@@ -42,8 +43,8 @@ def ledger(tmp_path, tls, webhook_factory, monkeypatch):
 def new_contract(ccr, tmp_path, dids: dict, epsilon=1.5, **overrides):
     options = {"--contract-id": "covid-cli", "--purpose": "covid model", "--valid-from": "2026-01-01T00:00:00Z",
                "--valid-until": "2099-01-01T00:00:00Z", "--tdc": dids["tdc"],
-               "--model": f"sha256={sha('m')},key_kid=https://kv/keys/model/1",
-               "--output": "key_kid=https://kv/keys/out/1,webhook=http://127.0.0.1:9/notify",
+               "--model": f"blob=models/model/m-1.ccr,sha256={sha('m')},key_id=m-1",
+               "--output": "key_id=out-1,webhook=http://127.0.0.1:9/notify", "--key-vault": f"{dids['tdc']}=https://kv.tdc",
                "--delta": "1e-5", "--deadline-seconds": "600", "--trainer-image": "ccr-trainer@sha256:" + sha("i"),
                "--join": tmp_path / "join.json", "--out": tmp_path / "payload.json", **overrides}
     (tmp_path / "join.json").write_text(json.dumps({"datasets": []}))
@@ -51,8 +52,8 @@ def new_contract(ccr, tmp_path, dids: dict, epsilon=1.5, **overrides):
     for option, value in options.items():
         argv += [option, value]
     for name in PARTIES[1:]:
-        argv += ["--dataset", f"did={dids[name]},name={name},sha256={sha(name)},key_kid=https://kv/keys/{name}/1,"
-                              f"epsilon={epsilon}"]
+        argv += ["--dataset", f"did={dids[name]},name={name},blob=datasets/{name}/{name}-1.ccr,sha256={sha(name)},"
+                              f"key_id={name}-1,epsilon={epsilon}", "--key-vault", f"{dids[name]}=https://kv.{name}"]
     return ccr(*argv)
 
 
@@ -67,13 +68,19 @@ def test_four_parties_sign_verify_and_submit(ccr, ledger, tmp_path):
     status, out, err = new_contract(ccr, tmp_path, dids)
     assert status == 0, err
     payload = json.loads((tmp_path / "payload.json").read_text())
-    assert payload["tdps"][0]["datasets"][0]["blob"] == "datasets/covid-cli/icmr.ccr"
+    assert payload["schema_version"] == 2
+    assert payload["tdps"][0]["datasets"][0] == {
+        "name": "icmr", "version": 1, "blob": "datasets/icmr/icmr-1.ccr", "sha256": sha("icmr"), "key_id": "icmr-1",
+        "epsilon": 1.5, "epsilon_threshold": 1.5}
+    assert [p["key_vault"] for p in payload["tdps"]] == ["https://kv.icmr", "https://kv.cowin", "https://kv.index"]
+    assert payload["evaluation"] == {"validation_split": 0.2, "min_joined_rows": 100}
+    assert payload["workloads"]["training"]["policy_template_sha256"] == policy_template_sha256("ccr-trainer@sha256:" + sha("i"))
     assert out["parties"] == [dids[n] for n in PARTIES]
 
     envelope = None
     for i, name in enumerate(PARTIES):
         argv = ["contract", "sign", "--contract", tmp_path / "payload.json", "--did", dids[name],
-                "--key", tmp_path / "keys" / f"{name}.key.pem", "--out", tmp_path / f"signed{i}.cose"]
+                "--key", tmp_path / "keys" / f"{name}.key.pem", "--out", tmp_path / f"signed{i}.cose", "--no-grant"]
         status, out, err = ccr(*argv, *(["--envelope", envelope] if envelope else []))
         assert status == 0, err
         envelope = tmp_path / f"signed{i}.cose"
@@ -108,10 +115,13 @@ def test_identity_refusals_keep_keys_safe(ccr, ledger, tmp_path):
 def test_bad_contract_arguments_write_nothing(ccr, ledger, tmp_path):
     dids = {name: ledger.did_for(name) for name in PARTIES}
     status, _, err = new_contract(ccr, tmp_path, dids, epsilon=0)
-    assert status == 1 and "epsilon_threshold must be > 0" in err
+    assert status == 1 and "epsilon must be > 0" in err
     assert not (tmp_path / "payload.json").exists()
     status, _, err = new_contract(ccr, tmp_path, dids, **{"--model": "sha256=abc"})
-    assert status == 1 and "missing key_kid" in err
+    assert status == 1 and "missing blob, key_id" in err
+    status, _, err = new_contract(ccr, tmp_path, dids, **{"--model": f"blob=models/m.ccr,sha256={sha('m')},"
+                                                                     "key_id=https://kv/keys/model/1"})
+    assert status == 1 and "not a Key Vault URL" in err and not (tmp_path / "payload.json").exists()
 
 
 def test_wrong_key_or_outsider_signature(ccr, ledger, tmp_path):
@@ -121,13 +131,13 @@ def test_wrong_key_or_outsider_signature(ccr, ledger, tmp_path):
     assert new_contract(ccr, tmp_path, dids)[0] == 0
     contract = tmp_path / "payload.json"
     status, _, err = ccr("contract", "sign", "--contract", contract, "--did", dids["outsider"],
-                         "--key", tmp_path / "keys" / "outsider.key.pem", "--out", tmp_path / "x.cose")
+                         "--key", tmp_path / "keys" / "outsider.key.pem", "--out", tmp_path / "x.cose", "--no-grant")
     assert status == 1 and "not a party" in err and not (tmp_path / "x.cose").exists()
     envelope = None
     for i, name in enumerate(PARTIES):   # icmr signs with cowin's key
         key = "cowin" if name == "icmr" else name
         argv = ["contract", "sign", "--contract", contract, "--did", dids[name],
-                "--key", tmp_path / "keys" / f"{key}.key.pem", "--out", tmp_path / f"s{i}.cose"]
+                "--key", tmp_path / "keys" / f"{key}.key.pem", "--out", tmp_path / f"s{i}.cose", "--no-grant"]
         assert ccr(*argv, *(["--envelope", envelope] if envelope else []))[0] == 0
         envelope = tmp_path / f"s{i}.cose"
     status, _, err = ccr("contract", "verify", "--envelope", envelope)

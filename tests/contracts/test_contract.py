@@ -126,7 +126,8 @@ def test_unresolvable_signer_is_retryable(payload, identities):
     (cbor2.dumps({"not": "cose"}), "not a COSE_Sign"),
     (cbor2.dumps(cbor2.CBORTag(98, [b"", {}, b"{}"])), "not \\[protected"),
     (cbor2.dumps(cbor2.CBORTag(98, [b"", {}, b"not json", []])), "not JSON"),
-    (cbor2.dumps(cbor2.CBORTag(98, [b"", {}, b'{"contract_id": "x"}', []])), "lacks purpose"),
+    (cbor2.dumps(cbor2.CBORTag(98, [b"", {}, b'{"contract_id": "x"}', []])), "schema_version must be 2"),
+    (cbor2.dumps(cbor2.CBORTag(98, [b"", {}, b'{"contract_id": "x", "schema_version": 2}', []])), "lacks purpose"),
 ])
 def test_malformed_envelopes(envelope, reason, resolve):
     with pytest.raises(contracts.MalformedContract, match=reason) as caught:
@@ -149,18 +150,31 @@ def test_header_without_issuer(payload, identities, resolve):
 
 @pytest.mark.parametrize("mutate, reason", [
     (lambda p: p["tdps"][0]["datasets"][0].update(epsilon_threshold=0), "epsilon_threshold must be > 0"),
+    (lambda p: p["tdps"][0]["datasets"][0].update(epsilon=2.0), "must not exceed epsilon_threshold"),
+    (lambda p: p["tdps"][0]["datasets"][0].update(version=0), "version must be an integer >= 1"),
+    (lambda p: p["tdps"][0]["datasets"][0].update(key_id="https://kv/keys/icmr/1"), "not a Key Vault URL"),
+    (lambda p: p["tdps"][0]["datasets"][0].update(key_id="model-1"), "their own key_id"),
+    (lambda p: p["tdps"][0].update(key_vault="http://kv.test"), "Key Vault URL"),
+    (lambda p: p["tdps"][0].pop("key_vault"), "lacks key_vault"),
+    (lambda p: p.update(schema_version=1), "schema_version must be 2"),
+    (lambda p: p["evaluation"].update(validation_split=0.0001), "validation_split must be in"),
+    (lambda p: p["evaluation"].update(validation_split=0.9), "validation_split must be in"),
+    (lambda p: p["evaluation"].update(min_joined_rows=0), "min_joined_rows must be an integer"),
+    (lambda p: p["workloads"].update(inference={}), "not supported"),
+    (lambda p: p["workloads"]["training"].update(policy_template_sha256="x"), "64 lowercase hex"),
     (lambda p: p["tdps"][0]["datasets"][0].update(epsilon_threshold=True), "finite number"),
     (lambda p: p["privacy"].update(delta=1), "delta must be in"),
     (lambda p: p["tdps"][0]["datasets"][0].update(sha256="ABC"), "64 lowercase hex"),
-    (lambda p: p["tdps"][0]["datasets"][0].update(blob="models/covid-test-01/icmr.ccr"), "blob must be datasets/"),
-    (lambda p: p["tdc"]["model"].update(blob="datasets/covid-test-01/model.ccr"), "blob must be models/"),
+    (lambda p: p["tdps"][0]["datasets"][0].update(blob="models/icmr/icmr-1.ccr"), "blob must be a path datasets/"),
+    (lambda p: p["tdps"][0]["datasets"][0].update(blob="datasets/../runs/x.ccr"), "blob must be a path datasets/"),
+    (lambda p: p["tdc"]["model"].update(blob="datasets/model/model-1.ccr"), "blob must be a path models/"),
     (lambda p: p.update(valid_until="2025-01-01T00:00:00Z"), "before valid_until"),
     (lambda p: p.update(valid_from="yesterday"), "RFC 3339"),
     (lambda p: p.update(tdps=[]), "tdps must be a non-empty list"),
     (lambda p: p["tdc"].update(did="https://not-a-did"), "did:web"),
     (lambda p: p["tdps"][1].update(did=p["tdps"][0]["did"]), "distinct DIDs"),
-    (lambda p: p["pipeline"].update(trainer_image="ccr-trainer:latest"), "pinned by digest"),
-    (lambda p: p["pipeline"].update(deadline_seconds=-5), "positive integer"),
+    (lambda p: p["workloads"]["training"].update(image="ccr-trainer:latest"), "pinned by digest"),
+    (lambda p: p["workloads"]["training"].update(deadline_seconds=-5), "deadline_seconds must be an integer >= 1"),
     (lambda p: p.update(contract_id="../escape"), "contract_id must be"),
 ])
 def test_schema_violations(payload, mutate, reason):
