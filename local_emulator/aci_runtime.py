@@ -3,7 +3,9 @@ its trainer image as a local process group beside an SKR sidecar twin, and remem
 
 Checks before anything starts (real confidential ACI enforces these at container start):
 the image archive exists and hashes to its digest, and the group's CCE policy allows that
-image digest, the exact command and every environment variable name. The SKR sidecar
+image digest, the exact command and the environment by value (every `NAME=VALUE` matches an
+env rule, every required rule is met: a contract-bound policy refuses another contract's
+digest or none). The SKR sidecar
 container of the spec is represented by a sidecar twin bound to the group's exact policy.
 
 Group records are JSON files (no secret values) so a restarted twin still answers GET and
@@ -242,7 +244,7 @@ class GroupRuntime:
     def _provision_steps(self, record: dict, environments: dict[str, dict]) -> None:
         sidecar = None
         try:
-            trainer, image, sidecar_name = self._check(record)
+            trainer, image, sidecar_name = self._check(record, environments)
             app_dir = images.extract(image, self._group_dir(record) / "app")
             if sidecar_name:
                 sidecar = self._start_sidecar(record, sidecar_name)
@@ -280,8 +282,9 @@ class GroupRuntime:
             record["containers"][name] = {"state": "Running", "start_time": now(), "detail": ""}
         return sidecar
 
-    def _check(self, record: dict):
-        """The trainer container, its verified image, and the sidecar container's name."""
+    def _check(self, record: dict, environments: dict[str, dict]):
+        """The trainer container, its verified image, and the sidecar container's name.
+        `environments` holds each container's full environment (secure values included)."""
         containers = [{"name": c["name"], **c["properties"]} for c in record["properties"]["containers"]]
         sidecars = [c for c in containers if c["image"] == SKR_SIDECAR_IMAGE]
         runnable = [c for c in containers if c["image"] != SKR_SIDECAR_IMAGE]
@@ -292,9 +295,11 @@ class GroupRuntime:
         trainer = runnable[0]
         image = images.resolve(trainer["image"], self.images_dir)
         layer = image.digest.split(":", 1)[1]
-        _enforce(trainer, [p for p in allowed if p.layers == (layer,)], f"image {image.digest}")
+        _enforce(trainer, environments.get(trainer["name"], {}), [p for p in allowed if p.layers == (layer,)],
+                 f"image {image.digest}")
         for sidecar in sidecars:
-            _enforce(sidecar, [p for p in allowed if p.image_ref == SKR_SIDECAR_IMAGE], f"image {SKR_SIDECAR_IMAGE}")
+            _enforce(sidecar, environments.get(sidecar["name"], {}), [p for p in allowed if p.id == SKR_SIDECAR_IMAGE],
+                     f"image {SKR_SIDECAR_IMAGE}")
         return trainer, image, sidecars[0]["name"] if sidecars else None
 
     def _start_trainer(self, record: dict, trainer: dict, app_dir: Path, environment: dict,
@@ -396,18 +401,15 @@ def _cce_policy(record: dict) -> str:
     return record["properties"]["confidentialComputeProperties"]["ccePolicy"]
 
 
-def _enforce(container: dict, candidates: list, what: str) -> None:
-    """Refuse a container the CCE policy does not allow (image, command, env names)."""
+def _enforce(container: dict, environment: dict, candidates: list, what: str) -> None:
+    """Refuse a container the CCE policy does not allow: image, command, and environment by
+    value (`PolicyContainer.env_problem`; the reason names a variable, never its value)."""
     if not candidates:
         raise ProvisioningError("CcePolicyViolation", f"the CCE policy does not allow {what}")
     command = tuple(container["command"])
     matching = [p for p in candidates if p.command == command]
     if not matching:
         raise ProvisioningError("CcePolicyViolation", f"the CCE policy does not allow this command for {what}")
-    names = [env["name"] for env in container.get("environmentVariables") or []]
-    for policy in matching:
-        if all(policy.allows_env(name) for name in names):
-            return
-    refused = sorted(n for n in names if not any(p.allows_env(n) for p in matching))
-    raise ProvisioningError("CcePolicyViolation",
-                            f"the CCE policy does not allow environment variable(s) {', '.join(refused)} for {what}")
+    problems = [p.env_problem(environment) for p in matching]
+    if None not in problems:
+        raise ProvisioningError("CcePolicyViolation", f"the CCE policy refuses {what}: {problems[0]}")

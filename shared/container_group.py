@@ -1,19 +1,30 @@
 """The confidential container group a run deploys, and the CCE policy that pins it.
 
-Key release policies are written when a party imports its key, long before any run: they pin
-the hostdata of the policy built here from the trainer image alone. So the policy depends
-only on the image digest, the fixed trainer command and the fixed set of environment
-variable *names* below; run-specific values never change it.
+The group's policy is a per-image *template* (what `az confcom acipolicygen` writes for the
+group's ARM template with the contract digest left as a parameter: pause container, trainer,
+SKR sidecar) plus one rule added per contract: `CCR_CONTRACT_DIGEST=<digest>`, strategy
+`string`, required, in the trainer. So the policy text, and the SEV-SNP host data that key
+release policies pin (sha256 of it), differ per contract: a provider that wraps its data key
+for one contract's host data releases it to that contract's group only, whatever image
+another contract runs. Contracts pin `policy_template_sha256(image)` so a party can check the
+template before trusting the host data computed from it.
+
+Run-specific values (run id, SAS URLs, keys) are `NAME=.*` re2 rules in the template: they
+never change the policy. The trainer reads `CCR_CONTRACT_DIGEST` and checks it against the
+contract it verifies.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 from typing import Mapping
 
 from azure.mgmt.containerinstance.models import (ConfidentialComputeProperties, Container, ContainerGroup,
                                                  EnvironmentVariable, ResourceRequests, ResourceRequirements)
 
-from shared.cce_policy import (SKR_SIDECAR_COMMAND, SKR_SIDECAR_IMAGE, build_cce_policy, hostdata_of)
+from shared.cce_policy import (SKR_SIDECAR_COMMAND, SKR_SIDECAR_IMAGE, IdName, User, hostdata_of, pause_container,
+                               policy_text, string_rule, user_container, wildcard_rule, with_required_env)
 
 TRAINER_IMAGE_NAME = "ccr-trainer"
 TRAINER_IMAGE = re.compile(r"^ccr-trainer@(sha256:[0-9a-f]{64})$")
@@ -22,13 +33,26 @@ TRAINER_CONTAINER_NAME = "trainer"
 SKR_CONTAINER_NAME = "skr-sidecar"
 SKR_PORT = 8080
 SKR_URL_IN_GROUP = f"http://localhost:{SKR_PORT}"
+CONTRACT_DIGEST_ENV = "CCR_CONTRACT_DIGEST"
+CONTRACT_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
-# Everything the trainer reads (trainer_container/environment.py); the policy pins the names.
+# Everything the trainer reads (trainer_container/environment.py); the template pins the names.
 # Storage access is CCR_BLOB_URLS (per-blob SAS URLs, shared/blob_sas.py), never a connection string.
-TRAINER_ENV_NAMES = ("CCR_BLOB_URLS", "CCR_CA_BUNDLE", "CCR_CONTRACT", "CCR_CONTRACT_URL", "CCR_EPSILON_BUDGET",
+TRAINER_ENV_NAMES = ("CCR_BLOB_URLS", "CCR_CA_BUNDLE", "CCR_CONTRACT", CONTRACT_DIGEST_ENV, "CCR_CONTRACT_URL",
                      "CCR_EVENTGRID_KEY", "CCR_EVENTGRID_TOPIC_URL", "CCR_KEYVAULT_URL", "CCR_MAA_URL", "CCR_RUN_ID",
                      "CCR_SKR_URL")
 SECURE_ENV_NAMES = frozenset({"CCR_BLOB_URLS", "CCR_EVENTGRID_KEY"})
+# Values fixed in the group's ARM template (acipolicygen pins them as `string` rules).
+TRAINER_FIXED_ENV = {"CCR_SKR_URL": SKR_URL_IN_GROUP}
+SKR_SIDECAR_ENV = {"Port": str(SKR_PORT)}
+
+# The trainer image's config as trainer_container/Dockerfile sets it (acipolicygen reads it from
+# the pushed image): the python:3.11-slim PATH and LANG plus the Dockerfile's ENV, WORKDIR,
+# USER. The base image's version variables are not listed: its digest is not pinned yet.
+TRAINER_IMAGE_ENV = ("PATH=/usr/local/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                     "LANG=C.UTF-8", "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1", "PIP_NO_CACHE_DIR=1")
+TRAINER_WORKING_DIR = "/app"
+TRAINER_USER = User(user_idname=IdName("trainer", "name"))
 
 
 def trainer_image_digest(trainer_image: str) -> str:
@@ -39,14 +63,43 @@ def trainer_image_digest(trainer_image: str) -> str:
     return match.group(1)
 
 
-def trainer_cce_policy(trainer_image: str) -> str:
-    """Base64 CCE policy of the group that runs this trainer image."""
-    return build_cce_policy(trainer_image, trainer_image_digest(trainer_image), TRAINER_COMMAND, TRAINER_ENV_NAMES)
+def _trainer_template_rules():
+    return [string_rule(name, TRAINER_FIXED_ENV[name]) if name in TRAINER_FIXED_ENV else wildcard_rule(name)
+            for name in TRAINER_ENV_NAMES]
 
 
-def trainer_hostdata(trainer_image: str) -> str:
+def training_policy_template(trainer_image: str) -> str:
+    """The group's policy text without any contract rule: trainer (this image's layer, the
+    fixed command, `NAME=.*` rules for run values), SKR sidecar, pause container."""
+    layer = trainer_image_digest(trainer_image).split(":", 1)[1]
+    trainer = user_container(trainer_image, TRAINER_CONTAINER_NAME, (layer,), TRAINER_COMMAND,
+                             _trainer_template_rules(), TRAINER_IMAGE_ENV, TRAINER_WORKING_DIR, TRAINER_USER)
+    sidecar = user_container(SKR_SIDECAR_IMAGE, SKR_CONTAINER_NAME, (), SKR_SIDECAR_COMMAND,
+                             [string_rule(name, value) for name, value in SKR_SIDECAR_ENV.items()])
+    return policy_text([trainer, sidecar, pause_container()])
+
+
+def policy_template_sha256(trainer_image: str) -> str:
+    """sha256 hex of the template text (what a contract pins)."""
+    return hashlib.sha256(training_policy_template(trainer_image).encode("ascii")).hexdigest()
+
+
+def _checked_digest(contract_digest: str) -> str:
+    if not isinstance(contract_digest, str) or not CONTRACT_DIGEST.match(contract_digest):
+        raise ValueError("contract digest must be 64 lowercase hex characters")
+    return contract_digest
+
+
+def training_cce_policy(trainer_image: str, contract_digest: str) -> str:
+    """Base64 CCE policy of the group that runs this image for this contract."""
+    text = with_required_env(training_policy_template(trainer_image), trainer_image, CONTRACT_DIGEST_ENV,
+                             _checked_digest(contract_digest))
+    return base64.b64encode(text.encode("ascii")).decode("ascii")
+
+
+def training_hostdata(trainer_image: str, contract_digest: str) -> str:
     """The host data SEV-SNP reports for that group: what key release policies pin."""
-    return hostdata_of(trainer_cce_policy(trainer_image))
+    return hostdata_of(training_cce_policy(trainer_image, contract_digest))
 
 
 def _environment(values: Mapping[str, str]) -> list[EnvironmentVariable]:
@@ -62,20 +115,24 @@ def _environment(values: Mapping[str, str]) -> list[EnvironmentVariable]:
     return variables
 
 
-def build_container_group(trainer_image: str, environment: Mapping[str, str], location: str,
+def build_container_group(trainer_image: str, contract_digest: str, environment: Mapping[str, str], location: str,
                           cpu: float = 1.0, memory_in_gb: float = 2.0) -> ContainerGroup:
-    """Trainer + SKR sidecar, `sku=Confidential` with the trainer's CCE policy, no public IP,
-    never restarted (a run is one attempt). Secrets go in as secure values."""
-    environment = {"CCR_SKR_URL": SKR_URL_IN_GROUP, **environment}
+    """Trainer + SKR sidecar, `sku=Confidential` with the contract's CCE policy, no public IP,
+    never restarted (a run is one attempt). Secrets go in as secure values. The builder sets
+    `CCR_CONTRACT_DIGEST` itself; a caller passing it is refused."""
+    if CONTRACT_DIGEST_ENV in environment:
+        raise ValueError(f"{CONTRACT_DIGEST_ENV} is set by build_container_group from contract_digest")
+    cce_policy = training_cce_policy(trainer_image, contract_digest)
+    environment = {**TRAINER_FIXED_ENV, **environment, CONTRACT_DIGEST_ENV: contract_digest}
     trainer = Container(
         name=TRAINER_CONTAINER_NAME, image=trainer_image, command=list(TRAINER_COMMAND),
         environment_variables=_environment(environment),
         resources=ResourceRequirements(requests=ResourceRequests(memory_in_gb=memory_in_gb, cpu=cpu)))
     sidecar = Container(
         name=SKR_CONTAINER_NAME, image=SKR_SIDECAR_IMAGE, command=list(SKR_SIDECAR_COMMAND),
-        environment_variables=[EnvironmentVariable(name="Port", value=str(SKR_PORT))],
+        environment_variables=[EnvironmentVariable(name=n, value=v) for n, v in SKR_SIDECAR_ENV.items()],
         resources=ResourceRequirements(requests=ResourceRequests(memory_in_gb=0.5, cpu=0.5)))
     return ContainerGroup(
         location=location, containers=[trainer, sidecar], os_type="Linux", restart_policy="Never",
         sku="Confidential", ip_address=None,
-        confidential_compute_properties=ConfidentialComputeProperties(cce_policy=trainer_cce_policy(trainer_image)))
+        confidential_compute_properties=ConfidentialComputeProperties(cce_policy=cce_policy))

@@ -18,6 +18,7 @@ from tests.aci.conftest import (LOCATION, RESOURCE_GROUP, SUBSCRIPTION, pid_aliv
 pytestmark = pytest.mark.timeout(120)   # a hung twin fails fast instead of stalling the suite
 
 SIGNATURE = "c2VjcmV0LXNhcy1zaWduYXR1cmU"  # what must never be echoed
+CONTRACT = "c0" * 32          # any fixed contract digest
 SECRET = json.dumps({"datasets/c1/icmr.ccr": f"http://127.0.0.1:1/a/datasets/c1/icmr.ccr?sp=r&sig={SIGNATURE}"})
 
 
@@ -44,7 +45,7 @@ def _stats(twin, tls, token) -> dict:
 
 def test_create_get_list_logs_delete(client, twin, tls, token, stand_in_image, sidecars, maa):
     environment = {**_environment({"attest": True, "lines": 30, "sleep": 60}), "CCR_MAA_URL": maa.url}
-    spec = build_container_group(stand_in_image.ref, environment, LOCATION)
+    spec = build_container_group(stand_in_image.ref, CONTRACT, environment, LOCATION)
     group = client.container_groups.begin_create_or_update(RESOURCE_GROUP, "run-a", spec).result()
     assert group.provisioning_state == "Succeeded"
     assert group.sku == "Confidential" and group.ip_address is None
@@ -87,7 +88,7 @@ def test_create_get_list_logs_delete(client, twin, tls, token, stand_in_image, s
 
 
 def test_exit_code_is_reported_and_sidecar_stopped(client, stand_in_image, sidecars):
-    spec = build_container_group(stand_in_image.ref, _environment({"exit": 3, "sleep": 1}), LOCATION)
+    spec = build_container_group(stand_in_image.ref, CONTRACT, _environment({"exit": 3, "sleep": 1}), LOCATION)
     client.container_groups.begin_create_or_update(RESOURCE_GROUP, "run-exit", spec).result()
     sidecar_url = sidecars[0].url
 
@@ -105,11 +106,11 @@ def test_exit_code_is_reported_and_sidecar_stopped(client, stand_in_image, sidec
 
 
 def test_same_spec_twice_creates_one_group_and_other_spec_conflicts(client, twin, stand_in_image):
-    spec = build_container_group(stand_in_image.ref, _environment({"sleep": 60}), LOCATION)
+    spec = build_container_group(stand_in_image.ref, CONTRACT, _environment({"sleep": 60}), LOCATION)
     client.container_groups.begin_create_or_update(RESOURCE_GROUP, "run-twice", spec).result()
     again = client.container_groups.begin_create_or_update(RESOURCE_GROUP, "run-twice", spec).result()
     assert again.provisioning_state == "Succeeded"
-    other = build_container_group(stand_in_image.ref, _environment({"sleep": 1}), LOCATION)
+    other = build_container_group(stand_in_image.ref, CONTRACT, _environment({"sleep": 1}), LOCATION)
     with pytest.raises(HttpResponseError) as refused:
         client.container_groups.begin_create_or_update(RESOURCE_GROUP, "run-twice", other).result()
     assert refused.value.status_code == 409
@@ -132,13 +133,13 @@ def _assert_refused_and_nothing_ran(client, twin, name: str, spec, reason: str) 
 def test_tampered_archive_is_refused(client, twin, stand_in_image, sidecars):
     with stand_in_image.path.open("ab") as archive:
         archive.write(b"\0" * 512)
-    spec = build_container_group(stand_in_image.ref, _environment({}), LOCATION)
+    spec = build_container_group(stand_in_image.ref, CONTRACT, _environment({}), LOCATION)
     _assert_refused_and_nothing_ran(client, twin, "run-tampered", spec, "content digest does not match")
     assert sidecars == []
 
 
 def test_unknown_image_is_refused(client, twin):
-    spec = build_container_group("ccr-trainer@sha256:" + "ab" * 32, _environment({}), LOCATION)
+    spec = build_container_group("ccr-trainer@sha256:" + "ab" * 32, CONTRACT, _environment({}), LOCATION)
     _assert_refused_and_nothing_ran(client, twin, "run-unknown", spec, "not found in the local image store")
 
 
@@ -147,25 +148,25 @@ def test_policy_pinning_another_image_is_refused(client, twin, tmp_path, images_
     (source / "trainer_container" / "extra.py").write_text("CHANGED = True\n")
     other = images.build_image(source, packages=("trainer_container",), images_dir=images_dir)
     assert other.digest != stand_in_image.digest
-    spec = build_container_group(stand_in_image.ref, _environment({}), LOCATION)
+    spec = build_container_group(stand_in_image.ref, CONTRACT, _environment({}), LOCATION)
     spec.confidential_compute_properties = build_container_group(
-        other.ref, {}, LOCATION).confidential_compute_properties
+        other.ref, CONTRACT, {}, LOCATION).confidential_compute_properties
     _assert_refused_and_nothing_ran(client, twin, "run-other-policy", spec,
                                     f"CCE policy does not allow image {stand_in_image.digest}")
     assert sidecars == []
 
 
 def test_command_not_in_policy_is_refused(client, twin, stand_in_image):
-    spec = build_container_group(stand_in_image.ref, _environment({}), LOCATION)
+    spec = build_container_group(stand_in_image.ref, CONTRACT, _environment({}), LOCATION)
     spec.containers[0].command = ["python", "-c", "print('not the trainer')"]
     _assert_refused_and_nothing_ran(client, twin, "run-command", spec, "does not allow this command")
 
 
 def test_environment_variable_not_in_policy_is_refused(client, twin, stand_in_image):
     from azure.mgmt.containerinstance.models import EnvironmentVariable
-    spec = build_container_group(stand_in_image.ref, _environment({}), LOCATION)
+    spec = build_container_group(stand_in_image.ref, CONTRACT, _environment({}), LOCATION)
     spec.containers[0].environment_variables.append(EnvironmentVariable(name="PYTHONINSPECT", value="1"))
-    _assert_refused_and_nothing_ran(client, twin, "run-env", spec, "environment variable(s) PYTHONINSPECT")
+    _assert_refused_and_nothing_ran(client, twin, "run-env", spec, "environment variable PYTHONINSPECT")
 
 
 @pytest.mark.parametrize("change, reason", [
@@ -173,7 +174,7 @@ def test_environment_variable_not_in_policy_is_refused(client, twin, stand_in_im
     (lambda spec: setattr(spec, "confidential_compute_properties", None), "needs a ccePolicy"),
 ])
 def test_non_confidential_group_is_rejected_and_nothing_created(client, twin, stand_in_image, change, reason):
-    spec = build_container_group(stand_in_image.ref, _environment({}), LOCATION)
+    spec = build_container_group(stand_in_image.ref, CONTRACT, _environment({}), LOCATION)
     change(spec)
     with pytest.raises(HttpResponseError) as refused:
         client.container_groups.begin_create_or_update(RESOURCE_GROUP, "run-bad", spec).result()
@@ -187,7 +188,7 @@ def test_requests_without_the_token_get_401(twin, tls, stand_in_image):
     from azure.mgmt.containerinstance import ContainerInstanceManagementClient
     stranger = ContainerInstanceManagementClient(StaticTokenCredential("not-the-token"), SUBSCRIPTION, base_url=twin.url,
                                                  connection_verify=str(tls.ca_path))
-    spec = build_container_group(stand_in_image.ref, _environment({}), LOCATION)
+    spec = build_container_group(stand_in_image.ref, CONTRACT, _environment({}), LOCATION)
     with pytest.raises(ClientAuthenticationError):
         stranger.container_groups.begin_create_or_update(RESOURCE_GROUP, "run-401", spec).result()
     path = f"/subscriptions/{SUBSCRIPTION}/providers/Microsoft.ContainerInstance/containerGroups?api-version=2023-05-01"
@@ -197,7 +198,7 @@ def test_requests_without_the_token_get_401(twin, tls, stand_in_image):
 
 
 def test_stop_kills_the_process_group_and_keeps_the_record(client, stand_in_image):
-    spec = build_container_group(stand_in_image.ref, _environment({"sleep": 60}), LOCATION)
+    spec = build_container_group(stand_in_image.ref, CONTRACT, _environment({"sleep": 60}), LOCATION)
     client.container_groups.begin_create_or_update(RESOURCE_GROUP, "run-stop", spec).result()
     pid = int(_log_value(client, "run-stop", "pid"))
     client.container_groups.stop(RESOURCE_GROUP, "run-stop")
@@ -209,7 +210,7 @@ def test_stop_kills_the_process_group_and_keeps_the_record(client, stand_in_imag
 def test_real_trainer_image_runs_from_its_archive(client, images_dir):
     """The real trainer image starts under the twin; without its settings it says so and exits 2."""
     real = images.build_image(images_dir=images_dir)
-    spec = build_container_group(real.ref, {"CCR_CONTRACT": "{}"}, LOCATION)
+    spec = build_container_group(real.ref, CONTRACT, {"CCR_CONTRACT": "{}"}, LOCATION)
     client.container_groups.begin_create_or_update(RESOURCE_GROUP, "run-real", spec).result()
 
     def finished():
@@ -224,7 +225,7 @@ def test_real_trainer_image_runs_from_its_archive(client, images_dir):
 
 
 def test_delete_during_creation_leaves_nothing_running(client, twin, stand_in_image, sidecars):
-    spec = build_container_group(stand_in_image.ref, _environment({"sleep": 60}), LOCATION)
+    spec = build_container_group(stand_in_image.ref, CONTRACT, _environment({"sleep": 60}), LOCATION)
     client.container_groups.begin_create_or_update(RESOURCE_GROUP, "run-hasty", spec, polling=False)
     client.container_groups.begin_delete(RESOURCE_GROUP, "run-hasty").result()
     with pytest.raises(ResourceNotFoundError):
@@ -256,7 +257,7 @@ def test_a_silent_connection_does_not_block_the_twin(client, twin):
 
 def test_concurrent_creates_of_one_group_create_it_once(client, twin, stand_in_image):
     from concurrent.futures import ThreadPoolExecutor
-    spec = build_container_group(stand_in_image.ref, _environment({"sleep": 60}), LOCATION)
+    spec = build_container_group(stand_in_image.ref, CONTRACT, _environment({"sleep": 60}), LOCATION)
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda _: client.container_groups.begin_create_or_update(
             RESOURCE_GROUP, "run-race", spec).result().provisioning_state, range(4)))
@@ -266,7 +267,7 @@ def test_concurrent_creates_of_one_group_create_it_once(client, twin, stand_in_i
 
 @pytest.mark.parametrize("resource_group", ["..", "bad.", "a/b"])
 def test_resource_names_that_could_escape_the_state_folder_are_refused(client, twin, stand_in_image, resource_group):
-    spec = build_container_group(stand_in_image.ref, _environment({}), LOCATION)
+    spec = build_container_group(stand_in_image.ref, CONTRACT, _environment({}), LOCATION)
     with pytest.raises(HttpResponseError) as refused:
         client.container_groups.begin_create_or_update(resource_group, "run-x", spec).result()
     assert refused.value.status_code in (400, 404)
@@ -275,7 +276,7 @@ def test_resource_names_that_could_escape_the_state_folder_are_refused(client, t
 
 
 def test_processes_left_behind_by_the_trainer_die_with_it(client, stand_in_image):
-    spec = build_container_group(stand_in_image.ref, _environment({"child": True, "sleep": 0.5}), LOCATION)
+    spec = build_container_group(stand_in_image.ref, CONTRACT, _environment({"child": True, "sleep": 0.5}), LOCATION)
     client.container_groups.begin_create_or_update(RESOURCE_GROUP, "run-child", spec).result()
     child = int(_log_value(client, "run-child", "child"))
     wait_for(lambda: not pid_alive(child))
@@ -289,12 +290,12 @@ def test_processes_left_behind_by_the_trainer_die_with_it(client, stand_in_image
                                         [{"name": "trainer", "properties": {"image": "i", "command": ["c"],
                                                                             "environmentVariables": ["x"]}}]])
 def test_malformed_containers_are_400_not_a_twin_error(twin, tls, token, stand_in_image, containers):
-    from shared.container_group import trainer_cce_policy
+    from shared.container_group import training_cce_policy
     path = (f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.ContainerInstance"
             f"/containerGroups/run-raw?api-version=2023-05-01")
     body = {"location": LOCATION, "properties": {
         "sku": "Confidential", "containers": containers,
-        "confidentialComputeProperties": {"ccePolicy": trainer_cce_policy(stand_in_image.ref)}}}
+        "confidentialComputeProperties": {"ccePolicy": training_cce_policy(stand_in_image.ref, CONTRACT)}}}
     response = requests.put(twin.url + path, json=body, headers={"Authorization": f"Bearer {token}"},
                             verify=str(tls.ca_path), timeout=10)
     assert response.status_code == 400, response.text

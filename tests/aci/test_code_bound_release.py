@@ -11,10 +11,12 @@ from azure.keyvault.keys import JsonWebKey, KeyClient, KeyReleasePolicy
 
 from local_emulator import images
 from local_emulator.keyvault import KeyVaultTwin
-from shared.container_group import TRAINER_CONTAINER_NAME, build_container_group, trainer_hostdata
+from shared.container_group import TRAINER_CONTAINER_NAME, build_container_group, training_hostdata
 from shared.credentials import StaticTokenCredential
 from shared.release_policy import build_release_policy, policy_to_json
 from tests.aci.conftest import LOCATION, RESOURCE_GROUP, wait_for
+
+CONTRACT = "c0" * 32          # any fixed contract digest
 
 pytestmark = pytest.mark.timeout(120)   # a hung twin fails fast instead of stalling the suite
 
@@ -32,7 +34,7 @@ def test_only_the_pinned_trainer_image_gets_the_key(tmp_path, client, tls, token
     try:
         keys = KeyClient(vault_url=vault.url, credential=StaticTokenCredential(token),
                          verify_challenge_resource=False, connection_verify=str(tls.ca_path))
-        policy = build_release_policy(maa.url, trainer_hostdata(stand_in_image.ref))
+        policy = build_release_policy(maa.url, training_hostdata(stand_in_image.ref, CONTRACT))
         key = keys.import_key("tdp-data", JsonWebKey(kty="oct-HSM", k=os.urandom(32), key_ops=["encrypt", "decrypt"]),
                               exportable=True, release_policy=KeyReleasePolicy(policy_to_json(policy), immutable=True))
 
@@ -45,7 +47,7 @@ def test_only_the_pinned_trainer_image_gets_the_key(tmp_path, client, tls, token
         environment = {"CCR_CONTRACT": json.dumps({"release": key.id}), "CCR_MAA_URL": maa.url,
                        "CCR_KEYVAULT_URL": vault.url}
         for name, image in (("run-pinned", stand_in_image), ("run-modified", modified)):
-            spec = build_container_group(image.ref, environment, LOCATION)
+            spec = build_container_group(image.ref, CONTRACT, environment, LOCATION)
             client.container_groups.begin_create_or_update(RESOURCE_GROUP, name, spec).result()
 
         assert _release_status(client, "run-pinned") == ("200", key.id)

@@ -28,7 +28,8 @@ def test_restarted_twin_kills_orphans_and_keeps_records(tmp_path, tls, token, im
         url = crashed.stdout.readline().strip()
         client = ContainerInstanceManagementClient(StaticTokenCredential(token), SUBSCRIPTION, base_url=url,
                                                    connection_verify=str(tls.ca_path))
-        spec = build_container_group(stand_in_image.ref, {"CCR_CONTRACT": json.dumps({"sleep": 120})}, LOCATION)
+        spec = build_container_group(stand_in_image.ref, "c0" * 32, {"CCR_CONTRACT": json.dumps({"sleep": 120})},
+                                     LOCATION)
         spec.containers = [c for c in spec.containers if c.name == TRAINER_CONTAINER_NAME]  # no sidecar here
         client.container_groups.begin_create_or_update(RESOURCE_GROUP, "orphan", spec).result()
         logs = wait_for(lambda: client.containers.list_logs(RESOURCE_GROUP, "orphan", TRAINER_CONTAINER_NAME).content)

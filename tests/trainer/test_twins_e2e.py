@@ -20,17 +20,16 @@ from local_emulator.keyvault import KeyVaultTwin
 from local_emulator.sevsnp import HardwareRoot
 from local_emulator.skr_sidecar import SkrSidecar
 from shared import package, storage_names
-from shared.cce_policy import build_cce_policy, hostdata_of
-from shared.container_group import TRAINER_COMMAND, TRAINER_ENV_NAMES
+from shared.cce_policy import hostdata_of
+from shared.container_group import training_cce_policy
 from shared.credentials import StaticTokenCredential
 from shared.release_policy import build_release_policy, policy_to_json
 from local_emulator import covid_reference as covid_model
 from tests.trainer.harness import Stage, environment, run_trainer_process
 
-TRAINER_POLICY = build_cce_policy(f"ccr-trainer@sha256:{'a' * 64}", f"sha256:{'a' * 64}", TRAINER_COMMAND,
-                                  TRAINER_ENV_NAMES)
-OTHER_POLICY = build_cce_policy(f"ccr-trainer@sha256:{'b' * 64}", f"sha256:{'b' * 64}", TRAINER_COMMAND,
-                                TRAINER_ENV_NAMES)
+CONTRACT_DIGEST = "c0" * 32       # any fixed contract digest: the policy is bound to it
+TRAINER_POLICY = training_cce_policy(f"ccr-trainer@sha256:{'a' * 64}", CONTRACT_DIGEST)
+OTHER_POLICY = training_cce_policy(f"ccr-trainer@sha256:{'b' * 64}", CONTRACT_DIGEST)
 
 
 @pytest.fixture(scope="module")
