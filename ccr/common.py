@@ -4,7 +4,6 @@ local store where a party keeps its data keys (datasets, model, output), which n
 unwrapped."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re

@@ -1,6 +1,6 @@
 """The `ccr` tool: help everywhere, one clear line and a non-zero exit for every bad argument
-(with nothing uploaded or imported), and the publish / fetch paths against Azurite and the
-Key Vault twin through the official SDK clients."""
+(with nothing uploaded or imported), and the publish / grant / fetch paths against Azurite and
+the Key Vault twin through the official SDK clients."""
 from __future__ import annotations
 
 import base64
@@ -18,11 +18,15 @@ import pytest
 from azure.keyvault.keys import KeyClient
 
 from ccr.cli import _user_error, main
-from shared import azure_clients, package, storage_names
-from shared.container_group import trainer_hostdata
+from jwcrypto import jwk
+
+from shared import azure_clients, key_grants, package, storage_names
+from shared import contract as contracts
+from shared.container_group import training_hostdata
 from shared.credentials import StaticTokenCredential
 from shared.release_policy import build_release_policy
 from local_emulator import covid_reference as covid_model
+from tests.contracts.conftest import contract_payload
 from tests.parties.conftest import MAA_URL
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,7 +45,20 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 COMMANDS = [[], ["tdp"], ["tdp", "prepare"], ["tdp", "pseudonym-key"], ["tdp", "publish"], ["tdc"],
-            ["tdc", "publish-model"], ["tdc", "fetch"], ["keys"], ["keys", "policy"]]
+            ["tdc", "publish-model"], ["tdc", "fetch"], ["keys"], ["keys", "policy"], ["contract", "grant"]]
+TDC, TDP = "did:web:127.0.0.1%3A8443:tdc", "did:web:127.0.0.1%3A8443:icmr"
+
+
+def _payload(tmp: Path, vault_url: str = "https://127.0.0.1:9", **dataset) -> Path:
+    """A schema-2 contract naming one dataset (fields from `dataset`) and the TDC's packages."""
+    payload = contract_payload(TDC, {"icmr": TDP})
+    payload["workloads"]["training"]["image"] = IMAGE
+    payload["tdps"][0]["datasets"][0].update(dataset)
+    for party in (payload["tdc"], payload["tdps"][0]):
+        party["key_vault"] = vault_url
+    path = tmp / f"contract-{len(list(tmp.glob('contract-*')))}.json"
+    path.write_text(json.dumps(contracts.validate_payload(payload)))
+    return path
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "ccr")
@@ -76,6 +93,9 @@ def _write_inputs(tmp: Path) -> None:
     (tmp / "model.onnx").write_bytes(covid_model.covid_onnx())
     (tmp / "hinge.json").write_text(json.dumps(covid_model.covid_training_config(loss="hinge")))
     (tmp / "training.json").write_text(json.dumps(covid_model.covid_training_config()))
+    (tmp / "split.json").write_text(json.dumps(covid_model.covid_training_config(validation_split=0.2)))
+    (tmp / "payload.json").write_text("{}")
+    _payload(tmp).rename(tmp / "contract.json")
     (tmp / "short.key").write_text("00" * 8)
     (tmp / "table.csv").write_text("pseudonym,age\nab,3\n")
 
@@ -83,9 +103,8 @@ def _write_inputs(tmp: Path) -> None:
 def _bad_cases(tmp: Path, key_file: Path) -> dict[str, tuple[list[str], str]]:
     prepare = ["tdp", "prepare", "--config", str(ROOT / "configs/covid/icmr.json"),
                "--input", str(COVID / "poc_data_icmr_data.csv"), "--output", str(tmp / "out.csv")]
-    publish = ["tdp", "publish", "--input", str(tmp / "table.csv"), "--contract-id", "c1", "--dataset", "icmr"]
-    model = ["tdc", "publish-model", "--model", str(tmp / "model.onnx"), "--training", str(tmp / "training.json"),
-             "--contract-id", "c1", "--trainer-image", IMAGE]
+    publish = ["tdp", "publish", "--input", str(tmp / "table.csv"), "--dataset", "icmr"]
+    model = ["tdc", "publish-model", "--model", str(tmp / "model.onnx"), "--training", str(tmp / "training.json")]
     return {
         "config missing": (["tdp", "prepare", "--config", str(tmp / "none.json")] + prepare[4:]
                            + ["--pseudonym-key-file", str(key_file)], "config file not found"),
@@ -96,17 +115,18 @@ def _bad_cases(tmp: Path, key_file: Path) -> dict[str, tuple[list[str], str]]:
                                                      str(key_file)], "does not exist"),
         "input missing": (prepare[:5] + [str(tmp / "none.csv")] + prepare[6:] + ["--pseudonym-key-file",
                                                                               str(key_file)], "input file not found"),
-        "bad hostdata": (publish + ["--hostdata", "xyz"], "hostdata must be"),
-        "bad hostdata file": (publish + ["--hostdata-file", str(tmp / "none.txt")], "--hostdata-file"),
-        "bad trainer image": (publish + ["--trainer-image", "nginx:latest"], "--trainer-image"),
-        "bad contract id": (publish[:5] + ["../x"] + publish[6:] + ["--hostdata", HOSTDATA], "--contract-id"),
-        "bad dataset": (publish[:7] + ["a/b"] + ["--hostdata", HOSTDATA], "--dataset"),
-        "publish input missing": (["tdp", "publish", "--input", str(tmp / "none.csv")] + publish[4:]
-                                  + ["--hostdata", HOSTDATA], "--input"),
-        "bad key name": (publish + ["--hostdata", HOSTDATA, "--key-name", "no_underscores"], "--key-name"),
+        "bad dataset": (publish[:5] + ["a/b"], "--dataset"),
+        "publish input missing": (["tdp", "publish", "--input", str(tmp / "none.csv")] + publish[4:], "--input"),
         "invalid onnx": (model[:3] + [str(tmp / "bad.onnx")] + model[4:], "not a valid ONNX model"),
         "training loss not allowed": (model[:5] + [str(tmp / "hinge.json")] + model[6:], "loss must be one of"),
-        "same key names": (model + ["--model-key-name", "k1", "--output-key-name", "k1"], "different names"),
+        "validation split is the contract's": (model[:5] + [str(tmp / "split.json")] + model[6:],
+                                               "validation_split is a term of the contract"),
+        "policy of a malformed contract": (["keys", "policy", "--contract", str(tmp / "payload.json")],
+                                           "schema_version must be 2"),
+        "grant by a non-party": (["contract", "grant", "--contract", str(tmp / "contract.json"), "--did",
+                                  "did:web:127.0.0.1%3A8443:outsider"], "not a party"),
+        "grant of a key not held": (["contract", "grant", "--contract", str(tmp / "contract.json"), "--did", TDP],
+                                    "no local copy of key icmr-1"),
         "bad run id": (["tdc", "fetch", "--run-id", "a/../b", "--output", str(tmp / "o.zip")], "--run-id"),
         "fetch output directory missing": (["tdc", "fetch", "--run-id", "r1", "--output",
                                             str(tmp / "no/o.zip")], "does not exist"),
@@ -128,17 +148,25 @@ def test_bad_arguments_fail_cleanly_before_any_service_call(capsys, tmp_path, ke
     assert set(os.listdir(tmp_path)) == before  # nothing written (no key file, no output)
 
 
-def test_missing_authority_and_required_pin(capsys, monkeypatch, no_services):
+def test_missing_authority(capsys, monkeypatch, tmp_path, no_services):
     monkeypatch.delenv("CCR_MAA_URL")
-    code, _, err = run(capsys, "keys", "policy", "--hostdata", HOSTDATA)
+    code, _, err = run(capsys, "keys", "policy", "--contract", str(_payload(tmp_path)))
     assert code == 1 and "no attestation authority" in err
     code, _, err = run(capsys, "keys", "policy")
-    assert code == 2 and "one of the arguments --trainer-image --hostdata --hostdata-file is required" in err
+    assert code == 2 and "the following arguments are required: --contract" in err
 
 
-def test_keys_policy_pins_the_trainer(capsys, no_services):
-    code, out, _ = run(capsys, "keys", "policy", "--trainer-image", IMAGE)
-    assert code == 0 and json.loads(out) == build_release_policy(MAA_URL, trainer_hostdata(IMAGE))
+def test_keys_policy_pins_this_contracts_trainer_group(capsys, tmp_path, no_services):
+    first, second = _payload(tmp_path), _payload(tmp_path, epsilon=1.0)
+    policies = []
+    for path in (first, second):
+        code, out, _ = run(capsys, "keys", "policy", "--contract", str(path))
+        result = json.loads(out)
+        digest = contracts.payload_digest(contracts.canonical_json(json.loads(path.read_text())))
+        assert code == 0 and result["contract_digest"] == digest
+        assert result["policy"] == build_release_policy(MAA_URL, training_hostdata(IMAGE, digest))
+        policies.append(result["policy"])
+    assert policies[0] != policies[1]  # another contract, even by one term: other host data
 
 
 def test_user_errors_never_show_a_traceback(tmp_path):
@@ -180,79 +208,104 @@ def _download(blob_path: str, destination: Path) -> None:
         azure_clients.blob_service().get_blob_client(container, name).download_blob().readinto(out)
 
 
-def test_tdp_publish_encrypts_uploads_and_imports_a_bound_key(capsys, tmp_path, key_file, services, vault):
+def _kek_private(vault, name: str) -> dict:
+    """The KEK's private JWK as the twin stored it (test-only view: real Key Vault never shows it)."""
+    pem = vault.store.get(name, None)["material"]["pem"].encode()
+    return jwk.JWK.from_pem(pem).export_private(as_dict=True)
+
+
+def test_tdp_publish_encrypts_uploads_and_keeps_the_key(capsys, tmp_path, key_file, services, vault):
     prepared = tmp_path / "icmr.csv"
     assert run(capsys, "tdp", "prepare", "--config", str(ROOT / "configs/covid/icmr.json"), "--input",
                str(COVID / "poc_data_icmr_data.csv"), "--output", str(prepared),
                "--pseudonym-key-file", str(key_file))[0] == 0
-    code, out, err = run(capsys, "tdp", "publish", "--input", str(prepared), "--contract-id", "covid-1",
-                         "--dataset", "icmr", "--trainer-image", IMAGE)
+    keys_before = vault.store.names()
+    code, out, err = run(capsys, "tdp", "publish", "--input", str(prepared), "--dataset", "icmr")
     assert code == 0, err
     result = json.loads(out)
-    assert result["blob"] == f"{storage_names.DATASETS}/{storage_names.dataset_blob('covid-1', 'icmr')}"
-    assert result["sha256"] == hashlib.sha256(prepared.read_bytes()).hexdigest()
+    assert result["blob"] == f"{storage_names.DATASETS}/{storage_names.dataset_blob('icmr', result['key_id'])}"
+    assert result["key_id"].startswith("icmr-") and result["sha256"] == hashlib.sha256(prepared.read_bytes()).hexdigest()
+    assert vault.store.names() == keys_before  # nothing reaches Key Vault before a contract is signed
+    key_file = tmp_path / "keys" / f"{result['key_id']}.key.json"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    key = bytes.fromhex(json.loads(key_file.read_text())["k"])
     _download(result["blob"], tmp_path / "icmr.ccr")
     header = package.read_header((tmp_path / "icmr.ccr").read_bytes())
-    assert header.key_id == result["key_kid"] and header.manifest.sha256 == result["sha256"]
+    assert header.key_id == result["key_id"] and header.manifest.sha256 == result["sha256"]
     assert header.manifest.schema["columns"][0] == "pseudonym"
-    stored = _stored_key(vault, "covid-1-icmr")
-    assert stored.id == result["key_kid"] and stored.key_type == "oct-HSM"
-    assert stored.properties.exportable is True
-    policy = json.loads(stored.properties.release_policy.encoded_policy)
-    assert policy == build_release_policy(MAA_URL, trainer_hostdata(IMAGE))
-    key = _vault_key(vault, "covid-1-icmr")
     for text in (out, err):
         assert key.hex() not in text and base64.urlsafe_b64encode(key).decode().rstrip("=") not in text
     package.decrypt_file(tmp_path / "icmr.ccr", tmp_path / "plain.csv", key)
     assert (tmp_path / "plain.csv").read_bytes() == prepared.read_bytes()
+    again = json.loads(run(capsys, "tdp", "publish", "--input", str(prepared), "--dataset", "icmr")[1])
+    assert again["blob"] != result["blob"] and again["key_id"] != result["key_id"]  # never overwrites an upload
 
 
-def test_refused_publish_imports_and_uploads_nothing(capsys, tmp_path, services, vault):
+def test_grant_binds_the_data_key_to_one_contract(capsys, tmp_path, services, vault):
+    """The provider's consent: a KEK in its vault released only to this contract's trainer
+    group, and its data key wrapped under that KEK; another contract gets another KEK."""
     (tmp_path / "t.csv").write_text("pseudonym,age\nab,3\n")
-    keys_before = vault.store.names()
-    code, _, err = run(capsys, "tdp", "publish", "--input", str(tmp_path / "t.csv"), "--contract-id", "refused",
-                       "--dataset", "icmr", "--hostdata", "00")
-    assert code == 1 and "hostdata" in err
-    assert vault.store.names() == keys_before
-    blobs = azure_clients.blob_service().get_container_client(storage_names.DATASETS)
-    assert not blobs.exists() or not list(blobs.list_blobs(name_starts_with="refused/"))
+    published = json.loads(run(capsys, "tdp", "publish", "--input", str(tmp_path / "t.csv"), "--dataset", "icmr")[1])
+    data_key = bytes.fromhex(json.loads((tmp_path / "keys" / f"{published['key_id']}.key.json").read_text())["k"])
+    fields = {k: published[k] for k in ("blob", "sha256", "key_id")}
+    keks = []
+    for contract in (_payload(tmp_path, vault.url, **fields), _payload(tmp_path, vault.url, epsilon=1.0, **fields)):
+        code, out, err = run(capsys, "contract", "grant", "--contract", str(contract), "--did", TDP)
+        assert code == 0, err
+        payload = json.loads(contract.read_text())
+        digest = contracts.payload_digest(contracts.canonical_json(payload))
+        (granted,) = json.loads(out)["granted"]
+        subject = f"dataset:{TDP}/icmr"
+        assert granted["kek"] == key_grants.kek_name(digest, subject) and granted["key_id"] == published["key_id"]
+        stored = _stored_key(vault, granted["kek"])
+        assert stored.key_type == "RSA-HSM" and stored.properties.exportable
+        assert json.loads(stored.properties.release_policy.encoded_policy) == \
+            build_release_policy(MAA_URL, training_hostdata(IMAGE, digest))
+        wrapped = azure_clients.blob_service().get_blob_client(
+            storage_names.GRANTS, key_grants.grant_blob(digest, subject)).download_blob().readall().decode()
+        assert key_grants.unwrap(wrapped, _kek_private(vault, granted["kek"]), granted["kek"],
+                                 published["key_id"]) == data_key
+        assert data_key.hex() not in out + err
+        keks.append(granted["kek"])
+        # granting again (a retry) reuses the KEK: the earlier grant still matches it
+        versions = len(vault.store.versions(granted["kek"]))
+        assert run(capsys, "contract", "grant", "--contract", str(contract), "--did", TDP)[0] == 0
+        assert len(vault.store.versions(granted["kek"])) == versions
+    assert keks[0] != keks[1]
 
 
 def test_tdc_publish_model_then_fetch_output(capsys, tmp_path, services, vault):
     (tmp_path / "model.onnx").write_bytes(covid_model.covid_onnx())
     (tmp_path / "training.json").write_text(json.dumps(covid_model.covid_training_config()))
+    keys_before = vault.store.names()
     code, out, err = run(capsys, "tdc", "publish-model", "--model", str(tmp_path / "model.onnx"),
-                         "--training", str(tmp_path / "training.json"), "--contract-id", "covid-2",
-                         "--hostdata", HOSTDATA)
+                         "--training", str(tmp_path / "training.json"))
     assert code == 0, err
     result = json.loads(out)
     key_file = Path(result["output_key_file"])
     assert key_file.parent == tmp_path / "keys" and stat.S_IMODE(key_file.stat().st_mode) == 0o600
-    assert json.loads(key_file.read_text())["kid"] == result["output_key_kid"]
+    assert json.loads(key_file.read_text())["key_id"] == result["output_key_id"]
     output_key = bytes.fromhex(json.loads(key_file.read_text())["k"])
-    assert output_key == _vault_key(vault, "covid-2-output") and output_key.hex() not in out
-    for name in ("covid-2-model", "covid-2-output"):
-        properties = _stored_key(vault, name).properties
-        assert properties.exportable and json.loads(properties.release_policy.encoded_policy) == \
-            build_release_policy(MAA_URL, HOSTDATA)
+    assert output_key.hex() not in out and vault.store.names() == keys_before
 
     model = result["model"]
-    assert model["blob"] == f"{storage_names.MODELS}/{storage_names.model_blob('covid-2')}"
+    assert model["blob"] == f"{storage_names.MODELS}/{storage_names.model_blob(model['key_id'])}"
+    model_key = bytes.fromhex(json.loads((tmp_path / "keys" / f"{model['key_id']}.key.json").read_text())["k"])
     _download(model["blob"], tmp_path / "model.ccr")
-    package.decrypt_file(tmp_path / "model.ccr", tmp_path / "model.zip", _vault_key(vault, "covid-2-model"))
+    package.decrypt_file(tmp_path / "model.ccr", tmp_path / "model.zip", model_key)
     with zipfile.ZipFile(tmp_path / "model.zip") as archive:
         assert sorted(archive.namelist()) == ["model.onnx", "training.json"]
         assert archive.read("model.onnx") == (tmp_path / "model.onnx").read_bytes()
         assert json.loads(archive.read("training.json")) == covid_model.covid_training_config()
 
-    # the trainer's side: output zip encrypted with the released output key, uploaded
+    # the trainer's side: output zip encrypted with the (granted) output key, uploaded
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("model.onnx", b"trained")
         archive.writestr("metrics.json", "{}")
         archive.writestr("privacy.json", "{}")
     (tmp_path / "out.zip").write_bytes(buffer.getvalue())
-    package.encrypt_file(tmp_path / "out.zip", tmp_path / "out.ccr", output_key, result["output_key_kid"],
+    package.encrypt_file(tmp_path / "out.zip", tmp_path / "out.ccr", output_key, result["output_key_id"],
                          "application/vnd.ccr.output+zip")
     outputs = azure_clients.blob_service().get_container_client(storage_names.OUTPUTS)
     if not outputs.exists():
