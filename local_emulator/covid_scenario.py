@@ -170,14 +170,15 @@ class CovidScenario:
                  "--trainer-image", self.trainer_image, "--out", str(payload))
         return payload
 
-    def sign_and_submit(self, payload: Path, parties=None) -> dict:
-        """Each party signs (and grants its keys to this contract) in turn; then one submits."""
+    def sign_and_submit(self, payload: Path, without_grant: tuple[str, ...] = ()) -> dict:
+        """Each party signs (and, unless named in `without_grant`, grants its keys to this
+        contract) in turn; then the last one submits."""
         envelope = None
-        for party in parties or self.identities:
-            identity = self.identities[party]
+        for party, identity in self.identities.items():
             out = self.workdir / f"contract.{party}.cose"
             self.ccr("contract", "sign", "--contract", str(payload), "--did", identity["did"],
                      "--key", identity["key_file"], "--keys-dir", str(self.keys_dir(party)), "--out", str(out),
+                     *(["--no-grant"] if party in without_grant else []),
                      *(["--envelope", str(envelope)] if envelope else []))
             envelope = out
         self.submitted_at = time.monotonic()

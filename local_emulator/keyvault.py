@@ -145,6 +145,9 @@ class KeyVaultTwin:
         self._signing_key = jwk.JWK.from_pem(tls.server_private_key_pem())
         self._x5c = [base64.b64encode(_pem_to_der(pem)).decode() for pem in tls.server_certificate_chain_pem()]
         self._server = LoopbackServer(self._route, tls.server_context(), port=port, host=host, name="keyvault-twin")
+        # The audit trail of release operations (what Key Vault's AuditEvent logs record):
+        # (key name, "granted" | "refused"), never key material or tokens.
+        self.releases: list[tuple[str, str]] = []
 
     @property
     def url(self) -> str:
@@ -347,6 +350,15 @@ class KeyVaultTwin:
     # --- secure key release -------------------------------------------------------------
 
     def _release(self, name: str, version: str | None, body: dict, query: dict) -> dict:
+        try:
+            result = self._released(name, version, body, query)
+        except VaultError:
+            self.releases.append((name, "refused"))
+            raise
+        self.releases.append((name, "granted"))
+        return result
+
+    def _released(self, name: str, version: str | None, body: dict, query: dict) -> dict:
         record = self.store.get(name, version)
         target = body.get("target")
         if not isinstance(target, str) or not target:

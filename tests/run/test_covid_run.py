@@ -42,7 +42,8 @@ def test_covid_run_survives_a_host_crash_and_delivers_the_model(stack, scenario_
 
     record = run_record(stack, run_id)
     assert record["status"] == "succeeded" and record["phase"] == "finished"
-    for phase in ("validating", "checking_keys", "deploying", "training", "cleaning_up", "notifying"):
+    for phase in ("validating", "gathering_key_grants", "reserving_budget", "deploying", "training", "cleaning_up",
+                  "notifying"):
         assert {"started", "ended"} <= set(record["phases"][phase]), phase
     assert record["privacy_budget_spent"] == {name: privacy["epsilon"] for name in ("icmr", "cowin", "index")}
     assert record["trainer_log_tail"], "the trainer's log tail is kept in the run record"

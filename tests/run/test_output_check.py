@@ -13,8 +13,8 @@ from azure.storage.blob import BlobClient, BlobSasPermissions, BlobServiceClient
 from orchestrations.run_steps import output_problem
 from shared import package, storage_names
 
-OUTPUT_KID = "https://vault.test/keys/tdc-output/1"
-PAYLOAD = {"tdc": {"output": {"key_kid": OUTPUT_KID}}}
+OUTPUT_KID = "output-1a2b3c"
+PAYLOAD = {"tdc": {"output": {"key_id": OUTPUT_KID}}}
 
 
 def _package(key_id: str, plaintext: bytes) -> tuple[bytes, str]:

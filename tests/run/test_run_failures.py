@@ -3,17 +3,18 @@ left behind; and contracts that must be refused without starting anything."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import requests
 from azure.storage.blob import BlobServiceClient
 
+from ccr.common import contract_policy, create_kek, load_local_key, upload_text
+from ccr.contract import grant_keys
 from local_emulator.covid_scenario import CommandFailed, _environment
 from shared import contract as contracts
 from shared import did as dids
-from shared import events, storage_names
+from shared import events, key_grants, storage_names
 from local_emulator.stack import wait_for
 from shared.run_records import run_id_for
 from tests.run.conftest import groups_created, remaining_groups, run_record
@@ -48,25 +49,59 @@ def test_tampered_input_fails_validation_and_deploys_nothing(stack, scenario_fac
     tampered = scenario.workdir / "icmr.tampered.csv"
     lines = (scenario.workdir / "icmr.prepared.csv").read_text().splitlines()
     tampered.write_text("\n".join(lines[:-1]) + "\n")  # one row quietly removed
-    scenario.ccr("tdp", "publish", "--input", str(tampered), "--contract-id", scenario.contract_id,
-                 "--dataset", "icmr", "--key-name", f"{scenario.contract_id}-icmr-2",
-                 "--trainer-image", scenario.trainer_image)
-    scenario.published["icmr"] = genuine  # the contract pins what the parties agreed on
+    other = scenario.ccr("tdp", "publish", "--input", str(tampered), "--dataset", "icmr",
+                         "--keys-dir", str(scenario.keys_dir("icmr")))
+    blobs = BlobServiceClient.from_connection_string(stack.settings["CCR_STORAGE_CONNECTION"])
+    replaced = blobs.get_blob_client(*storage_names_split(genuine["blob"]))
+    replaced.upload_blob(blobs.get_blob_client(*storage_names_split(other["blob"])).download_blob().readall(),
+                         overwrite=True)  # the package the contract pins, swapped in place
 
     notice = _submit(scenario)
     _assert_failed_before_deploying(stack, scenario, notice, "validating", "does not match the contract")
 
 
-def test_key_bound_to_another_trainer_fails_before_deploying(stack, scenario_factory):
+def storage_names_split(path: str) -> tuple[str, str]:
+    container, _, name = path.partition("/")
+    return container, name
+
+
+def test_a_provider_that_signed_without_granting_stops_the_run_before_any_reservation(stack, scenario_factory):
     scenario = scenario_factory()
     scenario.publish_inputs()
-    scenario.published["cowin"] = scenario.ccr(
-        "tdp", "publish", "--input", str(scenario.workdir / "cowin.prepared.csv"), "--contract-id",
-        scenario.contract_id, "--dataset", "cowin", "--key-name", f"{scenario.contract_id}-cowin-2",
-        "--hostdata", "ab" * 32)
+    scenario.create_identities()
+    scenario.sign_and_submit(scenario.write_contract(), without_grant=("cowin",))
+    notice = scenario.wait_for_notice(180)
+    record = _assert_failed_before_deploying(
+        stack, scenario, notice, "gathering_key_grants",
+        f"no key grant for dataset cowin (granted by {scenario.identities['cowin']['did']})")
+    assert "reserving_budget" not in record["phases"]  # consent first: nothing was reserved
 
-    notice = _submit(scenario)
-    _assert_failed_before_deploying(stack, scenario, notice, "checking_keys", "key for cowin")
+
+def test_a_grant_bound_to_another_trainer_group_stops_the_run(stack, scenario_factory):
+    """cowin's KEK for this contract exists and wraps its real data key, but its release policy
+    pins other host data (another trainer image): the control plane refuses before reserving
+    or deploying anything."""
+    scenario = scenario_factory()
+    scenario.publish_inputs()
+    scenario.create_identities()
+    path = scenario.write_contract()
+    payload = json.loads(path.read_text())
+    digest = contracts.payload_digest(contracts.canonical_json(payload))
+    cowin = scenario.identities["cowin"]["did"]
+    subject = f"dataset:{cowin}/cowin"
+    other = {**payload, "workloads": {"training": {**payload["workloads"]["training"],
+                                                   "image": "ccr-trainer@sha256:" + "ab" * 32}}}
+    with _environment(stack.settings):
+        kek = key_grants.kek_name(digest, subject)
+        public = create_kek(payload["tdps"][1]["key_vault"], kek,
+                            contract_policy(stack.settings["CCR_MAA_URL"], other, digest))
+        data_key = load_local_key(scenario.keys_dir("cowin"), scenario.published["cowin"]["key_id"])
+        upload_text(storage_names.GRANTS, key_grants.grant_blob(digest, subject),
+                    key_grants.wrap(data_key, public, kek, scenario.published["cowin"]["key_id"]))
+    scenario.sign_and_submit(path, without_grant=("cowin",))
+    notice = scenario.wait_for_notice(180)
+    _assert_failed_before_deploying(stack, scenario, notice, "gathering_key_grants",
+                                    "does not admit this contract's trainer group")
 
 
 def test_trainer_past_its_deadline_is_killed_and_its_group_deleted(stack, scenario_factory):
@@ -133,11 +168,14 @@ def test_modified_trainer_image_is_refused_and_the_tdc_told(stack, scenario_fact
 
 @pytest.fixture
 def ready_contract(stack, scenario_factory):
-    """Inputs published and identities registered: only a good contract is missing."""
+    """Inputs published, identities registered, keys granted: only a good envelope is missing."""
     scenario = scenario_factory()
     scenario.publish_inputs()
     scenario.create_identities()
     payload = json.loads(scenario.write_contract().read_text())
+    with _environment(stack.settings):
+        for party, identity in scenario.identities.items():
+            grant_keys(payload, identity["did"], scenario.keys_dir(party), stack.settings["CCR_MAA_URL"])
     keys = {party: dids.Identity(identity["did"], dids.load_private_key(Path(identity["key_file"])))
             for party, identity in scenario.identities.items()}
     return scenario, payload, keys
@@ -221,29 +259,32 @@ def test_replayed_contract_gets_the_same_answer_and_one_run(stack, ready_contrac
     assert requests_without_key.status_code == 401
 
 
-def test_a_dataset_whose_budget_is_spent_is_refused_in_a_later_contract(stack, scenario_factory):
+def test_a_population_whose_budget_is_spent_is_refused_even_under_a_new_pseudonym_key(stack, scenario_factory):
+    """The budget belongs to the provider's dataset (its DID and name), not to a file: the same
+    providers re-preparing the same people under a new pseudonym key (new digests, new data
+    keys) in a new contract are refused before any reservation or deployment."""
     first = scenario_factory()
     first.publish_inputs()
     assert _submit(first)["status"] == "succeeded"
 
-    second = scenario_factory()  # the same tables (same pseudonym key, same digests), a new contract
-    second.workdir.mkdir(parents=True, exist_ok=True)
-    shutil.copy(first.workdir / "pseudonym.key", second.workdir / "pseudonym.key")
+    second = scenario_factory()  # a fresh pseudonym key: every prepared file differs
     second.publish_inputs()
-    assert {n: p["sha256"] for n, p in second.published.items()} == {n: p["sha256"] for n, p in first.published.items()}
-    notice = _submit(second)
-    # what is left (1.5 minus the epsilon the first run spent) is far below the TDC's ask:
-    # the trainer refuses before it asks for any key or reads any row
-    assert notice["status"] == "failed" and "PrivacyBudgetError" in notice["reason"], notice
-    assert "remaining budget is 0.00" in notice["reason"]
+    assert all(second.published[n]["sha256"] != first.published[n]["sha256"] for n in first.published)
+    second.identities = first.identities  # the same providers and TDC sign again
+    second.sign_and_submit(second.write_contract())
+    notice = second.wait_for_notice(180)
+    record = _assert_failed_before_deploying(stack, second, notice, "reserving_budget",
+                                             "privacy budget of dataset icmr is exhausted")
     assert notice["output_blob"] is None
+    spent = run_record(stack, run_id_for(first.contract_id))["privacy_budget_spent"]
+    assert set(record["privacy_budget_spent"].values()) == {0.0} and set(spent.values()) != {0.0}
 
 
 def test_contract_before_its_last_input_then_that_input_twice_starts_one_run(stack, scenario_factory):
     scenario = scenario_factory()
     scenario.publish_inputs()
     blobs = BlobServiceClient.from_connection_string(stack.settings["CCR_STORAGE_CONNECTION"])
-    model = blobs.get_blob_client("models", f"{scenario.contract_id}/model.ccr")
+    model = blobs.get_blob_client(*storage_names_split(scenario.model["model"]["blob"]))
     package = model.download_blob().readall()
     model.delete_blob()
 
