@@ -24,6 +24,10 @@ class PrivacyBudget:
     def _name(identity: str) -> str:
         return f"budget/{hashlib.sha256(identity.encode()).hexdigest()}.json"
 
+    def runs(self, identity: str) -> dict[str, dict]:
+        """Each run's entry (epsilon, delta, reserved or spent) against this population."""
+        return (self._blobs.get(self._name(identity)) or {"runs": {}})["runs"]
+
     def spent_excluding(self, identity: str, run_id: str | None) -> float:
         """Epsilon spent or reserved by every run but `run_id` (a retried admission)."""
         ledger = self._blobs.get(self._name(identity)) or {"runs": {}}

@@ -1,0 +1,206 @@
+"""The clean room's first promise against a dishonest party: a provider's data is used only
+under a contract that provider signed. The attacks below run on the whole local stack; each
+must be refused before any of the victim's keys is released, leave the attacker nothing, and
+leave the victim's privacy budget as it was."""
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from pathlib import Path
+
+import cbor2
+import pytest
+
+from ccr.common import save_local_key
+from local_emulator.covid_scenario import CovidScenario, _environment
+from local_emulator.stack import RESOURCE_GROUP, wait_for
+from orchestrations import deployment
+from shared import azure_clients, key_grants, storage_names
+from shared import contract as contracts
+from shared import did as dids
+from shared.privacy_budget import PrivacyBudget
+from tests.run.conftest import groups_created, run_record
+
+
+@pytest.fixture(scope="module")
+def victim(stack, tmp_path_factory):
+    """Three honest providers and their TDC, after one successful run of their own contract."""
+    scenario = CovidScenario(stack, tmp_path_factory.mktemp("victim"), contract_id="victim", echo=lambda _: None)
+    try:
+        scenario.publish_inputs()
+        scenario.create_identities()
+        path = scenario.write_contract()
+        scenario.sign_and_submit(path)
+        assert scenario.wait_for_notice(240)["status"] == "succeeded"
+        scenario.payload = json.loads(path.read_text())
+        scenario.digest = contracts.payload_digest(contracts.canonical_json(scenario.payload))
+        scenario.envelope = (scenario.workdir / "contract.index.cose").read_bytes()
+        yield scenario
+    finally:
+        scenario.close()
+
+
+def _victim_budget(stack, victim) -> dict[str, list]:
+    with _environment(stack.settings):
+        azure_clients.blob_service.cache_clear()
+        budget = PrivacyBudget(azure_clients.blob_service())
+        return {dataset["name"]: budget.runs(contracts.dataset_identity(did, dataset))
+                for did, dataset in contracts.datasets(victim.payload)}
+
+
+def payload_of(scenario) -> dict:
+    return json.loads((scenario.workdir / "contract.json").read_text())
+
+
+def digest_of(scenario) -> str:
+    return contracts.payload_digest(contracts.canonical_json(payload_of(scenario)))
+
+
+def _victim_keks(victim) -> set[str]:
+    return {key_grants.kek_name(victim.digest, s.subject) for s in key_grants.subjects(victim.payload)}
+
+
+def _granted(stack, names: set[str], since: int) -> list[str]:
+    """Which of `names` Key Vault released after its `since`-th release operation."""
+    return [name for name, outcome in stack.keyvault.releases[since:] if name in names and outcome == "granted"]
+
+
+def _copy_victim_datasets(stack, victim, attacker) -> None:
+    """The attacker copies the victim's encrypted datasets to a place of its own and names them,
+    with their digests and data key ids, in its own contract with itself as every provider."""
+    with _environment(stack.settings):
+        azure_clients.blob_service.cache_clear()
+        service = azure_clients.blob_service()
+        for name, published in victim.published.items():
+            source = service.get_blob_client(*published["blob"].split("/", 1))
+            target = f"evil/{name}/{published['key_id']}.ccr"
+            service.get_blob_client(storage_names.DATASETS, target).upload_blob(
+                source.download_blob().readall(), overwrite=True)
+            attacker.published[name] = {**published, "dataset": name, "blob": f"{storage_names.DATASETS}/{target}"}
+            (attacker.workdir / f"{name}.published.json").write_text(json.dumps(attacker.published[name]))
+
+
+@pytest.fixture
+def attacker(stack, scenario_factory, victim):
+    scenario = scenario_factory()
+    scenario.build_trainer_image()
+    scenario.publish_model()     # the attacker is the TDC, with its own model and output key
+    _copy_victim_datasets(stack, victim, scenario)
+    scenario.create_identities()
+    return scenario
+
+
+def test_a_contract_the_victim_never_signed_gets_no_grant_and_starts_nothing(stack, victim, attacker):
+    budget_before, releases_before = _victim_budget(stack, victim), len(stack.keyvault.releases)
+    attacker.sign_and_submit(attacker.write_contract(epsilon=60.0), without_grant=("icmr", "cowin", "index"))
+    notice = attacker.wait_for_notice(180)
+    assert notice["status"] == "failed" and "no key grant for dataset icmr" in notice["reason"], notice
+    record = run_record(stack, notice["run_id"])
+    assert record["failed_phase"] == "gathering_key_grants" and "reserving_budget" not in record["phases"]
+    assert groups_created(stack, attacker.contract_id) == 0 and notice["output_blob"] is None
+    assert len(stack.keyvault.releases) == releases_before  # nothing was even asked of Key Vault
+    assert _victim_budget(stack, victim) == budget_before
+
+
+def test_forged_grants_release_only_the_attackers_own_keys_and_decrypt_nothing(stack, victim, attacker):
+    """The attacker 'grants' made-up data keys under the victim's key ids with KEKs of its own:
+    the run deploys (those grants pin the attacker's contract), but the victim's packages do
+    not open under them, the victim's KEKs are never released, and its budget is untouched."""
+    budget_before, releases_before = _victim_budget(stack, victim), len(stack.keyvault.releases)
+    for party in ("icmr", "cowin", "index"):
+        save_local_key(attacker.keys_dir(party), victim.published[party]["key_id"], secrets.token_bytes(32))
+    attacker.sign_and_submit(attacker.write_contract(epsilon=60.0))
+    notice = attacker.wait_for_notice(240)
+    assert notice["status"] == "failed" and "WrongKey" in notice["reason"], notice
+    assert notice["output_blob"] is None
+    assert _granted(stack, _victim_keks(victim), releases_before) == []
+    attackers = {key_grants.kek_name(digest_of(attacker), s.subject) for s in key_grants.subjects(payload_of(attacker))}
+    assert set(_granted(stack, attackers, releases_before)) >= {key_grants.kek_name(digest_of(attacker), "model")}
+    assert _victim_budget(stack, victim) == budget_before
+
+
+# --- the control plane bypassed: container groups deployed straight on the ACI twin ----------
+
+def _deploy_directly(stack, record: dict) -> str:
+    """What a party holding ARM rights could do: deploy a trainer group of its choosing with the
+    real trainer image; returns the trainer's log once it has exited (the group is deleted)."""
+    run = {"run_id": f"run-{secrets.token_hex(8)}", "deadline_seconds": 300}
+    name = f"direct-{run['run_id']}"
+    with _environment(stack.settings):
+        azure_clients.blob_service.cache_clear()
+        client = azure_clients.container_client()
+        client.container_groups.begin_create_or_update(
+            RESOURCE_GROUP, name, deployment.trainer_container_group(run, record)).result()
+
+        def exited():
+            trainer = client.container_groups.get(RESOURCE_GROUP, name).containers[0]
+            return trainer.instance_view.current_state.state == "Terminated"
+        wait_for(exited, 180, what="the directly deployed trainer to exit")
+        logs = client.containers.list_logs(RESOURCE_GROUP, name, "trainer").content or ""
+        client.container_groups.begin_delete(RESOURCE_GROUP, name).result()
+    return logs
+
+
+def _record(payload: dict, digest: str, envelope: bytes) -> dict:
+    return {"payload": payload, "digest": digest, "envelope": base64.b64encode(envelope).decode()}
+
+
+def _signed(victim, payload: dict, parties=("tdc", "icmr", "cowin", "index")) -> bytes:
+    keys = [dids.Identity(victim.identities[p]["did"], dids.load_private_key(Path(victim.identities[p]["key_file"])))
+            for p in parties]
+    return contracts.sign_contract(payload, keys)
+
+
+def test_the_victims_group_handed_another_contract_refuses_before_any_key(stack, victim, attacker):
+    """The victim's measured policy (its contract digest), but CCR_CONTRACT carrying the
+    attacker's fully signed contract: the trainer sees the digest differ and asks for nothing."""
+    attacker.sign_and_submit(attacker.write_contract(epsilon=60.0), without_grant=("icmr", "cowin", "index"))
+    forged = (attacker.workdir / "contract.index.cose").read_bytes()
+    releases_before = len(stack.keyvault.releases)
+    logs = _deploy_directly(stack, _record(victim.payload, victim.digest, forged))
+    assert "failed: ConsentError: the contract handed to the trainer is not the one its container policy " \
+           "was measured with" in logs, logs
+    assert len(stack.keyvault.releases) == releases_before
+
+
+def test_the_attackers_own_group_cannot_have_the_victims_keys(stack, victim, attacker):
+    """The attacker's contract in a group measured with it: consent checks pass (the attacker
+    signed everything), but no KEK exists for that contract and the victim's KEKs pin the
+    victim's contract, so nothing of the victim's is released."""
+    path = attacker.write_contract(epsilon=60.0)
+    attacker.sign_and_submit(path, without_grant=("icmr", "cowin", "index"))
+    payload = json.loads(path.read_text())
+    digest = contracts.payload_digest(contracts.canonical_json(payload))
+    envelope = (attacker.workdir / "contract.index.cose").read_bytes()
+    releases_before = len(stack.keyvault.releases)
+    logs = _deploy_directly(stack, _record(payload, digest, envelope))
+    assert "failed: KeyReleaseError" in logs or "failed: BlobAccessError" in logs, logs
+    assert _granted(stack, _victim_keks(victim), releases_before) == []
+
+
+@pytest.mark.parametrize("case", ["changed after signing", "a provider signed an older version",
+                                  "a provider missing", "the TDC missing"])
+def test_contract_matrix_in_a_directly_deployed_group_releases_nothing(stack, victim, case):
+    """Each envelope deployed in a group whose policy carries ITS payload's digest (so the
+    digest check passes): the trainer's own signature check refuses, with the reason in its
+    log, before any key is asked for."""
+    payload = {**victim.payload, "purpose": "the same parties, other terms"}
+    if case == "changed after signing":
+        body = cbor2.loads(_signed(victim, victim.payload))
+        body.value[2] = contracts.canonical_json(payload)  # every signature is over the old terms
+        envelope, expected = cbor2.dumps(body), "BadSignature"
+    elif case == "a provider signed an older version":
+        body = cbor2.loads(_signed(victim, payload, ("tdc", "icmr", "index")))
+        body.value[3].append(cbor2.loads(_signed(victim, victim.payload, ("cowin",))).value[3][0])
+        envelope, expected = cbor2.dumps(body), "BadSignature"
+    elif case == "a provider missing":
+        envelope, expected = _signed(victim, payload, ("tdc", "icmr", "index")), "MissingSigner"
+    else:
+        envelope, expected = _signed(victim, payload, ("icmr", "cowin", "index")), "MissingSigner"
+    measured = contracts.envelope_signers(envelope)[0]
+    digest = contracts.payload_digest(contracts.canonical_json(measured))
+    releases_before = len(stack.keyvault.releases)
+    logs = _deploy_directly(stack, _record(measured, digest, envelope))
+    assert "failed: ConsentError: the contract is not signed by every party: " + expected in logs, logs
+    assert len(stack.keyvault.releases) == releases_before
