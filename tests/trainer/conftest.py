@@ -1,4 +1,5 @@
-"""Shared fixtures for the trainer tests: the COVID inputs, Azurite, an Event Grid topic."""
+"""Shared fixtures for the trainer tests: the COVID inputs, Azurite, an Event Grid topic, the
+parties' DID host (HTTPS on loopback, its own CA)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +8,8 @@ import pytest
 
 from shared.pipeline import JoinSpec
 from local_emulator import covid_reference as covid_model
-from tests.trainer.harness import EVENT_KEY, EventGridTopic
+from local_emulator import tls as loopback_tls
+from tests.trainer.harness import EVENT_KEY, DidHost, EventGridTopic
 
 COVID_DATA = covid_model.COVID_DATA
 
@@ -33,3 +35,11 @@ def topic():
     server = EventGridTopic(EVENT_KEY).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def did_host(tmp_path_factory):
+    """The parties' did:web documents, served over HTTPS on 127.0.0.1 (trust `did_host.ca_bundle`)."""
+    host = DidHost(loopback_tls.load_or_create(tmp_path_factory.mktemp("did-host"))).start()
+    yield host
+    host.stop()

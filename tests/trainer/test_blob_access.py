@@ -1,9 +1,10 @@
 """What the trainer can do in storage with what the control plane gives it, proved against
 Azurite (which enforces SAS permissions): the per-blob SAS URLs of the container group spec
-read the run's inputs and create its output once, and nothing else; the spec carries no
+read the run's inputs (packages and their grants) and create its output once, and nothing else; the spec carries no
 connection string or account key."""
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 import uuid
@@ -16,12 +17,14 @@ from azure.storage.blob import BlobClient, BlobServiceClient, ContainerClient
 
 from local_emulator.azurite import ACCOUNT_KEY
 from orchestrations import deployment
-from shared import azure_clients, storage_names
+from shared import azure_clients, contract, did, key_grants, storage_names
 from shared.blob_sas import READ_ONLY, SasError, blob_sas_url
-from shared.container_group import TRAINER_CONTAINER_NAME
+from shared.container_group import TRAINER_CONTAINER_NAME, policy_template_sha256, training_cce_policy
+from shared.contract_store import contract_inputs
 from shared.credentials import StaticTokenCredential
 
 DEADLINE_SECONDS = 600
+IMAGE = f"ccr-trainer@sha256:{'a' * 64}"
 
 
 @pytest.fixture
@@ -29,13 +32,13 @@ def service(azurite, tmp_path, monkeypatch) -> BlobServiceClient:
     """The control plane's settings: storage from AzureWebJobsStorage only, no emulator state."""
     monkeypatch.delenv("CCR_STORAGE_CONNECTION", raising=False)
     for name, value in {"AzureWebJobsStorage": azurite.connection_string, "CCR_EMULATOR_DIR": str(tmp_path),
-                        "CCR_MAA_URL": "https://maa.test", "CCR_KEYVAULT_URL": "https://vault.test",
+                        "CCR_MAA_URL": "https://maa.test",
                         "CCR_EVENTGRID_TOPIC_URL": "http://127.0.0.1:9/api/events",
                         "CCR_EVENTGRID_KEY": "topic-key"}.items():
         monkeypatch.setenv(name, value)
     azure_clients.blob_service.cache_clear()
     service = BlobServiceClient.from_connection_string(azurite.connection_string)
-    for container in (storage_names.DATASETS, storage_names.MODELS, storage_names.OUTPUTS):
+    for container in (storage_names.DATASETS, storage_names.MODELS, storage_names.OUTPUTS, storage_names.GRANTS):
         if not service.get_container_client(container).exists():
             service.create_container(container)
     yield service
@@ -44,42 +47,52 @@ def service(azurite, tmp_path, monkeypatch) -> BlobServiceClient:
 
 
 def _publish(service: BlobServiceClient, contract_id: str) -> dict:
-    """Input blobs of a contract and the payload naming them; returns {payload, contents}."""
+    """A signed schema-2 contract, its input blobs and its grants; returns {record, contents}
+    (`record` as the contract store keeps it: payload, digest, base64 envelope)."""
+    identities = {name: did.Identity.generate(f"did:web:parties.test:{contract_id}-{name}")
+                  for name in ("tdc", "icmr", "cowin")}
+    key_id = lambda name: f"{contract_id}-{name}"
+    datasets = [{"name": name, "version": 1,
+                 "blob": f"{storage_names.DATASETS}/{storage_names.dataset_blob(name, key_id(name))}",
+                 "sha256": "0" * 64, "key_id": key_id(name), "epsilon": 1.5, "epsilon_threshold": 1.5}
+                for name in ("icmr", "cowin")]
+    payload = {"schema_version": 2, "contract_id": contract_id, "purpose": "storage access",
+               "valid_from": "2020-01-01T00:00:00Z", "valid_until": "2099-01-01T00:00:00Z",
+               "tdc": {"did": identities["tdc"].did, "key_vault": "https://tdc.vault.test",
+                       "model": {"blob": f"{storage_names.MODELS}/{storage_names.model_blob(key_id('model'))}",
+                                 "sha256": "0" * 64, "key_id": key_id("model")},
+                       "output": {"key_id": key_id("output")}},
+               "tdps": [{"did": identities[d["name"]].did, "key_vault": f"https://{d['name']}.vault.test",
+                         "datasets": [d]} for d in datasets],
+               "privacy": {"delta": 1e-5}, "evaluation": {"validation_split": 0.2, "min_joined_rows": 100},
+               "workloads": {"training": {"image": IMAGE, "policy_template_sha256": policy_template_sha256(IMAGE),
+                                          "join": {}, "deadline_seconds": DEADLINE_SECONDS}}}
+    envelope = contract.sign_contract(payload, list(identities.values()))
+    digest = contract.payload_digest(contract.canonical_json(payload))
     contents = {}
-    for path in (f"{storage_names.DATASETS}/{storage_names.dataset_blob(contract_id, 'icmr')}",
-                 f"{storage_names.DATASETS}/{storage_names.dataset_blob(contract_id, 'cowin')}",
-                 f"{storage_names.MODELS}/{storage_names.model_blob(contract_id)}"):
+    paths = [item["blob"] for item in contract_inputs(payload)]
+    grants = [key_grants.grant_path(digest, s.subject) for s in key_grants.subjects(payload)]
+    for path in paths + grants:
         contents[path] = secrets.token_bytes(64)
         container, _, name = path.partition("/")
         service.get_blob_client(container, name).upload_blob(contents[path])
-    datasets = [{"name": name, "blob": f"{storage_names.DATASETS}/{storage_names.dataset_blob(contract_id, name)}",
-                 "sha256": "0" * 64, "key_kid": f"https://vault.test/keys/{name}/1", "epsilon_threshold": 1.5}
-                for name in ("icmr", "cowin")]
-    payload = {"contract_id": contract_id,
-               "tdc": {"did": "did:web:tdc",
-                       "model": {"blob": f"{storage_names.MODELS}/{storage_names.model_blob(contract_id)}",
-                                 "sha256": "0" * 64, "key_kid": "https://vault.test/keys/model/1"},
-                       "output": {"key_kid": "https://vault.test/keys/output/1"}},
-               "tdps": [{"did": f"did:web:{d['name']}", "datasets": [d]} for d in datasets],
-               "privacy": {"delta": 1e-5},
-               "pipeline": {"join": {}, "deadline_seconds": DEADLINE_SECONDS,
-                            "trainer_image": f"ccr-trainer@sha256:{'a' * 64}"}}
-    return {"payload": payload, "contents": contents}
+    record = {"payload": payload, "digest": digest, "envelope": base64.b64encode(envelope).decode()}
+    return {"record": record, "contents": contents, "grants": grants}
 
 
 @pytest.fixture
 def run(service):
     """A deployable run of contract A, its spec and SAS set, and contract B's blobs beside it."""
     mine, other = _publish(service, f"a-{uuid.uuid4().hex[:8]}"), _publish(service, f"b-{uuid.uuid4().hex[:8]}")
-    run = {"run_id": f"run-{secrets.token_hex(8)}", "contract_id": mine["payload"]["contract_id"],
-           "deadline_seconds": DEADLINE_SECONDS, "epsilon_budget": 1.5}
+    run = {"run_id": f"run-{secrets.token_hex(8)}", "contract_id": mine["record"]["payload"]["contract_id"],
+           "deadline_seconds": DEADLINE_SECONDS}
     signed_at = datetime.now(timezone.utc)
-    group = deployment.trainer_container_group(run, mine["payload"])
+    group = deployment.trainer_container_group(run, mine["record"])
     trainer = next(c for c in group.containers if c.name == TRAINER_CONTAINER_NAME)
     env = {v.name: v for v in trainer.environment_variables}
     return {"run": run, "group": group, "env": env, "urls": json.loads(env["CCR_BLOB_URLS"].secure_value),
-            "inputs": mine["contents"], "other": other["contents"], "output": storage_names.output_path(run["run_id"]),
-            "signed_at": signed_at}
+            "inputs": mine["contents"], "grants": mine["grants"], "other": other["contents"],
+            "record": mine["record"], "output": storage_names.output_path(run["run_id"]), "signed_at": signed_at}
 
 
 def _refused(action) -> int:
@@ -97,6 +110,7 @@ def _client(path: str, sas_url: str, service: BlobServiceClient) -> BlobClient:
 def test_the_sas_set_is_exactly_the_runs_blobs_read_only_and_create_only(run):
     urls = run["urls"]
     assert set(urls) == {*run["inputs"], run["output"]}
+    assert set(run["grants"]) < set(run["inputs"]) and len(run["grants"]) == 4  # each dataset's, model's, output's
     for path, url in urls.items():
         query = parse_qs(urlsplit(url).query)
         assert query["sp"] == (["c"] if path == run["output"] else ["r"]), path
@@ -150,7 +164,7 @@ def test_no_sas_of_the_set_lists_containers_or_blobs(run, service):
     for sas_url in run["urls"].values():
         token = urlsplit(sas_url).query
         assert _refused(lambda: list(BlobServiceClient(service.url, credential=token).list_containers())) == 403
-        for container in (storage_names.DATASETS, storage_names.MODELS, storage_names.OUTPUTS):
+        for container in (storage_names.DATASETS, storage_names.MODELS, storage_names.OUTPUTS, storage_names.GRANTS):
             assert _refused(lambda: list(ContainerClient(service.url, container, credential=token).list_blobs())) == 403
 
 
@@ -164,6 +178,14 @@ def test_the_group_spec_has_no_connection_string_or_account_key(run, azurite):
             for value in (variable.value, variable.secure_value):
                 assert value is None or (ACCOUNT_KEY not in value and "AccountKey" not in value)
     assert run["env"]["CCR_BLOB_URLS"].value is None  # a secure value: ARM never returns it
+
+
+def test_the_trainer_gets_the_signed_envelope_and_the_digest_its_policy_pins(run):
+    env, record = run["env"], run["record"]
+    assert env["CCR_CONTRACT"].value == record["envelope"]
+    assert env["CCR_CONTRACT_DIGEST"].value == record["digest"]
+    assert run["group"].confidential_compute_properties.cce_policy == training_cce_policy(IMAGE, record["digest"])
+    assert "CCR_EPSILON_BUDGET" not in env  # the budget is the signed contract's, nothing else
 
 
 def test_an_https_endpoint_gets_https_only_sas():

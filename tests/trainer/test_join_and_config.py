@@ -83,3 +83,9 @@ def test_unknown_training_field_is_refused():
     config["callback"] = "os.system"
     with pytest.raises(PipelineConfigError, match="unknown field"):
         TrainingConfig.from_dict(config)
+
+
+def test_a_config_carrying_the_validation_split_is_refused():
+    """The split is a term of the signed contract (evaluation.validation_split), not the TDC's choice."""
+    with pytest.raises(PipelineConfigError, match="validation_split is a term of the contract"):
+        TrainingConfig.from_dict(covid_model.covid_training_config(validation_split=0.2))

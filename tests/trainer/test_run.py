@@ -1,9 +1,14 @@
-"""The trainer as the container runs it: encrypted inputs in Azurite, keys through the SKR
-sidecar API, the completion event to an Event Grid topic."""
+"""The trainer as the container runs it: a signed schema-2 contract whose envelope it verifies
+against the measured digest (DID documents over HTTPS), encrypted inputs in Azurite, data keys
+through per-contract grants whose KEKs come from the SKR sidecar API, the completion event to
+an Event Grid topic."""
 from __future__ import annotations
 
+import base64
+import copy
 import hashlib
 import json
+import re
 import uuid
 import zipfile
 
@@ -14,27 +19,53 @@ import pandas as pd
 import pytest
 from onnx import numpy_helper
 
-from shared import package, storage_names
+from shared import contract as contracts
+from shared import key_grants, package, storage_names
 from shared.pipeline import JoinSpec
 from local_emulator import covid_reference as covid_model
-from tests.trainer.harness import KeyReleaseStandIn, Stage, blob_urls, environment, run_trainer_process
+from tests.trainer.harness import (VALIDATION_SPLIT, KeyReleaseStandIn, RequestRecorder, Stage, blob_urls,
+                                   digest_of, environment, replace_payload, run_trainer_process)
 from trainer_container import run as trainer_run
 from trainer_container.dp_sgd import STATISTICS_NOISE_MULTIPLIER, noise_generator
 from trainer_container.features import split_and_scale
 from trainer_container.join import join_datasets
 
 CONTRACT_ID = "covid-test"
+DIGEST_DIFFERS = ("the contract handed to the trainer is not the one its container policy was measured with "
+                  "(CCR_CONTRACT_DIGEST differs)")
 
 
 def raw_tables() -> dict[str, pd.DataFrame]:
     return {name: pd.read_csv(covid_model.COVID_DATA / file) for name, file in covid_model.RAW_FILES.items()}
 
 
-def run_in_process(monkeypatch, stage, topic, contract, **extra_env):
+@pytest.fixture
+def stage_of(tmp_path, azurite, did_host):
+    def make(contract_id: str, folder: str | None = None) -> Stage:
+        where = tmp_path / folder if folder else tmp_path
+        where.mkdir(exist_ok=True)
+        return Stage(where, azurite, contract_id, dids=did_host)
+    return make
+
+
+@pytest.fixture
+def tripwire():
+    """Where blob URLs point when the trainer must download nothing: records every request."""
+    server = RequestRecorder().start()
+    yield server
+    server.stop()
+
+
+def tripwire_urls(tripwire, stage, signed) -> str:
+    """CCR_BLOB_URLS with every blob of the run on the tripwire."""
+    return json.dumps({path: f"{tripwire.url}/{path}" for path in blob_urls(stage, signed)})
+
+
+def run_in_process(monkeypatch, stage, topic, signed, **extra_env):
     """(exit code, progress lines, the key-release stand-in) of `trainer_run.main` in this process."""
-    sidecar = KeyReleaseStandIn(stage.keys).start()
+    sidecar = KeyReleaseStandIn(stage.keks, stage.kek_vaults).start()
     try:
-        for name, value in {**environment(stage, sidecar, topic, contract), **extra_env}.items():
+        for name, value in {**environment(stage, sidecar, topic, signed), **extra_env}.items():
             monkeypatch.setenv(name, value)
         lines = []
         return trainer_run.main(lines.append), lines, sidecar
@@ -42,11 +73,44 @@ def run_in_process(monkeypatch, stage, topic, contract, **extra_env):
         sidecar.stop()
 
 
+def released(sidecar) -> list[str]:
+    """The KEK names the trainer asked the sidecar for, in order."""
+    return [r["kid"] for r in sidecar.requests]
+
+
 def output_blob_exists(stage) -> bool:
     return stage.blobs.get_blob_client(storage_names.OUTPUTS, storage_names.output_blob(stage.run_id)).exists()
 
 
-def test_covid_end_to_end_with_canaries(tmp_path, azurite, topic):
+def assert_failed(code, lines, topic, stage, error_class: str, message: str) -> None:
+    """A clear failure: the exit code, the last progress line and the one Failed event agree."""
+    assert code != 0
+    assert lines[-1] == f"failed: {error_class}: {message}"
+    [event] = topic.events
+    assert event["eventType"] == "CCR.Trainer.Failed"
+    assert event["data"] == {"run_id": stage.run_id, "status": "failed", "error_class": error_class,
+                             "message": message}
+    assert not output_blob_exists(stage)
+
+
+def key_material(stage, *signed) -> list[str]:
+    """Values no message may carry: data keys, KEK names, contract digests, SAS signatures."""
+    values = ["sig="]
+    for dek in stage.deks.values():
+        values += [dek.hex(), base64.b64encode(dek).decode(), base64.urlsafe_b64encode(dek).decode().rstrip("=")]
+    values += list(stage.keks)
+    for contract in signed:
+        values.append(contract.digest)
+        values += [key_grants.kek_name(contract.digest, s.subject) for s in key_grants.subjects(contract.payload)]
+    return values
+
+
+def assert_names_no_value(text: str, values: list[str]) -> None:
+    for value in values:
+        assert value not in text
+
+
+def test_covid_end_to_end_with_canaries(stage_of, tmp_path, topic):
     """Planted identifiers (join keys, names, ids) must not appear anywhere that leaves."""
     tables, canaries = raw_tables(), []
     mobiles = tables["icmr"]["icmr_patient_mobilenumber"]
@@ -58,16 +122,20 @@ def test_covid_end_to_end_with_canaries(tmp_path, azurite, topic):
         marks = [f"CANARY{name}{uuid.uuid4().hex}" for _ in range(len(tables[name]))]
         tables[name][column] = marks
         canaries += marks[:50]
-    stage = Stage(tmp_path, azurite, CONTRACT_ID)
-    contract = stage.contract(tables, covid_model.covid_training_config(), covid_model.covid_join_spec())
-    sidecar = KeyReleaseStandIn(stage.keys).start()
+    stage = stage_of(CONTRACT_ID)
+    signed = stage.sign(stage.contract(tables, covid_model.covid_training_config(), covid_model.covid_join_spec()))
+    sidecar = KeyReleaseStandIn(stage.keks, stage.kek_vaults).start()
     try:
-        done = run_trainer_process(environment(stage, sidecar, topic, contract))
+        done = run_trainer_process(environment(stage, sidecar, topic, signed))
     finally:
         sidecar.stop()
     assert done.returncode == 0, done.stdout + done.stderr
     assert "joined 2119 rows: 1695 training, 424 validation, 10 features" in done.stdout
     assert sum("epoch" in line and "epsilon" in line for line in done.stdout.splitlines()) == 5
+    # every key came through its owner's grant to this contract: one KEK each, from the grantor's vault
+    assert sorted((r["kid"], r["akv_endpoint"], r["maa_endpoint"]) for r in sidecar.requests) == sorted(
+        (key_grants.kek_name(signed.digest, s.subject), s.key_vault.removeprefix("https://"), "maa.test")
+        for s in key_grants.subjects(signed.payload))
 
     [event] = topic.events
     assert event["eventType"] == "CCR.Trainer.Completed" and event["subject"] == f"runs/{stage.run_id}"
@@ -78,8 +146,7 @@ def test_covid_end_to_end_with_canaries(tmp_path, azurite, topic):
     encrypted = stage.blobs.get_blob_client(storage_names.OUTPUTS, storage_names.output_blob(stage.run_id))
     assert data["output_blob"] == encrypted.url
     (tmp_path / "out.ccr").write_bytes(encrypted.download_blob().readall())
-    output_key = stage.keys[contract["tdc"]["output"]["key_kid"]]
-    manifest = package.decrypt_file(tmp_path / "out.ccr", tmp_path / "out.zip", output_key)
+    manifest = package.decrypt_file(tmp_path / "out.ccr", tmp_path / "out.zip", stage.output_key(signed))
     assert manifest.sha256 == data["output_sha256"]
     assert hashlib.sha256((tmp_path / "out.zip").read_bytes()).hexdigest() == data["output_sha256"]
     with zipfile.ZipFile(tmp_path / "out.zip") as archive:
@@ -99,35 +166,100 @@ def test_covid_end_to_end_with_canaries(tmp_path, azurite, topic):
         assert not any(canary in text for text in leaving)
     assert not any("sig=" in text for text in leaving)  # the SAS URLs never leave either
     assert not any(str(m) in done.stdout for m in list(mobiles)[:50])
+    for value in key_material(stage):  # nor a data key or a KEK's name
+        assert not any(value in text for text in leaving)
 
 
 def assert_scaling_noise_is_secret(tmp_path, onnx_bytes):
     """The released scaling constants are neither the exact statistics nor what the TDC could
     recompute: the noise is not derived from the training config's seed, which the TDC chose."""
     initializers = {i.name: numpy_helper.to_array(i) for i in onnx.load_from_string(onnx_bytes).graph.initializer}
-    released = initializers["0.mean"]
+    released_mean = initializers["0.mean"]
     spec = JoinSpec.from_dict(covid_model.covid_join_spec())
     table = join_datasets(spec, {name: tmp_path / f"{name}.in" for name in covid_model.RAW_FILES})  # as staged
     config = covid_model.covid_training_config()
     for seed in range(config["seed"] - 2, config["seed"] + 3):
-        guess = split_and_scale(table, spec.feature_columns, spec.target, config["validation_split"], config["seed"],
+        guess = split_and_scale(table, spec.feature_columns, spec.target, VALIDATION_SPLIT, config["seed"],
                                 config["feature_bounds"], noise_generator(seed),
                                 STATISTICS_NOISE_MULTIPLIER).standardizer
-        assert not np.allclose(released, guess.mean, rtol=0, atol=1e-4)
+        assert not np.allclose(released_mean, guess.mean, rtol=0, atol=1e-4)
     rows = table.loc[:, list(spec.feature_columns)].to_numpy(dtype=np.float64)
     exact = rows[np.random.default_rng(config["seed"]).permutation(len(rows))[424:]].mean(0)  # the training split
-    assert not np.allclose(released, exact, rtol=0, atol=1e-4)
+    assert not np.allclose(released_mean, exact, rtol=0, atol=1e-4)
     half = np.array([high - low for low, high in map(config["feature_bounds"].get, spec.feature_columns)]) / 2
-    assert np.all(np.abs(released - exact) < 5 * 6.0 * np.sqrt(20) / 1695 * half)  # noise of the mechanism's scale
+    assert np.all(np.abs(released_mean - exact) < 5 * 6.0 * np.sqrt(20) / 1695 * half)  # noise of the mechanism's scale
 
 
-def test_budget_over_the_contract_fails_before_any_dataset_is_read(tmp_path, azurite, topic, monkeypatch):
-    stage = Stage(tmp_path, azurite, "covid-budget")
-    contract = stage.contract(raw_tables(), covid_model.covid_training_config(epsilon=3.0),
-                              covid_model.covid_join_spec(), threshold=1.5)
-    code, lines, sidecar = run_in_process(monkeypatch, stage, topic, contract)
+# ---------------------------------------------------------------- consent: refused before any key
+
+
+def test_a_contract_other_than_the_measured_one_is_refused_before_any_key(stage_of, topic, tripwire, monkeypatch):
+    """A deployer hands the trainer other terms (here a contract every party signed too, with a
+    larger epsilon) than the digest its container policy was measured with."""
+    stage = stage_of("covid-other-terms")
+    payload = stage.contract(raw_tables(), covid_model.covid_training_config(), covid_model.covid_join_spec())
+    measured = stage.sign(payload)
+    other_terms = copy.deepcopy(payload)
+    for _, dataset in contracts.datasets(other_terms):
+        dataset["epsilon"] = dataset["epsilon_threshold"] = 3.0
+    other = stage.sign(other_terms, grant=False)
+    assert other.digest != measured.digest
+    code, lines, sidecar = run_in_process(monkeypatch, stage, topic, measured, CCR_CONTRACT=other.envelope_b64,
+                                          CCR_BLOB_URLS=tripwire_urls(tripwire, stage, measured))
+    assert_failed(code, lines, topic, stage, "ConsentError", DIGEST_DIFFERS)
+    assert sidecar.requests == [] and tripwire.requests == []  # no key asked for, nothing downloaded
+    assert not any(line.startswith("phase: model") for line in lines)
+    assert_names_no_value(DIGEST_DIFFERS, key_material(stage, measured, other))
+
+
+def test_an_envelope_missing_a_providers_signature_is_refused_before_any_key(stage_of, topic, tripwire,
+                                                                             monkeypatch):
+    stage = stage_of("covid-unsigned-provider")
+    payload = stage.contract(raw_tables(), covid_model.covid_training_config(), covid_model.covid_join_spec())
+    signed = stage.sign(payload, parties=[party for party in stage.identities if party != "cowin"])
+    assert signed.digest == digest_of(payload)  # the measured contract, lacking one signature
+    code, lines, sidecar = run_in_process(monkeypatch, stage, topic, signed,
+                                          CCR_BLOB_URLS=tripwire_urls(tripwire, stage, signed))
+    message = f"the contract is not signed by every party: MissingSigner: not signed by {stage.identities['cowin'].did}"
+    assert_failed(code, lines, topic, stage, "ConsentError", message)
+    assert sidecar.requests == [] and tripwire.requests == []
+    assert_names_no_value(message, key_material(stage, signed))
+
+
+@pytest.mark.parametrize("measured", ["altered", "signed"])
+def test_a_payload_altered_after_signing_is_refused_before_any_key(stage_of, topic, tripwire, monkeypatch, measured):
+    """The TDC raises every epsilon in the signed envelope. Measured with the altered digest,
+    the signatures do not match; measured with the signed one, the digest does not."""
+    stage = stage_of(f"covid-altered-{measured}")
+    payload = stage.contract(raw_tables(), covid_model.covid_training_config(), covid_model.covid_join_spec())
+    signed = stage.sign(payload)
+    altered = copy.deepcopy(payload)
+    for _, dataset in contracts.datasets(altered):
+        dataset["epsilon"] = dataset["epsilon_threshold"] = 10.0
+    envelope = replace_payload(signed.envelope, altered)
+    digest = digest_of(altered) if measured == "altered" else signed.digest
+    code, lines, sidecar = run_in_process(monkeypatch, stage, topic, signed,
+                                          CCR_CONTRACT=base64.b64encode(envelope).decode(),
+                                          CCR_CONTRACT_DIGEST=digest,
+                                          CCR_BLOB_URLS=tripwire_urls(tripwire, stage, signed))
+    message = DIGEST_DIFFERS if measured == "signed" else (
+        f"the contract is not signed by every party: BadSignature: signature by {stage.identities['tdc'].did} "
+        "does not match the payload and its DID key (contract altered or signed with another key)")
+    assert_failed(code, lines, topic, stage, "ConsentError", message)
+    assert sidecar.requests == [] and tripwire.requests == []
+    assert_names_no_value(message, key_material(stage, signed) + [digest_of(altered)])
+
+
+# ---------------------------------------------------------------- terms and budget: refused before data
+
+
+def test_budget_over_the_contract_fails_before_any_dataset_is_read(stage_of, topic, monkeypatch):
+    stage = stage_of("covid-budget")
+    signed = stage.sign(stage.contract(raw_tables(), covid_model.covid_training_config(epsilon=3.0),
+                                       covid_model.covid_join_spec(), threshold=1.5))
+    code, lines, sidecar = run_in_process(monkeypatch, stage, topic, signed)
     assert code != 0
-    assert [r["kid"] for r in sidecar.requests] == [contract["tdc"]["model"]["key_kid"]]  # no dataset key
+    assert released(sidecar) == [stage.kek(signed, "model")]  # no dataset key
     assert not any(line.startswith("phase: datasets") for line in lines)
     [event] = topic.events
     assert event["eventType"] == "CCR.Trainer.Failed"
@@ -135,29 +267,89 @@ def test_budget_over_the_contract_fails_before_any_dataset_is_read(tmp_path, azu
     assert not output_blob_exists(stage)
 
 
-def test_dataset_digest_mismatch_fails_before_its_key_is_released(tmp_path, azurite, topic, monkeypatch):
-    stage = Stage(tmp_path, azurite, "covid-digest")
-    contract = stage.contract(raw_tables(), covid_model.covid_training_config(), covid_model.covid_join_spec())
-    cowin = contract["tdps"][1]["datasets"][0]
+def test_a_config_asking_more_epsilon_than_the_contract_is_refused_before_any_dataset_key(stage_of, topic,
+                                                                                          monkeypatch):
+    """The limit is the smallest epsilon the contract asks of a dataset, not its lifetime
+    threshold (here 5.0 for every dataset)."""
+    stage = stage_of("covid-asked-epsilon")
+    signed = stage.sign(stage.contract(raw_tables(), covid_model.covid_training_config(epsilon=1.5),
+                                       covid_model.covid_join_spec(), threshold=5.0, epsilon={"cowin": 1.0}))
+    code, lines, sidecar = run_in_process(monkeypatch, stage, topic, signed)
+    message = "training config asks for epsilon 1.5, the contract allows 1.0"
+    assert_failed(code, lines, topic, stage, "PrivacyBudgetError", message)
+    assert released(sidecar) == [stage.kek(signed, "model")]  # the model's key only: no dataset key
+    assert not any(line.startswith("phase: datasets") for line in lines)
+    assert_names_no_value(message, key_material(stage, signed))
+
+
+def test_dataset_digest_mismatch_fails_before_its_key_is_released(stage_of, topic, monkeypatch):
+    stage = stage_of("covid-digest")
+    payload = stage.contract(raw_tables(), covid_model.covid_training_config(), covid_model.covid_join_spec())
+    cowin = payload["tdps"][1]["datasets"][0]
     cowin["sha256"] = hashlib.sha256(b"another table").hexdigest()
-    code, lines, sidecar = run_in_process(monkeypatch, stage, topic, contract)
+    signed = stage.sign(payload)
+    code, lines, sidecar = run_in_process(monkeypatch, stage, topic, signed)
     assert code != 0
-    assert cowin["key_kid"] not in [r["kid"] for r in sidecar.requests]
+    assert stage.kek(signed, "dataset cowin") not in released(sidecar)
     [event] = topic.events
     assert event["data"] == {"run_id": stage.run_id, "status": "failed", "error_class": "DigestMismatch",
                              "message": "cowin: package digest differs from the contract"}
     assert not output_blob_exists(stage)
 
 
-def test_missing_join_column_fails_naming_it(tmp_path, azurite, topic, monkeypatch):
+def test_a_grant_naming_another_data_key_is_refused_before_its_kek_is_asked_for(stage_of, topic, monkeypatch):
+    """icmr's grant to this contract, rewritten to wrap cowin's data key and say so."""
+    stage = stage_of("covid-wrong-grant")
+    signed = stage.sign(stage.contract(raw_tables(), covid_model.covid_training_config(),
+                                       covid_model.covid_join_spec()))
+    icmr, cowin = stage.subject(signed, "dataset icmr"), stage.subject(signed, "dataset cowin")
+    stage.grant(signed, icmr, dek=stage.deks[cowin.key_id], key_id=cowin.key_id)
+    code, lines, sidecar = run_in_process(monkeypatch, stage, topic, signed)
+    message = "grant wraps another data key than the contract names"
+    assert_failed(code, lines, topic, stage, "GrantError", message)
+    assert stage.kek(signed, "dataset icmr") not in released(sidecar)
+    assert stage.kek(signed, "output key") not in released(sidecar)
+    assert not any(line.startswith("phase: join") for line in lines)
+    assert_names_no_value(message, key_material(stage, signed) + [icmr.key_id, cowin.key_id])
+
+
+def test_a_join_below_the_contracts_minimum_is_refused_with_one_message_whatever_the_count(stage_of, topic,
+                                                                                           monkeypatch):
+    """2119 joined rows (just below a minimum of 2120) and 40 (far below) give byte-identical
+    refusals that carry no count; no output key is asked for."""
+    outcomes, counts, progress = [], [], []
+    for folder, tables in (("near", raw_tables()), ("far", {**raw_tables(), "icmr": raw_tables()["icmr"].head(40)})):
+        stage = stage_of(f"covid-min-rows-{folder}", folder)
+        signed = stage.sign(stage.contract(tables, covid_model.covid_training_config(),
+                                           covid_model.covid_join_spec(), min_joined_rows=2120))
+        topic.events.clear()
+        code, lines, sidecar = run_in_process(monkeypatch, stage, topic, signed)
+        message = "the join has fewer rows than the contract's minimum (2120)"
+        assert_failed(code, lines, topic, stage, "JoinError", message)
+        assert "phase: join" in lines and stage.kek(signed, "output key") not in released(sidecar)
+        spec = JoinSpec.from_dict(covid_model.covid_join_spec())
+        counts.append(len(join_datasets(spec, {n: stage.tmp / f"{n}.in" for n in covid_model.RAW_FILES})))
+        outcomes.append((lines[-1], topic.events[0]["data"]["message"], topic.events[0]["data"]["error_class"]))
+        progress += lines
+    assert counts == [2119, 40]
+    assert outcomes[0] == outcomes[1]
+    for count in counts:
+        assert not re.search(rf"\b{count}\b", json.dumps(outcomes))
+        assert not any(re.search(rf"\b{count}\b", line) for line in progress)
+
+
+def test_missing_join_column_fails_naming_it(stage_of, topic, monkeypatch):
     tables = raw_tables()
     tables["index"] = tables["index"].drop(columns=["potravel"])
-    stage = Stage(tmp_path, azurite, "covid-column")
-    contract = stage.contract(tables, covid_model.covid_training_config(), covid_model.covid_join_spec())
-    code, lines, sidecar = run_in_process(monkeypatch, stage, topic, contract)
+    stage = stage_of("covid-column")
+    signed = stage.sign(stage.contract(tables, covid_model.covid_training_config(), covid_model.covid_join_spec()))
+    code, lines, sidecar = run_in_process(monkeypatch, stage, topic, signed)
     assert code != 0 and lines[-1] == "failed: JoinError: dataset index has no column potravel"
     assert topic.events[0]["data"]["message"] == "dataset index has no column potravel"
     assert not output_blob_exists(stage)
+
+
+# ---------------------------------------------------------------- settings
 
 
 def test_missing_settings_fail_with_a_clear_message(monkeypatch):
@@ -167,75 +359,92 @@ def test_missing_settings_fail_with_a_clear_message(monkeypatch):
     assert lines == ["failed: SettingsError: environment variable CCR_RUN_ID is not set"]
 
 
-def test_remaining_budget_below_the_ask_fails_before_any_dataset_is_read(tmp_path, azurite, topic, monkeypatch):
-    stage = Stage(tmp_path, azurite, "covid-remaining")
-    contract = stage.contract(raw_tables(), covid_model.covid_training_config(epsilon=1.5),
-                              covid_model.covid_join_spec(), threshold=1.5)
-    code, lines, sidecar = run_in_process(monkeypatch, stage, topic, contract, CCR_EPSILON_BUDGET="0.4")
-    assert code != 0 and "remaining budget is 0.4" in lines[-1]
-    assert [r["kid"] for r in sidecar.requests] == [contract["tdc"]["model"]["key_kid"]]
-    assert topic.events[0]["data"]["error_class"] == "PrivacyBudgetError"
-
-
-def test_a_blob_without_a_sas_url_fails_before_anything_is_read(tmp_path, azurite, topic, monkeypatch):
-    stage = Stage(tmp_path, azurite, "covid-no-url")
-    contract = stage.contract(raw_tables(), covid_model.covid_training_config(), covid_model.covid_join_spec())
-    urls = blob_urls(stage, contract)
-    del urls[contract["tdc"]["model"]["blob"]]
-    code, lines, sidecar = run_in_process(monkeypatch, stage, topic, contract, CCR_BLOB_URLS=json.dumps(urls))
+def test_a_blob_without_a_sas_url_fails_before_anything_is_read(stage_of, topic, monkeypatch):
+    stage = stage_of("covid-no-url")
+    signed = stage.sign(stage.contract(raw_tables(), covid_model.covid_training_config(),
+                                       covid_model.covid_join_spec()))
+    urls, model = blob_urls(stage, signed), signed.payload["tdc"]["model"]["blob"]
+    del urls[model]
+    code, lines, sidecar = run_in_process(monkeypatch, stage, topic, signed, CCR_BLOB_URLS=json.dumps(urls))
     assert code != 0
-    assert lines[-1] == f"failed: SettingsError: CCR_BLOB_URLS has no URL for blob {contract['tdc']['model']['blob']}"
+    assert lines[-1] == f"failed: SettingsError: CCR_BLOB_URLS has no URL for blob {model}"
     assert sidecar.requests == []  # no key asked for
     assert topic.events[0]["data"]["error_class"] == "SettingsError"
     assert not output_blob_exists(stage)
 
 
+VALID_SETTINGS = {"CCR_RUN_ID": "run-0123456789abcdef", "CCR_CONTRACT": base64.b64encode(b"an envelope").decode(),
+                  "CCR_CONTRACT_DIGEST": "0" * 64, "CCR_BLOB_URLS": "{}", "CCR_SKR_URL": "http://127.0.0.1:9",
+                  "CCR_MAA_URL": "https://maa.test"}
+
+
 @pytest.mark.parametrize("value", ["not json", '["a list"]', '{"datasets/x.ccr": 1}'])
 def test_malformed_blob_urls_are_a_clear_settings_error(monkeypatch, value):
-    for name, setting in {"CCR_RUN_ID": "run-0123456789abcdef", "CCR_CONTRACT": "{}", "CCR_BLOB_URLS": value,
-                          "CCR_SKR_URL": "http://127.0.0.1:9", "CCR_MAA_URL": "https://maa.test"}.items():
+    for name, setting in {**VALID_SETTINGS, "CCR_BLOB_URLS": value}.items():
         monkeypatch.setenv(name, setting)
     lines = []
     assert trainer_run.main(lines.append) == 2
     assert lines == ["failed: SettingsError: CCR_BLOB_URLS is not a JSON object of blob paths to URLs"]
 
 
-def test_missing_feature_bounds_fail_before_any_dataset_is_read(tmp_path, azurite, topic, monkeypatch):
-    stage = Stage(tmp_path, azurite, "covid-bounds")
+@pytest.mark.parametrize("name, value, message", [
+    ("CCR_CONTRACT", '{"contract_id": "c"}', "CCR_CONTRACT is not base64 of a contract envelope"),
+    ("CCR_CONTRACT_DIGEST", "ABC", "CCR_CONTRACT_DIGEST is not a sha256 hex digest"),
+    ("CCR_CONTRACT_DIGEST", "", "environment variable CCR_CONTRACT_DIGEST is not set"),
+])
+def test_a_malformed_contract_or_digest_is_a_clear_settings_error(monkeypatch, name, value, message):
+    for setting, text in {**VALID_SETTINGS, name: value}.items():
+        monkeypatch.setenv(setting, text)
+    lines = []
+    assert trainer_run.main(lines.append) == 2
+    assert lines == [f"failed: SettingsError: {message}"]
+
+
+def test_missing_feature_bounds_fail_before_any_dataset_is_read(stage_of, topic, monkeypatch):
+    stage = stage_of("covid-bounds")
     training = covid_model.covid_training_config()
     del training["feature_bounds"]["age"], training["feature_bounds"]["labcode"]
-    contract = stage.contract(raw_tables(), training, covid_model.covid_join_spec())
-    code, lines, sidecar = run_in_process(monkeypatch, stage, topic, contract)
+    signed = stage.sign(stage.contract(raw_tables(), training, covid_model.covid_join_spec()))
+    code, lines, sidecar = run_in_process(monkeypatch, stage, topic, signed)
     assert code != 0
     assert lines[-1] == "failed: PipelineConfigError: feature_bounds has no bounds for feature column(s) age, labcode"
-    assert [r["kid"] for r in sidecar.requests] == [contract["tdc"]["model"]["key_kid"]]  # no dataset key
+    assert released(sidecar) == [stage.kek(signed, "model")]  # no dataset key
     assert not any(line.startswith("phase: datasets") for line in lines)
     assert topic.events[0]["data"]["error_class"] == "PipelineConfigError"
     assert not output_blob_exists(stage)
 
 
-def test_epsilon_below_the_scaling_statistics_cost_fails_before_any_dataset_is_read(tmp_path, azurite, topic,
-                                                                                     monkeypatch):
-    stage = Stage(tmp_path, azurite, "covid-tiny-epsilon")
-    contract = stage.contract(raw_tables(), covid_model.covid_training_config(epsilon=0.0001),
-                              covid_model.covid_join_spec())
-    code, lines, sidecar = run_in_process(monkeypatch, stage, topic, contract)
+def test_a_config_carrying_the_validation_split_is_refused_before_any_dataset_is_read(stage_of, topic, monkeypatch):
+    """The split is a contract term (evaluation.validation_split): the TDC cannot choose it."""
+    stage = stage_of("covid-config-split")
+    signed = stage.sign(stage.contract(raw_tables(), covid_model.covid_training_config(validation_split=0.5),
+                                       covid_model.covid_join_spec()))
+    code, lines, sidecar = run_in_process(monkeypatch, stage, topic, signed)
+    assert code != 0 and lines[-1].startswith("failed: PipelineConfigError: validation_split is a term of the contract")
+    assert released(sidecar) == [stage.kek(signed, "model")]
+    assert topic.events[0]["data"]["error_class"] == "PipelineConfigError"
+    assert not output_blob_exists(stage)
+
+
+def test_epsilon_below_the_scaling_statistics_cost_fails_before_any_dataset_is_read(stage_of, topic, monkeypatch):
+    stage = stage_of("covid-tiny-epsilon")
+    signed = stage.sign(stage.contract(raw_tables(), covid_model.covid_training_config(epsilon=0.0001),
+                                       covid_model.covid_join_spec()))
+    code, lines, sidecar = run_in_process(monkeypatch, stage, topic, signed)
     assert code != 0 and "epsilon 0.0001 is too small to release even the feature scaling statistics" in lines[-1]
-    assert [r["kid"] for r in sidecar.requests] == [contract["tdc"]["model"]["key_kid"]]
+    assert released(sidecar) == [stage.kek(signed, "model")]
     assert topic.events[0]["data"]["error_class"] == "PrivacyBudgetError"
     assert not output_blob_exists(stage)
 
 
-def test_statistics_noise_is_chosen_at_the_runs_delta_not_the_contracts(tmp_path, azurite, topic, monkeypatch):
+def test_statistics_noise_is_chosen_at_the_runs_delta_not_the_contracts(stage_of, topic, monkeypatch):
     """Delta 1e-2 in the contract, 1/1695 for the run: noise chosen at 1e-2 (24) would spend
     0.09 of a 0.1 target at the run's delta, leaving DP-SGD nothing; chosen at 1/1695 it fits."""
-    stage = Stage(tmp_path, azurite, "covid-loose-delta")
-    contract = stage.contract(raw_tables(), covid_model.covid_training_config(epsilon=0.1, epochs=1),
-                              covid_model.covid_join_spec())
-    contract["privacy"]["delta"] = 1e-2
-    code, lines, _ = run_in_process(monkeypatch, stage, topic, contract)
+    stage = stage_of("covid-loose-delta")
+    signed = stage.sign(stage.contract(raw_tables(), covid_model.covid_training_config(epsilon=0.1, epochs=1),
+                                       covid_model.covid_join_spec(), delta=1e-2))
+    code, lines, _ = run_in_process(monkeypatch, stage, topic, signed)
     assert code == 0, lines[-1]
     privacy = topic.events[0]["data"]["privacy"]
     assert privacy["delta"] == pytest.approx(1 / 1695) and privacy["epsilon"] <= 0.1
     assert privacy["feature_scaling"]["noise_multiplier"] == 48.0
-
