@@ -48,6 +48,8 @@ class SkrClient:
         try:
             released = response.json()["key"]  # a JWK as JSON text (the sidecar's format) or an object
             key = jwk.JWK.from_json(released) if isinstance(released, str) else jwk.JWK(**released)
+            if not key.has_private:
+                raise ValueError("a public key only")
             return key.export(private_key=True, as_dict=True)
         except (ValueError, KeyError, TypeError, JWException):  # jwcrypto's errors are not ValueErrors
             raise KeyReleaseError(f"SKR sidecar returned no usable key for {key_name}") from None

@@ -74,7 +74,11 @@ def test_unreachable_sidecar_and_bad_endpoints_fail_clearly(sidecar):
     assert sidecar.requests == []  # refused before asking
 
 
-@pytest.mark.parametrize("released", ['{"kty": "oct"}', "not json", {"kty": "nope"}, "null"])
+PUBLIC_ONLY = jwk.JWK.generate(kty="RSA", size=2048).export_public(as_dict=True)
+
+
+@pytest.mark.parametrize("released", ['{"kty": "oct"}', "not json", {"kty": "nope"}, "null", PUBLIC_ONLY],
+                         ids=["oct without k", "not json", "unknown kty", "null", "public half only"])
 def test_a_malformed_key_from_the_sidecar_is_a_key_release_error(monkeypatch, released):
     response = requests.Response()
     response.status_code, response._content = 200, json.dumps({"key": released}).encode()
