@@ -14,13 +14,33 @@ localhost:8080 (plain http, inside the group):
 
 Here the "hardware" is local_emulator.sevsnp.HardwareRoot; the sidecar is bound to one CCE
 policy at construction (the ACI twin makes one per group), so its reports always carry that
-policy's host data. Keys and tokens are never logged."""
+policy's host data. Keys and tokens are never logged.
+
+Only its own container group can reach it. In Azure the sidecar listens inside the group's
+network namespace, so no other process can ask it for a key. Here it listens on the shared
+host's loopback, so it answers only connections whose client socket belongs to one uid,
+`allowed_uid`: the ACI twin runs each group's processes under a uid of its own that no other
+group or host process has (local_emulator/group_isolation.py), and binds the group's sidecar to it.
+For every request the sidecar looks its client socket up in /proc/net/tcp (and tcp6, for
+v4-mapped clients): the entry whose local address is the client's ip:port and whose remote
+address is the sidecar's carries the uid the kernel recorded when that socket was created,
+which a process of another uid cannot choose. Anything else (another uid, root, a socket
+not found) gets 403 `{"error": ...}` before the body is looked at: nothing is attested or
+released. Other mechanisms considered: a network namespace per group would cut the trainer off
+from the twins it must reach on the host's loopback; a Unix socket or a bearer token would
+change Microsoft's HTTP API; matching the client's process (socket inode -> pid -> session)
+without separate uids is weaker, since any process of the same uid can ptrace the trainer or
+read its environment. Standalone (no ACI twin, e.g. a test that runs a trainer as itself),
+`allowed_uid` defaults to the uid of the process that builds the sidecar."""
 from __future__ import annotations
 
 import base64
 import binascii
 import hashlib
 import json
+import os
+import socket
+import struct
 from urllib.parse import urlsplit
 
 import requests
@@ -30,7 +50,7 @@ from jwcrypto import jwk
 
 from local_emulator.attestation import API_VERSION, build_attest_request
 from local_emulator.sevsnp import HardwareRoot
-from local_emulator.tls import LoopbackServer
+from local_emulator.tls import LoopbackServer, Peer
 from shared.cce_policy import decode_policy, hostdata_of
 from shared.credentials import StaticTokenCredential
 from shared.key_release import KeyReleaseFormatError, released_jwk
@@ -38,6 +58,8 @@ from shared.key_release import KeyReleaseFormatError, released_jwk
 EPHEMERAL_KEY_BITS = 2048
 EPHEMERAL_KID = "skr-sidecar-ephemeral"
 UPSTREAM_TIMEOUT_SECONDS = 30
+PROC_NET_TCP = ("/proc/net/tcp", "/proc/net/tcp6")
+TCP_OWNERLESS_STATES = {"06", "0C"}     # TIME_WAIT, NEW_SYN_RECV: no socket, so no owner (uid 0 shown)
 
 
 class SidecarError(Exception):
@@ -58,10 +80,11 @@ def _https(endpoint) -> str:
 
 
 class SkrSidecar:
-    """`start()`, `stop()`, `url`; one per container group, bound to its CCE policy."""
+    """`start()`, `stop()`, `url`; one per container group, bound to its CCE policy and
+    answering only processes of `allowed_uid` (settable until started)."""
 
     def __init__(self, hardware_root: HardwareRoot, cce_policy_b64: str, ca_bundle: str | bool, access_token: str,
-                 is_debuggable: bool = False, port: int = 0):
+                 is_debuggable: bool = False, port: int = 0, allowed_uid: int | None = None):
         self._root = hardware_root
         self._policy_text = decode_policy(cce_policy_b64).encode()
         self._hostdata = hostdata_of(cce_policy_b64)
@@ -69,12 +92,28 @@ class SkrSidecar:
         self._access_token = access_token
         self._is_debuggable = is_debuggable
         self._ephemeral: jwk.JWK | None = None
-        self._server = LoopbackServer(self._route, None, port=port, name="skr-sidecar")
+        self._server = LoopbackServer(self._route, None, port=port, name="skr-sidecar", with_peer=True)
         self._started = False
+        self._allowed_uid = os.getuid()
+        if allowed_uid is not None:
+            self.allowed_uid = allowed_uid
 
     @property
     def url(self) -> str:
         return self._server.url
+
+    @property
+    def allowed_uid(self) -> int:
+        """The one uid whose processes this sidecar answers (its container group's)."""
+        return self._allowed_uid
+
+    @allowed_uid.setter
+    def allowed_uid(self, uid: int) -> None:
+        if self._started:
+            raise RuntimeError("the sidecar's group is fixed once it is started")
+        if isinstance(uid, bool) or not isinstance(uid, int) or uid < 0:
+            raise ValueError("allowed_uid must be a uid")
+        self._allowed_uid = uid
 
     def start(self) -> "SkrSidecar":
         self._ephemeral = jwk.JWK.generate(kty="RSA", size=EPHEMERAL_KEY_BITS)
@@ -90,8 +129,12 @@ class SkrSidecar:
 
     # --- HTTP -------------------------------------------------------------------------
 
-    def _route(self, method: str, path: str, query: dict, headers, body: bytes):
+    def _route(self, method: str, path: str, query: dict, headers, body: bytes, peer: Peer):
         try:
+            uid = socket_owner_uid(peer)
+            if uid != self._allowed_uid:
+                who = "an unidentified process" if uid is None else f"uid {uid}"
+                raise SidecarError(403, f"the SKR sidecar answers only its own container group, not {who}")
             if method == "GET" and path == "/status":
                 return 200, {"message": "STATUS OK"}, {}
             if method == "POST" and path == "/attest/maa":
@@ -171,6 +214,39 @@ class SkrSidecar:
             return released_jwk(result.value, self._ephemeral, trusted)
         except KeyReleaseFormatError as error:
             raise SidecarError(502, f"release result rejected: {error}") from None
+
+
+def _proc_net_address(family: int, host: str, port: int) -> str:
+    """`host:port` as /proc/net/tcp{,6} prints it: the address as 32-bit words in host byte
+    order, each in hex, then the port in hex."""
+    packed = socket.inet_pton(family, host)
+    words = struct.unpack(f"={len(packed) // 4}I", packed)
+    return "".join(f"{word:08X}" for word in words) + f":{port:04X}"
+
+
+def socket_owner_uid(peer: Peer) -> int | None:
+    """The uid that owns the client end of `peer` (a loopback TCP connection to this
+    process), from the kernel's socket tables; None when no such socket is found."""
+    client_host, client_port = peer.client
+    server_host, server_port = peer.server
+    candidates = []
+    for path, family in zip(PROC_NET_TCP, (socket.AF_INET, socket.AF_INET6)):
+        try:
+            if family == socket.AF_INET:
+                local = _proc_net_address(family, client_host, client_port)
+                remote = _proc_net_address(family, server_host, server_port)
+            else:                                   # a dual-stack client socket: v4-mapped
+                local = _proc_net_address(family, "::ffff:" + client_host, client_port)
+                remote = _proc_net_address(family, "::ffff:" + server_host, server_port)
+            with open(path) as table:
+                lines = table.read().splitlines()[1:]
+        except (OSError, ValueError):
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 7 and fields[1] == local and fields[2] == remote and fields[3] not in TCP_OWNERLESS_STATES:
+                candidates.append(int(fields[7]))
+    return candidates[0] if len(set(candidates)) == 1 else None
 
 
 def _key_name_and_version(kid, akv_url: str) -> tuple[str, str | None]:

@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 import trustme
@@ -81,15 +81,27 @@ Router = Callable[[str, str, dict, dict, bytes], Response]
 """router(method, path, query, headers, body) -> (status, JSON body or None, extra headers)"""
 
 
+class Peer(NamedTuple):
+    """The TCP connection a request came on: the client's and this server's (host, port)."""
+    client: tuple[str, int]
+    server: tuple[str, int]
+
+
+PeerRouter = Callable[[str, str, dict, dict, bytes, Peer], Response]
+"""router(method, path, query, headers, body, peer): a Router that also gets the connection"""
+
+
 class LoopbackServer:
     """HTTP (or HTTPS, given an SSL context) on 127.0.0.1; the TLS handshake runs in the
-    request's thread so a silent client cannot stall the accept loop."""
+    request's thread so a silent client cannot stall the accept loop. With `with_peer=True`
+    the router is a PeerRouter: it also gets the request's connection (`Peer`)."""
 
-    def __init__(self, router: Router, ssl_context: ssl.SSLContext | None = None, port: int = 0,
-                 host: str = "127.0.0.1", name: str = "twin"):
+    def __init__(self, router: Router | PeerRouter, ssl_context: ssl.SSLContext | None = None, port: int = 0,
+                 host: str = "127.0.0.1", name: str = "twin", with_peer: bool = False):
         if host not in ("127.0.0.1", "localhost"):
             raise ValueError("twins listen on loopback only")
         self._router, self._ssl_context, self._port, self._host, self._name = router, ssl_context, port, host, name
+        self._with_peer = with_peer
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -103,7 +115,7 @@ class LoopbackServer:
     def start(self) -> "LoopbackServer":
         if self._server is not None:       # a second server would be left running, unreachable
             raise RuntimeError(f"the {self._name} is already started")
-        server = _QuietServer((self._host, self._port), _handler_class(self._router))
+        server = _QuietServer((self._host, self._port), _handler_class(self._router, self._with_peer))
         server.daemon_threads = True
         if self._ssl_context is not None:
             try:
@@ -133,7 +145,7 @@ class _QuietServer(ThreadingHTTPServer):
         pass
 
 
-def _handler_class(router: Router):
+def _handler_class(router: Router | PeerRouter, with_peer: bool = False):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         # Headers and body go out in two writes; with Nagle on, the body waits for the client's
@@ -155,7 +167,11 @@ def _handler_class(router: Router):
             parts = urlsplit(self.path)
             query = {name: values[-1] for name, values in parse_qs(parts.query).items()}
             try:
-                status, payload, headers = router(self.command, parts.path, query, self.headers, body)
+                if with_peer:
+                    peer = Peer(tuple(self.client_address[:2]), tuple(self.connection.getsockname()[:2]))
+                    status, payload, headers = router(self.command, parts.path, query, self.headers, body, peer)
+                else:
+                    status, payload, headers = router(self.command, parts.path, query, self.headers, body)
             except Exception as exc:  # a bug in a twin: say so without echoing request data
                 status, headers = 500, {}
                 payload = {"error": {"code": "InternalError", "message": f"twin error ({type(exc).__name__})"}}

@@ -1,18 +1,23 @@
 """The SKR sidecar twin end to end: Key Vault twin + MAA twin + simulated hardware. A sidecar
-bound to the CCE policy the key is pinned to gets the key; one for any other policy does not."""
+bound to the CCE policy the key is pinned to gets the key; one for any other policy does not.
+These unit tests call the sidecar from the test process, so they bind it to this process's uid
+(`allowed_uid=os.getuid()`); a sidecar bound to another uid refuses this process
+(tests/aci/test_sidecar_isolation.py runs the real thing: a group's own uid)."""
 from __future__ import annotations
 
 import base64
 import hashlib
 import json
 import os
+import socket
 
 import pytest
 import requests
 from azure.keyvault.keys import JsonWebKey, KeyReleasePolicy
 from jwcrypto import jwk, jwt
 
-from local_emulator.skr_sidecar import SkrSidecar
+from local_emulator.skr_sidecar import SkrSidecar, socket_owner_uid
+from local_emulator.tls import Peer
 from shared.release_policy import build_release_policy, policy_to_json
 from tests.keys.conftest import POLICY_P, POLICY_P2
 from trainer_container.skr_client import KeyReleaseError, SkrClient
@@ -23,6 +28,7 @@ def sidecars(hardware_root, tls, token):
     started = []
 
     def make(policy_b64: str, **kwargs) -> SkrSidecar:
+        kwargs.setdefault("allowed_uid", os.getuid())
         sidecar = SkrSidecar(hardware_root, policy_b64, str(tls.ca_path), token, **kwargs).start()
         started.append(sidecar)
         return sidecar
@@ -63,7 +69,8 @@ def test_sidecar_for_the_pinned_policy_releases_the_key(sidecars, maa, vault, da
 
 def test_trainer_skr_client_gets_the_key_through_the_sidecar(sidecars, maa, vault, data_key):
     kid, material = data_key
-    assert SkrClient(sidecars(POLICY_P).url, maa.url).release_key(kid) == material
+    key = SkrClient(sidecars(POLICY_P).url, maa.url).release(vault.url, kid.split("/keys/")[1].split("/")[0])
+    assert base64.urlsafe_b64decode(key["k"] + "==") == material
 
 
 def test_sidecar_for_another_policy_is_denied(sidecars, maa, vault, data_key):
@@ -73,7 +80,7 @@ def test_sidecar_for_another_policy_is_denied(sidecars, maa, vault, data_key):
     assert "x-ms-sevsnpvm-hostdata" in response.json()["error"]
     assert "key" not in response.json()
     with pytest.raises(KeyReleaseError, match="HTTP 403"):
-        SkrClient(sidecars(POLICY_P2).url, maa.url).release_key(kid)
+        SkrClient(sidecars(POLICY_P2).url, maa.url).release(vault.url, "tdp-data")
 
 
 def test_debuggable_group_is_denied(sidecars, maa, vault, data_key):
@@ -123,3 +130,53 @@ def test_aci_factory_builds_working_sidecars_and_nothing_secret_is_printed(hardw
     out, err = capfd.readouterr()
     for secret in (released, token, base64.b64encode(material).decode()):
         assert secret not in out and secret not in err
+
+
+OTHER_UID = os.getuid() + 4242          # no process of this test has it
+
+
+def test_a_process_of_another_uid_is_refused_before_anything_is_attested(sidecars, maa, vault, data_key):
+    kid, _ = data_key
+    sidecar = sidecars(POLICY_P, allowed_uid=OTHER_UID)
+    # endpoints that would fail (502) if the sidecar tried to use them: it never gets that far
+    unreachable = {"maa_endpoint": "127.0.0.1:1", "akv_endpoint": "127.0.0.1:1", "kid": "https://127.0.0.1:1/keys/k"}
+    for method, path, body in (("POST", "/key/release", unreachable), ("POST", "/key/release", None),
+                               ("POST", "/attest/maa", {"maa_endpoint": "127.0.0.1:1", "runtime_data": "e30="}),
+                               ("GET", "/status", None), ("GET", "/no/such/path", None)):
+        response = requests.request(method, sidecar.url + path, json=body, timeout=30)
+        assert response.status_code == 403, (path, response.text)
+        assert response.json() == {"error": f"the SKR sidecar answers only its own container group, "
+                                            f"not uid {os.getuid()}"}
+    response = _release(sidecar, maa, vault, kid)         # a real request: refused all the same
+    assert response.status_code == 403 and "key" not in response.json()
+    with pytest.raises(KeyReleaseError, match="HTTP 403"):
+        SkrClient(sidecar.url, maa.url).release(vault.url, "tdp-data")
+
+
+def test_the_allowed_uid_is_fixed_once_the_sidecar_runs(hardware_root, tls, token, sidecars):
+    sidecar = SkrSidecar(hardware_root, POLICY_P, str(tls.ca_path), token)
+    assert sidecar.allowed_uid == os.getuid()               # standalone: the builder's own uid
+    with pytest.raises(ValueError):
+        sidecar.allowed_uid = -1
+    sidecar.allowed_uid = OTHER_UID
+    started = sidecars(POLICY_P, allowed_uid=OTHER_UID)
+    with pytest.raises(RuntimeError):
+        started.allowed_uid = os.getuid()
+    assert requests.get(started.url + "/status", timeout=10).status_code == 403
+
+
+def test_the_client_socket_owner_comes_from_the_kernels_table():
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        with socket.create_connection(server.getsockname()) as client:
+            accepted, address = server.accept()
+            with accepted:
+                assert socket_owner_uid(Peer(address, accepted.getsockname())) == os.getuid()
+                # a dual-stack client socket shows up in tcp6 as a v4-mapped address
+                with socket.socket(socket.AF_INET6) as dual:
+                    dual.connect(("::ffff:127.0.0.1", server.getsockname()[1]))
+                    mapped, mapped_address = server.accept()
+                    with mapped:
+                        assert socket_owner_uid(Peer(mapped_address, mapped.getsockname())) == os.getuid()
+                # no such connection: nobody owns it
+                port = client.getsockname()[1]
+                assert socket_owner_uid(Peer(("127.0.0.1", port ^ 1), accepted.getsockname())) is None
