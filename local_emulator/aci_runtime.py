@@ -10,6 +10,9 @@ container of the spec is represented by a sidecar twin bound to the group's exac
 
 Group records are JSON files (no secret values) so a restarted twin still answers GET and
 kills the process groups its predecessor left behind.
+
+Each group's processes run under a uid of its own, the only one its SKR sidecar twin answers
+(local_emulator/group_isolation.py says how and why); the uid is ended with the group.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Protocol
 
-from local_emulator import images
+from local_emulator import group_isolation, images
 from shared.cce_policy import SKR_SIDECAR_IMAGE, CcePolicyError, policy_containers
 
 PYTHON_COMMANDS = {"python", "python3"}
@@ -35,12 +38,13 @@ LOG_TAIL_LIMIT = 1 << 20
 
 class Sidecar(Protocol):
     url: str
+    allowed_uid: int    # set by the runtime before start(): the only uid the sidecar answers
 
     def start(self) -> object: ...
     def stop(self) -> None: ...
 
 
-SidecarFactory = Callable[[str], Sidecar]   # cce_policy_b64 -> unstarted sidecar
+SidecarFactory = Callable[[str], Sidecar]   # cce_policy_b64 -> unstarted sidecar (allowed_uid set after)
 
 
 class GroupConflict(Exception):
@@ -121,6 +125,7 @@ class GroupRuntime:
         self._sidecars: dict[str, Sidecar] = {}
         self._provisioned: dict[str, threading.Event] = {}
         self._sidecar_stop_lock = threading.Lock()
+        self._uid_leases: dict[str, group_isolation.UidLease] = {}
         (self.state_dir / "groups").mkdir(parents=True, exist_ok=True)
 
     # --- persistence ------------------------------------------------------------------
@@ -274,8 +279,13 @@ class GroupRuntime:
         hostdata = sha256 of that policy)."""
         if self.sidecar_factory is None:
             raise ProvisioningError("SidecarUnavailable", "this twin has no SKR sidecar configured")
+        uid = self._group_uid(record)
         sidecar = self.sidecar_factory(_cce_policy(record))
+        sidecar.allowed_uid = uid            # it answers this group's processes only
         sidecar.start()
+        if getattr(sidecar, "allowed_uid", None) != uid:
+            sidecar.stop()
+            raise ProvisioningError("ContainerGroupIsolationUnavailable", "the SKR sidecar is not bound to the group")
         with self._lock:
             self._sidecars[record["id"].lower()] = sidecar
             record["sidecar"] = name
@@ -304,24 +314,47 @@ class GroupRuntime:
 
     def _start_trainer(self, record: dict, trainer: dict, app_dir: Path, environment: dict,
                        sidecar: Sidecar | None) -> None:
+        """Run the trainer under the group's own uid, seeing the image (read-only), a private
+        HOME/TMPDIR and the CA bundle; output to the container log (written by the twin)."""
+        uid = self._group_uid(record)
         command = list(trainer["command"])
         if command[0] in PYTHON_COMMANDS:
             command[0] = self.python
+        group_dir = self._group_dir(record)
+        home = group_isolation.private_home(group_dir / "home", uid)
+        group_isolation.readable_image(app_dir)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
-               "HOME": str(app_dir), "PYTHONPATH": str(app_dir), "PYTHONDONTWRITEBYTECODE": "1",
-               "PYTHONUNBUFFERED": "1", **environment}
+               "HOME": str(home), "TMPDIR": str(home / "tmp"), "PYTHONPATH": str(app_dir),
+               "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", **environment}
         if sidecar is not None:
             env["CCR_SKR_URL"] = sidecar.url     # the group's localhost:8080, on this machine
-        log_path = self._group_dir(record) / "trainer.log"
-        with log_path.open("ab") as log:
-            popen = subprocess.Popen(command, cwd=app_dir, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        exposures = [(str(app_dir), str(app_dir)), (str(home), str(home))]
+        exposures += group_isolation.ca_bundle_exposure(environment.get("CCR_CA_BUNDLE"), group_dir / "ca-bundle.pem")
+        log_fd = os.open(group_dir / "trainer.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(log_fd, "ab") as log:
+            popen = group_isolation.start(self.python, command, env, app_dir, uid, exposures, log)
         with self._lock:
             self._popens[record["id"].lower()] = popen
             record.update(pid=popen.pid, pid_start=_process_start_marker(popen.pid), trainer=trainer["name"])
             record["containers"][trainer["name"]] = {"state": "Running", "start_time": now(), "detail": ""}
             self._save(record)
         threading.Thread(target=self._watch, args=(record, popen), daemon=True).start()
+
+    def _group_uid(self, record: dict) -> int:
+        """The group's own uid, leased on first use (sidecar or trainer) until the group ends."""
+        with self._lock:
+            lease = self._uid_leases.get(record["id"].lower())
+            if lease is None:
+                lease = self._uid_leases[record["id"].lower()] = group_isolation.lease_uid()
+                record["uid"] = lease.uid
+            return lease.uid
+
+    def _end_uid(self, record: dict) -> None:
+        """Kill whatever still runs under the group's uid, wipe its home, free the uid."""
+        with self._lock:
+            lease = self._uid_leases.pop(record["id"].lower(), None)
+        if lease is not None:
+            lease.end(self._group_dir(record) / "home")
 
     def _watch(self, record: dict, popen: subprocess.Popen) -> None:
         exit_code = popen.wait()
@@ -343,11 +376,13 @@ class GroupRuntime:
         record.update(group_state=state, pid=None, pid_start=None)
 
     def _stop_sidecar(self, record: dict) -> None:
-        """Stop the group's sidecar; a concurrent caller returns only once it is stopped."""
+        """Stop the group's sidecar, then end its uid (every path that ends a group comes here
+        once the trainer's main process is gone); a concurrent caller returns once both are done."""
         with self._sidecar_stop_lock:
             sidecar = self._sidecars.pop(record["id"].lower(), None)
             if sidecar is not None:
                 sidecar.stop()
+            self._end_uid(record)
 
     # --- stop / delete ----------------------------------------------------------------
 
