@@ -67,10 +67,14 @@ def test_sidecar_for_the_pinned_policy_releases_the_key(sidecars, maa, vault, da
     assert json.loads(again.json()["key"])["k"] == key["k"]
 
 
-def test_trainer_skr_client_gets_the_key_through_the_sidecar(sidecars, maa, vault, data_key):
-    kid, material = data_key
-    key = SkrClient(sidecars(POLICY_P).url, maa.url).release(vault.url, kid.split("/keys/")[1].split("/")[0])
-    assert base64.urlsafe_b64decode(key["k"] + "==") == material
+def test_trainer_skr_client_gets_the_key_through_the_sidecar(sidecars, maa, vault, client):
+    """The trainer's client gets an RSA key-encryption key (what grants are wrapped under)."""
+    hostdata = hashlib.sha256(base64.b64decode(POLICY_P)).hexdigest()
+    policy = KeyReleasePolicy(policy_to_json(build_release_policy(maa.url, hostdata)), immutable=True)
+    kek = client.create_rsa_key("tdp-kek", size=2048, hardware_protected=True, exportable=True, release_policy=policy)
+    released = SkrClient(sidecars(POLICY_P).url, maa.url).release(vault.url, "tdp-kek")
+    assert released["kty"] == "RSA" and "d" in released
+    assert base64.urlsafe_b64decode(released["n"] + "==").lstrip(b"\0") == kek.key.n.lstrip(b"\0")
 
 
 def test_sidecar_for_another_policy_is_denied(sidecars, maa, vault, data_key):
