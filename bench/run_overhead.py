@@ -23,6 +23,7 @@ from shared.run_records import run_id_for  # noqa: E402
 from azure.storage.blob import BlobServiceClient  # noqa: E402
 
 CONCURRENT = 10
+PHASES_BEFORE_TRAINING = ("validating", "gathering_key_grants", "reserving_budget", "deploying")
 
 
 def _t(text: str) -> datetime:
@@ -38,7 +39,12 @@ def split(stack: Stack, scenario: CovidScenario) -> dict:
     notified = scenario.inbox.received_at[0]
     start = (_t(training["started"]) - accepted).total_seconds()
     end = (notified - _t(training["ended"])).total_seconds()
-    return {"status": record["status"], "control_plane_start_s": round(start, 3),
+    before_training = [name for name in PHASES_BEFORE_TRAINING if name in record["phases"]]
+    first = _t(record["phases"][before_training[0]]["started"]) if before_training else _t(training["started"])
+    phases = {"admission": round((first - accepted).total_seconds(), 3),
+              **{name: round((_t(record["phases"][name]["ended"]) - _t(record["phases"][name]["started"]))
+                             .total_seconds(), 3) for name in before_training}}
+    return {"status": record["status"], "control_plane_start_s": round(start, 3), "phases_before_training_s": phases,
             "trainer_s": round((_t(training["ended"]) - _t(training["started"])).total_seconds(), 3),
             "control_plane_end_s": round(end, 3), "control_plane_s": round(start + end, 3)}
 

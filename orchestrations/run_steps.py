@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import requests
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
@@ -48,26 +49,30 @@ def _contract(run: dict) -> dict:
 
 def validate_inputs(run: dict) -> dict:
     """Each input exists, its header parses, names the contract's data key and carries the
-    contract's manifest digest. Reserves nothing: consent is not checked yet."""
-    payload = _contract(run)
-    service = azure_clients.blob_service()
-    for item in contract_inputs(payload):
-        container, name = split_blob_path(item["blob"])
-        try:
-            head = _head(service.get_blob_client(container, name))
-        except ResourceNotFoundError:
-            return {"ok": False, "reason": f"input {item['blob']} is missing"}
-        try:
-            header = read_header(head)
-        except PackageError as error:
-            return {"ok": False, "reason": f"input {item['blob']} is not a valid package: {error}"}
-        if header.key_id != item["key_id"]:
-            return {"ok": False, "reason": f"input {item['blob']} does not match the contract "
-                                           f"(encrypted under another data key)"}
-        if header.manifest.sha256 != item["sha256"]:
-            return {"ok": False, "reason": f"input {item['blob']} does not match the contract "
-                                           f"(manifest digest differs)"}
-    return {"ok": True}
+    contract's manifest digest (checked concurrently). Reserves nothing: consent is not
+    checked yet."""
+    inputs = contract_inputs(_contract(run))
+    with ThreadPoolExecutor(max_workers=len(inputs)) as pool:
+        problems = list(pool.map(_input_problem, inputs))
+    reason = next((problem for problem in problems if problem), None)
+    return {"ok": False, "reason": reason} if reason else {"ok": True}
+
+
+def _input_problem(item: dict) -> str | None:
+    container, name = split_blob_path(item["blob"])
+    try:
+        head = _head(azure_clients.blob_service().get_blob_client(container, name))
+    except ResourceNotFoundError:
+        return f"input {item['blob']} is missing"
+    try:
+        header = read_header(head)
+    except PackageError as error:
+        return f"input {item['blob']} is not a valid package: {error}"
+    if header.key_id != item["key_id"]:
+        return f"input {item['blob']} does not match the contract (encrypted under another data key)"
+    if header.manifest.sha256 != item["sha256"]:
+        return f"input {item['blob']} does not match the contract (manifest digest differs)"
+    return None
 
 
 def _head(blob: BlobClient) -> bytes:
@@ -87,38 +92,40 @@ def gather_key_grants(run: dict) -> dict:
     model and the output key, a KEK in the grantor's vault whose release policy admits only
     this contract's trainer group, and the data key wrapped under it. The parties import
     their keys themselves (a grant is part of their consent); this step gathers and checks
-    them all before anything is reserved or deployed."""
+    them all (concurrently: each is a few round trips) before anything is reserved or deployed."""
     payload = _contract(run)
     expected = deployment.hostdata(payload, run["contract_digest"])
-    authority = settings.require("CCR_MAA_URL")
-    service = azure_clients.blob_service()
-    for subject in key_grants.subjects(payload):
-        kek = key_grants.kek_name(run["contract_digest"], subject.subject)
-        whose = f"{subject.label} (granted by {subject.grantor})"
-        client = azure_clients.key_client(subject.key_vault)
-        try:
-            key = client.get_key(kek)
-        except ResourceNotFoundError:
-            return {"ok": False, "reason": f"no key grant for {whose} under this contract: its key-encryption "
-                                           f"key is not in {subject.key_vault}"}
-        finally:
-            client.close()
-        policy = key.properties.release_policy
-        if policy is None or not key.properties.exportable:
-            return {"ok": False, "reason": f"key grant for {whose} has no secure key release policy"}
-        problem = release_policy_problem(json.loads(policy.encoded_policy), authority, expected)
-        if problem:
-            return {"ok": False, "reason": f"key grant for {whose}: {problem}"}
-        container, name = split_blob_path(key_grants.grant_path(run["contract_digest"], subject.subject))
-        try:
-            wrapped = service.get_blob_client(container, name).download_blob().readall().decode("ascii", "replace")
-            key_grants.check_header(wrapped, kek, subject.key_id)
-        except ResourceNotFoundError:
-            return {"ok": False, "reason": f"no key grant for {whose} under this contract: the wrapped data key "
-                                           f"is missing"}
-        except key_grants.GrantError as error:
-            return {"ok": False, "reason": f"key grant for {whose} is invalid: {error}"}
-    return {"ok": True, "hostdata": expected}
+    subjects = key_grants.subjects(payload)
+    with ThreadPoolExecutor(max_workers=len(subjects)) as pool:
+        problems = list(pool.map(lambda s: _grant_problem(run["contract_digest"], s, expected), subjects))
+    reason = next((problem for problem in problems if problem), None)
+    return {"ok": False, "reason": reason} if reason else {"ok": True, "hostdata": expected}
+
+
+def _grant_problem(contract_digest: str, subject: key_grants.GrantSubject, expected: str) -> str | None:
+    """Why this grant does not hold for this contract's trainer group, or None."""
+    kek = key_grants.kek_name(contract_digest, subject.subject)
+    whose = f"{subject.label} (granted by {subject.grantor})"
+    try:
+        with azure_clients.key_client(subject.key_vault) as vault:
+            key = vault.get_key(kek)
+    except ResourceNotFoundError:
+        return f"no key grant for {whose} under this contract: its key-encryption key is not in {subject.key_vault}"
+    policy = key.properties.release_policy
+    if policy is None or not key.properties.exportable:
+        return f"key grant for {whose} has no secure key release policy"
+    problem = release_policy_problem(json.loads(policy.encoded_policy), settings.require("CCR_MAA_URL"), expected)
+    if problem:
+        return f"key grant for {whose}: {problem}"
+    container, name = split_blob_path(key_grants.grant_path(contract_digest, subject.subject))
+    try:
+        wrapped = azure_clients.blob_service().get_blob_client(container, name).download_blob().readall()
+        key_grants.check_header(wrapped.decode("ascii", "replace"), kek, subject.key_id)
+    except ResourceNotFoundError:
+        return f"no key grant for {whose} under this contract: the wrapped data key is missing"
+    except key_grants.GrantError as error:
+        return f"key grant for {whose} is invalid: {error}"
+    return None
 
 
 _PINNED_CLAIMS = {"x-ms-attestation-type": ("sevsnpvm", "sgx"),
