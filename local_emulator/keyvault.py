@@ -18,6 +18,7 @@ logged or put into error messages."""
 from __future__ import annotations
 
 import base64
+import functools
 import hmac
 import json
 import os
@@ -300,8 +301,7 @@ class KeyVaultTwin:
     def _public_jwk(self, name: str, record: dict) -> dict:
         out = {"kid": self._kid(name, record), "kty": record["kty"], "key_ops": record["key_ops"]}
         if "pem" in record["material"]:
-            public = jwk.JWK.from_pem(record["material"]["pem"].encode()).export_public(as_dict=True)
-            out.update(n=public["n"], e=public["e"])
+            out.update(_rsa_public_numbers(record["material"]["pem"]))
         return out
 
     def _attributes(self, record: dict) -> dict:
@@ -440,6 +440,14 @@ class KeyVaultTwin:
 
 
 # --- helpers ---------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1024)
+def _rsa_public_numbers(private_pem: str) -> dict:
+    """`n` and `e` of a stored RSA key. Cached: loading a private PEM re-checks the whole key
+    (tens of ms for RSA-2048), which Key Vault does not spend on every read."""
+    public = jwk.JWK.from_pem(private_pem.encode()).export_public(as_dict=True)
+    return {"n": public["n"], "e": public["e"]}
+
 
 def _family(kty) -> tuple[str, bool]:
     """("RSA" | "oct", is HSM) of a JSON Web Key type."""

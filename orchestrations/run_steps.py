@@ -92,23 +92,30 @@ def gather_key_grants(run: dict) -> dict:
     model and the output key, a KEK in the grantor's vault whose release policy admits only
     this contract's trainer group, and the data key wrapped under it. The parties import
     their keys themselves (a grant is part of their consent); this step gathers and checks
-    them all (concurrently: each is a few round trips) before anything is reserved or deployed."""
+    them all before anything is reserved or deployed: each vault's grants over one client
+    (one auth challenge, one connection), the vaults concurrently."""
     payload = _contract(run)
     expected = deployment.hostdata(payload, run["contract_digest"])
-    subjects = key_grants.subjects(payload)
-    with ThreadPoolExecutor(max_workers=len(subjects)) as pool:
-        problems = list(pool.map(lambda s: _grant_problem(run["contract_digest"], s, expected), subjects))
+    by_vault: dict[str, list] = {}
+    for subject in key_grants.subjects(payload):
+        by_vault.setdefault(subject.key_vault, []).append(subject)
+
+    def check_vault(subjects: list) -> list:
+        with azure_clients.key_client(subjects[0].key_vault) as vault:
+            return [_grant_problem(run["contract_digest"], s, vault, expected) for s in subjects]
+
+    with ThreadPoolExecutor(max_workers=len(by_vault)) as pool:
+        problems = [p for found in pool.map(check_vault, by_vault.values()) for p in found]
     reason = next((problem for problem in problems if problem), None)
     return {"ok": False, "reason": reason} if reason else {"ok": True, "hostdata": expected}
 
 
-def _grant_problem(contract_digest: str, subject: key_grants.GrantSubject, expected: str) -> str | None:
+def _grant_problem(contract_digest: str, subject: key_grants.GrantSubject, vault, expected: str) -> str | None:
     """Why this grant does not hold for this contract's trainer group, or None."""
     kek = key_grants.kek_name(contract_digest, subject.subject)
     whose = f"{subject.label} (granted by {subject.grantor})"
     try:
-        with azure_clients.key_client(subject.key_vault) as vault:
-            key = vault.get_key(kek)
+        key = vault.get_key(kek)
     except ResourceNotFoundError:
         return f"no key grant for {whose} under this contract: its key-encryption key is not in {subject.key_vault}"
     policy = key.properties.release_policy
