@@ -1,4 +1,5 @@
-"""Event Grid trigger: the trainer's completion event, raised to its run's orchestration."""
+"""Event Grid trigger: the trainer's completion event, raised to its run's orchestration, which
+believes it only once `verify_trainer_outcome` has checked its attestation."""
 from __future__ import annotations
 
 import logging
@@ -12,8 +13,10 @@ from shared import events
 bp = df.Blueprint()
 log = logging.getLogger(__name__)
 
-_SAFE_FIELDS = ("run_id", "status", "output_blob", "output_sha256", "metrics_summary", "privacy",
-                "error_class", "message")
+# What the orchestration needs to judge the claim: the attestation token and the signed outcome
+# (shared/attested_outcome.py). Nothing else in the event is believed.
+_FIELDS = ("run_id", "status", "attestation", "outcome")
+MAX_FIELD_CHARS = 32 * 1024
 
 
 @bp.event_grid_trigger(arg_name="event")
@@ -31,4 +34,5 @@ async def trainer_finished(event: func.EventGridEvent, client: df.DurableOrchest
     if status is None or status.runtime_status is None:
         log.warning("completion event for unknown run %s; ignored", run_id)
         return
-    await client.raise_event(run_id, TRAINER_FINISHED_EVENT, {k: data.get(k) for k in _SAFE_FIELDS})
+    claim = {k: data.get(k) for k in _FIELDS if isinstance(data.get(k), str) and len(data[k]) <= MAX_FIELD_CHARS}
+    await client.raise_event(run_id, TRAINER_FINISHED_EVENT, claim)

@@ -45,6 +45,11 @@ def deploy_trainer(run: dict) -> dict:
     return deployment
 
 
+@bp.activity_trigger(input_name="claim")
+def verify_trainer_outcome(claim: dict) -> dict:
+    return run_steps.verify_trainer_outcome(claim["run"], claim["event"])
+
+
 @bp.activity_trigger(input_name="run")
 def clean_up_trainer(run: dict) -> dict:
     _records().enter_phase(run["run_id"], "cleaning_up")

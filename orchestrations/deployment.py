@@ -52,6 +52,7 @@ def _environment(run: dict, record: dict) -> dict[str, str]:
                              storage_names.output_path(run["run_id"]), expiry)
     environment = {
         "CCR_RUN_ID": run["run_id"],
+        "CCR_RUN_NONCE": run["nonce"],
         "CCR_CONTRACT": record["envelope"],
         "CCR_BLOB_URLS": json.dumps(urls, sort_keys=True),
         "CCR_MAA_URL": settings.require("CCR_MAA_URL"),

@@ -16,7 +16,7 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 from azure.storage.blob import BlobClient
 
 from orchestrations import deployment
-from shared import azure_clients, events, key_grants, settings, storage_names
+from shared import attested_outcome, azure_clients, events, key_grants, settings, storage_names
 from shared import contract as contracts
 from shared.container_group import TRAINER_CONTAINER_NAME
 from shared.contract_store import ContractStore, contract_inputs, split_blob_path
@@ -232,6 +232,24 @@ def _ensure_outputs_container() -> None:
 def _first_line(error: HttpResponseError) -> str:
     text = (error.message or str(error) or type(error).__name__).strip().splitlines()
     return (text[0] if text else type(error).__name__)[:300]
+
+
+# --- 4. believe only an attested outcome ----------------------------------------------------
+
+def verify_trainer_outcome(run: dict, event: dict) -> dict:
+    """`{"ok": True, "outcome"}` when the event proves itself (shared/attested_outcome.py):
+    signed by the attested trainer of this run's group, for this run id and nonce, with
+    figures within the plan; otherwise `{"ok": False, "reason"}` and the run keeps waiting."""
+    payload = _contract(run)
+    planned = min(float(d["epsilon"]) for _, d in contracts.datasets(payload))
+    try:
+        outcome = attested_outcome.verify(event, run["run_id"], run["nonce"],
+                                          deployment.hostdata(payload, run["contract_digest"]),
+                                          settings.require("CCR_MAA_URL"), planned, settings.ca_bundle())
+    except attested_outcome.OutcomeRejected as rejected:
+        log.warning("run %s: completion event ignored: %s", run["run_id"], rejected)
+        return {"ok": False, "reason": str(rejected)}
+    return {"ok": True, "outcome": outcome}
 
 
 # --- 5. clean up ----------------------------------------------------------------------------

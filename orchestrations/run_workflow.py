@@ -64,6 +64,9 @@ def _run_steps(context, run: dict, progress: dict):
 
     enter("deploying")
     progress["deployed"] = True  # from here on, cleanup must always try to delete the group
+    # The run's nonce, drawn now (deterministically under replay): only the trainer deployed
+    # with it can sign an outcome the control plane believes.
+    run = {**run, "nonce": str(context.new_uuid())}
     deployment = yield context.call_activity_with_retry("deploy_trainer", RETRY, run)
     if not deployment["ok"]:
         return _refused("deploying", deployment["reason"])
@@ -71,13 +74,17 @@ def _run_steps(context, run: dict, progress: dict):
     enter("training", container_group=deployment["container_group"])
     deadline = context.current_utc_datetime + timedelta(seconds=run["deadline_seconds"])
     timer = context.create_timer(deadline)
-    finished = context.wait_for_external_event(TRAINER_FINISHED_EVENT)
-    winner = yield context.task_any([finished, timer])
-    if winner == finished:
-        timer.cancel()
-        return _trainer_outcome(finished.result)
-    return {"status": "failed", "phase": "training",
-            "reason": f"deadline of {run['deadline_seconds']} s passed before the trainer finished"}
+    while True:  # events that do not prove themselves are ignored: keep waiting until the deadline
+        finished = context.wait_for_external_event(TRAINER_FINISHED_EVENT)
+        winner = yield context.task_any([finished, timer])
+        if winner != finished:
+            return {"status": "failed", "phase": "training",
+                    "reason": f"deadline of {run['deadline_seconds']} s passed before the trainer finished"}
+        verdict = yield context.call_activity_with_retry(
+            "verify_trainer_outcome", RETRY, {"run": run, "event": finished.result})
+        if verdict["ok"]:
+            timer.cancel()
+            return _trainer_outcome(verdict["outcome"])
 
 
 def _finish(context, run: dict, outcome: dict, deployed: bool):
@@ -97,14 +104,14 @@ def _refused(phase: str, reason: str) -> dict:
     return {"status": "failed", "phase": phase, "reason": reason, "data_untouched": True}
 
 
-def _trainer_outcome(event: dict | None) -> dict:
-    event = event or {}
-    if event.get("status") == "succeeded":
+def _trainer_outcome(outcome: dict) -> dict:
+    """The attested outcome as the run's: budget figures come only from here."""
+    if outcome["status"] == "succeeded":
         return {"status": "succeeded", "phase": "training",
-                "output_blob": event.get("output_blob"), "output_sha256": event.get("output_sha256"),
-                "metrics": event.get("metrics_summary"), "privacy": event.get("privacy")}
-    return {"status": "failed", "phase": "training",
-            "reason": f"trainer failed: {event.get('error_class', 'UnknownError')}: {event.get('message', '')}"[:500]}
+                "output_blob": outcome.get("output_blob"), "output_sha256": outcome.get("output_sha256"),
+                "metrics": outcome.get("metrics_summary"), "privacy": outcome.get("privacy")}
+    reason = f"trainer failed: {outcome.get('error_class', 'UnknownError')}: {outcome.get('message', '')}"[:500]
+    return {"status": "failed", "phase": "training", "reason": reason, "data_untouched": not outcome["data_read"]}
 
 
 def _safe_reason(error: Exception) -> str:

@@ -38,8 +38,8 @@ CONTRACT_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 # Everything the trainer reads (trainer_container/environment.py); the template pins the names.
 # Storage access is CCR_BLOB_URLS (per-blob SAS URLs, shared/blob_sas.py), never a connection string.
-TRAINER_ENV_NAMES = ("CCR_BLOB_URLS", "CCR_CA_BUNDLE", "CCR_CONTRACT", CONTRACT_DIGEST_ENV, "CCR_CONTRACT_URL",
-                     "CCR_EVENTGRID_KEY", "CCR_EVENTGRID_TOPIC_URL", "CCR_KEYVAULT_URL", "CCR_MAA_URL", "CCR_RUN_ID",
+TRAINER_ENV_NAMES = ("CCR_BLOB_URLS", "CCR_CA_BUNDLE", "CCR_CONTRACT", CONTRACT_DIGEST_ENV, "CCR_EVENTGRID_KEY",
+                     "CCR_EVENTGRID_TOPIC_URL", "CCR_KEYVAULT_URL", "CCR_MAA_URL", "CCR_RUN_ID", "CCR_RUN_NONCE",
                      "CCR_SKR_URL")
 SECURE_ENV_NAMES = frozenset({"CCR_BLOB_URLS", "CCR_EVENTGRID_KEY"})
 # Values fixed in the group's ARM template (acipolicygen pins them as `string` rules).

@@ -6,6 +6,8 @@
 | `CCR_CONTRACT` | the signed contract: base64 of its COSE_Sign envelope (verified by the trainer) |
 | `CCR_CONTRACT_DIGEST` | sha256 hex of the contract payload; the group's CCE policy requires exactly |
 |   | this value, so it is measured into the host data every key grant pins |
+| `CCR_RUN_NONCE` | drawn when the group is deployed: the completion event's attested outcome |
+|   | carries it, so no event made before this group existed, or for another run, is believed |
 | `CCR_BLOB_URLS` | JSON object: blob path (`container/name`) -> SAS URL; read-only for each |
 |   | input, create-only for `outputs/<run_id>/output.ccr`. Secret: never printed |
 | `CCR_SKR_URL` | the SKR sidecar (`POST /key/release`) |
@@ -41,6 +43,7 @@ def _required(name: str) -> str:
 @dataclass(frozen=True)
 class TrainerEnvironment:
     run_id: str
+    nonce: str
     envelope: bytes = field(repr=False)
     contract_digest: str
     blob_urls: dict[str, str] = field(repr=False)  # SAS URLs are secrets
@@ -57,7 +60,7 @@ class TrainerEnvironment:
         if not DIGEST.match(digest):
             raise SettingsError("CCR_CONTRACT_DIGEST is not a sha256 hex digest")
         ca_bundle = os.environ.get("CCR_CA_BUNDLE") or True
-        return cls(run_id, _envelope(), digest, _blob_urls(), _required("CCR_SKR_URL"),
+        return cls(run_id, _required("CCR_RUN_NONCE"), _envelope(), digest, _blob_urls(), _required("CCR_SKR_URL"),
                    _required("CCR_MAA_URL"), ca_bundle)
 
     def blob_url(self, path: str) -> str:

@@ -19,7 +19,9 @@ from azure.storage.blob import BlobClient
 from shared import events, package, storage_names
 from shared.blob_sas import blob_location
 from shared.pipeline import PipelineConfigError, check_compatible
-from shared import key_grants
+from jwcrypto import jwk
+
+from shared import attested_outcome, key_grants
 from trainer_container.consent import ConsentError, verified_contract
 from trainer_container.contract_terms import ContractError, ContractTerms, PackageRef
 from trainer_container.dp_sgd import (PrivacyBudgetError, effective_delta, noise_generator, plan_privacy,
@@ -66,9 +68,26 @@ class TrainerRun:
     def __init__(self, env: TrainerEnvironment, workdir: Path, progress: Callable[[str], None] = print):
         self.env, self.workdir, self.progress = env, workdir, progress
         self.skr = SkrClient(env.skr_url, env.maa_url, env.ca_bundle)
+        self.data_read = False  # set once a data-dependent computation starts (the join)
 
     def close(self) -> None:
         self.skr.close()
+
+    def attested_event(self, outcome: dict) -> dict:
+        """The completion event: the outcome (with this run's id and nonce, and whether any
+        data-dependent computation started) signed by an ephemeral key that an attestation
+        token of this group binds (shared/attested_outcome.py). Without a token the event
+        carries the status only, and the control plane will not believe it."""
+        statement = {**outcome, "run_id": self.env.run_id, "nonce": self.env.nonce, "data_read": self.data_read}
+        data = {"run_id": self.env.run_id, "status": outcome["status"]}
+        key = jwk.JWK.generate(kty="EC", crv="P-256")
+        try:
+            token = self.skr.attest(attested_outcome.runtime_data(key.export_public(as_dict=True), self.env.run_id,
+                                                                   self.env.nonce))
+        except KeyReleaseError as error:
+            self.progress(f"outcome not attested: {error}")
+            return data
+        return {**data, "attestation": token, "outcome": attested_outcome.sign(statement, key)}
 
     def data_key(self, contract_digest: str, grant: key_grants.GrantSubject) -> bytes:
         """A data key through its owner's grant to this contract: the KEK is released only to
@@ -119,6 +138,7 @@ class TrainerRun:
         by_name = {ref.name: ref for ref in terms.datasets}
         paths = {d.name: self.fetch(by_name[d.name], terms.digest) for d in terms.join.datasets}
         progress("phase: join")
+        self.data_read = True
         table = join_datasets(terms.join, paths)
         for path in paths.values():
             path.unlink()
@@ -180,7 +200,8 @@ def _storage(action: str, path: str) -> Iterator[None]:
         raise BlobAccessError(f"{action} {path}: storage answered HTTP {error.status_code} ({code})") from None
 
 
-def publish(event_type: str, data: dict, progress: Callable[[str], None]) -> bool:
+def publish(data: dict, progress: Callable[[str], None]) -> bool:
+    event_type = events.TRAINER_COMPLETED if data["status"] == "succeeded" else events.TRAINER_FAILED
     try:
         events.publish(event_type, f"runs/{data['run_id']}", data)
         return True
@@ -190,7 +211,8 @@ def publish(event_type: str, data: dict, progress: Callable[[str], None]) -> boo
 
 
 def main(progress: Callable[[str], None] = print) -> int:
-    """The container's entry point: 0 when the output is uploaded and the event published."""
+    """The container's entry point: 0 when the output is uploaded and the attested completion
+    event published; a failure is attested and published too."""
     try:
         env = TrainerEnvironment.from_environ()
     except Exception as exc:
@@ -198,16 +220,15 @@ def main(progress: Callable[[str], None] = print) -> int:
         progress(f"failed: {error_class}: {message}")
         return 2
     progress(f"run {env.run_id}: starting")
-    try:
-        with tempfile.TemporaryDirectory(prefix="ccr-trainer-") as workdir, \
-                closing(TrainerRun(env, Path(workdir), progress)) as trainer:
-            data = trainer.execute()
-    except Exception as exc:
-        error_class, message = safe_error(exc)
-        progress(f"failed: {error_class}: {message}")
-        publish(events.TRAINER_FAILED, {"run_id": env.run_id, "status": "failed", "error_class": error_class,
-                                        "message": message}, progress)
-        return 1
-    progress(f"succeeded: accuracy {data['metrics_summary'].get('accuracy')}, "
-             f"epsilon {data['privacy']['epsilon']:.3f}")
-    return 0 if publish(events.TRAINER_COMPLETED, data, progress) else 1
+    with tempfile.TemporaryDirectory(prefix="ccr-trainer-") as workdir, \
+            closing(TrainerRun(env, Path(workdir), progress)) as trainer:
+        try:
+            outcome = trainer.execute()
+            progress(f"succeeded: accuracy {outcome['metrics_summary'].get('accuracy')}, "
+                     f"epsilon {outcome['privacy']['epsilon']:.3f}")
+        except Exception as exc:
+            error_class, message = safe_error(exc)
+            progress(f"failed: {error_class}: {message}")
+            outcome = {"status": "failed", "error_class": error_class, "message": message}
+        published = publish(trainer.attested_event(outcome), progress)
+    return 0 if outcome["status"] == "succeeded" and published else 1

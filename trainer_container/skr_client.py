@@ -3,6 +3,7 @@ sidecar locally). The trainer gets data keys this way and no other: the sidecar 
 container and asks Key Vault to release the key to that attested environment."""
 from __future__ import annotations
 
+import base64
 from urllib.parse import urlsplit
 
 import requests
@@ -32,6 +33,23 @@ class SkrClient:
 
     def close(self) -> None:
         self.session.close()
+
+    def attest(self, runtime_data: bytes) -> str:
+        """An attestation token (MAA) for this group binding `runtime_data` (its x-ms-runtime)."""
+        body = {"maa_endpoint": endpoint_host(self.maa_endpoint),
+                "runtime_data": base64.b64encode(runtime_data).decode("ascii")}
+        try:
+            response = self.session.post(f"{self.skr_url}/attest/maa", json=body, verify=self.verify,
+                                         timeout=TIMEOUT_SECONDS)
+        except requests.RequestException as exc:
+            raise KeyReleaseError(f"SKR sidecar unreachable ({type(exc).__name__})") from None
+        try:
+            token = response.json().get("token") if response.status_code == 200 else None
+        except (ValueError, AttributeError):
+            token = None
+        if not isinstance(token, str):
+            raise KeyReleaseError(f"SKR sidecar gave no attestation token (HTTP {response.status_code})")
+        return token
 
     def release(self, vault_url: str, key_name: str) -> dict:
         """The key `key_name` of that vault, released to this attested group: a private JWK

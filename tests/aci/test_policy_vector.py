@@ -66,12 +66,12 @@ TRAINER = (
     '{"pattern":"CCR_CA_BUNDLE=.*","required":false,"strategy":"re2"},'
     '{"pattern":"CCR_CONTRACT=.*","required":false,"strategy":"re2"},'
     '{"pattern":"CCR_CONTRACT_DIGEST=.*","required":false,"strategy":"re2"},'
-    '{"pattern":"CCR_CONTRACT_URL=.*","required":false,"strategy":"re2"},'
     '{"pattern":"CCR_EVENTGRID_KEY=.*","required":false,"strategy":"re2"},'
     '{"pattern":"CCR_EVENTGRID_TOPIC_URL=.*","required":false,"strategy":"re2"},'
     '{"pattern":"CCR_KEYVAULT_URL=.*","required":false,"strategy":"re2"},'
     '{"pattern":"CCR_MAA_URL=.*","required":false,"strategy":"re2"},'
     '{"pattern":"CCR_RUN_ID=.*","required":false,"strategy":"re2"},'
+    '{"pattern":"CCR_RUN_NONCE=.*","required":false,"strategy":"re2"},'
     '{"pattern":"CCR_SKR_URL=http://localhost:8080","required":false,"strategy":"string"},'
     # the image config's Env (trainer_container/Dockerfile on python:3.11-slim)
     '{"pattern":"PATH=/usr/local/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",'
