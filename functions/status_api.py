@@ -1,27 +1,41 @@
-"""GET /api/runs and /api/runs/{run_id}: what the parties may know about runs."""
+"""GET /api/runs and /api/runs/{run_id}: what the parties may know about runs.
+
+A bearer token from /api/auth/token is required (anonymous at the host: the token is the
+credential, no function key is handed to parties); a party sees only the runs of contracts it
+is a party of (shared/party_runs.py), and another party's run answers 404 like a missing one."""
 from __future__ import annotations
 
 import azure.durable_functions as df
 import azure.functions as func
 
 from functions.http_responses import error, json_response
+from functions.party_requests import calling_party, refused
 from shared import azure_clients
-from shared.run_records import RunRecords
+from shared.party_auth import PartyAuthError
+from shared.party_runs import PartyRuns
 
 bp = df.Blueprint()
 
 
-@bp.route(route="runs", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+@bp.route(route="runs", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def list_runs(req: func.HttpRequest) -> func.HttpResponse:
-    records = RunRecords(azure_clients.blob_service()).list()
+    try:
+        did = calling_party(req)
+    except PartyAuthError as problem:
+        return refused(problem)
+    records = PartyRuns(azure_clients.blob_service()).list_for(did)
     records.sort(key=lambda record: record["created"], reverse=True)
     return json_response([_summary(record) for record in records])
 
 
-@bp.route(route="runs/{run_id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+@bp.route(route="runs/{run_id}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def show_run(req: func.HttpRequest) -> func.HttpResponse:
+    try:
+        did = calling_party(req)
+    except PartyAuthError as problem:
+        return refused(problem)
     run_id = req.route_params.get("run_id", "")
-    record = RunRecords(azure_clients.blob_service()).get(run_id) if run_id.startswith("run-") else None
+    record = PartyRuns(azure_clients.blob_service()).get_for(did, run_id) if run_id.startswith("run-") else None
     if record is None:
         return error(404, f"no run {run_id!r}")
     return json_response(record)

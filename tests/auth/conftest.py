@@ -1,0 +1,146 @@
+"""The real app (function_app.py) on the local host, with party authentication configured, one
+host for the whole folder; a did:web host on loopback TLS; parties with real P-256 identities; two
+contracts with a run each, stored as the control plane stores them.
+
+Contract A: TDC `tdc`, providers `icmr` and `cowin`. Contract B: TDC `rival`, provider `index`.
+`stranger` has a DID document but is a party of nothing; `nobody` has no document at all.
+"""
+from __future__ import annotations
+
+import base64
+import secrets
+import time
+
+import pytest
+import requests
+from azure.storage.blob import BlobServiceClient
+
+from local_emulator.tls import LoopbackServer
+from shared import contract as contracts
+from shared import did as dids
+from shared import storage_names
+from shared.contract_store import ContractStore
+from shared.party_auth import CONTROL_PLANE_AUDIENCE, PartyAuthority, sign_challenge
+from shared.run_records import RunRecords
+from shared.settings import PROJECT_ROOT
+from tests.conftest import HostProcess
+from tests.contracts.conftest import contract_payload
+
+PARTIES = ("tdc", "icmr", "cowin", "rival", "index", "stranger")
+
+
+class DidHost:
+    """Serves `/<name>/did.json` over HTTPS on loopback, as a did:web host does."""
+
+    def __init__(self, tls):
+        self.documents: dict[str, dict] = {}
+        self.server = LoopbackServer(self._route, tls.server_context(), name="did-host").start()
+        self.port = int(self.server.url.rsplit(":", 1)[1])
+
+    def _route(self, method, path, query, headers, body):
+        name = path.strip("/").removesuffix("/did.json")
+        if method == "GET" and name in self.documents:
+            return 200, self.documents[name], {}
+        return 404, {"error": "no such DID"}, {}
+
+    def identity(self, name: str, publish: bool = True) -> dids.Identity:
+        identity = dids.Identity.generate(dids.did_web("127.0.0.1", self.port, name))
+        if publish:
+            self.documents[name] = identity.document()
+        return identity
+
+
+@pytest.fixture(scope="package")
+def did_host(tls):
+    host = DidHost(tls)
+    yield host
+    host.server.stop()
+
+
+@pytest.fixture(scope="package")
+def parties(did_host) -> dict[str, dids.Identity]:
+    found = {name: did_host.identity(name) for name in PARTIES}
+    found["nobody"] = did_host.identity("nobody", publish=False)
+    return found
+
+
+@pytest.fixture(scope="package")
+def app(azurite, tls):
+    """The app with its own party-authentication secret (`.party_secret`)."""
+    secret = secrets.token_urlsafe(32)
+    host = HostProcess(PROJECT_ROOT, azurite, env={"CCR_PARTY_AUTH_SECRET": secret,
+                                                   "CCR_CA_BUNDLE": str(tls.ca_path)}).start()
+    host.party_secret = secret
+    yield host
+    host.stop()
+
+
+def authority(app, parties, **options) -> PartyAuthority:
+    """The app's authority as the test (which configured its secret) can rebuild it, e.g. with
+    a clock in the past to make expired challenges and tokens."""
+    documents = {identity.did: identity.document() for identity in parties.values()}
+    return PartyAuthority(app.party_secret, options.pop("audience", CONTROL_PLANE_AUDIENCE),
+                          resolve_did=documents.__getitem__, **options)
+
+
+def hours_ago(hours: float):
+    return lambda: time.time() - 3600 * hours
+
+
+def post(app, route: str, body: dict, token: str | None = None) -> requests.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return requests.post(f"{app.url}/api/{route}", json=body, headers=headers, timeout=30)
+
+
+def get(app, route: str, token: str | None = None, **headers) -> requests.Response:
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return requests.get(f"{app.url}/api/{route}", headers=headers, timeout=30)
+
+
+def challenge(app, did: str) -> str:
+    response = post(app, "auth/challenge", {"did": did})
+    assert response.status_code == 200, response.text
+    return response.json()["challenge"]
+
+
+def token_for(app, identity: dids.Identity) -> str:
+    """A bearer token, the way a party gets one: challenge, ES256 signature, exchange."""
+    issued = challenge(app, identity.did)
+    response = post(app, "auth/token", {"did": identity.did, "challenge": issued,
+                                        "signature": sign_challenge(identity, issued)})
+    assert response.status_code == 200, response.text
+    return response.json()["access_token"]
+
+
+@pytest.fixture(scope="package")
+def tokens(app, parties) -> dict[str, str]:
+    return {name: token_for(app, parties[name]) for name in PARTIES}
+
+
+@pytest.fixture(scope="package")
+def stored(azurite, parties) -> dict:
+    """Contracts A and B accepted and a run of each recorded, as the control plane does it."""
+    service = BlobServiceClient.from_connection_string(azurite)
+    tag = secrets.token_hex(4)
+    found = {}
+    for label, tdc, providers in (("a", "tdc", {"icmr": "icmr", "cowin": "cowin"}), ("b", "rival", {"index": "index"})):
+        payload = contract_payload(parties[tdc].did, {dataset: parties[p].did for dataset, p in providers.items()},
+                                   contract_id=f"auth-{label}-{tag}")
+        digest = contracts.payload_digest(contracts.canonical_json(payload))
+        envelope = contracts.sign_contract(payload, [parties[tdc], *(parties[p] for p in providers.values())])
+        ContractStore(service).accept(payload, digest, base64.b64encode(envelope).decode(), None)
+        run_id = f"run-{secrets.token_hex(8)}"
+        assert RunRecords(service).create(run_id, payload["contract_id"], digest)
+        found[label] = {"payload": payload, "digest": digest, "run_id": run_id}
+    outputs = service.get_container_client(storage_names.OUTPUTS)
+    if not outputs.exists():
+        outputs.create_container()
+    for label in found:
+        outputs.upload_blob(storage_names.output_blob(found[label]["run_id"]), f"output {label}".encode())
+    return found
+
+
+def blob_service(azurite) -> BlobServiceClient:
+    return BlobServiceClient.from_connection_string(azurite)
+
