@@ -90,9 +90,63 @@ def _progress(total: int, label: str):
                 disable=None, leave=False)
 
 
-def upload(container: str, blob: str, path: Path) -> str:
-    """Uploads a file (overwriting); returns the blob URL."""
+# A party reaches storage only through SAS URLs for its own blobs (`party`: a ccr.party.PartySession,
+# POST /api/sas); without one, the storage account connection is used (an operator's setup).
+# A create-only SAS allows one Put Blob of a new blob (no Put Block: Azurite asks write permission
+# for it), so such uploads stream the file in one request, at most MAX_SINGLE_PUT bytes.
+MAX_SINGLE_PUT = 5000 << 20
+_BLOB_API_VERSION = "2021-08-06"
+
+
+class BlobExists(CliError):
+    """A create-only upload found the blob there already."""
+
+
+class _Reading:
+    """A file streamed as a request body (Content-Length from its size), reporting progress."""
+
+    def __init__(self, source, size: int, advance):
+        self._source, self._size, self._advance = source, size, advance
+
+    def __len__(self) -> int:
+        return self._size
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._source.read(size)
+        self._advance(len(chunk))
+        return chunk
+
+
+def _put_new_blob(url: str, path: Path, label: str) -> None:
+    """One streamed Put Blob through a create-only SAS (If-None-Match: *: never an overwrite)."""
+    import requests
+    size = path.stat().st_size
+    if size > MAX_SINGLE_PUT:
+        raise CliError(f"{path} is larger than {MAX_SINGLE_PUT >> 20} MiB, the most one upload through a SAS takes")
+    with open(path, "rb") as source, _progress(size, label) as bar:
+        try:
+            response = requests.put(url, data=_Reading(source, size, bar.update), timeout=600, headers={
+                "x-ms-blob-type": "BlockBlob", "x-ms-version": _BLOB_API_VERSION, "If-None-Match": "*",
+                "Content-Type": "application/octet-stream"})
+        except requests.RequestException as error:
+            raise CliError(f"cannot reach storage for {label} ({type(error).__name__})") from None
+    if response.status_code in (409, 412) or response.headers.get("x-ms-error-code") == "BlobAlreadyExists":
+        raise BlobExists(f"{label}: the blob exists already (a SAS creates a blob once)")
+    if response.status_code != 201:
+        raise CliError(f"storage refused {label} (HTTP {response.status_code} "
+                       f"{response.headers.get('x-ms-error-code', '')})".rstrip() + ")")
+
+
+def upload(container: str, blob: str, path: Path, party=None) -> str:
+    """Uploads a file; returns the blob URL (never a SAS). Through `party`, a new blob only;
+    with the account connection, overwriting."""
     from azure.core.exceptions import ResourceExistsError
+
+    from shared.blob_sas import blob_location
+    if party is not None:
+        url = party.sas(f"{container}/{blob}", "create")
+        _put_new_blob(url, path, f"upload {container}/{blob}")
+        return blob_location(url)
     service = azure_clients.blob_service()
     try:
         service.create_container(container)
@@ -106,9 +160,23 @@ def upload(container: str, blob: str, path: Path) -> str:
     return client.url
 
 
-def upload_text(container: str, blob: str, text: str) -> None:
-    """A small blob (a grant), overwritten if present."""
+def upload_text(container: str, blob: str, text: str, party=None, contract: dict | None = None) -> None:
+    """A small blob (a grant): through `party` created once (BlobExists if there: read it back
+    with `download_text`), with the account connection overwritten if present."""
     from azure.core.exceptions import ResourceExistsError
+    if party is not None:
+        import requests
+        url = party.sas(f"{container}/{blob}", "create", contract)
+        try:
+            response = requests.put(url, data=text.encode(), timeout=60, headers={
+                "x-ms-blob-type": "BlockBlob", "x-ms-version": _BLOB_API_VERSION, "If-None-Match": "*"})
+        except requests.RequestException as error:
+            raise CliError(f"cannot reach storage for {container}/{blob} ({type(error).__name__})") from None
+        if response.status_code == 201:
+            return
+        if response.status_code in (403, 409, 412):   # a create-only SAS cannot touch an existing blob
+            raise BlobExists(f"{container}/{blob} exists already")
+        raise CliError(f"storage refused {container}/{blob} (HTTP {response.status_code})")
     service = azure_clients.blob_service()
     try:
         service.create_container(container)
@@ -117,9 +185,25 @@ def upload_text(container: str, blob: str, text: str) -> None:
     service.get_blob_client(container, blob).upload_blob(text.encode(), overwrite=True)
 
 
-def download(container: str, blob: str, path: Path) -> None:
+def _reader(container: str, blob: str, party=None, contract: dict | None = None):
+    from azure.storage.blob import BlobClient
+    if party is not None:
+        return BlobClient.from_blob_url(party.sas(f"{container}/{blob}", "read", contract))
+    return azure_clients.blob_service().get_blob_client(container, blob)
+
+
+def download_text(container: str, blob: str, party=None, contract: dict | None = None) -> str | None:
+    """A small blob's text, or None if it does not exist."""
     from azure.core.exceptions import ResourceNotFoundError
-    client = azure_clients.blob_service().get_blob_client(container, blob)
+    try:
+        return _reader(container, blob, party, contract).download_blob().readall().decode()
+    except ResourceNotFoundError:
+        return None
+
+
+def download(container: str, blob: str, path: Path, party=None) -> None:
+    from azure.core.exceptions import ResourceNotFoundError
+    client = _reader(container, blob, party)
     try:
         size = client.get_blob_properties().size
     except ResourceNotFoundError:

@@ -19,8 +19,10 @@ from urllib.parse import urlsplit
 
 import requests
 
-from ccr.common import (CliError, authority, contract_policy, create_kek, emit, keys_dir, load_local_key,
-                        upload_text)
+from ccr.common import (BlobExists, CliError, authority, contract_policy, create_kek, download_text, emit, keys_dir,
+                        load_local_key, upload_text)
+from ccr.party import identity as party_identity
+from ccr.party import session_for
 from shared import contract as contracts
 from shared import did as dids
 from shared import key_grants, settings, storage_names
@@ -94,6 +96,9 @@ def register(groups) -> None:
     grant = commands.add_parser("grant", help="grant your data keys to a contract (done by sign)")
     grant.add_argument("--contract", type=Path, required=True, help="the payload JSON you signed")
     grant.add_argument("--did", required=True, help="your did:web")
+    grant.add_argument("--key", type=Path, help="your private key (PEM): with CCR_FUNCTIONS_URL, grants are written "
+                                                "through SAS URLs the clean room issues to you")
+    grant.add_argument("--key-id", default=dids.DEFAULT_KEY_ID, help="verification method id in your DID document")
     _grant_arguments(grant)
     grant.set_defaults(func=run_grant)
 
@@ -326,7 +331,8 @@ def run_sign(args) -> None:
         _, signers = contracts.envelope_signers(signed)
     except (contracts.ContractError, dids.DidError) as error:
         raise CliError(str(error)) from None
-    granted = [] if args.no_grant else grant_keys(payload, identity.did, keys_dir(args), authority(args))
+    granted = [] if args.no_grant else grant_keys(payload, identity.did, keys_dir(args), authority(args),
+                                                  session_for(identity))
     _write(args.out, signed)
     emit({"contract_id": payload["contract_id"], "signed_by": identity.did, "signers": signers,
           "missing": [did for did in contracts.parties(payload) if did not in signers], "out": str(args.out),
@@ -342,12 +348,14 @@ def run_grant(args) -> None:
     if args.did not in contracts.parties(payload):
         raise CliError(f"{args.did} is not a party to contract {payload['contract_id']}")
     emit({"contract_id": payload["contract_id"], "granted": grant_keys(payload, args.did, keys_dir(args),
-                                                                       authority(args))})
+                                                                       authority(args),
+                                                                       session_for(party_identity(args)))})
 
 
-def grant_keys(payload: dict, did: str, directory: Path, authority_url: str) -> list[dict]:
+def grant_keys(payload: dict, did: str, directory: Path, authority_url: str, party=None) -> list[dict]:
     """For each of `did`'s keys in the contract: its KEK for this contract (created in the
-    party's vault with this contract's release policy) and the data key wrapped under it."""
+    party's vault with this contract's release policy) and the data key wrapped under it,
+    written through `party`'s SAS (ccr.party) when given, else with the storage connection."""
     digest = contracts.payload_digest(contracts.canonical_json(payload))
     policy = contract_policy(authority_url, payload, digest)
     granted = []
@@ -357,10 +365,26 @@ def grant_keys(payload: dict, did: str, directory: Path, authority_url: str) -> 
         data_key = load_local_key(directory, subject.key_id)
         kek = key_grants.kek_name(digest, subject.subject)
         wrapped = key_grants.wrap(data_key, create_kek(subject.key_vault, kek, policy), kek, subject.key_id)
-        upload_text(storage_names.GRANTS, key_grants.grant_blob(digest, subject.subject), wrapped)
+        _write_grant(payload, key_grants.grant_blob(digest, subject.subject), wrapped, kek, subject.key_id, party)
         granted.append({"subject": subject.label, "key_id": subject.key_id, "kek": kek,
                         "grant": key_grants.grant_path(digest, subject.subject)})
     return granted
+
+
+def _write_grant(payload: dict, blob: str, wrapped: str, kek: str, key_id: str, party) -> None:
+    """Through a SAS a grant is written once; a retry finds its earlier grant (the KEK is reused,
+    so it still unwraps) and keeps it if it names the same KEK and data key."""
+    try:
+        upload_text(storage_names.GRANTS, blob, wrapped, party, payload)
+    except BlobExists:
+        existing = download_text(storage_names.GRANTS, blob, party, payload)
+        if existing is None:
+            raise CliError(f"storage refused grant {storage_names.GRANTS}/{blob}") from None
+        try:
+            key_grants.check_header(existing, kek, key_id)
+        except key_grants.GrantError as error:
+            raise CliError(f"an earlier grant {storage_names.GRANTS}/{blob} is there and {error} "
+                           "(a grant is written once)") from None
 
 
 def run_submit(args) -> None:

@@ -1,17 +1,16 @@
-"""`ccr runs`: what the clean room tells the parties about runs, from the status API
-(`GET /api/runs`, `GET /api/runs/{run_id}`, function-key authenticated).
+"""`ccr runs`: what the clean room tells a party about the runs of its contracts, from the
+status API (`GET /api/runs`, `GET /api/runs/{run_id}`), as that party: it proves its DID with
+its key (ccr/party.py) and sees only the runs of contracts it is a party of.
 
-  ccr runs list
-  ccr runs show RUN_ID
+  ccr runs list --did DID --key KEY.pem
+  ccr runs show RUN_ID --did DID --key KEY.pem
 """
 from __future__ import annotations
 
 import argparse
 
-import requests
-
 from ccr.common import CliError, emit
-from shared import settings
+from ccr.party import add_identity_arguments, clean_room
 
 NAME = "runs"
 HELP = "runs: list, show"
@@ -21,28 +20,20 @@ def register(groups) -> None:
     parser = groups.add_parser(NAME, help=HELP, description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    listing = commands.add_parser("list", help="every run, newest first")
+    listing = commands.add_parser("list", help="the runs of your contracts, newest first")
     listing.set_defaults(func=run_list)
     show = commands.add_parser("show", help="one run: phases with timestamps, outcome, output, budget spent")
     show.add_argument("run_id")
     show.set_defaults(func=run_show)
     for command in (listing, show):
         command.add_argument("--url", help="the Functions app's base URL (default: setting CCR_FUNCTIONS_URL)")
+        add_identity_arguments(command)
 
 
 def _get(args, path: str):
-    base = args.url or settings.get("CCR_FUNCTIONS_URL")
-    key = settings.get("CCR_FUNCTION_KEY")
-    if not base:
-        raise CliError("no Functions app: pass --url or set CCR_FUNCTIONS_URL")
-    if not key:
-        raise CliError("no function key: set CCR_FUNCTION_KEY")
-    try:
-        response = requests.get(f"{base.rstrip('/')}/api/{path}", headers={"x-functions-key": key}, timeout=30)
-    except requests.RequestException as error:
-        raise CliError(f"cannot reach {base} ({type(error).__name__})") from None
+    response = clean_room(args, required=True).request("GET", path)
     if response.status_code == 401:
-        raise CliError("the Functions app refused the function key (HTTP 401)")
+        raise CliError(f"the clean room refused your access token (HTTP 401): {_reason(response)}")
     if response.status_code == 404 and path.startswith("runs/"):
         raise CliError(f"no such run: {path.rsplit('/', 1)[-1]}")
     if not response.ok:
@@ -51,6 +42,13 @@ def _get(args, path: str):
         return response.json()
     except ValueError:
         raise CliError("status API answered something that is not JSON") from None
+
+
+def _reason(response) -> str:
+    try:
+        return str(response.json().get("error", ""))[:200]
+    except (ValueError, AttributeError):
+        return ""
 
 
 def run_list(args) -> None:

@@ -16,8 +16,10 @@ import zipfile
 from pathlib import Path
 
 from ccr.common import CliError, download, emit, keys_dir, load_local_key, new_key_id, plain_name, save_local_key
+from ccr.party import add_identity_arguments, clean_room, party_did
 from ccr.tdp import publish_package
 from shared import package, storage_names
+from shared.did import did_name
 from shared.pipeline import PipelineConfigError, TrainingConfig
 from trainer_container.model_package import CONTENT_TYPE as MODEL_CONTENT_TYPE  # what the trainer reads
 from trainer_container.output_package import CONTENT_TYPE as OUTPUT_CONTENT_TYPE  # and writes
@@ -40,14 +42,18 @@ def register(groups) -> None:
     publish.add_argument("--model", required=True, type=Path, help="ONNX model")
     publish.add_argument("--training", required=True, type=Path, help="training config (JSON)")
     publish.add_argument("--keys-dir", type=Path, help="where the model and output keys are kept")
+    add_identity_arguments(publish, "your did:web: its name names the blob (default: setting CCR_PARTY_DID)")
     publish.set_defaults(func=run_publish_model)
 
     fetch = commands.add_parser("fetch", help="download and decrypt a run's output",
-                                description="Download outputs/<run-id>/output.ccr and decrypt it with the local "
-                                            "copy of the output key named in its header.")
+                                description="Download outputs/<run-id>/output.ccr (with your identity and "
+                                            "CCR_FUNCTIONS_URL, through a read-only SAS the clean room issues to "
+                                            "the TDC of that run's contract) and decrypt it with the local copy of "
+                                            "the output key named in its header.")
     fetch.add_argument("--run-id", required=True, help="run id (from the run status or the CCR.Run.Finished event)")
     fetch.add_argument("--output", required=True, type=Path, help="zip to write (model.onnx, metrics.json, privacy.json)")
     fetch.add_argument("--keys-dir", type=Path, help="where publish-model wrote the output key")
+    add_identity_arguments(fetch)
     fetch.set_defaults(func=run_fetch)
 
 
@@ -82,14 +88,16 @@ def model_zip(model: bytes, training: bytes) -> bytes:
 
 def run_publish_model(args) -> None:
     model, training = _read_inputs(args)
+    owner = did_name(party_did(args, required=True))
+    party = clean_room(args)
     directory = keys_dir(args)
     output_key_id = new_key_id("output")
     key_file = save_local_key(directory, output_key_id, os.urandom(package.KEY_SIZE))
     with tempfile.TemporaryDirectory(prefix="ccr-model-") as scratch:
         archive = Path(scratch) / "model.zip"
         archive.write_bytes(model_zip(model, training))
-        result = publish_package(archive, storage_names.MODELS, "model", directory, MODEL_CONTENT_TYPE,
-                                 {"members": ["model.onnx", "training.json"]})
+        result = publish_package(archive, storage_names.MODELS, owner, "model", directory, MODEL_CONTENT_TYPE,
+                                 {"members": ["model.onnx", "training.json"]}, party)
     emit({"model": result, "output_key_id": output_key_id, "output_key_file": str(key_file)})
 
 
@@ -100,7 +108,7 @@ def run_fetch(args) -> None:
     directory = keys_dir(args)
     with tempfile.TemporaryDirectory(prefix="ccr-fetch-") as scratch:
         encrypted = Path(scratch) / "output.ccr"
-        download(storage_names.OUTPUTS, storage_names.output_blob(run_id), encrypted)
+        download(storage_names.OUTPUTS, storage_names.output_blob(run_id), encrypted, clean_room(args))
         with open(encrypted, "rb") as source:
             header = package.read_header(source)
         if header.manifest.content_type != OUTPUT_CONTENT_TYPE:

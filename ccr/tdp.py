@@ -9,7 +9,9 @@ import tempfile
 from pathlib import Path
 
 from ccr.common import CliError, emit, keys_dir, new_key_id, plain_name, save_local_key, upload
+from ccr.party import add_identity_arguments, clean_room, party_did
 from shared import deid, package, storage_names
+from shared.did import did_name
 
 NAME = "tdp"
 HELP = "training data provider: prepare, pseudonym-key, publish"
@@ -40,11 +42,15 @@ def register(groups) -> None:
                                               "manifest sha256 and key id for the contract; never the key. The key "
                                               "reaches the clean room only through a grant made when you sign a "
                                               "contract (`ccr contract sign`), and one upload serves any number of "
-                                              "contracts.")
+                                              "contracts. The blob lives under your party name "
+                                              "(datasets/<name>/...); with your key and CCR_FUNCTIONS_URL the "
+                                              "upload goes through a create-only SAS the clean room issues for "
+                                              "that blob alone.")
     publish.add_argument("--input", required=True, type=Path, help="prepared CSV")
     publish.add_argument("--dataset", required=True, help="dataset name (e.g. icmr): names the blob and the key")
     publish.add_argument("--keys-dir", type=Path, help="where the data key is kept (default: $CCR_KEYS_DIR or "
                                                        "~/.ccr/keys)")
+    add_identity_arguments(publish, "your did:web: its name names the blob (default: setting CCR_PARTY_DID)")
     publish.set_defaults(func=run_publish)
 
 
@@ -103,18 +109,20 @@ def csv_schema(path: Path) -> dict:
     return {"format": "csv", "columns": header}
 
 
-def publish_package(source: Path, container: str, name: str, directory: Path, content_type: str,
-                    schema: dict | None) -> dict:
-    """Fresh data key (kept in `directory`, 0600) -> package -> blob `<name>/<key id>.ccr`.
+def publish_package(source: Path, container: str, owner: str, name: str, directory: Path, content_type: str,
+                    schema: dict | None, party=None) -> dict:
+    """Fresh data key (kept in `directory`, 0600) -> package -> blob under the owner's name
+    (`storage_names.dataset_blob` / `model_blob`), uploaded through `party`'s SAS if given.
     Returns what the contract needs (blob path, sha256, key id)."""
     key = os.urandom(package.KEY_SIZE)
     key_id = new_key_id(name)
     save_local_key(directory, key_id, key)
-    blob = storage_names.dataset_blob(name, key_id)
+    blob = storage_names.model_blob(owner, key_id) if container == storage_names.MODELS else \
+        storage_names.dataset_blob(owner, name, key_id)
     with tempfile.TemporaryDirectory(prefix="ccr-publish-") as scratch:
         encrypted = Path(scratch) / "package.ccr"
         manifest = package.encrypt_file(source, encrypted, key, key_id, content_type, schema)
-        url = upload(container, blob, encrypted)
+        url = upload(container, blob, encrypted, party)
     return {"blob": f"{container}/{blob}", "url": url, "sha256": manifest.sha256, "size": manifest.size,
             "key_id": key_id}
 
@@ -123,6 +131,8 @@ def run_publish(args) -> None:
     if not args.input.is_file():
         raise CliError(f"--input: {args.input} is not a file")
     name = plain_name(args.dataset, "--dataset")
-    result = publish_package(args.input, storage_names.DATASETS, name, keys_dir(args), "text/csv",
-                             csv_schema(args.input))
+    schema = csv_schema(args.input)
+    owner = did_name(party_did(args, required=True))
+    result = publish_package(args.input, storage_names.DATASETS, owner, name, keys_dir(args), "text/csv",
+                             schema, clean_room(args))
     emit({"dataset": name, **result})

@@ -9,14 +9,17 @@ GRANTS = "grants"
 PACKAGE_SUFFIX = ".ccr"
 
 
-def dataset_blob(dataset_name: str, key_id: str) -> str:
-    """`<dataset>/<key id>.ccr`: one upload per encryption, which any number of contracts may
-    name (the contract pins its digest; the provider grants its key per contract)."""
-    return f"{dataset_name}/{key_id}{PACKAGE_SUFFIX}"
+def dataset_blob(party: str, dataset_name: str, key_id: str) -> str:
+    """`<party>/<dataset>/<key id>.ccr`: one upload per encryption, which any number of contracts
+    may name (the contract pins its digest; the provider grants its key per contract). `party`
+    is the provider's name (`shared.did.did_name`): a party's SAS reaches only its own prefix
+    (`shared.party_sas`)."""
+    return f"{party}/{dataset_name}/{key_id}{PACKAGE_SUFFIX}"
 
 
-def model_blob(key_id: str) -> str:
-    return f"model/{key_id}{PACKAGE_SUFFIX}"
+def model_blob(party: str, key_id: str) -> str:
+    """`<party>/<key id>.ccr`: the TDC's model package, under the TDC's name."""
+    return f"{party}/{key_id}{PACKAGE_SUFFIX}"
 
 
 def output_blob(run_id: str) -> str:

@@ -29,11 +29,13 @@ def contract_payload(tdc: str, tdps: dict[str, str], contract_id: str = CONTRACT
         "schema_version": 2, "contract_id": contract_id, "purpose": "covid outcome model",
         "valid_from": valid_from, "valid_until": valid_until,
         "tdc": {"did": tdc, "key_vault": VAULT,
-                "model": {"blob": f"models/{storage_names.model_blob('model-1')}", "sha256": sha("model"),
+                "model": {"blob": f"models/{storage_names.model_blob(dids.did_name(tdc), 'model-1')}",
+                          "sha256": sha("model"),
                           "key_id": "model-1"},
                 "output": {"key_id": "output-1", "webhook": "http://127.0.0.1:9/notify"}},
         "tdps": [{"did": did, "key_vault": VAULT, "datasets": [{
-            "name": name, "version": 1, "blob": f"datasets/{storage_names.dataset_blob(name, name + '-1')}",
+            "name": name, "version": 1,
+            "blob": f"datasets/{storage_names.dataset_blob(dids.did_name(did), name, name + '-1')}",
             "sha256": sha(name), "key_id": f"{name}-1", "epsilon": 1.5, "epsilon_threshold": 1.5}]}
             for name, did in tdps.items()],
         "privacy": {"delta": 1e-5},

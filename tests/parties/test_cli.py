@@ -117,6 +117,9 @@ def _bad_cases(tmp: Path, key_file: Path) -> dict[str, tuple[list[str], str]]:
                                                                               str(key_file)], "input file not found"),
         "bad dataset": (publish[:5] + ["a/b"], "--dataset"),
         "publish input missing": (["tdp", "publish", "--input", str(tmp / "none.csv")] + publish[4:], "--input"),
+        "publish without an identity": (publish, "who are you? pass --did"),
+        "publish under a malformed DID": (publish + ["--did", "did:key:z6Mk"], "is not a did:web identifier"),
+        "publish-model without an identity": (model, "who are you? pass --did"),
         "invalid onnx": (model[:3] + [str(tmp / "bad.onnx")] + model[4:], "not a valid ONNX model"),
         "training loss not allowed": (model[:5] + [str(tmp / "hinge.json")] + model[6:], "loss must be one of"),
         "validation split is the contract's": (model[:5] + [str(tmp / "split.json")] + model[6:],
@@ -220,10 +223,10 @@ def test_tdp_publish_encrypts_uploads_and_keeps_the_key(capsys, tmp_path, key_fi
                str(COVID / "poc_data_icmr_data.csv"), "--output", str(prepared),
                "--pseudonym-key-file", str(key_file))[0] == 0
     keys_before = vault.store.names()
-    code, out, err = run(capsys, "tdp", "publish", "--input", str(prepared), "--dataset", "icmr")
+    code, out, err = run(capsys, "tdp", "publish", "--input", str(prepared), "--dataset", "icmr", "--did", TDP)
     assert code == 0, err
     result = json.loads(out)
-    assert result["blob"] == f"{storage_names.DATASETS}/{storage_names.dataset_blob('icmr', result['key_id'])}"
+    assert result["blob"] == f"{storage_names.DATASETS}/{storage_names.dataset_blob('icmr', 'icmr', result['key_id'])}"
     assert result["key_id"].startswith("icmr-") and result["sha256"] == hashlib.sha256(prepared.read_bytes()).hexdigest()
     assert vault.store.names() == keys_before  # nothing reaches Key Vault before a contract is signed
     key_file = tmp_path / "keys" / f"{result['key_id']}.key.json"
@@ -237,7 +240,7 @@ def test_tdp_publish_encrypts_uploads_and_keeps_the_key(capsys, tmp_path, key_fi
         assert key.hex() not in text and base64.urlsafe_b64encode(key).decode().rstrip("=") not in text
     package.decrypt_file(tmp_path / "icmr.ccr", tmp_path / "plain.csv", key)
     assert (tmp_path / "plain.csv").read_bytes() == prepared.read_bytes()
-    again = json.loads(run(capsys, "tdp", "publish", "--input", str(prepared), "--dataset", "icmr")[1])
+    again = json.loads(run(capsys, "tdp", "publish", "--input", str(prepared), "--dataset", "icmr", "--did", TDP)[1])
     assert again["blob"] != result["blob"] and again["key_id"] != result["key_id"]  # never overwrites an upload
 
 
@@ -245,7 +248,8 @@ def test_grant_binds_the_data_key_to_one_contract(capsys, tmp_path, services, va
     """The provider's consent: a KEK in its vault released only to this contract's trainer
     group, and its data key wrapped under that KEK; another contract gets another KEK."""
     (tmp_path / "t.csv").write_text("pseudonym,age\nab,3\n")
-    published = json.loads(run(capsys, "tdp", "publish", "--input", str(tmp_path / "t.csv"), "--dataset", "icmr")[1])
+    published = json.loads(run(capsys, "tdp", "publish", "--input", str(tmp_path / "t.csv"), "--dataset", "icmr",
+                               "--did", TDP)[1])
     data_key = bytes.fromhex(json.loads((tmp_path / "keys" / f"{published['key_id']}.key.json").read_text())["k"])
     fields = {k: published[k] for k in ("blob", "sha256", "key_id")}
     keks = []
@@ -279,7 +283,7 @@ def test_tdc_publish_model_then_fetch_output(capsys, tmp_path, services, vault):
     (tmp_path / "training.json").write_text(json.dumps(covid_model.covid_training_config()))
     keys_before = vault.store.names()
     code, out, err = run(capsys, "tdc", "publish-model", "--model", str(tmp_path / "model.onnx"),
-                         "--training", str(tmp_path / "training.json"))
+                         "--training", str(tmp_path / "training.json"), "--did", TDC)
     assert code == 0, err
     result = json.loads(out)
     key_file = Path(result["output_key_file"])
@@ -289,7 +293,7 @@ def test_tdc_publish_model_then_fetch_output(capsys, tmp_path, services, vault):
     assert output_key.hex() not in out and vault.store.names() == keys_before
 
     model = result["model"]
-    assert model["blob"] == f"{storage_names.MODELS}/{storage_names.model_blob(model['key_id'])}"
+    assert model["blob"] == f"{storage_names.MODELS}/{storage_names.model_blob('tdc', model['key_id'])}"
     model_key = bytes.fromhex(json.loads((tmp_path / "keys" / f"{model['key_id']}.key.json").read_text())["k"])
     _download(model["blob"], tmp_path / "model.ccr")
     package.decrypt_file(tmp_path / "model.ccr", tmp_path / "model.zip", model_key)

@@ -256,8 +256,8 @@ class Stage:
         (self.tmp / f"{name}.in").write_bytes(plain)
         manifest = package.encrypt_file(self.tmp / f"{name}.in", self.tmp / f"{name}.ccr", self.deks[key_id], key_id,
                                         content_type, None)
-        blob = storage_names.model_blob(key_id) if container == storage_names.MODELS else \
-            storage_names.dataset_blob(name, key_id)
+        blob = storage_names.model_blob("tdc", key_id) if container == storage_names.MODELS else \
+            storage_names.dataset_blob(name, name, key_id)  # providers here are named as their datasets
         with open(self.tmp / f"{name}.ccr", "rb") as src:
             self.blobs.get_blob_client(container, blob).upload_blob(src, overwrite=True)
         return {"blob": f"{container}/{blob}", "sha256": manifest.sha256, "key_id": key_id}

@@ -52,14 +52,15 @@ def _publish(service: BlobServiceClient, contract_id: str) -> dict:
     identities = {name: did.Identity.generate(f"did:web:parties.test:{contract_id}-{name}")
                   for name in ("tdc", "icmr", "cowin")}
     key_id = lambda name: f"{contract_id}-{name}"
-    datasets = [{"name": name, "version": 1,
-                 "blob": f"{storage_names.DATASETS}/{storage_names.dataset_blob(name, key_id(name))}",
+    owned = lambda name: storage_names.dataset_blob(f"{contract_id}-{name}", name, key_id(name))
+    datasets = [{"name": name, "version": 1, "blob": f"{storage_names.DATASETS}/{owned(name)}",
                  "sha256": "0" * 64, "key_id": key_id(name), "epsilon": 1.5, "epsilon_threshold": 1.5}
                 for name in ("icmr", "cowin")]
     payload = {"schema_version": 2, "contract_id": contract_id, "purpose": "storage access",
                "valid_from": "2020-01-01T00:00:00Z", "valid_until": "2099-01-01T00:00:00Z",
                "tdc": {"did": identities["tdc"].did, "key_vault": "https://tdc.vault.test",
-                       "model": {"blob": f"{storage_names.MODELS}/{storage_names.model_blob(key_id('model'))}",
+                       "model": {"blob": f"{storage_names.MODELS}/"
+                                         f"{storage_names.model_blob(contract_id + '-tdc', key_id('model'))}",
                                  "sha256": "0" * 64, "key_id": key_id("model")},
                        "output": {"key_id": key_id("output")}},
                "tdps": [{"did": identities[d["name"]].did, "key_vault": f"https://{d['name']}.vault.test",
