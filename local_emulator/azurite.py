@@ -1,5 +1,10 @@
 """Azurite (the real storage emulator from npm) as a child process on loopback: blob, queue
-and table services, a data folder that survives restarts, stopped with its process group."""
+and table services, a data folder that survives restarts, stopped with its process group.
+
+By default the account is Azurite's well-known development account, whose key is public. A
+stack that must keep its account key secret (parties never hold it) passes `account_key`:
+Azurite then serves `devstoreaccount1` with that key only (`AZURITE_ACCOUNTS`), as an Azure
+account whose key stays with the control plane."""
 from __future__ import annotations
 
 import os
@@ -19,9 +24,9 @@ SERVICES = ("blob", "queue", "table")
 _LISTENING = re.compile(r"Azurite (Blob|Queue|Table) service is successfully listening at (http://\S+)")
 
 
-def connection_string(blob_url: str, queue_url: str, table_url: str) -> str:
+def connection_string(blob_url: str, queue_url: str, table_url: str, account_key: str = ACCOUNT_KEY) -> str:
     """The connection string the Azure SDK clients (and AzureWebJobsStorage) expect."""
-    return (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
+    return (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={account_key};"
             f"BlobEndpoint={blob_url}/{ACCOUNT};QueueEndpoint={queue_url}/{ACCOUNT};"
             f"TableEndpoint={table_url}/{ACCOUNT};")
 
@@ -32,8 +37,9 @@ class Azurite:
     env_names = ("AzureWebJobsStorage", "CCR_STORAGE_CONNECTION")
 
     def __init__(self, location: Path | None = None, blob_port: int = 0, queue_port: int = 0,
-                 table_port: int = 0, start_timeout: float = 30.0):
+                 table_port: int = 0, start_timeout: float = 30.0, account_key: str | None = None):
         self.location = Path(location) if location else emulator_dir() / "azurite"
+        self.account_key = account_key or ACCOUNT_KEY
         self.ports = {"blob": blob_port, "queue": queue_port, "table": table_port}
         self.start_timeout = start_timeout
         self.urls: dict[str, str] = {}
@@ -46,8 +52,11 @@ class Azurite:
                    "--location", str(self.location), "--skipApiVersionCheck", "--loose", "--silent"]
         for service in SERVICES:
             command += [f"--{service}Host", "127.0.0.1", f"--{service}Port", str(self.ports[service])]
+        env = {name: value for name, value in os.environ.items() if name != "AZURITE_ACCOUNTS"}
+        if self.account_key != ACCOUNT_KEY:
+            env["AZURITE_ACCOUNTS"] = f"{ACCOUNT}:{self.account_key}"
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True, start_new_session=True)
+                                        text=True, start_new_session=True, env=env)
         ready = threading.Event()
         self._reader = threading.Thread(target=self._read_output, args=(ready,), daemon=True)
         self._reader.start()
@@ -72,7 +81,7 @@ class Azurite:
 
     @property
     def connection_string(self) -> str:
-        return connection_string(self.urls["blob"], self.urls["queue"], self.urls["table"])
+        return connection_string(self.urls["blob"], self.urls["queue"], self.urls["table"], self.account_key)
 
     def endpoints(self) -> dict[str, str]:
         return {name: self.connection_string for name in self.env_names}

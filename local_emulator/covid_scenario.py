@@ -3,6 +3,10 @@
 and output key; all four sign; the ledger calls our webhook; the run starts by itself; the
 TDC is notified, fetches and decrypts the trained model.
 
+Each party runs `ccr` with a party's settings only (`Stack.party_settings`) and its own did:web
+identity: it holds no storage account key, and its uploads, grants and downloads go through
+SAS URLs the clean room issues for its own blobs (`POST /api/sas`).
+
 Used by `python -m local_emulator demo`, the end-to-end tests and bench/run_overhead.py.
 """
 from __future__ import annotations
@@ -101,11 +105,23 @@ class CovidScenario:
 
     # --- running ccr ---------------------------------------------------------------------
 
-    def ccr(self, *args: str) -> dict:
-        """`ccr ARGS` with the stack's settings; its JSON result."""
+    def party_environment(self, party: str | None) -> dict:
+        """A party's settings (`Stack.party_settings`: no storage connection, no function key,
+        no service secret) and, once it has one, its identity as its profile (CCR_PARTY_DID /
+        CCR_PARTY_KEY); every other setting of the stack is unset for the command."""
+        hidden = dict.fromkeys(set(self.stack.settings) | {"AzureWebJobsStorage", "CCR_STORAGE_CONNECTION"})
+        environment = {**hidden, **self.stack.party_settings(self.workdir / "no-emulator")}
+        if party in self.identities:
+            environment.update(CCR_PARTY_DID=self.identities[party]["did"], CCR_PARTY_KEY=self.identities[party]["key_file"])
+        return environment
+
+    def ccr(self, *args: str, party: str | None = None) -> dict:
+        """`ccr ARGS` as `party` (with only a party's settings and that party's identity); its
+        JSON result."""
         self.echo("$ ccr " + " ".join(_shorten(a) for a in args))
         out, err = io.StringIO(), io.StringIO()
-        with _environment(self.stack.settings), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with _environment(self.party_environment(party)), contextlib.redirect_stdout(out), \
+                contextlib.redirect_stderr(err):
             azure_clients.blob_service.cache_clear()
             try:
                 status = ccr_main(list(args))
@@ -124,6 +140,7 @@ class CovidScenario:
         return image.ref
 
     def prepare_and_publish_datasets(self) -> None:
+        self.create_identities()  # a party's blobs live under its name, uploaded as that party
         key_file = self.workdir / "pseudonym.key"
         if not key_file.exists():
             self.ccr("tdp", "pseudonym-key", "--output", str(key_file))
@@ -132,15 +149,16 @@ class CovidScenario:
             self.ccr("tdp", "prepare", "--config", str(CONFIGS / f"{name}.json"), "--input", str(covid_reference.COVID_DATA / raw),
                      "--output", str(prepared), "--pseudonym-key-file", str(key_file))
             self.published[name] = self.ccr("tdp", "publish", "--input", str(prepared), "--dataset", name,
-                                            "--keys-dir", str(self.keys_dir(name)))
+                                            "--keys-dir", str(self.keys_dir(name)), party=name)
             (self.workdir / f"{name}.published.json").write_text(json.dumps(self.published[name]))
 
     def publish_model(self) -> None:
+        self.create_identities()
         model, training = self.workdir / "model.onnx", self.workdir / "training.json"
         model.write_bytes(covid_reference.covid_onnx())
         training.write_text(json.dumps(covid_reference.covid_training_config(epsilon=self.epsilon, **self.training_overrides)))
         self.model = self.ccr("tdc", "publish-model", "--model", str(model), "--training", str(training),
-                              "--keys-dir", str(self.keys_dir("tdc")))
+                              "--keys-dir", str(self.keys_dir("tdc")), party="tdc")
         (self.workdir / "model.published.json").write_text(json.dumps(self.model))
 
     def keys_dir(self, party: str) -> Path:
@@ -148,7 +166,10 @@ class CovidScenario:
         return self.workdir / "keys" / party
 
     def create_identities(self) -> None:
+        """Each party's did:web key pair (once: publishing needs them already)."""
         for party in ("tdc", *PROVIDERS):
+            if party in self.identities:
+                continue
             name = f"{self.contract_id}-{party}"
             self.identities[party] = self.ccr("identity", "new", "--name", name, "--dir", str(self.workdir / "ids"))
 
@@ -179,7 +200,7 @@ class CovidScenario:
             self.ccr("contract", "sign", "--contract", str(payload), "--did", identity["did"],
                      "--key", identity["key_file"], "--keys-dir", str(self.keys_dir(party)), "--out", str(out),
                      *(["--no-grant"] if party in without_grant else []),
-                     *(["--envelope", str(envelope)] if envelope else []))
+                     *(["--envelope", str(envelope)] if envelope else []), party=party)
             envelope = out
         self.submitted_at = time.monotonic()
         return self.ccr("contract", "submit", "--envelope", str(envelope))
@@ -198,7 +219,7 @@ class CovidScenario:
     def fetch_output(self, run_id: str) -> dict:
         output = self.workdir / "output.zip"
         result = self.ccr("tdc", "fetch", "--run-id", run_id, "--output", str(output),
-                          "--keys-dir", str(self.keys_dir("tdc")))
+                          "--keys-dir", str(self.keys_dir("tdc")), party="tdc")
         with zipfile.ZipFile(output) as archive:
             result["metrics"] = json.loads(archive.read("metrics.json"))
             result["privacy"] = json.loads(archive.read("privacy.json"))
@@ -218,17 +239,19 @@ class CovidScenario:
         return result
 
     def run_record(self, run_id: str) -> dict:
-        import requests
-        response = requests.get(f"{self.stack.settings['CCR_FUNCTIONS_URL']}/api/runs/{run_id}",
-                                headers={"x-functions-key": self.stack.settings["CCR_FUNCTION_KEY"]}, timeout=30)
-        response.raise_for_status()
-        return response.json()
+        """The run as its TDC sees it through the status API (`ccr runs show`)."""
+        return self.ccr("runs", "show", run_id, party="tdc")
 
 
 @contextlib.contextmanager
 def _environment(values: dict):
+    """Set `values` (a None value unsets that variable) for the duration of the block."""
     saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     try:
         yield
     finally:

@@ -6,6 +6,7 @@ Every server listens on 127.0.0.1; `stop()` stops everything this stack started.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -143,7 +144,7 @@ class Stack:
         token = self._secret("access_token")
         ports = self.ports
         self.azurite = self._run(Azurite(self.state_dir / "azurite", ports["azurite_blob"], ports["azurite_queue"],
-                                         ports["azurite_table"]))
+                                         ports["azurite_table"], account_key=self._account_key()))
         storage = self.azurite.connection_string
         root = HardwareRoot.load_or_create(self.state_dir)
         self.maa = self._run(MaaTwin(self.state_dir / "maa", tls, [root.public_pem], port=ports["maa"]))
@@ -165,6 +166,7 @@ class Stack:
             "CCR_FUNCTION_KEY": self._secret("function_key"),
             "CCR_DURABLE_SYSTEM_KEY": self._secret("durable_system_key"),
             "CCR_EVENTGRID_SYSTEM_KEY": self._secret("eventgrid_system_key"),
+            "CCR_PARTY_AUTH_SECRET": self._secret("party_auth_secret"),
             "CCR_TASK_HUB": "ccrhub",
         }
         self.host = HostProcess(self.app_dir, self.process_env(), ports["host"],
@@ -202,6 +204,23 @@ class Stack:
         if not path.exists():
             loopback_tls.write_private(path, secrets.token_urlsafe(32).encode())
         return path.read_text().strip()
+
+    def _account_key(self) -> str:
+        """The storage account key (base64 of 64 random bytes, as Azure's): the control plane's
+        alone, never Azurite's public development key."""
+        path = self.state_dir / "secrets" / "storage_account_key"
+        if not path.exists():
+            loopback_tls.write_private(path, base64.b64encode(secrets.token_bytes(64)))
+        return path.read_text().strip()
+
+    def party_settings(self, party_dir: Path) -> dict[str, str]:
+        """What a party's `ccr` needs: service URLs, the loopback CA, the Key Vault twin's token
+        and the attestation authority its grants pin; never the storage connection, a function
+        or system key, or a service secret. `party_dir` stands in for the emulator folder so
+        nothing falls back to this stack's endpoints file."""
+        names = ("CCR_FUNCTIONS_URL", "CCR_LEDGER_URL", "CCR_CA_BUNDLE", "CCR_KEYVAULT_URL",
+                 "CCR_KEYVAULT_VERIFY_CHALLENGE", "CCR_ACCESS_TOKEN", "CCR_MAA_URL")
+        return {**{name: self.settings[name] for name in names}, "CCR_EMULATOR_DIR": str(party_dir)}
 
     def _write_endpoints(self) -> None:
         path = self.state_dir / "endpoints.json"

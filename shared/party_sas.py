@@ -54,6 +54,8 @@ def check(did: str, path, permission, contract=None,
     """The blob path `did` may get a `permission` SAS for, or SasRefused saying why not."""
     if permission not in PERMISSIONS:
         raise SasRefused(f"permission must be one of {', '.join(PERMISSIONS)}", 400)
+    if isinstance(path, str) and path.split("/", 1)[0] in _CONTROL_PLANE:   # whatever the rest says
+        raise SasRefused(f"{path.split('/', 1)[0]}/ is written and read by the control plane only")
     container, segments = _split(path)
     if container in _OWN_CONTAINERS:
         name = dids.did_name(did)
@@ -67,8 +69,6 @@ def check(did: str, path, permission, contract=None,
         if len(segments) != 2 or f"{segments[0]}/{segments[1]}" != storage_names.output_blob(segments[0]) \
                 or tdc_of_run(segments[0]) != did:
             raise SasRefused("outputs/<run id>/output.ccr is readable only by the TDC of that run's contract")
-    elif container in _CONTROL_PLANE:
-        raise SasRefused(f"{container}/ is written and read by the control plane only")
     else:
         raise SasRefused(f"parties get no SAS in container {container!r}")
     return f"{container}/{'/'.join(segments)}"

@@ -70,6 +70,8 @@ def test_a_sas_reaches_only_its_own_blob(app, tokens, azurite):
     ("runs/budget/" + "0" * 64 + ".json", "runs/ is written and read by the control plane only"),
     ("runs/records/run-0000000000000000.json", "runs/ is written and read by the control plane only"),
     ("contracts/auth-a.json", "contracts/ is written and read by the control plane only"),
+    ("contracts/auth-a@" + "0" * 64 + ".json", "contracts/ is written and read by the control plane only"),
+    ("runs/../datasets/icmr/x", "runs/ is written and read by the control plane only"),
     ("contracts/inputs/" + "0" * 64 + "/auth-a", "contracts/ is written and read by the control plane only"),
     ("azure-webjobs-hosts/locks/x", "no SAS in container"),
 ])

@@ -5,12 +5,12 @@ from __future__ import annotations
 import itertools
 
 import pytest
-import requests
+from azure.storage.blob import BlobServiceClient
 
 from local_emulator.covid_scenario import CovidScenario, _environment
 from local_emulator.stack import RESOURCE_GROUP, Stack
 from shared import azure_clients
-from shared.run_records import run_id_for
+from shared.run_records import RunRecords, run_id_for
 
 _ids = itertools.count(1)
 
@@ -57,7 +57,7 @@ def remaining_groups(stack: Stack) -> list[str]:
 
 
 def run_record(stack: Stack, run_id: str) -> dict | None:
-    response = requests.get(f"{stack.settings['CCR_FUNCTIONS_URL']}/api/runs/{run_id}",
-                            headers={"x-functions-key": stack.settings["CCR_FUNCTION_KEY"]}, timeout=30)
-    return response.json() if response.status_code == 200 else None
+    """The run record as the operator reads it (the account connection); parties see runs
+    through the status API as themselves (`scenario.run_record`, `ccr runs`)."""
+    return RunRecords(BlobServiceClient.from_connection_string(stack.settings["CCR_STORAGE_CONNECTION"])).get(run_id)
 

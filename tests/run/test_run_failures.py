@@ -50,7 +50,7 @@ def test_tampered_input_fails_validation_and_deploys_nothing(stack, scenario_fac
     lines = (scenario.workdir / "icmr.prepared.csv").read_text().splitlines()
     tampered.write_text("\n".join(lines[:-1]) + "\n")  # one row quietly removed
     other = scenario.ccr("tdp", "publish", "--input", str(tampered), "--dataset", "icmr",
-                         "--keys-dir", str(scenario.keys_dir("icmr")))
+                         "--keys-dir", str(scenario.keys_dir("icmr")), party="icmr")
     blobs = BlobServiceClient.from_connection_string(stack.settings["CCR_STORAGE_CONNECTION"])
     replaced = blobs.get_blob_client(*storage_names_split(genuine["blob"]))
     replaced.upload_blob(blobs.get_blob_client(*storage_names_split(other["blob"])).download_blob().readall(),
@@ -244,15 +244,16 @@ def test_replayed_contract_gets_the_same_answer_and_one_run(stack, ready_contrac
     assert groups_created(stack, scenario.contract_id) == 1
     assert len(scenario.inbox.notices) == 1
 
-    # the parties follow it through the status API with `ccr runs`
+    # the parties follow it through the status API with `ccr runs`, each as itself
     run_id = run_id_for(scenario.contract_id)
-    shown = scenario.ccr("runs", "show", run_id)
+    shown = scenario.ccr("runs", "show", run_id, party="tdc")
     assert shown["status"] == "succeeded" and shown["output_blob"].endswith(f"outputs/{run_id}/output.ccr")
-    assert run_id in [run["run_id"] for run in scenario.ccr("runs", "list")["runs"]]
+    assert scenario.ccr("runs", "show", run_id, party="icmr")["status"] == "succeeded"
+    assert run_id in [run["run_id"] for run in scenario.ccr("runs", "list", party="cowin")["runs"]]
     with pytest.raises(CommandFailed, match="no such run"):
-        scenario.ccr("runs", "show", "run-0000000000000000")
+        scenario.ccr("runs", "show", "run-0000000000000000", party="tdc")
     with pytest.raises(CommandFailed, match="RUN_ID looks like"):
-        scenario.ccr("runs", "show", "../admin")
+        scenario.ccr("runs", "show", "../admin", party="tdc")
     requests_without_key = requests.get(f"{stack.settings['CCR_FUNCTIONS_URL']}/api/runs/{run_id}", timeout=30)
     assert requests_without_key.status_code == 401
 
@@ -289,9 +290,8 @@ def test_contract_before_its_last_input_then_that_input_twice_starts_one_run(sta
     scenario.create_identities()
     seqno = scenario.sign_and_submit(scenario.write_contract())["seqno"]
     run_id = run_id_for(scenario.contract_id)
-    entry = f"{stack.settings['CCR_LEDGER_URL']}/entries/{seqno}"
-    wait_for(lambda: requests.get(entry, verify=stack.settings["CCR_CA_BUNDLE"], timeout=10).json()["delivery"]
-             == "delivered", 30, what="the ledger's delivery to the webhook")
+    wait_for(lambda: stack.ledger.entry(seqno)["delivery"] == "delivered", 30,
+             what="the ledger's delivery to the webhook")
     assert run_record(stack, run_id) is None and groups_created(stack, scenario.contract_id) == 0
 
     model.upload_blob(package)
