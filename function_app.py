@@ -1,4 +1,4 @@
-"""The Functions app object: registers the blueprints, nothing else."""
+"""The Functions app object: checks its settings, registers the blueprints, nothing else."""
 import azure.durable_functions as df
 import azure.functions as func
 

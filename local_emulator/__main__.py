@@ -81,6 +81,7 @@ def main(argv=None) -> None:
     host.add_argument("--port", type=int, default=7071)
     commands.add_parser("demo", help="the COVID scenario end to end on the local emulators")
     args = parser.parse_args(argv)
+    os.environ.setdefault("CCR_LOCAL_PROFILE", "1")  # the emulators' settings profile (shared/settings.py)
     _logging()
     {"up": up_command, "host": host_command, "demo": demo_command}[args.command](args)
 

@@ -1,5 +1,7 @@
 """Azure SDK clients built from settings, so app code never knows whether it talks to
-Azure or to the local twins (which only differ by URL, CA bundle and credential)."""
+Azure or to the local twins (which only differ by URL, CA bundle and credential). Where no
+key, token or connection string is configured, the credential is the app's identity
+(shared/credentials.py)."""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -11,7 +13,14 @@ from shared import settings
 
 @lru_cache(maxsize=None)
 def blob_service() -> BlobServiceClient:
-    return BlobServiceClient.from_connection_string(settings.storage_connection())
+    """The data storage account: from a connection string, or identity-based
+    (`AzureWebJobsStorage__accountName` ...) with the app's identity."""
+    account = settings.storage_account()
+    if account.connection_string:
+        return BlobServiceClient.from_connection_string(account.connection_string)
+    from shared.credentials import storage_credential
+    return BlobServiceClient(account.blob_url, credential=storage_credential(account),
+                             connection_verify=settings.ca_bundle())
 
 
 def key_client(vault_url: str | None = None):
@@ -37,7 +46,13 @@ def container_client():
 
 
 def event_publisher():
-    from azure.core.credentials import AzureKeyCredential
+    """The run/completion topic: with its access key when CCR_EVENTGRID_KEY is set, otherwise
+    with the app's identity (EventGrid Data Sender on the topic)."""
     from azure.eventgrid import EventGridPublisherClient
-    return EventGridPublisherClient(settings.require("CCR_EVENTGRID_TOPIC_URL"),
-                                    AzureKeyCredential(settings.require("CCR_EVENTGRID_KEY")))
+    endpoint = settings.require("CCR_EVENTGRID_TOPIC_URL")
+    key = settings.get("CCR_EVENTGRID_KEY")
+    if key:
+        from azure.core.credentials import AzureKeyCredential
+        return EventGridPublisherClient(endpoint, AzureKeyCredential(key))
+    from shared.credentials import get_credential
+    return EventGridPublisherClient(endpoint, get_credential())

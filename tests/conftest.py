@@ -28,6 +28,10 @@ from local_emulator.stack import HostProcess as StackHostProcess
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
+# The suite runs against the local twins: the emulators' settings profile (shared/settings.py).
+# Tests of the Azure profile clear it (tests/infra/test_azure_settings.py).
+os.environ.setdefault("CCR_LOCAL_PROFILE", "1")
+
 
 @pytest.fixture(scope="session")
 def azurite_service(tmp_path_factory):
