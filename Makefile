@@ -7,10 +7,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test bench clean
 
-$(STAMP): requirements.txt pyproject.toml package.json package-lock.json
+# requirements-dev.txt pulls in the app's, the parties' tool's and the trainer's requirements.
+REQUIREMENTS := requirements.txt requirements-cli.txt requirements-dev.txt trainer_container/requirements.txt
+
+$(STAMP): $(REQUIREMENTS) pyproject.toml package.json package-lock.json
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	npm ci --no-audit --no-fund --silent
 	touch $(STAMP)
@@ -27,4 +30,4 @@ bench: install
 	for b in bench/*.py; do $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) node_modules .emulator
+	rm -rf $(VENV) .venv-checkov node_modules .emulator
