@@ -1,5 +1,6 @@
-"""Contracts: the payload model, its COSE_Sign envelope (one signature per party) and the
-verification our webhook relies on, because the ledger itself checks no signature.
+"""Contracts: the payload model, its COSE_Sign envelope (one signature per party) and its
+verification: the ledger checks the signatures an envelope carries (`verify_signatures`), our
+webhook and the trainer that every party signed and the terms are in force (`verify_contract`).
 
 Envelope: COSE_Sign (CBOR tag 98) whose payload is the canonical JSON of the contract
 (sorted keys, compact, UTF-8) and whose body protected header carries content type
@@ -393,7 +394,8 @@ def merge_envelopes(first: bytes, second: bytes) -> bytes:
 
 # ---------------------------------------------------------------- verification
 
-def _check_signer_set(payload: dict, claimed: list[str]) -> None:
+def _check_signers_are_parties(payload: dict, claimed: list[str]) -> None:
+    """At least one signature, each by a distinct party."""
     if not claimed:
         raise UnsignedContract("contract carries no signature")
     required = parties(payload)
@@ -403,7 +405,11 @@ def _check_signer_set(payload: dict, claimed: list[str]) -> None:
     twice = sorted({did for did in claimed if claimed.count(did) > 1})
     if twice:
         raise UnknownSigner(f"{', '.join(twice)} signed more than once")
-    missing = [did for did in required if did not in claimed]
+
+
+def _check_signer_set(payload: dict, claimed: list[str]) -> None:
+    _check_signers_are_parties(payload, claimed)
+    missing = [did for did in parties(payload) if did not in claimed]
     if missing:
         raise MissingSigner(f"not signed by {', '.join(missing)}")
 
@@ -430,16 +436,31 @@ def _verify_signature(message: SignMessage, signer: CoseSignature, did: str, res
                            "(contract altered or signed with another key)")
 
 
+def _verify_signatures(parsed: _Envelope, resolve_did: Callable[[str], dict] | None) -> None:
+    message = SignMessage.from_cose_obj([parsed.body[0], dict(parsed.body[1]), parsed.body[2],
+                                         [list(s) for s in parsed.body[3]]], True)
+    for signer, did in zip(message.signers, parsed.claimed):
+        _verify_signature(message, signer, did, resolve_did or dids.resolve)
+
+
+def verify_signatures(envelope: bytes, resolve_did: Callable[[str], dict] | None = None) -> Contract:
+    """The contract as far as it is signed: every signature the envelope carries (at least one)
+    is by a distinct party and verifies against its DID document; parties may still be missing
+    (`Contract.signers` lists those who signed) and the validity window is not checked. What the
+    ledger requires of a submission; ContractError subclasses as for `verify_contract`."""
+    parsed = _read(envelope)
+    _check_signers_are_parties(parsed.payload, parsed.claimed)
+    _verify_signatures(parsed, resolve_did)
+    return Contract(parsed.payload, parsed.body[2], payload_digest(parsed.body[2]), tuple(parsed.claimed))
+
+
 def verify_contract(envelope: bytes, resolve_did: Callable[[str], dict] | None = None,
                     now: datetime | None = None) -> Contract:
     """The contract, if every party (and nobody else) signed exactly these terms and they are
     in force at `now`; otherwise the ContractError subclass that says why."""
     parsed = _read(envelope)
     _check_signer_set(parsed.payload, parsed.claimed)
-    message = SignMessage.from_cose_obj([parsed.body[0], dict(parsed.body[1]), parsed.body[2],
-                                         [list(s) for s in parsed.body[3]]], True)
-    for signer, did in zip(message.signers, parsed.claimed):
-        _verify_signature(message, signer, did, resolve_did or dids.resolve)
+    _verify_signatures(parsed, resolve_did)
     now = now or datetime.now(timezone.utc)
     if now < parse_time(parsed.payload["valid_from"], "valid_from"):
         raise NotYetValid(f"contract is valid from {parsed.payload['valid_from']}")

@@ -3,19 +3,27 @@
 A party is `did:web:<host>[%3A<port>]:<path...>`; its DID document lives at
 `https://<host>[:<port>]/<path...>/did.json` (or `/.well-known/did.json` without a path),
 as the did:web method specifies. Keys are P-256 (signatures are ES256).
+
+Registering a DID document needs proof of possession of its key: a compact JWS (ES256) by the
+document's one assertion key over {"did", "aud": <ledger URL>, "iat", "nonce",
+"document_sha256"} (`registration_proof`, checked by `check_registration_proof`).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
+import secrets
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import unquote
 
 import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from jwcrypto import jwk
+from jwcrypto import jwk, jws
 
 from shared import settings
 
@@ -32,6 +40,16 @@ class DidError(ValueError):
 
 class DidResolutionError(DidError):
     """The DID document could not be fetched (network, TLS, HTTP status): maybe temporary."""
+
+
+class ProofRefused(DidError):
+    """A DID registration whose proof of possession is missing, stale, for another audience or
+    document, or not signed by the document's key (the ledger answers 401)."""
+
+
+REGISTRATION_PROOF_TYPE = "ccr-did-registration+jws"
+REGISTRATION_PROOF_MAX_AGE = 300   # seconds either side of the verifier's clock
+MAX_PROOF_CHARS = 4096
 
 
 def did_web(host: str, port: int | None, name: str) -> str:
@@ -178,3 +196,101 @@ def load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
         raise DidError(f"{path} is not a P-256 key")
     return key
+
+
+# --- proof of possession for DID registration ------------------------------------------------
+
+def document_digest(document: dict) -> str:
+    """sha256 hex of the document's canonical JSON (sorted keys, compact): what a proof covers."""
+    return hashlib.sha256(json.dumps(document, sort_keys=True, separators=(",", ":"),
+                                     ensure_ascii=False).encode()).hexdigest()
+
+
+def _audience(url: str) -> str:
+    return url.rstrip("/") if isinstance(url, str) else url
+
+
+def registration_proof(identity: Identity, audience: str, now: datetime | None = None,
+                       document: dict | None = None) -> str:
+    """Compact JWS by `identity`'s key proving it holds the key of `document` (default: its own
+    document) and asks `audience` (the ledger's URL) to register it now."""
+    document = identity.document() if document is None else document
+    moment = now or datetime.now(timezone.utc)
+    claims = {"did": identity.did, "aud": _audience(audience), "iat": int(moment.timestamp()),
+              "nonce": secrets.token_urlsafe(16), "document_sha256": document_digest(document)}
+    key = jwk.JWK.from_pem(identity.private_pem())
+    token = jws.JWS(json.dumps(claims, sort_keys=True, separators=(",", ":")).encode())
+    token.add_signature(key, alg="ES256", protected=json.dumps(
+        {"alg": "ES256", "kid": identity.key_ref, "typ": REGISTRATION_PROOF_TYPE}))
+    return token.serialize(compact=True)
+
+
+def registration_key_ref(document: dict) -> str:
+    """The one verification method of a document offered for registration, which must also be
+    its assertion method: the key whose holder proves possession (no rotation, no extra keys)."""
+    check_document(document)
+    methods = document["verificationMethod"]
+    if len(methods) != 1:
+        raise DidError("a registered DID document carries exactly one verification method (the key that "
+                       "proves possession)")
+    key_ref = methods[0]["id"]
+    if key_ref.startswith("#"):
+        key_ref = document["id"] + key_ref
+    verification_key(document, key_ref)   # an assertion method, a usable EC key
+    return key_ref
+
+
+def check_registration_proof(document: dict, proof, audience: str, now: datetime | None = None,
+                             max_age: int = REGISTRATION_PROOF_MAX_AGE) -> dict:
+    """The proof's claims, if `proof` is a compact JWS (ES256) by `document`'s one key over this
+    document's DID and digest, for `audience`, issued within `max_age` seconds of `now`.
+    DidError (400) for an unusable document or a proof that is not a JWS; ProofRefused (401)
+    for a missing, stale, misdirected or forged proof."""
+    key_ref = registration_key_ref(document)
+    did = document["id"]
+    if proof is None or proof == "":
+        raise ProofRefused(f"registering {did} needs a proof of possession of its key (a JWS by {key_ref})")
+    if not isinstance(proof, str) or len(proof) > MAX_PROOF_CHARS or proof.count(".") != 2:
+        raise DidError("the proof must be a compact JWS (header.payload.signature)")
+    token = jws.JWS()
+    try:
+        token.deserialize(proof)
+        header = token.jose_header
+    except Exception:  # jwcrypto raises several types on arbitrary input
+        raise DidError("the proof is not a readable compact JWS") from None
+    if not isinstance(header, dict) or header.get("alg") != "ES256":
+        raise ProofRefused("the proof must be signed with ES256")
+    if header.get("kid") != key_ref:
+        raise ProofRefused(f"the proof is signed by {header.get('kid')!r}, not by the document's key {key_ref}")
+    public = jwk.JWK.from_pem(verification_key(document, key_ref).public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    token.allowed_algs = ["ES256"]
+    try:
+        token.verify(public)
+    except Exception:  # jwcrypto's InvalidJWSSignature and friends
+        raise ProofRefused(f"the proof's signature does not verify against {key_ref} "
+                           "(signed by another key, or altered)") from None
+    try:
+        claims = json.loads(token.payload)
+    except ValueError:
+        raise ProofRefused("the proof's payload is not JSON") from None
+    if not isinstance(claims, dict):
+        raise ProofRefused("the proof's payload must be a JSON object")
+    if claims.get("did") != did:
+        raise ProofRefused(f"the proof is for {claims.get('did')!r}, not {did}")
+    if claims.get("document_sha256") != document_digest(document):
+        raise ProofRefused("the proof was made for another DID document")
+    if _audience(claims.get("aud")) != _audience(audience):
+        raise ProofRefused(f"the proof is addressed to {claims.get('aud')!r}, not to {_audience(audience)}")
+    nonce = claims.get("nonce")
+    if not isinstance(nonce, str) or not 16 <= len(nonce) <= 256:
+        raise ProofRefused("the proof needs a random nonce (16 to 256 characters)")
+    issued = claims.get("iat")
+    if not isinstance(issued, int) or isinstance(issued, bool):
+        raise ProofRefused("the proof needs an integer iat (seconds since the epoch)")
+    moment = (now or datetime.now(timezone.utc)).timestamp()
+    if abs(moment - issued) > max_age:
+        when = f"{int(moment - issued)} s ago" if moment > issued else f"{int(issued - moment)} s in the future"
+        raise ProofRefused(f"the proof is stale: issued {when}, it must be within {max_age} s of now "
+                           "(make a fresh one)")
+    return claims

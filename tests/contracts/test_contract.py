@@ -183,3 +183,30 @@ def test_schema_violations(payload, mutate, reason):
         contracts.new_envelope(payload)
     with pytest.raises(contracts.MalformedContract, match=reason):
         contracts.validate_payload(payload)
+
+
+def test_verify_signatures_accepts_a_partial_envelope_and_refuses_any_bad_signature(
+        payload, identities, documents, resolve):
+    """What the ledger asks of a submission: at least one signature, each a party's and valid;
+    parties may be missing and the validity window is the webhook's business."""
+    partial = contracts.sign_contract(payload, [identities["tdc"], identities["icmr"]])
+    contract = contracts.verify_signatures(partial, resolve)
+    assert contract.signers == (identities["tdc"].did, identities["icmr"].did)
+    assert contract.digest == contracts.payload_digest(contracts.canonical_json(payload))
+    expired = {**payload, "valid_from": "2020-01-01T00:00:00Z", "valid_until": "2021-01-01T00:00:00Z"}
+    assert contracts.verify_signatures(contracts.sign_contract(expired, [identities["cowin"]]), resolve).signers
+
+    with pytest.raises(contracts.UnsignedContract):
+        contracts.verify_signatures(contracts.new_envelope(payload), resolve)
+    outsider = dids.Identity.generate(dids.did_web("127.0.0.1", 8443, "outsider"))
+    documents[outsider.did] = outsider.document()
+    foreign = cbor2.loads(contracts.sign_contract({**payload, "tdc": {**payload["tdc"], "did": outsider.did}},
+                                                  [outsider])).value[3][0]
+    for base in (contracts.new_envelope(payload), partial):   # outsider alone, or beside good ones
+        body = cbor2.loads(base)
+        body.value[3].append(foreign)
+        with pytest.raises(contracts.UnknownSigner, match="not a party"):
+            contracts.verify_signatures(cbor2.dumps(body), resolve)
+    impostor = dids.Identity(identities["cowin"].did, dids.Identity.generate(identities["cowin"].did).private_key)
+    with pytest.raises(contracts.BadSignature, match=f"signature by {impostor.did}"):
+        contracts.verify_signatures(contracts.add_signature(partial, impostor), resolve)
