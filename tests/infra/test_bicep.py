@@ -194,3 +194,26 @@ def test_azd_deploys_the_app_from_the_root_and_the_hook_reads_mains_outputs():
     assert used and used <= outputs
     passed = set(re.findall(r"(\w+)=\"\$", hook))
     assert passed == set(parsed("subscriptions.bicep")["parameters"])
+
+
+def test_the_policy_input_template_matches_the_group_builder():
+    """infra/hooks/trainer_group_template.py: what acipolicygen reads (docs/DEPLOY.md)."""
+    import importlib.util
+
+    from shared import container_group
+    spec = importlib.util.spec_from_file_location("trainer_group_template", INFRA / "hooks" / "trainer_group_template.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    image = "crccr.azurecr.io/ccr-trainer@sha256:" + "a" * 64
+    template = module.template(image)
+    group = template["resources"][0]["properties"]
+    assert group["sku"] == "Confidential" and group["confidentialComputeProperties"] == {"ccePolicy": ""}
+    trainer, sidecar = group["containers"]
+    assert trainer["name"] == container_group.TRAINER_CONTAINER_NAME and trainer["properties"]["image"] == image
+    assert trainer["properties"]["command"] == list(container_group.TRAINER_COMMAND)
+    env = {e["name"]: e.get("value", e.get("secureValue")) for e in trainer["properties"]["environmentVariables"]}
+    assert set(env) == set(container_group.TRAINER_ENV_NAMES)
+    assert env["CCR_SKR_URL"] == container_group.SKR_URL_IN_GROUP
+    assert env[container_group.CONTRACT_DIGEST_ENV] == "[parameters('CCR_CONTRACT_DIGEST')]"
+    assert all("defaultValue" not in p for p in template["parameters"].values())
+    assert sidecar["name"] == container_group.SKR_CONTAINER_NAME
