@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from local_emulator.covid_scenario import CovidScenario  # noqa: E402
 from local_emulator.stack import Stack, wait_for  # noqa: E402
 from shared.json_blobs import JsonBlobs  # noqa: E402
+from shared.contract_store import contract_key  # noqa: E402
 from shared.run_records import run_id_for  # noqa: E402
 from azure.storage.blob import BlobServiceClient  # noqa: E402
 
@@ -33,8 +34,9 @@ def _t(text: str) -> datetime:
 def split(stack: Stack, scenario: CovidScenario) -> dict:
     """Seconds per part of one finished run, from the run record and the contract store."""
     service = BlobServiceClient.from_connection_string(stack.settings["CCR_STORAGE_CONNECTION"])
-    accepted = _t(JsonBlobs(service, "contracts").get(f"{scenario.contract_id}.json")["accepted"])
-    record = JsonBlobs(service, "runs").get(f"records/{run_id_for(scenario.contract_id)}.json")
+    accepted = _t(JsonBlobs(service, "contracts").get(
+        f"{contract_key(scenario.contract_id, scenario.digest)}.json")["accepted"])
+    record = JsonBlobs(service, "runs").get(f"records/{run_id_for(scenario.contract_id, scenario.digest)}.json")
     training = record["phases"]["training"]
     notified = scenario.inbox.received_at[0]
     start = (_t(training["started"]) - accepted).total_seconds()

@@ -124,7 +124,8 @@ def _register_identity(groups) -> None:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     new = commands.add_parser("new", help="create a P-256 key pair and register its DID document",
                               description="Create did:web:<ledger host>:<name>: the private key is written "
-                                          "0600 to <dir>/<name>.key.pem, the DID document is hosted by the ledger.")
+                                          "0600 to <dir>/<name>.key.pem, the DID document is hosted by the ledger "
+                                          "(registered with a proof of possession signed by the new key).")
     new.add_argument("--name", required=True, help="party name (letters, digits, '.', '_', '-')")
     new.add_argument("--ledger", help="ledger URL (default: setting CCR_LEDGER_URL)")
     new.add_argument("--dir", type=Path, default=Path("."), help="where to write the private key (default: .)")
@@ -163,7 +164,9 @@ def run_identity_new(args) -> None:
         identity.save_key(key_path)
     except FileExistsError:
         raise CliError(f"{key_path} exists: not overwriting a private key") from None
-    response = _post(f"{ledger}/dids", json=identity.document())
+    # proof of possession: the ledger records the document only with a fresh JWS by its key, for it
+    response = _post(f"{ledger}/dids", json={"document": identity.document(),
+                                             "proof": dids.registration_proof(identity, ledger)})
     if response.status_code not in (200, 201):
         key_path.unlink()   # an unregistered key is of no use and must not be mistaken for one
         raise CliError(f"ledger refused the DID document (HTTP {response.status_code}): {_reason(response)}")

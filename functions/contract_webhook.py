@@ -1,7 +1,8 @@
 """POST /api/contracts: the contract ledger's webhook for fully signed contracts.
 
 Verifies every signature against its signer's DID document, the signer set and the
-validity window (shared.contract), stores the contract once, and starts its run if every
+validity window (shared.contract), stores the contract once under its id and digest (another
+contract under the same id is another contract, never a conflict), and starts its run if every
 input has already arrived. Any rejection is a 4xx with the reason and starts nothing.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ from functions.http_responses import error, json_response
 from orchestrations.admission import start_run_if_ready
 from shared import azure_clients
 from shared.contract import ContractError, verify_contract
-from shared.contract_store import ContractConflict, ContractStore
+from shared.contract_store import ContractStore
 from shared.run_records import run_id_for
 
 bp = df.Blueprint()
@@ -48,13 +49,11 @@ async def contract_webhook(req: func.HttpRequest, client: df.DurableOrchestratio
     except ContractError as problem:
         log.warning("contract rejected: %s", problem)
         return error(problem.http_status, str(problem))
-    try:
-        record, new = ContractStore(azure_clients.blob_service()).accept(
-            contract.payload, contract.digest, base64.b64encode(envelope).decode(), seqno)
-    except ContractConflict as problem:
-        return error(409, str(problem))
-    contract_id = record["contract_id"]
+    record, new = ContractStore(azure_clients.blob_service()).accept(
+        contract.payload, contract.digest, base64.b64encode(envelope).decode(), seqno)
+    contract_id, digest = record["contract_id"], record["digest"]
     if new:
-        log.info("accepted contract %s (ledger seqno %s)", contract_id, seqno)
-    await start_run_if_ready(client, contract_id)
-    return json_response({"contract_id": contract_id, "run_id": run_id_for(contract_id), "status": "accepted"})
+        log.info("accepted contract %s@%s (ledger seqno %s)", contract_id, digest[:12], seqno)
+    await start_run_if_ready(client, contract_id, digest)
+    return json_response({"contract_id": contract_id, "digest": digest, "run_id": run_id_for(contract_id, digest),
+                          "status": "accepted"})

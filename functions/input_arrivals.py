@@ -19,11 +19,11 @@ log = logging.getLogger(__name__)
 async def _arrived(blob: sdk_blob.BlobClient, client: df.DurableOrchestrationClient) -> None:
     # one upload may serve several contracts: each accepted contract naming it may now be complete
     name = f"{blob.container_name}/{blob.blob_name}"
-    contract_ids = ContractStore(azure_clients.blob_service()).naming(name)
-    if not contract_ids:
+    contracts = ContractStore(azure_clients.blob_service()).naming(name)
+    if not contracts:
         log.info("input %s arrived: no accepted contract names it yet", name)
-    for contract_id in contract_ids:
-        result = await start_run_if_ready(client, contract_id)
+    for contract_id, digest in contracts:
+        result = await start_run_if_ready(client, contract_id, digest)
         log.info("input %s arrived: %s", name, result)
 
 

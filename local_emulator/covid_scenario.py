@@ -27,6 +27,8 @@ from local_emulator import covid_reference
 from local_emulator.images import build_image
 from local_emulator.stack import Stack, wait_for
 from shared import azure_clients
+from shared import contract as contracts
+from shared.run_records import run_id_for
 from shared.settings import PROJECT_ROOT
 
 PROVIDERS = covid_reference.RAW_FILES
@@ -98,6 +100,7 @@ class CovidScenario:
         self.published: dict[str, dict] = {}
         self.identities: dict[str, dict] = {}
         self.timings: dict[str, float] = {}
+        self.digest: str | None = None     # of the contract last written or submitted
         self.inbox = TdcInbox().start()
 
     def close(self) -> None:
@@ -189,11 +192,22 @@ class CovidScenario:
                  "--delta", "1e-5", "--validation-split", "0.2", "--min-joined-rows", "100",
                  "--join", str(join), "--deadline-seconds", str(self.deadline_seconds),
                  "--trainer-image", self.trainer_image, "--out", str(payload))
+        self._note_contract(payload)
         return payload
+
+    def _note_contract(self, payload: Path) -> None:
+        """A contract is its id and its digest: remember the digest, hence the run id."""
+        self.digest = contracts.payload_digest(contracts.canonical_json(json.loads(payload.read_text())))
+
+    @property
+    def run_id(self) -> str:
+        """The run of the contract last written or submitted."""
+        return run_id_for(self.contract_id, self.digest)
 
     def sign_and_submit(self, payload: Path, without_grant: tuple[str, ...] = ()) -> dict:
         """Each party signs (and, unless named in `without_grant`, grants its keys to this
         contract) in turn; then the last one submits."""
+        self._note_contract(payload)
         envelope = None
         for party, identity in self.identities.items():
             out = self.workdir / f"contract.{party}.cose"

@@ -2,14 +2,26 @@
 sequence numbers, hosts the parties' did:web documents, and calls our webhook once an entry
 carries the signatures of the contract's TDC and every TDP.
 
-Like the real ledger it verifies no signature (our webhook does); it only reads which DIDs
-must sign and which DIDs the signatures claim. HTTPS on loopback (did:web needs https).
+It authenticates writers. A DID document is recorded only with a proof of possession of its
+key (`shared.did.check_registration_proof`: a JWS by the document's key for this ledger's URL,
+fresh), first come, never replaced. An envelope is recorded only if every signature it carries
+is by a party of its contract and verifies against the DID document this ledger recorded for
+that party (`shared.contract.verify_signatures`; no URL is fetched). A contract's identity is
+(contract_id, digest): another envelope under the same contract_id with other terms is another
+contract, which blocks nothing. Completeness and validity window are still our webhook's checks.
+HTTPS on loopback (did:web needs https).
 
 HTTP API
-  POST /entries                 body: the envelope (application/cose) -> 201 {"seqno", "complete", "missing"}
-  GET  /entries/{seqno}         -> {"seqno", "envelope" (base64), "contract_id", "complete", "delivery"}
-  POST /dids                    body: a DID document for did:web:<this host>:<name> -> 201 (first come;
-                                the same document again is 200, a different one 409)
+  POST /entries                 body: the envelope (application/cose) -> 201 {"seqno", "contract_id",
+                                "digest", "complete", "missing"}; 400 malformed, 403 (nothing recorded,
+                                no webhook call) unsigned, or a signature by a non-party, or one that
+                                does not verify against the recorded DID document
+  GET  /entries/{seqno}         -> {"seqno", "envelope" (base64), "contract_id", "digest", "signers",
+                                "complete", "delivery"}
+  POST /dids                    body: {"document": <DID document for did:web:<this host>:<name>>,
+                                "proof": <compact JWS>} -> 201 (first come; the same document again is
+                                200, another one 409); 401 proof missing/stale/for another audience or
+                                document/not by the document's key; 400 unusable document or proof
   GET  /{name}/did.json         -> the DID document
 Webhook call: POST <webhook_url>, body = envelope (Content-Type application/cose), headers
 `x-ledger-seqno`, `x-functions-key`; retried with exponential backoff until a 2xx; a 4xx
@@ -82,19 +94,32 @@ class LedgerTwin:
     # --- entries -----------------------------------------------------------------------
 
     def register(self, envelope: bytes) -> dict:
-        """Record an envelope; schedule the webhook call when every party has signed."""
-        payload, claimed = contracts.envelope_signers(envelope)
-        missing = [did for did in contracts.parties(payload) if did not in claimed]
+        """Record an envelope whose every signature is a party's, verified against the DID
+        documents recorded here (ContractError otherwise: nothing recorded); schedule the
+        webhook call when every party has signed."""
+        contract = contracts.verify_signatures(envelope, self.recorded_document)
+        missing = [did for did in contracts.parties(contract.payload) if did not in contract.signers]
         with self._lock:
             seqno = max((int(p.stem) for p in (self.data_dir / "entries").glob("*.cose")), default=0) + 1
             (self.data_dir / "entries" / f"{seqno:012d}.cose").write_bytes(envelope)
-            state = {"seqno": seqno, "contract_id": payload["contract_id"], "complete": not missing,
+            state = {"seqno": seqno, "contract_id": contract.contract_id, "digest": contract.digest,
+                     "signers": list(contract.signers), "complete": not missing,
                      "delivery": "pending" if not missing else "awaiting-signatures",
                      "attempts": 0, "last_status": None}
             self._save(state)
         if not missing:
             self._deliveries.add({"seqno": seqno})
-        return {"seqno": seqno, "complete": not missing, "missing": missing}
+        return {"seqno": seqno, "contract_id": contract.contract_id, "digest": contract.digest,
+                "complete": not missing, "missing": missing}
+
+    def entries_for(self, contract_id: str, digest: str) -> list[int]:
+        """Sequence numbers of the entries of one contract: its id *and* its digest."""
+        found = []
+        for path in sorted((self.data_dir / "entries").glob("*.json")):
+            state = json.loads(path.read_text())
+            if state.get("contract_id") == contract_id and state.get("digest") == digest:
+                found.append(state["seqno"])
+        return found
 
     def entry(self, seqno: int) -> dict | None:
         path = self.data_dir / "entries" / f"{seqno:012d}.json"
@@ -151,8 +176,11 @@ class LedgerTwin:
 
     # --- DID documents -----------------------------------------------------------------
 
-    def publish_did(self, document: dict) -> bool:
-        """Host a party's DID document; True if new. Refuses another party's or a changed one."""
+    def publish_did(self, document: dict, proof: str | None) -> bool:
+        """Record and host a party's DID document if `proof` shows possession of its key (a JWS
+        by that key for this ledger, `shared.did.check_registration_proof`); True if new.
+        DidError for another host's DID or an unusable document, ProofRefused for a missing,
+        stale, misdirected or forged proof, FileExistsError if the DID holds another document."""
         did = document.get("id") if isinstance(document, dict) else None
         if not isinstance(did, str):
             raise dids.DidError("DID document must be a JSON object with an 'id'")
@@ -160,16 +188,42 @@ class LedgerTwin:
         if did != self.did_for(name):
             raise dids.DidError(f"this ledger hosts {self.did_for(name)}, not {did}")
         dids.check_document(document, did)
+        dids.check_registration_proof(document, proof, self.url)
         path = self.data_dir / "dids" / f"{name}.json"
         with self._lock:
             if path.exists():
                 if json.loads(path.read_text()) != document:
-                    raise FileExistsError(f"{did} is already registered with another document")
+                    raise FileExistsError(f"{did} is already registered with another document (no key rotation)")
                 return False
+            write_private(self.data_dir / "dids" / f"{name}.proof.jws", proof.encode())
             path.write_text(json.dumps(document))
             return True
 
+    def recorded_document(self, did: str) -> dict:
+        """The DID document recorded here for `did` (DidError if this ledger holds none)."""
+        try:
+            name = dids.did_name(did)
+        except dids.DidError:
+            name = None
+        path = self.data_dir / "dids" / f"{name}.json"
+        if name is None or did != self.did_for(name) or not path.exists():
+            raise dids.DidError(f"{did} is not registered on this ledger")
+        return dids.check_document(json.loads(path.read_text()), did)
+
     # --- HTTP ----------------------------------------------------------------------------
+
+    def _register_did(self, body: bytes):
+        try:
+            document, proof = _registration(body)
+            new = self.publish_did(document, proof)
+        except dids.ProofRefused as problem:
+            log.warning("ledger refused a DID registration: %s", problem)
+            return 401, {"error": str(problem)}, {}
+        except ValueError as problem:   # DidError and JSONDecodeError
+            return 400, {"error": str(problem)}, {}
+        except FileExistsError as problem:
+            return 409, {"error": str(problem)}, {}
+        return (201 if new else 200), {"id": document["id"]}, {}
 
     def _route(self, method: str, path: str, query: dict, headers, body: bytes):
         if len(body) > MAX_BODY:
@@ -177,8 +231,11 @@ class LedgerTwin:
         if method == "POST" and path == "/entries":
             try:
                 return 201, self.register(body), {}
-            except contracts.ContractError as problem:
+            except contracts.MalformedContract as problem:
                 return 400, {"error": str(problem)}, {}
+            except contracts.ContractError as problem:   # unsigned, not a party's, not verified
+                log.warning("ledger refused an envelope: %s", problem)
+                return 403, {"error": f"refused: {problem}"}, {}
         match = _ENTRY.match(path)
         if method == "GET" and match:
             state = self.entry(int(match.group(1)))
@@ -186,13 +243,7 @@ class LedgerTwin:
                 return 404, {"error": "no such entry"}, {}
             return 200, {**state, "envelope": base64.b64encode(self.envelope(state["seqno"])).decode()}, {}
         if method == "POST" and path == "/dids":
-            try:
-                new = self.publish_did(json.loads(body))
-            except ValueError as problem:   # DidError and JSONDecodeError
-                return 400, {"error": str(problem)}, {}
-            except FileExistsError as problem:
-                return 409, {"error": str(problem)}, {}
-            return (201 if new else 200), {"id": json.loads(body)["id"]}, {}
+            return self._register_did(body)
         match = _DID_DOC.match(path)
         if method == "GET" and match:
             path = self.data_dir / "dids" / f"{match.group(1)}.json"
@@ -200,6 +251,19 @@ class LedgerTwin:
                 return 404, {"error": "no such DID"}, {}
             return 200, json.loads(path.read_text()), {}
         return 404, {"error": "not found"}, {}
+
+
+def _registration(body: bytes) -> tuple[dict, str | None]:
+    """{"document", "proof"} from a POST /dids body (ValueError if it is not that shape)."""
+    request = json.loads(body)
+    if not isinstance(request, dict):
+        raise dids.DidError('expected {"document": <DID document>, "proof": <compact JWS>}')
+    if "document" not in request and "id" in request:
+        raise dids.ProofRefused('a bare DID document is not enough: send {"document", "proof"}, the proof a JWS '
+                                "by the document's key (shared.did.registration_proof)")
+    if not isinstance(request.get("document"), dict):
+        raise dids.DidError('expected {"document": <DID document>, "proof": <compact JWS>}')
+    return request["document"], request.get("proof")
 
 
 def _reason(response: requests.Response) -> str:

@@ -1,4 +1,5 @@
-"""Starting a run: exactly one per contract, once the contract and every input are in.
+"""Starting a run: exactly one per contract (its id and digest), once the contract and every
+input are in.
 
 Both the contract webhook and the input blob triggers call `start_run_if_ready`; events may
 come in any order and more than once. The run record is created with a conditional write,
@@ -36,24 +37,26 @@ def missing_inputs(payload: dict) -> list[str]:
 
 def run_input(contract_record: dict) -> dict:
     payload = contract_record["payload"]
-    return {"run_id": run_id_for(payload["contract_id"]), "contract_id": payload["contract_id"],
-            "contract_digest": contract_record["digest"],
+    return {"run_id": run_id_for(payload["contract_id"], contract_record["digest"]),
+            "contract_id": payload["contract_id"], "contract_digest": contract_record["digest"],
             "deadline_seconds": int(training(payload)["deadline_seconds"])}
 
 
-async def start_run_if_ready(client: df.DurableOrchestrationClient, contract_id: str) -> dict:
-    """Start the contract's run if it is stored and complete; report what happened."""
+async def start_run_if_ready(client: df.DurableOrchestrationClient, contract_id: str, digest: str) -> dict:
+    """Start the run of contract (contract_id, digest) if it is stored and complete; report
+    what happened."""
     service = azure_clients.blob_service()
-    record = ContractStore(service).get(contract_id)
+    record = ContractStore(service).get(contract_id, digest)
     if record is None:
-        return {"contract_id": contract_id, "started": False, "reason": "no accepted contract yet"}
+        return {"contract_id": contract_id, "digest": digest, "started": False,
+                "reason": "no accepted contract yet"}
     run = run_input(record)
     missing = missing_inputs(record["payload"])
     if missing:
         return {"run_id": run["run_id"], "started": False, "waiting_for": missing}
 
     records = RunRecords(service)
-    if not records.create(run["run_id"], contract_id):
+    if not records.create(run["run_id"], contract_id, digest):
         status = await client.get_status(run["run_id"])
         if status is not None and status.runtime_status is not None:
             return {"run_id": run["run_id"], "started": False, "reason": "run already exists"}

@@ -35,7 +35,7 @@ WEBHOOK_ATTEMPTS = 3
 
 def _record(run: dict) -> dict:
     """The accepted contract of this run: payload, digest and the signed envelope."""
-    record = ContractStore(azure_clients.blob_service()).get(run["contract_id"])
+    record = ContractStore(azure_clients.blob_service()).get(run["contract_id"], run["contract_digest"])
     if record is None or record["digest"] != run["contract_digest"]:
         raise RuntimeError(f"accepted contract {run['contract_id']} not found or changed")
     return record

@@ -1,6 +1,8 @@
-"""Accepted contracts, stored once by contract id; a replay of the same signed contract
-finds the stored record, a different contract under the same id is a conflict. Each input
-blob is indexed to the contracts that name it, since one upload may serve many contracts."""
+"""Accepted contracts. A contract's identity is its id *and* its digest: each is stored under
+`<contract_id>/<digest>.json`, so another contract under the same id (a squatter's, or new terms)
+is another contract with its own run and blocks nothing; a replay of the same signed contract
+finds the stored record. Each input blob is indexed to the contracts that name it, since one
+upload may serve many contracts."""
 from __future__ import annotations
 
 import hashlib
@@ -12,8 +14,14 @@ from shared.json_blobs import JsonBlobs
 from shared.run_records import utc_now
 
 
-class ContractConflict(Exception):
-    """Another contract was already accepted under this id."""
+def contract_key(contract_id: str, digest: str) -> str:
+    """`<contract_id>/<digest>`: unambiguous, since a contract id never contains '/'."""
+    return f"{contract_id}/{digest}"
+
+
+def split_contract_key(key: str) -> tuple[str, str]:
+    contract_id, _, digest = key.rpartition("/")
+    return contract_id, digest
 
 
 def contract_inputs(payload: dict) -> list[dict]:
@@ -36,32 +44,29 @@ class ContractStore:
         self._blobs = JsonBlobs(service, storage_names.CONTRACTS)
 
     def accept(self, payload: dict, digest: str, envelope_b64: str, seqno: str | None) -> tuple[dict, bool]:
-        """Store the contract unless already there; returns (stored record, newly stored).
-        The input index is written first (idempotently), so an arrival that finds the record
-        also finds the contract through its inputs."""
-        name = f"{payload['contract_id']}.json"
+        """Store the contract (contract_id, digest) unless already there; returns (stored record,
+        newly stored). The input index is written first (idempotently), so an arrival that finds
+        the record also finds the contract through its inputs."""
+        key = contract_key(payload["contract_id"], digest)
         record = {"contract_id": payload["contract_id"], "digest": digest, "payload": payload,
                   "envelope": envelope_b64, "seqno": seqno, "accepted": utc_now()}
-        existing = self._blobs.get(name)
+        existing = self._blobs.get(f"{key}.json")
         if existing is None:
             for item in contract_inputs(payload):
-                self._blobs.create(_index_name(item["blob"], payload["contract_id"]), {})
-            if self._blobs.create(name, record):
+                self._blobs.create(_index_name(item["blob"], key), {})
+            if self._blobs.create(f"{key}.json", record):
                 return record, True
-            existing = self._blobs.get(name)
-        if existing["digest"] != digest:
-            raise ContractConflict(
-                f"contract {payload['contract_id']} was already accepted with different content")
+            existing = self._blobs.get(f"{key}.json")
         return existing, False
 
-    def naming(self, blob_path: str) -> list[str]:
-        """Ids of the accepted contracts that name input `container/blob`."""
+    def naming(self, blob_path: str) -> list[tuple[str, str]]:
+        """(contract_id, digest) of each accepted contract that names input `container/blob`."""
         prefix = _index_name(blob_path, "")
-        return [name[len(prefix):] for name, _ in self._blobs.list(prefix)]
+        return [split_contract_key(name[len(prefix):]) for name, _ in self._blobs.list(prefix)]
 
-    def get(self, contract_id: str) -> dict | None:
-        return self._blobs.get(f"{contract_id}.json")
+    def get(self, contract_id: str, digest: str) -> dict | None:
+        return self._blobs.get(f"{contract_key(contract_id, digest)}.json")
 
 
-def _index_name(blob_path: str, contract_id: str) -> str:
-    return f"inputs/{hashlib.sha256(blob_path.encode()).hexdigest()}/{contract_id}"
+def _index_name(blob_path: str, key: str) -> str:
+    return f"inputs/{hashlib.sha256(blob_path.encode()).hexdigest()}/{key}"

@@ -11,9 +11,12 @@ from shared import storage_names
 from shared.json_blobs import JsonBlobs
 
 
-def run_id_for(contract_id: str) -> str:
-    """One run per contract, whatever the order or repetition of the events that start it."""
-    return "run-" + hashlib.sha256(contract_id.encode()).hexdigest()[:16]
+def run_id_for(contract_id: str, digest: str) -> str:
+    """One run per contract, whatever the order or repetition of the events that start it. A
+    contract is its id and its digest: another contract under the same id gets another run."""
+    if not isinstance(digest, str) or len(digest) != 64:
+        raise ValueError("run_id_for needs the contract's digest (64 hex digits)")
+    return "run-" + hashlib.sha256(f"{contract_id}@{digest}".encode()).hexdigest()[:16]
 
 
 def utc_now() -> str:
@@ -28,10 +31,10 @@ class RunRecords:
     def _name(run_id: str) -> str:
         return f"records/{run_id}.json"
 
-    def create(self, run_id: str, contract_id: str) -> bool:
+    def create(self, run_id: str, contract_id: str, contract_digest: str) -> bool:
         return self._blobs.create(self._name(run_id), {
-            "run_id": run_id, "contract_id": contract_id, "status": "pending",
-            "phase": "admitted", "created": utc_now(), "phases": {}})
+            "run_id": run_id, "contract_id": contract_id, "contract_digest": contract_digest,
+            "status": "pending", "phase": "admitted", "created": utc_now(), "phases": {}})
 
     def get(self, run_id: str) -> dict | None:
         return self._blobs.get(self._name(run_id))

@@ -11,6 +11,7 @@ from ccr import cli
 from local_emulator.delivery import RetryPolicy
 from local_emulator.ledger import LedgerTwin
 from shared import contract as contracts
+from shared import did as did_tools
 from shared.container_group import policy_template_sha256
 from tests.conftest import wait_until as wait_for
 from tests.contracts.conftest import sha
@@ -65,6 +66,10 @@ def test_four_parties_sign_verify_and_submit(ccr, ledger, tmp_path):
         assert out["did"] == ledger.did_for(name)
         assert stat.S_IMODE((tmp_path / "keys" / f"{name}.key.pem").stat().st_mode) == 0o600
         dids[name] = out["did"]
+        # registered with a proof of possession by the new key, for this ledger
+        document = json.loads((ledger.data_dir / "dids" / f"{name}.json").read_text())
+        proof = (ledger.data_dir / "dids" / f"{name}.proof.jws").read_text()
+        assert did_tools.check_registration_proof(document, proof, ledger.url)["did"] == out["did"]
     status, out, err = new_contract(ccr, tmp_path, dids)
     assert status == 0, err
     payload = json.loads((tmp_path / "payload.json").read_text())
@@ -93,7 +98,8 @@ def test_four_parties_sign_verify_and_submit(ccr, ledger, tmp_path):
     assert status == 1 and "MissingSigner" in err and dids["index"] in err
 
     status, out, err = ccr("contract", "submit", "--envelope", envelope)
-    assert status == 0 and out == {"seqno": 1, "complete": True, "missing": []}
+    assert status == 0 and out == {"seqno": 1, "contract_id": "covid-cli", "complete": True, "missing": [],
+                                   "digest": contracts.payload_digest(contracts.canonical_json(payload))}
     wait_for(lambda: ledger.entry(1)["delivery"] == "delivered")
     assert ledger.hook.calls[0]["body"] == envelope.read_bytes()
 

@@ -1,13 +1,17 @@
-"""The ledger twin: hosts DID documents over HTTPS, registers envelopes with sequence
-numbers, and calls the webhook only for fully signed contracts, with retries."""
+"""The ledger twin: hosts DID documents over HTTPS (registered only with a proof of
+possession of their key), registers envelopes that carry valid party signatures with sequence
+numbers under their (contract_id, digest), and calls the webhook only for fully signed
+contracts, with retries."""
 from __future__ import annotations
 
 import base64
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
+import cbor2
 import pytest
 import requests
+from jwcrypto import jwk, jws
 
 from local_emulator.delivery import RetryPolicy
 from local_emulator.ledger import LedgerTwin
@@ -35,15 +39,25 @@ def ledger_factory(tmp_path, tls):
         twin.stop()
 
 
-def parties_on(ledger: LedgerTwin, tls) -> tuple[dict, dict]:
+def post_did(ledger: LedgerTwin, tls, document: dict, proof: str | None) -> requests.Response:
+    body = {"document": document} if proof is None else {"document": document, "proof": proof}
+    return requests.post(ledger.url + "/dids", json=body, verify=str(tls.ca_path))
+
+
+def register_did(ledger: LedgerTwin, tls, identity: dids.Identity) -> requests.Response:
+    """What `ccr identity new` sends: the document and a fresh proof by its key for this ledger."""
+    return post_did(ledger, tls, identity.document(), dids.registration_proof(identity, ledger.url))
+
+
+def parties_on(ledger: LedgerTwin, tls, names=("tdc", "icmr", "cowin", "index"),
+               contract_id: str = "covid-test-01") -> tuple[dict, dict]:
     """Four identities whose DID documents the ledger hosts, and a contract between them."""
-    names = ("tdc", "icmr", "cowin", "index")
     identities = {name: dids.Identity.generate(ledger.did_for(name)) for name in names}
     for identity in identities.values():
-        response = requests.post(ledger.url + "/dids", json=identity.document(), verify=str(tls.ca_path))
-        assert response.status_code == 201
-    payload = contract_payload(identities["tdc"].did, {n: identities[n].did for n in names[1:]})
-    return identities, payload
+        assert register_did(ledger, tls, identity).status_code == 201
+    payload = contract_payload(identities[names[0]].did, {n: identities[n].did for n in names[1:]},
+                               contract_id=contract_id)
+    return dict(zip(("tdc", "icmr", "cowin", "index"), identities.values())), payload
 
 
 def submit(ledger, envelope, tls) -> requests.Response:
@@ -68,21 +82,116 @@ def test_did_registration_refusals(ledger_factory, tls):
     ledger = ledger_factory()
     identity = dids.Identity.generate(ledger.did_for("icmr"))
     ca = str(tls.ca_path)
-    assert requests.post(ledger.url + "/dids", json=identity.document(), verify=ca).status_code == 201
-    assert requests.post(ledger.url + "/dids", json=identity.document(), verify=ca).status_code == 200
-    takeover = dids.Identity.generate(identity.did).document()
-    response = requests.post(ledger.url + "/dids", json=takeover, verify=ca)
+    assert register_did(ledger, tls, identity).status_code == 201
+    assert register_did(ledger, tls, identity).status_code == 200   # the same document again
+    takeover = dids.Identity.generate(identity.did)                  # another key, proven: no rotation
+    response = register_did(ledger, tls, takeover)
     assert response.status_code == 409 and "already registered" in response.json()["error"]
-    elsewhere = dids.Identity.generate(dids.did_web("127.0.0.1", 1, "cowin")).document()
-    response = requests.post(ledger.url + "/dids", json=elsewhere, verify=ca)
+    elsewhere = dids.Identity.generate(dids.did_web("127.0.0.1", 1, "cowin"))
+    response = register_did(ledger, tls, elsewhere)
     assert response.status_code == 400 and "this ledger hosts" in response.json()["error"]
     leaky = dids.Identity.generate(ledger.did_for("leaky"))
     document = leaky.document()
     document["verificationMethod"][0]["publicKeyJwk"]["d"] = "AAAA"
-    response = requests.post(ledger.url + "/dids", json=document, verify=ca)
+    response = post_did(ledger, tls, document, dids.registration_proof(leaky, ledger.url, document=document))
     assert response.status_code == 400 and "private key" in response.json()["error"]
     assert requests.get(ledger.url + "/leaky/did.json", verify=ca).status_code == 404
     assert requests.get(ledger.url + "/icmr/did.json", verify=ca).json() == identity.document()
+    assert json.loads((ledger.data_dir / "dids" / "icmr.json").read_text()) == identity.document()
+
+
+def test_did_squatting_without_the_key_is_refused_and_the_owner_then_registers(ledger_factory, tls):
+    """A squatter who knows the owner's DID document (its public key) but not its private key
+    cannot have the ledger record it, nor a variant of it: nothing is recorded, and the owner's
+    own registration then succeeds."""
+    ledger = ledger_factory()
+    owner = dids.Identity.generate(ledger.did_for("icmr"))
+    squatter = dids.Identity.generate(ledger.did_for("squatter"))
+    document = owner.document()
+    two_keys = {**document, "verificationMethod": document["verificationMethod"] + [
+        {**squatter.document()["verificationMethod"][0], "id": f"{owner.did}#key-2", "controller": owner.did}],
+        "assertionMethod": [f"{owner.did}#key-1", f"{owner.did}#key-2"]}
+    attempts = [
+        (requests.post(ledger.url + "/dids", json=document, verify=str(tls.ca_path)), 401, "proof"),  # bare
+        (post_did(ledger, tls, document, None), 401, "needs a proof of possession"),
+        # signed by the squatter's key but naming the owner's key
+        (post_did(ledger, tls, document, dids.registration_proof(dids.Identity(owner.did, squatter.private_key),
+                                                                  ledger.url, document=document)),
+         401, "does not verify"),
+        # signed by the squatter's key under its own key id
+        (post_did(ledger, tls, document, dids.registration_proof(squatter, ledger.url, document=document)),
+         401, f"not by the document's key {owner.key_ref}"),
+        # the owner's key plus one the squatter holds, proven by the squatter's
+        (post_did(ledger, tls, two_keys, dids.registration_proof(
+            dids.Identity(owner.did, squatter.private_key, "key-2"), ledger.url, document=two_keys)),
+         400, "exactly one verification method"),
+    ]
+    for response, status, reason in attempts:
+        assert response.status_code == status and reason in response.json()["error"], response.text
+    assert requests.get(ledger.url + "/icmr/did.json", verify=str(tls.ca_path)).status_code == 404
+    assert not (ledger.data_dir / "dids" / "icmr.json").exists()
+
+    proof = dids.registration_proof(owner, ledger.url)
+    altered = {**document, "service": [{"id": "#evil", "type": "LinkedDomains",
+                                        "serviceEndpoint": "https://evil.test"}]}
+    response = post_did(ledger, tls, altered, proof)    # the owner's proof, replayed for another document
+    assert response.status_code == 401 and "another DID document" in response.json()["error"]
+    assert post_did(ledger, tls, document, proof).status_code == 201
+    assert requests.get(ledger.url + "/icmr/did.json", verify=str(tls.ca_path)).json() == document
+
+
+def _alg_none(identity: dids.Identity, audience: str) -> str:
+    header = {"alg": "none", "kid": identity.key_ref}
+    claims = {"did": identity.did, "aud": audience, "iat": int(datetime.now(timezone.utc).timestamp()),
+              "nonce": "n" * 22, "document_sha256": dids.document_digest(identity.document())}
+    encode = lambda value: jws.base64url_encode(json.dumps(value))
+    return f"{encode(header)}.{encode(claims)}."
+
+
+@pytest.mark.parametrize("case, status, reason", [
+    ("stale", 401, "stale: issued 600 s ago"),
+    ("from the future", 401, "in the future"),
+    ("for another ledger", 401, "addressed to"),
+    ("forged by another key", 401, "does not verify"),
+    ("unsigned (alg none)", 401, "ES256"),
+    ("not a JWS", 400, "compact JWS"),
+])
+def test_stale_misdirected_or_forged_proofs_register_nothing(ledger_factory, tls, case, status, reason):
+    ledger = ledger_factory()
+    owner = dids.Identity.generate(ledger.did_for("cowin"))
+    now = datetime.now(timezone.utc)
+    proof = {
+        "stale": lambda: dids.registration_proof(owner, ledger.url, now=now - timedelta(minutes=10)),
+        "from the future": lambda: dids.registration_proof(owner, ledger.url, now=now + timedelta(minutes=10)),
+        "for another ledger": lambda: dids.registration_proof(owner, "https://127.0.0.1:1"),
+        "forged by another key": lambda: dids.registration_proof(
+            dids.Identity(owner.did, dids.Identity.generate(owner.did).private_key), ledger.url,
+            document=owner.document()),
+        "unsigned (alg none)": lambda: _alg_none(owner, ledger.url),
+        "not a JWS": lambda: "not-a-jws",
+    }[case]()
+    response = post_did(ledger, tls, owner.document(), proof)
+    assert response.status_code == status and reason in response.json()["error"], response.text
+    assert requests.get(ledger.url + "/cowin/did.json", verify=str(tls.ca_path)).status_code == 404
+
+
+def test_check_registration_proof_direct():
+    """The checker on its own (what the ledger calls): claims back on success; the clock is a parameter."""
+    owner = dids.Identity.generate(dids.did_web("127.0.0.1", 8443, "tdc"))
+    at = datetime(2026, 6, 1, tzinfo=timezone.utc)
+    proof = dids.registration_proof(owner, "https://127.0.0.1:8443/", now=at)
+    claims = dids.check_registration_proof(owner.document(), proof, "https://127.0.0.1:8443", now=at)
+    assert claims["did"] == owner.did and claims["aud"] == "https://127.0.0.1:8443" and claims["iat"] == int(at.timestamp())
+    assert claims["document_sha256"] == dids.document_digest(owner.document()) and len(claims["nonce"]) >= 16
+    assert dids.check_registration_proof(owner.document(), proof, "https://127.0.0.1:8443",
+                                         now=at + timedelta(seconds=299))
+    with pytest.raises(dids.ProofRefused, match="stale"):
+        dids.check_registration_proof(owner.document(), proof, "https://127.0.0.1:8443", now=at + timedelta(seconds=301))
+    header = json.loads(jws.base64url_decode(proof.split(".")[0]))
+    assert header == {"alg": "ES256", "kid": owner.key_ref, "typ": dids.REGISTRATION_PROOF_TYPE}
+    public = jwk.JWK(**owner.document()["verificationMethod"][0]["publicKeyJwk"])
+    token = jws.JWS()
+    token.deserialize(proof, key=public)   # a plain ES256 JWS any library verifies
 
 
 def test_webhook_called_only_when_fully_signed(ledger_factory, webhook_factory, tls):
@@ -90,14 +199,16 @@ def test_webhook_called_only_when_fully_signed(ledger_factory, webhook_factory, 
     ledger = ledger_factory(hook.url)
     identities, payload = parties_on(ledger, tls)
     partial = contracts.sign_contract(payload, [identities["tdc"], identities["icmr"]])
+    digest = contracts.payload_digest(contracts.canonical_json(payload))
     response = submit(ledger, partial, tls)
     assert response.status_code == 201
-    assert response.json() == {"seqno": 1, "complete": False,
+    assert response.json() == {"seqno": 1, "contract_id": payload["contract_id"], "digest": digest, "complete": False,
                                "missing": [identities["cowin"].did, identities["index"].did]}
     rest = contracts.sign_contract(payload, [identities["cowin"], identities["index"]])
     full = contracts.merge_envelopes(partial, rest)
     response = submit(ledger, full, tls)
-    assert response.json() == {"seqno": 2, "complete": True, "missing": []}
+    assert response.json() == {"seqno": 2, "contract_id": payload["contract_id"], "digest": digest, "complete": True,
+                               "missing": []}
     wait_for(lambda: ledger.entry(2)["delivery"] == "delivered")
     assert len(hook.calls) == 1
     call = hook.calls[0]
@@ -107,6 +218,8 @@ def test_webhook_called_only_when_fully_signed(ledger_factory, webhook_factory, 
     assert ledger.entry(1)["delivery"] == "awaiting-signatures"
     stored = requests.get(ledger.url + "/entries/1", verify=str(tls.ca_path)).json()
     assert base64.b64decode(stored["envelope"]) == partial and stored["complete"] is False
+    assert stored["digest"] == digest and stored["signers"] == [identities["tdc"].did, identities["icmr"].did]
+    assert ledger.entries_for(payload["contract_id"], digest) == [1, 2]
 
 
 @pytest.mark.parametrize("statuses, outcome, attempts", [
@@ -148,3 +261,75 @@ def test_pending_delivery_survives_a_restart(ledger_factory, webhook_factory, tl
     assert len(hook.calls) == 2
     assert submit(again, contracts.sign_contract(payload, list(identities.values())), tls).json()["seqno"] == seqno + 1
     assert json.loads((ledger.data_dir / "dids" / "icmr.json").read_text()) == identities["icmr"].document()
+
+
+def _outsider_signature(payload: dict, outsider: dids.Identity):
+    """A genuine signature by `outsider` (`add_signature` refuses a non-party: take it from an
+    envelope of a contract naming the outsider)."""
+    own = {**payload, "tdc": {**payload["tdc"], "did": outsider.did}}
+    return cbor2.loads(contracts.sign_contract(own, [outsider])).value[3][0]
+
+
+def _with_signature(envelope: bytes, signature) -> bytes:
+    body = cbor2.loads(envelope)
+    body.value[3].append(signature)
+    return cbor2.dumps(body)
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("unsigned", "no signature"),
+    ("an outsider's signature only", "not a party"),
+    ("a party's signature and an outsider's", "not a party"),
+    ("a party's signature and another party's DID signed with another key", "does not match"),
+    ("a party's signature, then the payload altered", "does not match"),
+    ("a party not registered on this ledger", "not registered on this ledger"),
+])
+def test_an_entry_needs_valid_party_signatures_only(ledger_factory, webhook_factory, tls, case, reason):
+    """Refused with 403: nothing recorded, no webhook call. Signatures are checked against the
+    DID documents the ledger recorded (the outsider is registered here too, with proof)."""
+    hook = webhook_factory([200])
+    ledger = ledger_factory(hook.url)
+    identities, payload = parties_on(ledger, tls)
+    outsider = dids.Identity.generate(ledger.did_for("outsider"))
+    assert register_did(ledger, tls, outsider).status_code == 201
+    good = contracts.sign_contract(payload, [identities["icmr"]])
+    if case == "unsigned":
+        envelope = contracts.new_envelope(payload)
+    elif case == "an outsider's signature only":
+        envelope = _with_signature(contracts.new_envelope(payload), _outsider_signature(payload, outsider))
+    elif case == "a party's signature and an outsider's":
+        envelope = _with_signature(good, _outsider_signature(payload, outsider))
+    elif case.startswith("a party's signature and another party's DID"):
+        envelope = contracts.add_signature(good, dids.Identity(identities["cowin"].did, outsider.private_key))
+    elif case == "a party's signature, then the payload altered":
+        envelope = good.replace(b'"epsilon_threshold":1.5', b'"epsilon_threshold":9.5')
+        assert envelope != good
+    else:
+        stranger = dids.Identity.generate(ledger.did_for("stranger"))   # never registered
+        envelope = contracts.sign_contract(
+            {**payload, "tdps": payload["tdps"][:2] + [{**payload["tdps"][2], "did": stranger.did}]}, [stranger])
+    response = submit(ledger, envelope, tls)
+    assert response.status_code == 403 and reason in response.json()["error"], response.text
+    assert ledger.entry(1) is None and not list((ledger.data_dir / "entries").glob("*.cose"))
+    assert submit(ledger, good, tls).json()["seqno"] == 1       # a party's own signature is enough
+    assert ledger.entry(1)["delivery"] == "awaiting-signatures" and hook.calls == []
+
+
+def test_a_contract_id_squatter_does_not_block_the_genuine_contract(ledger_factory, webhook_factory, tls):
+    """An outsider registers DIDs of its own and submits, first, a fully self-signed contract
+    under the victims' contract_id: it is another contract (another digest), recorded and
+    delivered as such, and the genuine one is recorded and delivered too."""
+    hook = webhook_factory([200])
+    ledger = ledger_factory(hook.url)
+    genuine, payload = parties_on(ledger, tls)
+    squatters, squatted = parties_on(ledger, tls, names=("s-tdc", "s-icmr", "s-cowin", "s-index"),
+                                     contract_id=payload["contract_id"])
+    first = submit(ledger, contracts.sign_contract(squatted, list(squatters.values())), tls).json()
+    second = submit(ledger, contracts.sign_contract(payload, list(genuine.values())), tls).json()
+    assert first["contract_id"] == second["contract_id"] == payload["contract_id"]
+    assert first["complete"] and second["complete"] and first["digest"] != second["digest"]
+    assert second["digest"] == contracts.payload_digest(contracts.canonical_json(payload))
+    assert ledger.entries_for(payload["contract_id"], second["digest"]) == [second["seqno"]]
+    assert ledger.entries_for(payload["contract_id"], first["digest"]) == [first["seqno"]]
+    wait_for(lambda: ledger.entry(second["seqno"])["delivery"] == "delivered")
+    assert ledger.entry(first["seqno"])["delivery"] == "delivered" and len(hook.calls) == 2

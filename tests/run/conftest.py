@@ -1,5 +1,6 @@
 """One whole local stack (Azurite, every twin, the Functions host running function_app.py)
-per test module; each test plays its own contract id so runs do not interfere."""
+per test module; each test plays its own contract id so runs do not interfere. A run is named
+by its contract's id and digest (`scenario.run_id`)."""
 from __future__ import annotations
 
 import itertools
@@ -10,7 +11,7 @@ from azure.storage.blob import BlobServiceClient
 from local_emulator.covid_scenario import CovidScenario, _environment
 from local_emulator.stack import RESOURCE_GROUP, Stack
 from shared import azure_clients
-from shared.run_records import RunRecords, run_id_for
+from shared.run_records import RunRecords
 
 _ids = itertools.count(1)
 
@@ -37,17 +38,18 @@ def scenario_factory(stack, tmp_path, request):
         scenario.close()
 
 
-def group_name(contract_id: str) -> str:
-    return f"ccr-{run_id_for(contract_id)}"
+def group_name(run_id: str) -> str:
+    return f"ccr-{run_id}"
 
 
-def groups_created(stack: Stack, contract_id: str) -> int:
-    return stack.aci.stats()["groups"].get(_group_id(stack, contract_id), 0)
+def groups_created(stack: Stack, run_id: str) -> int:
+    """How many container groups the ACI twin ever created for run `run_id`."""
+    return stack.aci.stats()["groups"].get(_group_id(stack, run_id), 0)
 
 
-def _group_id(stack: Stack, contract_id: str) -> str:
+def _group_id(stack: Stack, run_id: str) -> str:
     return (f"/subscriptions/{stack.settings['CCR_SUBSCRIPTION_ID']}/resourceGroups/{RESOURCE_GROUP}"
-            f"/providers/Microsoft.ContainerInstance/containerGroups/{group_name(contract_id)}")
+            f"/providers/Microsoft.ContainerInstance/containerGroups/{group_name(run_id)}")
 
 
 def remaining_groups(stack: Stack) -> list[str]:

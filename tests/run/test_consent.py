@@ -11,34 +11,89 @@ from pathlib import Path
 
 import cbor2
 import pytest
+import requests
 
 from ccr.common import save_local_key
-from local_emulator.covid_scenario import CovidScenario, _environment
+from local_emulator.covid_scenario import CovidScenario, TdcInbox, _environment
 from local_emulator.stack import RESOURCE_GROUP, wait_for
 from orchestrations import deployment
 from shared import azure_clients, key_grants, storage_names
 from shared import contract as contracts
 from shared import did as dids
+from shared.contract_store import contract_key
 from shared.privacy_budget import PrivacyBudget
+from shared.run_records import run_id_for
 from tests.run.conftest import groups_created, run_record
 
 
 @pytest.fixture(scope="module")
 def victim(stack, tmp_path_factory):
-    """Three honest providers and their TDC, after one successful run of their own contract."""
+    """Three honest providers and their TDC, after one successful run of their own contract,
+    which they submitted after a squatter had taken its contract id (`_squat`)."""
     scenario = CovidScenario(stack, tmp_path_factory.mktemp("victim"), contract_id="victim", echo=lambda _: None)
+    squatter = TdcInbox().start()
     try:
         scenario.publish_inputs()
         scenario.create_identities()
         path = scenario.write_contract()
-        scenario.sign_and_submit(path)
-        assert scenario.wait_for_notice(240)["status"] == "succeeded"
+        scenario.squatter = _squat(stack, json.loads(path.read_text()), squatter)
+        scenario.submitted = scenario.sign_and_submit(path)
+        scenario.notice = scenario.wait_for_notice(240)
+        assert scenario.notice["status"] == "succeeded", scenario.notice
         scenario.payload = json.loads(path.read_text())
         scenario.digest = contracts.payload_digest(contracts.canonical_json(scenario.payload))
         scenario.envelope = (scenario.workdir / "contract.index.cose").read_bytes()
         yield scenario
     finally:
+        squatter.stop()
         scenario.close()
+
+
+def _squat(stack, payload: dict, inbox: TdcInbox) -> dict:
+    """An outsider who has seen the victims' contract registers DIDs of its own (with proof: they
+    are its keys) and submits first, fully self-signed, a contract under the victims' contract
+    id naming their packages, with itself as TDC and every TDP. Waits for that contract's run
+    to end (no party of the victims granted anything to it)."""
+    ledger, ca = stack.settings["CCR_LEDGER_URL"], stack.settings["CCR_CA_BUNDLE"]
+    roles = [payload["tdc"]["did"]] + [tdp["did"] for tdp in payload["tdps"]]
+    own = {did: dids.Identity.generate(stack.ledger.did_for(f"squatter-{i}")) for i, did in enumerate(roles)}
+    for identity in own.values():
+        response = requests.post(f"{ledger}/dids", json={"document": identity.document(),
+                                                         "proof": dids.registration_proof(identity, ledger)},
+                                 verify=ca, timeout=30)
+        assert response.status_code == 201, response.text
+    squatted = json.loads(json.dumps(payload))
+    squatted["tdc"]["did"] = own[payload["tdc"]["did"]].did
+    squatted["tdc"]["output"]["webhook"] = inbox.url
+    for tdp in squatted["tdps"]:
+        tdp["did"] = own[tdp["did"]].did
+    response = requests.post(f"{ledger}/entries", data=contracts.sign_contract(squatted, list(own.values())),
+                             headers={"Content-Type": "application/cose"}, verify=ca, timeout=30)
+    assert response.status_code == 201 and response.json()["complete"], response.text
+    notice = wait_for(lambda: inbox.notices[-1] if inbox.notices else None, 120, what="the squatter's notice")
+    return {**response.json(), "notice": notice}
+
+
+def test_a_contract_id_squatter_does_not_block_the_genuine_contract(stack, victim):
+    """The squatter's contract came first under the same contract id: it was accepted as a
+    contract of its own (its digest, its run, which failed for want of grants, with nothing
+    deployed), and the victims' contract was accepted after it and ran (the `victim` fixture)."""
+    squatter, genuine = victim.squatter, victim.submitted
+    assert squatter["contract_id"] == genuine["contract_id"] == "victim"
+    assert squatter["seqno"] < genuine["seqno"] and squatter["digest"] != genuine["digest"] == victim.digest
+    assert squatter["notice"]["run_id"] == run_id_for("victim", squatter["digest"]) != victim.notice["run_id"]
+    assert squatter["notice"]["status"] == "failed" and "no key grant" in squatter["notice"]["reason"]
+    assert groups_created(stack, squatter["notice"]["run_id"]) == 0
+    assert victim.notice["run_id"] == run_id_for("victim", victim.digest) == victim.run_id
+    assert run_record(stack, victim.run_id)["status"] == "succeeded"
+    assert groups_created(stack, victim.run_id) == 1
+    for seqno in (squatter["seqno"], genuine["seqno"]):
+        assert stack.ledger.entry(seqno)["delivery"] == "delivered"
+    with _environment(stack.settings):
+        azure_clients.blob_service.cache_clear()
+        stored = azure_clients.blob_service().get_container_client(storage_names.CONTRACTS)
+        for digest in (squatter["digest"], genuine["digest"]):
+            assert stored.get_blob_client(f"{contract_key('victim', digest)}.json").exists()
 
 
 def _victim_budget(stack, victim) -> dict[str, list]:
@@ -98,7 +153,7 @@ def test_a_contract_the_victim_never_signed_gets_no_grant_and_starts_nothing(sta
     assert notice["status"] == "failed" and "no key grant for dataset icmr" in notice["reason"], notice
     record = run_record(stack, notice["run_id"])
     assert record["failed_phase"] == "gathering_key_grants" and "reserving_budget" not in record["phases"]
-    assert groups_created(stack, attacker.contract_id) == 0 and notice["output_blob"] is None
+    assert groups_created(stack, attacker.run_id) == 0 and notice["output_blob"] is None
     assert len(stack.keyvault.releases) == releases_before  # nothing was even asked of Key Vault
     assert _victim_budget(stack, victim) == budget_before
 

@@ -9,7 +9,6 @@ import numpy as np
 
 from local_emulator.stack import wait_for
 from shared import events
-from shared.run_records import run_id_for
 from tests.run.conftest import groups_created, remaining_groups, run_record
 
 
@@ -19,7 +18,7 @@ def test_covid_run_survives_a_host_crash_and_delivers_the_model(stack, scenario_
     scenario.publish_inputs()
     scenario.create_identities()
     scenario.sign_and_submit(scenario.write_contract())
-    run_id = run_id_for(scenario.contract_id)
+    run_id = scenario.run_id
 
     wait_for(lambda: (run_record(stack, run_id) or {}).get("phase") == "training", 120, what="training to start")
     stack.host.kill()
@@ -48,7 +47,7 @@ def test_covid_run_survives_a_host_crash_and_delivers_the_model(stack, scenario_
     assert record["privacy_budget_spent"] == {name: privacy["epsilon"] for name in ("icmr", "cowin", "index")}
     assert record["trainer_log_tail"], "the trainer's log tail is kept in the run record"
 
-    assert groups_created(stack, scenario.contract_id) == 1
+    assert groups_created(stack, run_id) == 1
     assert remaining_groups(stack) == []
     assert len(scenario.inbox.notices) == 1
     finished = wait_for(lambda: [e for e in scenario.inbox.events if e["subject"] == f"runs/{run_id}"], 30,

@@ -24,7 +24,7 @@ def _submit(scenario) -> dict:
     scenario.create_identities()
     scenario.sign_and_submit(scenario.write_contract())
     notice = scenario.wait_for_notice(180)
-    assert notice["run_id"] == run_id_for(scenario.contract_id)
+    assert notice["run_id"] == scenario.run_id
     return notice
 
 
@@ -38,7 +38,7 @@ def _assert_failed_before_deploying_any_trainer(stack, notice, phase: str, reaso
 
 def _assert_failed_before_deploying(stack, scenario, notice, phase: str, reason: str) -> dict:
     record = _assert_failed_before_deploying_any_trainer(stack, notice, phase, reason)
-    assert groups_created(stack, scenario.contract_id) == 0
+    assert groups_created(stack, scenario.run_id) == 0
     return record
 
 
@@ -111,7 +111,7 @@ def test_trainer_past_its_deadline_is_killed_and_its_group_deleted(stack, scenar
     assert notice["status"] == "failed" and "deadline of 3 s" in notice["reason"], notice
     record = run_record(stack, notice["run_id"])
     assert record["failed_phase"] == "training"
-    assert groups_created(stack, scenario.contract_id) == 1
+    assert groups_created(stack, scenario.run_id) == 1
     assert f"ccr-{notice['run_id']}" not in remaining_groups(stack)
     # the trainer may have touched the data: its reservation stays spent
     assert set(record["privacy_budget_spent"].values()) == {1.5}
@@ -125,11 +125,12 @@ def test_forged_completion_events_are_ignored_and_only_the_attested_outcome_coun
     scenario = scenario_factory()
     scenario.publish_inputs()
     scenario.create_identities()
-    run_id = run_id_for(scenario.contract_id)
+    contract = scenario.write_contract()
+    run_id = scenario.run_id
     with _environment(stack.settings):
         events.publish(events.TRAINER_FAILED, f"runs/{run_id}", {
             "run_id": run_id, "status": "failed", "error_class": "KeyReleaseError", "message": "forged"})
-    scenario.sign_and_submit(scenario.write_contract())
+    scenario.sign_and_submit(contract)
     wait_for(lambda: (run_record(stack, run_id) or {}).get("phase") == "training", 120, what="training to start")
     with _environment(stack.settings):
         events.publish(events.TRAINER_COMPLETED, f"runs/{run_id}", {
@@ -227,8 +228,9 @@ def test_bad_contract_is_refused_and_starts_nothing(stack, ready_contract, case,
     assert response.status_code == status, response.text
     if reason is not None:
         assert reason in response.json()["error"].lower()
-    assert run_record(stack, run_id_for(scenario.contract_id)) is None
-    assert groups_created(stack, scenario.contract_id) == 0
+    run_id = run_id_for(scenario.contract_id, contracts.payload_digest(contracts.canonical_json(payload)))
+    assert run_record(stack, run_id) is None
+    assert groups_created(stack, run_id) == 0
 
 
 def test_replayed_contract_gets_the_same_answer_and_one_run(stack, ready_contract):
@@ -236,16 +238,16 @@ def test_replayed_contract_gets_the_same_answer_and_one_run(stack, ready_contrac
     body = contracts.sign_contract(payload, list(keys.values()))
     first, second = _post(stack, body), _post(stack, body)
     assert first.status_code == second.status_code == 200
-    assert first.json() == second.json() == {"contract_id": scenario.contract_id,
-                                             "run_id": run_id_for(scenario.contract_id), "status": "accepted"}
+    assert first.json() == second.json() == {"contract_id": scenario.contract_id, "digest": scenario.digest,
+                                             "run_id": scenario.run_id, "status": "accepted"}
     notice = scenario.wait_for_notice(240)
     assert notice["status"] == "succeeded"
     assert _post(stack, body).json() == first.json()
-    assert groups_created(stack, scenario.contract_id) == 1
+    assert groups_created(stack, scenario.run_id) == 1
     assert len(scenario.inbox.notices) == 1
 
     # the parties follow it through the status API with `ccr runs`, each as itself
-    run_id = run_id_for(scenario.contract_id)
+    run_id = scenario.run_id
     shown = scenario.ccr("runs", "show", run_id, party="tdc")
     assert shown["status"] == "succeeded" and shown["output_blob"].endswith(f"outputs/{run_id}/output.ccr")
     assert scenario.ccr("runs", "show", run_id, party="icmr")["status"] == "succeeded"
@@ -275,7 +277,7 @@ def test_a_population_whose_budget_is_spent_is_refused_even_under_a_new_pseudony
     record = _assert_failed_before_deploying(stack, second, notice, "reserving_budget",
                                              "privacy budget of dataset icmr is exhausted")
     assert notice["output_blob"] is None
-    spent = run_record(stack, run_id_for(first.contract_id))["privacy_budget_spent"]
+    spent = run_record(stack, first.run_id)["privacy_budget_spent"]
     assert set(record["privacy_budget_spent"].values()) == {0.0} and set(spent.values()) != {0.0}
 
 
@@ -289,14 +291,14 @@ def test_contract_before_its_last_input_then_that_input_twice_starts_one_run(sta
 
     scenario.create_identities()
     seqno = scenario.sign_and_submit(scenario.write_contract())["seqno"]
-    run_id = run_id_for(scenario.contract_id)
+    run_id = scenario.run_id
     wait_for(lambda: stack.ledger.entry(seqno)["delivery"] == "delivered", 30,
              what="the ledger's delivery to the webhook")
-    assert run_record(stack, run_id) is None and groups_created(stack, scenario.contract_id) == 0
+    assert run_record(stack, run_id) is None and groups_created(stack, run_id) == 0
 
     model.upload_blob(package)
     model.upload_blob(package, overwrite=True)  # the same input again: still one run
     notice = scenario.wait_for_notice(240)
     assert notice["status"] == "succeeded", notice
-    assert groups_created(stack, scenario.contract_id) == 1
+    assert groups_created(stack, run_id) == 1
     assert len(scenario.inbox.notices) == 1
