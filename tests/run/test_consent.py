@@ -180,7 +180,7 @@ def test_forged_grants_release_only_the_attackers_own_keys_and_decrypt_nothing(s
 def _deploy_directly(stack, record: dict) -> str:
     """What a party holding ARM rights could do: deploy a trainer group of its choosing with the
     real trainer image; returns the trainer's log once it has exited (the group is deleted)."""
-    run = {"run_id": f"run-{secrets.token_hex(8)}", "deadline_seconds": 300}
+    run = {"run_id": f"run-{secrets.token_hex(8)}", "nonce": secrets.token_hex(16), "deadline_seconds": 300}
     name = f"direct-{run['run_id']}"
     with _environment(stack.settings):
         azure_clients.blob_service.cache_clear()
