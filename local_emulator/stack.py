@@ -139,6 +139,7 @@ class Stack:
         return self
 
     def _start(self) -> None:
+        os.environ.setdefault("CCR_LOCAL_PROFILE", "1")  # a process running a stack is local (shared/settings.py)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         tls = loopback_tls.load_or_create(self.state_dir)
         token = self._secret("access_token")
