@@ -17,7 +17,12 @@ HTTP API
                                 no webhook call) unsigned, or a signature by a non-party, or one that
                                 does not verify against the recorded DID document
   GET  /entries/{seqno}         -> {"seqno", "envelope" (base64), "contract_id", "digest", "signers",
-                                "complete", "delivery"}
+                                "complete", "delivery"}: only to a party of that entry's contract, with a
+                                bearer token from /auth/token (401 without a valid one; 404 for another
+                                party's entry, as for a missing one)
+  POST /auth/challenge          {"did"} -> {"challenge", "expires_in"}  (shared/party_auth.py: this ledger's
+  POST /auth/token              {"did", "challenge", "signature"} -> {"access_token", "token_type", "expires_in"}
+                                own secret, audience `ccr-ledger`, the DID documents recorded here)
   POST /dids                    body: {"document": <DID document for did:web:<this host>:<name>>,
                                 "proof": <compact JWS>} -> 201 (first come; the same document again is
                                 200, another one 409); 401 proof missing/stale/for another audience or
@@ -33,6 +38,7 @@ import base64
 import json
 import logging
 import re
+import secrets
 import ssl
 import threading
 from pathlib import Path
@@ -43,6 +49,7 @@ from local_emulator.delivery import DONE, GIVE_UP, RETRY, DeliveryQueue, RetryPo
 from local_emulator.tls import LoopbackServer, write_private
 from shared import contract as contracts
 from shared import did as dids
+from shared.party_auth import LEDGER_AUDIENCE, PartyAuthError, PartyAuthority
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +72,8 @@ class LedgerTwin:
         self._lock = threading.Lock()
         (self.data_dir / "entries").mkdir(parents=True, exist_ok=True)
         (self.data_dir / "dids").mkdir(parents=True, exist_ok=True)
+        self.party_auth = PartyAuthority(_party_auth_secret(self.data_dir / "party_auth.secret"), LEDGER_AUDIENCE,
+                                         resolve_did=self.recorded_document)
         self._deliveries = DeliveryQueue(self.data_dir / "deliveries", self._deliver, self._abandon, retry,
                                          name="ledger-webhook")
 
@@ -225,6 +234,36 @@ class LedgerTwin:
             return 409, {"error": str(problem)}, {}
         return (201 if new else 200), {"id": document["id"]}, {}
 
+    def _read_entry(self, seqno: int, headers):
+        """An entry, only for a party of its contract (its bearer token names the DID); another
+        party's entry answers exactly like a missing one."""
+        try:
+            did = self.party_auth.bearer(headers.get("Authorization"))
+        except PartyAuthError as problem:
+            return problem.http_status, {"error": str(problem)}, {"WWW-Authenticate": 'Bearer realm="ledger"'}
+        state = self.entry(seqno)
+        if state is None or did not in contracts.parties(contracts.envelope_signers(self.envelope(seqno))[0]):
+            return 404, {"error": "no such entry"}, {}
+        return 200, {**state, "envelope": base64.b64encode(self.envelope(seqno)).decode()}, {}
+
+    def _authenticate(self, path: str, body: bytes):
+        """POST /auth/challenge and /auth/token: a party proves its DID (shared/party_auth.py)."""
+        try:
+            request = json.loads(body or b"null")
+        except ValueError:
+            request = None
+        if not isinstance(request, dict):
+            return 400, {"error": "request body must be a JSON object"}, {}
+        try:
+            if path == "/auth/challenge":
+                return 200, {"challenge": self.party_auth.issue_challenge(request.get("did")),
+                             "expires_in": self.party_auth.challenge_seconds}, {}
+            token = self.party_auth.exchange(request.get("did"), request.get("challenge"), request.get("signature"))
+        except PartyAuthError as problem:
+            return problem.http_status, {"error": str(problem)}, {}
+        return 200, {"access_token": token.access_token, "token_type": "Bearer", "expires_in": token.expires_in}, \
+            {"Cache-Control": "no-store"}
+
     def _route(self, method: str, path: str, query: dict, headers, body: bytes):
         if len(body) > MAX_BODY:
             return 413, {"error": "request too large"}, {}
@@ -238,10 +277,9 @@ class LedgerTwin:
                 return 403, {"error": f"refused: {problem}"}, {}
         match = _ENTRY.match(path)
         if method == "GET" and match:
-            state = self.entry(int(match.group(1)))
-            if state is None:
-                return 404, {"error": "no such entry"}, {}
-            return 200, {**state, "envelope": base64.b64encode(self.envelope(state["seqno"])).decode()}, {}
+            return self._read_entry(int(match.group(1)), headers)
+        if method == "POST" and path in ("/auth/challenge", "/auth/token"):
+            return self._authenticate(path, body)
         if method == "POST" and path == "/dids":
             return self._register_did(body)
         match = _DID_DOC.match(path)
@@ -264,6 +302,13 @@ def _registration(body: bytes) -> tuple[dict, str | None]:
     if not isinstance(request.get("document"), dict):
         raise dids.DidError('expected {"document": <DID document>, "proof": <compact JWS>}')
     return request["document"], request.get("proof")
+
+
+def _party_auth_secret(path: Path) -> bytes:
+    """The ledger's own party-authentication secret (0600 under its data dir, kept across restarts)."""
+    if not path.exists():
+        write_private(path, secrets.token_urlsafe(48).encode())
+    return path.read_bytes().strip()
 
 
 def _reason(response: requests.Response) -> str:

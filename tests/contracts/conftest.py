@@ -71,6 +71,20 @@ def resolve(documents):
     return resolve_did
 
 
+def party_get(ledger, identity: dids.Identity, path: str, ca) -> "requests.Response":
+    """GET `path` on the ledger as `identity`: its challenge signed with the party's key, the
+    token it buys, then the request with that bearer token (ledger reads need a party's)."""
+    import requests
+
+    from shared.party_auth import sign_challenge
+    post = lambda route, body: requests.post(f"{ledger.url}/auth/{route}", json=body, verify=str(ca), timeout=30)
+    challenge = post("challenge", {"did": identity.did}).json()["challenge"]
+    token = post("token", {"did": identity.did, "challenge": challenge,
+                           "signature": sign_challenge(identity, challenge)}).json()["access_token"]
+    return requests.get(f"{ledger.url}{path}", headers={"Authorization": f"Bearer {token}"}, verify=str(ca),
+                        timeout=30)
+
+
 # --- loopback servers for the ledger tests ---------------------------------------------
 
 

@@ -18,7 +18,7 @@ from local_emulator.ledger import LedgerTwin
 from shared import contract as contracts
 from shared import did as dids
 from tests.conftest import wait_until as wait_for
-from tests.contracts.conftest import contract_payload
+from tests.contracts.conftest import contract_payload, party_get
 
 FAST = RetryPolicy(initial_seconds=0.02, maximum_seconds=0.1, attempts=5, timeout_seconds=5)
 NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
@@ -216,7 +216,7 @@ def test_webhook_called_only_when_fully_signed(ledger_factory, webhook_factory, 
     assert call["headers"]["x-ledger-seqno"] == "2" and call["headers"]["x-functions-key"] == KEY
     assert call["headers"]["Content-Type"] == "application/cose"
     assert ledger.entry(1)["delivery"] == "awaiting-signatures"
-    stored = requests.get(ledger.url + "/entries/1", verify=str(tls.ca_path)).json()
+    stored = party_get(ledger, identities["tdc"], "/entries/1", tls.ca_path).json()  # a party reads it
     assert base64.b64decode(stored["envelope"]) == partial and stored["complete"] is False
     assert stored["digest"] == digest and stored["signers"] == [identities["tdc"].did, identities["icmr"].did]
     assert ledger.entries_for(payload["contract_id"], digest) == [1, 2]
@@ -243,7 +243,7 @@ def test_malformed_entry_is_refused_and_not_stored(ledger_factory, webhook_facto
     for body in (b"", b"not cbor at all", contracts.canonical_json({"contract_id": "x"})):
         response = submit(ledger, body, tls)
         assert response.status_code == 400 and response.json()["error"]
-    assert requests.get(ledger.url + "/entries/1", verify=str(tls.ca_path)).status_code == 404
+    assert ledger.entry(1) is None
     assert hook.calls == []
 
 
@@ -311,6 +311,7 @@ def test_an_entry_needs_valid_party_signatures_only(ledger_factory, webhook_fact
     response = submit(ledger, envelope, tls)
     assert response.status_code == 403 and reason in response.json()["error"], response.text
     assert ledger.entry(1) is None and not list((ledger.data_dir / "entries").glob("*.cose"))
+    assert ledger.entry(1) is None
     assert submit(ledger, good, tls).json()["seqno"] == 1       # a party's own signature is enough
     assert ledger.entry(1)["delivery"] == "awaiting-signatures" and hook.calls == []
 
