@@ -52,7 +52,7 @@ class SasRefused(Exception):
 def check(did: str, path, permission, contract=None,
           tdc_of_run: Callable[[str], str | None] = lambda run_id: None) -> str:
     """The blob path `did` may get a `permission` SAS for, or SasRefused saying why not."""
-    if permission not in PERMISSIONS:
+    if not isinstance(permission, str) or permission not in PERMISSIONS:
         raise SasRefused(f"permission must be one of {', '.join(PERMISSIONS)}", 400)
     if isinstance(path, str) and path.split("/", 1)[0] in _CONTROL_PLANE:   # whatever the rest says
         raise SasRefused(f"{path.split('/', 1)[0]}/ is written and read by the control plane only")

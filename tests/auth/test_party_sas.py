@@ -92,6 +92,9 @@ def test_no_sas_without_a_valid_token(app, tokens):
     assert post(app, "sas", {"blob": "datasets/icmr/icmr/x.ccr", "permission": "create"}).status_code == 401
     assert sas(app, tokens["icmr"] + "x", "datasets/icmr/icmr/x.ccr").status_code == 401
     assert sas(app, tokens["icmr"], "datasets/icmr/icmr/x.ccr", "write").status_code == 400
+    assert sas(app, tokens["icmr"], "datasets/icmr/icmr/x.ccr", ["read"]).status_code == 400
+    assert post(app, "sas", {"blob": ["datasets"], "permission": "read"}, tokens["icmr"]).status_code == 400
+    assert post(app, "sas", ["not", "an", "object"], tokens["icmr"]).status_code == 400
 
 
 def test_grants_only_for_the_keys_a_party_grants_in_a_contract_it_is_party_of(app, tokens, stored):

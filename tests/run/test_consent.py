@@ -5,6 +5,7 @@ leave the victim's privacy budget as it was."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import secrets
 from pathlib import Path
@@ -259,3 +260,49 @@ def test_contract_matrix_in_a_directly_deployed_group_releases_nothing(stack, vi
     logs = _deploy_directly(stack, _record(measured, digest, envelope))
     assert "failed: ConsentError: the contract is not signed by every party: " + expected in logs, logs
     assert len(stack.keyvault.releases) == releases_before
+
+
+def test_no_party_credential_writes_the_budget_contracts_or_run_records(stack, victim, attacker):
+    """Only the control plane writes the budget ledger, contract records and run records. A
+    party's settings carry no account key (and the stack's Azurite refuses its public
+    development key); the one storage credential a party can obtain, a SAS from the clean room,
+    is refused for those and for the victim's own blobs; the attacker does not even see the
+    victim's run. The victim's budget is as it was."""
+    from azure.core.exceptions import HttpResponseError
+    from azure.storage.blob import BlobServiceClient
+
+    from ccr.party import PartySession
+    from local_emulator.azurite import ACCOUNT_KEY, connection_string
+    budget_before = _victim_budget(stack, victim)
+    settings = {name: value for name, value in attacker.party_environment("tdc").items() if value}
+    assert {"CCR_STORAGE_CONNECTION", "AzureWebJobsStorage", "CCR_FUNCTION_KEY", "CCR_PARTY_AUTH_SECRET",
+            "CCR_EVENTGRID_KEY"}.isdisjoint(settings)
+    assert not any("AccountKey=" in value or "sig=" in value for value in settings.values())
+
+    budget_blobs = [f"budget/{hashlib.sha256(contracts.dataset_identity(did, dataset).encode()).hexdigest()}.json"
+                    for did, dataset in contracts.datasets(victim.payload)]
+    public = connection_string(stack.azurite.urls["blob"], stack.azurite.urls["queue"], stack.azurite.urls["table"],
+                               ACCOUNT_KEY)
+    with pytest.raises(HttpResponseError):
+        BlobServiceClient.from_connection_string(public).get_blob_client(storage_names.RUNS, budget_blobs[0]) \
+            .upload_blob(b'{"runs": {}}', overwrite=True)
+
+    tdc = attacker.identities["tdc"]
+    session = PartySession(f"{stack.settings['CCR_FUNCTIONS_URL']}/api",
+                           dids.Identity(tdc["did"], dids.load_private_key(Path(tdc["key_file"]))))
+    victim_grant = key_grants.grant_path(victim.digest, key_grants.subjects(victim.payload)[0].subject)
+    targets = [*(f"{storage_names.RUNS}/{name}" for name in budget_blobs),
+               f"{storage_names.RUNS}/records/{victim.run_id}.json",
+               f"{storage_names.CONTRACTS}/{contract_key('victim', victim.digest)}.json",
+               *(published["blob"] for published in victim.published.values()), victim.model["model"]["blob"],
+               f"{storage_names.OUTPUTS}/{storage_names.output_blob(victim.run_id)}"]
+    for blob in targets:
+        for permission in ("create", "read"):
+            response = session.request("POST", "sas", json={"blob": blob, "permission": permission})
+            assert response.status_code == 403, (blob, permission, response.text)
+    grant = session.request("POST", "sas", json={"blob": victim_grant, "permission": "create",
+                                                 "contract": victim.payload})
+    assert grant.status_code == 403 and "not a party" in grant.json()["error"]
+    assert session.request("GET", f"runs/{victim.run_id}").status_code == 404
+    assert victim.run_id not in [run["run_id"] for run in session.request("GET", "runs").json()]
+    assert _victim_budget(stack, victim) == budget_before
