@@ -1,7 +1,10 @@
 """Throughput of plain torch training vs our DP-SGD on the COVID MLP (10 -> 128 -> 64 -> 1),
-200,000 synthetic rows, batch sizes 64 and 256, one thread. Throughput is rows per second of
-this process's CPU time, and each figure the best of REPEATS epochs with plain and DP
-interleaved, so other processes sharing the machine distort the ratio less.
+200,000 synthetic rows, batch sizes 64 and 256, one thread. DP-SGD runs as the trainer runs it:
+Poisson batches and Gaussian noise (sum of four Box-Muller samples) from the secure source
+(AES-256-CTR keyed from os.urandom), its noise multiplier searched with the PLD accountant.
+Throughput is rows per second of this process's CPU time, and each figure the best of REPEATS
+epochs with plain and DP interleaved, so other processes sharing the machine distort the ratio
+less.
 Last line: one JSON object with samples/s per mode and batch size and the DP/plain ratio."""
 from __future__ import annotations
 
@@ -10,13 +13,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, not installed
 from shared.pipeline import TrainingConfig
 from local_emulator.covid_reference import N_FEATURES, covid_mlp, covid_training_config
-from trainer_container.dp_sgd import STATISTICS_NOISE_MULTIPLIER, PrivateStep, noise_generator, plan_privacy
+from trainer_container.dp_sgd import PrivateStep
+from trainer_container.privacy_plan import fixed_noise, plan_dp_sgd
+from trainer_container.secure_random import SecureRandom
 from trainer_container.training import (loss_function, make_optimizer, private_epoch,
                                         train_non_private_epoch)
 
@@ -46,17 +50,15 @@ def plain_samples_per_second(x, y, batch_size: int) -> float:
 def private_samples_per_second(x, y, batch_size: int) -> float:
     config = TrainingConfig.from_dict(covid_training_config(batch_size=batch_size))
     model = covid_mlp()
-    plan = plan_privacy(len(x), batch_size, 1, 1.5, 1e-6, 1.0, STATISTICS_NOISE_MULTIPLIER)
+    plan = plan_dp_sgd(len(x), batch_size, 1, 1.5, 1e-6, 1.0, fixed_noise(1.5, 1e-6, False, False).releases())
     optimizer, loss = make_optimizer(config, model), loss_function(config.loss, "sum")
-    step = PrivateStep(model, optimizer, loss, plan, noise_generator(0))
-    rng = np.random.default_rng(0)
+    noise = SecureRandom()
+    step = PrivateStep(model, optimizer, loss, plan, noise)
     for _ in range(50):  # warm-up
         step(x[:batch_size], y[:batch_size])
     start = time.process_time()
-    _, seen = private_epoch(step, x, y, rng)
-    elapsed = time.process_time() - start
-    step.epsilon()
-    return seen / elapsed
+    seen = private_epoch(step, x, y, noise)
+    return seen / (time.process_time() - start)
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Export the trained model to ONNX (clipping to the public bounds and the DP standardization
 folded in, so it takes raw features) and prove onnxruntime reproduces torch on the validation
-features before anything leaves."""
+features before anything leaves (pass or fail only)."""
 from __future__ import annotations
 
 import io
@@ -44,13 +44,13 @@ def export_onnx(model: nn.Module, n_features: int) -> bytes:
     return buffer.getvalue()
 
 
-def verify_onnx(onnx_bytes: bytes, model: nn.Module, raw_features: np.ndarray) -> float:
-    """Max absolute difference between onnxruntime and torch; raises above the tolerance."""
+def verify_onnx(onnx_bytes: bytes, model: nn.Module, raw_features: np.ndarray) -> None:
+    """onnxruntime must reproduce torch within TOLERANCE on `raw_features` (the validation rows).
+    Pass or fail is all that leaves: the difference itself is a value computed from private
+    rows, so neither the output nor the error message carries it."""
     session = onnxruntime.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     (onnx_out,) = session.run(None, {session.get_inputs()[0].name: raw_features.astype(np.float32)})
     with torch.no_grad():
         torch_out = model.eval()(torch.from_numpy(raw_features.astype(np.float32))).numpy()
-    difference = float(np.max(np.abs(onnx_out - torch_out))) if len(raw_features) else 0.0
-    if onnx_out.shape != torch_out.shape or not difference <= TOLERANCE:
-        raise ExportError(f"exported ONNX differs from torch by {difference:.2e} (tolerance {TOLERANCE})")
-    return difference
+    if onnx_out.shape != torch_out.shape or not bool(np.all(np.abs(onnx_out - torch_out) <= TOLERANCE)):
+        raise ExportError(f"exported ONNX does not reproduce the torch model within {TOLERANCE} on the validation rows")

@@ -1,18 +1,23 @@
-"""Joined table -> train/validation tensors: a seeded split, every feature clipped to its public
-bounds, then standardization fitted on the training split only (validation statistics never
-leak into training) and with differential privacy (the scaling constants leave in the model).
+"""Joined table -> train/validation tensors: a secret random split, every feature clipped to
+its public bounds, then standardization fitted on the training split only (validation
+statistics never leak into training) and with differential privacy (the scaling constants
+leave in the model).
 
-The scaling is a Gaussian mechanism, charged to the run's budget in dp_sgd.py. Each feature is
-clipped to its bounds [low, high] and normalized to u = (x - mid) / half in [-1, 1]. One release
-adds N(0, (sigma * sensitivity)^2) to every entry of the vector of per-feature sums
-(sum u_j, sum u_j^2), j = 1..d. Adding or removing one row (Opacus's adjacency) changes that
-vector by (u_1..u_d, u_1^2..u_d^2), whose L2 norm is at most sqrt(2d): the sensitivity. The
-row count n is treated as public, as plan_privacy does (the sample rate needs it), so
-mean = S1 / n and variance = S2 / n - mean^2, clamped to [floor, 1] (1: the largest variance in
-[-1, 1]). The floor is the noise's standard deviation on S2 / n, sigma * sqrt(2d) / n: a smaller
+The split: every joined row goes to validation independently with probability p (the
+contract's `evaluation.validation_split`), drawn from the run's secure source. Row by row and
+secret, so adding or removing a person moves at most that person's row in or out of one side,
+and nobody, the TDC included, knows which rows validate. The split's sizes are private.
+
+The scaling statistics are one Gaussian mechanism (`scaling_statistics`, charged to the run's
+accountant). Each feature is clipped to its bounds [low, high] and normalized to
+u = (x - mid) / half in [-1, 1]. One release adds N(0, (sigma * sensitivity)^2) to every entry
+of the vector (sum u_j, sum u_j^2 for j = 1..d, and the row count) over the training rows.
+Adding or removing one row changes it by (u_1..u_d, u_1^2..u_d^2, 1), whose L2 norm is at most
+sqrt(2d + 1): the sensitivity. With n~ the noisy count (never the exact one), mean = S1 / n~ and
+variance = S2 / n~ - mean^2, clamped to [floor, 1] (1: the largest variance in [-1, 1]). The
+floor is the noise's standard deviation on S2 / n~, sigma * sqrt(2d + 1) / n~: a smaller
 variance cannot be told from zero, and scaling a feature up by noise would hurt training; the
-scale is never 0. Noise is drawn from the run's DP noise generator. Everything after the noisy
-sums is post-processing (no further privacy cost).
+scale is never 0. Everything after the noisy sums is post-processing (no further privacy cost).
 """
 from __future__ import annotations
 
@@ -24,7 +29,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from trainer_container.join import JoinError
+from trainer_container.accountant import Accountant, GaussianRelease
+from trainer_container.secure_random import SecureRandom
+
+MIN_STATISTICS_ROWS = 1.0  # the noisy count is clamped below here before dividing by it
 
 
 @dataclass(frozen=True)
@@ -36,17 +44,19 @@ class Standardizer:
     scale: np.ndarray
 
     @classmethod
-    def fit_private(cls, x: np.ndarray, low: np.ndarray, high: np.ndarray, noise: torch.Generator,
-                    noise_multiplier: float) -> "Standardizer":
+    def fit_private(cls, x: np.ndarray, low: np.ndarray, high: np.ndarray, noise: SecureRandom,
+                    noise_multiplier: float, accountant: Accountant) -> "Standardizer":
         """Mean and scale from the noisy sums of the module docstring (x: training rows only)."""
+        accountant.charge(GaussianRelease("scaling_statistics", noise_multiplier))
         n, d = x.shape
         mid, half = (high + low) / 2, (high - low) / 2
         u = (np.clip(x, low, high) - mid) / half
-        sums = np.concatenate([u.sum(axis=0), np.square(u).sum(axis=0)])
-        noise_std = noise_multiplier * math.sqrt(2 * d)  # sigma * L2 sensitivity
-        noisy = sums + torch.normal(0.0, noise_std, (2 * d,), generator=noise, dtype=torch.float64).numpy()
-        mean_u = np.clip(noisy[:d] / n, -1.0, 1.0)
-        variance_u = np.clip(noisy[d:] / n - np.square(mean_u), min(noise_std / n, 1.0), 1.0)
+        sums = np.concatenate([u.sum(axis=0), np.square(u).sum(axis=0), [n]])
+        noise_std = noise_multiplier * math.sqrt(2 * d + 1)  # sigma * L2 sensitivity
+        noisy = sums + noise.normal(2 * d + 1, noise_std).numpy()
+        rows = max(float(noisy[-1]), MIN_STATISTICS_ROWS)
+        mean_u = np.clip(noisy[:d] / rows, -1.0, 1.0)
+        variance_u = np.clip(noisy[d:2 * d] / rows - np.square(mean_u), min(noise_std / rows, 1.0), 1.0)
         return cls(low, high, mid + half * mean_u, half * np.sqrt(variance_u))
 
     def apply(self, x: np.ndarray) -> np.ndarray:
@@ -63,29 +73,23 @@ class Split:
     standardizer: Standardizer
 
 
-def training_rows(n: int, validation_split: float) -> int:
-    """How many of n joined rows the split keeps for training (the rest validate)."""
-    n_val = math.ceil(n * validation_split)
-    if n_val < 1 or n - n_val < 2:
-        raise JoinError(f"the join has too few rows for a {validation_split} validation split")  # n is private
-    return n - n_val
+def secret_split(n: int, validation_split: float, noise: SecureRandom) -> tuple[np.ndarray, np.ndarray]:
+    """(training indices, validation indices): each row validates with probability p."""
+    validates = noise.bernoulli(n, validation_split)
+    return np.flatnonzero(~validates), np.flatnonzero(validates)
 
 
 def split_and_scale(table: pd.DataFrame, feature_columns: tuple[str, ...], target: str, validation_split: float,
-                    seed: int, bounds: Mapping[str, tuple[float, float]], noise: torch.Generator,
-                    statistics_noise: float) -> Split:
+                    bounds: Mapping[str, tuple[float, float]], noise: SecureRandom, statistics_noise: float,
+                    accountant: Accountant) -> Split:
     """Exactly `feature_columns` become features (in that order); nothing else of the table does.
     `bounds` holds every feature column's public (low, high) (checked by check_compatible);
-    `statistics_noise` is the plan's (dp_sgd.statistics_noise_multiplier), so that the accountant
-    charges exactly the noise the scaling statistics get."""
+    `statistics_noise` is the plan's, charged to `accountant` as `scaling_statistics`."""
     low, high = (np.array([bounds[c][i] for c in feature_columns], dtype=np.float64) for i in (0, 1))
     x = table.loc[:, list(feature_columns)].to_numpy(dtype=np.float64)
     y = table[target].to_numpy(dtype=np.float64)
-    n = len(table)
-    n_val = n - training_rows(n, validation_split)
-    order = np.random.default_rng(seed).permutation(n)
-    train_idx, val_idx = order[n_val:], order[:n_val]
-    standardizer = Standardizer.fit_private(x[train_idx], low, high, noise, statistics_noise)
+    train_idx, val_idx = secret_split(len(table), validation_split, noise)
+    standardizer = Standardizer.fit_private(x[train_idx], low, high, noise, statistics_noise, accountant)
     return Split(torch.from_numpy(standardizer.apply(x[train_idx])), torch.from_numpy(y[train_idx]).float(),
                  torch.from_numpy(standardizer.apply(x[val_idx])), torch.from_numpy(y[val_idx]).float(),
                  x[val_idx].astype(np.float32), standardizer)

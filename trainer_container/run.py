@@ -3,12 +3,18 @@ container policy measured (trainer_container/consent.py), fetch and check the mo
 (the privacy budget is checked here, before any data is read), fetch, check and
 decrypt the datasets, join, train with DP-SGD, export and verify, encrypt the output for the
 TDC, upload it, and publish the completion event. Plaintext lives only in a temporary
-folder that is removed at the end; stdout carries phase names and aggregate figures only.
-Storage is reached only through the per-blob SAS URLs of CCR_BLOB_URLS (never printed)."""
+folder that is removed at the end. Storage is reached only through the per-blob SAS URLs of
+CCR_BLOB_URLS (never printed).
+
+The release rule: everything that leaves (the output package, the completion event, stdout,
+error messages) is a contract or config constant, or the output of a DP mechanism charged to
+the run's one accountant (privacy_plan.py lists them). stdout carries phase names, constant
+lines and, at the end, the epsilon spent; phase timings leave in whole seconds (an accepted
+timing channel: README)."""
 from __future__ import annotations
 
-import secrets
 import tempfile
+import time
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -24,18 +30,22 @@ from jwcrypto import jwk
 from shared import attested_outcome, key_grants
 from trainer_container.consent import ConsentError, verified_contract
 from trainer_container.contract_terms import ContractError, ContractTerms, PackageRef
-from trainer_container.dp_sgd import (PrivacyBudgetError, effective_delta, noise_generator, plan_privacy,
-                                      statistics_noise_multiplier)
+from trainer_container.accountant import Accountant
+from trainer_container.dp_evaluation import evaluate_private
+from trainer_container.dp_sgd import PrivacyBudgetError
 from trainer_container.environment import SettingsError, TrainerEnvironment
 from trainer_container.export import ExportError, export_onnx, verify_onnx, with_standardization
-from trainer_container.features import split_and_scale, training_rows
+from trainer_container.features import split_and_scale
 from trainer_container.join import JoinError, join_datasets
 from trainer_container.model_package import read_model_package
+from trainer_container.noisy_count import noisy_count
 from trainer_container.onnx_convert import ModelConversionError, load_model, onnx_to_torch
 from trainer_container.output_package import CONTENT_TYPE as OUTPUT_CONTENT_TYPE
 from trainer_container.output_package import build_output_zip
+from trainer_container.privacy_plan import RunPrivacy
+from trainer_container.secure_random import SecureRandom
 from trainer_container.skr_client import KeyReleaseError, SkrClient
-from trainer_container.training import TrainingSetupError, check_model_fits, train_private
+from trainer_container.training import TrainingSetupError, check_model_fits, output_width, train_private
 
 
 # The output goes up in one Put Blob: a create-only SAS cannot stage blocks.
@@ -69,6 +79,18 @@ class TrainerRun:
         self.env, self.workdir, self.progress = env, workdir, progress
         self.skr = SkrClient(env.skr_url, env.maa_url, env.ca_bundle)
         self.data_read = False  # set once a data-dependent computation starts (the join)
+        self.timings: dict[str, int] = {}  # phase -> whole seconds
+        self._phase: tuple[str, float] | None = None
+
+    def phase(self, name: str) -> None:
+        """Starts phase `name` (and ends the one before): its name goes to stdout, its duration
+        in whole seconds to the outcome."""
+        now = time.monotonic()
+        if self._phase:
+            self.timings[self._phase[0]] = int(now - self._phase[1])
+        self._phase = (name, now) if name else None
+        if name:
+            self.progress(f"phase: {name}")
 
     def close(self) -> None:
         self.skr.close()
@@ -119,62 +141,59 @@ class TrainerRun:
         return plain
 
     def execute(self) -> dict:
-        """Runs every phase; returns the completion event's data."""
-        progress = self.progress
-        progress("phase: contract")
+        """Runs every phase; returns the outcome (the completion event's data)."""
+        self.phase("contract")
         terms = ContractTerms.from_contract(verified_contract(self.env.envelope, self.env.contract_digest))
-        progress("phase: model package")
+        self.phase("model package")
         model_package = read_model_package(self.fetch(terms.model, terms.digest))
         config = model_package.training
         check_compatible(terms.join, config)
         if config.epsilon > terms.epsilon_limit:  # the budget reserved for this run is the contract's
             raise PrivacyBudgetError(
                 f"training config asks for epsilon {config.epsilon}, the contract allows {terms.epsilon_limit}")
-        statistics_noise_multiplier(config.epsilon, terms.delta)  # a hopeless budget stops here, before any data
         model = onnx_to_torch(load_model(model_package.onnx_bytes))
         features = terms.join.feature_columns
         check_model_fits(model, config.loss, len(features))
-        progress(f"phase: datasets ({len(terms.join.datasets)})")
+        binary = config.loss != "cross_entropy" or output_width(model) == 2
+        # from constants only: a budget too small for the fixed mechanisms stops here, before any data
+        privacy = RunPrivacy.before_data(config.epsilon, terms.delta, terms.validation_split, terms.min_joined_rows,
+                                         roc_auc=binary and "roc_auc" in config.metrics, loss="loss" in config.metrics)
+        self.phase("datasets")
         by_name = {ref.name: ref for ref in terms.datasets}
         paths = {d.name: self.fetch(by_name[d.name], terms.digest) for d in terms.join.datasets}
-        progress("phase: join")
+        self.phase("join")
         self.data_read = True
         table = join_datasets(terms.join, paths)
         for path in paths.values():
             path.unlink()
-        if len(table) < terms.min_joined_rows:  # one message whatever the count: it is private
-            raise JoinError(f"the join has fewer rows than the contract's minimum ({terms.min_joined_rows})")
-        # All DP noise (scaling statistics, DP-SGD) and the Poisson sampling come from a seed drawn
-        # here: from the config's seed, which the TDC chose, the TDC could recompute the noise and
-        # subtract it from the released constants.
-        noise = noise_generator(secrets.randbits(63))
-        # The run's delta is capped at 1/N_train (effective_delta): choose the statistics' noise at it.
-        statistics_noise = statistics_noise_multiplier(
-            config.epsilon, effective_delta(terms.delta, training_rows(len(table), terms.validation_split)))
-        split = split_and_scale(table, features, terms.join.target, terms.validation_split, config.seed,
-                                config.feature_bounds, noise, statistics_noise)
+        # All noise, the split and the batches come from a key drawn here from the OS: nobody,
+        # the TDC included, can recompute the noise and subtract it from what is released.
+        noise, accountant = SecureRandom(), Accountant()
+        joined = noisy_count(len(table), privacy.noise.count, noise, accountant)
+        privacy = privacy.after_count(joined, config.batch_size, config.epochs, config.max_grad_norm)
+        self.phase("training")
+        split = split_and_scale(table, features, terms.join.target, terms.validation_split, config.feature_bounds,
+                                noise, privacy.noise.statistics, accountant)
         del table
-        progress(f"joined {len(split.train_x) + len(split.val_x)} rows: {len(split.train_x)} training, "
-                 f"{len(split.val_x)} validation, {len(features)} features")
-        plan = plan_privacy(len(split.train_x), config.batch_size, config.epochs, config.epsilon,
-                            terms.delta, config.max_grad_norm, statistics_noise)
-        progress(f"phase: training (DP scaling statistics noise multiplier {plan.statistics_noise_multiplier}, "
-                 f"DP-SGD noise multiplier {plan.noise_multiplier:.4f}, {plan.steps} steps, "
-                 f"total target epsilon {plan.target_epsilon}, delta {plan.delta:.3g})")
-        result = train_private(model, split, config, plan, noise, progress)
-        progress("phase: export")
+        train_private(model, split, config, privacy.dp_sgd, noise, accountant, self.progress)
+        self.phase("evaluation")
+        evaluation = evaluate_private(model, split.val_x, split.val_y, config, privacy.noise, noise, accountant)
+        privacy.check_charged(accountant)
+        report = privacy_report(privacy, accountant)
+        self.phase("export")
         exported = with_standardization(model, split.standardizer)
         onnx_bytes = export_onnx(exported, len(features))
-        difference = verify_onnx(onnx_bytes, exported, split.val_raw_x)
-        progress(f"onnxruntime matches torch (max difference {difference:.1e})")
-        metrics = {"validation": result.metrics, "epochs": result.epochs, "feature_columns": list(features),
-                   "target_column": terms.join.target, "onnx_max_abs_difference": difference}
-        progress("phase: output")
-        output_blob, output_sha256 = self.upload_output(
-            build_output_zip(onnx_bytes, metrics, result.privacy), terms.output, terms.digest)
-        summary = {k: v for k, v in result.metrics.items() if k != "confusion_matrix"}
+        verify_onnx(onnx_bytes, exported, split.val_raw_x)
+        self.progress("onnxruntime reproduces the torch model")
+        metrics = {"validation": evaluation["metrics"], "mechanisms": evaluation["mechanisms"],
+                   "feature_columns": list(features), "target_column": terms.join.target, "onnx_check": "passed"}
+        self.phase("output")
+        output_blob, output_sha256 = self.upload_output(build_output_zip(onnx_bytes, metrics, report), terms.output,
+                                                        terms.digest)
+        self.phase("")
+        summary = {k: report[k] for k in ("epsilon", "delta", "target_epsilon", "accountant", "epsilon_rdp")}
         return {"run_id": self.env.run_id, "status": "succeeded", "output_blob": output_blob,
-                "output_sha256": output_sha256, "metrics_summary": summary, "privacy": result.privacy}
+                "output_sha256": output_sha256, "privacy": summary, "phase_seconds": dict(self.timings)}
 
     def upload_output(self, zip_bytes: bytes, output: key_grants.GrantSubject, contract_digest: str) -> tuple[str, str]:
         plain, encrypted = self.workdir / "output.zip", self.workdir / "output.ccr"
@@ -224,11 +243,35 @@ def main(progress: Callable[[str], None] = print) -> int:
             closing(TrainerRun(env, Path(workdir), progress)) as trainer:
         try:
             outcome = trainer.execute()
-            progress(f"succeeded: accuracy {outcome['metrics_summary'].get('accuracy')}, "
-                     f"epsilon {outcome['privacy']['epsilon']:.3f}")
+            progress(f"succeeded: epsilon {outcome['privacy']['epsilon']:.3f}")
         except Exception as exc:
             error_class, message = safe_error(exc)
+            trainer.phase("")
             progress(f"failed: {error_class}: {message}")
-            outcome = {"status": "failed", "error_class": error_class, "message": message}
+            outcome = {"status": "failed", "error_class": error_class, "message": message,
+                       "phase_seconds": dict(trainer.timings)}
         published = publish(trainer.attested_event(outcome), progress)
     return 0 if outcome["status"] == "succeeded" and published else 1
+
+
+def privacy_report(privacy: RunPrivacy, accountant: Accountant) -> dict:
+    """privacy.json: the accountant's composition of every mechanism that ran (PLD total, RDP
+    beside it, each mechanism alone), the plan's parameters (all from constants and the noisy
+    count) and what leaves outside the epsilon."""
+    plan = privacy.dp_sgd
+    return {**accountant.report(privacy.delta), "target_epsilon": privacy.target_epsilon,
+            "contract_delta": privacy.contract_delta, "joined_rows_noisy": round(privacy.joined_rows_estimate, 1),
+            "noise_multiplier": plan.noise_multiplier, "max_grad_norm": plan.max_grad_norm,
+            "sample_rate": plan.sample_rate, "steps": plan.steps, "epochs": plan.epochs,
+            "expected_batch_size": plan.expected_batch_size,
+            "feature_scaling": {
+                "bounds": "public: the training config's feature_bounds; features clipped to them",
+                "mechanism": "gaussian: per-feature sums of the bound-normalized training values, of their squares, "
+                             "and the training-row count (L2 sensitivity sqrt(2d + 1))",
+                "noise_multiplier": privacy.noise.statistics},
+            "noise_source": "AES-256-CTR keystream keyed from os.urandom; Gaussians by Box-Muller, each the sum of "
+                            "4 samples (Opacus secure mode); Poisson sampling and the split from the same stream",
+            "outside_epsilon": [
+                "phase timings in whole seconds (the container's lifetime is visible to the operator anyway)",
+                "data-validity refusals (missing join keys or values, non-unique keys, non-label targets): "
+                "the error class and a count-free message"]}

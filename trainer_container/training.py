@@ -1,9 +1,8 @@
-"""The training loop: allow-listed loss and optimizer, DP-SGD steps, one epsilon per epoch,
-validation metrics, and the privacy report. Deterministic given the config's seed and the
-DP noise generator's seed."""
+"""The training loop: allow-listed loss and optimizer, DP-SGD steps on Poisson-sampled batches,
+nothing released while it runs (no per-epoch values: the evaluation is one DP release at the
+end, dp_evaluation.py). Deterministic given the config's seed and the secure source's key."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -11,16 +10,10 @@ import torch
 from torch import nn
 
 from shared.pipeline import TrainingConfig
-from trainer_container.dp_sgd import PrivacyPlan, PrivateStep, poisson_batch
+from trainer_container.accountant import Accountant
+from trainer_container.dp_sgd import PrivacyPlan, PrivateStep
 from trainer_container.features import Split
-from trainer_container.metrics import classification_metrics
-
-
-@dataclass
-class TrainingResult:
-    metrics: dict
-    privacy: dict
-    epochs: list[dict]
+from trainer_container.secure_random import SecureRandom
 
 
 def output_width(model: nn.Module) -> int:
@@ -49,7 +42,7 @@ def check_targets(y: torch.Tensor, loss: str, width: int) -> None:
         raise TrainingSetupError(f"the target column must hold class labels 0..{classes - 1} for {loss}")
 
 
-def _targets(y: torch.Tensor, loss: str) -> torch.Tensor:
+def targets(y: torch.Tensor, loss: str) -> torch.Tensor:
     return y.long() if loss == "cross_entropy" else y[:, None]
 
 
@@ -74,78 +67,30 @@ def predictions(output: torch.Tensor, loss: str) -> tuple[np.ndarray, np.ndarray
     return (score >= 0.5).long().numpy(), score.numpy()
 
 
-def _outputs_and_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainingConfig):
-    model.eval()
-    with torch.no_grad():
-        output = model(x)
-        loss = float(loss_function(config.loss, "mean")(output, _targets(y, config.loss)))
-    model.train()
-    return output, loss
-
-
-def validation_loss(model: nn.Module, split: Split, config: TrainingConfig) -> float:
-    return _outputs_and_loss(model, split.val_x, split.val_y, config)[1]
-
-
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainingConfig) -> dict:
-    output, loss = _outputs_and_loss(model, x, y, config)
-    predicted, score = predictions(output, config.loss)
-    n_classes = output.shape[1] if config.loss == "cross_entropy" else 2
-    metrics = {"loss": loss}
-    metrics.update(classification_metrics(y.numpy(), predicted, score, n_classes, config.metrics))
-    return metrics
-
-
-def private_epoch(step: PrivateStep, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> tuple[float, int]:
-    """One epoch of Poisson-sampled DP-SGD steps; returns (summed loss, rows seen)."""
-    total, seen = 0.0, 0
+def private_epoch(step: PrivateStep, x: torch.Tensor, y: torch.Tensor, noise: SecureRandom) -> int:
+    """One epoch of Poisson-sampled DP-SGD steps; returns the rows seen (for benchmarks only)."""
+    seen = 0
     for _ in range(step.plan.steps_per_epoch):
-        idx = torch.from_numpy(poisson_batch(len(x), step.plan.sample_rate, rng))
-        total += step(x[idx], y[idx])
+        idx = torch.from_numpy(noise.poisson_batch(len(x), step.plan.sample_rate))
+        step(x[idx], y[idx])
         seen += len(idx)
-    return total, seen
+    return seen
 
 
 def train_private(model: nn.Sequential, split: Split, config: TrainingConfig, plan: PrivacyPlan,
-                  noise: torch.Generator, progress: Callable[[str], None] = print) -> TrainingResult:
-    """`noise`: the run's DP noise generator, which already drew the feature statistics' noise.
-    Poisson sampling is seeded from it too: DP assumes batches the adversary cannot predict."""
+                  noise: SecureRandom, accountant: Accountant, progress: Callable[[str], None] = print) -> None:
+    """DP-SGD over the training split, charged to `accountant` before the first step. Batches
+    and noise come from the run's secure source: DP assumes batches the adversary cannot predict."""
     check_targets(torch.cat([split.train_y, split.val_y]), config.loss, output_width(model))
     torch.manual_seed(config.seed)
     model.train()
-    optimizer = make_optimizer(config, model)
-    loss_sum = loss_function(config.loss, "sum")
-    rng = np.random.default_rng(int(torch.randint(0, 2**62, (), generator=noise)))
-    step = PrivateStep(model, optimizer, loss_sum, plan, noise)
-    y_all = _targets(split.train_y, config.loss)
-    history = []
+    accountant.charge(plan.release())
+    step = PrivateStep(model, make_optimizer(config, model), loss_function(config.loss, "sum"), plan, noise)
+    y_all = targets(split.train_y, config.loss)
     for epoch in range(1, plan.epochs + 1):
-        private_epoch(step, split.train_x, y_all, rng)
-        epsilon = step.epsilon()  # once per epoch: the accountant is costly to query
-        # The loss shown is the validation split's: the exact loss over training rows is an
-        # aggregate of the very rows DP-SGD protects, and it would leave outside the epsilon.
-        record = {"epoch": epoch, "validation_loss": validation_loss(model, split, config), "epsilon": epsilon}
-        history.append(record)
-        progress(f"epoch {epoch}/{plan.epochs} validation loss {record['validation_loss']:.4f} "
-                 f"epsilon {epsilon:.3f}")
-    metrics = evaluate(model, split.val_x, split.val_y, config)
-    return TrainingResult(metrics, privacy_report(plan, history[-1]["epsilon"], split), history)
-
-
-def privacy_report(plan: PrivacyPlan, epsilon: float, split: Split) -> dict:
-    """privacy.json and the completion event's `privacy`: `epsilon` is the run's total (feature
-    statistics + DP-SGD, composed in one RDP accountant); `noise_multiplier` is DP-SGD's."""
-    return {"epsilon": epsilon, "target_epsilon": plan.target_epsilon, "delta": plan.delta,
-            "noise_multiplier": plan.noise_multiplier, "max_grad_norm": plan.max_grad_norm,
-            "sample_rate": plan.sample_rate, "steps": plan.steps, "epochs": plan.epochs,
-            "accountant": plan.accountant, "train_rows": len(split.train_x), "validation_rows": len(split.val_x),
-            "outside_epsilon": ["validation metrics and per-epoch validation loss (held-out rows, exact)",
-                                "row counts (joined, training, validation)",
-                                "the ONNX check's maximum difference on the validation rows"],
-            "feature_scaling": {
-                "bounds": "public: the training config's feature_bounds; features clipped to them",
-                "mechanism": "gaussian: per-feature sums of the bound-normalized values and of their squares",
-                "noise_multiplier": plan.statistics_noise_multiplier, "sample_rate": 1.0, "steps": 1}}
+        private_epoch(step, split.train_x, y_all, noise)
+        progress(f"epoch {epoch}/{plan.epochs} done")  # a constant line: no value of the epoch leaves
+    model.eval()
 
 
 def train_non_private_epoch(model: nn.Module, optimizer, loss_mean, x: torch.Tensor, y: torch.Tensor,

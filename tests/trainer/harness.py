@@ -91,10 +91,12 @@ class KeyReleaseStandIn(_Server):
     """`POST /key/release {maa_endpoint, akv_endpoint, kid}` -> `{"key": "<private RSA JWK json>"}`
     for the key-encryption keys it holds, by KEK name (`kid`); 403 for an unknown name, a missing
     attestation endpoint, or (when `vaults` names the KEK's vault host) a request to another
-    vault. Records every request body."""
+    vault. Records every release request body. `POST /attest/maa` answers an unsigned stand-in
+    token (the outcome the trainer signs is read back with `outcome`; the twins' MAA signs real
+    ones)."""
 
     def __init__(self, keys: dict[str, rsa.RSAPrivateKey], vaults: dict[str, str] | None = None):
-        self.keys, self.vaults, self.requests = keys, vaults or {}, []
+        self.keys, self.vaults, self.requests, self.attestations = keys, vaults or {}, [], []
 
     def handler(self):
         sidecar = self
@@ -102,6 +104,15 @@ class KeyReleaseStandIn(_Server):
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                if self.path == "/attest/maa":  # an unsigned stand-in token: only the twins' MAA signs
+                    sidecar.attestations.append(body)
+                    payload = json.dumps({"token": "stand-in-token"}).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
                 sidecar.requests.append(body)
                 name = body.get("kid")
                 key = sidecar.keys.get(name)
@@ -237,6 +248,7 @@ class Stage:
         self.kek_vaults: dict[str, str] = {}          # KEK name -> its vault's host (akv_endpoint)
         self.identities: dict[str, dids.Identity] = {}
         self.run_id = f"run-{secrets.token_hex(8)}"
+        self.nonce = secrets.token_hex(16)  # drawn at deployment by the control plane
         self._tag = secrets.token_hex(4)
         self.blobs = BlobServiceClient.from_connection_string(azurite.connection_string)
         for container in (storage_names.DATASETS, storage_names.MODELS, storage_names.OUTPUTS, storage_names.GRANTS):
@@ -355,7 +367,8 @@ def blob_urls(stage, signed: SignedContract) -> dict[str, str]:
 def environment(stage, sidecar, topic, signed: SignedContract, maa_url="https://maa.test") -> dict:
     """The trainer's environment variables, as the container group sets them (the group's
     policy pins CCR_CONTRACT_DIGEST; CCR_CA_BUNDLE lets the trainer reach the DID host)."""
-    return {"CCR_RUN_ID": stage.run_id, "CCR_CONTRACT": signed.envelope_b64, "CCR_CONTRACT_DIGEST": signed.digest,
+    return {"CCR_RUN_ID": stage.run_id, "CCR_RUN_NONCE": stage.nonce, "CCR_CONTRACT": signed.envelope_b64,
+            "CCR_CONTRACT_DIGEST": signed.digest,
             "CCR_BLOB_URLS": json.dumps(blob_urls(stage, signed)), "CCR_SKR_URL": sidecar.url,
             "CCR_MAA_URL": maa_url, "CCR_EVENTGRID_TOPIC_URL": f"{topic.url}/api/events",
             "CCR_EVENTGRID_KEY": EVENT_KEY, "CCR_CA_BUNDLE": stage.dids.ca_bundle}
@@ -366,3 +379,13 @@ def run_trainer_process(trainer_env: dict) -> subprocess.CompletedProcess:
     path = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, "-m", "trainer_container"], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": path, **trainer_env}, timeout=300, cwd=PROJECT_ROOT)
+
+
+def outcome(event: dict) -> dict:
+    """The outcome a completion event carries: the signed statement's payload when the trainer
+    attested it (read without verifying: tests/keys verifies), else the event's data."""
+    data = event["data"]
+    if "outcome" not in data:
+        return data
+    payload = data["outcome"].split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))

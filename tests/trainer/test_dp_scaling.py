@@ -13,13 +13,19 @@ from torch import nn
 
 from local_emulator import covid_reference as covid_model
 from shared.pipeline import JoinSpec, PipelineConfigError, TrainingConfig, check_compatible
-from trainer_container.dp_sgd import STATISTICS_NOISE_MULTIPLIER, noise_generator
+from trainer_container.accountant import Accountant
+from trainer_container.secure_random import SecureRandom
 from trainer_container.export import export_onnx, verify_onnx, with_standardization
 from trainer_container.features import Standardizer, split_and_scale
 from trainer_container.join import join_datasets
 from trainer_container.onnx_convert import load_model, onnx_to_torch
 
 BOUNDS = covid_model.covid_training_config()["feature_bounds"]
+STATISTICS_NOISE_MULTIPLIER = 12.0  # privacy_plan's reference
+
+
+def noise_generator(seed: int) -> SecureRandom:
+    return SecureRandom(seed.to_bytes(32, "big"))
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +38,15 @@ def _bounds(columns):
 
 
 def _train_rows(table, spec):
-    """The training split's raw rows, as split_and_scale draws them (seed 7, 20% validation)."""
+    """A fixed 80% of the rows (the split itself is secret: these tests need known rows)."""
     rows = table.loc[:, list(spec.feature_columns)].to_numpy(dtype=np.float64)
     return rows[np.random.default_rng(7).permutation(len(rows))[math.ceil(len(rows) * 0.2):]]
 
 
 def _mean_noise_std(n, d, half):
-    """Standard deviation of a released mean: sigma * sqrt(2d) / n in normalized units."""
-    return STATISTICS_NOISE_MULTIPLIER * math.sqrt(2 * d) / n * half
+    """Standard deviation of a released mean: sigma * sqrt(2d + 1) / n in normalized units
+    (to first order: the count it divides by is noisy too)."""
+    return STATISTICS_NOISE_MULTIPLIER * math.sqrt(2 * d + 1) / n * half
 
 
 def _exported_constants(onnx_bytes):
@@ -48,17 +55,17 @@ def _exported_constants(onnx_bytes):
 
 
 def test_exported_scaling_constants_are_noisy_not_the_exact_statistics(covid_table, covid_spec):
-    split = split_and_scale(covid_table, covid_spec.feature_columns, covid_spec.target, 0.2, 7, BOUNDS,
-                            noise_generator(3), STATISTICS_NOISE_MULTIPLIER)
-    exported = with_standardization(onnx_to_torch(load_model(covid_model.covid_onnx())), split.standardizer)
-    onnx_bytes = export_onnx(exported, 10)
-    assert verify_onnx(onnx_bytes, exported, split.val_raw_x) <= 1e-4
-    mean, scale = _exported_constants(onnx_bytes)
-    assert np.array_equal(mean, split.standardizer.mean.astype(np.float32))
-    assert np.array_equal(scale, split.standardizer.scale.astype(np.float32))
-
     rows = _train_rows(covid_table, covid_spec)
     low, high = _bounds(covid_spec.feature_columns)
+    standardizer = Standardizer.fit_private(rows, low, high, noise_generator(3), STATISTICS_NOISE_MULTIPLIER,
+                                            Accountant())
+    exported = with_standardization(onnx_to_torch(load_model(covid_model.covid_onnx())), standardizer)
+    onnx_bytes = export_onnx(exported, 10)
+    verify_onnx(onnx_bytes, exported, rows[:50].astype(np.float32))
+    mean, scale = _exported_constants(onnx_bytes)
+    assert np.array_equal(mean, standardizer.mean.astype(np.float32))
+    assert np.array_equal(scale, standardizer.scale.astype(np.float32))
+
     exact_mean, exact_std = np.clip(rows, low, high).mean(0), np.clip(rows, low, high).std(0)
     tolerance = 5 * _mean_noise_std(len(rows), 10, (high - low) / 2)
     assert np.all(np.abs(mean - exact_mean) > 1e-5 * tolerance)  # every constant carries noise
@@ -84,8 +91,8 @@ def test_one_row_moves_the_constants_only_within_the_noise(covid_table, covid_sp
 
     noise_std = _mean_noise_std(n, 10, (high - low) / 2)
     assert np.all(np.abs(exact_shift) < 0.1 * noise_std)  # a row moves a mean by far less than the noise
-    released = np.array([Standardizer.fit_private(rows, low, high, noise_generator(s), STATISTICS_NOISE_MULTIPLIER).mean for s in range(300)])
-    released_neighbour = np.array([Standardizer.fit_private(neighbour, low, high, noise_generator(1000 + s), STATISTICS_NOISE_MULTIPLIER).mean
+    released = np.array([Standardizer.fit_private(rows, low, high, noise_generator(s), STATISTICS_NOISE_MULTIPLIER, Accountant()).mean for s in range(300)])
+    released_neighbour = np.array([Standardizer.fit_private(neighbour, low, high, noise_generator(1000 + s), STATISTICS_NOISE_MULTIPLIER, Accountant()).mean
                                    for s in range(300)])
     assert np.allclose(released.std(0), noise_std, rtol=0.2)  # the mechanism's noise, as documented
     assert np.all(np.abs(released_neighbour - released) < 6 * math.sqrt(2) * noise_std)
@@ -101,7 +108,7 @@ def test_one_row_moves_the_constants_only_within_the_noise(covid_table, covid_sp
 
 def test_values_outside_the_bounds_are_clipped_in_training_and_in_the_exported_model():
     table = pd.DataFrame({"x": [-5.0, 0.0, 3.0, 10.0, 250.0, 4.0, 6.0, 7.0], "t": [0, 1, 0, 1, 0, 1, 0, 1]})
-    split = split_and_scale(table, ("x",), "t", 0.25, 0, {"x": (0, 10)}, noise_generator(0), STATISTICS_NOISE_MULTIPLIER)
+    split = split_and_scale(table, ("x",), "t", 0.25, {"x": (0, 10)}, noise_generator(0), 0.01, Accountant())
     standardizer = split.standardizer
     assert standardizer.apply(np.array([[-5.0], [250.0]])).tolist() == standardizer.apply(
         np.array([[0.0], [10.0]])).tolist()

@@ -23,11 +23,9 @@ from shared import contract as contracts
 from shared import key_grants, package, storage_names
 from shared.pipeline import JoinSpec
 from local_emulator import covid_reference as covid_model
-from tests.trainer.harness import (VALIDATION_SPLIT, KeyReleaseStandIn, RequestRecorder, Stage, blob_urls,
-                                   digest_of, environment, replace_payload, run_trainer_process)
+from tests.trainer.harness import (VALIDATION_SPLIT, KeyReleaseStandIn, RequestRecorder, Stage, blob_urls, digest_of,
+                                   environment, outcome, replace_payload, run_trainer_process)
 from trainer_container import run as trainer_run
-from trainer_container.dp_sgd import STATISTICS_NOISE_MULTIPLIER, noise_generator
-from trainer_container.features import split_and_scale
 from trainer_container.join import join_datasets
 
 CONTRACT_ID = "covid-test"
@@ -88,9 +86,14 @@ def assert_failed(code, lines, topic, stage, error_class: str, message: str) -> 
     assert lines[-1] == f"failed: {error_class}: {message}"
     [event] = topic.events
     assert event["eventType"] == "CCR.Trainer.Failed"
-    assert event["data"] == {"run_id": stage.run_id, "status": "failed", "error_class": error_class,
+    assert failure(event) == {"run_id": stage.run_id, "status": "failed", "error_class": error_class,
                              "message": message}
     assert not output_blob_exists(stage)
+
+
+def failure(event) -> dict:
+    """The attested failure outcome's run, status, error class and message."""
+    return {k: outcome(event).get(k) for k in ("run_id", "status", "error_class", "message")}
 
 
 def key_material(stage, *signed) -> list[str]:
@@ -130,8 +133,9 @@ def test_covid_end_to_end_with_canaries(stage_of, tmp_path, topic):
     finally:
         sidecar.stop()
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "joined 2119 rows: 1695 training, 424 validation, 10 features" in done.stdout
-    assert sum("epoch" in line and "epsilon" in line for line in done.stdout.splitlines()) == 5
+    assert not re.search(r"\b2119\b", done.stdout)  # the joined count is private
+    assert [line for line in done.stdout.splitlines() if line.startswith("epoch")] == [
+        f"epoch {e}/5 done" for e in range(1, 6)]  # no per-epoch value
     # every key came through its owner's grant to this contract: one KEK each, from the grantor's vault
     assert sorted((r["kid"], r["akv_endpoint"], r["maa_endpoint"]) for r in sidecar.requests) == sorted(
         (key_grants.kek_name(signed.digest, s.subject), s.key_vault.removeprefix("https://"), "maa.test")
@@ -139,9 +143,11 @@ def test_covid_end_to_end_with_canaries(stage_of, tmp_path, topic):
 
     [event] = topic.events
     assert event["eventType"] == "CCR.Trainer.Completed" and event["subject"] == f"runs/{stage.run_id}"
-    data = event["data"]
+    data = outcome(event)
     assert data["status"] == "succeeded" and data["privacy"]["epsilon"] <= 1.5
-    assert data["metrics_summary"]["accuracy"] >= 0.85
+    assert "metrics_summary" not in data  # metrics travel only inside the encrypted output
+    assert set(data["phase_seconds"]) >= {"contract", "join", "training", "evaluation", "output"}
+    assert all(isinstance(seconds, int) for seconds in data["phase_seconds"].values())
 
     encrypted = stage.blobs.get_blob_client(storage_names.OUTPUTS, storage_names.output_blob(stage.run_id))
     assert data["output_blob"] == encrypted.url
@@ -154,8 +160,10 @@ def test_covid_end_to_end_with_canaries(stage_of, tmp_path, topic):
         contents = {name: archive.read(name) for name in archive.namelist()}
     metrics, privacy = json.loads(contents["metrics.json"]), json.loads(contents["privacy.json"])
     assert metrics["validation"]["accuracy"] >= 0.85 and privacy["epsilon"] <= 1.5
-    assert privacy["train_rows"] == 1695 and privacy["validation_rows"] == 424
-    assert privacy["feature_scaling"]["noise_multiplier"] == 6.0 and "public" in privacy["feature_scaling"]["bounds"]
+    assert "train_rows" not in privacy and "validation_rows" not in privacy and metrics["onnx_check"] == "passed"
+    assert [m["mechanism"] for m in privacy["mechanisms"]] == [
+        "joined_row_count", "scaling_statistics", "dp_sgd", "confusion_counts"]
+    assert "public" in privacy["feature_scaling"]["bounds"]
     session = onnxruntime.InferenceSession(contents["model.onnx"], providers=["CPUExecutionProvider"])
     assert session.run(None, {"features": np.zeros((3, 10), np.float32)})[0].shape == (3, 1)
     assert_scaling_noise_is_secret(tmp_path, contents["model.onnx"])
@@ -171,23 +179,18 @@ def test_covid_end_to_end_with_canaries(stage_of, tmp_path, topic):
 
 
 def assert_scaling_noise_is_secret(tmp_path, onnx_bytes):
-    """The released scaling constants are neither the exact statistics nor what the TDC could
-    recompute: the noise is not derived from the training config's seed, which the TDC chose."""
+    """The released scaling constants are not the exact statistics of any split: every one
+    carries noise (the noise comes from a key the trainer drew from the OS, which nobody holds)."""
     initializers = {i.name: numpy_helper.to_array(i) for i in onnx.load_from_string(onnx_bytes).graph.initializer}
     released_mean = initializers["0.mean"]
     spec = JoinSpec.from_dict(covid_model.covid_join_spec())
     table = join_datasets(spec, {name: tmp_path / f"{name}.in" for name in covid_model.RAW_FILES})  # as staged
-    config = covid_model.covid_training_config()
-    for seed in range(config["seed"] - 2, config["seed"] + 3):
-        guess = split_and_scale(table, spec.feature_columns, spec.target, VALIDATION_SPLIT, config["seed"],
-                                config["feature_bounds"], noise_generator(seed),
-                                STATISTICS_NOISE_MULTIPLIER).standardizer
-        assert not np.allclose(released_mean, guess.mean, rtol=0, atol=1e-4)
     rows = table.loc[:, list(spec.feature_columns)].to_numpy(dtype=np.float64)
-    exact = rows[np.random.default_rng(config["seed"]).permutation(len(rows))[424:]].mean(0)  # the training split
+    bounds = covid_model.covid_training_config()["feature_bounds"]
+    half = np.array([high - low for low, high in map(bounds.get, spec.feature_columns)]) / 2
+    exact = rows.mean(0)  # the training split's mean is within a few rows' worth of this
     assert not np.allclose(released_mean, exact, rtol=0, atol=1e-4)
-    half = np.array([high - low for low, high in map(config["feature_bounds"].get, spec.feature_columns)]) / 2
-    assert np.all(np.abs(released_mean - exact) < 5 * 6.0 * np.sqrt(20) / 1695 * half)  # noise of the mechanism's scale
+    assert np.all(np.abs(released_mean - exact) < 5 * 13 * np.sqrt(21) / 1695 * half + 0.05 * half)
 
 
 # ---------------------------------------------------------------- consent: refused before any key
@@ -263,7 +266,7 @@ def test_budget_over_the_contract_fails_before_any_dataset_is_read(stage_of, top
     assert not any(line.startswith("phase: datasets") for line in lines)
     [event] = topic.events
     assert event["eventType"] == "CCR.Trainer.Failed"
-    assert event["data"]["error_class"] == "PrivacyBudgetError" and "3.0" in event["data"]["message"]
+    assert outcome(event)["error_class"] == "PrivacyBudgetError" and "3.0" in outcome(event)["message"]
     assert not output_blob_exists(stage)
 
 
@@ -292,7 +295,7 @@ def test_dataset_digest_mismatch_fails_before_its_key_is_released(stage_of, topi
     assert code != 0
     assert stage.kek(signed, "dataset cowin") not in released(sidecar)
     [event] = topic.events
-    assert event["data"] == {"run_id": stage.run_id, "status": "failed", "error_class": "DigestMismatch",
+    assert failure(event) == {"run_id": stage.run_id, "status": "failed", "error_class": "DigestMismatch",
                              "message": "cowin: package digest differs from the contract"}
     assert not output_blob_exists(stage)
 
@@ -313,27 +316,45 @@ def test_a_grant_naming_another_data_key_is_refused_before_its_kek_is_asked_for(
     assert_names_no_value(message, key_material(stage, signed) + [icmr.key_id, cowin.key_id])
 
 
+def fixed_noise_count(offset: float):
+    """trainer_container.run's noisy_count, charged as usual but with its noise fixed at
+    `offset` (the real noise is secret and random: this pins which side of the threshold the
+    noisy count falls)."""
+    def count(n, noise_multiplier, noise, accountant):
+        real_noisy_count(n, noise_multiplier, noise, accountant)
+        return n + offset
+    return count
+
+
+real_noisy_count = trainer_run.noisy_count
+
+
 def test_a_join_below_the_contracts_minimum_is_refused_with_one_message_whatever_the_count(stage_of, topic,
                                                                                            monkeypatch):
-    """2119 joined rows (just below a minimum of 2120) and 40 (far below) give byte-identical
-    refusals that carry no count; no output key is asked for."""
+    """The decision is the noisy count's. Joins of 2119 rows just above (minimum 2118) and just
+    below (2120) the threshold, whose noisy counts both fall under it, and one of 40 rows far
+    below, give byte-identical refusals that carry no count; no output key is asked for."""
+    monkeypatch.setattr(trainer_run, "noisy_count", fixed_noise_count(-3.0))
     outcomes, counts, progress = [], [], []
-    for folder, tables in (("near", raw_tables()), ("far", {**raw_tables(), "icmr": raw_tables()["icmr"].head(40)})):
+    cases = (("above", raw_tables(), 2118), ("below", raw_tables(), 2120),
+             ("far", {**raw_tables(), "icmr": raw_tables()["icmr"].head(40)}, 2118))
+    for folder, tables, minimum in cases:
         stage = stage_of(f"covid-min-rows-{folder}", folder)
         signed = stage.sign(stage.contract(tables, covid_model.covid_training_config(),
-                                           covid_model.covid_join_spec(), min_joined_rows=2120))
+                                           covid_model.covid_join_spec(), min_joined_rows=minimum))
         topic.events.clear()
         code, lines, sidecar = run_in_process(monkeypatch, stage, topic, signed)
-        message = "the join has fewer rows than the contract's minimum (2120)"
+        message = f"the join has fewer rows than the contract's minimum ({minimum})"
         assert_failed(code, lines, topic, stage, "JoinError", message)
         assert "phase: join" in lines and stage.kek(signed, "output key") not in released(sidecar)
         spec = JoinSpec.from_dict(covid_model.covid_join_spec())
         counts.append(len(join_datasets(spec, {n: stage.tmp / f"{n}.in" for n in covid_model.RAW_FILES})))
-        outcomes.append((lines[-1], topic.events[0]["data"]["message"], topic.events[0]["data"]["error_class"]))
+        outcomes.append((minimum, lines[-1], outcome(topic.events[0])["message"], outcome(topic.events[0])["error_class"]))
         progress += lines
-    assert counts == [2119, 40]
-    assert outcomes[0] == outcomes[1]
-    for count in counts:
+    assert counts == [2119, 2119, 40]
+    assert outcomes[0] == outcomes[2]  # 2119 rows and 40 rows: the same bytes
+    assert outcomes[0][1:] == tuple(text.replace("2120", "2118") for text in outcomes[1][1:])
+    for count in (2119, 40, 2116, 37):  # nor the noisy counts
         assert not re.search(rf"\b{count}\b", json.dumps(outcomes))
         assert not any(re.search(rf"\b{count}\b", line) for line in progress)
 
@@ -345,7 +366,7 @@ def test_missing_join_column_fails_naming_it(stage_of, topic, monkeypatch):
     signed = stage.sign(stage.contract(tables, covid_model.covid_training_config(), covid_model.covid_join_spec()))
     code, lines, sidecar = run_in_process(monkeypatch, stage, topic, signed)
     assert code != 0 and lines[-1] == "failed: JoinError: dataset index has no column potravel"
-    assert topic.events[0]["data"]["message"] == "dataset index has no column potravel"
+    assert outcome(topic.events[0])["message"] == "dataset index has no column potravel"
     assert not output_blob_exists(stage)
 
 
@@ -369,13 +390,13 @@ def test_a_blob_without_a_sas_url_fails_before_anything_is_read(stage_of, topic,
     assert code != 0
     assert lines[-1] == f"failed: SettingsError: CCR_BLOB_URLS has no URL for blob {model}"
     assert sidecar.requests == []  # no key asked for
-    assert topic.events[0]["data"]["error_class"] == "SettingsError"
+    assert outcome(topic.events[0])["error_class"] == "SettingsError"
     assert not output_blob_exists(stage)
 
 
 VALID_SETTINGS = {"CCR_RUN_ID": "run-0123456789abcdef", "CCR_CONTRACT": base64.b64encode(b"an envelope").decode(),
                   "CCR_CONTRACT_DIGEST": "0" * 64, "CCR_BLOB_URLS": "{}", "CCR_SKR_URL": "http://127.0.0.1:9",
-                  "CCR_MAA_URL": "https://maa.test"}
+                  "CCR_MAA_URL": "https://maa.test", "CCR_RUN_NONCE": "0" * 32}
 
 
 @pytest.mark.parametrize("value", ["not json", '["a list"]', '{"datasets/x.ccr": 1}'])
@@ -410,7 +431,7 @@ def test_missing_feature_bounds_fail_before_any_dataset_is_read(stage_of, topic,
     assert lines[-1] == "failed: PipelineConfigError: feature_bounds has no bounds for feature column(s) age, labcode"
     assert released(sidecar) == [stage.kek(signed, "model")]  # no dataset key
     assert not any(line.startswith("phase: datasets") for line in lines)
-    assert topic.events[0]["data"]["error_class"] == "PipelineConfigError"
+    assert outcome(topic.events[0])["error_class"] == "PipelineConfigError"
     assert not output_blob_exists(stage)
 
 
@@ -422,7 +443,7 @@ def test_a_config_carrying_the_validation_split_is_refused_before_any_dataset_is
     code, lines, sidecar = run_in_process(monkeypatch, stage, topic, signed)
     assert code != 0 and lines[-1].startswith("failed: PipelineConfigError: validation_split is a term of the contract")
     assert released(sidecar) == [stage.kek(signed, "model")]
-    assert topic.events[0]["data"]["error_class"] == "PipelineConfigError"
+    assert outcome(topic.events[0])["error_class"] == "PipelineConfigError"
     assert not output_blob_exists(stage)
 
 
@@ -431,20 +452,21 @@ def test_epsilon_below_the_scaling_statistics_cost_fails_before_any_dataset_is_r
     signed = stage.sign(stage.contract(raw_tables(), covid_model.covid_training_config(epsilon=0.0001),
                                        covid_model.covid_join_spec()))
     code, lines, sidecar = run_in_process(monkeypatch, stage, topic, signed)
-    assert code != 0 and "epsilon 0.0001 is too small to release even the feature scaling statistics" in lines[-1]
+    assert code != 0 and "epsilon 0.0001 is too small to release even the row count, scaling statistics" in lines[-1]
     assert released(sidecar) == [stage.kek(signed, "model")]
-    assert topic.events[0]["data"]["error_class"] == "PrivacyBudgetError"
+    assert outcome(topic.events[0])["error_class"] == "PrivacyBudgetError"
     assert not output_blob_exists(stage)
 
 
-def test_statistics_noise_is_chosen_at_the_runs_delta_not_the_contracts(stage_of, topic, monkeypatch):
-    """Delta 1e-2 in the contract, 1/1695 for the run: noise chosen at 1e-2 (24) would spend
-    0.09 of a 0.1 target at the run's delta, leaving DP-SGD nothing; chosen at 1/1695 it fits."""
+def test_the_runs_delta_is_capped_from_the_noisy_count(stage_of, topic, monkeypatch):
+    """Delta 1e-2 in the contract: the run's delta is 1 / (estimated training rows), the estimate
+    from the noisy count (here pinned at n + 1), and the fixed mechanisms' noise is chosen again
+    at that delta so that the total still fits a target of 0.1."""
+    monkeypatch.setattr(trainer_run, "noisy_count", fixed_noise_count(1.0))
     stage = stage_of("covid-loose-delta")
     signed = stage.sign(stage.contract(raw_tables(), covid_model.covid_training_config(epsilon=0.1, epochs=1),
                                        covid_model.covid_join_spec(), delta=1e-2))
     code, lines, _ = run_in_process(monkeypatch, stage, topic, signed)
     assert code == 0, lines[-1]
-    privacy = topic.events[0]["data"]["privacy"]
-    assert privacy["delta"] == pytest.approx(1 / 1695) and privacy["epsilon"] <= 0.1
-    assert privacy["feature_scaling"]["noise_multiplier"] == 48.0
+    privacy = outcome(topic.events[0])["privacy"]
+    assert privacy["delta"] == pytest.approx(1 / (2120 * (1 - VALIDATION_SPLIT))) and privacy["epsilon"] <= 0.1

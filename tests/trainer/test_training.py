@@ -5,12 +5,16 @@ import torch
 
 from shared.pipeline import TrainingConfig
 from local_emulator import covid_reference as covid_model
-from trainer_container.dp_sgd import STATISTICS_NOISE_MULTIPLIER, noise_generator, plan_privacy, poisson_batch
+from trainer_container.accountant import Accountant
+from trainer_container.dp_evaluation import evaluate_private
 from trainer_container.export import ExportError, export_onnx, verify_onnx, with_standardization
 from trainer_container.features import Standardizer, split_and_scale
 from trainer_container.join import join_datasets
+from trainer_container.noisy_count import noisy_count
 from trainer_container.onnx_convert import load_model, onnx_to_torch
-from trainer_container.training import TrainingSetupError, check_model_fits, train_private
+from trainer_container.privacy_plan import RunPrivacy
+from trainer_container.secure_random import SecureRandom
+from trainer_container.training import TrainingSetupError, check_model_fits, predictions, train_private
 
 
 @pytest.fixture(scope="module")
@@ -22,110 +26,100 @@ BOUNDS = covid_model.covid_training_config()["feature_bounds"]
 VALIDATION_SPLIT = 0.2  # a contract term (evaluation.validation_split), not the TDC's
 
 
-def _split(table, spec, noise_seed=0):
-    return split_and_scale(table, spec.feature_columns, spec.target, VALIDATION_SPLIT, 7, BOUNDS,
-                           noise_generator(noise_seed), STATISTICS_NOISE_MULTIPLIER)
-
-
-def _train(table, spec, epsilon=1.5, noise_seed=0, **overrides):
-    """Trains as the run does, with the DP noise seeded by `noise_seed` (the run draws it secretly)."""
-    config = TrainingConfig.from_dict(covid_model.covid_training_config(epsilon=epsilon, **overrides))
-    noise = noise_generator(noise_seed)
-    split = split_and_scale(table, spec.feature_columns, spec.target, VALIDATION_SPLIT, config.seed,
-                            config.feature_bounds, noise, STATISTICS_NOISE_MULTIPLIER)
-    plan = plan_privacy(len(split.train_x), config.batch_size, config.epochs, config.epsilon, 1e-5,
-                        config.max_grad_norm, STATISTICS_NOISE_MULTIPLIER)
+def _train(table, spec, key=bytes(32), **overrides):
+    """Trains and evaluates as the run does, the secure source keyed with `key` (the run draws it
+    from the OS)."""
+    config = TrainingConfig.from_dict(covid_model.covid_training_config(**overrides))
+    noise, accountant = SecureRandom(key), Accountant()
+    privacy = RunPrivacy.before_data(config.epsilon, 1e-5, VALIDATION_SPLIT, 100, roc_auc="roc_auc" in config.metrics,
+                                     loss="loss" in config.metrics)
+    privacy = privacy.after_count(noisy_count(len(table), privacy.noise.count, noise, accountant), config.batch_size,
+                                  config.epochs, config.max_grad_norm)
+    split = split_and_scale(table, spec.feature_columns, spec.target, VALIDATION_SPLIT, config.feature_bounds, noise,
+                            privacy.noise.statistics, accountant)
     model = onnx_to_torch(load_model(covid_model.covid_onnx()))
     lines = []
-    return model, split, train_private(model, split, config, plan, noise, lines.append), lines
+    train_private(model, split, config, privacy.dp_sgd, noise, accountant, lines.append)
+    evaluation = evaluate_private(model, split.val_x, split.val_y, config, privacy.noise, noise, accountant)
+    privacy.check_charged(accountant)
+    return model, split, evaluation, accountant.epsilon(privacy.delta), lines
+
+
+def exact_accuracy(model, split) -> float:
+    with torch.no_grad():
+        predicted, _ = predictions(model(split.val_x), "bce_with_logits")
+    return float((predicted == split.val_y.numpy()).mean())
 
 
 def test_covid_dp_training_reaches_the_reference_accuracy_within_budget(covid_table, covid_spec):
-    model, split, result, lines = _train(covid_table, covid_spec)
-    assert (len(split.train_x), len(split.val_x)) == (1695, 424)
-    assert 1.49 <= result.privacy["epsilon"] <= 1.5  # the total: feature statistics + DP-SGD
-    assert result.privacy["steps"] == 5 * 27 and result.privacy["accountant"] == "rdp"
-    assert result.privacy["feature_scaling"]["noise_multiplier"] == 6.0
-    assert any("validation metrics" in item for item in result.privacy["outside_epsilon"])  # said, not hidden
-    assert result.metrics["accuracy"] >= 0.85
-    assert set(result.metrics) == {"loss", "accuracy", "precision", "recall", "f1", "roc_auc", "confusion_matrix"}
-    assert np.sum(result.metrics["confusion_matrix"]) == 424
-    assert [e["epoch"] for e in result.epochs] == [1, 2, 3, 4, 5]
-    epsilons = [e["epsilon"] for e in result.epochs]
-    assert epsilons == sorted(epsilons) and len(lines) == 5 and "epsilon" in lines[0]
-    # the loss shown per epoch is the held-out split's (the final one is the reported metric),
-    # never an exact aggregate of the training rows DP-SGD protects
-    assert all(set(e) == {"epoch", "validation_loss", "epsilon"} for e in result.epochs)
-    assert result.epochs[-1]["validation_loss"] == result.metrics["loss"]
-    assert f"validation loss {result.metrics['loss']:.4f}" in lines[-1]
+    model, split, evaluation, epsilon, lines = _train(covid_table, covid_spec)
+    assert 1.49 <= epsilon <= 1.5  # the total of every mechanism: count, statistics, DP-SGD, evaluation
+    assert exact_accuracy(model, split) >= 0.85
+    metrics = evaluation["metrics"]
+    assert set(metrics) == {"accuracy", "precision", "recall", "f1", "confusion_matrix"}
+    assert abs(metrics["accuracy"] - exact_accuracy(model, split)) <= 0.03
+    assert lines == [f"epoch {e}/5 done" for e in range(1, 6)]  # no value of any epoch leaves
 
     exported = with_standardization(model, split.standardizer)
     onnx_bytes = export_onnx(exported, 10)
-    assert verify_onnx(onnx_bytes, exported, split.val_raw_x) <= 1e-4
+    verify_onnx(onnx_bytes, exported, split.val_raw_x)
     session = onnxruntime.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    for batch in (1, 7, 424):  # dynamic batch axis
+    for batch in (1, 7, 300):  # dynamic batch axis
         assert session.run(None, {"features": split.val_raw_x[:batch]})[0].shape == (batch, 1)
 
 
-def test_training_is_deterministic_given_the_seeds(covid_table, covid_spec):
+def test_training_is_deterministic_given_the_seed_and_the_key(covid_table, covid_spec):
     first = _train(covid_table, covid_spec, epochs=1)
     second = _train(covid_table, covid_spec, epochs=1)
-    other_seed = _train(covid_table, covid_spec, epochs=1, seed=8)
-    other_noise = _train(covid_table, covid_spec, epochs=1, noise_seed=1)
+    other_key = _train(covid_table, covid_spec, epochs=1, key=b"\x01" * 32)
     weights = lambda model: torch.cat([p.detach().flatten() for p in model.parameters()])
     assert torch.equal(weights(first[0]), weights(second[0]))
-    assert first[2].metrics == second[2].metrics
+    assert first[2] == second[2]
     assert np.array_equal(first[1].standardizer.scale, second[1].standardizer.scale)
-    assert not torch.equal(weights(first[0]), weights(other_seed[0]))
-    assert not torch.equal(weights(first[0]), weights(other_noise[0]))
-    assert not np.array_equal(first[1].standardizer.scale, other_noise[1].standardizer.scale)
+    assert not torch.equal(weights(first[0]), weights(other_key[0]))
+    assert not np.array_equal(first[1].standardizer.scale, other_key[1].standardizer.scale)
+    assert len(first[1].val_y) != len(other_key[1].val_y) or not torch.equal(first[1].val_y, other_key[1].val_y)
+
+
+def test_the_split_is_secret_and_row_by_row(covid_table, covid_spec):
+    """Each row validates with probability p from the secure source: sizes vary between keys
+    (the split's sizes are private too), around p * n."""
+    sizes = []
+    for key in range(20):
+        split = split_and_scale(covid_table, covid_spec.feature_columns, covid_spec.target, VALIDATION_SPLIT, BOUNDS,
+                                SecureRandom(bytes([key]) * 32), 10.0, Accountant())
+        sizes.append(len(split.val_y))
+        assert len(split.val_y) + len(split.train_y) == len(covid_table)
+    n = len(covid_table)
+    assert len(set(sizes)) > 5
+    assert abs(np.mean(sizes) - VALIDATION_SPLIT * n) < 4 * np.sqrt(n * 0.16 / 20)
 
 
 def test_scaling_is_fitted_on_the_training_split_only(covid_table, covid_spec):
-    split = _split(covid_table, covid_spec)
-    rows = covid_table.loc[:, list(covid_spec.feature_columns)].to_numpy(dtype=np.float64)
-    train_rows = rows[np.random.default_rng(7).permutation(len(rows))[424:]]
-    low, high = (np.array([BOUNDS[c][i] for c in covid_spec.feature_columns], dtype=np.float64) for i in (0, 1))
-    on_train = Standardizer.fit_private(train_rows, low, high, noise_generator(0), STATISTICS_NOISE_MULTIPLIER)
-    on_all = Standardizer.fit_private(rows, low, high, noise_generator(0), STATISTICS_NOISE_MULTIPLIER)
-    assert np.array_equal(split.standardizer.mean, on_train.mean)
-    assert np.array_equal(split.standardizer.scale, on_train.scale)
-    assert not np.allclose(split.standardizer.mean, on_all.mean)
+    split = split_and_scale(covid_table, covid_spec.feature_columns, covid_spec.target, VALIDATION_SPLIT, BOUNDS,
+                            SecureRandom(bytes(32)), 10.0, Accountant())
     assert torch.allclose(split.train_x.mean(0), torch.zeros(10), atol=0.5)  # standardized, up to the DP noise
+    standardized_raw = split.standardizer.apply(split.val_raw_x)
+    assert np.allclose(standardized_raw, split.val_x.numpy())
 
 
-def test_poisson_batches_have_the_expected_size_and_no_duplicates():
-    rng = np.random.default_rng(0)
-    sizes = []
-    for _ in range(400):
-        batch = poisson_batch(10_000, 0.01, rng)
-        assert len(np.unique(batch)) == len(batch) and batch.min(initial=0) >= 0 and batch.max(initial=0) < 10_000
-        sizes.append(len(batch))
-    assert 95 < np.mean(sizes) < 105 and 8 < np.std(sizes) < 12  # Binomial(10000, 0.01)
-
-
-def test_noise_multiplier_grows_as_the_budget_shrinks():
-    loose = plan_privacy(1695, 64, 5, 3.0, 1e-5, 1.0, STATISTICS_NOISE_MULTIPLIER)
-    tight = plan_privacy(1695, 64, 5, 0.9, 1e-5, 1.0, STATISTICS_NOISE_MULTIPLIER)
-    assert tight.noise_multiplier > loose.noise_multiplier > 0
-    assert plan_privacy(100, 10, 1, 1.0, 0.5, 1.0, STATISTICS_NOISE_MULTIPLIER).delta == 0.01  # capped at 1/N
-
-
-def test_export_verification_fails_when_outputs_differ(covid_table, covid_spec):
-    split = _split(covid_table, covid_spec)
+def test_export_verification_fails_with_a_count_free_message(covid_table, covid_spec):
+    split = split_and_scale(covid_table, covid_spec.feature_columns, covid_spec.target, VALIDATION_SPLIT, BOUNDS,
+                            SecureRandom(bytes(32)), 10.0, Accountant())
     model = with_standardization(onnx_to_torch(load_model(covid_model.covid_onnx())), split.standardizer)
     onnx_bytes = export_onnx(model, 10)
     with torch.no_grad():
         model[1][0].bias.add_(0.01)
-    with pytest.raises(ExportError, match="differs from torch"):
+    with pytest.raises(ExportError) as failed:
         verify_onnx(onnx_bytes, model, split.val_raw_x)
+    assert str(failed.value) == "exported ONNX does not reproduce the torch model within 0.0001 on the validation rows"
 
 
 def test_non_label_targets_are_refused_before_training(covid_table, covid_spec):
     table = covid_table.copy()
     table[covid_spec.target] = table[covid_spec.target] * 3.5
     with pytest.raises(TrainingSetupError, match="class labels 0..1"):
-        _train(table, covid_spec)
+        _train(table, covid_spec, epochs=1)
 
 
 def test_model_with_the_wrong_input_width_is_refused():
@@ -134,3 +128,11 @@ def test_model_with_the_wrong_input_width_is_refused():
         check_model_fits(model, "bce_with_logits", 9)
     with pytest.raises(TrainingSetupError, match="cross_entropy needs"):
         check_model_fits(model, "cross_entropy", 10)
+
+
+def test_standardizer_charges_its_mechanism(covid_table, covid_spec):
+    accountant = Accountant()
+    x = covid_table.loc[:, list(covid_spec.feature_columns)].to_numpy(dtype=np.float64)
+    low, high = (np.array([BOUNDS[c][i] for c in covid_spec.feature_columns], dtype=np.float64) for i in (0, 1))
+    Standardizer.fit_private(x, low, high, SecureRandom(bytes(32)), 12.0, accountant)
+    assert [(r.mechanism, r.noise_multiplier) for r in accountant.releases] == [("scaling_statistics", 12.0)]
