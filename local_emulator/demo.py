@@ -1,5 +1,6 @@
 """`python -m local_emulator demo`: the COVID scenario end to end on the local emulators,
-then a report of what the TDC got: validation metrics, privacy spent and each phase's time.
+then a report of what the TDC got: the DP validation metrics, the privacy spent (in total and
+by mechanism) and each phase's time.
 Starts everything it needs and leaves nothing running."""
 from __future__ import annotations
 
@@ -36,13 +37,17 @@ def report(result: dict, elapsed: float, echo=print) -> None:
     output = result.get("output")
     if output:
         metrics, privacy = output["metrics"]["validation"], output["privacy"]
-        echo("validation: " + ", ".join(f"{k} {metrics[k]:.3f}" for k in ("accuracy", "precision", "recall", "f1",
-                                                                         "roc_auc")))
-        echo(f"confusion matrix: {metrics['confusion_matrix']}")
-        echo(f"privacy: epsilon {privacy['epsilon']:.3f} (target {privacy['target_epsilon']}), delta {privacy['delta']}, "
-             f"{privacy['accountant']} over DP-SGD ({privacy['steps']} steps, noise multiplier "
-             f"{privacy['noise_multiplier']:.3f}) and the scaling statistics (noise multiplier "
-             f"{privacy['feature_scaling']['noise_multiplier']:g})")
+        shown = [k for k in ("accuracy", "precision", "recall", "f1", "roc_auc", "loss") if metrics.get(k) is not None]
+        echo("validation (differentially private): " + ", ".join(f"{k} {metrics[k]:.3f}" for k in shown))
+        if "confusion_matrix" in metrics:
+            echo(f"noisy confusion counts [true][predicted]: {metrics['confusion_matrix']}")
+        echo(f"privacy: epsilon {privacy['epsilon']:.3f} (target {privacy['target_epsilon']}), delta "
+             f"{privacy['delta']:.3g}, {privacy['accountant']}; RDP would say {privacy['epsilon_rdp']:.3f}")
+        for mechanism in privacy["mechanisms"]:
+            sampled = f", {mechanism['steps']} steps at rate {mechanism['sample_rate']:.4f}" \
+                if mechanism["steps"] > 1 else ""
+            echo(f"  {mechanism['mechanism']:<20} noise multiplier {mechanism['noise_multiplier']:7.3f}{sampled}: "
+                 f"epsilon {mechanism['epsilon_alone']:.3f} alone")
         echo(f"budget spent per dataset: {record.get('privacy_budget_spent')}")
         echo(f"decrypted output: {', '.join(output['members'])} ({output['size']} bytes)")
     echo(f"total {elapsed:.1f} s")

@@ -32,9 +32,11 @@ def test_covid_run_survives_a_host_crash_and_delivers_the_model(stack, scenario_
     output = scenario.fetch_output(run_id)
     assert output["members"] == ["metrics.json", "model.onnx", "privacy.json"]
     validation, privacy = output["metrics"]["validation"], output["privacy"]
-    assert privacy["train_rows"] == 1695 and privacy["validation_rows"] == 424
+    assert "train_rows" not in privacy and "validation_rows" not in privacy  # row counts are private
+    assert [m["mechanism"] for m in privacy["mechanisms"]] == [
+        "joined_row_count", "scaling_statistics", "dp_sgd", "confusion_counts"]  # all in the one epsilon
     assert privacy["epsilon"] <= 1.5 and privacy["epochs"] == 5
-    assert validation["accuracy"] >= 0.85
+    assert validation["accuracy"] >= 0.85  # the released, noisy accuracy (tests/trainer checks it against the exact)
     session = onnxruntime.InferenceSession(str(scenario.workdir / "trained.onnx"))
     logits = session.run(None, {session.get_inputs()[0].name: np.zeros((3, 10), np.float32)})[0]
     assert logits.shape == (3, 1)
