@@ -86,7 +86,7 @@ def run(service):
     """A deployable run of contract A, its spec and SAS set, and contract B's blobs beside it."""
     mine, other = _publish(service, f"a-{uuid.uuid4().hex[:8]}"), _publish(service, f"b-{uuid.uuid4().hex[:8]}")
     run = {"run_id": f"run-{secrets.token_hex(8)}", "contract_id": mine["record"]["payload"]["contract_id"],
-           "deadline_seconds": DEADLINE_SECONDS}
+           "deadline_seconds": DEADLINE_SECONDS, "nonce": secrets.token_hex(16)}  # drawn at deployment
     signed_at = datetime.now(timezone.utc)
     group = deployment.trainer_container_group(run, mine["record"])
     trainer = next(c for c in group.containers if c.name == TRAINER_CONTAINER_NAME)
