@@ -299,6 +299,6 @@ def test_contract_before_its_last_input_then_that_input_twice_starts_one_run(sta
     model.upload_blob(package)
     model.upload_blob(package, overwrite=True)  # the same input again: still one run
     notice = scenario.wait_for_notice(240)
-    assert notice["status"] == "succeeded", notice
+    assert notice["status"] == "succeeded", (notice.get("reason"), notice.get("failed_phase"))
     assert groups_created(stack, run_id) == 1
     assert len(scenario.inbox.notices) == 1
