@@ -1,4 +1,5 @@
-"""Contracts: the payload model, its COSE_Sign envelope (one signature per party) and its
+"""Contracts: the payload model (schema 2, `validate_payload`; docs/INTERFACES.md says what each
+field means), its COSE_Sign envelope (one signature per party) and its
 verification: the ledger checks the signatures an envelope carries (`verify_signatures`), our
 webhook and the trainer that every party signed and the terms are in force (`verify_contract`).
 
