@@ -28,17 +28,8 @@ class PrivacyBudget:
         """Each run's entry (epsilon, delta, reserved or spent) against this population."""
         return (self._blobs.get(self._name(identity)) or {"runs": {}})["runs"]
 
-    def spent_excluding(self, identity: str, run_id: str | None) -> float:
-        """Epsilon spent or reserved by every run but `run_id` (a retried admission)."""
-        ledger = self._blobs.get(self._name(identity)) or {"runs": {}}
-        return sum(entry["epsilon"] for rid, entry in ledger["runs"].items() if rid != run_id)
-
     def of_run(self, identity: str, run_id: str) -> float:
-        ledger = self._blobs.get(self._name(identity)) or {"runs": {}}
-        return ledger["runs"].get(run_id, {}).get("epsilon", 0.0)
-
-    def remaining(self, identity: str, threshold: float, run_id: str | None = None) -> float:
-        return max(0.0, threshold - self.spent_excluding(identity, run_id))
+        return self.runs(identity).get(run_id, {}).get("epsilon", 0.0)
 
     def spend(self, identity: str, run_id: str, epsilon: float, delta: float) -> None:
         """Replace this run's reservation by what it actually spent (idempotent per run)."""
