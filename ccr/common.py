@@ -140,19 +140,12 @@ def _put_new_blob(url: str, path: Path, label: str) -> None:
 def upload(container: str, blob: str, path: Path, party=None) -> str:
     """Uploads a file; returns the blob URL (never a SAS). Through `party`, a new blob only;
     with the account connection, overwriting."""
-    from azure.core.exceptions import ResourceExistsError
-
     from shared.blob_sas import blob_location
     if party is not None:
         url = party.sas(f"{container}/{blob}", "create")
         _put_new_blob(url, path, f"upload {container}/{blob}")
         return blob_location(url)
-    service = azure_clients.blob_service()
-    try:
-        service.create_container(container)
-    except ResourceExistsError:
-        pass
-    client = service.get_blob_client(container, blob)
+    client = _account_blob(container, blob)
     size = path.stat().st_size
     with open(path, "rb") as source, _progress(size, f"upload {container}/{blob}") as bar:
         client.upload_blob(source, length=size, overwrite=True, max_concurrency=2,
@@ -163,7 +156,6 @@ def upload(container: str, blob: str, path: Path, party=None) -> str:
 def upload_text(container: str, blob: str, text: str, party=None, contract: dict | None = None) -> None:
     """A small blob (a grant): through `party` created once (BlobExists if there: read it back
     with `download_text`), with the account connection overwritten if present."""
-    from azure.core.exceptions import ResourceExistsError
     if party is not None:
         import requests
         url = party.sas(f"{container}/{blob}", "create", contract)
@@ -177,12 +169,18 @@ def upload_text(container: str, blob: str, text: str, party=None, contract: dict
         if response.status_code in (403, 409, 412):   # a create-only SAS cannot touch an existing blob
             raise BlobExists(f"{container}/{blob} exists already")
         raise CliError(f"storage refused {container}/{blob} (HTTP {response.status_code})")
+    _account_blob(container, blob).upload_blob(text.encode(), overwrite=True)
+
+
+def _account_blob(container: str, blob: str):
+    """A blob client through the account connection (local tools and tests), its container made."""
+    from azure.core.exceptions import ResourceExistsError
     service = azure_clients.blob_service()
     try:
         service.create_container(container)
     except ResourceExistsError:
         pass
-    service.get_blob_client(container, blob).upload_blob(text.encode(), overwrite=True)
+    return service.get_blob_client(container, blob)
 
 
 def _reader(container: str, blob: str, party=None, contract: dict | None = None):
