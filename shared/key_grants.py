@@ -55,10 +55,9 @@ class GrantSubject:
 def subjects(payload: dict) -> list[GrantSubject]:
     """Every grant a run of this contract needs: each dataset's, the model's, the output key's."""
     tdc = payload["tdc"]
-    found = [GrantSubject(f"dataset:{contracts.dataset_identity(did, dataset)}", f"dataset {dataset['name']}",
-                          did, vault, dataset["key_id"])
-             for did, vault, dataset in ((tdp["did"], tdp["key_vault"], d)
-                                         for tdp in payload["tdps"] for d in tdp["datasets"])]
+    found = [GrantSubject(f"dataset:{contracts.dataset_identity(tdp['did'], dataset)}", f"dataset {dataset['name']}",
+                          tdp["did"], tdp["key_vault"], dataset["key_id"])
+             for tdp in payload["tdps"] for dataset in tdp["datasets"]]
     found.append(GrantSubject("model", "model", tdc["did"], tdc["key_vault"], tdc["model"]["key_id"]))
     found.append(GrantSubject("output", "output key", tdc["did"], tdc["key_vault"], tdc["output"]["key_id"]))
     return found
