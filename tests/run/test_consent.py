@@ -40,7 +40,8 @@ def victim(stack, tmp_path_factory):
         scenario.squatter = _squat(stack, json.loads(path.read_text()), squatter)
         scenario.submitted = scenario.sign_and_submit(path)
         scenario.notice = scenario.wait_for_notice(240)
-        assert scenario.notice["status"] == "succeeded", scenario.notice
+        assert scenario.notice["status"] == "succeeded", \
+            f"the victims' own run failed: {scenario.notice.get('reason')} (run record: {run_record(stack, scenario.run_id)})"
         scenario.payload = json.loads(path.read_text())
         scenario.digest = contracts.payload_digest(contracts.canonical_json(scenario.payload))
         scenario.envelope = (scenario.workdir / "contract.index.cose").read_bytes()
