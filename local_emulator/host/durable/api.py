@@ -22,6 +22,27 @@ EVENT_NAMES = {0: "ExecutionStarted", 1: "ExecutionCompleted", 3: "ExecutionTerm
 HIDDEN_FIELDS = ("MessageKey", "Action", "IsPlayed", "EventId")
 
 
+def status_code(runtime_status: str, failure_is_500: bool) -> int:
+    """The check-status answer as HttpApiHandler gives it: 202 while the instance runs, 200 once
+    it has ended however it ended, except 500 for Failed when the caller asked for it."""
+    if runtime_status in ACTIVE:
+        return 202
+    if runtime_status == "Failed" and failure_is_500:
+        return 500
+    return 200
+
+
+def whole_seconds(timestamp: str) -> str:
+    """Status timestamps as the extension writes them (.NET "s" format plus Z): no fraction."""
+    return h.parse_iso(timestamp).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _flag(request: web.Request, name: str, default: bool) -> bool:
+    """A boolean query parameter read as .NET's bool.TryParse does (anything else: the default)."""
+    value = request.query.get(name, "").strip().lower()
+    return {"true": True, "false": False}.get(value, default)
+
+
 class DurableApi:
     def __init__(self, engine: DurableEngine, system_key: str):
         self.engine = engine
@@ -111,13 +132,15 @@ class DurableApi:
         except InstanceExists as exists:
             return web.json_response({"Message": str(exists), "ExceptionMessage": str(exists)}, status=409)
         payload = self.management_urls(instance_id)
-        return web.json_response(payload, status=202, headers={"Location": payload["statusQueryGetUri"]})
+        return web.json_response(payload, status=202, headers={"Location": payload["statusQueryGetUri"],
+                                                               "Retry-After": "10"})
 
     def _status_body(self, instance_id: str, state: dict, history: list | None, show_input: bool) -> dict:
         body = {"name": state["Name"], "instanceId": instance_id, "runtimeStatus": state["RuntimeStatus"],
                 "input": json.loads(state["Input"]) if show_input and state.get("Input") else None,
                 "customStatus": state.get("CustomStatus"), "output": state.get("Output"),
-                "createdTime": state["CreatedTime"], "lastUpdatedTime": state["LastUpdatedTime"]}
+                "createdTime": whole_seconds(state["CreatedTime"]),
+                "lastUpdatedTime": whole_seconds(state["LastUpdatedTime"])}
         if history is not None:
             body["historyEvents"] = body["history"] = [
                 {"EventType": EVENT_NAMES.get(e["EventType"], str(e["EventType"])),
@@ -127,17 +150,17 @@ class DurableApi:
 
     async def status(self, request: web.Request, client_encoded: bool) -> web.Response:
         instance_id = request.match_info["instance_id"]
-        show_history = request.query.get("showHistory", "").lower() == "true"
-        show_input = request.query.get("showInput", "true").lower() != "false"
+        show_history = _flag(request, "showHistory", False)
+        show_input = _flag(request, "showInput", True)
         engine_store = self.engine.store
         instance = await (engine_store.load(instance_id) if show_history else engine_store.load_state(instance_id))
         if instance is None:
             return web.json_response(None, status=404)
-        status = instance.status
-        code = 200 if status == "Completed" else 202 if status in ACTIVE else 400
         body = self._status_body(instance_id, instance.state, instance.history if show_history else None,
                                  show_input)
-        headers = {"Location": self.management_urls(instance_id)["statusQueryGetUri"]} if code == 202 else {}
+        code = status_code(instance.status, _flag(request, "returnInternalServerErrorOnFailure", False))
+        # as HttpApiHandler: a 202 points back at this request and asks the poller to wait 5 s
+        headers = {"Location": str(request.url), "Retry-After": "5"} if code == 202 else {}
         return web.json_response(body, status=code, headers=headers)
 
     async def query(self, request: web.Request, client_encoded: bool) -> web.Response:
