@@ -1,6 +1,8 @@
 """The Durable HTTP API as the extension's HttpApiHandler answers it (issue 13), on one host
 for the module: check-status codes and headers, timestamps, purge by filter."""
+import datetime as dt
 import re
+import time
 
 import requests
 
@@ -52,3 +54,46 @@ def test_start_answers_202_with_retry_after_and_timestamps_have_no_fraction(shar
                                                                 "instanceIdPrefix": done["instanceId"]},
                            timeout=10).json()
     assert [WHOLE_SECONDS.match(item["createdTime"]) is not None for item in listing] == [True]
+
+
+def test_purge_by_filter_honours_the_created_window_and_runtime_status(shared_host):
+    """DELETE /instances?createdTimeFrom=...: only instances created inside the window (and of a
+    listed terminal status) go; a window in the future purges nothing (404); createdTimeFrom is
+    required (400); a running instance is not purged by id (412)."""
+    host = shared_host
+    key = {"code": host.system_key}
+
+    def now() -> str:
+        return dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+    def purge(**params) -> requests.Response:
+        return requests.delete(webhook(host, "/instances/"), params={**key, **params}, timeout=10)
+
+    before = now()
+    first = wait_done(start(host, "fan_out", {"n": 1, "tag": "purge"}))
+    time.sleep(0.05)
+    between = now()
+    failed = wait_done(start(host, "broken"))
+    second = wait_done(start(host, "fan_out", {"n": 1, "tag": "purge"}))
+
+    def exists(instance: dict) -> bool:
+        return requests.get(webhook(host, f"/instances/{instance['instanceId']}"), params=key,
+                            timeout=10).status_code != 404
+
+    future = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)).isoformat()
+    assert purge(createdTimeFrom=future, createdTimeTo=future).status_code == 404
+    assert purge().status_code == 400 and purge(createdTimeTo=now()).status_code == 400
+    assert all(exists(i) for i in (first, failed, second))
+
+    window = purge(createdTimeFrom=before, createdTimeTo=between, runtimeStatus="Completed")
+    assert (window.status_code, window.json()) == (200, {"instancesDeleted": 1})
+    assert (exists(first), exists(failed), exists(second)) == (False, True, True)
+    only_completed = purge(createdTimeFrom=between, runtimeStatus="Completed,Running")
+    assert only_completed.json() == {"instancesDeleted": 1}
+    assert (exists(failed), exists(second)) == (True, False)
+
+    running = start(host, "forever")
+    wait_until(lambda: status(running)["runtimeStatus"] == "Running", 20, message="running")
+    refused = requests.delete(webhook(host, f"/instances/{running['id']}"), params=key, timeout=10)
+    assert refused.status_code == 412 and "Running" in refused.text
+    requests.post(running["terminatePostUri"].replace("{text}", "done"), timeout=10)

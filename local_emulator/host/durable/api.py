@@ -43,6 +43,14 @@ def _flag(request: web.Request, name: str, default: bool) -> bool:
     return {"true": True, "false": False}.get(value, default)
 
 
+def _moment(request: web.Request, name: str):
+    """A date-time query parameter (UTC unless it says otherwise); None if absent or unreadable."""
+    try:
+        return h.parse_iso(request.query[name]) if request.query.get(name) else None
+    except ValueError:
+        return None
+
+
 class DurableApi:
     def __init__(self, engine: DurableEngine, system_key: str):
         self.engine = engine
@@ -188,20 +196,35 @@ class DurableApi:
         if instance is None:
             return web.json_response(None, status=404)
         if instance.status not in TERMINAL:
-            return web.json_response({"error": "only completed, failed or terminated instances can be purged"},
-                                     status=400)
+            return web.json_response(f"Only orchestrations in a terminal state can be purged, but the orchestration "
+                                     f"with instance ID {instance_id} has status {instance.status}", status=412)
         self.engine.cache.pop(instance_id, None)
         deleted = await self.engine.store.purge(instance_id)
         return web.json_response({"instancesDeleted": deleted})
 
     async def purge_many(self, request: web.Request, client_encoded: bool) -> web.Response:
-        wanted = {s for s in request.query.get("runtimeStatus", "").split(",") if s} or set(TERMINAL)
+        """Purge by filter as the extension with the Azure Storage provider: createdTimeFrom is
+        required, createdTimeTo defaults to now (both inclusive); runtimeStatus keeps only its
+        terminal statuses, and without it every instance created in the window goes. (A list
+        naming no terminal status makes Azure Storage drop the filter and purge everything in
+        the window; here it purges nothing.) 404 when nothing was deleted."""
+        created_from = _moment(request, "createdTimeFrom")
+        if created_from is None:
+            return web.json_response("Please provide value for 'createdTimeFrom' parameter.", status=400)
+        created_to = _moment(request, "createdTimeTo") or h.utc_now()
+        named = {s.strip() for s in request.query.get("runtimeStatus", "").split(",") if s.strip()}
+        wanted = (named & set(TERMINAL)) if named else None
         deleted = 0
         for instance_id, state in await self.engine.store.query_states_with_ids():
-            if state["RuntimeStatus"] in wanted and state["RuntimeStatus"] in TERMINAL:
-                self.engine.cache.pop(instance_id, None)
-                deleted += await self.engine.store.purge(instance_id)
-        return web.json_response({"instancesDeleted": deleted}, status=200 if deleted else 404)
+            if wanted is not None and state["RuntimeStatus"] not in wanted:
+                continue
+            if not created_from <= h.parse_iso(state["CreatedTime"]) <= created_to:
+                continue
+            self.engine.cache.pop(instance_id, None)
+            deleted += await self.engine.store.purge(instance_id)
+        if not deleted:
+            return web.json_response(None, status=404)
+        return web.json_response({"instancesDeleted": deleted})
 
     async def raise_event(self, request: web.Request, client_encoded: bool) -> web.Response:
         input_json = await self._input(request, client_encoded)
