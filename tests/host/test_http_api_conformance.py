@@ -4,7 +4,11 @@ import datetime as dt
 import re
 import time
 
+import pytest
 import requests
+
+from local_emulator.host.app_loader import FunctionEntry, FunctionIndex
+from local_emulator.host.durable.engine import durable_names
 
 from tests.conftest import wait_until
 from tests.host.conftest import start, status, wait_done
@@ -97,3 +101,22 @@ def test_purge_by_filter_honours_the_created_window_and_runtime_status(shared_ho
     refused = requests.delete(webhook(host, f"/instances/{running['id']}"), params=key, timeout=10)
     assert refused.status_code == 412 and "Running" in refused.text
     requests.post(running["terminatePostUri"].replace("{text}", "done"), timeout=10)
+
+
+def test_orchestration_and_activity_names_from_the_trigger_are_the_registered_names(shared_host):
+    """`orchestration_trigger(orchestration="renamed_flow")` and `activity_trigger(activity=...)`
+    register those names, as the extension does; the Python function's name is not one."""
+    host = shared_host
+    done = wait_done(start(host, "renamed_flow", 1))
+    assert (done["runtimeStatus"], done["output"]["value"]) == ("Completed", 101)
+    refused = requests.post(webhook(host, "/orchestrators/flow_under_another_name"),
+                            params={"code": host.system_key}, json=1, timeout=10)
+    assert refused.status_code == 400 and "flow_under_another_name" in refused.json()["ExceptionMessage"]
+
+
+def test_two_functions_claiming_one_durable_name_are_refused_at_indexing():
+    trigger = {"type": "activityTrigger", "name": "x", "activity": "step"}
+    index = FunctionIndex([FunctionEntry("one", lambda x: x, trigger, [trigger]),
+                           FunctionEntry("two", lambda x: x, {**trigger}, [trigger])])
+    with pytest.raises(ValueError, match="functions one and two are both the activityTrigger named 'step'"):
+        durable_names(index, "activityTrigger", "activity")

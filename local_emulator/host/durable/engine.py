@@ -48,14 +48,28 @@ class InvalidInstanceId(Exception):
     """The id cannot be stored (a clear 400 rather than a storage error)."""
 
 
+def durable_names(index: FunctionIndex, trigger_type: str, name_property: str) -> dict[str, FunctionEntry]:
+    """Orchestrators or activities by the name the Durable extension registers them under: the
+    trigger's `orchestration` / `activity` property when set (the decorator's name argument),
+    else the function's name. Two functions claiming one name are refused at indexing."""
+    named: dict[str, FunctionEntry] = {}
+    for entry in index.by_trigger(trigger_type):
+        name = entry.trigger.get(name_property) or entry.name
+        if name in named:
+            raise ValueError(f"functions {named[name].name} and {entry.name} are both the {trigger_type} "
+                             f"named {name!r}")
+        named[name] = entry
+    return named
+
+
 class DurableEngine:
     def __init__(self, store: TaskHubStore, index: FunctionIndex, invoker: Invoker,
                  lease_seconds: int = 30, concurrency: int = 32, max_poll_seconds: float = 0.25,
                  extra_inputs: Callable[[FunctionEntry], dict] = lambda entry: {}):
         self.store = store
         self.invoker = invoker
-        self.orchestrators = {e.name: e for e in index.by_trigger("orchestrationTrigger")}
-        self.activities = {e.name: e for e in index.by_trigger("activityTrigger")}
+        self.orchestrators = durable_names(index, "orchestrationTrigger", "orchestration")
+        self.activities = durable_names(index, "activityTrigger", "activity")
         self.lease_seconds = lease_seconds
         self.max_poll_seconds = max_poll_seconds
         self.slots = asyncio.Semaphore(concurrency)

@@ -165,7 +165,20 @@ def forever(context: df.DurableOrchestrationContext):
     return "unreachable"
 
 
+@app.orchestration_trigger(context_name="context", orchestration="renamed_flow")
+def flow_under_another_name(context: df.DurableOrchestrationContext):
+    """Registered as `renamed_flow` (the trigger's name argument), calling `renamed_step`."""
+    value = yield context.call_activity("renamed_step", context.get_input())
+    return {"value": value, "version": context.version}
+
+
 # Activities -----------------------------------------------------------------------------
+@app.activity_trigger(input_name="x", activity="renamed_step")
+def step_under_another_name(x: int) -> int:
+    return x + 100
+
+
+
 @app.activity_trigger(input_name="job")
 def work(job: dict) -> int:
     time.sleep(job["sleep"])
