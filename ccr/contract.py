@@ -25,7 +25,7 @@ from ccr.party import identity as party_identity
 from ccr.party import session_for
 from shared import contract as contracts
 from shared import did as dids
-from shared import key_grants, settings, storage_names
+from shared import key_grants, settings, storage_names, trainer_resources
 from shared.container_group import policy_template_sha256
 
 DEFAULT_VALIDATION_SPLIT = 0.2
@@ -73,6 +73,11 @@ def register(groups) -> None:
                                                          f"{DEFAULT_MIN_JOINED_ROWS})")
     new.add_argument("--join", type=Path, metavar="FILE", help="JSON join spec (workloads.training.join)")
     new.add_argument("--deadline-seconds", type=int)
+    new.add_argument("--cpu", type=float, help=f"CPU cores for the trainer (default {trainer_resources.DEFAULT_CPU:g}, "
+                                               f"at most {trainer_resources.MAX_CPU:g} in a confidential group)")
+    new.add_argument("--memory-gb", type=float, help=f"memory for the trainer in GB (default "
+                                                     f"{trainer_resources.DEFAULT_MEMORY_GB:g}, at most "
+                                                     f"{trainer_resources.MAX_MEMORY_GB:g})")
     new.add_argument("--trainer-image", metavar="REF", help="ccr-trainer@sha256:<hex> (its policy template's "
                                                             "digest is pinned too)")
     new.add_argument("--out", type=Path, required=True)
@@ -285,6 +290,9 @@ def build_payload(args) -> dict:
         training["join"] = _read_json(args.join, "--join")
     if args.deadline_seconds is not None:
         training["deadline_seconds"] = args.deadline_seconds
+    for option, key in (("cpu", "cpu"), ("memory_gb", "memory_gb")):
+        if getattr(args, option) is not None:
+            training.setdefault("resources", {})[key] = getattr(args, option)
     if args.trainer_image:
         try:
             training["policy_template_sha256"] = policy_template_sha256(args.trainer_image)

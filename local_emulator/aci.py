@@ -20,6 +20,7 @@ from pathlib import Path
 
 from local_emulator.aci_runtime import GroupConflict, GroupRuntime, SidecarFactory
 from local_emulator.tls import LoopbackServer
+from shared import trainer_resources
 from shared.cce_policy import CcePolicyError, policy_containers
 
 PROVIDER = "providers/Microsoft.ContainerInstance"
@@ -66,7 +67,8 @@ def _sanitized_properties(properties: dict) -> tuple[dict, dict[str, dict]]:
 
 
 def _validate(body: dict) -> None:
-    """What ARM refuses synchronously (400), before any group exists."""
+    """What ARM refuses synchronously (400; 409 for a group larger than the location offers),
+    before any group exists."""
     properties = body.get("properties")
     if not isinstance(properties, dict):
         raise ArmError(400, "InvalidRequestContent", "the request has no properties")
@@ -94,6 +96,25 @@ def _validate(body: dict) -> None:
         for variable in props.get("environmentVariables") or []:
             if not isinstance(variable, dict) or not variable.get("name"):
                 raise ArmError(400, "InvalidEnvironmentVariable", "an environment variable has no name")
+    requested = [_requests(c) for c in containers]
+    if trainer_resources.group_problem(requested):
+        # ARM's answer to a group beyond what the location offers (per group, all containers summed)
+        cpu, memory = sum(c for c, _ in requested), sum(m for _, m in requested)
+        raise ArmError(409, "ServiceUnavailable",
+                       f"The requested resource is not available in the location '{body['location']}' at this "
+                       f"moment. Please retry with a different resource request or in another location. "
+                       f"Resource requested: '{cpu:g}' CPU '{memory:g}' GB memory 'Linux' OS")
+
+
+def _requests(container: dict) -> tuple[float, float]:
+    requests = ((container.get("properties") or {}).get("resources") or {}).get("requests")
+    if not isinstance(requests, dict):
+        raise ArmError(400, "InvalidContainer", f"container {container.get('name')} needs resource requests")
+    cpu, memory = requests.get("cpu"), requests.get("memoryInGB")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in (cpu, memory)):
+        raise ArmError(400, "InvalidContainer",
+                       f"container {container.get('name')} needs positive cpu and memoryInGB requests")
+    return float(cpu), float(memory)
 
 
 def _arm_view(record: dict) -> dict:

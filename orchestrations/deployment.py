@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 
 from azure.mgmt.containerinstance.models import ContainerGroup
 
-from shared import azure_clients, key_grants, settings, storage_names
+from shared import azure_clients, key_grants, settings, storage_names, trainer_resources
 from shared.blob_sas import trainer_blob_urls
 from shared.container_group import build_container_group, training_hostdata
 from shared.contract import training
@@ -40,10 +40,12 @@ def trainer_reads(payload: dict, contract_digest: str) -> list[str]:
 
 
 def trainer_container_group(run: dict, record: dict) -> ContainerGroup:
-    """The full spec: secrets (SAS URLs, Event Grid key) go in as secure values."""
+    """The full spec: secrets (SAS URLs, Event Grid key) go in as secure values; the trainer's CPU
+    and memory are the contract's (or the defaults)."""
     payload = record["payload"]
+    cpu, memory_gb = trainer_resources.of_training(training(payload))
     return build_container_group(training(payload)["image"], record["digest"], _environment(run, record),
-                                 settings.get("CCR_LOCATION", "westeurope"))
+                                 settings.get("CCR_LOCATION", "westeurope"), cpu=cpu, memory_in_gb=memory_gb)
 
 
 def _environment(run: dict, record: dict) -> dict[str, str]:

@@ -23,6 +23,7 @@ from typing import Mapping
 from azure.mgmt.containerinstance.models import (ConfidentialComputeProperties, Container, ContainerGroup,
                                                  EnvironmentVariable, ResourceRequests, ResourceRequirements)
 
+from shared import trainer_resources
 from shared.cce_policy import (SKR_SIDECAR_COMMAND, SKR_SIDECAR_IMAGE, IdName, User, hostdata_of, pause_container,
                                policy_text, string_rule, user_container, wildcard_rule, with_required_env)
 
@@ -116,12 +117,17 @@ def _environment(values: Mapping[str, str]) -> list[EnvironmentVariable]:
 
 
 def build_container_group(trainer_image: str, contract_digest: str, environment: Mapping[str, str], location: str,
-                          cpu: float = 1.0, memory_in_gb: float = 2.0) -> ContainerGroup:
+                          cpu: float = trainer_resources.DEFAULT_CPU,
+                          memory_in_gb: float = trainer_resources.DEFAULT_MEMORY_GB) -> ContainerGroup:
     """Trainer + SKR sidecar, `sku=Confidential` with the contract's CCE policy, no public IP,
     never restarted (a run is one attempt). Secrets go in as secure values. The builder sets
-    `CCR_CONTRACT_DIGEST` itself; a caller passing it is refused."""
+    `CCR_CONTRACT_DIGEST` itself; a caller passing it is refused. `cpu` / `memory_in_gb` are the
+    trainer's (the contract's `workloads.training.resources`), within shared/trainer_resources.py."""
     if CONTRACT_DIGEST_ENV in environment:
         raise ValueError(f"{CONTRACT_DIGEST_ENV} is set by build_container_group from contract_digest")
+    reason = trainer_resources.problem({"cpu": cpu, "memory_gb": memory_in_gb})
+    if reason:
+        raise ValueError(f"trainer resources: {reason}")
     cce_policy = training_cce_policy(trainer_image, contract_digest)
     environment = {**TRAINER_FIXED_ENV, **environment, CONTRACT_DIGEST_ENV: contract_digest}
     trainer = Container(
@@ -131,7 +137,8 @@ def build_container_group(trainer_image: str, contract_digest: str, environment:
     sidecar = Container(
         name=SKR_CONTAINER_NAME, image=SKR_SIDECAR_IMAGE, command=list(SKR_SIDECAR_COMMAND),
         environment_variables=[EnvironmentVariable(name=n, value=v) for n, v in SKR_SIDECAR_ENV.items()],
-        resources=ResourceRequirements(requests=ResourceRequests(memory_in_gb=0.5, cpu=0.5)))
+        resources=ResourceRequirements(requests=ResourceRequests(memory_in_gb=trainer_resources.SIDECAR_MEMORY_GB,
+                                                                 cpu=trainer_resources.SIDECAR_CPU)))
     return ContainerGroup(
         location=location, containers=[trainer, sidecar], os_type="Linux", restart_policy="Never",
         sku="Confidential", ip_address=None,

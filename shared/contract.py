@@ -31,7 +31,7 @@ from pycose.messages import SignMessage
 from pycose.messages.signer import CoseSignature
 
 from shared import did as dids
-from shared import storage_names
+from shared import storage_names, trainer_resources
 
 COSE_SIGN_TAG = 98
 CWT_CLAIMS = 15
@@ -220,6 +220,9 @@ def _training(workload, where: str) -> None:
     _sha256(workload["policy_template_sha256"], f"{where}.policy_template_sha256")
     _need(isinstance(workload["join"], dict), f"{where}.join must be an object")
     _integer(workload["deadline_seconds"], f"{where}.deadline_seconds", 1)
+    if "resources" in workload:  # optional; shared/trainer_resources.py cites ACI's confidential limits
+        reason = trainer_resources.problem(workload["resources"])
+        _need(reason is None, f"{where}.resources {reason}")
 
 
 def validate_payload(payload) -> dict:
