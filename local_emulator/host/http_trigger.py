@@ -115,6 +115,6 @@ class HttpTriggers:
         kwargs.update(self.extra_inputs(entry))
         try:
             result = await self.invoker.invoke(entry, kwargs)
-        except Exception:
-            return web.json_response({"error": "function failed"}, status=500)
+        except Exception:  # the traceback is in the host log; the caller gets a bare 500, as on Azure
+            return web.Response(status=500)
         return to_web_response(result)

@@ -1,6 +1,8 @@
 """Run one user function the way the worker does (sync ones in a thread pool, async ones on
 the host's single event loop) and log one line per invocation: name, trigger, duration,
-outcome. Never arguments, results or exception messages: they may carry data."""
+outcome. Never arguments or results. A function that raises is logged with its exception's
+full traceback, message included, as the Functions host logs it (so control-plane code must
+not put data in exception messages, as on Azure)."""
 from __future__ import annotations
 
 import asyncio
@@ -11,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from local_emulator.host.app_loader import FunctionEntry
+from local_emulator.host.durable.failures import full_traceback, user_exception
 
 log = logging.getLogger("local_emulator.host")
 
@@ -29,6 +32,8 @@ class Invoker:
             return await loop.run_in_executor(self.pool, functools.partial(entry.user_function, **kwargs))
         except BaseException as error:
             outcome = f"failed ({type(error).__name__})"
+            if isinstance(error, Exception):
+                log.error("Executed '%s' (Failed)\n%s", entry.name, full_traceback(user_exception(error)))
             raise
         finally:
             if not quiet or outcome != "ok":

@@ -1,8 +1,10 @@
 """The Durable HTTP API as the extension's HttpApiHandler answers it (issue 13), on one host
 for the module: check-status codes and headers, timestamps, purge by filter."""
 import datetime as dt
+import json
 import re
 import time
+import uuid
 
 import pytest
 import requests
@@ -120,3 +122,52 @@ def test_two_functions_claiming_one_durable_name_are_refused_at_indexing():
                            FunctionEntry("two", lambda x: x, {**trigger}, [trigger])])
     with pytest.raises(ValueError, match="functions one and two are both the activityTrigger named 'step'"):
         durable_names(index, "activityTrigger", "activity")
+
+
+def test_a_failed_activity_reaches_the_orchestrator_with_its_message_and_stack(shared_host):
+    """As the extension: `Reason` names the activity, the exception type and message on one
+    line; `Details` is the serialized exception (JSON) with the message and the stack. The
+    host log carries the full traceback."""
+    host = shared_host
+    key = uuid.uuid4().hex
+    done = wait_done(start(host, "catch_failure", key))
+    reason, details = done["output"].split(" \n ", 1)
+    assert reason == "Activity function 'flaky' failed: RuntimeError: boom 1"
+    exception = json.loads(details)
+    assert exception["Message"] == "RuntimeError: boom 1"
+    assert "in flaky" in exception["StackTraceString"] and "raise RuntimeError" in exception["StackTraceString"]
+    history = requests.get(done_links(host, done), params={"showHistory": "true"}, timeout=10).json()
+    failed = next(e for e in history["historyEvents"] if e["EventType"] == "TaskFailed")
+    assert failed["FailureDetails"]["ErrorType"] == "RuntimeError"
+    assert failed["FailureDetails"]["ErrorMessage"] == "boom 1"
+    wait_until(lambda: "Executed 'flaky' (Failed)" in host.logs(), 10, message="failure logged")
+    logged = host.logs().split("Executed 'flaky' (Failed)", 1)[1]
+    assert "Traceback (most recent call last)" in logged and "RuntimeError: boom 1" in logged
+
+
+def test_a_failed_orchestrator_records_failure_details_and_logs_its_traceback(shared_host):
+    host = shared_host
+    done = wait_done(start(host, "broken"))
+    assert done["output"] == "Orchestrator function 'broken' failed: orchestrator gave up"
+    history = requests.get(done_links(host, done), params={"showHistory": "true"}, timeout=10).json()
+    completed = history["historyEvents"][-1]
+    assert completed["EventType"] == "ExecutionCompleted"
+    details = completed["FailureDetails"]
+    assert (details["ErrorType"], details["ErrorMessage"]) == ("ValueError", "orchestrator gave up")
+    assert "in broken" in details["StackTrace"]
+    wait_until(lambda: "Executed 'broken' (Failed)" in host.logs(), 10, message="failure logged")
+    logged = host.logs().split("Executed 'broken' (Failed)", 1)[1]
+    assert "ValueError: orchestrator gave up" in logged and "$OutOfProcData$" not in logged.split("\n20")[0]
+
+
+def test_an_http_function_that_raises_answers_a_bare_500_and_logs_the_traceback(shared_host):
+    host = shared_host
+    answer = requests.get(f"{host.url}/api/fails", params={"code": host.function_key, "key": "k1"}, timeout=10)
+    assert (answer.status_code, answer.content) == (500, b"")
+    wait_until(lambda: "Executed 'fails' (Failed)" in host.logs(), 10, message="failure logged")
+    logged = host.logs().split("Executed 'fails' (Failed)", 1)[1]
+    assert "Traceback (most recent call last)" in logged and "LookupError: nothing under k1" in logged
+
+
+def done_links(host, done: dict) -> str:
+    return webhook(host, f"/instances/{done['instanceId']}") + f"?code={host.system_key}"

@@ -13,6 +13,7 @@ from azure.functions import meta
 
 from local_emulator.host.app_loader import FunctionEntry
 from local_emulator.host.durable import history as h
+from local_emulator.host.durable.failures import activity_failed_fields
 from local_emulator.host.durable.store import TaskHubStore
 from local_emulator.host.invoker import Invoker
 
@@ -126,8 +127,6 @@ class ActivityWorker:
         try:
             result = await self.invoker.invoke(entry, kwargs)
         except Exception as failure:
-            return h.event(h.TASK_FAILED, TaskScheduledId=task_id,
-                           Reason=f"Activity function '{item['Name']}' failed: {failure}",
-                           Details=type(failure).__name__)
+            return h.event(h.TASK_FAILED, TaskScheduledId=task_id, **activity_failed_fields(item["Name"], failure))
         encoded = converter.encode(result, expected_type=None)
         return h.event(h.TASK_COMPLETED, TaskScheduledId=task_id, Result=encoded.value)

@@ -29,11 +29,21 @@ from azure.functions import meta
 from local_emulator.host.app_loader import FunctionEntry, FunctionIndex
 from local_emulator.host.durable import history as h
 from local_emulator.host.durable.activities import ActivityWorker
+from local_emulator.host.durable.failures import OUT_OF_PROC, failure_details, user_exception
 from local_emulator.host.durable.store import ACTIVE, TERMINAL, Instance, TaskHubStore, storable_id
 from local_emulator.host.invoker import Invoker
 
 log = logging.getLogger("local_emulator.host.durable")
-OUT_OF_PROC = "$OutOfProcData$:"
+
+
+class OrchestratorError(str):
+    """The SDK's error text for a failed orchestrator, with the failure details of the
+    exception the user's code raised."""
+
+    def __new__(cls, text: str, error: BaseException):
+        value = super().__new__(cls, text)
+        value.details = failure_details(error)
+        return value
 
 
 class InstanceExists(Exception):
@@ -360,8 +370,11 @@ class DurableEngine:
         if state["RuntimeStatus"] == "Pending":
             state["RuntimeStatus"] = "Running"
         if error is not None:
-            self._finish(instance, "Failed", f"Orchestrator function '{state['Name']}' failed: {error}",
-                         new_history, outbound)
+            output = f"Orchestrator function '{state['Name']}' failed: {error}"
+            details = error.details if isinstance(error, OrchestratorError) else {
+                "ErrorType": "NotSupportedException", "ErrorMessage": str(error), "StackTrace": "",
+                "InnerFailure": None, "IsNonRetriable": True}
+            self._finish(instance, "Failed", output, new_history, outbound, failure=details)
             return True
         if result.get("isDone"):
             if continue_as_new is not None:
@@ -386,8 +399,8 @@ class DurableEngine:
             message = str(failure)
             if OUT_OF_PROC in message:
                 text, state = message.split(OUT_OF_PROC, 1)
-                return json.loads(state), text.strip()
-            return {}, message
+                return json.loads(state), OrchestratorError(text.strip(), user_exception(failure))
+            return {}, OrchestratorError(message, failure)
 
     def _schedule(self, instance: Instance, action: dict, task_id: int, outbound: list,
                   attempt: int = 1) -> dict:
@@ -456,13 +469,16 @@ class DurableEngine:
                                            "Key": f"{child_id}:refused:{parent['ParentTaskId']}"})
 
     def _finish(self, instance: Instance, status: str, output, new_history: list[dict], outbound: list,
-                terminate_event: dict | None = None) -> None:
+                terminate_event: dict | None = None, failure: dict | None = None) -> None:
         state = instance.state
         state.update(RuntimeStatus=status, Output=output, LastUpdatedTime=h.iso(h.utc_now()))
         if terminate_event is not None:
             new_history.append(terminate_event)
         result_json = json.dumps(output)
-        new_history.append(h.event(h.EXECUTION_COMPLETED, OrchestrationStatus=status, Result=result_json))
+        completed = h.event(h.EXECUTION_COMPLETED, OrchestrationStatus=status, Result=result_json)
+        if failure is not None:
+            completed["FailureDetails"] = failure
+        new_history.append(completed)
         log.info("orchestration %s instance=%s outcome=%s", state["Name"], instance.instance_id, status.lower())
         parent_id = state.get("ParentInstanceId")
         if not parent_id:
@@ -473,6 +489,8 @@ class DurableEngine:
             reply = h.event(h.SUB_FAILED, TaskScheduledId=state["ParentTaskId"],
                             Reason=f"Sub-orchestration '{state['Name']}' {status.lower()}",
                             Details=output if isinstance(output, str) else result_json)
+            if failure is not None:
+                reply["FailureDetails"] = failure
         message = {"InstanceId": parent_id, "ExecutionId": state["ParentExecutionId"], "Event": reply,
                    "Key": f"{instance.instance_id}:{instance.execution_id}:result"}
         outbound.append(lambda: self.store.send_control(message))

@@ -34,6 +34,11 @@ def hello(req: func.HttpRequest) -> func.HttpResponse:
                              status_code=200)
 
 
+@app.route(route="fails")
+def fails(req: func.HttpRequest) -> func.HttpResponse:
+    raise LookupError("nothing under " + req.params.get("key", "?"))
+
+
 @app.route(route="open", auth_level=func.AuthLevel.ANONYMOUS)
 def open_route(req: func.HttpRequest) -> func.HttpResponse:
     return func.HttpResponse('{"open": true}', mimetype="application/json")
@@ -163,6 +168,16 @@ def broken(context: df.DurableOrchestrationContext):
 def forever(context: df.DurableOrchestrationContext):
     yield context.wait_for_external_event("never")
     return "unreachable"
+
+
+@app.orchestration_trigger(context_name="context")
+def catch_failure(context: df.DurableOrchestrationContext):
+    """Returns the exception a failed activity raises in the orchestrator, as text."""
+    try:
+        yield context.call_activity("flaky", {"key": context.get_input(), "fail": 99})
+    except Exception as error:
+        return str(error)
+    return None
 
 
 @app.orchestration_trigger(context_name="context", orchestration="renamed_flow")
