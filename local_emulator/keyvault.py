@@ -4,7 +4,8 @@ Serves over HTTPS on loopback the REST subset azure-keyvault-keys 4.11.3 calls, 
 official `KeyClient` works unchanged: create and import keys (RSA/RSA-HSM, oct/oct-HSM) with
 `exportable` and a release policy, get a key (latest or a version), list keys and versions
 (paged with nextLink), delete / get deleted / purge, and release a key
-(`POST /keys/{name}/{version}/release`, also the versionless `/keys/{name}//release`).
+(`POST /keys/{name}/{version}/release`, also the versionless `/keys/{name}//release` the SDK
+sends and `/keys/{name}/release` Microsoft's SKR sidecar sends).
 Authentication is Key Vault's challenge: a request without the expected Bearer token gets
 401 + `WWW-Authenticate`.
 
@@ -206,6 +207,8 @@ class KeyVaultTwin:
                 return self._list(name, query)
             if method == "GET" and len(rest) == 1:
                 return self._bundle(name, self.store.get(name, self._version(rest[0])))
+            if method == "POST" and rest == ["release"]:     # versionless, as Microsoft's SKR sidecar posts it
+                return self._release(name, None, self._json(body), query)
             if method == "POST" and len(rest) == 2 and rest[1] == "release":
                 return self._release(name, self._version(rest[0]) if rest[0] else None, self._json(body), query)
         raise VaultError(404, "NotFound", "no such operation")

@@ -6,11 +6,27 @@ presents the token to Key Vault's release operation and unwraps the result with 
 private key (shared.key_release). Its HTTP API, on 127.0.0.1 like the real one on
 localhost:8080 (plain http, inside the group):
 
-- `GET /status` -> `{"message": "STATUS OK"}`
+- `GET /status` -> 200 `{"message": "Status OK"}`
 - `POST /attest/maa {"maa_endpoint", "runtime_data"}` -> `{"token"}`; runtime_data is base64 of
   the caller's runtime JSON
 - `POST /key/release {"maa_endpoint", "akv_endpoint", "kid"[, "access_token"]}` ->
-  `{"key": "<JWK json>"}`; errors are `{"error": "<reason>"}` (403 when Key Vault refuses)
+  `{"key": "<JWK json>"}` (the released key: `kty`, its material, `key_ops`; no `kid`)
+
+Exactly as strict as Microsoft's (microsoft/confidential-sidecar-containers v2.13:
+internal/httpginendpoints/httpginendpoints.go, pkg/skr/skr.go, pkg/common/{akv,maa,token}.go):
+- `maa_endpoint` and `akv_endpoint` are host names: it builds `https://<maa>/attest/SevSnpVM`
+  and `https://<akv_endpoint>/keys/<kid>/release?api-version=7.4` by string formatting, so a
+  scheme-prefixed endpoint makes a URL that reaches nothing; `kid` is a key NAME (or
+  `name/version`), pasted into the path, so a key URL names no key Key Vault has. The twin
+  refuses both before any call, with the status the real one ends with.
+- A body that does not bind (not JSON, a required field missing, empty or not a string) is 400;
+  `/key/release` then answers `{"error": {}}` (gin serialises the wrapped Go error as an empty
+  object), `/attest/maa` `{"error": "<reason>"}`. Every later failure (attestation, token,
+  Key Vault refusing or unreachable, a bad release result) is 403 `{"error": "<reason>"}`.
+- Without `access_token` it asks the group's managed identity (IMDS, resource
+  `https://vault.azure.net`, or `https://managedhsm.azure.net` when the endpoint names
+  managedhsm; a client id only when SkrSideCarArgs names one). Here the ACI twin hands the
+  sidecar its group's identity as `identity_token(resource) -> token`.
 
 Here the "hardware" is local_emulator.sevsnp.HardwareRoot; the sidecar is bound to one CCE
 policy at construction (the ACI twin makes one per group), so its reports always carry that
@@ -39,20 +55,18 @@ import binascii
 import hashlib
 import json
 import os
+import re
 import socket
 import struct
-from urllib.parse import urlsplit
+from typing import Callable
 
 import requests
-from azure.core.exceptions import AzureError, HttpResponseError
-from azure.keyvault.keys import KeyClient
 from jwcrypto import jwk
 
 from local_emulator.attestation import API_VERSION, build_attest_request
 from local_emulator.sevsnp import HardwareRoot
 from local_emulator.tls import LoopbackServer, Peer
 from shared.cce_policy import decode_policy, hostdata_of
-from shared.credentials import StaticTokenCredential
 from shared.key_release import KeyReleaseFormatError, released_jwk
 
 EPHEMERAL_KEY_BITS = 2048
@@ -62,34 +76,66 @@ PROC_NET_TCP = ("/proc/net/tcp", "/proc/net/tcp6")
 TCP_OWNERLESS_STATES = {"06", "0C"}     # TIME_WAIT, NEW_SYN_RECV: no socket, so no owner (uid 0 shown)
 
 
+RELEASE_API_VERSION = "7.4"              # pkg/skr httpginendpoints: api-version=7.4
+VAULT_RESOURCE = "https://vault.azure.net"
+MANAGED_HSM_RESOURCE = "https://managedhsm.azure.net"
+# What `https://%s/...` reaches: a host name or address, optionally a port (the twins' loopback
+# ports); anything else (a scheme, a path, user info) makes a URL that reaches no service.
+_HOST = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::[0-9]{1,5})?$")
+# What Key Vault finds under /keys/<kid>/release: a key name, or name/version.
+_KID = re.compile(r"^[0-9A-Za-z-]{1,127}(?:/[0-9a-f]{32})?$")
+IdentityToken = Callable[[str], str]      # resource -> bearer token of the group's identity
+
+
 class SidecarError(Exception):
-    def __init__(self, status: int, message: str):
+    """`status` and the reason; `shown=False` answers `{"error": {}}` as Microsoft's binding
+    errors on /key/release do."""
+
+    def __init__(self, status: int, message: str, shown: bool = True):
         super().__init__(message)
-        self.status = status
+        self.status, self.shown = status, shown
 
 
-def _https(endpoint) -> str:
-    """A service base URL from an endpoint given as host[:port] (as in Azure) or as a URL."""
-    if not isinstance(endpoint, str) or not endpoint.strip():
-        raise SidecarError(400, "endpoint is required")
-    text = endpoint.strip().rstrip("/")
-    url = text if "://" in text else "https://" + text
-    if urlsplit(url).scheme != "https" or not urlsplit(url).netloc:
-        raise SidecarError(400, "endpoints must be https")
-    return url
+def _release_failed(cause: str) -> SidecarError:
+    return SidecarError(403, f"secure key release failed: {cause}")
+
+
+def _bound(body: bytes, fields: tuple[str, ...], shown: bool) -> dict:
+    """The request as gin's ShouldBindJSON with `binding:"required"` string fields binds it."""
+    try:
+        value = json.loads(body or b"")
+    except ValueError:
+        raise SidecarError(400, "invalid request format: the body is not JSON", shown) from None
+    if not isinstance(value, dict):
+        raise SidecarError(400, "invalid request format: the body is not a JSON object", shown)
+    for name in fields:
+        if not isinstance(value.get(name), str) or not value[name]:
+            raise SidecarError(400, f"invalid request format: {name} is required", shown)
+    if value.get("access_token") is not None and not isinstance(value["access_token"], str):
+        raise SidecarError(400, "invalid request format: access_token is not a string", shown)
+    return value
+
+
+def _https(endpoint: str, refused: Callable[[str], SidecarError]) -> str:
+    """`https://<endpoint>` as Microsoft's sidecar builds it, when that reaches a service."""
+    if not _HOST.match(endpoint):
+        raise refused(f"https://{endpoint}/... reaches no service: endpoints are host names, without a scheme")
+    return f"https://{endpoint}"
 
 
 class SkrSidecar:
     """`start()`, `stop()`, `url`; one per container group, bound to its CCE policy and
     answering only processes of `allowed_uid` (settable until started)."""
 
-    def __init__(self, hardware_root: HardwareRoot, cce_policy_b64: str, ca_bundle: str | bool, access_token: str,
-                 is_debuggable: bool = False, port: int = 0, allowed_uid: int | None = None):
+    def __init__(self, hardware_root: HardwareRoot, cce_policy_b64: str, ca_bundle: str | bool,
+                 identity_token: IdentityToken | str, is_debuggable: bool = False, port: int = 0,
+                 allowed_uid: int | None = None):
         self._root = hardware_root
         self._policy_text = decode_policy(cce_policy_b64).encode()
         self._hostdata = hostdata_of(cce_policy_b64)
         self._ca_bundle = ca_bundle
-        self._access_token = access_token
+        # the group's managed identity (a fixed token: a test's stand-in for one)
+        self._identity_token = identity_token if callable(identity_token) else (lambda resource: identity_token)
         self._is_debuggable = is_debuggable
         self._ephemeral: jwk.JWK | None = None
         self._server = LoopbackServer(self._route, None, port=port, name="skr-sidecar", with_peer=True)
@@ -136,38 +182,30 @@ class SkrSidecar:
                 who = "an unidentified process" if uid is None else f"uid {uid}"
                 raise SidecarError(403, f"the SKR sidecar answers only its own container group, not {who}")
             if method == "GET" and path == "/status":
-                return 200, {"message": "STATUS OK"}, {}
+                return 200, {"message": "Status OK"}, {}
             if method == "POST" and path == "/attest/maa":
-                request = self._json(body)
-                runtime = self._runtime_data(request.get("runtime_data"))
-                return 200, {"token": self.attest(_https(request.get("maa_endpoint")), runtime)}, {}
+                request = _bound(body, ("maa_endpoint", "runtime_data"), shown=True)
+                runtime = self._runtime_data(request["runtime_data"])
+                maa_url = _https(request["maa_endpoint"], lambda why: SidecarError(403, f"attestation failed: {why}"))
+                try:
+                    return 200, {"token": self.attest(maa_url, runtime)}, {}
+                except SidecarError as error:
+                    raise SidecarError(403, f"attestation failed: {error}") from None
             if method == "POST" and path == "/key/release":
-                request = self._json(body)
-                key = self.release(_https(request.get("maa_endpoint")), _https(request.get("akv_endpoint")),
-                                   request.get("kid"), request.get("access_token") or self._access_token)
+                request = _bound(body, ("maa_endpoint", "akv_endpoint", "kid"), shown=False)
+                key = self.release(request["maa_endpoint"], request["akv_endpoint"], request["kid"],
+                                   request.get("access_token") or None)
                 return 200, {"key": json.dumps(key)}, {}
             raise SidecarError(404, "no such operation")
         except SidecarError as error:
-            return error.status, {"error": str(error)}, {}
+            return error.status, {"error": str(error) if error.shown else {}}, {}
 
     @staticmethod
-    def _json(body: bytes) -> dict:
-        try:
-            value = json.loads(body or b"{}")
-        except ValueError:
-            raise SidecarError(400, "request body is not JSON") from None
-        if not isinstance(value, dict):
-            raise SidecarError(400, "request body must be a JSON object")
-        return value
-
-    @staticmethod
-    def _runtime_data(value) -> bytes:
-        if not isinstance(value, str):
-            raise SidecarError(400, "runtime_data (base64) is required")
+    def _runtime_data(value: str) -> bytes:
         try:
             return base64.b64decode(value, validate=True)
         except binascii.Error:
-            raise SidecarError(400, "runtime_data is not base64") from None
+            raise SidecarError(400, "decoding base64-encoded runtime data of request failed") from None
 
     # --- attestation and release ----------------------------------------------------------
 
@@ -179,41 +217,57 @@ class SkrSidecar:
             response = requests.post(f"{maa_url}/attest/SevSnpVm?api-version={API_VERSION}", json=body,
                                      verify=self._ca_bundle, timeout=UPSTREAM_TIMEOUT_SECONDS)
         except requests.RequestException as exc:
-            raise SidecarError(502, f"attestation service unreachable ({type(exc).__name__})") from None
+            raise SidecarError(403, f"attestation service unreachable ({type(exc).__name__})") from None
         if response.status_code != 200:
-            raise SidecarError(502, f"attestation refused (HTTP {response.status_code}): {_maa_reason(response)}")
+            raise SidecarError(403, f"attestation refused (HTTP {response.status_code}): {_maa_reason(response)}")
         try:
             token = response.json().get("token")
         except (ValueError, AttributeError):
             token = None
         if not isinstance(token, str):
-            raise SidecarError(502, "attestation service returned no token")
+            raise SidecarError(403, "attestation service returned no token")
         return token
 
-    def release(self, maa_url: str, akv_url: str, kid, access_token: str) -> dict:
-        """The key `kid` released to this attested group, as a private JWK dict."""
+    def release(self, maa_endpoint: str, akv_endpoint: str, kid: str, access_token: str | None = None) -> dict:
+        """The key `kid` (a key name, or name/version) of the vault at host `akv_endpoint`,
+        released to this attested group, as a private JWK dict; with no `access_token`, as the
+        group's identity. Every failure is 403, as Microsoft's sidecar answers."""
         if self._ephemeral is None:
-            raise SidecarError(503, "sidecar is not started")
-        name, version = _key_name_and_version(kid, akv_url)
+            raise _release_failed("the sidecar is not started")
+        maa_url = _https(maa_endpoint, lambda why: _release_failed(f"attestation failed: {why}"))
+        akv_url = _https(akv_endpoint, lambda why: _release_failed(f"AKV post request failed: {why}"))
+        if not _KID.match(kid):
+            raise _release_failed(f"releasing the key failed: kid is a key name (or name/version) that "
+                                  f"{akv_url}/keys/<kid>/release finds, not a key URL")
         public = self._ephemeral.export_public(as_dict=True)
         public.update(kid=EPHEMERAL_KID, key_ops=["encrypt"])
-        token = self.attest(maa_url, json.dumps({"keys": [public]}).encode())
-        client = KeyClient(vault_url=akv_url, credential=StaticTokenCredential(access_token),
-                           verify_challenge_resource=False, connection_verify=self._ca_bundle)
         try:
-            result = client.release_key(name, token, version=version)
-        except HttpResponseError as error:
-            status = 403 if error.status_code in (401, 403) else 502
-            raise SidecarError(status, f"key release refused (HTTP {error.status_code}): {error.message}") from None
-        except AzureError as error:
-            raise SidecarError(502, f"key vault unreachable ({type(error).__name__})") from None
-        finally:
-            client.close()
-        trusted = _read_ca(self._ca_bundle)
+            token = self.attest(maa_url, json.dumps({"keys": [public]}).encode())
+        except SidecarError as error:
+            raise _release_failed(f"attestation failed: {error}") from None
+        if not access_token:
+            resource = MANAGED_HSM_RESOURCE if "managedhsm" in akv_endpoint else VAULT_RESOURCE
+            try:
+                access_token = self._identity_token(resource)
+            except Exception as error:             # the identity endpoint's failure, never its token
+                raise _release_failed(f"retrieving authentication token failed ({type(error).__name__})") from None
         try:
-            return released_jwk(result.value, self._ephemeral, trusted)
-        except KeyReleaseFormatError as error:
-            raise SidecarError(502, f"release result rejected: {error}") from None
+            response = requests.post(f"{akv_url}/keys/{kid}/release?api-version={RELEASE_API_VERSION}",
+                                     json={"target": token}, headers={"Authorization": f"Bearer {access_token}"},
+                                     verify=self._ca_bundle, timeout=UPSTREAM_TIMEOUT_SECONDS)
+        except requests.RequestException as exc:
+            raise _release_failed(f"AKV post request failed ({type(exc).__name__})") from None
+        if not 200 <= response.status_code <= 207:
+            raise _release_failed(f"releasing the key {kid} failed: http response status equal to "
+                                  f"{response.status_code}: {_vault_reason(response)}")
+        try:
+            value = response.json()["value"]
+            released = released_jwk(value, self._ephemeral, _read_ca(self._ca_bundle))
+        except (ValueError, KeyError, TypeError) as error:
+            reason = error if isinstance(error, KeyReleaseFormatError) else "no release result"
+            raise _release_failed(f"releasing the key {kid} failed: {reason}") from None
+        released.pop("kid", None)               # Microsoft's JWK carries the material and key_ops only
+        return released
 
 
 def _proc_net_address(family: int, host: str, port: int) -> str:
@@ -249,19 +303,14 @@ def socket_owner_uid(peer: Peer) -> int | None:
     return candidates[0] if len(set(candidates)) == 1 else None
 
 
-def _key_name_and_version(kid, akv_url: str) -> tuple[str, str | None]:
-    if not isinstance(kid, str):
-        raise SidecarError(400, "kid is required")
-    parts = urlsplit(kid if "://" in kid else f"{akv_url}/keys/{kid}")
-    segments = parts.path.strip("/").split("/")
-    if parts.netloc.lower() != urlsplit(akv_url).netloc.lower():
-        raise SidecarError(400, "kid does not belong to akv_endpoint")
-    if len(segments) not in (2, 3) or segments[0] != "keys" or not segments[1]:
-        raise SidecarError(400, "kid must be https://<vault>/keys/<name>[/<version>]")
-    return segments[1], (segments[2] if len(segments) == 3 and segments[2] else None)
-
-
 def _maa_reason(response: requests.Response) -> str:
+    try:
+        return str(response.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return "no reason given"
+
+
+def _vault_reason(response: requests.Response) -> str:
     try:
         return str(response.json()["error"]["message"])
     except (ValueError, KeyError, TypeError):

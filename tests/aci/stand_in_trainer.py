@@ -11,7 +11,7 @@ print("env=" + ",".join(sorted(n for n in os.environ if n.startswith("CCR_"))), 
 spec = json.loads(os.environ.get("CCR_CONTRACT") or "{}")
 if spec.get("attest"):
     import base64
-    body = json.dumps({"maa_endpoint": os.environ["CCR_MAA_URL"],
+    body = json.dumps({"maa_endpoint": os.environ["CCR_MAA_URL"].split("://", 1)[-1],
                        "runtime_data": base64.b64encode(b"{}").decode()}).encode()
     request = urllib.request.Request(os.environ["CCR_SKR_URL"] + "/attest/maa", data=body, method="POST",
                                      headers={"Content-Type": "application/json"})
@@ -23,14 +23,15 @@ if spec.get("attest"):
     except Exception as error:
         print("sidecar_error=%s" % type(error).__name__, flush=True)
 if spec.get("release"):
-    body = json.dumps({"maa_endpoint": os.environ["CCR_MAA_URL"], "akv_endpoint": os.environ["CCR_KEYVAULT_URL"],
+    body = json.dumps({"maa_endpoint": os.environ["CCR_MAA_URL"].split("://", 1)[-1],   # host names, as
+                       "akv_endpoint": os.environ["CCR_KEYVAULT_URL"].split("://", 1)[-1],  # Microsoft's sidecar
                        "kid": spec["release"]}).encode()
     request = urllib.request.Request(os.environ["CCR_SKR_URL"] + "/key/release", data=body, method="POST",
                                      headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             print("release_status=%d" % response.status, flush=True)
-            print("released_kid=" + json.loads(json.loads(response.read())["key"])["kid"], flush=True)
+            print("released_kty=" + json.loads(json.loads(response.read())["key"])["kty"], flush=True)
     except urllib.error.HTTPError as error:
         print("release_status=%d" % error.code, flush=True)
 if spec.get("child"):

@@ -26,7 +26,7 @@ def _release_status(client, name: str) -> tuple[str, str | None]:
         text = client.containers.list_logs(RESOURCE_GROUP, name, TRAINER_CONTAINER_NAME).content or ""
         return text if "ready" in text else None
     values = dict(line.split("=", 1) for line in wait_for(finished, timeout=60).splitlines() if "=" in line)
-    return values["release_status"], values.get("released_kid")
+    return values["release_status"], values.get("released_kty")
 
 
 def test_only_the_pinned_trainer_image_gets_the_key(tmp_path, client, tls, token, maa, images_dir, stand_in_image):
@@ -44,13 +44,13 @@ def test_only_the_pinned_trainer_image_gets_the_key(tmp_path, client, tls, token
         modified = images.build_image(source, packages=("trainer_container",), images_dir=images_dir)
         assert modified.digest != stand_in_image.digest
 
-        environment = {"CCR_CONTRACT": json.dumps({"release": key.id}), "CCR_MAA_URL": maa.url,
+        environment = {"CCR_CONTRACT": json.dumps({"release": key.name}), "CCR_MAA_URL": maa.url,
                        "CCR_KEYVAULT_URL": vault.url}
         for name, image in (("run-pinned", stand_in_image), ("run-modified", modified)):
             spec = build_container_group(image.ref, CONTRACT, environment, LOCATION)
             client.container_groups.begin_create_or_update(RESOURCE_GROUP, name, spec).result()
 
-        assert _release_status(client, "run-pinned") == ("200", key.id)
+        assert _release_status(client, "run-pinned") == ("200", "oct")
         assert _release_status(client, "run-modified") == ("403", None)
         keys.close()
     finally:

@@ -102,7 +102,7 @@ SIDECAR = (
     '"command":["/skr.sh"],'
     '"env_rules":[{"pattern":"Port=8080","required":false,"strategy":"string"},' + PLATFORM_RULES + '],'
     '"exec_processes":[],'
-    '"id":"mcr.microsoft.com/aci/skr:2.7",'
+    '"id":"mcr.microsoft.com/aci/skr:2.13",'
     '"layers":[],'
     + RESOLV_CONF + ','
     '"name":"skr-sidecar",'

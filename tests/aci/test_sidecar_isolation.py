@@ -30,21 +30,22 @@ pytestmark = pytest.mark.timeout(120)   # a hung twin fails fast instead of stal
 CONTRACT = "5e" * 32
 
 # The probe trainer: asks its own sidecar (and any URL in "others") for spec["kid"], prints the
-# HTTP status and the released key's kid (never the key); tries to read the files in "read";
+# HTTP status and the released key's type (never the key); tries to read the files in "read";
 # leaves a process behind in a session of its own if "escape"; then sleeps.
 PROBE = r'''
 import json, os, subprocess, sys, time, urllib.error, urllib.request
 spec = json.loads(os.environ["CCR_CONTRACT"])
 print("uid=%d\ngid=%d\ngroups=%s" % (os.getuid(), os.getgid(), os.getgroups()), flush=True)
-body = json.dumps({"maa_endpoint": os.environ["CCR_MAA_URL"], "akv_endpoint": os.environ["CCR_KEYVAULT_URL"],
+body = json.dumps({"maa_endpoint": os.environ["CCR_MAA_URL"].split("://", 1)[-1],
+                   "akv_endpoint": os.environ["CCR_KEYVAULT_URL"].split("://", 1)[-1],
                    "kid": spec.get("kid", "")}).encode()
 for label, url in [("own", os.environ["CCR_SKR_URL"])] + [("other%d" % i, u) for i, u in enumerate(spec.get("others", []))]:
     request = urllib.request.Request(url + "/key/release", data=body, method="POST",
                                      headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
-            kid = json.loads(json.loads(response.read())["key"])["kid"]
-            print("%s_status=%d\n%s_kid=%s" % (label, response.status, label, kid), flush=True)
+            kty = json.loads(json.loads(response.read())["key"])["kty"]
+            print("%s_status=%d\n%s_kty=%s" % (label, response.status, label, kty), flush=True)
     except urllib.error.HTTPError as error:
         print("%s_status=%d\n%s_error=%s" % (label, error.code, label, json.loads(error.read())["error"]), flush=True)
 for i, path in enumerate(spec.get("read", [])):
@@ -117,7 +118,7 @@ def kid(services, tls, token, probe_image) -> str:
         policy = build_release_policy(maa.url, training_hostdata(probe_image.ref, CONTRACT))
         key = keys.import_key("tdp-data", JsonWebKey(kty="oct-HSM", k=os.urandom(32), key_ops=["encrypt", "decrypt"]),
                               exportable=True, release_policy=KeyReleasePolicy(policy_to_json(policy), immutable=True))
-    return key.id
+    return key.name
 
 
 def _create(client, name: str, image, services, tls, behaviour: dict) -> None:
@@ -147,7 +148,7 @@ def test_a_process_outside_the_group_is_refused_and_nothing_is_released(client, 
     _create(client, "run-own", probe_image, services, tls, {"kid": kid, "sleep": 60})
     values = _values(client, "run-own")
     # the group's own trainer gets its key, running as the group's uid with no other groups
-    assert values["own_status"] == "200" and values["own_kid"] == kid
+    assert values["own_status"] == "200" and values["own_kty"] == "oct"
     uid = twin.runtime.get(_group_id("run-own"))["uid"]
     assert group_isolation.TRAINER_UID_FIRST <= uid < group_isolation.TRAINER_UID_FIRST + group_isolation.TRAINER_UID_COUNT
     assert (values["uid"], values["gid"], values["groups"]) == (str(uid), str(uid), "[]")
@@ -158,9 +159,9 @@ def test_a_process_outside_the_group_is_refused_and_nothing_is_released(client, 
     assert releases == 1
 
     # this test process (another uid, another process) asks the running group's sidecar
-    body = {"maa_endpoint": maa.url, "akv_endpoint": vault.url, "kid": kid}
+    body = {"maa_endpoint": maa.url.split("://")[1], "akv_endpoint": vault.url.split("://")[1], "kid": kid}
     for method, path, payload in (("POST", "/key/release", body), ("GET", "/status", None),
-                                  ("POST", "/attest/maa", {"maa_endpoint": maa.url, "runtime_data": "e30="})):
+                                  ("POST", "/attest/maa", {"maa_endpoint": maa.url.split("://")[1], "runtime_data": "e30="})):
         response = requests.request(method, sidecar.url + path, json=payload, timeout=30)
         assert response.status_code == 403, response.text
         assert set(response.json()) == {"error"} and "own container group" in response.json()["error"]
@@ -178,7 +179,7 @@ def test_another_groups_trainer_is_refused(client, twin, sidecars, services, kid
     assert a["uid"] != b["uid"]
     assert b["own_status"] == "200"          # B's own sidecar serves B
     assert b["other0_status"] == "403" and "own container group" in b["other0_error"]
-    assert "other0_kid" not in b
+    assert "other0_kty" not in b
     assert vault.release_calls == 2          # A's and B's own releases; nothing for B through A's sidecar
 
 

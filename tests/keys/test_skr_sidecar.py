@@ -40,18 +40,22 @@ def sidecars(hardware_root, tls, token):
 
 @pytest.fixture
 def data_key(client, maa):
-    """A 32-byte key pinned to policy P; (kid, material)."""
+    """A 32-byte key pinned to policy P; (kid as Microsoft's sidecar takes it: `name/version`,
+    material)."""
     material = os.urandom(32)
     hostdata = hashlib.sha256(base64.b64decode(POLICY_P)).hexdigest()
     policy = KeyReleasePolicy(policy_to_json(build_release_policy(maa.url, hostdata)), immutable=True)
     key = client.import_key("tdp-data", JsonWebKey(kty="oct-HSM", k=material, key_ops=["encrypt", "decrypt"]),
                             exportable=True, release_policy=policy)
-    return key.id, material
+    return f"{key.name}/{key.properties.version}", material
 
 
-def _release(sidecar: SkrSidecar, maa, vault, kid: str) -> requests.Response:
-    body = {"maa_endpoint": maa.url.removeprefix("https://"), "akv_endpoint": vault.url.removeprefix("https://"),
-            "kid": kid}
+def _host(url: str) -> str:
+    return url.removeprefix("https://")
+
+
+def _release(sidecar: SkrSidecar, maa, vault, kid: str, **fields) -> requests.Response:
+    body = {"maa_endpoint": _host(maa.url), "akv_endpoint": _host(vault.url), "kid": kid, **fields}
     return requests.post(f"{sidecar.url}/key/release", json=body, timeout=30)
 
 
@@ -59,10 +63,11 @@ def test_sidecar_for_the_pinned_policy_releases_the_key(sidecars, maa, vault, da
     kid, material = data_key
     response = _release(sidecars(POLICY_P), maa, vault, kid)
     assert response.status_code == 200, response.text
-    key = json.loads(response.json()["key"])
-    assert key["kty"] == "oct" and key["kid"] == kid
+    assert set(response.json()) == {"key"}
+    key = json.loads(response.json()["key"])       # a JWK as JSON text: material and key_ops, no kid
+    assert set(key) == {"kty", "k", "key_ops"} and key["kty"] == "oct"
     assert base64.urlsafe_b64decode(key["k"] + "==") == material
-    versionless = kid.rsplit("/", 1)[0]
+    versionless = kid.split("/")[0]
     again = _release(sidecars(POLICY_P), maa, vault, versionless)
     assert json.loads(again.json()["key"])["k"] == key["k"]
 
@@ -95,7 +100,7 @@ def test_debuggable_group_is_denied(sidecars, maa, vault, data_key):
 
 def test_attest_maa_binds_the_callers_runtime_data(sidecars, maa, tls):
     runtime = {"keys": [], "purpose": "test"}
-    body = {"maa_endpoint": maa.url, "runtime_data": base64.b64encode(json.dumps(runtime).encode()).decode()}
+    body = {"maa_endpoint": _host(maa.url), "runtime_data": base64.b64encode(json.dumps(runtime).encode()).decode()}
     response = requests.post(f"{sidecars(POLICY_P).url}/attest/maa", json=body, timeout=30)
     assert response.status_code == 200, response.text
     keys = jwk.JWKSet.from_json(requests.get(f"{maa.url}/certs", verify=str(tls.ca_path), timeout=10).text)
@@ -104,19 +109,68 @@ def test_attest_maa_binds_the_callers_runtime_data(sidecars, maa, tls):
     assert claims["x-ms-sevsnpvm-hostdata"] == hashlib.sha256(base64.b64decode(POLICY_P)).hexdigest()
 
 
-def test_bad_requests_get_clear_errors(sidecars, maa, vault, data_key):
+def test_a_key_url_as_kid_or_a_scheme_on_an_endpoint_is_refused_as_microsofts_sidecar_refuses_it(
+        sidecars, maa, vault, data_key):
+    """Microsoft's sidecar builds `https://<akv_endpoint>/keys/<kid>/release`: a key URL as kid
+    names no key and `https://host` as an endpoint reaches no host, and every such failure is a
+    403 `{"error": "<reason>"}`. The twin refuses them the same way, before Key Vault is asked."""
     sidecar = sidecars(POLICY_P)
     kid, _ = data_key
-    cases = [({"maa_endpoint": maa.url, "akv_endpoint": vault.url}, "kid is required"),
-             ({"maa_endpoint": maa.url, "akv_endpoint": "https://127.0.0.1:1", "kid": kid}, "does not belong"),
-             ({"akv_endpoint": vault.url, "kid": kid}, "endpoint is required"),
-             ({"maa_endpoint": "http://127.0.0.1:1", "akv_endpoint": vault.url, "kid": kid}, "must be https")]
-    for body, reason in cases:
-        response = requests.post(f"{sidecar.url}/key/release", json=body, timeout=30)
-        assert response.status_code == 400 and reason in response.json()["error"]
-    response = requests.post(f"{sidecar.url}/attest/maa", json={"maa_endpoint": maa.url, "runtime_data": "%%"},
+    key_url = f"{vault.url}/keys/{kid}"
+    full = {"maa_endpoint": _host(maa.url), "akv_endpoint": _host(vault.url), "kid": kid}
+    for fields in ({"kid": key_url}, {"kid": f"{kid}/release"}, {"kid": "../" + kid},
+                   {"akv_endpoint": vault.url}, {"akv_endpoint": "http://" + _host(vault.url)},
+                   {"akv_endpoint": _host(vault.url) + "/"}, {"maa_endpoint": maa.url}):
+        releases = len(vault.releases)
+        response = requests.post(f"{sidecar.url}/key/release", json={**full, **fields}, timeout=30)
+        assert response.status_code == 403, (fields, response.text)
+        assert set(response.json()) == {"error"} and response.json()["error"].startswith("secure key release failed")
+        assert len(vault.releases) == releases          # Key Vault released (or refused) nothing
+    assert _release(sidecar, maa, vault, key_url.split("/keys/")[1]).status_code == 200
+
+
+def test_requests_that_do_not_bind_are_400_and_attestation_failures_403(sidecars, maa, vault, data_key):
+    """As gin binds Microsoft's request structs (every field `binding:"required"`): a missing,
+    empty or non-string field, or a body that is not a JSON object, is 400; /key/release then
+    answers `{"error": {}}`."""
+    sidecar = sidecars(POLICY_P)
+    kid, _ = data_key
+    full = {"maa_endpoint": _host(maa.url), "akv_endpoint": _host(vault.url), "kid": kid}
+    for body in ({k: v for k, v in full.items() if k != "kid"}, {**full, "akv_endpoint": ""},
+                 {**full, "kid": 7}, [full], "not json"):
+        data = body if isinstance(body, str) else json.dumps(body)
+        response = requests.post(f"{sidecar.url}/key/release", data=data, timeout=30)
+        assert (response.status_code, response.json()) == (400, {"error": {}}), body
+    response = requests.post(f"{sidecar.url}/attest/maa", json={"maa_endpoint": _host(maa.url)}, timeout=30)
+    assert response.status_code == 400 and "runtime_data" in response.json()["error"]
+    response = requests.post(f"{sidecar.url}/attest/maa", json={"maa_endpoint": _host(maa.url), "runtime_data": "%%"},
                              timeout=30)
-    assert response.status_code == 400 and "not base64" in response.json()["error"]
+    assert response.status_code == 400 and "base64" in response.json()["error"]
+    for endpoint in (maa.url, "127.0.0.1:1"):             # a scheme; nothing listening
+        response = requests.post(f"{sidecar.url}/attest/maa", json={"maa_endpoint": endpoint, "runtime_data": "e30="},
+                                 timeout=30)
+        assert response.status_code == 403 and response.json()["error"].startswith("attestation failed")
+    assert requests.get(f"{sidecar.url}/status", timeout=10).json() == {"message": "Status OK"}
+
+
+def test_without_an_access_token_the_sidecar_calls_key_vault_as_its_groups_identity(
+        hardware_root, tls, token, maa, vault, data_key):
+    kid, _ = data_key
+    asked = []
+
+    def identity_token(resource: str) -> str:
+        asked.append(resource)
+        return token
+
+    sidecar = SkrSidecar(hardware_root, POLICY_P, str(tls.ca_path), identity_token, allowed_uid=os.getuid()).start()
+    try:
+        assert _release(sidecar, maa, vault, kid).status_code == 200
+        assert asked == ["https://vault.azure.net"]
+        # a caller's access_token is used instead of the identity's: here one Key Vault refuses
+        response = _release(sidecar, maa, vault, kid, access_token="not-a-token")
+        assert response.status_code == 403 and "401" in response.json()["error"] and asked == ["https://vault.azure.net"]
+    finally:
+        sidecar.stop()
 
 
 def test_aci_factory_builds_working_sidecars_and_nothing_secret_is_printed(hardware_root, tls, token, maa, vault,
@@ -142,8 +196,8 @@ OTHER_UID = os.getuid() + 4242          # no process of this test has it
 def test_a_process_of_another_uid_is_refused_before_anything_is_attested(sidecars, maa, vault, data_key):
     kid, _ = data_key
     sidecar = sidecars(POLICY_P, allowed_uid=OTHER_UID)
-    # endpoints that would fail (502) if the sidecar tried to use them: it never gets that far
-    unreachable = {"maa_endpoint": "127.0.0.1:1", "akv_endpoint": "127.0.0.1:1", "kid": "https://127.0.0.1:1/keys/k"}
+    # endpoints that would fail if the sidecar tried to use them: it never gets that far
+    unreachable = {"maa_endpoint": "127.0.0.1:1", "akv_endpoint": "127.0.0.1:1", "kid": "k"}
     for method, path, body in (("POST", "/key/release", unreachable), ("POST", "/key/release", None),
                                ("POST", "/attest/maa", {"maa_endpoint": "127.0.0.1:1", "runtime_data": "e30="}),
                                ("GET", "/status", None), ("GET", "/no/such/path", None)):
