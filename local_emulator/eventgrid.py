@@ -14,6 +14,11 @@ webhook delivery behind it.
   and 413 are not retried. After the last try the event is dead-lettered, when the
   subscription names a container, to `<container>/<TOPIC>/<SUBSCRIPTION>/<y>/<m>/<d>/<h>/<id>.json`
   in Blob Storage, as Event Grid does. Topics, subscriptions and pending deliveries persist.
+- A system topic for the twin's storage account (`create_system_topic`): Azurite emits no
+  events, so `Microsoft.Storage.BlobCreated` is synthesised by polling the containers its
+  subscriptions' `subjectBeginsWith` name (local_emulator/blob_events.py), and delivered like
+  any event, e.g. to the Functions host's `/runtime/webhooks/blobs` (blob triggers with
+  `source=EventGrid`). Nobody publishes to a system topic.
 Event contents are never logged.
 """
 from __future__ import annotations
@@ -36,6 +41,7 @@ import requests
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobServiceClient
 
+from local_emulator.blob_events import BlobCreatedSource, container_of_filter
 from local_emulator.delivery import DONE, GIVE_UP, RETRY, DeliveryQueue, RetryPolicy
 from local_emulator.tls import LoopbackServer, write_private
 
@@ -44,7 +50,8 @@ log = logging.getLogger(__name__)
 EVENT_GRID_SCHEMA = "EventGridSchema"
 CLOUD_EVENT_SCHEMA = "CloudEventSchemaV1_0"
 VALIDATION_EVENT = "Microsoft.EventGrid.SubscriptionValidationEvent"
-RESOURCE_PREFIX = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/ccr-local/providers/Microsoft.EventGrid/topics/"
+RESOURCE_GROUP_ID = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/ccr-local"
+RESOURCE_PREFIX = RESOURCE_GROUP_ID + "/providers/Microsoft.EventGrid/topics/"
 MAX_BATCH_BYTES = 1 << 20
 NOT_RETRIED = (400, 401, 413)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-]{2,49}$")
@@ -63,10 +70,16 @@ class Topic:
     key: str
     input_schema: str = EVENT_GRID_SCHEMA
     endpoint: str = ""
+    system_source: str = ""   # a system topic: the resource id of the account it carries events of
 
     @property
     def resource_id(self) -> str:
         return RESOURCE_PREFIX + self.name
+
+    @property
+    def event_topic(self) -> str:
+        """The `topic` field of its events: the source resource for a system topic."""
+        return self.system_source or self.resource_id
 
 
 @dataclass
@@ -95,7 +108,7 @@ class EventGridTwin:
     def __init__(self, data_dir: Path, blob_connection: str | None = None, host: str = "127.0.0.1",
                  port: int = 0, retry: RetryPolicy = RetryPolicy(initial_seconds=10, maximum_seconds=600,
                                                                   attempts=30),
-                 handshake_timeout: float = 10.0):
+                 handshake_timeout: float = 10.0, blob_poll_seconds: float = 1.0):
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.blob_connection, self.retry, self.handshake_timeout = blob_connection, retry, handshake_timeout
@@ -103,6 +116,9 @@ class EventGridTwin:
         self._lock = threading.Lock()
         self._topics: dict[str, Topic] = {}
         self._subscriptions: dict[tuple[str, str], Subscription] = {}
+        self._sources: dict[str, BlobCreatedSource] = {}   # system topic -> its event source
+        self.blob_poll_seconds = blob_poll_seconds
+        self._started = False
         self._load()
         self._queue = DeliveryQueue(self.data_dir / "deliveries", self._deliver, self._dead_letter, retry,
                                     name="eventgrid-delivery")
@@ -118,9 +134,17 @@ class EventGridTwin:
         for topic in self._topics.values():
             topic.endpoint = self.topic_endpoint(topic.name)
         self._queue.start()
+        self._started = True
+        for topic in self._topics.values():
+            if topic.system_source:
+                self._source(topic).start()
         return self
 
     def stop(self) -> None:
+        self._started = False
+        for source in self._sources.values():
+            source.stop()
+        self._sources.clear()
         self._queue.stop()
         self._server.stop()
 
@@ -148,6 +172,34 @@ class EventGridTwin:
         topic.endpoint = self.topic_endpoint(name)
         return topic
 
+    def create_system_topic(self, name: str) -> Topic:
+        """The system topic of the twin's storage account (`blob_connection`): BlobCreated
+        events, polled from the containers its subscriptions watch."""
+        if not self.blob_connection:
+            raise ValueError("a storage system topic needs the twin's blob_connection")
+        if not _NAME.match(name):
+            raise ValueError("topic names are 3-50 letters, digits and '-'")
+        fields = dict(part.split("=", 1) for part in self.blob_connection.split(";") if "=" in part)
+        source = f"{RESOURCE_GROUP_ID}/providers/Microsoft.Storage/storageAccounts/{fields['AccountName']}"
+        with self._lock:
+            topic = self._topics.get(name)
+            if topic is None:
+                topic = Topic(name, "", EVENT_GRID_SCHEMA, system_source=source)
+                self._topics[name] = topic
+                self._save()
+        if not topic.system_source:
+            raise ValueError(f"{name} is a custom topic")
+        if self._started and name not in self._sources:
+            self._source(topic).start()
+        return topic
+
+    def _source(self, topic: Topic) -> BlobCreatedSource:
+        if topic.name not in self._sources:
+            self._sources[topic.name] = BlobCreatedSource(
+                self.data_dir / "system-topics" / f"{topic.name}.json", self.blob_connection, topic.system_source,
+                lambda events: self.publish(topic.name, events), poll_seconds=self.blob_poll_seconds)
+        return self._sources[topic.name]
+
     def create_subscription(self, topic: str, name: str, endpoint: str, event_types: list[str] | None = None,
                             subject_begins_with: str = "", subject_ends_with: str = "",
                             max_delivery_attempts: int | None = None,
@@ -162,10 +214,21 @@ class EventGridTwin:
         subscription = Subscription(topic, name, endpoint, event_types, subject_begins_with, subject_ends_with,
                                     max_delivery_attempts, dead_letter_container)
         self._handshake(self._topics[topic], subscription)
-        with self._lock:
-            self._subscriptions[(topic, name)] = subscription
-            self._save()
+        if self._topics[topic].system_source:
+            # the baseline of what exists now and the subscription are one step: no blob falls between
+            source = self._source(self._topics[topic])
+            with source.lock:
+                container = container_of_filter(subject_begins_with)
+                source.watch(container) if container else source.watch_all()
+                self._store(subscription)
+        else:
+            self._store(subscription)
         return subscription
+
+    def _store(self, subscription: Subscription) -> None:
+        with self._lock:
+            self._subscriptions[(subscription.topic, subscription.name)] = subscription
+            self._save()
 
     def delete_subscription(self, topic: str, name: str) -> None:
         with self._lock:
@@ -183,7 +246,7 @@ class EventGridTwin:
                                                        f"{origin} (HTTP {response.status_code})")
                 return
             code = str(uuid.uuid4()).upper()
-            event = {"id": str(uuid.uuid4()), "topic": topic.resource_id, "subject": "",
+            event = {"id": str(uuid.uuid4()), "topic": topic.event_topic, "subject": "",
                      "data": {"validationCode": code}, "eventType": VALIDATION_EVENT,
                      "eventTime": _now_iso(), "metadataVersion": "1", "dataVersion": "2"}
             response = requests.post(subscription.endpoint, json=[event], timeout=self.handshake_timeout,
@@ -220,7 +283,7 @@ class EventGridTwin:
         if method != "POST" or not match:
             return 404, {"error": {"code": "NotFound", "message": "no such endpoint"}}, {}
         topic = self._topics.get(match.group(1))
-        if topic is None:
+        if topic is None or topic.system_source:   # a system topic has no publishing endpoint
             return 404, {"error": {"code": "NotFound", "message": "no such topic"}}, {}
         if not self._authorized(topic, headers):
             return 401, {"error": {"code": "Unauthorized", "message": "missing or invalid topic key or SAS token"}}, {}
@@ -240,7 +303,7 @@ class EventGridTwin:
         for event in events:
             cloud = topic.input_schema == CLOUD_EVENT_SCHEMA
             if not cloud:
-                event = {**event, "topic": topic.resource_id, "metadataVersion": "1"}
+                event = {**event, "topic": topic.event_topic, "metadataVersion": "1"}
             event_type, subject = (event.get("type"), event.get("subject")) if cloud else (event["eventType"], event["subject"])
             for subscription in list(self._subscriptions.values()):
                 if subscription.topic == topic_name and subscription.matches(event_type, subject):

@@ -82,8 +82,8 @@ def subscriber_factory():
 def twin_factory(tmp_path, azurite):
     started = []
 
-    def make(retry=FAST, data_dir=None) -> EventGridTwin:
-        twin = EventGridTwin(data_dir or tmp_path / "eventgrid", azurite, retry=retry)
+    def make(retry=FAST, data_dir=None, **options) -> EventGridTwin:
+        twin = EventGridTwin(data_dir or tmp_path / "eventgrid", azurite, retry=retry, **options)
         started.append(twin.start())
         return twin
     yield make
