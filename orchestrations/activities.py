@@ -6,7 +6,7 @@ import logging
 
 import azure.durable_functions as df
 
-from orchestrations import run_steps
+from orchestrations import run_steps, tdc_notice
 from shared import azure_clients
 from shared.run_records import RunRecords
 
@@ -60,3 +60,15 @@ def clean_up_trainer(run: dict) -> dict:
 def finish_run(result: dict) -> dict:
     _records().enter_phase(result["run"]["run_id"], "notifying")
     return run_steps.finish_run(result["run"], result["outcome"])
+
+
+@bp.activity_trigger(input_name="notice")
+def notify_tdc(notice: dict) -> dict:
+    """One attempt to tell the TDC on one channel; raises when it did not get through (the
+    orchestrator retries with durable timers)."""
+    return tdc_notice.deliver(notice["run"], notice["summary"], notice["channel"])
+
+
+@bp.activity_trigger(input_name="notification")
+def record_notification(notification: dict) -> dict:
+    return tdc_notice.record(notification["run_id"], notification["delivery"])

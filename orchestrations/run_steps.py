@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
 
-import requests
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobClient
 
 from orchestrations import deployment
-from shared import attested_outcome, azure_clients, events, key_grants, settings, storage_names
+from shared import attested_outcome, azure_clients, key_grants, settings, storage_names
 from shared import contract as contracts
 from shared.container_group import TRAINER_CONTAINER_NAME
 from shared.contract_store import ContractStore, contract_inputs, split_blob_path
@@ -30,7 +28,6 @@ log = logging.getLogger(__name__)
 
 HEADER_PROBE_BYTES = 1 << 20
 LOG_TAIL_LINES = 50
-WEBHOOK_ATTEMPTS = 3
 
 
 def _record(run: dict) -> dict:
@@ -273,11 +270,11 @@ def clean_up_trainer(run: dict) -> dict:
     return {"log_lines": len(lines)}
 
 
-# --- 6. record the outcome and notify the TDC -------------------------------------------------
+# --- 6. record the outcome (the TDC is told next: orchestrations/tdc_notice.py) ----------------
 
 def finish_run(run: dict, outcome: dict) -> dict:
-    """Record the outcome, settle the privacy budget, tell the TDC. A success is taken only
-    with its output in place: a trainer's word alone does not make a run succeed."""
+    """Record the outcome and settle the privacy budget. A success is taken only with its
+    output in place: a trainer's word alone does not make a run succeed."""
     payload = _contract(run)
     output = azure_clients.blob_service().get_blob_client(
         *split_blob_path(storage_names.output_path(run["run_id"])))
@@ -296,11 +293,8 @@ def finish_run(run: dict, outcome: dict) -> dict:
                "reason": outcome.get("reason"), "output_blob": output_url,
                "output_sha256": outcome.get("output_sha256"), "metrics": outcome.get("metrics"),
                "privacy_budget_spent": budget_spent}
-    records = RunRecords(azure_clients.blob_service())
-    # Written before the TDC is told (it may read the status as soon as it hears), then once
-    # more with how the telling went: one write cannot hold both in that order.
-    records.finish(run["run_id"], summary)
-    records.finish(run["run_id"], {"notification": _notify_tdc(payload, summary)})
+    # Written before the TDC is told (it may read the status as soon as it hears).
+    RunRecords(azure_clients.blob_service()).finish(run["run_id"], summary)
     return summary
 
 
@@ -349,27 +343,3 @@ def _settle_budget(run: dict, payload: dict, outcome: dict) -> dict:
             spent[dataset["name"]] = budget.of_run(identity, run["run_id"])
     return spent
 
-
-def _notify_tdc(payload: dict, summary: dict) -> dict:
-    """An Event Grid event and a POST to the TDC's webhook; failures are recorded, not fatal.
-    Carries the run id, status and output location only: no keys, no SAS."""
-    notice = {k: summary[k] for k in ("run_id", "contract_id", "status", "output_blob", "output_sha256", "reason")}
-    result = {"event": False, "webhook": None}
-    try:
-        events.publish(events.RUN_FINISHED, f"runs/{summary['run_id']}", notice)
-        result["event"] = True
-    except Exception as error:  # noqa: BLE001 - recorded for the operator, run outcome stands
-        log.warning("run %s: could not publish the finished event: %s", summary["run_id"], type(error).__name__)
-    webhook = payload["tdc"].get("output", {}).get("webhook")
-    if webhook:
-        for attempt in range(WEBHOOK_ATTEMPTS):
-            if attempt:
-                time.sleep(2 ** (attempt - 1))
-            try:
-                response = requests.post(webhook, json=notice, timeout=10, verify=settings.ca_bundle())
-                result["webhook"] = response.status_code
-                if response.ok:
-                    break
-            except requests.RequestException as error:
-                result["webhook"] = type(error).__name__
-    return result

@@ -22,6 +22,10 @@ bp = df.Blueprint()
 
 TRAINER_FINISHED_EVENT = "TrainerFinished"
 RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=1000, max_number_of_attempts=3)
+# Telling the TDC: an unreachable webhook is retried by the host with durable timers between
+# attempts (the SDK's RetryOptions has no back-off coefficient: a fixed interval).
+NOTICE_RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=5000, max_number_of_attempts=4)
+NOTICE_CHANNELS = ("event", "webhook")
 
 
 def _status(context: df.DurableOrchestrationContext, phase: str, **extra) -> None:
@@ -88,15 +92,32 @@ def _run_steps(context, run: dict, progress: dict):
 
 
 def _finish(context, run: dict, outcome: dict, deployed: bool):
-    """Cleanup and notification, whatever the outcome: never leave a container group."""
+    """Cleanup, the recorded outcome and the TDC's notice, whatever the outcome: never leave a
+    container group."""
     if deployed:
         _status(context, "cleaning_up")
         yield context.call_activity_with_retry("clean_up_trainer", RETRY, run)
     _status(context, "notifying")
     summary = yield context.call_activity_with_retry(
         "finish_run", RETRY, {"run": run, "outcome": outcome})
+    yield from _notify_tdc(context, run, summary)
     _status(context, "finished", status=summary["status"])
     return summary
+
+
+def _notify_tdc(context, run: dict, summary: dict):
+    """Each channel retried by the host; one that still fails is recorded, never the run's
+    outcome."""
+    delivery = {}
+    for channel in NOTICE_CHANNELS:
+        try:
+            delivery[channel] = yield context.call_activity_with_retry(
+                "notify_tdc", NOTICE_RETRY, {"run": run, "summary": summary, "channel": channel})
+        except Exception as error:  # every attempt failed
+            delivery[channel] = {"delivered": False, "attempts": NOTICE_RETRY.max_number_of_attempts,
+                                 "reason": _safe_reason(error)}
+    yield context.call_activity_with_retry("record_notification", RETRY,
+                                           {"run_id": run["run_id"], "delivery": delivery})
 
 
 def _refused(phase: str, reason: str) -> dict:
