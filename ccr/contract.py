@@ -17,10 +17,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import requests
-
 from ccr.common import (BlobExists, CliError, authority, contract_policy, create_kek, download_text, emit, keys_dir,
                         load_local_key, upload_text)
+from ccr.ledger import call, ledger_url, reason
 from ccr.party import identity as party_identity
 from ccr.party import session_for
 from shared import contract as contracts
@@ -57,11 +56,12 @@ def register(groups) -> None:
                      help="the JSON `ccr tdc publish-model` printed (model package and output key id)")
     new.add_argument("--output", metavar="key_id=ID[,webhook=URL]", help="the TDC's output key and webhook")
     new.add_argument("--dataset", action="append", default=[],
-                     metavar="did=DID,name=N,blob=PATH,sha256=HEX,key_id=ID,epsilon=X[,threshold=Y][,version=V]",
+                     metavar="did=DID,name=N,blob=PATH,sha256=HEX,key_id=ID,epsilon=X[,version=V]",
                      help="one TDP dataset (repeat; datasets with the same did belong to one TDP); epsilon is "
-                          "what this contract may spend, threshold the dataset's lifetime budget (default: epsilon)")
+                          "what this contract may spend; the dataset's lifetime budget is the declaration its "
+                          "provider recorded on the ledger (`ccr tdp declare-budget`), fetched from there")
     new.add_argument("--dataset-from", action="append", default=[],
-                     metavar="did=DID,file=PUBLISH.json,epsilon=X[,threshold=Y][,version=V]",
+                     metavar="did=DID,file=PUBLISH.json,epsilon=X[,version=V]",
                      help="one TDP dataset from the JSON `ccr tdp publish` printed")
     new.add_argument("--key-vault", action="append", default=[], metavar="DID=URL",
                      help="the vault where that party creates its key-encryption keys (repeat; default for "
@@ -80,6 +80,8 @@ def register(groups) -> None:
                                                      f"{trainer_resources.MAX_MEMORY_GB:g})")
     new.add_argument("--trainer-image", metavar="REF", help="ccr-trainer@sha256:<hex> (its policy template's "
                                                             "digest is pinned too)")
+    new.add_argument("--ledger", help="ledger URL, where the datasets' budget declarations are read (default: "
+                                      "setting CCR_LEDGER_URL)")
     new.add_argument("--out", type=Path, required=True)
     new.set_defaults(func=run_new)
 
@@ -140,22 +142,8 @@ def _register_identity(groups) -> None:
 
 # --- identity --------------------------------------------------------------------------
 
-def _ledger(args) -> str:
-    url = args.ledger or settings.get("CCR_LEDGER_URL")
-    if not url:
-        raise CliError("no ledger: pass --ledger or set CCR_LEDGER_URL")
-    return url.rstrip("/")
-
-
-def _post(url: str, **kwargs) -> requests.Response:
-    try:
-        return requests.post(url, timeout=30, verify=settings.ca_bundle(), **kwargs)
-    except requests.RequestException as error:
-        raise CliError(f"cannot reach {url} ({type(error).__name__})") from None
-
-
 def run_identity_new(args) -> None:
-    ledger = _ledger(args)
+    ledger = ledger_url(args)
     parts = urlsplit(ledger)
     if parts.scheme != "https" or not parts.hostname:
         raise CliError("--ledger must be an https:// URL (did:web documents are served over HTTPS)")
@@ -170,11 +158,11 @@ def run_identity_new(args) -> None:
     except FileExistsError:
         raise CliError(f"{key_path} exists: not overwriting a private key") from None
     # proof of possession: the ledger records the document only with a fresh JWS by its key, for it
-    response = _post(f"{ledger}/dids", json={"document": identity.document(),
+    response = call("POST", f"{ledger}/dids", json={"document": identity.document(),
                                              "proof": dids.registration_proof(identity, ledger)})
     if response.status_code not in (200, 201):
         key_path.unlink()   # an unregistered key is of no use and must not be mistaken for one
-        raise CliError(f"ledger refused the DID document (HTTP {response.status_code}): {_reason(response)}")
+        raise CliError(f"ledger refused the DID document (HTTP {response.status_code}): {reason(response)}")
     emit({"did": identity.did, "key_ref": identity.key_ref, "key_file": str(key_path),
           "document_url": dids.document_url(identity.did)})
 
@@ -203,14 +191,28 @@ def _read_json(path: Path, option: str):
         raise CliError(f"{option}: {path} is not JSON") from None
 
 
-def _epsilons(fields: dict, option: str) -> dict:
+def _terms(fields: dict, option: str, name: str, args) -> dict:
+    """epsilon and version from the pairs; the budget declaration from the ledger."""
+    if "threshold" in fields:
+        raise CliError(f"{option}: a dataset's lifetime budget is no longer a contract term: its provider "
+                       "declares it once on the ledger (`ccr tdp declare-budget`)")
     try:
-        epsilon = float(fields["epsilon"])
-        threshold = float(fields.get("threshold", epsilon))
-        version = int(fields.get("version", 1))
+        epsilon, version = float(fields["epsilon"]), int(fields.get("version", 1))
     except ValueError:
-        raise CliError(f"{option}: epsilon, threshold and version must be numbers") from None
-    return {"epsilon": epsilon, "epsilon_threshold": threshold, "version": version}
+        raise CliError(f"{option}: epsilon and version must be numbers") from None
+    return {"epsilon": epsilon, "version": version, "budget": recorded_budget(args, fields["did"], name)}
+
+
+def recorded_budget(args, provider: str, dataset: str) -> str:
+    """The budget declaration the ledger recorded for that provider's dataset."""
+    response = call("GET", f"{ledger_url(args)}/budgets", params={"provider": provider, "dataset": dataset})
+    if response.status_code == 404:
+        raise CliError(f"{provider} has declared no lifetime budget for dataset {dataset} on the ledger: the "
+                       "provider runs `ccr tdp declare-budget` first")
+    if response.status_code != 200:
+        raise CliError(f"ledger refused to give the budget of {dataset} (HTTP {response.status_code}): "
+                       f"{reason(response)}")
+    return response.json()["declaration"]
 
 
 def _datasets(args) -> dict[str, list]:
@@ -218,7 +220,8 @@ def _datasets(args) -> dict[str, list]:
     for text in args.dataset:
         fields = _pairs(text, "--dataset", ("did", "name", "blob", "sha256", "key_id", "epsilon"))
         by_provider.setdefault(fields["did"], []).append(
-            {**{k: fields[k] for k in ("name", "blob", "sha256", "key_id")}, **_epsilons(fields, "--dataset")})
+            {**{k: fields[k] for k in ("name", "blob", "sha256", "key_id")},
+             **_terms(fields, "--dataset", fields["name"], args)})
     for text in args.dataset_from:
         fields = _pairs(text, "--dataset-from", ("did", "file", "epsilon"))
         published = _read_json(Path(fields["file"]), "--dataset-from")
@@ -226,7 +229,7 @@ def _datasets(args) -> dict[str, list]:
             raise CliError(f"--dataset-from: {fields['file']} is not the output of `ccr tdp publish`")
         by_provider.setdefault(fields["did"], []).append(
             {"name": published["dataset"], **{k: published[k] for k in ("blob", "sha256", "key_id")},
-             **_epsilons(fields, "--dataset-from")})
+             **_terms(fields, "--dataset-from", published["dataset"], args)})
     return by_provider
 
 
@@ -400,9 +403,9 @@ def _write_grant(payload: dict, blob: str, wrapped: str, kek: str, key_id: str, 
 
 def run_submit(args) -> None:
     envelope = _read_bytes(args.envelope, "--envelope")
-    response = _post(f"{_ledger(args)}/entries", data=envelope, headers={"Content-Type": "application/cose"})
+    response = call("POST", f"{ledger_url(args)}/entries", data=envelope, headers={"Content-Type": "application/cose"})
     if response.status_code != 201:
-        raise CliError(f"ledger refused the envelope (HTTP {response.status_code}): {_reason(response)}")
+        raise CliError(f"ledger refused the envelope (HTTP {response.status_code}): {reason(response)}")
     emit(response.json())
 
 
@@ -421,10 +424,3 @@ def run_verify(args) -> None:
     emit({"contract_id": contract.contract_id, "digest": contract.digest, "signers": list(contract.signers),
           "valid_from": contract.payload["valid_from"], "valid_until": contract.payload["valid_until"],
           "verified": True})
-
-
-def _reason(response: requests.Response) -> str:
-    try:
-        return str(response.json().get("error", ""))[:200]
-    except (ValueError, AttributeError):
-        return response.reason or ""

@@ -1,6 +1,7 @@
 """`ccr tdp`: what a Training Data Provider runs on its own machine - de-identify a table
 (`prepare`), make the pseudonym key its contract's providers share (`pseudonym-key`), and
-encrypt, upload and key a prepared table (`publish`)."""
+encrypt, upload and key a prepared table (`publish`), and declare its lifetime privacy budget
+once (`declare-budget`)."""
 from __future__ import annotations
 
 import csv
@@ -9,12 +10,14 @@ import tempfile
 from pathlib import Path
 
 from ccr.common import CliError, emit, keys_dir, new_key_id, plain_name, save_local_key, upload
+from ccr.ledger import call, ledger_url, reason
 from ccr.party import add_identity_arguments, clean_room, party_did
-from shared import deid, package, storage_names
+from ccr.party import identity as party_identity
+from shared import budget_declaration, deid, package, storage_names
 from shared.did import did_name
 
 NAME = "tdp"
-HELP = "training data provider: prepare, pseudonym-key, publish"
+HELP = "training data provider: prepare, pseudonym-key, publish, declare-budget"
 PSEUDONYM_KEY_ENV = "CCR_PSEUDONYM_KEY"
 
 
@@ -52,6 +55,19 @@ def register(groups) -> None:
                                                        "~/.ccr/keys)")
     add_identity_arguments(publish, "your did:web: its name names the blob (default: setting CCR_PARTY_DID)")
     publish.set_defaults(func=run_publish)
+
+    declare = commands.add_parser("declare-budget", help="declare a dataset's lifetime privacy budget, once",
+                                  description="Sign, with your DID key, the (epsilon, delta) your dataset's people "
+                                              "may ever be exposed to across all runs, and record it on the ledger. "
+                                              "The ledger keeps the first declaration for your DID and that "
+                                              "dataset name and refuses another; contracts carry it and every "
+                                              "run is charged against it (shared/budget_declaration.py).")
+    declare.add_argument("--dataset", required=True, help="dataset name, as published")
+    declare.add_argument("--epsilon", required=True, type=float, help="lifetime epsilon (> 0)")
+    declare.add_argument("--delta", required=True, type=float, help="lifetime delta, in (0, 1)")
+    declare.add_argument("--ledger", help="ledger URL (default: setting CCR_LEDGER_URL)")
+    add_identity_arguments(declare, "your did:web (default: setting CCR_PARTY_DID)")
+    declare.set_defaults(func=run_declare_budget)
 
 
 def _pseudonym_key(args) -> bytes:
@@ -136,3 +152,16 @@ def run_publish(args) -> None:
     result = publish_package(args.input, storage_names.DATASETS, owner, name, keys_dir(args), "text/csv",
                              schema, clean_room(args))
     emit({"dataset": name, **result})
+
+
+def run_declare_budget(args) -> None:
+    name = plain_name(args.dataset, "--dataset")
+    try:
+        token = budget_declaration.declare(party_identity(args, required=True), name, args.epsilon, args.delta)
+    except budget_declaration.DeclarationError as error:
+        raise CliError(str(error)) from None
+    response = call("POST", f"{ledger_url(args)}/budgets", data=token, headers={"Content-Type": "application/jose"})
+    if response.status_code not in (200, 201):
+        raise CliError(f"ledger refused the declaration (HTTP {response.status_code}): {reason(response)}")
+    emit({**budget_declaration.claims(token), "digest": response.json()["digest"],
+          "recorded": "new" if response.status_code == 201 else "already recorded"})

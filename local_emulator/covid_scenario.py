@@ -33,6 +33,7 @@ from shared.settings import PROJECT_ROOT
 
 PROVIDERS = covid_reference.RAW_FILES
 CONFIGS = PROJECT_ROOT / "configs" / "covid"
+DELTA = 1e-5  # the contracts' delta, and each dataset's declared lifetime delta (room for one run)
 
 
 class CommandFailed(RuntimeError):
@@ -183,17 +184,26 @@ class CovidScenario:
         join.write_text(json.dumps(covid_reference.covid_join_spec({name: "pseudonym" for name in PROVIDERS})))
         payload = self.workdir / "contract.json"
         epsilon = changes.get("epsilon", self.epsilon)
-        datasets = [f"did={self.identities[n]['did']},file={self.workdir / f'{n}.published.json'},epsilon={epsilon},"
-                    f"threshold={changes.get('threshold', epsilon)}" for n in self.published]
+        self.declare_budgets()
+        datasets = [f"did={self.identities[n]['did']},file={self.workdir / f'{n}.published.json'},epsilon={epsilon}"
+                    for n in self.published]
         self.ccr("contract", "new", "--contract-id", self.contract_id, "--purpose", "COVID test-result model",
                  "--tdc", self.identities["tdc"]["did"], "--model-from", str(self.workdir / "model.published.json"),
                  "--output", f"webhook={self.inbox.url}",
                  *[arg for d in datasets for arg in ("--dataset-from", d)],
-                 "--delta", "1e-5", "--validation-split", "0.2", "--min-joined-rows", "100",
+                 "--delta", str(DELTA), "--validation-split", "0.2", "--min-joined-rows", "100",
                  "--join", str(join), "--deadline-seconds", str(self.deadline_seconds),
                  "--trainer-image", self.trainer_image, "--out", str(payload))
         self._note_contract(payload)
         return payload
+
+    def declare_budgets(self) -> None:
+        """Each provider declares its dataset's lifetime budget on the ledger (once per provider
+        and dataset: the same declaration again is recorded already). The scenario's epsilon and
+        delta: room for one run."""
+        for name in self.published:
+            self.ccr("tdp", "declare-budget", "--dataset", name, "--epsilon", str(self.epsilon),
+                     "--delta", str(DELTA), party=name)
 
     def _note_contract(self, payload: Path) -> None:
         """A contract is its id and its digest: remember the digest, hence the run id."""

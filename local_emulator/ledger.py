@@ -28,6 +28,12 @@ HTTP API
                                 200, another one 409); 401 proof missing/stale/for another audience or
                                 document/not by the document's key; 400 unusable document or proof
   GET  /{name}/did.json         -> the DID document
+  POST /budgets                 body: a provider's budget declaration (compact JWS, shared/budget_declaration.py)
+                                -> 201 {"identity", "digest"} (first declaration for provider + dataset), 200
+                                the same one again, 409 another one (a lifetime budget is declared once), 403
+                                not signed by the provider's recorded DID key, 400 malformed
+  GET  /budgets?provider=DID&dataset=NAME -> {"declaration"} the recorded one (public, like DID documents); 404
+An envelope is recorded only if every dataset's `budget` is the declaration recorded here for it.
 Webhook call: POST <webhook_url>, body = envelope (Content-Type application/cose), headers
 `x-ledger-seqno`, `x-functions-key`; retried with exponential backoff until a 2xx; a 4xx
 other than 408/429 is a rejection and ends the retries.
@@ -35,6 +41,7 @@ other than 408/429 is a rejection and ends the retries.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import re
@@ -47,6 +54,7 @@ import requests
 
 from local_emulator.delivery import DONE, GIVE_UP, RETRY, DeliveryQueue, RetryPolicy, is_retryable
 from local_emulator.tls import LoopbackServer, write_private
+from shared import budget_declaration
 from shared import contract as contracts
 from shared import did as dids
 from shared.party_auth import LEDGER_AUDIENCE, PartyAuthError, PartyAuthority
@@ -72,6 +80,7 @@ class LedgerTwin:
         self._lock = threading.Lock()
         (self.data_dir / "entries").mkdir(parents=True, exist_ok=True)
         (self.data_dir / "dids").mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "budgets").mkdir(parents=True, exist_ok=True)
         self.party_auth = PartyAuthority(_party_auth_secret(self.data_dir / "party_auth.secret"), LEDGER_AUDIENCE,
                                          resolve_did=self.recorded_document)
         self._deliveries = DeliveryQueue(self.data_dir / "deliveries", self._deliver, self._abandon, retry,
@@ -107,6 +116,10 @@ class LedgerTwin:
         documents recorded here (ContractError otherwise: nothing recorded); schedule the
         webhook call when every party has signed."""
         contract = contracts.verify_signatures(envelope, self.recorded_document)
+        for provider, dataset in contracts.datasets(contract.payload):
+            if dataset["budget"] != self.recorded_budget(provider, dataset["name"]):
+                raise contracts.BadSignature(f"dataset {dataset['name']}'s budget declaration is not the one "
+                                             f"{provider} declared on this ledger")
         missing = [did for did in contracts.parties(contract.payload) if did not in contract.signers]
         with self._lock:
             seqno = max((int(p.stem) for p in (self.data_dir / "entries").glob("*.cose")), default=0) + 1
@@ -219,6 +232,60 @@ class LedgerTwin:
             raise dids.DidError(f"{did} is not registered on this ledger")
         return dids.check_document(json.loads(path.read_text()), did)
 
+    # --- budget declarations -----------------------------------------------------------
+
+    def _budget_path(self, provider: str, dataset: str) -> Path:
+        identity = budget_declaration.identity({"provider": provider, "dataset": dataset})
+        return self.data_dir / "budgets" / f"{hashlib.sha256(identity.encode()).hexdigest()}.jws"
+
+    def declare_budget(self, token: str) -> tuple[bool, dict]:
+        """Record a provider's budget declaration, first come: (True if new, its claims).
+        DeclarationError if malformed or not by the provider's recorded key, FileExistsError
+        if another declaration holds that provider + dataset."""
+        try:
+            claims = budget_declaration.verify(token, self.recorded_document)
+        except dids.DidError as problem:
+            raise budget_declaration.DeclarationError(str(problem)) from None
+        path = self._budget_path(claims["provider"], claims["dataset"])
+        with self._lock:
+            if path.exists():
+                recorded = path.read_text()
+                if budget_declaration.digest(recorded) != budget_declaration.digest(token):
+                    held = budget_declaration.claims(recorded)
+                    raise FileExistsError(f"{budget_declaration.identity(claims)} already has a declared lifetime "
+                                          f"budget (epsilon {held['epsilon']}, delta {held['delta']}); "
+                                          "a budget is declared once")
+                return False, claims
+            write_private(path, token.encode())
+            return True, claims
+
+    def recorded_budget(self, provider: str, dataset: str) -> str | None:
+        path = self._budget_path(provider, dataset)
+        return path.read_text() if path.exists() else None
+
+    def _declare_budget(self, body: bytes):
+        token = body.decode("ascii", "replace").strip()
+        try:
+            budget_declaration.claims(token)
+        except budget_declaration.DeclarationError as problem:
+            return 400, {"error": str(problem)}, {}
+        try:
+            new, claims = self.declare_budget(token)
+        except budget_declaration.DeclarationError as problem:
+            log.warning("ledger refused a budget declaration: %s", problem)
+            return 403, {"error": str(problem)}, {}
+        except FileExistsError as problem:
+            return 409, {"error": str(problem)}, {}
+        return (201 if new else 200), {"identity": budget_declaration.identity(claims),
+                                       "digest": budget_declaration.digest(token)}, {}
+
+    def _read_budget(self, query: dict):
+        provider, dataset = query.get("provider"), query.get("dataset")
+        token = self.recorded_budget(provider, dataset) if provider and dataset else None
+        if token is None:
+            return 404, {"error": "no budget declared for that provider and dataset"}, {}
+        return 200, {"declaration": token}, {}
+
     # --- HTTP ----------------------------------------------------------------------------
 
     def _register_did(self, body: bytes):
@@ -282,6 +349,10 @@ class LedgerTwin:
             return self._authenticate(path, body)
         if method == "POST" and path == "/dids":
             return self._register_did(body)
+        if method == "POST" and path == "/budgets":
+            return self._declare_budget(body)
+        if method == "GET" and path == "/budgets":
+            return self._read_budget(query)
         match = _DID_DOC.match(path)
         if method == "GET" and match:
             path = self.data_dir / "dids" / f"{match.group(1)}.json"

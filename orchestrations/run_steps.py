@@ -14,7 +14,7 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 from azure.storage.blob import BlobClient
 
 from orchestrations import deployment
-from shared import attested_outcome, azure_clients, key_grants, settings, storage_names
+from shared import attested_outcome, azure_clients, budget_declaration, key_grants, settings, storage_names
 from shared import contract as contracts
 from shared.container_group import TRAINER_CONTAINER_NAME
 from shared.contract_store import ContractStore, contract_inputs, split_blob_path
@@ -176,13 +176,14 @@ def reserve_privacy_budget(run: dict) -> dict:
     reserved = []
     for provider, dataset in contracts.datasets(payload):
         identity = contracts.dataset_identity(provider, dataset)
-        if not budget.reserve(identity, run["run_id"], float(dataset["epsilon_threshold"]),
-                              float(dataset["epsilon"]), delta):
+        declared = contracts.declared_budget(dataset)  # its signature was verified with the contract's
+        pinned = {"epsilon": declared["epsilon"], "delta": declared["delta"],
+                  "digest": budget_declaration.digest(dataset["budget"])}
+        refusal = budget.reserve(identity, run["run_id"], pinned, float(dataset["epsilon"]), delta)
+        if refusal:
             for earlier in reserved:  # all or nothing
                 budget.release(earlier, run["run_id"])
-            return {"ok": False, "reason": f"privacy budget of dataset {dataset['name']} is exhausted: "
-                                           f"epsilon {dataset['epsilon']} does not fit in what is left of "
-                                           f"{dataset['epsilon_threshold']}"}
+            return {"ok": False, "reason": f"privacy budget of dataset {dataset['name']}: {refusal}"}
         reserved.append(identity)
     return {"ok": True, "epsilon": min(float(d["epsilon"]) for _, d in contracts.datasets(payload))}
 

@@ -30,6 +30,7 @@ from pycose.keys import CoseKey
 from pycose.messages import SignMessage
 from pycose.messages.signer import CoseSignature
 
+from shared import budget_declaration
 from shared import did as dids
 from shared import storage_names, trainer_resources
 
@@ -201,16 +202,29 @@ def _integer(value, where: str, minimum: int) -> int:
     return value
 
 
-def _dataset(dataset, where: str) -> str:
-    _object(dataset, where, ("name", "version", "blob", "sha256", "key_id", "epsilon", "epsilon_threshold"))
+def _dataset(dataset, where: str, provider: str) -> str:
+    _object(dataset, where, ("name", "version", "blob", "sha256", "key_id", "epsilon", "budget"))
     name = _text(dataset["name"], f"{where}.name")
     _need(NAME.match(name) is not None, f"{where}.name must be letters, digits, '_', '.' or '-'")
     _integer(dataset["version"], f"{where}.version", 1)
     _package(dataset, where, storage_names.DATASETS)
     requested = _positive(dataset["epsilon"], f"{where}.epsilon")
-    _need(_positive(dataset["epsilon_threshold"], f"{where}.epsilon_threshold") >= requested,
-          f"{where}.epsilon (asked for this contract) must not exceed epsilon_threshold (the dataset's lifetime budget)")
+    declared = declared_budget(dataset, where)
+    _need(declared["provider"] == provider and declared["dataset"] == name,
+          f"{where}.budget is a declaration for {budget_declaration.identity(declared)}, not for {provider}/{name}")
+    _need(requested <= declared["epsilon"],
+          f"{where}.epsilon (asked for this contract) must not exceed the provider's declared lifetime epsilon "
+          f"({declared['epsilon']})")
     return name
+
+
+def declared_budget(dataset: dict, where: str = "dataset") -> dict:
+    """The claims of a dataset's budget declaration (`shared.budget_declaration`; its signature
+    is checked with the parties' signatures, by `verify_signatures` and `verify_contract`)."""
+    try:
+        return budget_declaration.claims(dataset["budget"])
+    except budget_declaration.DeclarationError as error:
+        raise MalformedContract(f"{where}.budget: {error}") from None
 
 
 def _training(workload, where: str) -> None:
@@ -257,7 +271,7 @@ def validate_payload(payload) -> dict:
         _vault(tdp["key_vault"], f"tdps[{i}].key_vault")
         _need(isinstance(tdp["datasets"], list) and tdp["datasets"], f"tdps[{i}].datasets must be a non-empty list")
         for j, dataset in enumerate(tdp["datasets"]):
-            name = _dataset(dataset, f"tdps[{i}].datasets[{j}]")
+            name = _dataset(dataset, f"tdps[{i}].datasets[{j}]", tdp["did"])
             _need(name not in names, f"dataset name {name} appears twice")
             names.add(name)
             key_ids.append(dataset["key_id"])
@@ -267,6 +281,9 @@ def validate_payload(payload) -> dict:
 
     privacy = _object(payload["privacy"], "privacy", ("delta",))
     _need(0 < _number(privacy["delta"], "privacy.delta") < 1, "privacy.delta must be in (0, 1)")
+    for provider, dataset in datasets(payload):
+        _need(privacy["delta"] <= declared_budget(dataset)["delta"],
+              f"privacy.delta must not exceed the declared lifetime delta of dataset {dataset['name']}")
     evaluation = _object(payload["evaluation"], "evaluation", ("validation_split", "min_joined_rows"))
     split = _number(evaluation["validation_split"], "evaluation.validation_split")
     _need(MIN_VALIDATION_SPLIT <= split <= MAX_VALIDATION_SPLIT,
@@ -441,10 +458,24 @@ def _verify_signature(message: SignMessage, signer: CoseSignature, did: str, res
 
 
 def _verify_signatures(parsed: _Envelope, resolve_did: Callable[[str], dict] | None) -> None:
+    """Every party signature, then every budget declaration the signing providers carry."""
+    resolve_did = resolve_did or dids.resolve
     message = SignMessage.from_cose_obj([parsed.body[0], dict(parsed.body[1]), parsed.body[2],
                                          [list(s) for s in parsed.body[3]]], True)
     for signer, did in zip(message.signers, parsed.claimed):
-        _verify_signature(message, signer, did, resolve_did or dids.resolve)
+        _verify_signature(message, signer, did, resolve_did)
+    for provider, dataset in datasets(parsed.payload):
+        if provider in parsed.claimed:
+            _verify_declaration(dataset, provider, resolve_did)
+
+
+def _verify_declaration(dataset: dict, provider: str, resolve_did) -> None:
+    try:
+        budget_declaration.verify(dataset["budget"], resolve_did)
+    except dids.DidResolutionError as problem:
+        raise SignerUnavailable(str(problem)) from None
+    except (budget_declaration.DeclarationError, dids.DidError) as problem:
+        raise BadSignature(f"dataset {dataset['name']}'s budget declaration by {provider}: {problem}") from None
 
 
 def verify_signatures(envelope: bytes, resolve_did: Callable[[str], dict] | None = None) -> Contract:

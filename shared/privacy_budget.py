@@ -4,7 +4,9 @@ A dataset is identified by its provider's DID and its name (`shared.contract.dat
 not by a file: the same people re-encrypted, or named by another contract, draw on the same
 budget, and a contract naming another provider's file under its own DID charges its own.
 Runs compose by basic sequential composition (epsilons and deltas add up): a conservative
-bound that needs no accountant state.
+bound that needs no accountant state. The lifetime (epsilon, delta) is the provider's signed
+declaration (`shared.budget_declaration`): the first one a run brings is pinned here, and a run
+bringing another (a provider or anyone else trying a larger budget) is refused.
 """
 from __future__ import annotations
 
@@ -37,18 +39,32 @@ class PrivacyBudget:
             ledger["runs"][run_id] = {"epsilon": float(epsilon), "delta": float(delta), "state": "spent"}
         self._blobs.update(self._name(identity), mutate, default={"runs": {}})
 
-    def reserve(self, identity: str, run_id: str, threshold: float, epsilon: float, delta: float) -> bool:
-        """Reserve `epsilon` for this run if it still fits under `threshold`, atomically with
-        respect to other runs reserving the same dataset (ETag-checked update)."""
-        fits = {}
+    def declaration(self, identity: str) -> dict | None:
+        """The declaration pinned for this population ({"digest", "epsilon", "delta"}), if any run reserved."""
+        return (self._blobs.get(self._name(identity)) or {}).get("declaration")
+
+    def reserve(self, identity: str, run_id: str, declared: dict, epsilon: float, delta: float) -> str | None:
+        """Reserve (`epsilon`, `delta`) for this run if, with every other run's, they fit in the
+        declared lifetime budget (`declared`: {"digest", "epsilon", "delta"}), atomically with
+        respect to other runs reserving the same population (ETag-checked update). None when
+        reserved, else why not (a count-free sentence)."""
+        refusal = {}
 
         def mutate(ledger: dict) -> None:
-            others = sum(e["epsilon"] for rid, e in ledger["runs"].items() if rid != run_id)
-            fits["ok"] = others + epsilon <= threshold + 1e-12
-            if fits["ok"]:
+            pinned = ledger.setdefault("declaration", dict(declared))
+            others = [e for rid, e in ledger["runs"].items() if rid != run_id]
+            if pinned["digest"] != declared["digest"]:
+                refusal["why"] = (f"refused: another lifetime budget was declared for it before (epsilon {pinned['epsilon']}, "
+                                  f"delta {pinned['delta']}); a budget is declared once")
+            elif sum(e["epsilon"] for e in others) + epsilon > pinned["epsilon"] + 1e-12:
+                refusal["why"] = f"exhausted: epsilon {epsilon} does not fit in what is left of {pinned['epsilon']}"
+            elif sum(e.get("delta", 0.0) for e in others) + delta > pinned["delta"] * (1 + 1e-9):
+                refusal["why"] = f"exhausted: delta {delta} does not fit in what is left of {pinned['delta']}"
+            else:
+                refusal.pop("why", None)
                 ledger["runs"][run_id] = {"epsilon": float(epsilon), "delta": float(delta), "state": "reserved"}
         self._blobs.update(self._name(identity), mutate, default={"runs": {}})
-        return fits["ok"]
+        return refusal.get("why")
 
     def release(self, identity: str, run_id: str) -> None:
         """Give back a reservation of a run that never touched the data."""

@@ -125,7 +125,7 @@ def stored(azurite, parties) -> dict:
     tag = secrets.token_hex(4)
     found = {}
     for label, tdc, providers in (("a", "tdc", {"icmr": "icmr", "cowin": "cowin"}), ("b", "rival", {"index": "index"})):
-        payload = contract_payload(parties[tdc].did, {dataset: parties[p].did for dataset, p in providers.items()},
+        payload = contract_payload(parties[tdc].did, {dataset: parties[p] for dataset, p in providers.items()},
                                    contract_id=f"auth-{label}-{tag}")
         digest = contracts.payload_digest(contracts.canonical_json(payload))
         envelope = contracts.sign_contract(payload, [parties[tdc], *(parties[p] for p in providers.values())])

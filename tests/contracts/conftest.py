@@ -7,6 +7,8 @@ import threading
 import pytest
 
 from local_emulator.tls import LoopbackServer
+from shared import budget_declaration
+from shared import contract as contracts
 from shared import did as dids
 from shared import storage_names
 
@@ -22,9 +24,10 @@ IMAGE = "ccr-trainer@sha256:" + sha("image")
 VAULT = "https://kv.test"
 
 
-def contract_payload(tdc: str, tdps: dict[str, str], contract_id: str = CONTRACT_ID,
+def contract_payload(tdc: str, tdps: dict[str, dids.Identity], contract_id: str = CONTRACT_ID,
                      valid_from: str = "2026-01-01T00:00:00Z", valid_until: str = "2027-01-01T00:00:00Z") -> dict:
-    """A schema-2 payload as docs/INTERFACES.md describes it; `tdps` maps dataset name -> TDP DID."""
+    """A schema-2 payload as docs/INTERFACES.md describes it; `tdps` maps dataset name -> its
+    TDP, who declares that dataset's lifetime budget (epsilon 1.5, delta 1e-5)."""
     return {
         "schema_version": 2, "contract_id": contract_id, "purpose": "covid outcome model",
         "valid_from": valid_from, "valid_until": valid_until,
@@ -33,11 +36,12 @@ def contract_payload(tdc: str, tdps: dict[str, str], contract_id: str = CONTRACT
                           "sha256": sha("model"),
                           "key_id": "model-1"},
                 "output": {"key_id": "output-1", "webhook": "http://127.0.0.1:9/notify"}},
-        "tdps": [{"did": did, "key_vault": VAULT, "datasets": [{
+        "tdps": [{"did": tdp.did, "key_vault": VAULT, "datasets": [{
             "name": name, "version": 1,
-            "blob": f"datasets/{storage_names.dataset_blob(dids.did_name(did), name, name + '-1')}",
-            "sha256": sha(name), "key_id": f"{name}-1", "epsilon": 1.5, "epsilon_threshold": 1.5}]}
-            for name, did in tdps.items()],
+            "blob": f"datasets/{storage_names.dataset_blob(dids.did_name(tdp.did), name, name + '-1')}",
+            "sha256": sha(name), "key_id": f"{name}-1", "epsilon": 1.5,
+            "budget": budget_declaration.declare(tdp, name, 1.5, 1e-5)}]}
+            for name, tdp in tdps.items()],
         "privacy": {"delta": 1e-5},
         "evaluation": {"validation_split": 0.2, "min_joined_rows": 100},
         "workloads": {"training": {"image": IMAGE, "policy_template_sha256": sha("template"),
@@ -53,7 +57,7 @@ def identities() -> dict[str, dids.Identity]:
 
 @pytest.fixture
 def payload(identities) -> dict:
-    return contract_payload(identities["tdc"].did, {n: identities[n].did for n in ("icmr", "cowin", "index")})
+    return contract_payload(identities["tdc"].did, {n: identities[n] for n in ("icmr", "cowin", "index")})
 
 
 @pytest.fixture(scope="session")
@@ -120,3 +124,9 @@ def webhook_factory():
     yield make
     for hook in started:
         hook.server.stop()
+
+
+def record_budgets(ledger, payload: dict) -> None:
+    """Each provider's budget declaration recorded on the ledger twin (its DID registered before)."""
+    for _, dataset in contracts.datasets(payload):
+        ledger.declare_budget(dataset["budget"])

@@ -58,6 +58,20 @@ def new_contract(ccr, tmp_path, dids: dict, epsilon=1.5, **overrides):
     return ccr(*argv)
 
 
+def identities_with_budgets(ccr, tmp_path, names=PARTIES) -> dict:
+    """`ccr identity new` for each party, then each provider declares its dataset's budget."""
+    dids = {name: ccr("identity", "new", "--name", name, "--dir", tmp_path / "keys")[1]["did"] for name in names}
+    for name in PARTIES[1:]:
+        status, _, err = declare(ccr, tmp_path, dids, name, 1.5)
+        assert status == 0, err
+    return dids
+
+
+def declare(ccr, tmp_path, dids, name, epsilon, delta=1e-5):
+    return ccr("tdp", "declare-budget", "--dataset", name, "--epsilon", epsilon, "--delta", delta,
+               "--did", dids[name], "--key", tmp_path / "keys" / f"{name}.key.pem")
+
+
 def test_four_parties_sign_verify_and_submit(ccr, ledger, tmp_path):
     dids = {}
     for name in PARTIES:
@@ -71,12 +85,20 @@ def test_four_parties_sign_verify_and_submit(ccr, ledger, tmp_path):
         proof = (ledger.data_dir / "dids" / f"{name}.proof.jws").read_text()
         assert did_tools.check_registration_proof(document, proof, ledger.url)["did"] == out["did"]
     status, out, err = new_contract(ccr, tmp_path, dids)
+    assert status == 1 and f"{dids['icmr']} has declared no lifetime budget for dataset icmr" in err
+    for name in PARTIES[1:]:
+        status, out, err = declare(ccr, tmp_path, dids, name, 1.5)
+        assert status == 0 and out["recorded"] == "new" and out["epsilon"] == 1.5, err
+    assert declare(ccr, tmp_path, dids, "icmr", 1.5)[1]["recorded"] == "already recorded"
+    status, _, err = declare(ccr, tmp_path, dids, "icmr", 15)   # raising it later: refused
+    assert status == 1 and "HTTP 409" in err and "declared once" in err
+    status, out, err = new_contract(ccr, tmp_path, dids)
     assert status == 0, err
     payload = json.loads((tmp_path / "payload.json").read_text())
     assert payload["schema_version"] == 2
     assert payload["tdps"][0]["datasets"][0] == {
         "name": "icmr", "version": 1, "blob": "datasets/icmr/icmr-1.ccr", "sha256": sha("icmr"), "key_id": "icmr-1",
-        "epsilon": 1.5, "epsilon_threshold": 1.5}
+        "epsilon": 1.5, "budget": ledger.recorded_budget(dids["icmr"], "icmr")}
     assert [p["key_vault"] for p in payload["tdps"]] == ["https://kv.icmr", "https://kv.cowin", "https://kv.index"]
     assert payload["evaluation"] == {"validation_split": 0.2, "min_joined_rows": 100}
     assert payload["workloads"]["training"]["policy_template_sha256"] == policy_template_sha256("ccr-trainer@sha256:" + sha("i"))
@@ -119,7 +141,11 @@ def test_identity_refusals_keep_keys_safe(ccr, ledger, tmp_path):
 
 
 def test_bad_contract_arguments_write_nothing(ccr, ledger, tmp_path):
-    dids = {name: ledger.did_for(name) for name in PARTIES}
+    dids = identities_with_budgets(ccr, tmp_path)
+    status, _, err = new_contract(ccr, tmp_path, dids, epsilon=2.0)
+    assert status == 1 and "must not exceed the provider's declared lifetime epsilon (1.5)" in err
+    status, _, err = new_contract(ccr, tmp_path, dids, epsilon="1.5,threshold=9")
+    assert status == 1 and "no longer a contract term" in err
     status, _, err = new_contract(ccr, tmp_path, dids, epsilon=0)
     assert status == 1 and "epsilon must be > 0" in err
     assert not (tmp_path / "payload.json").exists()
@@ -131,9 +157,7 @@ def test_bad_contract_arguments_write_nothing(ccr, ledger, tmp_path):
 
 
 def test_wrong_key_or_outsider_signature(ccr, ledger, tmp_path):
-    dids = {}
-    for name in PARTIES + ("outsider",):
-        dids[name] = ccr("identity", "new", "--name", name, "--dir", tmp_path / "keys")[1]["did"]
+    dids = identities_with_budgets(ccr, tmp_path, PARTIES + ("outsider",))
     assert new_contract(ccr, tmp_path, dids)[0] == 0
     contract = tmp_path / "payload.json"
     status, _, err = ccr("contract", "sign", "--contract", contract, "--did", dids["outsider"],

@@ -53,7 +53,7 @@ def test_unsigned(payload, resolve):
 def test_payload_altered_after_signing(payload, identities, resolve):
     body = cbor2.loads(sign_all(payload, identities))
     altered = copy.deepcopy(payload)
-    altered["tdps"][0]["datasets"][0]["epsilon_threshold"] = 50.0
+    altered["tdps"][0]["datasets"][0]["epsilon"] = 1.0
     body.value[2] = contracts.canonical_json(altered)
     with pytest.raises(contracts.BadSignature, match="altered") as caught:
         contracts.verify_contract(cbor2.dumps(body), resolve, NOW)
@@ -149,8 +149,11 @@ def test_header_without_issuer(payload, identities, resolve):
 
 
 @pytest.mark.parametrize("mutate, reason", [
-    (lambda p: p["tdps"][0]["datasets"][0].update(epsilon_threshold=0), "epsilon_threshold must be > 0"),
-    (lambda p: p["tdps"][0]["datasets"][0].update(epsilon=2.0), "must not exceed epsilon_threshold"),
+    (lambda p: p["tdps"][0]["datasets"][0].update(budget=0), "budget: a budget declaration is a compact JWS"),
+    (lambda p: p["tdps"][0]["datasets"][0].update(epsilon=2.0), "must not exceed the provider's declared lifetime"),
+    (lambda p: p["tdps"][0]["datasets"][0].update(budget=p["tdps"][1]["datasets"][0]["budget"]),
+     "budget is a declaration for .*/cowin, not for .*/icmr"),
+    (lambda p: p["privacy"].update(delta=2e-5), "must not exceed the declared lifetime delta of dataset icmr"),
     (lambda p: p["tdps"][0]["datasets"][0].update(version=0), "version must be an integer >= 1"),
     (lambda p: p["tdps"][0]["datasets"][0].update(key_id="https://kv/keys/icmr/1"), "not a Key Vault URL"),
     (lambda p: p["tdps"][0]["datasets"][0].update(key_id="model-1"), "their own key_id"),
@@ -162,7 +165,7 @@ def test_header_without_issuer(payload, identities, resolve):
     (lambda p: p["evaluation"].update(min_joined_rows=0), "min_joined_rows must be an integer"),
     (lambda p: p["workloads"].update(inference={}), "not supported"),
     (lambda p: p["workloads"]["training"].update(policy_template_sha256="x"), "64 lowercase hex"),
-    (lambda p: p["tdps"][0]["datasets"][0].update(epsilon_threshold=True), "finite number"),
+    (lambda p: p["tdps"][0]["datasets"][0].update(epsilon=True), "finite number"),
     (lambda p: p["privacy"].update(delta=1), "delta must be in"),
     (lambda p: p["tdps"][0]["datasets"][0].update(sha256="ABC"), "64 lowercase hex"),
     (lambda p: p["tdps"][0]["datasets"][0].update(blob="models/icmr/icmr-1.ccr"), "blob must be a path datasets/"),
@@ -172,7 +175,7 @@ def test_header_without_issuer(payload, identities, resolve):
     (lambda p: p.update(valid_from="yesterday"), "RFC 3339"),
     (lambda p: p.update(tdps=[]), "tdps must be a non-empty list"),
     (lambda p: p["tdc"].update(did="https://not-a-did"), "did:web"),
-    (lambda p: p["tdps"][1].update(did=p["tdps"][0]["did"]), "distinct DIDs"),
+    (lambda p: p["tdc"].update(did=p["tdps"][0]["did"]), "distinct DIDs"),
     (lambda p: p["workloads"]["training"].update(image="ccr-trainer:latest"), "pinned by digest"),
     (lambda p: p["workloads"]["training"].update(deadline_seconds=-5), "deadline_seconds must be an integer >= 1"),
     (lambda p: p.update(contract_id="../escape"), "contract_id must be"),

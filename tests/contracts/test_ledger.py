@@ -15,10 +15,11 @@ from jwcrypto import jwk, jws
 
 from local_emulator.delivery import RetryPolicy
 from local_emulator.ledger import LedgerTwin
+from shared import budget_declaration
 from shared import contract as contracts
 from shared import did as dids
 from tests.conftest import wait_until as wait_for
-from tests.contracts.conftest import contract_payload, party_get
+from tests.contracts.conftest import contract_payload, party_get, record_budgets
 
 FAST = RetryPolicy(initial_seconds=0.02, maximum_seconds=0.1, attempts=5, timeout_seconds=5)
 NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
@@ -55,8 +56,9 @@ def parties_on(ledger: LedgerTwin, tls, names=("tdc", "icmr", "cowin", "index"),
     identities = {name: dids.Identity.generate(ledger.did_for(name)) for name in names}
     for identity in identities.values():
         assert register_did(ledger, tls, identity).status_code == 201
-    payload = contract_payload(identities[names[0]].did, {n: identities[n].did for n in names[1:]},
+    payload = contract_payload(identities[names[0]].did, {n: identities[n] for n in names[1:]},
                                contract_id=contract_id)
+    record_budgets(ledger, payload)
     return dict(zip(("tdc", "icmr", "cowin", "index"), identities.values())), payload
 
 
@@ -302,12 +304,15 @@ def test_an_entry_needs_valid_party_signatures_only(ledger_factory, webhook_fact
     elif case.startswith("a party's signature and another party's DID"):
         envelope = contracts.add_signature(good, dids.Identity(identities["cowin"].did, outsider.private_key))
     elif case == "a party's signature, then the payload altered":
-        envelope = good.replace(b'"epsilon_threshold":1.5', b'"epsilon_threshold":9.5')
+        envelope = good.replace(b'"epsilon":1.5,', b'"epsilon":1.0,', 1)
         assert envelope != good
     else:
         stranger = dids.Identity.generate(ledger.did_for("stranger"))   # never registered
+        dataset = {**payload["tdps"][2]["datasets"][0],
+                   "budget": budget_declaration.declare(stranger, "index", 1.5, 1e-5)}
         envelope = contracts.sign_contract(
-            {**payload, "tdps": payload["tdps"][:2] + [{**payload["tdps"][2], "did": stranger.did}]}, [stranger])
+            {**payload, "tdps": payload["tdps"][:2] + [{**payload["tdps"][2], "did": stranger.did,
+                                                        "datasets": [dataset]}]}, [stranger])
     response = submit(ledger, envelope, tls)
     assert response.status_code == 403 and reason in response.json()["error"], response.text
     assert ledger.entry(1) is None and not list((ledger.data_dir / "entries").glob("*.cose"))

@@ -15,7 +15,7 @@ from local_emulator.ledger import LedgerTwin
 from shared import contract as contracts
 from shared import did as dids
 from shared.party_auth import LEDGER_AUDIENCE, PartyAuthority, sign_challenge
-from tests.contracts.conftest import contract_payload
+from tests.contracts.conftest import contract_payload, record_budgets
 
 
 @pytest.fixture
@@ -39,7 +39,8 @@ def entry(ledger) -> tuple[int, dict[str, dids.Identity]]:
     """An entry of a contract between tdc, icmr, cowin and index, signed so far by all but index;
     `outsider` is registered on the ledger too, but a party of nothing."""
     parties = {name: register(ledger, name) for name in ("tdc", "icmr", "cowin", "index", "outsider")}
-    payload = contract_payload(parties["tdc"].did, {n: parties[n].did for n in ("icmr", "cowin", "index")})
+    payload = contract_payload(parties["tdc"].did, {n: parties[n] for n in ("icmr", "cowin", "index")})
+    record_budgets(ledger, payload)
     envelope = contracts.sign_contract(payload, [parties[n] for n in ("tdc", "icmr", "cowin")])
     return ledger.register(envelope)["seqno"], parties
 

@@ -20,7 +20,7 @@ from shared.contract_store import contract_key
 from shared.run_records import run_id_for
 from shared.settings import PROJECT_ROOT
 from tests.conftest import wait_until
-from tests.contracts.conftest import contract_payload
+from tests.contracts.conftest import contract_payload, record_budgets
 
 FAST = RetryPolicy(initial_seconds=0.05, maximum_seconds=0.2, attempts=4, timeout_seconds=30)
 
@@ -48,17 +48,20 @@ def digest_of(payload: dict) -> str:
     return contracts.payload_digest(contracts.canonical_json(payload))
 
 
-def payload_for(identities, contract_id, valid_until):
+def payload_for(ledger, identities, contract_id, valid_until):
+    """A contract between the four parties, its budget declarations recorded on `ledger`."""
     now = datetime.now(timezone.utc)
-    return contract_payload(identities["tdc"].did, {n: identities[n].did for n in ("icmr", "cowin", "index")},
-                            contract_id=contract_id,
-                            valid_from=(now - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                            valid_until=(now + valid_until).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    payload = contract_payload(identities["tdc"].did, {n: identities[n] for n in ("icmr", "cowin", "index")},
+                               contract_id=contract_id,
+                               valid_from=(now - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                               valid_until=(now + valid_until).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    record_budgets(ledger, payload)
+    return payload
 
 
 def test_signed_contract_is_stored_once_and_replay_is_harmless(setup, azurite):
     host, ledger, identities = setup
-    payload = payload_for(identities, "flow-ok", timedelta(days=30))
+    payload = payload_for(ledger, identities, "flow-ok", timedelta(days=30))
     envelope = contracts.sign_contract(payload, list(identities.values()))
     first = ledger.register(envelope)["seqno"]
     wait_until(lambda: ledger.entry(first)["delivery"] != "pending", message="webhook delivery")
@@ -87,7 +90,7 @@ def test_signed_contract_is_stored_once_and_replay_is_harmless(setup, azurite):
 
 def test_refused_contracts_stop_retries_and_store_nothing(setup, azurite):
     host, ledger, identities = setup
-    payload = payload_for(identities, "flow-expired", timedelta(seconds=-1))
+    payload = payload_for(ledger, identities, "flow-expired", timedelta(seconds=-1))
     envelope = contracts.sign_contract(payload, list(identities.values()))
     seqno = ledger.register(envelope)["seqno"]   # signatures valid: the ledger records it, our webhook refuses
     state = wait_until(lambda: (s := ledger.entry(seqno))["delivery"] != "pending" and s, message="delivery")
@@ -98,9 +101,9 @@ def test_refused_contracts_stop_retries_and_store_nothing(setup, azurite):
 
 def test_altered_contract_is_refused_by_the_ledger_and_by_the_webhook(setup, azurite):
     host, ledger, identities = setup
-    payload = payload_for(identities, "flow-altered", timedelta(days=30))
+    payload = payload_for(ledger, identities, "flow-altered", timedelta(days=30))
     body = cbor2.loads(contracts.sign_contract(payload, list(identities.values())))
-    altered = {**payload, "privacy": {"delta": 0.5}}
+    altered = {**payload, "privacy": {"delta": 5e-6}}
     body.value[2] = contracts.canonical_json(altered)
     envelope = cbor2.dumps(body)
     with pytest.raises(contracts.BadSignature):
@@ -115,7 +118,7 @@ def test_altered_contract_is_refused_by_the_ledger_and_by_the_webhook(setup, azu
 def test_partially_signed_contract_is_refused(setup, azurite):
     """The ledger holds a partial envelope back; posted to the webhook directly it is refused."""
     host, ledger, identities = setup
-    payload = payload_for(identities, "flow-partial", timedelta(days=30))
+    payload = payload_for(ledger, identities, "flow-partial", timedelta(days=30))
     partial = contracts.sign_contract(payload, [identities["tdc"], identities["icmr"]])
     response = requests.post(host.url + "/api/contracts", data=partial,
                              headers={"x-functions-key": host.function_key, "Content-Type": "application/cose"})

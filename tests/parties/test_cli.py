@@ -22,6 +22,7 @@ from jwcrypto import jwk
 
 from shared import azure_clients, key_grants, package, storage_names
 from shared import contract as contracts
+from shared import did as dids
 from shared.container_group import training_hostdata
 from shared.credentials import StaticTokenCredential
 from shared.release_policy import build_release_policy
@@ -51,7 +52,7 @@ TDC, TDP = "did:web:127.0.0.1%3A8443:tdc", "did:web:127.0.0.1%3A8443:icmr"
 
 def _payload(tmp: Path, vault_url: str = "https://127.0.0.1:9", **dataset) -> Path:
     """A schema-2 contract naming one dataset (fields from `dataset`) and the TDC's packages."""
-    payload = contract_payload(TDC, {"icmr": TDP})
+    payload = contract_payload(TDC, {"icmr": dids.Identity.generate(TDP)})
     payload["workloads"]["training"]["image"] = IMAGE
     payload["tdps"][0]["datasets"][0].update(dataset)
     for party in (payload["tdc"], payload["tdps"][0]):

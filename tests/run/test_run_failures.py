@@ -214,7 +214,7 @@ def test_bad_contract_is_refused_and_starts_nothing(stack, ready_contract, case,
         body = contracts.sign_contract(payload, [impostor, *signers[1:]])
     elif case == "altered after signing":
         signed = contracts.sign_contract(payload, signers)
-        body = signed.replace(b'"epsilon_threshold":1.5', b'"epsilon_threshold":9.5')
+        body = signed.replace(b'"epsilon":1.5,', b'"epsilon":1.0,', 1)
         assert body != signed
     elif case == "expired":
         body = contracts.sign_contract(_expired(payload), signers)
@@ -275,7 +275,7 @@ def test_a_population_whose_budget_is_spent_is_refused_even_under_a_new_pseudony
     second.sign_and_submit(second.write_contract())
     notice = second.wait_for_notice(180)
     record = _assert_failed_before_deploying(stack, second, notice, "reserving_budget",
-                                             "privacy budget of dataset icmr is exhausted")
+                                             "privacy budget of dataset icmr: exhausted")
     assert notice["output_blob"] is None
     spent = run_record(stack, first.run_id)["privacy_budget_spent"]
     assert set(record["privacy_budget_spent"].values()) == {0.0} and set(spent.values()) != {0.0}

@@ -32,6 +32,7 @@ from jwcrypto import jwk
 from local_emulator import covid_reference as covid_model
 from local_emulator.tls import LoopbackServer, LoopbackTls
 from orchestrations.deployment import trainer_reads
+from shared import budget_declaration
 from shared import contract as contracts
 from shared import did as dids
 from shared import key_grants, package, storage_names
@@ -278,7 +279,8 @@ class Stage:
                  epsilon: float | dict[str, float] | None = None, min_joined_rows: int = MIN_JOINED_ROWS,
                  delta: float = 1e-5) -> dict:
         """The schema-2 payload over freshly encrypted packages. `epsilon` is what the contract
-        asks of each dataset (one value, or per dataset name), by default its `threshold`."""
+        asks of each dataset (one value, or per dataset name), by default its `threshold` (the
+        lifetime epsilon its provider declares)."""
         asked = lambda name: (epsilon.get(name, threshold) if isinstance(epsilon, dict)
                               else threshold if epsilon is None else epsilon)
         tdc = self._identity(TDC)  # the TDC first: it signs first
@@ -288,7 +290,8 @@ class Stage:
             ref = self._upload(name, csv, storage_names.DATASETS, "text/csv")
             tdps.append({"did": self._identity(name).did, "key_vault": self.vault_url(name),
                          "datasets": [{"name": name, "version": 1, **ref, "epsilon": asked(name),
-                                       "epsilon_threshold": threshold}]})
+                                       "budget": budget_declaration.declare(self._identity(name), name,
+                                                                            threshold, delta)}]})
         archive = io.BytesIO()
         with zipfile.ZipFile(archive, "w") as z:
             z.writestr("model.onnx", covid_model.covid_onnx())
@@ -309,6 +312,13 @@ class Stage:
                                            "join": join, "deadline_seconds": 3600}}}
 
     # ---- consent: signatures and grants
+
+    def ask(self, payload: dict, epsilon: float) -> None:
+        """Every dataset asks `epsilon`, its provider declaring that much as its lifetime budget."""
+        for _, dataset in contracts.datasets(payload):
+            dataset["epsilon"] = epsilon
+            dataset["budget"] = budget_declaration.declare(self._identity(dataset["name"]), dataset["name"], epsilon,
+                                                           payload["privacy"]["delta"])
 
     def sign(self, payload: dict, parties: list[str] | None = None, grant: bool = True) -> SignedContract:
         """Every party of `parties` (default: all; names as in `self.identities`) signs the

@@ -17,7 +17,7 @@ from azure.storage.blob import BlobClient, BlobServiceClient, ContainerClient
 
 from local_emulator.azurite import ACCOUNT_KEY
 from orchestrations import deployment
-from shared import azure_clients, contract, did, key_grants, storage_names
+from shared import azure_clients, budget_declaration, contract, did, key_grants, storage_names
 from shared.blob_sas import READ_ONLY, SasError, blob_sas_url
 from shared.container_group import TRAINER_CONTAINER_NAME, policy_template_sha256, training_cce_policy
 from shared.contract_store import contract_inputs
@@ -54,7 +54,8 @@ def _publish(service: BlobServiceClient, contract_id: str) -> dict:
     key_id = lambda name: f"{contract_id}-{name}"
     owned = lambda name: storage_names.dataset_blob(f"{contract_id}-{name}", name, key_id(name))
     datasets = [{"name": name, "version": 1, "blob": f"{storage_names.DATASETS}/{owned(name)}",
-                 "sha256": "0" * 64, "key_id": key_id(name), "epsilon": 1.5, "epsilon_threshold": 1.5}
+                 "sha256": "0" * 64, "key_id": key_id(name), "epsilon": 1.5,
+                 "budget": budget_declaration.declare(identities[name], name, 1.5, 1e-5)}
                 for name in ("icmr", "cowin")]
     payload = {"schema_version": 2, "contract_id": contract_id, "purpose": "storage access",
                "valid_from": "2020-01-01T00:00:00Z", "valid_until": "2099-01-01T00:00:00Z",

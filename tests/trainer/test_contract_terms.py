@@ -7,6 +7,7 @@ import cbor2
 import pytest
 
 from local_emulator import covid_reference as covid_model
+from shared import budget_declaration
 from shared import contract as contracts
 from shared import did as dids
 from shared.container_group import policy_template_sha256
@@ -33,7 +34,8 @@ def payload(identities) -> dict:
     datasets = lambda name, asked: {"did": identities[name].did, "key_vault": f"https://{name}.vault.test",
                                     "datasets": [{"name": name, "version": 1, "blob": f"datasets/{name}/{name}-1.ccr",
                                                   "sha256": SHA, "key_id": f"{name}-1", "epsilon": asked,
-                                                  "epsilon_threshold": 4.0}]}
+                                                  "budget": budget_declaration.declare(identities[name], name, 4.0,
+                                                                                       1e-5)}]}
     return {"schema_version": 2, "contract_id": "c", "purpose": "covid outcome model",
             "valid_from": "2020-01-01T00:00:00Z", "valid_until": "2099-01-01T00:00:00Z",
             "privacy": {"delta": 1e-5}, "evaluation": {"validation_split": 0.25, "min_joined_rows": 500},
@@ -79,8 +81,8 @@ def unsigned_envelope(body: dict) -> bytes:
     (lambda p: p.pop("privacy"), "payload lacks privacy"),
     (lambda p: p["tdps"][0]["datasets"][0].update(name="../../etc"), r"name must be letters, digits"),
     (lambda p: p["tdps"][0]["datasets"][0].update(sha256="nope"), "sha256 must be 64 lowercase hex"),
-    (lambda p: p["tdps"][0]["datasets"][0].update(epsilon_threshold=-1), "epsilon_threshold must be > 0"),
-    (lambda p: p["tdps"][0]["datasets"][0].update(epsilon=5.0), "must not exceed epsilon_threshold"),
+    (lambda p: p["tdps"][0]["datasets"][0].update(budget="4.0"), "budget: a budget declaration is a compact JWS"),
+    (lambda p: p["tdps"][0]["datasets"][0].update(epsilon=5.0), "must not exceed the provider's declared lifetime"),
     (lambda p: p["tdps"][0]["datasets"][0].update(key_id="https://icmr.vault.test/keys/icmr/1"),
      "not a Key Vault URL"),
     (lambda p: p["privacy"].update(delta=1), "delta"),

@@ -203,8 +203,7 @@ def test_a_contract_other_than_the_measured_one_is_refused_before_any_key(stage_
     payload = stage.contract(raw_tables(), covid_model.covid_training_config(), covid_model.covid_join_spec())
     measured = stage.sign(payload)
     other_terms = copy.deepcopy(payload)
-    for _, dataset in contracts.datasets(other_terms):
-        dataset["epsilon"] = dataset["epsilon_threshold"] = 3.0
+    stage.ask(other_terms, 3.0)
     other = stage.sign(other_terms, grant=False)
     assert other.digest != measured.digest
     code, lines, sidecar = run_in_process(monkeypatch, stage, topic, measured, CCR_CONTRACT=other.envelope_b64,
@@ -237,8 +236,7 @@ def test_a_payload_altered_after_signing_is_refused_before_any_key(stage_of, top
     payload = stage.contract(raw_tables(), covid_model.covid_training_config(), covid_model.covid_join_spec())
     signed = stage.sign(payload)
     altered = copy.deepcopy(payload)
-    for _, dataset in contracts.datasets(altered):
-        dataset["epsilon"] = dataset["epsilon_threshold"] = 10.0
+    stage.ask(altered, 10.0)
     envelope = replace_payload(signed.envelope, altered)
     digest = digest_of(altered) if measured == "altered" else signed.digest
     code, lines, sidecar = run_in_process(monkeypatch, stage, topic, signed,
