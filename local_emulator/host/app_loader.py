@@ -55,10 +55,15 @@ class FunctionEntry:
 
 
 class FunctionIndex:
-    """Every function of one app, looked up by name or by trigger type."""
+    """Every function of one app, looked up by name or by trigger type, with the app's
+    host.json (extension options such as durableTask's defaultVersion)."""
 
-    def __init__(self, entries: list[FunctionEntry]):
+    def __init__(self, entries: list[FunctionEntry], host_json: dict | None = None):
         self.entries = {entry.name: entry for entry in entries}
+        self.host_json = host_json or {}
+
+    def extension_options(self, extension: str) -> dict:
+        return self.host_json.get("extensions", {}).get(extension, {})
 
     def by_trigger(self, trigger_type: str) -> list[FunctionEntry]:
         return [e for e in self.entries.values() if e.trigger_type == trigger_type]
@@ -136,7 +141,7 @@ def load_functions(app_dir: Path) -> FunctionIndex:
             raise ValueError(f"function {function.get_function_name()} needs exactly one trigger")
         entries.append(FunctionEntry(function.get_function_name(), function.get_user_function(),
                                      triggers[0], bindings, sdk_types))
-    return FunctionIndex(entries)
+    return FunctionIndex(entries, read_host_json(app_dir))
 
 
 def read_host_json(app_dir: Path) -> dict[str, Any]:

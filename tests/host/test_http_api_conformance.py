@@ -171,3 +171,17 @@ def test_an_http_function_that_raises_answers_a_bare_500_and_logs_the_traceback(
 
 def done_links(host, done: dict) -> str:
     return webhook(host, f"/instances/{done['instanceId']}") + f"?code={host.system_key}"
+
+
+def test_versions_come_from_start_new_or_host_json_default_version(shared_host):
+    """`context.version` is the version the creator named (start_new(version=...), or the
+    webhook's ?version=), else host.json's durableTask.defaultVersion."""
+    host = shared_host
+    by_default = wait_done(start(host, "renamed_flow", 1))
+    named = requests.post(f"{host.url}/api/orchestrators/renamed_flow",
+                          params={"code": host.function_key, "version": "2.1"}, json=2, timeout=10)
+    assert named.status_code == 202
+    by_webhook = requests.post(webhook(host, "/orchestrators/renamed_flow"),
+                               params={"code": host.system_key, "version": "3.0"}, json=3, timeout=10)
+    assert [by_default["output"]["version"], wait_done(named.json())["output"]["version"],
+            wait_done(by_webhook.json())["output"]["version"]] == ["1.0", "2.1", "3.0"]

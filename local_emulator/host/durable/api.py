@@ -133,7 +133,8 @@ class DurableApi:
         name = request.match_info["name"]
         try:
             input_json = await self._input(request, client_encoded)
-            instance_id = await self.engine.start_instance(name, request.match_info.get("instance_id"), input_json)
+            instance_id = await self.engine.start_instance(name, request.match_info.get("instance_id"), input_json,
+                                                           version=request.query.get("version"))
         except (UnknownOrchestrator, InvalidInstanceId) as refused:
             return web.json_response({"Message": "One or more of the arguments submitted is incorrect",
                                       "ExceptionMessage": str(refused)}, status=400)

@@ -78,6 +78,8 @@ class DurableEngine:
                  extra_inputs: Callable[[FunctionEntry], dict] = lambda entry: {}):
         self.store = store
         self.invoker = invoker
+        # the version an instance gets unless its creator names one (host.json, as the extension)
+        self.default_version = str(index.extension_options("durableTask").get("defaultVersion") or "")
         self.orchestrators = durable_names(index, "orchestrationTrigger", "orchestration")
         self.activities = durable_names(index, "activityTrigger", "activity")
         self.lease_seconds = lease_seconds
@@ -104,7 +106,7 @@ class DurableEngine:
 
     # client operations ---------------------------------------------------------------
     async def start_instance(self, name: str, instance_id: str | None, input_json: str | None,
-                             parent: dict | None = None) -> str:
+                             parent: dict | None = None, version: str | None = None) -> str:
         if name not in self.orchestrators:
             raise UnknownOrchestrator(f"The function '{name}' doesn't exist, is disabled, or is not "
                                       f"an orchestrator function.")
@@ -113,7 +115,8 @@ class DurableEngine:
             raise InvalidInstanceId("Instance ids must not contain /, \\, #, ? or control characters.")
         now = h.iso(h.utc_now())
         execution_id = h.new_key()
-        state = {"Name": name, "RuntimeStatus": "Pending", "Input": input_json, "Output": None,
+        version = self.default_version if version is None else version
+        state = {"Name": name, "Version": version, "RuntimeStatus": "Pending", "Input": input_json, "Output": None,
                  "CustomStatus": None, "CreatedTime": now, "LastUpdatedTime": now,
                  "ExecutionId": execution_id, "ActionCount": 0, "NextId": 0, "Episodes": 0,
                  **(parent or {})}
@@ -130,7 +133,7 @@ class DurableEngine:
                 await self.store.replace_state(existing)
             except ResourceModifiedError:
                 raise InstanceExists(f"An orchestration instance with id {instance_id} already exists.")
-        started = h.event(h.EXECUTION_STARTED, Name=name, Input=input_json, Version="",
+        started = h.event(h.EXECUTION_STARTED, Name=name, Input=input_json, Version=version,
                           OrchestrationInstance={"InstanceId": instance_id, "ExecutionId": execution_id})
         await self.store.send_control({"InstanceId": instance_id, "ExecutionId": execution_id,
                                        "Event": started, "Key": f"{instance_id}:{execution_id}:start"})
@@ -418,7 +421,9 @@ class DurableEngine:
             child = action.get("instanceId") or f"{instance_id}:{task_id:04d}"
             parent = {"ParentInstanceId": instance_id, "ParentExecutionId": execution_id,
                       "ParentTaskId": task_id}
-            outbound.append(lambda: self._start_child(action["functionName"], child, action.get("input"), parent))
+            version = action.get("version")
+            outbound.append(lambda: self._start_child(action["functionName"], child, action.get("input"), parent,
+                                                      version))
             return h.event(h.SUB_CREATED, task_id, Name=action["functionName"], Input=action.get("input"),
                            InstanceId=child, RetryOptions=retry, Action=action, Attempt=attempt)
         fire_at = h.parse_iso(action["fireAt"])
@@ -455,12 +460,13 @@ class DurableEngine:
         state["NextId"] += 1
         return [self._schedule(instance, failed["Action"], task_id, outbound, failed["Attempt"] + 1)]
 
-    async def _start_child(self, name: str, child_id: str, input_json, parent: dict) -> None:
+    async def _start_child(self, name: str, child_id: str, input_json, parent: dict,
+                           version: str | None = None) -> None:
         existing = await self.store.load_state(child_id)
         if existing and all(existing.state.get(k) == v for k, v in parent.items()):
             return  # started by an earlier attempt of this same batch
         try:
-            await self.start_instance(name, child_id, input_json, parent)
+            await self.start_instance(name, child_id, input_json, parent, version)
         except (InstanceExists, UnknownOrchestrator, InvalidInstanceId) as refused:
             failed = h.event(h.SUB_FAILED, TaskScheduledId=parent["ParentTaskId"],
                              Reason=str(refused), Details=type(refused).__name__)
@@ -504,7 +510,8 @@ class DurableEngine:
         state.update(ExecutionId=execution_id, Input=action.get("input"), ActionCount=0, NextId=0,
                      Episodes=0, RuntimeStatus="Running", LastUpdatedTime=h.iso(h.utc_now()))
         instance.history = []
-        started = h.event(h.EXECUTION_STARTED, Name=state["Name"], Input=action.get("input"), Version="",
+        started = h.event(h.EXECUTION_STARTED, Name=state["Name"], Input=action.get("input"),
+                          Version=state.get("Version") or "",
                           OrchestrationInstance={"InstanceId": instance.instance_id, "ExecutionId": execution_id})
         message = {"InstanceId": instance.instance_id, "ExecutionId": execution_id, "Event": started,
                    "Key": f"{instance.instance_id}:{old_execution}:continued"}

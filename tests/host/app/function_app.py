@@ -49,7 +49,7 @@ def open_route(req: func.HttpRequest) -> func.HttpResponse:
 async def http_start(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
     body = req.get_body()
     instance_id = await client.start_new(req.route_params["name"], req.params.get("id"),
-                                         req.get_json() if body else None)
+                                         req.get_json() if body else None, version=req.params.get("version"))
     return client.create_check_status_response(req, instance_id)
 
 
