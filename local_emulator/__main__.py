@@ -32,8 +32,10 @@ async def _run_until_signalled(start, stop) -> None:
 
 def host_command(args) -> None:
     """Just the Functions host, against an existing storage account (AzureWebJobsStorage)."""
+    from local_emulator.host.app_settings import load_local_settings
     from local_emulator.host.server import FunctionHost
     from shared.settings import storage_connection
+    load_local_settings(Path(args.app_dir))  # Core Tools: the app's settings, the environment winning
     connection = os.environ.get("AzureWebJobsStorage") or storage_connection()
     os.environ["AzureWebJobsStorage"] = connection  # an app setting in Azure; SDK-typed bindings read it
     host = FunctionHost(Path(args.app_dir), connection, port=args.port)

@@ -168,7 +168,6 @@ class Stack:
             "CCR_DURABLE_SYSTEM_KEY": self._secret("durable_system_key"),
             "CCR_EVENTGRID_SYSTEM_KEY": self._secret("eventgrid_system_key"),
             "CCR_PARTY_AUTH_SECRET": self._secret("party_auth_secret"),
-            "CCR_TASK_HUB": "ccrhub",
         }
         self.host = HostProcess(self.app_dir, self.process_env(), ports["host"],
                                 log_path=self.state_dir / "host.log", echo=self.echo_host_log).start()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import json
+import logging
+import os
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +21,10 @@ from typing import Any, Callable
 import azure.functions as func
 import azurefunctions.extensions.base as sdk_extensions
 from azure.functions import meta
+
+from local_emulator.host.app_settings import indexing_error, load_local_settings, undefined_connections
+
+log = logging.getLogger("local_emulator.host")
 
 # The worker's DEFERRED_BINDING_REGISTRY: converters of the SDK-type extensions the app imported.
 SDK_BINDING_REGISTRY = sdk_extensions.get_binding_registry()
@@ -130,7 +136,10 @@ def supports_deferred_binding(binding: dict) -> bool:
 
 
 def load_functions(app_dir: Path) -> FunctionIndex:
-    """Index the functions the app registered (no second list of functions anywhere)."""
+    """Index the functions the app registered (no second list of functions anywhere), with
+    local.settings.json's Values in the environment first, as Core Tools does. A function
+    whose connection setting is undefined fails indexing alone (logged, left out)."""
+    load_local_settings(app_dir)
     app = find_app(import_app_module(app_dir))
     entries = []
     for function in app.get_functions():
@@ -139,6 +148,10 @@ def load_functions(app_dir: Path) -> FunctionIndex:
         triggers = [b for b in bindings if b["type"].lower().endswith("trigger")]
         if len(triggers) != 1:
             raise ValueError(f"function {function.get_function_name()} needs exactly one trigger")
+        missing = undefined_connections(bindings)
+        if missing:
+            log.error(indexing_error(function.get_function_name(), missing[0]))
+            continue
         entries.append(FunctionEntry(function.get_function_name(), function.get_user_function(),
                                      triggers[0], bindings, sdk_types))
     return FunctionIndex(entries, read_host_json(app_dir))
@@ -153,9 +166,15 @@ def read_host_json(app_dir: Path) -> dict[str, Any]:
 
 
 def task_hub_name(app_dir: Path, override: str | None = None) -> str:
-    """host.json's durableTask hubName (alphanumeric, as Azure Storage requires)."""
+    """host.json's durableTask hubName (alphanumeric, as Azure Storage requires); a
+    `%Setting%` value is read from that app setting, as the host resolves it."""
     name = override or read_host_json(app_dir).get("extensions", {}).get("durableTask", {}).get(
         "hubName", "TestHubName")
+    if len(name) > 2 and name.startswith("%") and name.endswith("%"):
+        setting = name[1:-1]
+        if not os.environ.get(setting):
+            raise ValueError(f"host.json's hubName names the app setting {setting!r}, which is not defined")
+        name = os.environ[setting]
     if not name.isalnum() or not name[0].isalpha() or not 3 <= len(name) <= 45:
         raise ValueError(f"task hub name {name!r} must be 3-45 letters/digits starting with a letter")
     return name

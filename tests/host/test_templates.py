@@ -2,6 +2,7 @@
 (SDK-typed parameters indexed as the worker indexes them); the blob-trigger metadata and the
 blob reference a function receives."""
 import json
+import os
 import sys
 
 import azure.functions as func
@@ -68,13 +69,18 @@ def on_message(msg: func.QueueMessage):
     assert "binding type 'queueTrigger' is not supported" in str(refused.value)
 
 
-def index_in_process(app_dir):
+def index_in_process(app_dir, connections=("AzureWebJobsStorage", "CCR_STORAGE_CONNECTION")):
     """load_functions here, leaving sys.path (the loader puts the app folder first) and any
-    `function_app` module already imported as they were."""
+    `function_app` module already imported as they were. The connection settings the app's
+    bindings name are defined for the call (indexing refuses a function whose one is not)."""
     saved_path, saved_module = list(sys.path), sys.modules.get("function_app")
+    saved_env = dict(os.environ)
+    os.environ.update({name: os.environ.get(name) or "UseDevelopmentStorage=true" for name in connections})
     try:
         return load_functions(app_dir)
     finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
         sys.path[:] = saved_path
         if saved_module is None:
             sys.modules.pop("function_app", None)
