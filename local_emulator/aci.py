@@ -40,6 +40,9 @@ _ROUTES = [(name, re.compile(pattern, re.IGNORECASE)) for name, pattern in _ROUT
 GROUP_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 RESOURCE_GROUP_NAME = re.compile(r"^[-\w._()]{0,89}[-\w_()]$")   # ARM: no trailing period
 SUBSCRIPTION_ID = re.compile(r"^[0-9A-Za-z-]{1,64}$")
+USER_ASSIGNED_IDENTITY_ID = re.compile(
+    r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.ManagedIdentity/userAssignedIdentities/[^/]+$",
+    re.IGNORECASE)
 
 
 class ArmError(Exception):
@@ -106,6 +109,30 @@ def _validate(body: dict) -> None:
                        f"Resource requested: '{cpu:g}' CPU '{memory:g}' GB memory 'Linux' OS")
 
 
+def _identity_id(identity, known) -> str | None:
+    """The group's user-assigned identity (resource id), refused as ARM refuses it: a malformed id
+    is LinkedInvalidPropertyId, one that does not exist (here: not among the twin's `known`) or a
+    type other than UserAssigned with identities FailedIdentityOperation. No identity: None."""
+    if identity is None:
+        return None
+    ids = identity.get("userAssignedIdentities") if isinstance(identity, dict) else None
+    if not isinstance(identity, dict) or identity.get("type") != "UserAssigned" or not isinstance(ids, dict) \
+            or len(ids) != 1:
+        raise ArmError(400, "FailedIdentityOperation",
+                       "Failed to perform resource identity operation: this twin runs groups with exactly one "
+                       "identity, of type UserAssigned, named in userAssignedIdentities")
+    [resource_id] = ids
+    if not USER_ASSIGNED_IDENTITY_ID.match(resource_id):
+        raise ArmError(400, "LinkedInvalidPropertyId",
+                       f"Property id '{resource_id}' at path 'identity.userAssignedIdentities' is invalid. Expect "
+                       f"fully qualified resource Id that start with '/subscriptions/{{subscriptionId}}'")
+    if resource_id.lower() not in known:
+        raise ArmError(400, "FailedIdentityOperation",
+                       f"Failed to perform resource identity operation. Status: 'BadRequest'. "
+                       f"Resource '{resource_id}' was not found.")
+    return resource_id
+
+
 def _requests(container: dict) -> tuple[float, float]:
     requests = ((container.get("properties") or {}).get("resources") or {}).get("requests")
     if not isinstance(requests, dict):
@@ -154,10 +181,14 @@ class AciTwin:
 
     def __init__(self, state_dir: Path, images_dir: Path, ssl_context: ssl.SSLContext, access_token: str,
                  sidecar_factory: SidecarFactory | None, python: str = sys.executable,
-                 kill_grace_seconds: float = 5.0, port: int = 0):
+                 kill_grace_seconds: float = 5.0, port: int = 0, identities: dict[str, str] | None = None):
+        """`identities`: the user-assigned identities that exist (resource id -> the bearer token
+        their IMDS hands out); a group may carry one, and its SKR sidecar then calls Key Vault
+        with that identity's token."""
         if not access_token:
             raise ValueError("the ACI twin needs the access token it will require from callers")
         self.runtime = GroupRuntime(state_dir, images_dir, sidecar_factory, python, kill_grace_seconds)
+        self.runtime.identity_tokens = {k.lower(): v for k, v in (identities or {}).items()}
         self._access_token = access_token
         self._server = LoopbackServer(self._route, ssl_context, port=port, name="ACI twin")
 
@@ -252,12 +283,13 @@ class AciTwin:
         if not isinstance(body, dict):
             raise ArmError(400, "InvalidRequestContent", "the request body is not a JSON object")
         _validate(body)
+        identity_id = _identity_id(body.get("identity"), self.runtime.identity_tokens)
         properties, environments = _sanitized_properties(body["properties"])
         dirname = "/".join([args["sub"], args["rg"].lower(), args["name"]])
         try:
             record, created = self.runtime.create(group_id, dirname, {
                 "name": args["name"], "location": body["location"], "tags": body.get("tags") or {},
-                "properties": properties}, environments)
+                "identity_id": identity_id, "properties": properties}, environments)
         except GroupConflict as conflict:
             raise ArmError(409, conflict.code, str(conflict)) from None
         if not created:
@@ -300,6 +332,9 @@ class AciTwin:
 
 
 def skr_sidecar_factory(hardware_root, ca_bundle: str, access_token: str) -> SidecarFactory:
-    """Sidecar twins bound to each group's policy (local_emulator/skr_sidecar.py)."""
+    """Sidecar twins bound to each group's policy (local_emulator/skr_sidecar.py), calling Key
+    Vault as the group's identity (`identity_token`, given by the runtime for a group that has
+    one); `access_token` stands in for a group without one."""
     from local_emulator.skr_sidecar import SkrSidecar
-    return lambda cce_policy_b64: SkrSidecar(hardware_root, cce_policy_b64, ca_bundle, access_token)
+    return lambda cce_policy_b64, identity_token=None: SkrSidecar(hardware_root, cce_policy_b64, ca_bundle,
+                                                                  identity_token or access_token)

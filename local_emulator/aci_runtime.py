@@ -117,6 +117,7 @@ class GroupRuntime:
         self.state_dir = Path(state_dir)
         self.images_dir = Path(images_dir)
         self.sidecar_factory = sidecar_factory
+        self.identity_tokens: dict[str, str] = {}   # user-assigned identity id (lower) -> its token (set by AciTwin)
         self.python = python
         self.kill_grace_seconds = kill_grace_seconds
         self._lock = threading.RLock()
@@ -280,7 +281,9 @@ class GroupRuntime:
         if self.sidecar_factory is None:
             raise ProvisioningError("SidecarUnavailable", "this twin has no SKR sidecar configured")
         uid = self._group_uid(record)
-        sidecar = self.sidecar_factory(_cce_policy(record))
+        token = self.identity_tokens.get((record.get("identity_id") or "").lower())
+        # the group's identity's token, as IMDS gives it to the real sidecar (an identity-less group: the factory's)
+        sidecar = self.sidecar_factory(_cce_policy(record), token) if token else self.sidecar_factory(_cce_policy(record))
         sidecar.allowed_uid = uid            # it answers this group's processes only
         sidecar.start()
         if getattr(sidecar, "allowed_uid", None) != uid:

@@ -21,7 +21,8 @@ import re
 from typing import Mapping
 
 from azure.mgmt.containerinstance.models import (ConfidentialComputeProperties, Container, ContainerGroup,
-                                                 EnvironmentVariable, ResourceRequests, ResourceRequirements)
+                                                 ContainerGroupIdentity, EnvironmentVariable, ResourceRequests,
+                                                 ResourceRequirements, UserAssignedIdentities)
 
 from shared import trainer_resources
 from shared.cce_policy import (SKR_SIDECAR_COMMAND, SKR_SIDECAR_IMAGE, IdName, User, hostdata_of, pause_container,
@@ -118,11 +119,15 @@ def _environment(values: Mapping[str, str]) -> list[EnvironmentVariable]:
 
 def build_container_group(trainer_image: str, contract_digest: str, environment: Mapping[str, str], location: str,
                           cpu: float = trainer_resources.DEFAULT_CPU,
-                          memory_in_gb: float = trainer_resources.DEFAULT_MEMORY_GB) -> ContainerGroup:
+                          memory_in_gb: float = trainer_resources.DEFAULT_MEMORY_GB,
+                          identity_id: str | None = None) -> ContainerGroup:
     """Trainer + SKR sidecar, `sku=Confidential` with the contract's CCE policy, no public IP,
     never restarted (a run is one attempt). Secrets go in as secure values. The builder sets
     `CCR_CONTRACT_DIGEST` itself; a caller passing it is refused. `cpu` / `memory_in_gb` are the
-    trainer's (the contract's `workloads.training.resources`), within shared/trainer_resources.py."""
+    trainer's (the contract's `workloads.training.resources`), within shared/trainer_resources.py.
+    `identity_id` (a user-assigned identity's resource id, `CCR_TRAINER_IDENTITY_ID`) is the
+    group's identity: the SKR sidecar gets its Key Vault token from it (IMDS), as in Microsoft's
+    ACI example, so that identity needs Key Vault Crypto Service Release User on each vault."""
     if CONTRACT_DIGEST_ENV in environment:
         raise ValueError(f"{CONTRACT_DIGEST_ENV} is set by build_container_group from contract_digest")
     reason = trainer_resources.problem({"cpu": cpu, "memory_gb": memory_in_gb})
@@ -142,4 +147,6 @@ def build_container_group(trainer_image: str, contract_digest: str, environment:
     return ContainerGroup(
         location=location, containers=[trainer, sidecar], os_type="Linux", restart_policy="Never",
         sku="Confidential", ip_address=None,
-        confidential_compute_properties=ConfidentialComputeProperties(cce_policy=cce_policy))
+        confidential_compute_properties=ConfidentialComputeProperties(cce_policy=cce_policy),
+        identity=None if identity_id is None else ContainerGroupIdentity(
+            type="UserAssigned", user_assigned_identities={identity_id: UserAssignedIdentities()}))

@@ -42,6 +42,7 @@ APP_SETTINGS = (
     "CCR_SUBSCRIPTION_ID",      # where trainer container groups are deployed
     "CCR_RESOURCE_GROUP",
     "CCR_LOCATION",
+    "CCR_TRAINER_IDENTITY_ID",  # the groups' user-assigned identity (its SKR sidecar's Key Vault token)
     "CCR_EVENTGRID_TOPIC_URL",  # the run/completion topic
     "CCR_EVENTGRID_KEY",        # handed to the trainer for its completion event
     "CCR_PARTY_AUTH_SECRET",    # the party API's token authority

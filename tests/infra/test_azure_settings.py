@@ -31,6 +31,8 @@ AZURE_SETTINGS = {
     "CCR_SUBSCRIPTION_ID": "00000000-0000-0000-0000-000000000001",
     "CCR_RESOURCE_GROUP": "rg-ccrtest",
     "CCR_LOCATION": "westeurope",
+    "CCR_TRAINER_IDENTITY_ID": "/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg-ccr/providers/"
+                               "Microsoft.ManagedIdentity/userAssignedIdentities/id-trainer-x",
     "CCR_EVENTGRID_TOPIC_URL": "https://evgt-ccrtest.westeurope-1.eventgrid.azure.net/api/events",
     "CCR_EVENTGRID_KEY": "the-topic-key-as-key-vault-resolves-it",
     "CCR_PARTY_AUTH_SECRET": "the-party-secret-as-key-vault-resolves-it",
