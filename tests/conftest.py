@@ -54,6 +54,7 @@ class HostProcess(StackHostProcess):
         self.function_key = secrets.token_urlsafe(24)
         self.system_key = secrets.token_urlsafe(24)
         self.eventgrid_key = secrets.token_urlsafe(24)
+        self.blobs_key = secrets.token_urlsafe(24)
         self.master_key = secrets.token_urlsafe(24)
         self.hub = hub or "h" + secrets.token_hex(6)
         super().__init__(app_dir, {
@@ -61,7 +62,8 @@ class HostProcess(StackHostProcess):
             "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
             "AzureWebJobsStorage": connection_string, "CCR_STORAGE_CONNECTION": connection_string,
             "CCR_FUNCTION_KEY": self.function_key, "CCR_DURABLE_SYSTEM_KEY": self.system_key,
-            "CCR_EVENTGRID_SYSTEM_KEY": self.eventgrid_key, "CCR_MASTER_KEY": self.master_key,
+            "CCR_EVENTGRID_SYSTEM_KEY": self.eventgrid_key, "CCR_BLOBS_EXTENSION_KEY": self.blobs_key,
+            "CCR_MASTER_KEY": self.master_key,
             "CCR_TASK_HUB": self.hub,
             "CCR_HOST_LEASE_SECONDS": "4", "CCR_BLOB_POLL_SECONDS": "0.2",
             **(env or {})}, start_timeout=start_timeout)

@@ -1,4 +1,5 @@
-"""Blob triggers on Azurite containers, with the real host's semantics: each new blob (or new
+"""Polling blob triggers (the default source, LogsAndContainerScan; `source=EventGrid` ones are
+served by blob_webhook.py) on Azurite containers, with the real host's semantics: each new blob (or new
 version: new ETag) fires once; receipts live in a table so a restarted host does not fire
 again; after 5 failed attempts a message goes to the `webjobs-blobtrigger-poison` queue (same
 JSON fields as Azure, base64 like the host's queue messages) and the blob is not retried.
@@ -65,7 +66,9 @@ def _without_query(url: str) -> str:
 class BlobTriggers:
     def __init__(self, index: FunctionIndex, invoker: Invoker, default_connection: str, hub: str,
                  extra_inputs, poll_seconds: float = 1.0):
-        self.functions = index.by_trigger("blobTrigger")
+        # polling serves the default source (LogsAndContainerScan); source=EventGrid is blob_webhook.py's
+        self.functions = [e for e in index.by_trigger("blobTrigger")
+                          if str(e.trigger.get("source") or "").lower() != "eventgrid"]
         self.invoker = invoker
         self.default_connection = default_connection
         self.extra_inputs = extra_inputs

@@ -1,5 +1,6 @@
-"""The host's keys: function key for function-level HTTP routes, system keys for the Durable
-and Event Grid webhooks, master key for admin routes. From the environment, else generated."""
+"""The host's keys: function key for function-level HTTP routes, system keys for the Durable,
+Event Grid and blobs (`blobs_extension`) webhooks, master key for admin routes. From the
+environment, else generated."""
 from __future__ import annotations
 
 import hmac
@@ -16,13 +17,14 @@ class HostKeys:
     master: str
     durable_system: str
     eventgrid_system: str
+    blobs_extension: str = ""   # the system key Azure names `blobs_extension`
 
     @classmethod
     def from_env(cls) -> "HostKeys":
         def key(name: str) -> str:
             return os.environ.get(name) or secrets.token_urlsafe(32)
         return cls(key("CCR_FUNCTION_KEY"), key("CCR_MASTER_KEY"), key("CCR_DURABLE_SYSTEM_KEY"),
-                   key("CCR_EVENTGRID_SYSTEM_KEY"))
+                   key("CCR_EVENTGRID_SYSTEM_KEY"), key("CCR_BLOBS_EXTENSION_KEY"))
 
 
 def presented_key(request: web.Request) -> str:

@@ -1,4 +1,5 @@
-"""The host process: one asyncio loop serving HTTP and Event Grid triggers, the Durable
+"""The host process: one asyncio loop serving HTTP and Event Grid triggers, the blobs
+extension's webhook (EventGrid-source blob triggers) and its queue listener, the Durable
 management API, the Durable dispatchers and the blob-trigger poller for one app folder."""
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from aiohttp import web
 
 from local_emulator.host.app_loader import FunctionEntry, load_functions, task_hub_name
 from local_emulator.host.blob_trigger import BlobTriggers
+from local_emulator.host.blob_webhook import BlobWebhookTriggers
 from local_emulator.host.durable.api import DurableApi
 from local_emulator.host.durable.engine import DurableEngine
 from local_emulator.host.durable.store import TaskHubStore
@@ -25,7 +27,8 @@ SUPPORTED_BINDINGS = {"httpTrigger", "http", "durableClient", "blobTrigger", "ev
 
 class FunctionHost:
     """Runs one Functions app. Settings: AzureWebJobsStorage (task hub, blob receipts),
-    CCR_FUNCTION_KEY / CCR_EVENTGRID_SYSTEM_KEY / CCR_DURABLE_SYSTEM_KEY / CCR_MASTER_KEY,
+    CCR_FUNCTION_KEY / CCR_EVENTGRID_SYSTEM_KEY / CCR_DURABLE_SYSTEM_KEY / CCR_BLOBS_EXTENSION_KEY /
+    CCR_MASTER_KEY,
     CCR_TASK_HUB (overrides host.json's hubName), CCR_HOST_LEASE_SECONDS (how long a message
     taken by a host that died stays invisible), CCR_BLOB_POLL_SECONDS."""
 
@@ -60,10 +63,15 @@ class FunctionHost:
         self.durable_api = DurableApi(self.engine, self.keys.durable_system)
         self.blobs = BlobTriggers(index, self.invoker, self.storage_connection, hub, self._extra_inputs,
                                   poll_seconds=float(os.environ.get("CCR_BLOB_POLL_SECONDS", "1.0")))
+        self.blob_webhook = BlobWebhookTriggers(index, self.invoker, self.keys.blobs_extension,
+                                                self.storage_connection, hub, self._extra_inputs,
+                                                lease_seconds=lease,
+                                                poll_seconds=float(os.environ.get("CCR_BLOB_POLL_SECONDS", "1.0")))
 
         public = web.Application(client_max_size=100 * 1024 * 1024)
         HttpTriggers(index, self.invoker, self.keys, self._extra_inputs).add_to(public)
         EventGridTriggers(index, self.invoker, self.keys.eventgrid_system, self._extra_inputs).add_to(public)
+        self.blob_webhook.add_to(public)
         self.durable_api.add_public_routes(public)
         public.router.add_get("/admin/host/status", self._host_status)
         rpc = web.Application(client_max_size=100 * 1024 * 1024)
@@ -74,6 +82,7 @@ class FunctionHost:
         self.durable_api.rpc_url = await self._serve(rpc, 0)
         await self.engine.start()
         await self.blobs.start()
+        await self.blob_webhook.start()
         log.info("host ready: %d functions, task hub %s, %s", len(index), hub, self.url)
         return self
 
@@ -94,6 +103,7 @@ class FunctionHost:
 
     async def stop(self) -> None:
         await self.blobs.stop()
+        await self.blob_webhook.stop()
         await self.engine.stop()
         for runner in self._runners:
             await runner.cleanup()
