@@ -184,7 +184,7 @@ class CovidScenario:
         join.write_text(json.dumps(covid_reference.covid_join_spec({name: "pseudonym" for name in PROVIDERS})))
         payload = self.workdir / "contract.json"
         epsilon = changes.get("epsilon", self.epsilon)
-        self.declare_budgets()
+        self.declare_budgets(epsilon)
         datasets = [f"did={self.identities[n]['did']},file={self.workdir / f'{n}.published.json'},epsilon={epsilon}"
                     for n in self.published]
         self.ccr("contract", "new", "--contract-id", self.contract_id, "--purpose", "COVID test-result model",
@@ -197,12 +197,12 @@ class CovidScenario:
         self._note_contract(payload)
         return payload
 
-    def declare_budgets(self) -> None:
+    def declare_budgets(self, epsilon: float) -> None:
         """Each provider declares its dataset's lifetime budget on the ledger (once per provider
-        and dataset: the same declaration again is recorded already). The scenario's epsilon and
-        delta: room for one run."""
+        and dataset: the same declaration again is recorded already): room for one run asking
+        `epsilon` at DELTA."""
         for name in self.published:
-            self.ccr("tdp", "declare-budget", "--dataset", name, "--epsilon", str(self.epsilon),
+            self.ccr("tdp", "declare-budget", "--dataset", name, "--epsilon", str(epsilon),
                      "--delta", str(DELTA), party=name)
 
     def _note_contract(self, payload: Path) -> None:

@@ -18,7 +18,7 @@ from ccr.common import save_local_key
 from local_emulator.covid_scenario import CovidScenario, TdcInbox, _environment
 from local_emulator.stack import RESOURCE_GROUP, wait_for
 from orchestrations import deployment
-from shared import azure_clients, key_grants, storage_names
+from shared import azure_clients, budget_declaration, key_grants, storage_names
 from shared import contract as contracts
 from shared import did as dids
 from shared.contract_store import contract_key
@@ -53,9 +53,9 @@ def victim(stack, tmp_path_factory):
 
 def _squat(stack, payload: dict, inbox: TdcInbox) -> dict:
     """An outsider who has seen the victims' contract registers DIDs of its own (with proof: they
-    are its keys) and submits first, fully self-signed, a contract under the victims' contract
-    id naming their packages, with itself as TDC and every TDP. Waits for that contract's run
-    to end (no party of the victims granted anything to it)."""
+    are its keys), declares generous budgets for them, and submits first, fully self-signed, a
+    contract under the victims' contract id naming their packages, with itself as TDC and every
+    TDP. Waits for that contract's run to end (no party of the victims granted anything to it)."""
     ledger, ca = stack.settings["CCR_LEDGER_URL"], stack.settings["CCR_CA_BUNDLE"]
     roles = [payload["tdc"]["did"]] + [tdp["did"] for tdp in payload["tdps"]]
     own = {did: dids.Identity.generate(stack.ledger.did_for(f"squatter-{i}")) for i, did in enumerate(roles)}
@@ -68,7 +68,12 @@ def _squat(stack, payload: dict, inbox: TdcInbox) -> dict:
     squatted["tdc"]["did"] = own[payload["tdc"]["did"]].did
     squatted["tdc"]["output"]["webhook"] = inbox.url
     for tdp in squatted["tdps"]:
-        tdp["did"] = own[tdp["did"]].did
+        squatter = own[tdp["did"]]
+        tdp["did"] = squatter.did
+        for dataset in tdp["datasets"]:
+            dataset["budget"] = budget_declaration.declare(squatter, dataset["name"], 60.0, 1e-3)
+            response = requests.post(f"{ledger}/budgets", data=dataset["budget"], verify=ca, timeout=30)
+            assert response.status_code == 201, response.text
     response = requests.post(f"{ledger}/entries", data=contracts.sign_contract(squatted, list(own.values())),
                              headers={"Content-Type": "application/cose"}, verify=ca, timeout=30)
     assert response.status_code == 201 and response.json()["complete"], response.text

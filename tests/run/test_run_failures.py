@@ -14,7 +14,8 @@ from ccr.contract import grant_keys
 from local_emulator.covid_scenario import CommandFailed, _environment
 from shared import contract as contracts
 from shared import did as dids
-from shared import events, key_grants, storage_names
+from shared import azure_clients, events, key_grants, storage_names
+from shared.privacy_budget import PrivacyBudget
 from local_emulator.stack import wait_for
 from shared.run_records import run_id_for
 from tests.run.conftest import groups_created, remaining_groups, run_record
@@ -58,6 +59,31 @@ def test_tampered_input_fails_validation_and_deploys_nothing(stack, scenario_fac
 
     notice = _submit(scenario)
     _assert_failed_before_deploying(stack, scenario, notice, "validating", "does not match the contract")
+
+
+def test_a_package_corrupted_partway_fails_in_the_trainer_and_returns_the_reservation(stack, scenario_factory):
+    """One ciphertext byte of a dataset flipped past its header: the control plane's header check
+    passes, the trainer is deployed, and its authenticated decryption refuses the package before
+    any join. The attested outcome says no data was read, so the reservation goes back whole
+    (a corrected retry is not refused as 'budget exhausted')."""
+    scenario = scenario_factory()
+    scenario.publish_inputs()
+    blobs = BlobServiceClient.from_connection_string(stack.settings["CCR_STORAGE_CONNECTION"])
+    package = blobs.get_blob_client(*storage_names_split(scenario.published["cowin"]["blob"]))
+    body = bytearray(package.download_blob().readall())
+    body[-64] ^= 0x01
+    package.upload_blob(bytes(body), overwrite=True)
+
+    notice = _submit(scenario)
+    assert notice["status"] == "failed" and "failed authentication" in notice["reason"], notice
+    record = run_record(stack, scenario.run_id)
+    assert record["failed_phase"] == "training" and groups_created(stack, scenario.run_id) == 1
+    assert record["privacy_budget_spent"] == {"icmr": 0.0, "cowin": 0.0, "index": 0.0}
+    with _environment(stack.settings):
+        azure_clients.blob_service.cache_clear()
+        budget = PrivacyBudget(azure_clients.blob_service())
+        for provider, dataset in contracts.datasets(json.loads((scenario.workdir / "contract.json").read_text())):
+            assert scenario.run_id not in budget.runs(contracts.dataset_identity(provider, dataset))
 
 
 def storage_names_split(path: str) -> tuple[str, str]:
@@ -266,7 +292,8 @@ def test_a_population_whose_budget_is_spent_is_refused_even_under_a_new_pseudony
     keys) in a new contract are refused before any reservation or deployment."""
     first = scenario_factory()
     first.publish_inputs()
-    assert _submit(first)["status"] == "succeeded"
+    notice = _submit(first)
+    assert notice["status"] == "succeeded", notice
 
     second = scenario_factory()  # a fresh pseudonym key: every prepared file differs
     second.publish_inputs()
