@@ -8,7 +8,7 @@ import azure.durable_functions as df
 import azure.functions as func
 
 from orchestrations.run_workflow import TRAINER_FINISHED_EVENT
-from shared import events
+from shared import events, telemetry
 
 bp = df.Blueprint()
 log = logging.getLogger(__name__)
@@ -30,9 +30,11 @@ async def trainer_finished(event: func.EventGridEvent, client: df.DurableOrchest
     if not isinstance(run_id, str) or not run_id.startswith("run-"):
         log.warning("completion event %s without a valid run id; ignored", event.id)
         return
-    status = await client.get_status(run_id)
-    if status is None or status.runtime_status is None:
-        log.warning("completion event for unknown run %s; ignored", run_id)
-        return
-    claim = {k: data.get(k) for k in _FIELDS if isinstance(data.get(k), str) and len(data[k]) <= MAX_FIELD_CHARS}
-    await client.raise_event(run_id, TRAINER_FINISHED_EVENT, claim)
+    with telemetry.run_context(run_id=run_id):
+        status = await client.get_status(run_id)
+        if status is None or status.runtime_status is None:
+            log.warning("completion event for unknown run %s; ignored", run_id)
+            return
+        claim = {k: data.get(k) for k in _FIELDS if isinstance(data.get(k), str) and len(data[k]) <= MAX_FIELD_CHARS}
+        await client.raise_event(run_id, TRAINER_FINISHED_EVENT, claim)
+        log.info("completion event (%s) raised to run %s", event.event_type, run_id)

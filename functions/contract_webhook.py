@@ -7,6 +7,7 @@ input has already arrived. Any rejection is a 4xx with the reason and starts not
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 
@@ -15,7 +16,7 @@ import azure.functions as func
 
 from functions.http_responses import error, json_response
 from orchestrations.admission import start_run_if_ready
-from shared import azure_clients
+from shared import azure_clients, telemetry
 from shared.contract import ContractError, verify_contract
 from shared.contract_store import ContractStore
 from shared.run_records import run_id_for
@@ -44,16 +45,18 @@ async def contract_webhook(req: func.HttpRequest, client: df.DurableOrchestratio
         envelope, seqno = _envelope(req)
     except ValueError as problem:
         return error(400, f"malformed request: {problem}")
-    try:
-        contract = verify_contract(envelope)
+    try:  # DID documents are fetched over HTTPS: blocking, so off the event loop
+        contract = await asyncio.to_thread(verify_contract, envelope)
     except ContractError as problem:
         log.warning("contract rejected: %s", problem)
         return error(problem.http_status, str(problem))
-    record, new = ContractStore(azure_clients.blob_service()).accept(
-        contract.payload, contract.digest, base64.b64encode(envelope).decode(), seqno)
-    contract_id, digest = record["contract_id"], record["digest"]
-    if new:
-        log.info("accepted contract %s@%s (ledger seqno %s)", contract_id, digest[:12], seqno)
-    await start_run_if_ready(client, contract_id, digest)
+    with telemetry.run_context(contract_id=contract.contract_id,
+                               run_id=run_id_for(contract.contract_id, contract.digest)):
+        record, new = await asyncio.to_thread(ContractStore(azure_clients.blob_service()).accept, contract.payload,
+                                              contract.digest, base64.b64encode(envelope).decode(), seqno)
+        contract_id, digest = record["contract_id"], record["digest"]
+        if new:
+            log.info("accepted contract %s@%s (ledger seqno %s)", contract_id, digest[:12], seqno)
+        await start_run_if_ready(client, contract_id, digest)
     return json_response({"contract_id": contract_id, "digest": digest, "run_id": run_id_for(contract_id, digest),
                           "status": "accepted"})

@@ -3,14 +3,16 @@ The trigger parameter is an SDK `BlobClient` (a deferred binding), so the host h
 reference and never the encrypted content: only the blob's name matters here."""
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import azure.durable_functions as df
 import azurefunctions.extensions.bindings.blob as sdk_blob
 
 from orchestrations.admission import start_run_if_ready
-from shared import azure_clients, storage_names
+from shared import azure_clients, storage_names, telemetry
 from shared.contract_store import ContractStore
+from shared.run_records import run_id_for
 
 bp = df.Blueprint()
 log = logging.getLogger(__name__)
@@ -19,12 +21,13 @@ log = logging.getLogger(__name__)
 async def _arrived(blob: sdk_blob.BlobClient, client: df.DurableOrchestrationClient) -> None:
     # one upload may serve several contracts: each accepted contract naming it may now be complete
     name = f"{blob.container_name}/{blob.blob_name}"
-    contracts = ContractStore(azure_clients.blob_service()).naming(name)
+    contracts = await asyncio.to_thread(ContractStore(azure_clients.blob_service()).naming, name)  # blocking
     if not contracts:
         log.info("input %s arrived: no accepted contract names it yet", name)
     for contract_id, digest in contracts:
-        result = await start_run_if_ready(client, contract_id, digest)
-        log.info("input %s arrived: %s", name, result)
+        with telemetry.run_context(contract_id=contract_id, run_id=run_id_for(contract_id, digest)):
+            result = await start_run_if_ready(client, contract_id, digest)
+            log.info("input %s arrived: %s", name, result)
 
 
 @bp.blob_trigger(arg_name="blob", path=f"{storage_names.DATASETS}/{{name}}", connection="AzureWebJobsStorage")

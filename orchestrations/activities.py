@@ -1,13 +1,16 @@
 """The run's steps as Durable activities. Each one is idempotent (the host may run an
-activity again after a crash) and records its phase in the run record."""
+activity again after a crash) and records its phase in the run record. Each runs inside
+`_step`: every log record it makes carries the run's `run_id` and `contract_id` as fields
+(shared/telemetry.py), and its start, end or failure (the exception class only) is logged."""
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 
 import azure.durable_functions as df
 
 from orchestrations import run_steps, tdc_notice
-from shared import azure_clients
+from shared import azure_clients, telemetry
 from shared.run_records import RunRecords
 
 bp = df.Blueprint()
@@ -18,57 +21,85 @@ def _records() -> RunRecords:
     return RunRecords(azure_clients.blob_service())
 
 
+@contextmanager
+def _step(name: str, run: dict):
+    with telemetry.run_context(run):
+        log.info("activity %s started", name)
+        try:
+            yield
+        except tdc_notice.NoticeNotDelivered as undelivered:   # its text names a class or a status only
+            log.warning("activity %s: %s", name, undelivered)
+            raise
+        except Exception as error:
+            log.warning("activity %s failed: %s", name, type(error).__name__)
+            raise
+        log.info("activity %s done", name)
+
+
 @bp.activity_trigger(input_name="run")
 def validate_inputs(run: dict) -> dict:
-    _records().enter_phase(run["run_id"], "validating")
-    return run_steps.validate_inputs(run)
+    with _step("validate_inputs", run):
+        _records().enter_phase(run["run_id"], "validating")
+        return run_steps.validate_inputs(run)
 
 
 @bp.activity_trigger(input_name="run")
 def gather_key_grants(run: dict) -> dict:
-    _records().enter_phase(run["run_id"], "gathering_key_grants")
-    return run_steps.gather_key_grants(run)
+    with _step("gather_key_grants", run):
+        _records().enter_phase(run["run_id"], "gathering_key_grants")
+        return run_steps.gather_key_grants(run)
 
 
 @bp.activity_trigger(input_name="run")
 def reserve_privacy_budget(run: dict) -> dict:
-    _records().enter_phase(run["run_id"], "reserving_budget")
-    return run_steps.reserve_privacy_budget(run)
+    with _step("reserve_privacy_budget", run):
+        _records().enter_phase(run["run_id"], "reserving_budget")
+        return run_steps.reserve_privacy_budget(run)
 
 
 @bp.activity_trigger(input_name="run")
 def deploy_trainer(run: dict) -> dict:
-    _records().enter_phase(run["run_id"], "deploying")
-    deployment = run_steps.deploy_trainer(run)
-    if deployment["ok"]:
-        _records().enter_phase(run["run_id"], "training", container_group=deployment["container_group"])
-    return deployment
+    with _step("deploy_trainer", run):
+        _records().enter_phase(run["run_id"], "deploying")
+        deployment = run_steps.deploy_trainer(run)
+        if deployment["ok"]:
+            _records().enter_phase(run["run_id"], "training", container_group=deployment["container_group"])
+        return deployment
 
 
 @bp.activity_trigger(input_name="claim")
 def verify_trainer_outcome(claim: dict) -> dict:
-    return run_steps.verify_trainer_outcome(claim["run"], claim["event"])
+    with _step("verify_trainer_outcome", claim["run"]):
+        return run_steps.verify_trainer_outcome(claim["run"], claim["event"])
 
 
 @bp.activity_trigger(input_name="run")
 def clean_up_trainer(run: dict) -> dict:
-    _records().enter_phase(run["run_id"], "cleaning_up")
-    return run_steps.clean_up_trainer(run)
+    with _step("clean_up_trainer", run):
+        _records().enter_phase(run["run_id"], "cleaning_up")
+        return run_steps.clean_up_trainer(run)
 
 
 @bp.activity_trigger(input_name="result")
 def finish_run(result: dict) -> dict:
-    _records().enter_phase(result["run"]["run_id"], "notifying")
-    return run_steps.finish_run(result["run"], result["outcome"])
+    with _step("finish_run", result["run"]):
+        _records().enter_phase(result["run"]["run_id"], "notifying")
+        return run_steps.finish_run(result["run"], result["outcome"])
 
 
 @bp.activity_trigger(input_name="notice")
 def notify_tdc(notice: dict) -> dict:
     """One attempt to tell the TDC on one channel; raises when it did not get through (the
     orchestrator retries with durable timers)."""
-    return tdc_notice.deliver(notice["run"], notice["summary"], notice["channel"])
+    with _step("notify_tdc", notice["run"]):
+        return tdc_notice.deliver(notice["run"], notice["summary"], notice["channel"])
 
 
 @bp.activity_trigger(input_name="notification")
 def record_notification(notification: dict) -> dict:
-    return tdc_notice.record(notification["run_id"], notification["delivery"])
+    with _step("record_notification", notification["run"]):
+        delivery = notification["delivery"]
+        log.info("notice to the TDC: %s", ", ".join(
+            f"{channel} {'delivered' if outcome.get('delivered') else 'not delivered'}"
+            for channel, outcome in delivery.items()))
+        return tdc_notice.record(notification["run"]["run_id"], delivery)

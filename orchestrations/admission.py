@@ -8,12 +8,13 @@ orchestration (its starter crashed in between) starts it under the same instance
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import azure.durable_functions as df
 from azure.core.exceptions import ResourceNotFoundError
 
-from shared import azure_clients
+from shared import azure_clients, telemetry
 from shared.contract import training
 from shared.contract_store import ContractStore, contract_inputs, split_blob_path
 from shared.run_records import RunRecords, run_id_for
@@ -44,24 +45,36 @@ def run_input(contract_record: dict) -> dict:
 
 async def start_run_if_ready(client: df.DurableOrchestrationClient, contract_id: str, digest: str) -> dict:
     """Start the run of contract (contract_id, digest) if it is stored and complete; report
-    what happened."""
+    what happened. Storage calls block, so they run in a worker thread (`asyncio.to_thread`),
+    never on the event loop the Durable client shares."""
+    with telemetry.run_context(contract_id=contract_id):
+        claim = await asyncio.to_thread(_claim, contract_id, digest)
+        if "answer" in claim:
+            return claim["answer"]
+        run = claim["run"]
+        with telemetry.run_context(run):
+            if not claim["created"]:
+                status = await client.get_status(run["run_id"])
+                if status is not None and status.runtime_status is not None:
+                    return {"run_id": run["run_id"], "started": False, "reason": "run already exists"}
+                records = RunRecords(azure_clients.blob_service())
+                if not await asyncio.to_thread(records.is_stale, run["run_id"], STARTER_GRACE_SECONDS):
+                    return {"run_id": run["run_id"], "started": False, "reason": "run is being started"}
+            await client.start_new("ccr_run", run["run_id"], run)
+            log.info("started run %s for contract %s", run["run_id"], contract_id)
+            return {"run_id": run["run_id"], "started": True}
+
+
+def _claim(contract_id: str, digest: str) -> dict:
+    """The blocking part: the stored contract, its inputs, and the conditional create of the
+    run record. `{"answer"}` when there is nothing to start, else `{"run", "created"}`."""
     service = azure_clients.blob_service()
     record = ContractStore(service).get(contract_id, digest)
     if record is None:
-        return {"contract_id": contract_id, "digest": digest, "started": False,
-                "reason": "no accepted contract yet"}
+        return {"answer": {"contract_id": contract_id, "digest": digest, "started": False,
+                           "reason": "no accepted contract yet"}}
     run = run_input(record)
     missing = missing_inputs(record["payload"])
     if missing:
-        return {"run_id": run["run_id"], "started": False, "waiting_for": missing}
-
-    records = RunRecords(service)
-    if not records.create(run["run_id"], contract_id, digest):
-        status = await client.get_status(run["run_id"])
-        if status is not None and status.runtime_status is not None:
-            return {"run_id": run["run_id"], "started": False, "reason": "run already exists"}
-        if not records.is_stale(run["run_id"], STARTER_GRACE_SECONDS):
-            return {"run_id": run["run_id"], "started": False, "reason": "run is being started"}
-    await client.start_new("ccr_run", run["run_id"], run)
-    log.info("started run %s for contract %s", run["run_id"], contract_id)
-    return {"run_id": run["run_id"], "started": True}
+        return {"answer": {"run_id": run["run_id"], "started": False, "waiting_for": missing}}
+    return {"run": run, "created": RunRecords(service).create(run["run_id"], contract_id, digest)}

@@ -117,7 +117,7 @@ def _notify_tdc(context, run: dict, summary: dict):
             delivery[channel] = {"delivered": False, "attempts": NOTICE_RETRY.max_number_of_attempts,
                                  "reason": _safe_reason(error)}
     yield context.call_activity_with_retry("record_notification", RETRY,
-                                           {"run_id": run["run_id"], "delivery": delivery})
+                                           {"run": run, "delivery": delivery})
 
 
 def _refused(phase: str, reason: str) -> dict:

@@ -8,12 +8,12 @@ import pytest
 
 from shared import contract as contracts
 from shared import trainer_resources
-from tests.contracts.test_cli import PARTIES, ccr, ledger, new_contract  # noqa: F401 - fixtures
+from tests.contracts.test_cli import ccr, identities_with_budgets, ledger, new_contract  # noqa: F401 - fixtures
 
 
 @pytest.mark.parametrize("resources, reason", [
-    ({"cpu": 8, "memory_gb": 4}, r"workloads\.training\.resources cpu 8 exceeds 3\.5, the most a trainer can have "
-                                 r"in a confidential container group \(4 CPU / 16 GB per group"),
+    ({"cpu": 8, "memory_gb": 4}, (r"workloads\.training\.resources cpu 8 exceeds 3\.5, the most a trainer can have "
+                                  r"in a confidential container group \(4 CPU / 16 GB per group")),
     ({"memory_gb": 16}, r"resources memory_gb 16 exceeds 15\.5"),
     ({"cpu": 0}, r"resources cpu must be > 0"),
     ({"memory_gb": -1}, r"resources memory_gb must be > 0"),
@@ -37,12 +37,12 @@ def test_resources_are_optional_and_default_to_the_fixed_values(payload):
     assert trainer_resources.of_training(contracts.training(contracts.validate_payload(payload))) == (1.0, 8.0)
 
 
-def test_ccr_contract_new_writes_and_refuses_resources(ccr, ledger, tmp_path):
-    party_dids = {name: ledger.did_for(name) for name in PARTIES}
+def test_ccr_contract_new_writes_and_refuses_resources(ccr, ledger, tmp_path):  # noqa: F811 - fixtures
+    party_dids = identities_with_budgets(ccr, tmp_path)
     status, _, err = new_contract(ccr, tmp_path, party_dids, **{"--cpu": "6"})
     assert status == 1 and "resources cpu 6 exceeds 3.5" in err
     assert not (tmp_path / "payload.json").exists()
-    status, written, err = new_contract(ccr, tmp_path, party_dids, **{"--cpu": "2", "--memory-gb": "4.5"})
+    status, _, err = new_contract(ccr, tmp_path, party_dids, **{"--cpu": "2", "--memory-gb": "4.5"})
     assert status == 0, err
     payload = contracts.validate_payload(json.loads((tmp_path / "payload.json").read_text()))
     assert payload["workloads"]["training"]["resources"] == {"cpu": 2.0, "memory_gb": 4.5}

@@ -9,6 +9,8 @@ way is tests/host/test_durable.py's business."""
 from __future__ import annotations
 
 import json
+import logging
+import secrets
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,7 +18,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from local_emulator.host.durable import history as h
-from orchestrations import run_workflow, tdc_notice
+from orchestrations import activities, run_workflow, tdc_notice
+from shared import azure_clients, telemetry
+from shared.contract_store import ContractStore
+from shared.run_records import RunRecords
 
 RUN = {"run_id": "run-00000000000000aa", "contract_id": "c-1", "contract_digest": "d" * 64, "deadline_seconds": 60}
 SUMMARY = {"run_id": RUN["run_id"], "contract_id": "c-1", "status": "failed", "failed_phase": "validating",
@@ -141,7 +146,7 @@ def test_an_unreachable_webhook_is_retried_by_the_host_then_recorded_and_the_out
     assert output == SUMMARY   # the run's outcome, untouched by the undelivered notice
     attempts = run_workflow.NOTICE_RETRY.max_number_of_attempts
     assert webhook_attempts == ["webhook"] * attempts
-    assert replay.recorded == {"run_id": RUN["run_id"], "delivery": {
+    assert replay.recorded == {"run": RUN, "delivery": {
         "event": {"delivered": True},
         "webhook": {"delivered": False, "attempts": attempts,
                     "reason": "Activity function 'notify_tdc' failed: NoticeNotDelivered: "
@@ -176,3 +181,41 @@ def test_a_webhook_answering_an_error_status_is_a_failed_attempt():
         server.server_close()
     assert bodies == [{key: SUMMARY.get(key) for key in tdc_notice.NOTICE_FIELDS}]
     assert tdc_notice.post_webhook(None, {}) == {"delivered": False, "reason": "the contract names no webhook"}
+
+
+@pytest.fixture
+def stored_contract(azurite, monkeypatch):
+    """The run's contract in Azurite, its webhook carrying a function key in its query string
+    (as a TDC's Functions endpoint would), unreachable; and the run's record."""
+    monkeypatch.setenv("CCR_STORAGE_CONNECTION", azurite)
+    azure_clients.blob_service.cache_clear()
+    key = secrets.token_urlsafe(16)
+    payload = {"contract_id": RUN["contract_id"], "tdps": [],
+               "tdc": {"model": {"blob": "models/m/model-1.ccr"},
+                       "output": {"webhook": closed_port_url() + f"?code={key}"}}}
+    ContractStore(azure_clients.blob_service()).accept(payload, RUN["contract_digest"], "", None)
+    RunRecords(azure_clients.blob_service()).create(RUN["run_id"], RUN["contract_id"], RUN["contract_digest"])
+    yield key
+    azure_clients.blob_service.cache_clear()
+
+
+def test_activity_logs_carry_the_run_and_contract_ids_and_no_secret(stored_contract, caplog):
+    notify = activities.notify_tdc._function.get_user_function()
+    record_notification = activities.record_notification._function.get_user_function()
+    caplog.set_level(logging.INFO)
+    with pytest.raises(tdc_notice.NoticeNotDelivered):
+        notify({"run": RUN, "summary": SUMMARY, "channel": "webhook"})
+    delivery = {"webhook": {"delivered": False, "attempts": 4, "reason": "TDC webhook not reached"}}
+    assert record_notification({"run": RUN, "delivery": delivery}) == delivery
+    ours = [r for r in caplog.records if r.name == activities.log.name]
+    assert [r.getMessage() for r in ours] == [
+        "activity notify_tdc started",
+        "activity notify_tdc: TDC webhook not reached (ConnectionError)",
+        "activity record_notification started", "notice to the TDC: webhook not delivered",
+        "activity record_notification done"]
+    for record in caplog.records:   # ours and the SDKs' alike, made inside the activities
+        assert (record.run_id, record.contract_id) == (RUN["run_id"], RUN["contract_id"])
+        assert stored_contract not in record.getMessage() and stored_contract not in json.dumps(
+            {k: str(v) for k, v in vars(record).items()})
+    assert RunRecords(azure_clients.blob_service()).get(RUN["run_id"])["notification"] == delivery
+    assert telemetry.run_fields() == {}   # nothing leaks past the activity
