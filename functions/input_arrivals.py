@@ -1,12 +1,19 @@
 """Blob triggers on the input containers: an arrival may complete a contract's inputs.
 The trigger parameter is an SDK `BlobClient` (a deferred binding), so the host hands over a
-reference and never the encrypted content: only the blob's name matters here."""
+reference and never the encrypted content: only the blob's name matters here.
+
+Both triggers take their events from Event Grid (`source=EventGrid`, the only blob trigger the
+Flex Consumption plan runs): BlobCreated on the data account's system topic reaches the host's
+`/runtime/webhooks/blobs` endpoint (infra/subscriptions.bicep). They watch the data connection
+`CCR_STORAGE_CONNECTION`: identity-based in Azure (`CCR_STORAGE_CONNECTION__blobServiceUri`,
+`__queueServiceUri`, `__credential`, `__clientId`), a connection string locally."""
 from __future__ import annotations
 
 import asyncio
 import logging
 
 import azure.durable_functions as df
+import azure.functions as func
 import azurefunctions.extensions.bindings.blob as sdk_blob
 
 from orchestrations.admission import start_run_if_ready
@@ -16,6 +23,7 @@ from shared.run_records import run_id_for
 
 bp = df.Blueprint()
 log = logging.getLogger(__name__)
+DATA_CONNECTION = "CCR_STORAGE_CONNECTION"
 
 
 async def _arrived(blob: sdk_blob.BlobClient, client: df.DurableOrchestrationClient) -> None:
@@ -30,13 +38,15 @@ async def _arrived(blob: sdk_blob.BlobClient, client: df.DurableOrchestrationCli
             log.info("input %s arrived: %s", name, result)
 
 
-@bp.blob_trigger(arg_name="blob", path=f"{storage_names.DATASETS}/{{name}}", connection="AzureWebJobsStorage")
+@bp.blob_trigger(arg_name="blob", path=f"{storage_names.DATASETS}/{{name}}", connection=DATA_CONNECTION,
+                 source=func.BlobSource.EVENT_GRID)
 @bp.durable_client_input(client_name="client")
 async def dataset_arrived(blob: sdk_blob.BlobClient, client: df.DurableOrchestrationClient) -> None:
     await _arrived(blob, client)
 
 
-@bp.blob_trigger(arg_name="blob", path=f"{storage_names.MODELS}/{{name}}", connection="AzureWebJobsStorage")
+@bp.blob_trigger(arg_name="blob", path=f"{storage_names.MODELS}/{{name}}", connection=DATA_CONNECTION,
+                 source=func.BlobSource.EVENT_GRID)
 @bp.durable_client_input(client_name="client")
 async def model_arrived(blob: sdk_blob.BlobClient, client: df.DurableOrchestrationClient) -> None:
     await _arrived(blob, client)

@@ -22,15 +22,17 @@ from local_emulator import tls as loopback_tls
 from local_emulator.aci import AciTwin, skr_sidecar_factory
 from local_emulator.attestation import MaaTwin
 from local_emulator.azurite import Azurite
+from local_emulator.blob_events import BLOB_CREATED
 from local_emulator.delivery import RetryPolicy
 from local_emulator.eventgrid import EventGridTwin
 from local_emulator.keyvault import KeyVaultTwin
 from local_emulator.ledger import LedgerTwin
 from local_emulator.sevsnp import HardwareRoot
-from shared import events
+from shared import events, storage_names
 from shared.settings import PROJECT_ROOT
 
 TOPIC = "ccr-events"
+STORAGE_TOPIC = "ccr-storage"   # the data account's system topic (BlobCreated), as in infra/
 SUBSCRIPTION_ID = "00000000-0000-0000-0000-00000000c0de"
 RESOURCE_GROUP = "ccr-local"
 
@@ -151,7 +153,7 @@ class Stack:
         self.maa = self._run(MaaTwin(self.state_dir / "maa", tls, [root.public_pem], port=ports["maa"]))
         self.keyvault = self._run(KeyVaultTwin(self.state_dir / "keyvault", tls, token, port=ports["keyvault"]))
         self.eventgrid = self._run(EventGridTwin(self.state_dir / "eventgrid", storage, port=ports["eventgrid"],
-                                                       retry=self._retry))
+                                                       retry=self._retry, blob_poll_seconds=0.5))
         topic = self.eventgrid.create_topic(TOPIC)
         self.aci = self._run(AciTwin(self.state_dir / "aci", self.state_dir / "images", tls.server_context(), token,
                                      skr_sidecar_factory(root, str(tls.ca_path), token), port=ports["aci"]))
@@ -167,6 +169,7 @@ class Stack:
             "CCR_FUNCTION_KEY": self._secret("function_key"),
             "CCR_DURABLE_SYSTEM_KEY": self._secret("durable_system_key"),
             "CCR_EVENTGRID_SYSTEM_KEY": self._secret("eventgrid_system_key"),
+            "CCR_BLOBS_EXTENSION_KEY": self._secret("blobs_extension_key"),
             "CCR_PARTY_AUTH_SECRET": self._secret("party_auth_secret"),
         }
         self.host = HostProcess(self.app_dir, self.process_env(), ports["host"],
@@ -183,11 +186,21 @@ class Stack:
         self._write_endpoints()
 
     def _subscribe_host(self) -> None:
-        """The completion events reach the host's Event Grid trigger, as a subscription would."""
+        """The subscriptions infra/subscriptions.bicep creates: completion events to the host's
+        Event Grid trigger; BlobCreated in datasets/ and models/ (the storage account's system
+        topic) to the blob triggers' webhook with the blobs_extension key."""
         endpoint = (f"{self.host.url}/runtime/webhooks/eventgrid?functionName=trainer_finished"
                     f"&code={self.settings['CCR_EVENTGRID_SYSTEM_KEY']}")
         self.eventgrid.create_subscription(TOPIC, "trainer-completion", endpoint,
                                            event_types=[events.TRAINER_COMPLETED, events.TRAINER_FAILED])
+        self.eventgrid.create_system_topic(STORAGE_TOPIC)
+        for name, container, function in (("ccr-datasets-arrived", storage_names.DATASETS, "dataset_arrived"),
+                                          ("ccr-models-arrived", storage_names.MODELS, "model_arrived")):
+            webhook = (f"{self.host.url}/runtime/webhooks/blobs?functionName=Host.Functions.{function}"
+                       f"&code={self.settings['CCR_BLOBS_EXTENSION_KEY']}")
+            self.eventgrid.create_subscription(STORAGE_TOPIC, name, webhook, event_types=[BLOB_CREATED],
+                                               subject_begins_with=f"/blobServices/default/containers/{container}/",
+                                               max_delivery_attempts=30)
 
     def subscribe(self, name: str, endpoint: str, event_types: list[str]) -> None:
         """Another subscriber (e.g. the TDC's own endpoint for CCR.Run.Finished)."""

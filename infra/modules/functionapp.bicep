@@ -1,6 +1,9 @@
 // The Function App on Flex Consumption (Python 3.11), under its user-assigned identity: the
 // host reaches storage identity-based (AzureWebJobsStorage__accountName/__credential/__clientId,
-// as Microsoft's Flex quickstarts do), the deployment package comes from a blob container with
+// as Microsoft's Flex quickstarts do), the blob triggers' data connection CCR_STORAGE_CONNECTION
+// likewise (__blobServiceUri and __queueServiceUri: a blob trigger's identity-based connection
+// needs the queue service too, for its poison queue; the Python SDK-type binding reads
+// __blobServiceUri), the deployment package comes from a blob container with
 // the same identity, and the app's own Azure clients use DefaultAzureCredential with
 // AZURE_CLIENT_ID (shared/credentials.py). Settings are those of docs/INTERFACES.md; the two
 // secrets are Key Vault references (siteConfig.appSettings: the site's settings, in one place).
@@ -97,6 +100,22 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         }
         {
           name: 'AzureWebJobsStorage__clientId'
+          value: identityClientId
+        }
+        {
+          name: 'CCR_STORAGE_CONNECTION__blobServiceUri'
+          value: storage.properties.primaryEndpoints.blob
+        }
+        {
+          name: 'CCR_STORAGE_CONNECTION__queueServiceUri'
+          value: storage.properties.primaryEndpoints.queue
+        }
+        {
+          name: 'CCR_STORAGE_CONNECTION__credential'
+          value: 'managedidentity'
+        }
+        {
+          name: 'CCR_STORAGE_CONNECTION__clientId'
           value: identityClientId
         }
         {

@@ -110,13 +110,37 @@ def test_the_app_reaches_storage_with_its_identity_and_has_every_setting_it_requ
     assert values["AzureWebJobsStorage__credential"] == "managedidentity"
     assert values["AzureWebJobsStorage__clientId"] == values["AZURE_CLIENT_ID"] == "identityClientId"
     assert "AzureWebJobsStorage" not in values and "CCR_STORAGE_CONNECTION" not in values
-    assert not [name for name in values if "CONNECTION" in name and name != "APPLICATIONINSIGHTS_CONNECTION_STRING"]
+    assert not [name for name in values if "CONNECTION" in name and name != "APPLICATIONINSIGHTS_CONNECTION_STRING"
+                and not name.startswith("CCR_STORAGE_CONNECTION__")]   # identity-based parts only
     # everything shared/settings.py refuses to start without is set (secrets as Key Vault references)
     assert set(settings.APP_SETTINGS) <= set(values)
     for secret in ("CCR_EVENTGRID_KEY", "CCR_PARTY_AUTH_SECRET"):
         assert values[secret].startswith("@Microsoft.KeyVault(SecretUri=")
     assert not any("listKeys" in json.dumps(value) or "AccountKey" in json.dumps(value) for value in values.values())
     assert "CCR_ACCESS_TOKEN" not in values and "CCR_EMULATOR_DIR" not in values and "CCR_LOCAL_PROFILE" not in values
+
+
+def _endpoint(service: str) -> dict:
+    """`storage.properties.primaryEndpoints.<service>` as pycep renders it."""
+    def accessor(first, second):
+        return {"operator": {"type": "property_accessor", "operands": {"operand_1": first, "operand_2": second}}}
+    return accessor("storage", accessor("properties", accessor("primaryEndpoints", service)))
+
+
+def test_the_blob_triggers_watch_the_data_connection_identity_based_as_event_grid_triggers():
+    """Flex Consumption runs only EventGrid-source blob triggers; their connection is the data
+    one, identity-based: the Python SDK binding reads __blobServiceUri, and a blob trigger's
+    identity-based connection needs __queueServiceUri for its poison queue."""
+    from tests.host.test_templates import index_in_process
+    index = index_in_process(INFRA.parent)
+    values = app_settings()
+    for function in ("dataset_arrived", "model_arrived"):
+        trigger = index.entries[function].trigger
+        assert trigger["source"] == "EventGrid" and trigger["connection"] == "CCR_STORAGE_CONNECTION"
+    assert values["CCR_STORAGE_CONNECTION__blobServiceUri"] == _endpoint("blob")
+    assert values["CCR_STORAGE_CONNECTION__queueServiceUri"] == _endpoint("queue")
+    assert values["CCR_STORAGE_CONNECTION__credential"] == "managedidentity"
+    assert values["CCR_STORAGE_CONNECTION__clientId"] == "identityClientId"
 
 
 def test_the_storage_account_allows_no_shared_key_no_public_blobs_https_and_tls_12_only():
