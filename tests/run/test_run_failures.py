@@ -59,6 +59,11 @@ def test_tampered_input_fails_validation_and_deploys_nothing(stack, scenario_fac
 
     notice = _submit(scenario)
     _assert_failed_before_deploying(stack, scenario, notice, "validating", "does not match the contract")
+    # the notices went out as their own retried activities, then were recorded; the outcome stands
+    record = wait_for(lambda: (lambda r: r if r.get("notification") else None)(run_record(stack, scenario.run_id)),
+                      60, what="the notification on the run record")
+    assert record["notification"] == {"event": {"delivered": True}, "webhook": {"delivered": True, "status": 200}}
+    assert record["status"] == "failed" and record["failed_phase"] == "validating"
 
 
 def test_a_package_corrupted_partway_fails_in_the_trainer_and_returns_the_reservation(stack, scenario_factory):
