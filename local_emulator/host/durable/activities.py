@@ -5,10 +5,10 @@ finishing within `report_delay` share one table transaction and one control mess
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Callable
 
+from azure.core.exceptions import ResourceNotFoundError
 from azure.functions import meta
 
 from local_emulator.host.app_loader import FunctionEntry
@@ -36,10 +36,10 @@ class ActivityWorker:
     async def run(self, message) -> None:
         """One work-item message: the activities one orchestrator episode scheduled."""
         try:
-            body = json.loads(message.content)
+            body = await self.store.body(message)
             items = body["Items"]
             keys = [(item["InstanceId"], item["ExecutionId"], int(item["TaskId"])) for item in items]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, ResourceNotFoundError):
             log.warning("work-item queue: dropping a malformed message")
             await self.store.workitems.delete_message(message)
             return

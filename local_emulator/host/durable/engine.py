@@ -22,7 +22,7 @@ import uuid
 from collections import defaultdict
 from typing import Awaitable, Callable
 
-from azure.core.exceptions import ResourceModifiedError
+from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableTransactionError
 from azure.functions import meta
 
@@ -198,9 +198,9 @@ class DurableEngine:
         groups: dict[str, list] = defaultdict(list)
         for message in messages:
             try:
-                body = json.loads(message.content)
+                body = await self.store.body(message)
                 groups[body["InstanceId"]].append((message, body))
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, ResourceNotFoundError):
                 log.warning("control queue: dropping a malformed message")
                 await self.store.control.delete_message(message)
         for instance_id, group in groups.items():

@@ -5,7 +5,9 @@
 - table <hub>Activities: one row per finished activity (its result), written before the
   activity's queue message is deleted, so a redelivered work item is not executed again;
 - queues <hub>-control (orchestrator events, timers as invisible messages) and
-  <hub>-workitems (activity executions)."""
+  <hub>-workitems (activity executions);
+- container <hub>-largemessages: messages and properties too large for a queue or a table,
+  compressed, as DurableTask.AzureStorage keeps them (large_payloads.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -18,6 +20,8 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables import TableTransactionError
 from azure.data.tables.aio import TableClient
 from azure.storage.queue.aio import QueueClient
+
+from local_emulator.host.durable.large_payloads import BLOB_SUFFIX, LargePayloads
 
 STATE_ROW = "state"
 TERMINAL = ("Completed", "Failed", "Terminated")
@@ -56,6 +60,7 @@ class TaskHubStore:
         self.activities = TableClient.from_connection_string(connection_string, f"{hub}Activities")
         self.control = QueueClient.from_connection_string(connection_string, f"{hub.lower()}-control")
         self.workitems = QueueClient.from_connection_string(connection_string, f"{hub.lower()}-workitems")
+        self.large = LargePayloads(connection_string, hub)
         # set when this process sends to a queue, so its idle dispatcher looks at once
         self.sent = {self.control.queue_name: asyncio.Event(), self.workitems.queue_name: asyncio.Event()}
 
@@ -70,9 +75,10 @@ class TaskHubStore:
                 await queue.create_queue()
             except ResourceExistsError:
                 pass
+        await self.large.create()
 
     async def close(self) -> None:
-        for client in (self.instances, self.activities, self.control, self.workitems):
+        for client in (self.instances, self.activities, self.control, self.workitems, self.large):
             await client.close()
 
     # instances -------------------------------------------------------------------------
@@ -83,7 +89,7 @@ class TaskHubStore:
             row = await self.instances.get_entity(instance_id, STATE_ROW)
         except ResourceNotFoundError:
             return None
-        return Instance(instance_id, _unpack_state(row), row.metadata["etag"])
+        return Instance(instance_id, _unpack_state(await self._inflate(row)), row.metadata["etag"])
 
     async def load(self, instance_id: str) -> Instance | None:
         """State and the current execution's history, in order."""
@@ -94,18 +100,19 @@ class TaskHubStore:
         state_rows = [row for row in rows if row["RowKey"] == STATE_ROW]
         if not state_rows:
             return None
-        instance = Instance(instance_id, _unpack_state(state_rows[0]), state_rows[0].metadata["etag"])
+        instance = Instance(instance_id, _unpack_state(await self._inflate(state_rows[0])),
+                            state_rows[0].metadata["etag"])
         episodes = sorted((row for row in rows if row["RowKey"].startswith("h")), key=lambda r: r["RowKey"])
         for row in episodes:
             instance.history_rows.append(row["RowKey"])
             if row["RowKey"].startswith(f"h{instance.execution_id}-"):
-                instance.history.extend(json.loads(row["Events"]))
+                instance.history.extend(json.loads((await self._inflate(row))["Events"]))
         return instance
 
     async def insert_new(self, instance_id: str, state: dict) -> bool:
         """Create the state row; False if the instance already exists."""
         try:
-            await self.instances.create_entity(_pack_state(instance_id, state))
+            await self.instances.create_entity(await self.large.offload(_pack_state(instance_id, state)))
             return True
         except ResourceExistsError:
             return False
@@ -118,6 +125,9 @@ class TaskHubStore:
                     for rk in instance.history_rows]
             instance.history_rows = []
         state_entity = _pack_state(instance.instance_id, instance.state)
+        if new_events:
+            state_entity["Episodes"] = instance.state.get("Episodes", 0) + 1
+        await self.large.offload(state_entity)
         if instance.etag:
             ops.append(("update", state_entity, {"mode": "replace", "etag": instance.etag,
                                                  "match_condition": MatchConditions.IfNotModified}))
@@ -126,9 +136,8 @@ class TaskHubStore:
         if new_events:
             episode = instance.state["Episodes"] = instance.state.get("Episodes", 0) + 1
             row_key = f"h{instance.execution_id}-{episode:06d}"
-            state_entity["Episodes"] = episode
-            ops.append(("upsert", {"PartitionKey": instance.instance_id, "RowKey": row_key,
-                                   "Events": json.dumps(new_events)}, {"mode": "replace"}))
+            ops.append(("upsert", await self.large.offload({"PartitionKey": instance.instance_id, "RowKey": row_key,
+                                                            "Events": json.dumps(new_events)}), {"mode": "replace"}))
             instance.history_rows.append(row_key)
         state_at = len(ops) - (2 if new_events else 1)
         for start in range(0, len(ops), 99):  # entity-group transactions hold at most 100
@@ -137,7 +146,7 @@ class TaskHubStore:
                 instance.etag = results[state_at - start]["etag"]
 
     async def replace_state(self, instance: Instance) -> None:
-        entity = _pack_state(instance.instance_id, instance.state)
+        entity = await self.large.offload(_pack_state(instance.instance_id, instance.state))
         metadata = await self.instances.update_entity(
             entity, mode="replace", etag=instance.etag, match_condition=MatchConditions.IfNotModified)
         instance.etag = metadata["etag"]
@@ -150,11 +159,12 @@ class TaskHubStore:
         async for row in self.activities.query_entities("PartitionKey eq @pk", parameters={"pk": instance_id},
                                                          select=["PartitionKey", "RowKey"]):
             await self.activities.delete_entity(instance_id, row["RowKey"])
+        await self.large.purge(instance_id)
         return 1 if any(row["RowKey"] == STATE_ROW for row in rows) else 0
 
     async def query_states_with_ids(self) -> list[tuple[str, dict]]:
-        return [(row["PartitionKey"], _unpack_state(row)) async for row in self.instances.query_entities(
-            "RowKey eq @rk", parameters={"rk": STATE_ROW})]
+        return [(row["PartitionKey"], _unpack_state(await self._inflate(row)))
+                async for row in self.instances.query_entities("RowKey eq @rk", parameters={"rk": STATE_ROW})]
 
     # activity completions ---------------------------------------------------------------
     async def completed_activity(self, instance_id: str, key: str) -> dict | None:
@@ -162,13 +172,13 @@ class TaskHubStore:
             row = await self.activities.get_entity(instance_id, key)
         except ResourceNotFoundError:
             return None
-        return json.loads(row["Event"])
+        return json.loads((await self._inflate(row))["Event"])
 
     async def record_activity(self, instance_id: str, key: str, event: dict) -> dict:
         """Keep the first recorded outcome; return whichever is recorded."""
         try:
-            await self.activities.create_entity({"PartitionKey": instance_id, "RowKey": key,
-                                                 "Event": json.dumps(event)})
+            await self.activities.create_entity(await self.large.offload(
+                {"PartitionKey": instance_id, "RowKey": key, "Event": json.dumps(event)}))
             return event
         except ResourceExistsError:
             return await self.completed_activity(instance_id, key)
@@ -177,7 +187,8 @@ class TaskHubStore:
         """Record several outcomes in one transaction; any already recorded keeps its first one."""
         if not outcomes:
             return {}
-        operations = [("create", {"PartitionKey": instance_id, "RowKey": key, "Event": json.dumps(event)})
+        operations = [("create", await self.large.offload({"PartitionKey": instance_id, "RowKey": key,
+                                                          "Event": json.dumps(event)}))
                       for key, event in outcomes]
         try:
             await self.activities.submit_transaction(operations)
@@ -187,14 +198,24 @@ class TaskHubStore:
 
     # queues -----------------------------------------------------------------------------
     async def send_control(self, message: dict, delay_seconds: int = 0) -> None:
-        await self.control.send_message(json.dumps(message), visibility_timeout=max(0, int(delay_seconds)) or None,
-                                        time_to_live=-1)
+        await self.control.send_message(await self.large.outgoing(message),
+                                        visibility_timeout=max(0, int(delay_seconds)) or None, time_to_live=-1)
         if not delay_seconds:
             self.sent[self.control.queue_name].set()
 
     async def send_workitem(self, message: dict) -> None:
-        await self.workitems.send_message(json.dumps(message), time_to_live=-1)
+        await self.workitems.send_message(await self.large.outgoing(message), time_to_live=-1)
         self.sent[self.workitems.queue_name].set()
+
+    async def body(self, message) -> dict:
+        """A received message's JSON body, read back from its blob if it was offloaded."""
+        return await self.large.incoming(message.content)
+
+    async def _inflate(self, row) -> dict:
+        """A row with its offloaded properties read back (no request when it has none)."""
+        if not any(key.endswith(BLOB_SUFFIX) for key in row):
+            return row
+        return await self.large.inflate(row)
 
     @staticmethod
     async def receive(queue: QueueClient, max_messages: int, lease_seconds: int) -> list:

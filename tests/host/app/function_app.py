@@ -180,6 +180,15 @@ def catch_failure(context: df.DurableOrchestrationContext):
     return None
 
 
+@app.orchestration_trigger(context_name="context")
+def large_payloads(context: df.DurableOrchestrationContext):
+    """Large values every way: input, an activity's result and input, the output."""
+    job = context.get_input()
+    text = yield context.call_activity("make_text", job["kb"])
+    size = yield context.call_activity("text_size", text)
+    return {"size": size, "input": len(job["pad"]), "text": text}
+
+
 @app.orchestration_trigger(context_name="context", orchestration="renamed_flow")
 def flow_under_another_name(context: df.DurableOrchestrationContext):
     """Registered as `renamed_flow` (the trigger's name argument), calling `renamed_step`."""
@@ -212,6 +221,18 @@ def flaky(job: dict) -> str:
 @app.activity_trigger(input_name="x")
 def double(x: int) -> int:
     return 2 * x
+
+
+@app.activity_trigger(input_name="kb")
+def make_text(kb: int) -> str:
+    import hashlib
+    digest = "".join(hashlib.sha256(str(i).encode()).hexdigest() for i in range(kb * 1024 // 64 + 1))
+    return digest[:kb * 1024]
+
+
+@app.activity_trigger(input_name="text")
+def text_size(text: str) -> int:
+    return len(text)
 
 
 # Blob and Event Grid triggers ------------------------------------------------------------

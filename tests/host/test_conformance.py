@@ -1,6 +1,9 @@
-"""The Durable HTTP API as the extension's HttpApiHandler answers it (issue 13), on one host
-for the module: check-status codes and headers, timestamps, purge by filter."""
+"""The local host against the Durable extension's documented behaviour (issue 13), on one host
+for the module: the HTTP API as HttpApiHandler answers it (check-status codes and headers,
+timestamps, purge by filter), trigger names, failure details, versions, and payloads over the
+queue and table limits kept as DurableTask.AzureStorage keeps them."""
 import datetime as dt
+import gzip
 import json
 import re
 import time
@@ -8,10 +11,10 @@ import uuid
 
 import pytest
 import requests
+from azure.storage.blob import ContainerClient
 
 from local_emulator.host.app_loader import FunctionEntry, FunctionIndex
 from local_emulator.host.durable.engine import durable_names
-
 from tests.conftest import wait_until
 from tests.host.conftest import start, status, wait_done
 
@@ -185,3 +188,38 @@ def test_versions_come_from_start_new_or_host_json_default_version(shared_host):
                                params={"code": host.system_key, "version": "3.0"}, json=3, timeout=10)
     assert [by_default["output"]["version"], wait_done(named.json())["output"]["version"],
             wait_done(by_webhook.json())["output"]["version"]] == ["1.0", "2.1", "3.0"]
+
+
+KB = 70
+
+
+def test_70_kb_values_flow_through_queues_and_tables(shared_host, azurite):
+    host = shared_host
+    links = start(host, "large_payloads", {"kb": KB, "pad": "p" * (KB * 1024)})
+    done = wait_done(links, timeout=60)
+    assert done["runtimeStatus"] == "Completed"
+    output = done["output"]
+    assert (output["size"], output["input"], len(output["text"])) == (KB * 1024, KB * 1024, KB * 1024)
+
+    container = ContainerClient.from_connection_string(azurite, f"{host.hub.lower()}-largemessages")
+    names = [blob.name for blob in container.list_blobs(name_starts_with=links["id"] + "/")]
+    messages = [name for name in names if "/message-" in name]
+    properties = {name.split("/", 1)[1].split("-")[0] + ":" + name.split("-")[-2] for name in names
+                  if "/message-" not in name}
+    kinds = sorted(_kind(json.loads(gzip.decompress(container.download_blob(m).readall()))) for m in messages)
+    assert kinds == ["activity input", "activity result", "start"]
+    assert {"state:Input", "state:Output"} <= properties
+    assert sum("/state-Input-" in name for name in names) == 1  # uploaded once, not per episode
+
+    history = requests.get(links["statusQueryGetUri"], params={"showHistory": "true"}, timeout=10).json()
+    completed = [e for e in history["historyEvents"] if e["EventType"] == "TaskCompleted"]
+    assert len(completed) == 2 and len(json.loads(completed[0]["Result"])) == KB * 1024
+
+    assert requests.delete(links["purgeHistoryDeleteUri"], timeout=10).json() == {"instancesDeleted": 1}
+    assert list(container.list_blobs(name_starts_with=links["id"] + "/")) == []
+
+
+def _kind(message: dict) -> str:
+    if "Items" in message:
+        return "activity input"
+    return "start" if message.get("Event", {}).get("EventType") == 0 else "activity result"
