@@ -27,6 +27,7 @@ from azure.data.tables import TableTransactionError
 from azure.functions import meta
 
 from local_emulator.host.app_loader import FunctionEntry, FunctionIndex
+from local_emulator.host import fault_points
 from local_emulator.host.durable import history as h
 from local_emulator.host.durable.activities import ActivityWorker
 from local_emulator.host.durable.failures import OUT_OF_PROC, failure_details, user_exception
@@ -72,6 +73,15 @@ def durable_names(index: FunctionIndex, trigger_type: str, name_property: str) -
     return named
 
 
+ADOPT_AFTER_SECONDS = 2.0  # a start message whose row is still missing after this: its starter died
+
+
+def new_state(name: str, version: str, input_json, created: str, execution_id: str, parent: dict | None) -> dict:
+    return {"Name": name, "Version": version, "RuntimeStatus": "Pending", "Input": input_json, "Output": None,
+            "CustomStatus": None, "CreatedTime": created, "LastUpdatedTime": created,
+            "ExecutionId": execution_id, "ActionCount": 0, "NextId": 0, "Episodes": 0, **(parent or {})}
+
+
 class DurableEngine:
     def __init__(self, store: TaskHubStore, index: FunctionIndex, invoker: Invoker,
                  lease_seconds: int = 30, concurrency: int = 32, max_poll_seconds: float = 0.25,
@@ -91,6 +101,7 @@ class DurableEngine:
         self.activity_worker = ActivityWorker(store, self.activities, invoker, lease_seconds, extra_inputs,
                                               self._spawn)
         self.cache: dict[str, Instance] = {}
+        self._starting: dict[str, asyncio.Future] = {}  # execution id -> its row written (this process)
         self.cache_size = 5000
 
     async def start(self) -> None:
@@ -116,28 +127,46 @@ class DurableEngine:
         now = h.iso(h.utc_now())
         execution_id = h.new_key()
         version = self.default_version if version is None else version
-        state = {"Name": name, "Version": version, "RuntimeStatus": "Pending", "Input": input_json, "Output": None,
-                 "CustomStatus": None, "CreatedTime": now, "LastUpdatedTime": now,
-                 "ExecutionId": execution_id, "ActionCount": 0, "NextId": 0, "Episodes": 0,
-                 **(parent or {})}
-        if not await self.store.insert_new(instance_id, state):
-            existing = await self.store.load_state(instance_id)
-            if existing is None:
-                raise InstanceExists(f"An orchestration instance with id {instance_id} is being purged.")
-            if existing.status in ACTIVE:
-                raise InstanceExists(f"An orchestration instance with the status {existing.status} "
-                                     f"already exists.")
-            existing.state = state
-            self.cache.pop(instance_id, None)
-            try:
-                await self.store.replace_state(existing)
-            except ResourceModifiedError:
-                raise InstanceExists(f"An orchestration instance with id {instance_id} already exists.")
+        state = new_state(name, version, input_json, now, execution_id, parent)
         started = h.event(h.EXECUTION_STARTED, Name=name, Input=input_json, Version=version,
                           OrchestrationInstance={"InstanceId": instance_id, "ExecutionId": execution_id})
+        # As DurableTask.AzureStorage: the start message first, then the instance row. A host that
+        # dies between the two leaves a message the dispatcher adopts (_adoptable_start), never a
+        # Pending row that nothing will ever start. A refused start's message names an execution
+        # the row does not have, so the dispatcher drops it.
+        fault_points.reached("durable.start.before_message")
         await self.store.send_control({"InstanceId": instance_id, "ExecutionId": execution_id,
-                                       "Event": started, "Key": f"{instance_id}:{execution_id}:start"})
+                                       "Event": started, "Key": f"{instance_id}:{execution_id}:start",
+                                       **({"Parent": parent} if parent else {})})
+        fault_points.reached("durable.start.after_message")
+        written = self._starting[execution_id] = asyncio.get_running_loop().create_future()
+        try:
+            await self._write_new_state(instance_id, state)
+        finally:
+            written.set_result(None)
+            del self._starting[execution_id]
+        fault_points.reached("durable.start.after_state")
         return instance_id
+
+    async def _write_new_state(self, instance_id: str, state: dict) -> None:
+        """The new execution's row: created, or replacing a finished instance's; refused while
+        another execution of this id is pending or running."""
+        if await self.store.insert_new(instance_id, state):
+            return
+        existing = await self.store.load_state(instance_id)
+        if existing is None:
+            raise InstanceExists(f"An orchestration instance with id {instance_id} is being purged.")
+        if existing.execution_id == state["ExecutionId"]:
+            return  # the dispatcher adopted our start message first
+        if existing.status in ACTIVE:
+            raise InstanceExists(f"An orchestration instance with the status {existing.status} "
+                                 f"already exists.")
+        existing.state = state
+        self.cache.pop(instance_id, None)
+        try:
+            await self.store.replace_state(existing)
+        except ResourceModifiedError:
+            raise InstanceExists(f"An orchestration instance with id {instance_id} already exists.")
 
     async def raise_event(self, instance_id: str, name: str, input_json: str | None) -> int:
         """202 accepted, 404 no such instance, 410 instance already finished."""
@@ -261,6 +290,19 @@ class DurableEngine:
 
     async def _apply(self, instance_id: str, bodies: list[dict], redelivered: bool = False) -> None:
         instance = self.cache.get(instance_id) or await self.store.load(instance_id)
+        orphan = _adoptable_start(instance, bodies)
+        if orphan is not None and orphan[0]["ExecutionId"] in self._starting:
+            await self._starting[orphan[0]["ExecutionId"]]  # this process is writing its row right now
+            self.cache.pop(instance_id, None)
+            instance = await self.store.load(instance_id)
+            orphan = _adoptable_start(instance, bodies)
+        if orphan is not None:
+            body, started = orphan
+            if (h.utc_now() - h.parse_iso(started["Timestamp"])).total_seconds() < ADOPT_AFTER_SECONDS:
+                for item in bodies:  # its starter may still be writing the row: look again shortly
+                    await self.store.send_control(item, delay_seconds=1)
+                return
+            instance = self._adopt(instance_id, instance, body, started)
         if instance is None:
             return  # purged or never created
         instance.redelivered = redelivered
@@ -308,6 +350,18 @@ class DurableEngine:
             messages.append(items)
         instance.work_items = []
         return [{"Items": chunk, "MayRepeat": instance.redelivered} for chunk in messages]
+
+    def _adopt(self, instance_id: str, instance: Instance | None, body: dict, started: dict) -> Instance:
+        """The row a start message's starter died before writing, rebuilt from the message."""
+        log.info("orchestration %s instance=%s: adopting a start message whose starter did not record it",
+                 started["Name"], instance_id)
+        self.cache.pop(instance_id, None)
+        state = new_state(started["Name"], started.get("Version") or "", started.get("Input"),
+                          started["Timestamp"], body["ExecutionId"], body.get("Parent"))
+        if instance is None:
+            return Instance(instance_id, state)
+        instance.state, instance.history = state, []
+        return instance
 
     def _remember(self, instance: Instance) -> None:
         """Keep a running instance's state and history in memory (the commit's ETag guards
@@ -526,3 +580,18 @@ def _events_of(bodies: list[dict]):
                 yield body, item["Key"], item["Event"]
         else:
             yield body, body["Key"], body["Event"]
+
+
+def _adoptable_start(instance: Instance | None, bodies: list[dict]):
+    """(message, ExecutionStarted) of a start whose instance row was never written: no row at
+    all, or a finished row older than the start (a new execution of a reused id)."""
+    for body in bodies:
+        started = body.get("Event")
+        if not started or started.get("EventType") != h.EXECUTION_STARTED or "ExecutionId" not in body:
+            continue
+        if instance is None:
+            return body, started
+        if (instance.status in TERMINAL and body["ExecutionId"] != instance.execution_id
+                and h.parse_iso(started["Timestamp"]) > h.parse_iso(instance.state["LastUpdatedTime"])):
+            return body, started
+    return None
