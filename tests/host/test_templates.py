@@ -103,8 +103,8 @@ def test_the_input_triggers_are_deferred_blob_bindings_the_rest_unchanged():
         entry = index.entries[name]
         assert entry.sdk_types == {"blob": BlobClient}
         assert entry.trigger == {"direction": "IN", "type": "blobTrigger", "name": "blob",
-                                 "path": container + "/{name}", "connection": "AzureWebJobsStorage",
-                                 "properties": {"SupportsDeferredBinding": True}}
+                                 "path": container + "/{name}", "connection": "CCR_STORAGE_CONNECTION",
+                                 "source": "EventGrid", "properties": {"SupportsDeferredBinding": True}}
         assert entry.binding_of_type("durableClient") == {
             "direction": "IN", "type": "durableClient", "name": "client",
             "properties": {"SupportsDeferredBinding": False}}
