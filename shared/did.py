@@ -21,6 +21,8 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwcrypto import jwk, jws
@@ -137,12 +139,18 @@ def verification_key(document: dict, key_ref: str) -> ec.EllipticCurvePublicKey:
     raise DidError(f"{key_ref} is not in its DID document")
 
 
-def resolve(did: str, verify: str | bool | None = None, timeout: float = 5.0) -> dict:
-    """Fetch and check the DID document of a did:web (HTTPS, CA bundle from settings)."""
+def resolve(did: str, verify: str | bool | None = None, timeout: float = 10.0) -> dict:
+    """Fetch and check the DID document of a did:web (HTTPS, CA bundle from settings). A
+    connection failure, timeout or 502/503/504 is retried twice (backoff 0.5 s, 1 s): a host
+    briefly busy must not fail a contract's verification."""
     url = document_url(did)
+    retries = Retry(total=2, backoff_factor=0.5, status_forcelist=(502, 503, 504), allowed_methods={"GET"},
+                    raise_on_status=False)
     try:
-        response = requests.get(url, timeout=timeout, allow_redirects=False,
-                                verify=settings.ca_bundle() if verify is None else verify)
+        with requests.Session() as session:
+            session.mount("https://", HTTPAdapter(max_retries=retries))
+            response = session.get(url, timeout=timeout, allow_redirects=False,
+                                   verify=settings.ca_bundle() if verify is None else verify)
     except requests.RequestException as problem:
         raise DidResolutionError(f"cannot fetch the DID document of {did} ({type(problem).__name__})") from None
     if response.status_code == 404:

@@ -15,6 +15,7 @@ from jwcrypto import jwk, jws
 
 from local_emulator.delivery import RetryPolicy
 from local_emulator.ledger import LedgerTwin
+from local_emulator.tls import LoopbackServer
 from shared import budget_declaration
 from shared import contract as contracts
 from shared import did as dids
@@ -78,6 +79,23 @@ def test_did_documents_resolve_over_https(ledger_factory, tls, monkeypatch):
     assert set(contract.signers) == {i.did for i in identities.values()}
     with pytest.raises(dids.DidError, match="404"):
         dids.resolve(ledger.did_for("nobody"))
+
+
+def test_a_did_host_briefly_unavailable_is_retried_not_taken_as_a_failure(tls, monkeypatch):
+    """503 then 200: the document resolves (two retries at most; a fourth answer is never asked)."""
+    answers, identity = [503, 200], {}
+
+    def route(method, path, query, headers, body):
+        status = answers.pop(0) if answers else 500
+        return (status, identity["value"].document() if status == 200 else {"error": "busy"}, {})
+    server = LoopbackServer(route, tls.server_context(), 0, "127.0.0.1", name="flaky-did-host")
+    server.start()
+    try:
+        identity["value"] = dids.Identity.generate(dids.did_web("127.0.0.1", int(server.url.rsplit(":", 1)[1]), "busy"))
+        monkeypatch.setenv("CCR_CA_BUNDLE", str(tls.ca_path))
+        assert dids.resolve(identity["value"].did) == identity["value"].document() and answers == []
+    finally:
+        server.stop()
 
 
 def test_did_registration_refusals(ledger_factory, tls):
