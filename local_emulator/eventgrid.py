@@ -19,6 +19,11 @@ webhook delivery behind it.
   subscriptions' `subjectBeginsWith` name (local_emulator/blob_events.py), and delivered like
   any event, e.g. to the Functions host's `/runtime/webhooks/blobs` (blob triggers with
   `source=EventGrid`). Nobody publishes to a system topic.
+- Its ARM management plane (event subscriptions created, listed and deleted with
+  azure-mgmt-eventgrid) is local_emulator/eventgrid_arm.py, over HTTPS. A subscription made
+  there may also be validated by hand: the handshake's `validationUrl` (a GET on this server
+  within VALIDATION_URL_SECONDS) activates one whose endpoint did not echo the code; until then
+  it is `AwaitingManualAction` and receives nothing.
 Event contents are never logged.
 """
 from __future__ import annotations
@@ -30,6 +35,7 @@ import logging
 import re
 import secrets
 import threading
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -56,6 +62,9 @@ MAX_BATCH_BYTES = 1 << 20
 NOT_RETRIED = (400, 401, 413)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-]{2,49}$")
 _PUBLISH = re.compile(r"^/topics/([A-Za-z0-9\-]+)(?:/api/events)?$")
+_VALIDATE = re.compile(r"^/eventsubscriptions/([A-Za-z0-9\-]+)/validate$", re.IGNORECASE)
+VALIDATION_URL_SECONDS = 600   # Event Grid: the validation URL is valid for 10 minutes
+SUCCEEDED, AWAITING_MANUAL_ACTION = "Succeeded", "AwaitingManualAction"
 _EVENT_GRID_FIELDS = ("id", "subject", "eventType", "eventTime", "data", "dataVersion")
 _CLOUD_EVENT_FIELDS = ("id", "source", "type", "specversion")
 
@@ -93,6 +102,10 @@ class Subscription:
     max_delivery_attempts: int | None = None
     dead_letter_container: str | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    provisioning_state: str = SUCCEEDED
+    labels: list[str] | None = None
+    validation_token: str = ""          # the pending validationUrl's (AwaitingManualAction only)
+    validation_expires: float = 0.0
 
     def matches(self, event_type: str, subject: str) -> bool:
         if self.event_types and event_type.lower() not in {t.lower() for t in self.event_types}:
@@ -108,8 +121,10 @@ class EventGridTwin:
     def __init__(self, data_dir: Path, blob_connection: str | None = None, host: str = "127.0.0.1",
                  port: int = 0, retry: RetryPolicy = RetryPolicy(initial_seconds=10, maximum_seconds=600,
                                                                   attempts=30),
-                 handshake_timeout: float = 10.0, blob_poll_seconds: float = 1.0):
+                 handshake_timeout: float = 10.0, blob_poll_seconds: float = 1.0, ca_bundle: str | None = None):
+        """`ca_bundle`: CA file for HTTPS webhooks (the loopback CA); system CAs otherwise."""
         self.data_dir = Path(data_dir)
+        self.ca_bundle = ca_bundle
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.blob_connection, self.retry, self.handshake_timeout = blob_connection, retry, handshake_timeout
         self._server = LoopbackServer(self._route, None, port, host, name="eventgrid-twin")
@@ -200,11 +215,27 @@ class EventGridTwin:
                 lambda events: self.publish(topic.name, events), poll_seconds=self.blob_poll_seconds)
         return self._sources[topic.name]
 
+    def topic(self, name: str) -> Topic | None:
+        return self._topics.get(name)
+
+    def subscriptions(self, topic: str) -> list[Subscription]:
+        with self._lock:
+            return [s for s in self._subscriptions.values() if s.topic == topic]
+
+    def subscription(self, topic: str, name: str) -> Subscription | None:
+        """The subscription, names compared case-insensitively as Azure does."""
+        with self._lock:
+            return next((s for (t, n), s in self._subscriptions.items()
+                         if t == topic and n.lower() == name.lower()), None)
+
     def create_subscription(self, topic: str, name: str, endpoint: str, event_types: list[str] | None = None,
                             subject_begins_with: str = "", subject_ends_with: str = "",
                             max_delivery_attempts: int | None = None,
-                            dead_letter_container: str | None = None) -> Subscription:
-        """Validate the endpoint (handshake), then store the subscription."""
+                            dead_letter_container: str | None = None, labels: list[str] | None = None,
+                            allow_manual_validation: bool = False) -> Subscription:
+        """Validate the endpoint (handshake), then store the subscription. With
+        `allow_manual_validation` an endpoint that answers 200 without the code leaves it
+        AwaitingManualAction until its validationUrl is fetched."""
         if topic not in self._topics:
             raise KeyError(f"no topic {topic}")
         if not _NAME.match(name):
@@ -212,8 +243,8 @@ class EventGridTwin:
         if dead_letter_container and not self.blob_connection:
             raise ValueError("dead-lettering needs the twin's blob_connection")
         subscription = Subscription(topic, name, endpoint, event_types, subject_begins_with, subject_ends_with,
-                                    max_delivery_attempts, dead_letter_container)
-        self._handshake(self._topics[topic], subscription)
+                                    max_delivery_attempts, dead_letter_container, labels=labels)
+        self._handshake(self._topics[topic], subscription, allow_manual_validation)
         if self._topics[topic].system_source:
             # the baseline of what exists now and the subscription are one step: no blob falls between
             source = self._source(self._topics[topic])
@@ -235,21 +266,40 @@ class EventGridTwin:
             self._subscriptions.pop((topic, name), None)
             self._save()
 
-    def _handshake(self, topic: Topic, subscription: Subscription) -> None:
+    def validate_manually(self, name: str, subscription_id: str, token: str) -> bool:
+        """A GET of the validationUrl: activates the subscription it names, once, in time."""
+        with self._lock:
+            found = next((s for s in self._subscriptions.values()
+                          if s.name.lower() == name.lower() and s.id == subscription_id), None)
+            if found is None or found.provisioning_state != AWAITING_MANUAL_ACTION or not found.validation_token \
+                    or not hmac.compare_digest(found.validation_token.encode(), token.encode()) \
+                    or time.time() > found.validation_expires:
+                return False
+            found.provisioning_state, found.validation_token, found.validation_expires = SUCCEEDED, "", 0.0
+            self._save()
+        return True
+
+    def _handshake(self, topic: Topic, subscription: Subscription, allow_manual: bool = False) -> None:
         try:
             if topic.input_schema == CLOUD_EVENT_SCHEMA:
                 origin = "eventgrid.azure.net"
                 response = requests.options(subscription.endpoint, timeout=self.handshake_timeout,
+                                            verify=self.ca_bundle or True,
                                             headers={"WebHook-Request-Origin": origin})
                 if response.status_code != 200 or response.headers.get("WebHook-Allowed-Origin") not in (origin, "*"):
                     raise SubscriptionValidationFailed(f"{_without_query(subscription.endpoint)} did not allow origin "
                                                        f"{origin} (HTTP {response.status_code})")
                 return
             code = str(uuid.uuid4()).upper()
+            token = secrets.token_urlsafe(24)
+            validation_url = (f"{self.url}/eventsubscriptions/{subscription.name}/validate?id={subscription.id}"
+                              f"&t={quote(_now_iso())}&apiVersion=2025-02-15&token={token}")
             event = {"id": str(uuid.uuid4()), "topic": topic.event_topic, "subject": "",
-                     "data": {"validationCode": code}, "eventType": VALIDATION_EVENT,
+                     "data": {"validationCode": code, "validationUrl": validation_url},
+                     "eventType": VALIDATION_EVENT,
                      "eventTime": _now_iso(), "metadataVersion": "1", "dataVersion": "2"}
             response = requests.post(subscription.endpoint, json=[event], timeout=self.handshake_timeout,
+                                     verify=self.ca_bundle or True,
                                      headers={"aeg-event-type": "SubscriptionValidation",
                                               "aeg-subscription-name": subscription.name.upper()})
         except requests.RequestException as problem:
@@ -259,6 +309,10 @@ class EventGridTwin:
             answered = response.json().get("validationResponse")
         except (ValueError, AttributeError):
             answered = None
+        if allow_manual and response.status_code == 200 and answered is None:
+            subscription.provisioning_state = AWAITING_MANUAL_ACTION
+            subscription.validation_token, subscription.validation_expires = token, time.time() + VALIDATION_URL_SECONDS
+            return
         if response.status_code != 200 or answered != code:
             raise SubscriptionValidationFailed(
                 f"{_without_query(subscription.endpoint)} did not answer the validation code (HTTP {response.status_code})")
@@ -279,6 +333,11 @@ class EventGridTwin:
     # --- publishing -------------------------------------------------------------------
 
     def _route(self, method, path, query, headers, body):
+        validate = _VALIDATE.match(path)
+        if validate and method == "GET":
+            if self.validate_manually(validate.group(1), query.get("id", ""), query.get("token", "")):
+                return 200, {"message": "Webhook successfully validated as a result of user's validation action."}, {}
+            return 400, {"error": {"code": "BadRequest", "message": "invalid or expired validation request"}}, {}
         match = _PUBLISH.match(path)
         if method != "POST" or not match:
             return 404, {"error": {"code": "NotFound", "message": "no such endpoint"}}, {}
@@ -306,7 +365,8 @@ class EventGridTwin:
                 event = {**event, "topic": topic.event_topic, "metadataVersion": "1"}
             event_type, subject = (event.get("type"), event.get("subject")) if cloud else (event["eventType"], event["subject"])
             for subscription in list(self._subscriptions.values()):
-                if subscription.topic == topic_name and subscription.matches(event_type, subject):
+                if subscription.topic == topic_name and subscription.provisioning_state == SUCCEEDED \
+                        and subscription.matches(event_type, subject):
                     self._queue.add({"topic": topic_name, "subscription": subscription.name, "event": event,
                                      "max_attempts": subscription.max_delivery_attempts,
                                      "published": _now_iso()})
@@ -364,7 +424,7 @@ class EventGridTwin:
         job["last_attempt"] = _now_iso()
         try:
             status = requests.post(subscription.endpoint, data=body.encode(), headers=headers,
-                                   timeout=self.retry.timeout_seconds).status_code
+                                   timeout=self.retry.timeout_seconds, verify=self.ca_bundle or True).status_code
         except requests.RequestException as problem:
             job["last_status"], job["last_outcome"] = None, type(problem).__name__
             return RETRY
