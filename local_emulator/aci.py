@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from local_emulator.aci_runtime import GroupConflict, GroupRuntime, SidecarFactory
+from local_emulator.registry import LocalRegistry
 from local_emulator.tls import LoopbackServer
 from shared import trainer_resources
 from shared.cce_policy import CcePolicyError, policy_containers
@@ -181,13 +182,17 @@ class AciTwin:
 
     def __init__(self, state_dir: Path, images_dir: Path, ssl_context: ssl.SSLContext, access_token: str,
                  sidecar_factory: SidecarFactory | None, python: str = sys.executable,
-                 kill_grace_seconds: float = 5.0, port: int = 0, identities: dict[str, str] | None = None):
+                 kill_grace_seconds: float = 5.0, port: int = 0, identities: dict[str, str] | None = None,
+                 registry_dir: Path | None = None, layer_cache: Path | None = None):
         """`identities`: the user-assigned identities that exist (resource id -> the bearer token
         their IMDS hands out); a group may carry one, and its SKR sidecar then calls Key Vault
-        with that identity's token."""
+        with that identity's token. `registry_dir`: the local registry OCI images are pulled from
+        (`registry.ccr.localhost/<repository>@sha256:...`), unpacked once per layer into
+        `layer_cache` (default ~/.cache/ccr/layers)."""
         if not access_token:
             raise ValueError("the ACI twin needs the access token it will require from callers")
-        self.runtime = GroupRuntime(state_dir, images_dir, sidecar_factory, python, kill_grace_seconds)
+        registry = LocalRegistry(registry_dir, layer_cache) if registry_dir is not None else None
+        self.runtime = GroupRuntime(state_dir, images_dir, sidecar_factory, python, kill_grace_seconds, registry)
         self.runtime.identity_tokens = {k.lower(): v for k, v in (identities or {}).items()}
         self._access_token = access_token
         self._server = LoopbackServer(self._route, ssl_context, port=port, name="ACI twin")

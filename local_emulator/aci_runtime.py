@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from local_emulator import group_isolation, images
+from local_emulator.registry import LocalRegistry, PulledImage, PullError, is_registry_reference
 from shared.cce_policy import SKR_SIDECAR_IMAGE, CcePolicyError, policy_containers
 
 PYTHON_COMMANDS = {"python", "python3"}
@@ -113,9 +114,10 @@ class GroupRuntime:
     """Container groups by ARM id: provisioning, processes, persisted records, counts."""
 
     def __init__(self, state_dir: Path, images_dir: Path, sidecar_factory: SidecarFactory | None,
-                 python: str = sys.executable, kill_grace_seconds: float = 5.0):
+                 python: str = sys.executable, kill_grace_seconds: float = 5.0, registry: LocalRegistry | None = None):
         self.state_dir = Path(state_dir)
         self.images_dir = Path(images_dir)
+        self.registry = registry          # OCI images `<registry>/<repository>@sha256:...` (local_emulator/registry.py)
         self.sidecar_factory = sidecar_factory
         self.identity_tokens: dict[str, str] = {}   # user-assigned identity id (lower) -> its token (set by AciTwin)
         self.python = python
@@ -251,10 +253,13 @@ class GroupRuntime:
         sidecar = None
         try:
             trainer, image, sidecar_name = self._check(record, environments)
-            app_dir = images.extract(image, self._group_dir(record) / "app")
+            app_dir = None if isinstance(image, PulledImage) else images.extract(image, self._group_dir(record) / "app")
             if sidecar_name:
                 sidecar = self._start_sidecar(record, sidecar_name)
-            self._start_trainer(record, trainer, app_dir, environments.get(trainer["name"], {}), sidecar)
+            if app_dir is None:
+                self._start_image(record, trainer, image, environments.get(trainer["name"], {}), sidecar)
+            else:
+                self._start_trainer(record, trainer, app_dir, environments.get(trainer["name"], {}), sidecar)
         except Exception as error:  # any failure ends as a Failed group, nothing left running
             self._stop_sidecar(record)
             code = getattr(error, "code", "InaccessibleImage" if isinstance(error, images.ImageError) else
@@ -306,14 +311,59 @@ class GroupRuntime:
                                     "the twin runs exactly one trainer container (plus at most one SKR sidecar)")
         allowed = policy_containers(_cce_policy(record))
         trainer = runnable[0]
-        image = images.resolve(trainer["image"], self.images_dir)
-        layer = image.digest.split(":", 1)[1]
-        _enforce(trainer, environments.get(trainer["name"], {}), [p for p in allowed if p.layers == (layer,)],
-                 f"image {image.digest}")
+        environment = environments.get(trainer["name"], {})
+        if is_registry_reference(trainer["image"]):
+            image = self._pull(record, trainer["image"])
+            candidates = [p for p in allowed if p.layers == (image.digest.split(":", 1)[1],)]
+            # the container's environment is the image config's Env overridden by the group's
+            environment = {**_image_env(image), **environment}
+            candidates = [p for p in candidates if p.working_dir == (image.config.get("WorkingDir") or "/")] \
+                or ([] if not candidates else _refuse(f"the CCE policy does not allow the working directory of "
+                                                      f"image {image.digest}"))
+        else:
+            image = images.resolve(trainer["image"], self.images_dir)
+            layer = image.digest.split(":", 1)[1]
+            candidates = [p for p in allowed if p.layers == (layer,)]
+        _enforce(trainer, environment, candidates, f"image {image.digest}")
         for sidecar in sidecars:
             _enforce(sidecar, environments.get(sidecar["name"], {}), [p for p in allowed if p.id == SKR_SIDECAR_IMAGE],
                      f"image {SKR_SIDECAR_IMAGE}")
         return trainer, image, sidecars[0]["name"] if sidecars else None
+
+    def _pull(self, record: dict, reference: str) -> PulledImage:
+        """The image pulled and verified (manifest, config, layers), as a node pulls it."""
+        if self.registry is None:
+            raise ProvisioningError("InaccessibleImage", f"The image '{reference}' in container group "
+                                    f"'{record['name']}' is not accessible: this twin has no registry")
+        try:
+            return self.registry.pull(reference)
+        except PullError as error:
+            raise ProvisioningError("InaccessibleImage", f"The image '{reference}' in container group "
+                                    f"'{record['name']}' is not accessible. Please check the image and registry "
+                                    f"credential. ({error})") from None
+
+    def _start_image(self, record: dict, trainer: dict, image: PulledImage, environment: dict,
+                     sidecar: Sidecar | None) -> None:
+        """Run the trainer chrooted in the image's own root filesystem (its layers under a
+        writable layer of the group's), under the group's uid, with the image's Python: the
+        image config's Env and WorkingDir, the group's variables over them, a fresh /tmp (also
+        HOME) per group, the CA bundle at the path CCR_CA_BUNDLE names, the host's /proc."""
+        uid = self._group_uid(record)
+        group_dir = self._group_dir(record)
+        home = group_isolation.private_home(group_dir / "home", uid)
+        env = {**_image_env(image), "HOME": "/tmp", **environment}
+        if sidecar is not None:
+            env["CCR_SKR_URL"] = sidecar.url     # the group's localhost:8080, on this machine
+        binds = [(str(home / "tmp"), "/tmp")]
+        binds += group_isolation.ca_bundle_exposure(environment.get("CCR_CA_BUNDLE"), group_dir / "ca-bundle.pem",
+                                                    always=True)
+        binds += [(path, path) for path in ("/etc/hosts", "/etc/resolv.conf") if os.path.isfile(path)]
+        rootfs = group_isolation.rootfs_plan(list(image.layers), group_dir / "container", binds)
+        log_fd = os.open(group_dir / "trainer.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(log_fd, "ab") as log:
+            popen = group_isolation.start(self.python, list(trainer["command"]), env,
+                                          Path(image.config.get("WorkingDir") or "/"), uid, [], log, rootfs=rootfs)
+        self._started(record, trainer, popen)
 
     def _start_trainer(self, record: dict, trainer: dict, app_dir: Path, environment: dict,
                        sidecar: Sidecar | None) -> None:
@@ -336,6 +386,9 @@ class GroupRuntime:
         log_fd = os.open(group_dir / "trainer.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(log_fd, "ab") as log:
             popen = group_isolation.start(self.python, command, env, app_dir, uid, exposures, log)
+        self._started(record, trainer, popen)
+
+    def _started(self, record: dict, trainer: dict, popen: subprocess.Popen) -> None:
         with self._lock:
             self._popens[record["id"].lower()] = popen
             record.update(pid=popen.pid, pid_start=_process_start_marker(popen.pid), trainer=trainer["name"])
@@ -433,6 +486,18 @@ class GroupRuntime:
         for group_id in list(self._records):
             if group_id in self._popens or group_id in self._sidecars:
                 self.stop_group(group_id, detail="Killed: the ACI twin stopped")
+
+
+def _image_env(image: PulledImage) -> dict:
+    env = {}
+    for entry in image.config.get("Env") or []:
+        name, _, value = entry.partition("=")
+        env[name] = value
+    return env
+
+
+def _refuse(reason: str):
+    raise ProvisioningError("CcePolicyViolation", reason)
 
 
 def _cce_policy(record: dict) -> str:

@@ -186,12 +186,13 @@ def interpreter_paths(python: str) -> tuple[str, ...]:
     return tuple(json.loads(done.stdout))
 
 
-def ca_bundle_exposure(ca_bundle: str | None, copy: Path) -> list[tuple[str, str]]:
-    """[(source, shown at)] for the CA bundle if a stranger uid cannot read it where it is: a
-    copy the twin owns, of certificates only (never a key); the original stays as it is."""
+def ca_bundle_exposure(ca_bundle: str | None, copy: Path, always: bool = False) -> list[tuple[str, str]]:
+    """[(source, shown at)] for the CA bundle if a stranger uid cannot read it where it is (or,
+    `always`, for a container with a root filesystem of its own): a copy the twin owns, of
+    certificates only (never a key); the original stays as it is."""
     if not ca_bundle or not os.path.isabs(ca_bundle) or not os.path.isfile(ca_bundle):
         return []
-    if unsearchable_top(Path(ca_bundle)) is None and os.stat(ca_bundle).st_mode & stat.S_IROTH:
+    if not always and unsearchable_top(Path(ca_bundle)) is None and os.stat(ca_bundle).st_mode & stat.S_IROTH:
         return []
     try:
         with open(ca_bundle, "rb") as handle:
@@ -281,6 +282,42 @@ try:
             mount("/proc/self/fd/%d" % opened[source], target, None, MS_BIND | MS_REC)
         for fd in opened.values():
             os.close(fd)
+    root = plan.get("rootfs")
+    if root:
+        call(libc.unshare(0x00020000), "unshare(CLONE_NEWNS) (needs CAP_SYS_ADMIN)")
+        mount(None, "/", None, MS_REC | MS_PRIVATE)
+        top = root["target"]
+        mount("overlay", top, "overlay", MS_NODEV, "lowerdir=%s,upperdir=%s,workdir=%s" % (
+            ":".join(root["lower"]), root["upper"], root["work"]))
+        os.umask(0o022)
+        def inside(path, directory):
+            where = top + path
+            os.makedirs(os.path.dirname(where), exist_ok=True)
+            if not os.path.lexists(where):
+                if directory:
+                    os.mkdir(where)
+                else:
+                    os.close(os.open(where, os.O_CREAT | os.O_WRONLY, 0o644))
+            return where
+        mount("/proc", inside("/proc", True), None, MS_BIND | MS_REC)
+        mount("tmpfs", inside("/dev", True), "tmpfs", MS_NOSUID, "mode=0755,size=64k")
+        for node in ("null", "zero", "full", "random", "urandom", "tty"):
+            mount("/dev/" + node, inside("/dev/" + node, False), None, MS_BIND)
+        mount("tmpfs", inside("/dev/shm", True), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=256m")
+        for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                             ("stderr", "/proc/self/fd/2")):
+            os.symlink(target, top + "/dev/" + name)
+        for source, target, directory in root["binds"]:
+            where = inside(target, directory)
+            mount(source, where, None, MS_BIND | MS_REC)
+            parent = os.path.dirname(target)
+            while parent != "/":           # folders on the way stay searchable by the group's uid
+                mode = os.stat(top + parent).st_mode
+                if not mode & stat.S_IXOTH:
+                    os.chmod(top + parent, stat.S_IMODE(mode) | 0o111)
+                parent = os.path.dirname(parent)
+        os.chroot(top)
+        os.chdir("/")
     os.setgroups([])
     os.setresgid(plan["gid"], plan["gid"], plan["gid"])
     os.setresuid(plan["uid"], plan["uid"], plan["uid"])
@@ -297,15 +334,33 @@ except BaseException as error:
 """
 
 
+def rootfs_plan(layers: list[Path], container_dir: Path, binds: list[tuple[str, str]]) -> dict:
+    """How the launcher builds a container's root filesystem: the image's unpacked layers
+    (base first) under a fresh writable layer of the container's own (overlayfs, at
+    `container_dir/root`), the host's /proc, a /dev of the harmless nodes and a private
+    /dev/shm, and each (host source, path in the container) of `binds`."""
+    shutil.rmtree(container_dir, ignore_errors=True)
+    for name in ("root", "upper", "work"):
+        (container_dir / name).mkdir(parents=True, mode=0o755)
+    return {"target": str(container_dir / "root"), "upper": str(container_dir / "upper"),
+            "work": str(container_dir / "work"), "lower": [str(layer) for layer in reversed(layers)],
+            "binds": [(source, target, os.path.isdir(source)) for source, target in binds]}
+
+
 def start(python: str, command: list[str], env: dict, cwd: Path, uid: int, exposures: list[tuple[str, str]],
-          log) -> subprocess.Popen:
+          log, rootfs: dict | None = None) -> subprocess.Popen:
     """Run `command` as `uid` (gid `uid`, no other groups) in a new session, seeing each
     exposure's source at its target, output to `log`. `python` runs the launcher (as root)
-    and is exposed too. A failure before the command runs raises IsolationError."""
-    exposures = [(path, path) for path in interpreter_paths(python)] + list(exposures)
-    covers, binds = mount_plan([(s, t) for s, t in exposures if os.path.exists(s)])
+    and is exposed too. With `rootfs` (`rootfs_plan`) the command runs chrooted in the image's
+    own root filesystem instead (its PATH, its Python), `cwd` a path inside it. A failure
+    before the command runs raises IsolationError."""
+    if rootfs is None:
+        exposures = [(path, path) for path in interpreter_paths(python)] + list(exposures)
+        covers, binds = mount_plan([(s, t) for s, t in exposures if os.path.exists(s)])
+    else:
+        covers, binds = [], []
     plan = {"uid": uid, "gid": uid, "cwd": str(cwd), "command": list(command), "env": env,
-            "covers": covers, "binds": binds}
+            "covers": covers, "binds": binds, "rootfs": rootfs}
     plan_read, plan_write = os.pipe()
     report_read, report_write = os.pipe()
     try:

@@ -29,7 +29,11 @@ from shared.cce_policy import (SKR_SIDECAR_COMMAND, SKR_SIDECAR_IMAGE, IdName, U
                                policy_text, string_rule, user_container, wildcard_rule, with_required_env)
 
 TRAINER_IMAGE_NAME = "ccr-trainer"
-TRAINER_IMAGE = re.compile(r"^ccr-trainer@(sha256:[0-9a-f]{64})$")
+# A registry host (a DNS name, optional port) and a repository (OCI distribution-spec names),
+# pinned by the manifest digest; or the local emulator's source-tarball form `ccr-trainer@...`.
+REGISTRY_REPOSITORY = (r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:[0-9]{1,5})?"
+                       r"/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*")
+TRAINER_IMAGE = re.compile(rf"^(?:ccr-trainer|{REGISTRY_REPOSITORY})@(?P<digest>sha256:[0-9a-f]{{64}})$")
 TRAINER_COMMAND = ("python", "-m", "trainer_container")
 TRAINER_CONTAINER_NAME = "trainer"
 SKR_CONTAINER_NAME = "skr-sidecar"
@@ -58,11 +62,12 @@ TRAINER_USER = User(user_idname=IdName("trainer", "name"))
 
 
 def trainer_image_digest(trainer_image: str) -> str:
-    """`sha256:<hex>` of a pinned trainer image reference (`ccr-trainer@sha256:<hex>`)."""
+    """`sha256:<hex>` of a pinned trainer image reference (`<registry>/<repository>@sha256:<hex>`,
+    the manifest digest; or the local tarball form `ccr-trainer@sha256:<hex>`)."""
     match = TRAINER_IMAGE.match(trainer_image or "")
     if not match:
-        raise ValueError("trainer image must be pinned by digest: 'ccr-trainer@sha256:<64 hex>'")
-    return match.group(1)
+        raise ValueError("trainer image must be pinned by digest: '<registry>/<repository>@sha256:<64 hex>'")
+    return match.group("digest")
 
 
 def _trainer_template_rules():

@@ -41,7 +41,10 @@ PAYLOAD_CONTENT_TYPE = "application/json"
 
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
-IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._/:\-]*@sha256:[0-9a-f]{64}$")
+# [<registry host>[:port]/]<repository>@sha256:<manifest digest>: never a tag (a tag can be moved)
+IMAGE_REF = re.compile(r"^([a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:[0-9]{1,5})?/)?"
+                       r"[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*"
+                       r"@sha256:[0-9a-f]{64}$")
 BLOB_PATH = re.compile(r"^[a-z0-9-]+/[A-Za-z0-9_\-][A-Za-z0-9_.\-/]{0,250}\.ccr$")
 VAULT_URL = re.compile(r"^https://[A-Za-z0-9.\-]+(:[0-9]{1,5})?/?$")
 
@@ -230,7 +233,7 @@ def declared_budget(dataset: dict, where: str = "dataset") -> dict:
 def _training(workload, where: str) -> None:
     _object(workload, where, ("image", "policy_template_sha256", "join", "deadline_seconds"))
     _need(isinstance(workload["image"], str) and IMAGE_REF.match(workload["image"]) is not None,
-          f"{where}.image must be pinned by digest (<name>@sha256:<hex>)")
+          f"{where}.image must be pinned by digest (<registry>/<repository>@sha256:<hex>)")
     _sha256(workload["policy_template_sha256"], f"{where}.policy_template_sha256")
     _need(isinstance(workload["join"], dict), f"{where}.join must be an object")
     _integer(workload["deadline_seconds"], f"{where}.deadline_seconds", 1)

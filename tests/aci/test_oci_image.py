@@ -1,0 +1,139 @@
+"""A small OCI image, built by the same function as the trainer image (tools/oci_image.py):
+this host's Python and its standard library plus the stand-in trainer. skopeo agrees with its
+digest; the ACI twin pulls it from a local registry by `<registry>/<repository>@sha256:...`,
+verifies it and runs it chrooted with the image's own Python; a tampered layer is refused at
+pull, as ARM refuses an inaccessible image, before anything runs."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+from azure.core.exceptions import HttpResponseError
+
+from local_emulator.aci import AciTwin
+from local_emulator.registry import LOCAL_REGISTRY, LocalRegistry, PullError
+from shared.container_group import (TRAINER_CONTAINER_NAME, TRAINER_IMAGE_ENV, TRAINER_WORKING_DIR,
+                                    build_container_group)
+from tests.aci.conftest import LOCATION, RESOURCE_GROUP, wait_for
+from tests.aci.stand_in_trainer import write_stand_in
+from tools import oci_image
+
+pytestmark = pytest.mark.timeout(120)
+CONTRACT = "c1" * 32
+
+
+@pytest.fixture(scope="module")
+def small_image(tmp_path_factory):
+    source = write_stand_in(tmp_path_factory.mktemp("stand-in-src"))
+    layers = [oci_image.host_python_layer(), oci_image.packages_layer(source, ("trainer_container",), "/app")]
+    config = oci_image.ImageConfig(env=TRAINER_IMAGE_ENV, entrypoint=("python3", "-m", "trainer_container"),
+                                   working_dir=TRAINER_WORKING_DIR)
+    return oci_image.build(layers, config, tag="small", cache_dir=tmp_path_factory.mktemp("image-cache"))
+
+
+@pytest.fixture
+def registry_dir(tmp_path, small_image):
+    return tmp_path / "registry"
+
+
+@pytest.fixture
+def reference(registry_dir, small_image) -> str:
+    return LocalRegistry(registry_dir).push(small_image.layout, "ccr-small", "small")
+
+
+@pytest.fixture
+def twin_with_registry(tmp_path, images_dir, tls, token, hardware_root, registry_dir):
+    from local_emulator.aci import skr_sidecar_factory
+    aci = AciTwin(tmp_path / "aci", images_dir, tls.server_context(), token,
+                  skr_sidecar_factory(hardware_root, str(tls.ca_path), token), kill_grace_seconds=2.0,
+                  registry_dir=registry_dir, layer_cache=tmp_path / "layers").start()
+    yield aci
+    aci.stop()
+
+
+@pytest.fixture
+def client(twin_with_registry, tls, token):
+    from azure.mgmt.containerinstance import ContainerInstanceManagementClient
+    from shared.credentials import StaticTokenCredential
+    from tests.aci.conftest import SUBSCRIPTION
+    with ContainerInstanceManagementClient(StaticTokenCredential(token), SUBSCRIPTION, base_url=twin_with_registry.url,
+                                           connection_verify=str(tls.ca_path)) as management:
+        yield management
+
+
+def test_build_is_deterministic_and_cached(small_image, tmp_path):
+    layout = small_image.layout
+    index = json.loads((layout / "index.json").read_text())
+    assert index["manifests"][0]["digest"] == small_image.digest
+    manifest = json.loads((layout / "blobs" / "sha256" / small_image.digest.split(":")[1]).read_text())
+    assert [l["mediaType"] for l in manifest["layers"]] == [oci_image.LAYER_MEDIA_TYPE] * 2
+    config = json.loads((layout / "blobs" / "sha256" / manifest["config"]["digest"].split(":")[1]).read_text())
+    assert config["rootfs"]["diff_ids"] == list(small_image.layers)
+    assert config["config"]["Entrypoint"] == ["python3", "-m", "trainer_container"]
+    # the same inputs in another cache give the same digest
+    source = write_stand_in(tmp_path / "src")
+    again = oci_image.build([oci_image.host_python_layer(),
+                             oci_image.packages_layer(source, ("trainer_container",), "/app")],
+                            oci_image.ImageConfig(env=TRAINER_IMAGE_ENV, entrypoint=("python3", "-m", "trainer_container"),
+                                                  working_dir=TRAINER_WORKING_DIR),
+                            tag="small", cache_dir=tmp_path / "other-cache")
+    assert again.digest == small_image.digest
+
+
+@pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed (make setup installs it)")
+def test_skopeo_agrees_with_the_digest(small_image):
+    done = subprocess.run(["skopeo", "inspect", f"oci:{small_image.layout}:small"], capture_output=True, text=True,
+                          check=True)
+    inspected = json.loads(done.stdout)
+    assert inspected["Digest"] == small_image.digest
+    assert inspected["Layers"] == list(small_image.layers)
+
+
+def test_twin_runs_the_image_with_its_own_python(client, twin_with_registry, reference, small_image):
+    assert reference == f"{LOCAL_REGISTRY}/ccr-small@{small_image.digest}"
+    environment = {"CCR_RUN_ID": "run-0123456789abcdef", "CCR_CONTRACT": json.dumps({"lines": 2})}
+    spec = build_container_group(reference, CONTRACT, environment, LOCATION)
+    group = client.container_groups.begin_create_or_update(RESOURCE_GROUP, "oci-run", spec).result()
+    assert group.provisioning_state == "Succeeded"
+    logs = wait_for(lambda: (lambda t: t if "ready" in t else None)(
+        client.containers.list_logs(RESOURCE_GROUP, "oci-run", TRAINER_CONTAINER_NAME).content or ""))
+    lines = dict(line.split("=", 1) for line in logs.splitlines() if "=" in line)
+    assert lines["file"] == "/app/trainer_container/__main__.py"     # the image's code, chrooted
+    assert {"CCR_RUN_ID", "CCR_CONTRACT", "CCR_CONTRACT_DIGEST", "CCR_SKR_URL"} <= set(lines["env"].split(","))
+    done = wait_for(lambda: (lambda g: g if g.instance_view.state == "Succeeded" else None)(
+        client.container_groups.get(RESOURCE_GROUP, "oci-run")))
+    trainer = next(c for c in done.containers if c.name == TRAINER_CONTAINER_NAME)
+    assert trainer.instance_view.current_state.exit_code == 0
+    # each layer was unpacked once, by digest
+    layer_dirs = sorted(p.name for p in twin_with_registry.runtime.registry.layer_cache.iterdir() if p.is_dir())
+    assert layer_dirs == sorted(d.split(":")[1] for d in small_image.layers)
+
+
+def test_tampered_layer_is_refused_at_pull(client, twin_with_registry, registry_dir, reference, small_image):
+    blob = registry_dir / "ccr-small" / "blobs" / "sha256" / small_image.layers[-1].split(":")[1]
+    data = bytearray(blob.read_bytes())
+    blob.unlink()                         # the registry's copy is a hard link into the build cache
+    data[600] ^= 1
+    blob.write_bytes(bytes(data))
+    spec = build_container_group(reference, CONTRACT, {"CCR_RUN_ID": "run-0123456789abcdef"}, LOCATION)
+    with pytest.raises(HttpResponseError) as refused:
+        client.container_groups.begin_create_or_update(RESOURCE_GROUP, "oci-tampered", spec).result()
+    assert "InaccessibleImage" in str(refused.value) and "layer digest mismatch" in str(refused.value)
+    group = client.container_groups.get(RESOURCE_GROUP, "oci-tampered")
+    assert group.provisioning_state == "Failed"
+    assert all(c.instance_view.current_state.state == "Waiting" for c in group.containers)
+    record = twin_with_registry.runtime.get(group.id)
+    assert record["pid"] is None
+    with pytest.raises(PullError, match="layer digest mismatch"):
+        LocalRegistry(registry_dir, twin_with_registry.runtime.registry.layer_cache).pull(reference)
+
+
+def test_pull_refuses_a_tag_another_registry_and_an_unknown_manifest(registry_dir, reference, tmp_path):
+    registry = LocalRegistry(registry_dir, tmp_path / "layers")
+    for bad, reason in ((f"{LOCAL_REGISTRY}/ccr-small:small", "is not <registry>"),
+                        (reference.replace(LOCAL_REGISTRY, "example.azurecr.io"), "not reachable"),
+                        (reference[:-64] + "0" * 64, "manifest unknown")):
+        with pytest.raises(PullError, match=reason):
+            registry.pull(bad)
