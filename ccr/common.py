@@ -1,17 +1,16 @@
-"""What the `ccr` command groups share: the user-error type, the release policy of a contract's
-key-encryption keys and their creation in Key Vault, blob transfer with a progress bar, and the
-local store where a party keeps its data keys (datasets, model, output), which never leave it
-unwrapped."""
+"""What the `ccr` command groups share: the user-error type, results and progress lines, the
+release policy of a contract's key-encryption keys and their creation in Key Vault, blob
+transfer with a progress bar (a line per step when stderr is not a terminal), and the local
+store where a party keeps its data keys (datasets, model, output), which never leave it
+unwrapped. Heavy libraries are imported inside the functions that use them (fast `--help`)."""
 from __future__ import annotations
 
 import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
-
-from shared import azure_clients, settings
-from shared.release_policy import ReleasePolicyError
 
 KEY_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 PROGRESS_CHUNK = 4 << 20
@@ -22,14 +21,22 @@ class CliError(Exception):
 
 
 def emit(document: dict) -> None:
-    """Results go to stdout as one JSON object (easy to read, easy to script)."""
-    print(json.dumps(document, indent=2))
+    """Results go to stdout as one JSON object (easy to read, easy to script), or as the
+    command line's --output / --query ask (ccr/output.py)."""
+    from ccr.output import write
+    write(document)
+
+
+def step(message: str) -> None:
+    """One progress line on stderr (`ccr: <message>`): what a command is doing now."""
+    print(f"ccr: {message}", file=sys.stderr, flush=True)
 
 
 # --- contracts and their grants --------------------------------------------------------
 
 def authority(args) -> str:
     """The attestation authority KEK release policies trust: --authority or CCR_MAA_URL."""
+    from shared import settings
     value = getattr(args, "authority", None) or settings.get("CCR_MAA_URL")
     if not value:
         raise CliError("no attestation authority: pass --authority or set CCR_MAA_URL")
@@ -39,6 +46,7 @@ def authority(args) -> str:
 def contract_policy(authority_url: str, payload: dict, digest: str) -> dict:
     """The release policy of this contract's KEKs (pins the host data of its trainer group)."""
     from shared.key_grants import kek_release_policy
+    from shared.release_policy import ReleasePolicyError
     try:
         return kek_release_policy(authority_url, payload, digest)
     except (ValueError, ReleasePolicyError) as error:
@@ -62,6 +70,7 @@ def create_kek(vault_url: str, name: str, policy: dict):
     from azure.keyvault.keys import KeyReleasePolicy
     from cryptography.hazmat.primitives.asymmetric import rsa
 
+    from shared import azure_clients
     from shared.key_grants import KEK_BITS
     from shared.release_policy import policy_from_json, policy_to_json
     client = azure_clients.key_client(vault_url)
@@ -84,10 +93,38 @@ def create_kek(vault_url: str, name: str, policy: dict):
 
 # --- Blob Storage ------------------------------------------------------------------------
 
+class _Lines:
+    """Progress when stderr is not a terminal (a log, CI, a pipe): a line as a transfer starts
+    and one when it ends, where a terminal gets a bar."""
+
+    def __init__(self, total: int, label: str):
+        self.total, self.label, self.n, self._started = total, label, 0, time.monotonic()
+
+    def __enter__(self):
+        step(f"{self.label}: {_size(self.total)} ...")
+        return self
+
+    def update(self, count: int) -> None:
+        self.n += count
+
+    def __exit__(self, kind, *_):
+        if kind is None:
+            step(f"{self.label}: done ({_size(self.total)} in {time.monotonic() - self._started:.1f} s)")
+
+
+def _size(count: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return ""
+
+
 def _progress(total: int, label: str):
+    if not sys.stderr.isatty():
+        return _Lines(total, label)
     from tqdm import tqdm
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label, file=sys.stderr,
-                disable=None, leave=False)
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label, file=sys.stderr, leave=False)
 
 
 # A party reaches storage only through SAS URLs for its own blobs (`party`: a ccr.party.PartySession,
@@ -175,7 +212,7 @@ def upload_text(container: str, blob: str, text: str, party=None, contract: dict
 def _account_blob(container: str, blob: str):
     """A blob client through the account connection (local tools and tests), its container made."""
     from azure.core.exceptions import ResourceExistsError
-    service = azure_clients.blob_service()
+    service = operator_storage()
     try:
         service.create_container(container)
     except ResourceExistsError:
@@ -187,7 +224,24 @@ def _reader(container: str, blob: str, party=None, contract: dict | None = None)
     from azure.storage.blob import BlobClient
     if party is not None:
         return BlobClient.from_blob_url(party.sas(f"{container}/{blob}", "read", contract))
-    return azure_clients.blob_service().get_blob_client(container, blob)
+    return operator_storage().get_blob_client(container, blob)
+
+
+def operator_storage():
+    """The storage account through its connection: an operator's setup (and the CLI tests), for
+    a command run without a party identity and CCR_FUNCTIONS_URL. Only a connection that is
+    configured: never the local profile's implicit Azurite default (a party that forgot its
+    settings must not retry against 127.0.0.1)."""
+    from shared import azure_clients, settings
+    try:
+        account = settings.storage_account()
+    except settings.MissingSettings:
+        account = None
+    if account is None or account.setting == "Azurite (local profile)":
+        raise CliError("no clean room configured: set CCR_FUNCTIONS_URL and your identity (CCR_PARTY_DID and "
+                       "CCR_PARTY_KEY, or --did/--key); for the local stack run `python -m local_emulator up` "
+                       "and set CCR_LOCAL_PROFILE=1 (`ccr profile` shows what is used)")
+    return azure_clients.blob_service()
 
 
 def download_text(container: str, blob: str, party=None, contract: dict | None = None) -> str | None:

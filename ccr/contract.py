@@ -7,6 +7,8 @@
   ccr contract grant --contract payload.json --did DID   (again) grant your keys to this contract
   ccr contract submit --envelope signed.cose [--ledger URL]
   ccr contract verify --envelope signed.cose [--at TIME]
+  ccr contract status --contract payload.json [--envelope signed.cose]
+                                                    signers, inputs present and missing, the run, what next
 """
 from __future__ import annotations
 
@@ -20,18 +22,16 @@ from urllib.parse import urlsplit
 from ccr.common import (BlobExists, CliError, authority, contract_policy, create_kek, download_text, emit, keys_dir,
                         load_local_key, upload_text)
 from ccr.ledger import call, ledger_url, reason
+from ccr.party import DEFAULT_KEY_ID, add_identity_arguments, clean_room
 from ccr.party import identity as party_identity
 from ccr.party import session_for
-from shared import contract as contracts
-from shared import did as dids
-from shared import key_grants, settings, storage_names, trainer_resources
-from shared.container_group import policy_template_sha256
+from shared import trainer_resources
 
 DEFAULT_VALIDATION_SPLIT = 0.2
 DEFAULT_MIN_JOINED_ROWS = 100
 
 NAME = "contract"
-HELP = "contract: new, sign, submit, verify"
+HELP = "contract: new, sign, grant, submit, verify, status"
 IDENTITY_HELP = "identity: new (a party's did:web key pair, registered on the ledger)"
 
 
@@ -54,7 +54,7 @@ def register(groups) -> None:
     new.add_argument("--model", metavar="blob=PATH,sha256=HEX,key_id=ID", help="the TDC's model package")
     new.add_argument("--model-from", metavar="FILE", type=Path,
                      help="the JSON `ccr tdc publish-model` printed (model package and output key id)")
-    new.add_argument("--output", metavar="key_id=ID[,webhook=URL]", help="the TDC's output key and webhook")
+    new.add_argument("--tdc-output", dest="output", metavar="key_id=ID[,webhook=URL]", help="the TDC's output key and webhook")
     new.add_argument("--dataset", action="append", default=[],
                      metavar="did=DID,name=N,blob=PATH,sha256=HEX,key_id=ID,epsilon=X[,version=V]",
                      help="one TDP dataset (repeat; datasets with the same did belong to one TDP); epsilon is "
@@ -93,7 +93,7 @@ def register(groups) -> None:
     sign.add_argument("--contract", type=Path, required=True, help="the payload JSON every party agreed on")
     sign.add_argument("--did", required=True, help="your did:web")
     sign.add_argument("--key", type=Path, required=True, help="your private key (PEM, from `ccr identity new`)")
-    sign.add_argument("--key-id", default=dids.DEFAULT_KEY_ID, help="verification method id in your DID document")
+    sign.add_argument("--key-id", default=DEFAULT_KEY_ID, help="verification method id in your DID document")
     sign.add_argument("--envelope", type=Path, help="an envelope other parties already signed")
     sign.add_argument("--out", type=Path, required=True)
     sign.add_argument("--no-grant", action="store_true", help="sign only; grant later with `ccr contract grant`")
@@ -105,7 +105,7 @@ def register(groups) -> None:
     grant.add_argument("--did", required=True, help="your did:web")
     grant.add_argument("--key", type=Path, help="your private key (PEM): with CCR_FUNCTIONS_URL, grants are written "
                                                 "through SAS URLs the clean room issues to you")
-    grant.add_argument("--key-id", default=dids.DEFAULT_KEY_ID, help="verification method id in your DID document")
+    grant.add_argument("--key-id", default=DEFAULT_KEY_ID, help="verification method id in your DID document")
     _grant_arguments(grant)
     grant.set_defaults(func=run_grant)
 
@@ -118,6 +118,18 @@ def register(groups) -> None:
     verify.add_argument("--envelope", type=Path, required=True)
     verify.add_argument("--at", help="RFC 3339 time to check validity at (default: now)")
     verify.set_defaults(func=run_verify)
+
+    status = commands.add_parser("status", help="signers, inputs present and missing, and the run of a contract",
+                                 description="Ask the clean room, as a party of the contract, what it knows of it: "
+                                             "whether the ledger delivered it (fully signed), who signed, which "
+                                             "inputs have arrived and which are missing (and whose they are), and "
+                                             "its run; `next` says what happens or what to do next. Before the "
+                                             "clean room has it, the signers come from --envelope.")
+    status.add_argument("--contract", type=Path, required=True, help="the payload JSON every party agreed on")
+    status.add_argument("--envelope", type=Path, help="your copy of the signed envelope (signers before submission)")
+    status.add_argument("--url", help="the Functions app's base URL (default: setting CCR_FUNCTIONS_URL)")
+    add_identity_arguments(status)
+    status.set_defaults(func=run_status)
 
 
 def _grant_arguments(parser) -> None:
@@ -136,13 +148,14 @@ def _register_identity(groups) -> None:
     new.add_argument("--name", required=True, help="party name (letters, digits, '.', '_', '-')")
     new.add_argument("--ledger", help="ledger URL (default: setting CCR_LEDGER_URL)")
     new.add_argument("--dir", type=Path, default=Path("."), help="where to write the private key (default: .)")
-    new.add_argument("--key-id", default=dids.DEFAULT_KEY_ID)
+    new.add_argument("--key-id", default=DEFAULT_KEY_ID)
     new.set_defaults(func=run_identity_new)
 
 
 # --- identity --------------------------------------------------------------------------
 
 def run_identity_new(args) -> None:
+    from shared import did as dids
     ledger = ledger_url(args)
     parts = urlsplit(ledger)
     if parts.scheme != "https" or not parts.hostname:
@@ -245,6 +258,9 @@ def _vaults(args) -> dict[str, str]:
 
 def build_payload(args) -> dict:
     """Template, then arguments; defaults for the evaluation terms and the parties' vaults."""
+    from shared import contract as contracts
+    from shared import settings
+    from shared.container_group import policy_template_sha256
     payload = _read_json(args.template, "--template") if args.template else {}
     if not isinstance(payload, dict):
         raise CliError("--template: not a JSON object")
@@ -272,7 +288,7 @@ def build_payload(args) -> dict:
     if args.model:
         tdc["model"] = _pairs(args.model, "--model", ("blob", "sha256", "key_id"))
     if args.output:
-        tdc["output"] = {**tdc.get("output", {}), **_pairs(args.output, "--output", ())}
+        tdc["output"] = {**tdc.get("output", {}), **_pairs(args.output, "--tdc-output", ())}
     datasets = _datasets(args)
     if datasets:
         payload["tdps"] = [{"did": did, "datasets": entries} for did, entries in datasets.items()]
@@ -309,6 +325,7 @@ def build_payload(args) -> dict:
 
 
 def run_new(args) -> None:
+    from shared import contract as contracts
     payload = build_payload(args)
     _write(args.out, json.dumps(payload, indent=2, sort_keys=True).encode() + b"\n")
     emit({"contract_id": payload["contract_id"], "out": str(args.out),
@@ -332,6 +349,8 @@ def _read_bytes(path: Path, option: str) -> bytes:
 
 
 def run_sign(args) -> None:
+    from shared import contract as contracts
+    from shared import did as dids
     payload = _read_json(args.contract, "--contract")
     try:
         identity = dids.Identity(args.did, dids.load_private_key(args.key), args.key_id)
@@ -354,6 +373,7 @@ def run_sign(args) -> None:
 
 
 def run_grant(args) -> None:
+    from shared import contract as contracts
     payload = _read_json(args.contract, "--contract")
     try:
         contracts.validate_payload(payload)
@@ -370,6 +390,8 @@ def grant_keys(payload: dict, did: str, directory: Path, authority_url: str, par
     """For each of `did`'s keys in the contract: its KEK for this contract (created in the
     party's vault with this contract's release policy) and the data key wrapped under it,
     written through `party`'s SAS (ccr.party) when given, else with the storage connection."""
+    from shared import contract as contracts
+    from shared import key_grants
     digest = contracts.payload_digest(contracts.canonical_json(payload))
     policy = contract_policy(authority_url, payload, digest)
     granted = []
@@ -388,6 +410,7 @@ def grant_keys(payload: dict, did: str, directory: Path, authority_url: str, par
 def _write_grant(payload: dict, blob: str, wrapped: str, kek: str, key_id: str, party) -> None:
     """Through a SAS a grant is written once; a retry finds its earlier grant (the KEK is reused,
     so it still unwraps) and keeps it if it names the same KEK and data key."""
+    from shared import key_grants, storage_names
     try:
         upload_text(storage_names.GRANTS, blob, wrapped, party, payload)
     except BlobExists:
@@ -406,10 +429,17 @@ def run_submit(args) -> None:
     response = call("POST", f"{ledger_url(args)}/entries", data=envelope, headers={"Content-Type": "application/cose"})
     if response.status_code != 201:
         raise CliError(f"ledger refused the envelope (HTTP {response.status_code}): {reason(response)}")
-    emit(response.json())
+    from shared.run_records import run_id_for
+    entry = response.json()
+    try:   # a contract has one run, named by its id and digest: say which, to watch or fetch it
+        entry["run_id"] = run_id_for(entry["contract_id"], entry["digest"])
+    except (KeyError, TypeError, ValueError):
+        pass
+    emit(entry)
 
 
 def run_verify(args) -> None:
+    from shared import contract as contracts
     envelope = _read_bytes(args.envelope, "--envelope")
     at = None
     if args.at:
@@ -424,3 +454,59 @@ def run_verify(args) -> None:
     emit({"contract_id": contract.contract_id, "digest": contract.digest, "signers": list(contract.signers),
           "valid_from": contract.payload["valid_from"], "valid_until": contract.payload["valid_until"],
           "verified": True})
+
+
+def _next_step(status: dict) -> str:
+    """What happens next, or what the reader should do."""
+    if not status.get("accepted"):
+        if status.get("missing_signatures"):
+            return ("waiting for signatures of " + ", ".join(status["missing_signatures"]) + ": each runs `ccr "
+                    "contract sign --envelope <the envelope so far>`; then one submits it (`ccr contract submit`)")
+        return ("the clean room has not received it: submit the fully signed envelope (`ccr contract submit "
+                "--envelope ...`); the ledger then delivers it (retrying until the clean room answers)")
+    run = status.get("run")
+    if status["missing"]:
+        owners = sorted({item["party"] for item in status["inputs"] if not item["present"]})
+        return (f"waiting for {len(status['missing'])} input(s) to arrive (from {', '.join(owners)}: `ccr tdp "
+                "publish` / `ccr tdc publish-model`); the run starts by itself when the last one arrives")
+    if run is None:
+        return "every input is in: the run is starting"
+    if run["status"] == "succeeded" and run.get("phase") == "finished":
+        return f"run succeeded: the TDC fetches the model with `ccr tdc fetch --run-id {run['run_id']} --out model.zip`"
+    if run["status"] == "failed" and run.get("phase") == "finished":
+        return f"run failed: {run.get('reason') or 'no reason recorded'}"
+    return f"run {run['run_id']} is {run['status']} (phase {run['phase']}): `ccr runs watch {run['run_id']}` follows it"
+
+
+def run_status(args) -> None:
+    from shared import contract as contracts
+    from shared.run_records import run_id_for
+    payload = _read_json(args.contract, "--contract")
+    try:
+        payload = contracts.validate_payload(payload)
+    except contracts.ContractError as error:
+        raise CliError(f"--contract: {error}") from None
+    digest = contracts.payload_digest(contracts.canonical_json(payload))
+    session = clean_room(args, required=True)
+    response = session.request("GET", f"contracts/{payload['contract_id']}/{digest}")
+    if response.status_code == 200:
+        status = {**response.json(), "accepted": response.json().get("accepted") or True}
+    elif response.status_code == 404:
+        status = {"contract_id": payload["contract_id"], "digest": digest, "accepted": False,
+                  "parties": contracts.parties(payload), "run_id": run_id_for(payload["contract_id"], digest),
+                  "run": None}
+        if args.envelope:
+            try:
+                signed, signers = contracts.envelope_signers(_read_bytes(args.envelope, "--envelope"))
+            except (contracts.ContractError, ValueError):
+                raise CliError(f"--envelope: {args.envelope} is not a contract envelope") from None
+            if contracts.payload_digest(contracts.canonical_json(signed)) != digest:
+                raise CliError(f"--envelope: {args.envelope} signs a different contract than {args.contract}")
+            status["signers"] = signers
+            status["missing_signatures"] = [did for did in status["parties"] if did not in signers]
+    elif response.status_code == 401:
+        raise CliError("the clean room refused your access token (HTTP 401): is CCR_PARTY_KEY the key of your DID?")
+    else:
+        raise CliError(f"the clean room answered HTTP {response.status_code} for the contract's status")
+    status["next"] = _next_step(status)
+    emit(status)

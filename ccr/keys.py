@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 from ccr.common import CliError, authority, contract_policy, emit
-from shared import contract as contracts
 
 NAME = "keys"
 HELP = "keys: policy"
@@ -26,6 +25,7 @@ def register(groups) -> None:
 
 
 def run_policy(args) -> None:
+    from shared import contract as contracts
     try:
         payload = contracts.validate_payload(json.loads(args.contract.read_text()))
     except OSError as error:

@@ -12,14 +12,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import requests
-
 from ccr.common import CliError
-from shared import did as dids
-from shared import settings
-from shared.party_auth import sign_challenge
 
 DID_SETTING, KEY_SETTING = "CCR_PARTY_DID", "CCR_PARTY_KEY"
+DEFAULT_KEY_ID = "key-1"   # shared.did.DEFAULT_KEY_ID, without importing the crypto libraries for --help
 _TOKENS: dict[tuple[str, str], tuple[str, float]] = {}   # (service, key ref) -> (token, monotonic expiry)
 _MARGIN = 30.0
 
@@ -28,10 +24,12 @@ def add_identity_arguments(parser, did_help: str = "your did:web (default: setti
     parser.add_argument("--did", help=did_help)
     parser.add_argument("--key", type=Path, help="your private key (PEM, from `ccr identity new`; default: setting "
                                                  "CCR_PARTY_KEY)")
-    parser.add_argument("--key-id", default=dids.DEFAULT_KEY_ID, help="verification method id in your DID document")
+    parser.add_argument("--key-id", default=DEFAULT_KEY_ID, help="verification method id in your DID document")
 
 
 def party_did(args, required: bool = False) -> str | None:
+    from shared import did as dids
+    from shared import settings
     did = getattr(args, "did", None) or settings.get(DID_SETTING)
     if required and not did:
         raise CliError(f"who are you? pass --did or set {DID_SETTING}")
@@ -43,8 +41,11 @@ def party_did(args, required: bool = False) -> str | None:
     return did
 
 
-def identity(args, required: bool = False) -> dids.Identity | None:
-    """The party's signing identity, or None when no key is given (and not `required`)."""
+def identity(args, required: bool = False):
+    """The party's signing identity (shared.did.Identity), or None when no key is given (and not
+    `required`)."""
+    from shared import did as dids
+    from shared import settings
     did = party_did(args, required)
     key = getattr(args, "key", None) or settings.get(KEY_SETTING)
     if not key or not did:
@@ -62,15 +63,18 @@ def identity(args, required: bool = False) -> dids.Identity | None:
 class PartySession:
     """Calls to one service (`base` = where its `auth/challenge` and `auth/token` live) as one party."""
 
-    def __init__(self, base: str, party: dids.Identity, name: str = "the service"):
+    def __init__(self, base: str, party, name: str = "the service"):
         self.base, self.party, self.name = base.rstrip("/"), party, name
 
-    def _post(self, path: str, body: dict, headers: dict | None = None) -> requests.Response:
+    def _post(self, path: str, body: dict, headers: dict | None = None):
+        import requests
+
+        from shared import settings
         try:
             return requests.post(f"{self.base}/{path}", json=body, headers=headers, timeout=60,
                                  verify=settings.ca_bundle())
         except requests.RequestException as error:
-            raise CliError(f"cannot reach {self.name} at {self.base} ({type(error).__name__})") from None
+            raise CliError(f"cannot reach {self.name} at {self.base} ({type(error).__name__}){_where(self)}") from None
 
     def token(self, fresh: bool = False) -> str:
         cached = _TOKENS.get((self.base, self.party.key_ref))
@@ -78,6 +82,7 @@ class PartySession:
             return cached[0]
         answer = self._post("auth/challenge", {"did": self.party.did})
         challenge = _json(answer, f"{self.name} refused to issue a challenge").get("challenge")
+        from shared.party_auth import sign_challenge
         answer = self._post("auth/token", {"did": self.party.did, "challenge": challenge,
                                            "signature": sign_challenge(self.party, challenge)})
         granted = _json(answer, f"{self.name} refused your identity")
@@ -88,8 +93,11 @@ class PartySession:
                                                     - _MARGIN)
         return token
 
-    def request(self, method: str, path: str, **kwargs) -> requests.Response:
+    def request(self, method: str, path: str, **kwargs):
         """`method base/path` with the bearer token (a fresh one once if the cached one is refused)."""
+        import requests
+
+        from shared import settings
         extra = kwargs.pop("headers", None) or {}
         for fresh in (False, True):
             headers = {**extra, "Authorization": f"Bearer {self.token(fresh)}"}
@@ -97,7 +105,8 @@ class PartySession:
                 response = requests.request(method, f"{self.base}/{path}", headers=headers, timeout=60,
                                             verify=settings.ca_bundle(), **kwargs)
             except requests.RequestException as error:
-                raise CliError(f"cannot reach {self.name} at {self.base} ({type(error).__name__})") from None
+                raise CliError(f"cannot reach {self.name} at {self.base} ({type(error).__name__}){_where(self)}") \
+                    from None
             if response.status_code != 401:
                 break
         return response
@@ -109,11 +118,21 @@ class PartySession:
         return answer["url"]
 
 
+def _where(session: PartySession) -> str:
+    """Why `ccr` called that URL: which setting, from where (shared/settings.py profiles)."""
+    from shared import settings
+    origin = settings.source("CCR_FUNCTIONS_URL") if session.name == "the clean room" else None
+    if origin is None:
+        return ""
+    return f"; CCR_FUNCTIONS_URL from {origin}: is the clean room running there? (`ccr profile`)"
+
+
 def functions_url(args=None) -> str | None:
+    from shared import settings
     return (getattr(args, "url", None) if args is not None else None) or settings.get("CCR_FUNCTIONS_URL")
 
 
-def session_for(party: dids.Identity | None) -> PartySession | None:
+def session_for(party) -> PartySession | None:
     """`party`'s session with the Functions app at CCR_FUNCTIONS_URL, if both are known."""
     base = functions_url()
     return PartySession(f"{base.rstrip('/')}/api", party, "the clean room") if party and base else None
@@ -132,7 +151,7 @@ def clean_room(args, required: bool = False) -> PartySession | None:
     return PartySession(f"{base.rstrip('/')}/api", party, "the clean room")
 
 
-def _json(response: requests.Response, refusal: str) -> dict:
+def _json(response, refusal: str) -> dict:
     if not response.ok:
         try:
             reason = str(response.json().get("error", ""))[:300]

@@ -15,14 +15,11 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from ccr.common import CliError, download, emit, keys_dir, load_local_key, new_key_id, plain_name, save_local_key
+from ccr.common import (CliError, download, emit, keys_dir, load_local_key, new_key_id, plain_name, save_local_key,
+                        step)
 from ccr.party import add_identity_arguments, clean_room, party_did
+from ccr.runs import add_wait_arguments
 from ccr.tdp import publish_package
-from shared import package, storage_names
-from shared.did import did_name
-from shared.pipeline import PipelineConfigError, TrainingConfig
-from trainer_container.model_package import CONTENT_TYPE as MODEL_CONTENT_TYPE  # what the trainer reads
-from trainer_container.output_package import CONTENT_TYPE as OUTPUT_CONTENT_TYPE  # and writes
 
 NAME = "tdc"
 HELP = "training data consumer: publish-model, fetch"
@@ -49,16 +46,23 @@ def register(groups) -> None:
                                 description="Download outputs/<run-id>/output.ccr (with your identity and "
                                             "CCR_FUNCTIONS_URL, through a read-only SAS the clean room issues to "
                                             "the TDC of that run's contract) and decrypt it with the local copy of "
-                                            "the output key named in its header.")
+                                            "the output key named in its header. As a party, the run's status is "
+                                            "asked first: a run still going is waited for with --wait, and a "
+                                            "failed run's reason is reported.")
     fetch.add_argument("--run-id", required=True, help="run id (from the run status or the CCR.Run.Finished event)")
-    fetch.add_argument("--output", required=True, type=Path, help="zip to write (model.onnx, metrics.json, privacy.json)")
+    fetch.add_argument("--out", dest="output", required=True, type=Path,
+                       help="zip to write (model.onnx, metrics.json, privacy.json)")
     fetch.add_argument("--keys-dir", type=Path, help="where publish-model wrote the output key")
+    fetch.add_argument("--wait", action="store_true", help="wait for the run to finish first (a line per phase)")
+    add_wait_arguments(fetch)
     add_identity_arguments(fetch)
     fetch.set_defaults(func=run_fetch)
 
 
 def _read_inputs(args) -> tuple[bytes, bytes]:
     import onnx
+
+    from shared.pipeline import PipelineConfigError, TrainingConfig
     for option, path in (("--model", args.model), ("--training", args.training)):
         if not path.is_file():
             raise CliError(f"{option}: {path} is not a file")
@@ -87,6 +91,9 @@ def model_zip(model: bytes, training: bytes) -> bytes:
 
 
 def run_publish_model(args) -> None:
+    from shared import package, storage_names
+    from shared.did import did_name
+    from trainer_container.model_package import CONTENT_TYPE as MODEL_CONTENT_TYPE  # what the trainer reads
     model, training = _read_inputs(args)
     owner = did_name(party_did(args, required=True))
     party = clean_room(args)
@@ -102,21 +109,42 @@ def run_publish_model(args) -> None:
 
 
 def run_fetch(args) -> None:
+    from shared import package, storage_names
+    from trainer_container.output_package import CONTENT_TYPE as OUTPUT_CONTENT_TYPE  # what the trainer writes
     run_id = plain_name(args.run_id, "--run-id")
     if not args.output.parent.is_dir():
-        raise CliError(f"--output: directory {args.output.parent} does not exist")
+        raise CliError(f"--out: directory {args.output.parent} does not exist")
     directory = keys_dir(args)
+    party = clean_room(args)
+    if party is not None:
+        _check_finished(args, run_id)
+    elif args.wait:
+        raise CliError("--wait follows the run through the clean room: set CCR_FUNCTIONS_URL and your identity")
     with tempfile.TemporaryDirectory(prefix="ccr-fetch-") as scratch:
         encrypted = Path(scratch) / "output.ccr"
-        download(storage_names.OUTPUTS, storage_names.output_blob(run_id), encrypted, clean_room(args))
+        download(storage_names.OUTPUTS, storage_names.output_blob(run_id), encrypted, party)
         with open(encrypted, "rb") as source:
             header = package.read_header(source)
         if header.manifest.content_type != OUTPUT_CONTENT_TYPE:
             raise CliError(f"run {run_id}'s output has content type {header.manifest.content_type!r}, "
                            f"not {OUTPUT_CONTENT_TYPE}")
         key = load_local_key(directory, header.key_id)
+        step(f"decrypt {run_id}'s output with key {header.key_id} into {args.output}")
         manifest = package.decrypt_file(encrypted, args.output, key)
     with zipfile.ZipFile(args.output) as archive:
         members = archive.namelist()
     emit({"run_id": run_id, "output": str(args.output), "sha256": manifest.sha256, "size": manifest.size,
           "members": members})
+
+
+def _check_finished(args, run_id: str) -> None:
+    """The run must have succeeded: with --wait, wait for it; a failed run's reason is the error."""
+    from ccr.runs import _get, failure, wait_for_run
+    if not run_id.startswith("run-"):
+        raise CliError("--run-id looks like run-<16 hex digits> (`ccr contract submit` prints it)")
+    record = wait_for_run(args, run_id) if args.wait else _get(args, f"runs/{run_id}")
+    if record.get("status") == "failed":
+        raise CliError(failure(record) + " (nothing to fetch; `ccr runs show` has its phases)")
+    if record.get("status") != "succeeded" or record.get("phase") != "finished":
+        raise CliError(f"run {run_id} is {record.get('status')} (phase {record.get('phase')}): nothing to fetch yet; "
+                       "add --wait to wait for it, or follow it with `ccr runs watch`")

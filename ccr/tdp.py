@@ -1,23 +1,23 @@
 """`ccr tdp`: what a Training Data Provider runs on its own machine - de-identify a table
 (`prepare`), make the pseudonym key its contract's providers share (`pseudonym-key`), and
-encrypt, upload and key a prepared table (`publish`), and declare its lifetime privacy budget
-once (`declare-budget`)."""
+encrypt, upload and key a prepared table (`publish`), declare its lifetime privacy budget
+once (`declare-budget`), and check a TDC's proposed feature bounds against its own table
+(`check-bounds`). The file formats: docs/GUIDE.md."""
 from __future__ import annotations
 
 import csv
 import os
+import sys
 import tempfile
 from pathlib import Path
 
-from ccr.common import CliError, emit, keys_dir, new_key_id, plain_name, save_local_key, upload
+from ccr.common import CliError, emit, keys_dir, new_key_id, plain_name, save_local_key, step, upload
 from ccr.ledger import call, ledger_url, reason
 from ccr.party import add_identity_arguments, clean_room, party_did
 from ccr.party import identity as party_identity
-from shared import budget_declaration, deid, package, storage_names
-from shared.did import did_name
 
 NAME = "tdp"
-HELP = "training data provider: prepare, pseudonym-key, publish, declare-budget"
+HELP = "training data provider: prepare, pseudonym-key, publish, declare-budget, check-bounds"
 PSEUDONYM_KEY_ENV = "CCR_PSEUDONYM_KEY"
 
 
@@ -27,16 +27,17 @@ def register(groups) -> None:
 
     prepare = commands.add_parser("prepare", help="de-identify a CSV with a preparation config",
                                   description="De-identify a CSV: drop direct identifiers, replace join "
-                                              "identifiers by keyed pseudonyms, coerce types (see shared/deid.py).")
+                                              "identifiers by keyed pseudonyms, coerce types. The config's grammar "
+                                              "(pseudonymize, drop, keep, rename, prefix, types): docs/GUIDE.md.")
     prepare.add_argument("--config", required=True, type=Path, help="preparation config (JSON)")
     prepare.add_argument("--input", required=True, type=Path, help="raw CSV")
-    prepare.add_argument("--output", required=True, type=Path, help="prepared CSV to write")
+    prepare.add_argument("--out", dest="output", required=True, type=Path, help="prepared CSV to write")
     prepare.add_argument("--pseudonym-key-file", type=Path,
                          help=f"file with the contract's shared pseudonym key (hex); default: ${PSEUDONYM_KEY_ENV}")
     prepare.set_defaults(func=run_prepare)
 
     make_key = commands.add_parser("pseudonym-key", help="write a new pseudonym key to share with the other providers")
-    make_key.add_argument("--output", required=True, type=Path, help="key file to create (0600; never overwritten)")
+    make_key.add_argument("--out", dest="output", required=True, type=Path, help="key file to create (0600; never overwritten)")
     make_key.set_defaults(func=run_pseudonym_key)
 
     publish = commands.add_parser("publish", help="encrypt a prepared table under a new data key and upload it",
@@ -69,8 +70,22 @@ def register(groups) -> None:
     add_identity_arguments(declare, "your did:web (default: setting CCR_PARTY_DID)")
     declare.set_defaults(func=run_declare_budget)
 
+    bounds = commands.add_parser("check-bounds", help="warn when proposed feature bounds look derived from your data",
+                                 description="Check the public feature bounds a TDC proposes (its training config's "
+                                             "feature_bounds, or a JSON object column -> [low, high]) against your "
+                                             "own prepared table, on your machine: warns when a bound equals the "
+                                             "table's observed minimum or maximum (it looks derived from the data, "
+                                             "which reveals an extreme person's value) and notes values the bounds "
+                                             "would clip. Exit status 1 with --strict when there is a warning.")
+    bounds.add_argument("--input", required=True, type=Path, help="your prepared CSV")
+    bounds.add_argument("--training", required=True, type=Path,
+                        help="the training config (its feature_bounds) or a JSON object of bounds")
+    bounds.add_argument("--strict", action="store_true", help="exit 1 if any bound looks derived or clips values")
+    bounds.set_defaults(func=run_check_bounds)
+
 
 def _pseudonym_key(args) -> bytes:
+    from shared import deid
     if args.pseudonym_key_file:
         try:
             text = args.pseudonym_key_file.read_text()
@@ -90,22 +105,29 @@ def _writable_destination(path: Path, option: str) -> None:
 
 
 def run_prepare(args) -> None:
+    from shared import deid
     config = deid.load_config(args.config)
     key = _pseudonym_key(args)
-    _writable_destination(args.output, "--output")
+    _writable_destination(args.output, "--out")
     if args.output.resolve() == args.input.resolve():
-        raise CliError("--output must differ from --input")
+        raise CliError("--out must differ from --input")
+    if not args.input.is_file():
+        raise CliError(f"{args.input}: input file not found")
+    step(f"prepare {args.input} with {args.config} (dataset {config.dataset}): {len(config.pseudonymize)} "
+         f"pseudonymized, {len(config.drop)} dropped, {len(config.keep)} kept column(s)")
     table = deid.prepare_csv(config, args.input, args.output, key)
+    step(f"prepared {table.rows} rows into {args.output}")
     emit({"dataset": config.dataset, "rows": table.rows, "output": str(args.output),
           "columns": [c["name"] for c in table.schema["columns"]]})
 
 
 def run_pseudonym_key(args) -> None:
-    _writable_destination(args.output, "--output")
+    from shared import deid
+    _writable_destination(args.output, "--out")
     try:
         descriptor = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        raise CliError(f"--output: {args.output} exists; a pseudonym key is never overwritten") from None
+        raise CliError(f"--out: {args.output} exists; a pseudonym key is never overwritten") from None
     with os.fdopen(descriptor, "w") as handle:
         handle.write(deid.new_pseudonym_key() + "\n")
     emit({"pseudonym_key_file": str(args.output)})
@@ -130,6 +152,7 @@ def publish_package(source: Path, container: str, owner: str, name: str, directo
     """Fresh data key (kept in `directory`, 0600) -> package -> blob under the owner's name
     (`storage_names.dataset_blob` / `model_blob`), uploaded through `party`'s SAS if given.
     Returns what the contract needs (blob path, sha256, key id)."""
+    from shared import package, storage_names
     key = os.urandom(package.KEY_SIZE)
     key_id = new_key_id(name)
     save_local_key(directory, key_id, key)
@@ -137,6 +160,7 @@ def publish_package(source: Path, container: str, owner: str, name: str, directo
         storage_names.dataset_blob(owner, name, key_id)
     with tempfile.TemporaryDirectory(prefix="ccr-publish-") as scratch:
         encrypted = Path(scratch) / "package.ccr"
+        step(f"encrypt {source} under a new data key {key_id} (kept in {directory})")
         manifest = package.encrypt_file(source, encrypted, key, key_id, content_type, schema)
         url = upload(container, blob, encrypted, party)
     return {"blob": f"{container}/{blob}", "url": url, "sha256": manifest.sha256, "size": manifest.size,
@@ -144,6 +168,8 @@ def publish_package(source: Path, container: str, owner: str, name: str, directo
 
 
 def run_publish(args) -> None:
+    from shared import storage_names
+    from shared.did import did_name
     if not args.input.is_file():
         raise CliError(f"--input: {args.input} is not a file")
     name = plain_name(args.dataset, "--dataset")
@@ -155,6 +181,7 @@ def run_publish(args) -> None:
 
 
 def run_declare_budget(args) -> None:
+    from shared import budget_declaration
     name = plain_name(args.dataset, "--dataset")
     try:
         token = budget_declaration.declare(party_identity(args, required=True), name, args.epsilon, args.delta)
@@ -165,3 +192,27 @@ def run_declare_budget(args) -> None:
         raise CliError(f"ledger refused the declaration (HTTP {response.status_code}): {reason(response)}")
     emit({**budget_declaration.claims(token), "digest": response.json()["digest"],
           "recorded": "new" if response.status_code == 201 else "already recorded"})
+
+
+def run_check_bounds(args) -> None:
+    import json
+
+    from ccr.bounds import BoundsError, check
+    from shared.pipeline import PipelineConfigError, _bounds
+    try:
+        document = json.loads(args.training.read_text())
+    except OSError as error:
+        raise CliError(f"--training: cannot read {args.training} ({error.strerror})") from None
+    except ValueError:
+        raise CliError(f"--training: {args.training} is not JSON") from None
+    proposed = document.get("feature_bounds", document) if isinstance(document, dict) else document
+    try:
+        bounds = _bounds(proposed)
+        report = check(args.input, bounds)
+    except (PipelineConfigError, BoundsError) as error:
+        raise CliError(str(error)) from None
+    for warning in report["warnings"]:
+        print(f"ccr: warning: {warning}", file=sys.stderr)
+    emit(report)
+    if args.strict and report["warnings"]:
+        raise CliError(f"{len(report['warnings'])} warning(s) about the proposed bounds (see above)")

@@ -1,9 +1,12 @@
-"""GET /api/runs and /api/runs/{run_id}: what the parties may know about runs.
+"""GET /api/runs, /api/runs/{run_id} and /api/contracts/{contract_id}/{digest}: what the
+parties may know about runs and about their accepted contracts (signers, inputs, run).
 
 A bearer token from /api/auth/token is required (anonymous at the host: the token is the
 credential, no function key is handed to parties); a party sees only the runs of contracts it
 is a party of (shared/party_runs.py), and another party's run answers 404 like a missing one."""
 from __future__ import annotations
+
+import re
 
 import azure.durable_functions as df
 import azure.functions as func
@@ -12,7 +15,9 @@ from functions.http_responses import error, json_response
 from functions.party_requests import calling_party, refused
 from shared import azure_clients
 from shared.party_auth import PartyAuthError
-from shared.party_runs import PartyRuns
+from shared.party_runs import RUN_SUMMARY, PartyRuns
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 bp = df.Blueprint()
 
@@ -41,7 +46,21 @@ def show_run(req: func.HttpRequest) -> func.HttpResponse:
     return json_response(record)
 
 
+@bp.route(route="contracts/{contract_id}/{digest}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def contract_status(req: func.HttpRequest) -> func.HttpResponse:
+    """An accepted contract for one of its parties: signers, inputs present and missing, its run."""
+    try:
+        did = calling_party(req)
+    except PartyAuthError as problem:
+        return refused(problem)
+    contract_id, digest = req.route_params.get("contract_id", ""), req.route_params.get("digest", "")
+    status = None
+    if _HEX64.match(digest) and "/" not in contract_id:
+        status = PartyRuns(azure_clients.blob_service()).contract_status(did, contract_id, digest)
+    if status is None:
+        return error(404, f"no accepted contract {contract_id!r} with digest {digest[:12]}... of yours")
+    return json_response(status)
+
+
 def _summary(record: dict) -> dict:
-    keys = ("run_id", "contract_id", "status", "phase", "created", "finished", "container_group",
-            "output_blob", "privacy_budget_spent")
-    return {key: record.get(key) for key in keys}
+    return {key: record.get(key) for key in RUN_SUMMARY}

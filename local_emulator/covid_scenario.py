@@ -147,11 +147,11 @@ class CovidScenario:
         self.create_identities()  # a party's blobs live under its name, uploaded as that party
         key_file = self.workdir / "pseudonym.key"
         if not key_file.exists():
-            self.ccr("tdp", "pseudonym-key", "--output", str(key_file))
+            self.ccr("tdp", "pseudonym-key", "--out", str(key_file))
         for name, raw in PROVIDERS.items():
             prepared = self.workdir / f"{name}.prepared.csv"
             self.ccr("tdp", "prepare", "--config", str(CONFIGS / f"{name}.json"), "--input", str(covid_reference.COVID_DATA / raw),
-                     "--output", str(prepared), "--pseudonym-key-file", str(key_file))
+                     "--out", str(prepared), "--pseudonym-key-file", str(key_file))
             self.published[name] = self.ccr("tdp", "publish", "--input", str(prepared), "--dataset", name,
                                             "--keys-dir", str(self.keys_dir(name)), party=name)
             (self.workdir / f"{name}.published.json").write_text(json.dumps(self.published[name]))
@@ -189,7 +189,7 @@ class CovidScenario:
                     for n in self.published]
         self.ccr("contract", "new", "--contract-id", self.contract_id, "--purpose", "COVID test-result model",
                  "--tdc", self.identities["tdc"]["did"], "--model-from", str(self.workdir / "model.published.json"),
-                 "--output", f"webhook={self.inbox.url}",
+                 "--tdc-output", f"webhook={self.inbox.url}",
                  *[arg for d in datasets for arg in ("--dataset-from", d)],
                  "--delta", str(DELTA), "--validation-split", "0.2", "--min-joined-rows", "100",
                  "--join", str(join), "--deadline-seconds", str(self.deadline_seconds),
@@ -242,7 +242,7 @@ class CovidScenario:
 
     def fetch_output(self, run_id: str) -> dict:
         output = self.workdir / "output.zip"
-        result = self.ccr("tdc", "fetch", "--run-id", run_id, "--output", str(output),
+        result = self.ccr("tdc", "fetch", "--run-id", run_id, "--out", str(output),
                           "--keys-dir", str(self.keys_dir("tdc")), party="tdc")
         with zipfile.ZipFile(output) as archive:
             result["metrics"] = json.loads(archive.read("metrics.json"))

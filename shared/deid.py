@@ -162,7 +162,9 @@ def parse_config(data, where: str = "config") -> PreparationConfig:
     outputs = config.output_columns
     for name in outputs:
         if not _NAME.match(name):
-            _fail_config(where, f"output column name {name!r} is not a plain name")
+            _fail_config(where, f"output column name {name!r} is not a plain name (letters, digits, '_', '.', '-'; "
+                                "not starting with a digit): give it one with \"rename\": {\"<input name>\": "
+                                "\"<plain name>\"}")
     if len(set(outputs)) != len(outputs):
         _fail_config(where, "two columns would have the same output name")
     return config
@@ -271,9 +273,11 @@ def _transform(config: PreparationConfig, reader, writer, name: str, key: bytes)
     if len(set(header)) != len(header):
         raise DeidError(f"{name}: line 1: a column name appears twice in the header")
     missing = [c for c in config.keep + tuple(config.pseudonymize) + config.drop if c not in header]
-    if missing:
-        raise DeidError(f"{name}: line 1: column(s) {', '.join(missing)} declared in the config are missing")
     undeclared = [c for c in header if c not in config.declared]
+    if missing:
+        also = (f"; the header has undeclared column(s) {', '.join(undeclared)} (renamed in this export? declare "
+                "the header's names; `rename` sets output names)") if undeclared else ""
+        raise DeidError(f"{name}: line 1: column(s) {', '.join(missing)} declared in the config are missing{also}")
     if undeclared:
         raise DeidError(f"{name}: line 1: column(s) {', '.join(undeclared)} are not declared in the config "
                         "(list each under pseudonymize, drop or keep)")

@@ -8,17 +8,24 @@ Another party's run answers exactly like a run that does not exist, so an id can
 """
 from __future__ import annotations
 
+import base64
+
 from azure.storage.blob import BlobServiceClient
 
 from shared import contract as contracts
-from shared.contract_store import ContractStore
-from shared.run_records import RunRecords
+from shared.contract_store import ContractStore, contract_inputs, split_blob_path
+from shared.run_records import RunRecords, run_id_for
+
+
+RUN_SUMMARY = ("run_id", "contract_id", "status", "phase", "created", "finished", "container_group",
+               "output_blob", "privacy_budget_spent")
 
 
 class PartyRuns:
     """Run records as one party may see them (contracts are read once per call)."""
 
     def __init__(self, service: BlobServiceClient):
+        self._service = service
         self._runs = RunRecords(service)
         self._contracts = ContractStore(service)
         self._payloads: dict[tuple[str, str], dict | None] = {}
@@ -54,3 +61,30 @@ class PartyRuns:
         """The DID of the TDC of a run's contract (the one party its output is for)."""
         record = self._runs.get(run_id)
         return self.tdc(record) if record is not None else None
+
+    def contract_status(self, did: str, contract_id: str, digest: str) -> dict | None:
+        """An accepted contract as a party of it sees it: who signed, which inputs have arrived
+        and which are missing, and its run. None when the contract is not accepted *or* `did`
+        is not a party of it (answered alike, so nobody probes another's contracts). Input
+        presence is of blobs the contract names, which every party of it signed."""
+        stored = self._contracts.get(contract_id, digest)
+        if stored is None or did not in contracts.parties(stored["payload"]):
+            return None
+        payload = stored["payload"]
+        try:
+            signers = contracts.envelope_signers(base64.b64decode(stored["envelope"]))[1]
+        except (ValueError, contracts.ContractError):
+            signers = []
+        owners = {dataset["blob"]: tdp["did"] for tdp in payload["tdps"] for dataset in tdp["datasets"]}
+        inputs = []
+        for item in contract_inputs(payload):
+            container, name = split_blob_path(item["blob"])
+            present = self._service.get_blob_client(container, name).exists()
+            inputs.append({"kind": item["kind"], "name": item["name"], "blob": item["blob"],
+                           "party": owners.get(item["blob"], payload["tdc"]["did"]), "present": present})
+        run_id = run_id_for(contract_id, digest)
+        run = self._runs.get(run_id)
+        return {"contract_id": contract_id, "digest": digest, "accepted": stored.get("accepted"),
+                "ledger_seqno": stored.get("seqno"), "parties": contracts.parties(payload), "signers": signers,
+                "inputs": inputs, "missing": [item["blob"] for item in inputs if not item["present"]],
+                "run_id": run_id, "run": {key: run.get(key) for key in (*RUN_SUMMARY, "reason")} if run else None}

@@ -49,9 +49,12 @@ class RunRecords:
         return [doc for _, doc in self._blobs.list("records/")]
 
     def enter_phase(self, run_id: str, phase: str, **fields) -> dict:
-        """Close the current phase and open `phase` (timestamps in UTC)."""
+        """Close the current phase and open `phase` (timestamps in UTC). A pending run is
+        `running` from its first phase until `finish` records its outcome."""
         def mutate(record: dict) -> None:
             now = utc_now()
+            if record.get("status") == "pending":
+                record["status"] = "running"
             current = record["phases"].get(record.get("phase"))
             if current is not None and "ended" not in current:
                 current["ended"] = now

@@ -77,6 +77,19 @@ def _endpoints_file() -> dict:
         return {}
 
 
+# Names this process read from the local endpoints file (a tool says so: ccr/profile.py).
+read_from_endpoints_file: set[str] = set()
+
+
+def source(name: str) -> str | None:
+    """Where `get(name)` finds its value: "environment", the endpoints file's path, or None."""
+    if os.environ.get(name):
+        return "environment"
+    if local_profile() and _endpoints_file().get(name):
+        return str(emulator_dir() / "endpoints.json")
+    return None
+
+
 def get(name: str, default: str | None = None) -> str | None:
     """A setting by its app-setting name; in the local profile, the emulators' endpoint file
     stands in for a variable that is not set."""
@@ -84,7 +97,10 @@ def get(name: str, default: str | None = None) -> str | None:
     if value:
         return value
     if local_profile():
-        return _endpoints_file().get(name) or default
+        value = _endpoints_file().get(name)
+        if value:
+            read_from_endpoints_file.add(name)
+        return value or default
     return default
 
 

@@ -71,7 +71,9 @@ def test_the_tdc_fetches_its_output_and_a_provider_cannot(capsys, tmp_path, as_p
     """The output of a run of contract A (TDC `tdc`, provider `icmr`)."""
     run_id = f"run-{secrets.token_hex(8)}"
     contract = stored["a"]
-    RunRecords(blob_service(azurite)).create(run_id, contract["payload"]["contract_id"], contract["digest"])
+    records = RunRecords(blob_service(azurite))
+    records.create(run_id, contract["payload"]["contract_id"], contract["digest"])
+    records.finish(run_id, {"status": "succeeded"})
     key, key_id = os.urandom(32), f"output-{secrets.token_hex(4)}"
     (tmp_path / "keys").mkdir()
     (tmp_path / "keys" / f"{key_id}.key.json").write_text(json.dumps({"key_id": key_id, "k": key.hex()}))
@@ -84,11 +86,11 @@ def test_the_tdc_fetches_its_output_and_a_provider_cannot(capsys, tmp_path, as_p
     blob_service(azurite).get_blob_client(storage_names.OUTPUTS, storage_names.output_blob(run_id)).upload_blob(
         (tmp_path / "out.ccr").read_bytes())
 
-    code, fetched, err = run(capsys, "tdc", "fetch", "--run-id", run_id, "--output", str(tmp_path / "got.zip"),
+    code, fetched, err = run(capsys, "tdc", "fetch", "--run-id", run_id, "--out", str(tmp_path / "got.zip"),
                              *as_party("tdc"))
     assert code == 0, err
     assert (tmp_path / "got.zip").read_bytes() == archive.getvalue() and fetched["run_id"] == run_id
-    code, _, err = run(capsys, "tdc", "fetch", "--run-id", run_id, "--output", str(tmp_path / "no.zip"),
+    code, _, err = run(capsys, "tdc", "fetch", "--run-id", run_id, "--out", str(tmp_path / "no.zip"),
                        *as_party("icmr"))
     assert code == 1 and "no read access" in err and "HTTP 403" in err and not (tmp_path / "no.zip").exists()
 

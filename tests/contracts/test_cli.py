@@ -13,6 +13,7 @@ from local_emulator.ledger import LedgerTwin
 from shared import contract as contracts
 from shared import did as did_tools
 from shared.container_group import policy_template_sha256
+from shared.run_records import run_id_for
 from tests.conftest import wait_until as wait_for
 from tests.contracts.conftest import sha
 
@@ -45,7 +46,7 @@ def new_contract(ccr, tmp_path, dids: dict, epsilon=1.5, **overrides):
     options = {"--contract-id": "covid-cli", "--purpose": "covid model", "--valid-from": "2026-01-01T00:00:00Z",
                "--valid-until": "2099-01-01T00:00:00Z", "--tdc": dids["tdc"],
                "--model": f"blob=models/model/m-1.ccr,sha256={sha('m')},key_id=m-1",
-               "--output": "key_id=out-1,webhook=http://127.0.0.1:9/notify", "--key-vault": f"{dids['tdc']}=https://kv.tdc",
+               "--tdc-output": "key_id=out-1,webhook=http://127.0.0.1:9/notify", "--key-vault": f"{dids['tdc']}=https://kv.tdc",
                "--delta": "1e-5", "--deadline-seconds": "600", "--trainer-image": "ccr-trainer@sha256:" + sha("i"),
                "--join": tmp_path / "join.json", "--out": tmp_path / "payload.json", **overrides}
     (tmp_path / "join.json").write_text(json.dumps({"datasets": []}))
@@ -120,8 +121,9 @@ def test_four_parties_sign_verify_and_submit(ccr, ledger, tmp_path):
     assert status == 1 and "MissingSigner" in err and dids["index"] in err
 
     status, out, err = ccr("contract", "submit", "--envelope", envelope)
+    digest = contracts.payload_digest(contracts.canonical_json(payload))
     assert status == 0 and out == {"seqno": 1, "contract_id": "covid-cli", "complete": True, "missing": [],
-                                   "digest": contracts.payload_digest(contracts.canonical_json(payload))}
+                                   "digest": digest, "run_id": run_id_for("covid-cli", digest)}
     wait_for(lambda: ledger.entry(1)["delivery"] == "delivered")
     assert ledger.hook.calls[0]["body"] == envelope.read_bytes()
 

@@ -76,13 +76,13 @@ def key_file(tmp_path) -> Path:
 
 
 def test_prepare_and_pseudonym_key(capsys, tmp_path, key_file):
-    code, out, _ = run(capsys, "tdp", "pseudonym-key", "--output", str(tmp_path / "shared.key"))
+    code, out, _ = run(capsys, "tdp", "pseudonym-key", "--out", str(tmp_path / "shared.key"))
     assert code == 0 and stat.S_IMODE((tmp_path / "shared.key").stat().st_mode) == 0o600
     assert len(bytes.fromhex((tmp_path / "shared.key").read_text())) == 32
-    code, _, err = run(capsys, "tdp", "pseudonym-key", "--output", str(tmp_path / "shared.key"))
+    code, _, err = run(capsys, "tdp", "pseudonym-key", "--out", str(tmp_path / "shared.key"))
     assert code == 1 and "never overwritten" in err
     code, out, _ = run(capsys, "tdp", "prepare", "--config", str(ROOT / "configs/covid/cowin.json"),
-                       "--input", str(COVID / "poc_data_cowin_data.csv"), "--output", str(tmp_path / "cowin.csv"),
+                       "--input", str(COVID / "poc_data_cowin_data.csv"), "--out", str(tmp_path / "cowin.csv"),
                        "--pseudonym-key-file", str(tmp_path / "shared.key"))
     result = json.loads(out)
     assert code == 0 and result["rows"] == 2119 and result["columns"] == ["pseudonym", "age", "gender", "vaccine_name"]
@@ -103,7 +103,7 @@ def _write_inputs(tmp: Path) -> None:
 
 def _bad_cases(tmp: Path, key_file: Path) -> dict[str, tuple[list[str], str]]:
     prepare = ["tdp", "prepare", "--config", str(ROOT / "configs/covid/icmr.json"),
-               "--input", str(COVID / "poc_data_icmr_data.csv"), "--output", str(tmp / "out.csv")]
+               "--input", str(COVID / "poc_data_icmr_data.csv"), "--out", str(tmp / "out.csv")]
     publish = ["tdp", "publish", "--input", str(tmp / "table.csv"), "--dataset", "icmr"]
     model = ["tdc", "publish-model", "--model", str(tmp / "model.onnx"), "--training", str(tmp / "training.json")]
     return {
@@ -131,8 +131,8 @@ def _bad_cases(tmp: Path, key_file: Path) -> dict[str, tuple[list[str], str]]:
                                   "did:web:127.0.0.1%3A8443:outsider"], "not a party"),
         "grant of a key not held": (["contract", "grant", "--contract", str(tmp / "contract.json"), "--did", TDP],
                                     "no local copy of key icmr-1"),
-        "bad run id": (["tdc", "fetch", "--run-id", "a/../b", "--output", str(tmp / "o.zip")], "--run-id"),
-        "fetch output directory missing": (["tdc", "fetch", "--run-id", "r1", "--output",
+        "bad run id": (["tdc", "fetch", "--run-id", "a/../b", "--out", str(tmp / "o.zip")], "--run-id"),
+        "fetch output directory missing": (["tdc", "fetch", "--run-id", "r1", "--out",
                                             str(tmp / "no/o.zip")], "does not exist"),
     }
 
@@ -175,7 +175,7 @@ def test_keys_policy_pins_this_contracts_trainer_group(capsys, tmp_path, no_serv
 
 def test_user_errors_never_show_a_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "ccr", "tdp", "prepare", "--config", str(tmp_path / "none.json"),
-                             "--input", "x.csv", "--output", str(tmp_path / "o.csv")],
+                             "--input", "x.csv", "--out", str(tmp_path / "o.csv")],
                             capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip() == f"ccr: error: {tmp_path / 'none.json'}: config file not found"
@@ -221,7 +221,7 @@ def _kek_private(vault, name: str) -> dict:
 def test_tdp_publish_encrypts_uploads_and_keeps_the_key(capsys, tmp_path, key_file, services, vault):
     prepared = tmp_path / "icmr.csv"
     assert run(capsys, "tdp", "prepare", "--config", str(ROOT / "configs/covid/icmr.json"), "--input",
-               str(COVID / "poc_data_icmr_data.csv"), "--output", str(prepared),
+               str(COVID / "poc_data_icmr_data.csv"), "--out", str(prepared),
                "--pseudonym-key-file", str(key_file))[0] == 0
     keys_before = vault.store.names()
     code, out, err = run(capsys, "tdp", "publish", "--input", str(prepared), "--dataset", "icmr", "--did", TDP)
@@ -317,13 +317,13 @@ def test_tdc_publish_model_then_fetch_output(capsys, tmp_path, services, vault):
         outputs.create_container()
     outputs.upload_blob(storage_names.output_blob("run-1"), (tmp_path / "out.ccr").read_bytes(), overwrite=True)
 
-    code, out, err = run(capsys, "tdc", "fetch", "--run-id", "run-1", "--output", str(tmp_path / "fetched.zip"))
+    code, out, err = run(capsys, "tdc", "fetch", "--run-id", "run-1", "--out", str(tmp_path / "fetched.zip"))
     assert code == 0, err
     assert json.loads(out)["members"] == ["model.onnx", "metrics.json", "privacy.json"]
     assert (tmp_path / "fetched.zip").read_bytes() == buffer.getvalue()
 
-    code, _, err = run(capsys, "tdc", "fetch", "--run-id", "run-1", "--output", str(tmp_path / "again.zip"),
+    code, _, err = run(capsys, "tdc", "fetch", "--run-id", "run-1", "--out", str(tmp_path / "again.zip"),
                        "--keys-dir", str(tmp_path / "elsewhere"))
     assert code == 1 and "no local copy of key" in err and not (tmp_path / "again.zip").exists()
-    code, _, err = run(capsys, "tdc", "fetch", "--run-id", "run-404", "--output", str(tmp_path / "none.zip"))
+    code, _, err = run(capsys, "tdc", "fetch", "--run-id", "run-404", "--out", str(tmp_path / "none.zip"))
     assert code == 1 and "does not exist" in err and not (tmp_path / "none.zip").exists()
