@@ -25,6 +25,7 @@ from local_emulator.azurite import Azurite
 from local_emulator.blob_events import BLOB_CREATED
 from local_emulator.delivery import RetryPolicy
 from local_emulator.eventgrid import EventGridTwin
+from local_emulator.eventgrid_arm import EventGridManagement
 from local_emulator.keyvault import KeyVaultTwin
 from local_emulator.ledger import LedgerTwin
 from local_emulator.sevsnp import HardwareRoot
@@ -38,7 +39,7 @@ RESOURCE_GROUP = "ccr-local"
 
 
 FIXED_PORTS = {"host": 7071, "azurite_blob": 10000, "azurite_queue": 10001, "azurite_table": 10002,
-               "ledger": 8440, "maa": 8441, "keyvault": 8442, "aci": 8443, "eventgrid": 8444}
+               "ledger": 8440, "maa": 8441, "keyvault": 8442, "aci": 8443, "eventgrid": 8444, "eventgrid_arm": 8445}
 
 
 class HostProcess:
@@ -153,8 +154,11 @@ class Stack:
         self.maa = self._run(MaaTwin(self.state_dir / "maa", tls, [root.public_pem], port=ports["maa"]))
         self.keyvault = self._run(KeyVaultTwin(self.state_dir / "keyvault", tls, token, port=ports["keyvault"]))
         self.eventgrid = self._run(EventGridTwin(self.state_dir / "eventgrid", storage, port=ports["eventgrid"],
-                                                       retry=self._retry, blob_poll_seconds=0.5))
+                                                       retry=self._retry, blob_poll_seconds=0.5,
+                                                       ca_bundle=str(tls.ca_path)))
         topic = self.eventgrid.create_topic(TOPIC)
+        self.eventgrid_arm = self._run(EventGridManagement(self.eventgrid, tls.server_context(), token,
+                                                           port=ports["eventgrid_arm"]))
         self.aci = self._run(AciTwin(self.state_dir / "aci", self.state_dir / "images", tls.server_context(), token,
                                      skr_sidecar_factory(root, str(tls.ca_path), token), port=ports["aci"]))
         self.settings = {
@@ -166,6 +170,7 @@ class Stack:
             "CCR_ARM_URL": self.aci.url, "CCR_SUBSCRIPTION_ID": SUBSCRIPTION_ID,
             "CCR_RESOURCE_GROUP": RESOURCE_GROUP, "CCR_LOCATION": "local",
             "CCR_EVENTGRID_TOPIC_URL": topic.endpoint, "CCR_EVENTGRID_KEY": topic.key,
+            "CCR_EVENTGRID_TOPIC_ID": topic.resource_id, "CCR_EVENTGRID_ARM_URL": self.eventgrid_arm.url,
             "CCR_FUNCTION_KEY": self._secret("function_key"),
             "CCR_DURABLE_SYSTEM_KEY": self._secret("durable_system_key"),
             "CCR_EVENTGRID_SYSTEM_KEY": self._secret("eventgrid_system_key"),

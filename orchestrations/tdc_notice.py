@@ -9,12 +9,17 @@ loses nothing. A notice still undelivered after the last attempt is recorded on 
 
 A notice carries the run id, contract id, status, output location and digest and the failure
 reason: no keys, no SAS, no data. Errors name the exception class or HTTP status only.
+
+The event goes out once under `runs/<run id>` (the operator's subscriptions) and once for each
+party of the contract under that party's subject (`/parties/<hash of its DID>/runs/<run id>`),
+which is all a party's own subscription can receive (shared/party_events.py).
 """
 from __future__ import annotations
 
 import requests
 
-from shared import azure_clients, events, settings
+from shared import azure_clients, events, party_events, settings
+from shared import contract as contracts
 from shared.contract_store import ContractStore
 from shared.run_records import RunRecords
 
@@ -31,9 +36,10 @@ def notice(summary: dict) -> dict:
     return {key: summary.get(key) for key in NOTICE_FIELDS}
 
 
-def publish_event(message: dict) -> dict:
+def publish_event(message: dict, parties: list[str] = ()) -> dict:
+    subjects = [f"runs/{message['run_id']}", *party_events.party_subjects(list(parties), message["run_id"])]
     try:
-        events.publish(events.RUN_FINISHED, f"runs/{message['run_id']}", message)
+        events.publish_each(events.RUN_FINISHED, subjects, message)
     except Exception as error:  # noqa: BLE001 - any publisher failure is one failed attempt
         raise NoticeNotDelivered(f"Event Grid did not take the event ({type(error).__name__})") from None
     return {"delivered": True}
@@ -51,17 +57,21 @@ def post_webhook(webhook: str | None, message: dict) -> dict:
     return {"delivered": True, "status": response.status_code}
 
 
-def webhook_of(run: dict) -> str | None:
+def _payload(run: dict) -> dict:
     record = ContractStore(azure_clients.blob_service()).get(run["contract_id"], run["contract_digest"])
     if record is None:
         raise RuntimeError(f"accepted contract {run['contract_id']} not found")
-    return record["payload"]["tdc"].get("output", {}).get("webhook")
+    return record["payload"]
+
+
+def webhook_of(run: dict) -> str | None:
+    return _payload(run)["tdc"].get("output", {}).get("webhook")
 
 
 def deliver(run: dict, summary: dict, channel: str) -> dict:
     """One attempt on one channel: `{"delivered": True, ...}`, or NoticeNotDelivered."""
     if channel == "event":
-        return publish_event(notice(summary))
+        return publish_event(notice(summary), contracts.parties(_payload(run)))
     if channel == "webhook":
         return post_webhook(webhook_of(run), notice(summary))
     raise ValueError(f"unknown notice channel {channel!r}")

@@ -45,6 +45,20 @@ def container_client():
     return ContainerInstanceManagementClient(get_credential(), settings.require("CCR_SUBSCRIPTION_ID"), **kwargs)
 
 
+def eventgrid_management_client():
+    """Event Grid's ARM management plane (event subscriptions), with the app's identity (EventGrid
+    EventSubscription Contributor on the run-events topic): CCR_EVENTGRID_ARM_URL, else CCR_ARM_URL,
+    else Azure's."""
+    from azure.mgmt.eventgrid import EventGridManagementClient
+
+    from shared.credentials import get_credential
+    kwargs = {"connection_verify": settings.ca_bundle()}
+    base_url = settings.get("CCR_EVENTGRID_ARM_URL") or settings.get("CCR_ARM_URL")
+    if base_url:
+        kwargs["base_url"] = base_url
+    return EventGridManagementClient(get_credential(), settings.require("CCR_SUBSCRIPTION_ID"), **kwargs)
+
+
 def event_publisher():
     """The run/completion topic: with its access key when CCR_EVENTGRID_KEY is set, otherwise
     with the app's identity (EventGrid Data Sender on the topic)."""

@@ -4,6 +4,7 @@ contracts with a run each, stored as the control plane stores them.
 
 Contract A: TDC `tdc`, providers `icmr` and `cowin`. Contract B: TDC `rival`, provider `index`.
 `stranger` has a DID document but is a party of nothing; `nobody` has no document at all.
+The Event Grid twin with its management plane (`eventgrid`) is the app's run-events topic.
 """
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ import pytest
 import requests
 from azure.storage.blob import BlobServiceClient
 
+from local_emulator.delivery import RetryPolicy
+from local_emulator.eventgrid import EventGridTwin
+from local_emulator.eventgrid_arm import EventGridManagement
 from local_emulator.tls import LoopbackServer
 from shared import contract as contracts
 from shared import did as dids
@@ -65,11 +69,29 @@ def parties(did_host) -> dict[str, dids.Identity]:
 
 
 @pytest.fixture(scope="package")
-def app(azurite, tls):
+def eventgrid(tmp_path_factory, azurite, tls):
+    """The Event Grid twin (`.topic`: the run-events topic) and its management plane (`.arm`,
+    `.arm_token`)."""
+    twin = EventGridTwin(tmp_path_factory.mktemp("eventgrid"), azurite, ca_bundle=str(tls.ca_path),
+                         retry=RetryPolicy(initial_seconds=0.2, maximum_seconds=1, attempts=5)).start()
+    twin.topic_ = twin.create_topic("ccr-events")
+    twin.arm_token = secrets.token_urlsafe(24)
+    twin.arm = EventGridManagement(twin, tls.server_context(), twin.arm_token).start()
+    yield twin
+    twin.arm.stop()
+    twin.stop()
+
+
+@pytest.fixture(scope="package")
+def app(azurite, tls, eventgrid):
     """The app with its own party-authentication secret (`.party_secret`)."""
     secret = secrets.token_urlsafe(32)
-    host = HostProcess(PROJECT_ROOT, azurite, env={"CCR_PARTY_AUTH_SECRET": secret,
-                                                   "CCR_CA_BUNDLE": str(tls.ca_path)}).start()
+    host = HostProcess(PROJECT_ROOT, azurite, env={
+        "CCR_PARTY_AUTH_SECRET": secret, "CCR_CA_BUNDLE": str(tls.ca_path),
+        "CCR_EVENTGRID_ARM_URL": eventgrid.arm.url, "CCR_ACCESS_TOKEN": eventgrid.arm_token,
+        "CCR_SUBSCRIPTION_ID": "00000000-0000-0000-0000-000000000000",
+        "CCR_EVENTGRID_TOPIC_ID": eventgrid.topic_.resource_id,
+        "CCR_EVENTGRID_TOPIC_URL": eventgrid.topic_.endpoint, "CCR_EVENTGRID_KEY": eventgrid.topic_.key}).start()
     host.party_secret = secret
     yield host
     host.stop()
