@@ -167,25 +167,28 @@ def release_policy_problem(policy: dict, authority: str, hostdata: str) -> str |
 # --- 3. reserve the privacy budget (only after consent) ------------------------------------
 
 def reserve_privacy_budget(run: dict) -> dict:
-    """Reserve, for each dataset's population (provider DID + dataset name), exactly the
-    epsilon this contract asks for it, if its lifetime budget still allows it. Runs only after
-    every grant is verified: a contract a provider never signed cannot charge its budget."""
+    """Reserve, for each dataset's population (provider DID + dataset name), exactly the run's
+    planned epsilon (the smallest any dataset asks: the trainer trains at exactly that, and
+    refuses a training config asking another) and the contract's delta, if the provider's
+    declared lifetime budget still allows it. Runs only after every grant is verified: a
+    contract a provider never signed cannot charge its budget."""
     payload = _contract(run)
     budget = PrivacyBudget(azure_clients.blob_service())
     delta = float(payload["privacy"]["delta"])
+    planned = min(float(d["epsilon"]) for _, d in contracts.datasets(payload))
     reserved = []
     for provider, dataset in contracts.datasets(payload):
         identity = contracts.dataset_identity(provider, dataset)
         declared = contracts.declared_budget(dataset)  # its signature was verified with the contract's
         pinned = {"epsilon": declared["epsilon"], "delta": declared["delta"],
                   "digest": budget_declaration.digest(dataset["budget"])}
-        refusal = budget.reserve(identity, run["run_id"], pinned, float(dataset["epsilon"]), delta)
+        refusal = budget.reserve(identity, run["run_id"], pinned, planned, delta)
         if refusal:
             for earlier in reserved:  # all or nothing
                 budget.release(earlier, run["run_id"])
             return {"ok": False, "reason": f"privacy budget of dataset {dataset['name']}: {refusal}"}
         reserved.append(identity)
-    return {"ok": True, "epsilon": min(float(d["epsilon"]) for _, d in contracts.datasets(payload))}
+    return {"ok": True, "epsilon": planned}
 
 
 # --- 3. deploy the trainer ------------------------------------------------------------------

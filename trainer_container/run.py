@@ -148,9 +148,9 @@ class TrainerRun:
         model_package = read_model_package(self.fetch(terms.model, terms.digest))
         config = model_package.training
         check_compatible(terms.join, config)
-        if config.epsilon > terms.epsilon_limit:  # the budget reserved for this run is the contract's
-            raise PrivacyBudgetError(
-                f"training config asks for epsilon {config.epsilon}, the contract allows {terms.epsilon_limit}")
+        if config.epsilon != terms.epsilon_limit:  # exactly what was reserved for this run
+            raise PrivacyBudgetError(f"training config asks for epsilon {config.epsilon}, the contract reserved "
+                                     f"{terms.epsilon_limit} for this run: they must be equal")
         model = onnx_to_torch(load_model(model_package.onnx_bytes))
         features = terms.join.feature_columns
         check_model_fits(model, config.loss, len(features))

@@ -145,7 +145,7 @@ def _copy_victim_datasets(stack, victim, attacker) -> None:
 
 @pytest.fixture
 def attacker(stack, scenario_factory, victim):
-    scenario = scenario_factory()
+    scenario = scenario_factory(epsilon=60.0)  # its training config asks what its contract asks
     scenario.build_trainer_image()
     scenario.publish_model()     # the attacker is the TDC, with its own model and output key
     _copy_victim_datasets(stack, victim, scenario)

@@ -268,15 +268,17 @@ def test_budget_over_the_contract_fails_before_any_dataset_is_read(stage_of, top
     assert not output_blob_exists(stage)
 
 
-def test_a_config_asking_more_epsilon_than_the_contract_is_refused_before_any_dataset_key(stage_of, topic,
-                                                                                          monkeypatch):
-    """The limit is the smallest epsilon the contract asks of a dataset, not its lifetime
-    threshold (here 5.0 for every dataset)."""
-    stage = stage_of("covid-asked-epsilon")
-    signed = stage.sign(stage.contract(raw_tables(), covid_model.covid_training_config(epsilon=1.5),
+@pytest.mark.parametrize("config_epsilon", [1.5, 0.5])
+def test_a_config_asking_another_epsilon_than_the_contract_is_refused_before_any_dataset_key(
+        stage_of, topic, monkeypatch, config_epsilon):
+    """The run's epsilon is the smallest the contract asks of a dataset (not a lifetime budget,
+    here 5.0 for every dataset), reserved exactly: a config asking more, or less, is refused."""
+    stage = stage_of(f"covid-asked-epsilon-{config_epsilon}")
+    signed = stage.sign(stage.contract(raw_tables(), covid_model.covid_training_config(epsilon=config_epsilon),
                                        covid_model.covid_join_spec(), threshold=5.0, epsilon={"cowin": 1.0}))
     code, lines, sidecar = run_in_process(monkeypatch, stage, topic, signed)
-    message = "training config asks for epsilon 1.5, the contract allows 1.0"
+    message = (f"training config asks for epsilon {config_epsilon}, the contract reserved 1.0 for this run: "
+               "they must be equal")
     assert_failed(code, lines, topic, stage, "PrivacyBudgetError", message)
     assert released(sidecar) == [stage.kek(signed, "model")]  # the model's key only: no dataset key
     assert not any(line.startswith("phase: datasets") for line in lines)
@@ -448,7 +450,7 @@ def test_a_config_carrying_the_validation_split_is_refused_before_any_dataset_is
 def test_epsilon_below_the_scaling_statistics_cost_fails_before_any_dataset_is_read(stage_of, topic, monkeypatch):
     stage = stage_of("covid-tiny-epsilon")
     signed = stage.sign(stage.contract(raw_tables(), covid_model.covid_training_config(epsilon=0.0001),
-                                       covid_model.covid_join_spec()))
+                                       covid_model.covid_join_spec(), epsilon=0.0001))
     code, lines, sidecar = run_in_process(monkeypatch, stage, topic, signed)
     assert code != 0 and "epsilon 0.0001 is too small to release even the row count, scaling statistics" in lines[-1]
     assert released(sidecar) == [stage.kek(signed, "model")]
@@ -463,7 +465,7 @@ def test_the_runs_delta_is_capped_from_the_noisy_count(stage_of, topic, monkeypa
     monkeypatch.setattr(trainer_run, "noisy_count", fixed_noise_count(1.0))
     stage = stage_of("covid-loose-delta")
     signed = stage.sign(stage.contract(raw_tables(), covid_model.covid_training_config(epsilon=0.1, epochs=1),
-                                       covid_model.covid_join_spec(), delta=1e-2))
+                                       covid_model.covid_join_spec(), epsilon=0.1, delta=1e-2))
     code, lines, _ = run_in_process(monkeypatch, stage, topic, signed)
     assert code == 0, lines[-1]
     privacy = outcome(topic.events[0])["privacy"]
