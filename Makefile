@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install browser-tools demo test bench clean
 
 # requirements-dev.txt pulls in the app's, the parties' tool's and the trainer's requirements.
 REQUIREMENTS := requirements.txt requirements-cli.txt requirements-dev.txt trainer_container/requirements.txt
@@ -23,7 +23,13 @@ install: $(STAMP)
 demo: install
 	$(PY) -m local_emulator demo
 
-test: install
+# The browser test of the live run page (tests/run/browser.py) drives Debian's chromium through
+# chromium-driver (no browser download: selenium-manager never runs). Installed only when absent.
+browser-tools:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null)
+
+test: install browser-tools
 	$(PY) -m pytest
 
 bench: install
