@@ -7,6 +7,7 @@ import io
 import os
 from pathlib import Path
 
+import blake3
 import pytest
 
 from shared import package
@@ -17,6 +18,13 @@ KEY = bytes(range(32))
 KID = "https://vault.test/keys/icmr/0123"
 SCHEMA = {"columns": ["pseudonym", "age"]}
 SIZES = [0, 1, SEGMENT_SIZE - 1, SEGMENT_SIZE, SEGMENT_SIZE + 1, 3 * SEGMENT_SIZE, 4 * SEGMENT_SIZE + 12345]
+V1_PACKAGE = Path(__file__).parent / "data" / "v1_package.ccr"  # written by the version-1-only code (76fb9ff)
+
+
+def _committed(version: int, data: bytes, content_type: str = "text/csv", schema=SCHEMA) -> package.Manifest:
+    hashed = hashlib.sha256(data) if version == 1 else blake3.blake3(data)
+    return package.Manifest.committed(package.COMMITMENTS[version], hashed.hexdigest(), len(data), content_type,
+                                      schema)
 
 
 def _encrypt_bytes(data: bytes, key: bytes = KEY) -> bytes:
@@ -29,14 +37,17 @@ def _files_in(directory: Path) -> set[str]:
     return {p.name for p in directory.iterdir()}
 
 
+@pytest.mark.parametrize("version", [2, 1])
 @pytest.mark.parametrize("size", SIZES)
-def test_round_trip_file_to_file(tmp_path, size):
+def test_round_trip_file_to_file(tmp_path, size, version):
     data = os.urandom(size)
     (tmp_path / "plain").write_bytes(data)
-    manifest = package.encrypt_file(tmp_path / "plain", tmp_path / "p.ccr", KEY, KID, "text/csv", SCHEMA)
-    assert manifest == package.Manifest(hashlib.sha256(data).hexdigest(), size, "text/csv", SCHEMA)
+    arguments = {} if version == package.VERSION else {"version": version}
+    manifest = package.encrypt_file(tmp_path / "plain", tmp_path / "p.ccr", KEY, KID, "text/csv", SCHEMA, **arguments)
+    assert manifest == _committed(version, data)
     encrypted = (tmp_path / "p.ccr").read_bytes()
     header = package.read_header(encrypted)
+    assert header.version == version and encrypted[6] == version
     segments = max(1, -(-size // SEGMENT_SIZE))
     assert len(encrypted) == len(header.raw) + size + segments * TAG_SIZE
     assert size < 16 or data[:4096] not in encrypted
@@ -55,7 +66,7 @@ def test_large_file_round_trip_reads_through_the_map_in_constant_memory(tmp_path
     manifest = package.encrypt_file(tmp_path / "plain", tmp_path / "p.ccr", KEY, KID, "application/octet-stream")
     assert manifest.size == size
     assert package.decrypt_file(tmp_path / "p.ccr", tmp_path / "out", KEY) == manifest
-    assert hashlib.sha256((tmp_path / "out").read_bytes()).hexdigest() == manifest.sha256
+    assert blake3.blake3((tmp_path / "out").read_bytes()).hexdigest() == manifest.blake3
     assert (tmp_path / "out").read_bytes() == (tmp_path / "plain").read_bytes()
 
 
@@ -65,8 +76,9 @@ def test_header_is_readable_without_the_key_from_bytes_or_a_stream():
     stream = io.BytesIO(encrypted)
     from_stream = package.read_header(stream)
     assert from_bytes == from_stream
-    assert (from_bytes.version, from_bytes.key_id) == (1, KID)
-    assert from_bytes.manifest.sha256 == hashlib.sha256(b"a,b\n1,2\n").hexdigest()
+    assert (from_bytes.version, from_bytes.key_id) == (2, KID)
+    assert from_bytes.manifest.blake3 == blake3.blake3(b"a,b\n1,2\n").hexdigest()
+    assert from_bytes.manifest.sha256 is None and from_bytes.manifest.pin() == {"blake3": from_bytes.manifest.blake3}
     assert from_bytes.manifest.schema == SCHEMA and from_bytes.manifest.size == 8
     assert stream.tell() == len(from_bytes.raw)
 
@@ -137,7 +149,11 @@ TAMPERING = {
     "manifest size inflated": (lambda d: d.replace(b'"size":2097252', b'"size":9097252'), TamperedPackage),
     "key id replaced": (lambda d: d.replace(b"icmr", b"cwin"), TamperedPackage),
     "trailing garbage": (lambda d: d + b"\x00", TamperedPackage),
-    "format version 2": (lambda d: d[:6] + b"\x02" + d[7:], UnsupportedVersion),
+    "format version 3": (lambda d: d[:6] + b"\x03" + d[7:], UnsupportedVersion),
+    "downgraded to version 1": (lambda d: d[:6] + b"\x01" + d[7:], TamperedPackage),
+    "downgraded to version 1, manifest relabelled sha256":
+        (lambda d: (d[:6] + b"\x01" + d[7:]).replace(b'"blake3"', b'"sha256"', 1), TamperedPackage),
+    "commitment relabelled sha256": (lambda d: d.replace(b'"blake3"', b'"sha256"', 1), TamperedPackage),
     "format version 0": (lambda d: d[:6] + b"\x00" + d[7:], UnsupportedVersion),
     "not a package": (lambda d: b"PK\x03\x04" + d[4:], PackageError),
     "key check altered": (lambda d: _flip(d, 11 + 32 + 7), WrongKey),
@@ -218,3 +234,38 @@ def test_packages_of_the_same_plaintext_differ():
     first, second = _encrypt_bytes(data), _encrypt_bytes(data)
     assert first != second
     assert package.read_header(first).manifest == package.read_header(second).manifest
+
+
+def test_a_version_1_package_written_by_the_old_code_still_decrypts(tmp_path):
+    """Packages published before version 2 (SHA-256 manifest) stay readable."""
+    plain = b"pseudonym,age\n" + b"".join(b"P%05d,%d\n" % (i, 20 + i % 60) for i in range(300))
+    header = package.read_header(V1_PACKAGE.read_bytes())
+    assert header.version == 1 and header.manifest.pin() == {"sha256": hashlib.sha256(plain).hexdigest()}
+    assert package.decrypt_file(V1_PACKAGE, tmp_path / "out.csv", KEY) == _committed(1, plain)
+    assert (tmp_path / "out.csv").read_bytes() == plain
+    flipped = bytearray(V1_PACKAGE.read_bytes())
+    flipped[-20] ^= 0x01
+    with pytest.raises(TamperedPackage):
+        package.decrypt_stream(io.BytesIO(bytes(flipped)), io.BytesIO(), KEY)
+
+
+def test_a_version_1_header_cannot_carry_the_version_2_commitment():
+    """The manifest's field is the hash's name: a version-1 header naming blake3 is malformed,
+    and so is a version-2 one naming sha256 (the tampering cases above refuse both)."""
+    document = {"blake3": "ab" * 32, "size": 1, "content_type": "text/csv", "schema": None}
+    assert package.Manifest.from_dict(document, 2).blake3 == "ab" * 32
+    with pytest.raises(TamperedPackage):
+        package.Manifest.from_dict(document, 1)
+    with pytest.raises(TamperedPackage):
+        package.Manifest.from_dict({**document, "sha256": "ab" * 32}, 2)
+
+
+def test_a_contract_pin_matches_only_its_own_commitment():
+    data = b"a,b\n1,2\n"
+    v2, v1 = _committed(2, data), _committed(1, data)
+    assert v2.matches({"blob": "datasets/x.ccr", "blake3": v2.blake3}) and v1.matches({"sha256": v1.sha256})
+    assert not v2.matches({"blake3": _committed(2, data + b"3,4\n").blake3})  # another package
+    assert not v2.matches({"sha256": v1.sha256})  # the same data committed with the other hash
+    assert not v1.matches({"blake3": v2.blake3})
+    assert not v2.matches({"blake3": v2.blake3, "sha256": v1.sha256})  # two pins: neither is taken
+    assert not v2.matches({"blake3": v2.blake3.upper()}) and not v2.matches({})
