@@ -6,7 +6,9 @@ information about anyone's rows. A bound copied from the data's observed minimum
 does (it reveals an extreme person's value). A provider runs this on its own prepared table, on
 its own machine, before it signs: nothing leaves that machine. It warns for each bound equal to
 the column's observed minimum or maximum, and notes the share of values a bound would clip
-(tight bounds are allowed, but clip real values).
+(tight bounds are allowed, but clip real values). A coded column (at most CODED_VALUES distinct
+values: flags, categories) is exempt from the first warning: its code set's range is public and
+is usually also what the data shows.
 """
 from __future__ import annotations
 
@@ -15,13 +17,16 @@ import math
 from pathlib import Path
 
 
+CODED_VALUES = 20
+
+
 class BoundsError(ValueError):
     """A table or bounds document this check cannot read."""
 
 
 def observed_ranges(path: Path, columns: list[str]) -> dict[str, dict]:
-    """For each of `columns` the table has: min, max and count of its numeric values (one pass,
-    constant memory)."""
+    """For each of `columns` the table has: min, max and count of its numeric values, and up to
+    CODED_VALUES + 1 of its distinct values (one pass, constant memory)."""
     try:
         handle = open(path, newline="", encoding="utf-8-sig")
     except OSError as error:
@@ -30,7 +35,7 @@ def observed_ranges(path: Path, columns: list[str]) -> dict[str, dict]:
         reader = csv.reader(handle)
         header = [h.strip() for h in next(reader, [])]
         index = {name: i for i, name in enumerate(header) if name in columns}
-        ranges = {name: {"min": math.inf, "max": -math.inf, "count": 0} for name in index}
+        ranges = {name: {"min": math.inf, "max": -math.inf, "count": 0, "distinct": set()} for name in index}
         for row in reader:
             for name, position in index.items():
                 try:
@@ -41,6 +46,8 @@ def observed_ranges(path: Path, columns: list[str]) -> dict[str, dict]:
                     found = ranges[name]
                     found["min"], found["max"] = min(found["min"], value), max(found["max"], value)
                     found["count"] += 1
+                    if len(found["distinct"]) <= CODED_VALUES:
+                        found["distinct"].add(value)
         return ranges
 
 
@@ -72,12 +79,15 @@ def check(path: Path, bounds: dict[str, tuple[float, float]]) -> dict:
         if found is None:
             continue
         entry = {"column": column, "low": low, "high": high, "verdict": "ok"}
+        if len(found["distinct"]) <= CODED_VALUES and found["count"]:
+            entry["coded"] = True
         if found["count"] == 0:
             entry["verdict"] = "no numeric values"
             report.append(entry)
             continue
-        derived = [side for side, bound, seen in (("low", low, found["min"]), ("high", high, found["max"]))
-                   if _same(bound, seen)]
+        coded = len(found["distinct"]) <= CODED_VALUES
+        derived = [] if coded else [side for side, bound, seen in (("low", low, found["min"]),
+                                                                   ("high", high, found["max"])) if _same(bound, seen)]
         if derived:
             entry["verdict"] = "looks derived from the data"
             warnings.append(f"{column}: the {' and '.join(derived)} bound equals this table's observed "

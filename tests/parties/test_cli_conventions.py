@@ -150,12 +150,16 @@ def test_check_bounds_warns_when_a_bound_is_the_datas_own_extreme(tmp_path):
     assert verdicts == {"radius": "looks derived from the data", "age": "ok"}
     assert report["not_in_table"] == ["other"]
     assert "radius: the low and high bound equals this table's observed range" in report["warnings"][0]
+    flags = check(tmp_path / "t.csv", {"age": (20.0, 69.0)})            # 50 distinct values: not a code set
+    assert flags["columns"][0]["verdict"] == "looks derived from the data"
+    (tmp_path / "coded.csv").write_text("pseudonym,smoker\n" + "".join(f"p{i},{i % 2}\n" for i in range(30)))
+    assert check(tmp_path / "coded.csv", {"smoker": (0.0, 1.0)})["columns"][0]["verdict"] == "ok"  # a flag's 0/1
     tight = check(tmp_path / "t.csv", {"age": (0.0, 40.0)})
     assert tight["columns"][0]["verdict"] == "clips values" and tight["columns"][0]["clipped_share"] == 0.58
 
 
 def test_check_bounds_command_is_strict_on_request(capsys, tmp_path):
-    (tmp_path / "t.csv").write_text("pseudonym,age\np1,20\np2,70\n")
+    (tmp_path / "t.csv").write_text("pseudonym,age\n" + "".join(f"p{i},{20 + i}\n" for i in range(51)))
     (tmp_path / "training.json").write_text(json.dumps({"feature_bounds": {"age": [20, 70]}}))
     code, out, err = run(capsys, "tdp", "check-bounds", "--input", str(tmp_path / "t.csv"), "--training",
                          str(tmp_path / "training.json"))
@@ -164,3 +168,8 @@ def test_check_bounds_command_is_strict_on_request(capsys, tmp_path):
     code, _, err = run(capsys, "tdp", "check-bounds", "--input", str(tmp_path / "t.csv"), "--training",
                        str(tmp_path / "training.json"), "--strict")
     assert code == 1 and "1 warning(s)" in err
+
+
+def test_the_readme_says_the_first_install_takes_minutes_and_links_the_guide():
+    readme = (ROOT / "README.md").read_text()
+    assert "first run takes several minutes" in readme and "docs/GUIDE.md" in readme
