@@ -3,18 +3,29 @@ input are in.
 
 Both the contract webhook and the input blob triggers call `start_run_if_ready`; events may
 come in any order and more than once. The run record is created with a conditional write,
-so only one caller starts the orchestration; a caller that finds the record but no
-orchestration (its starter crashed in between) starts it under the same instance id.
+so only one caller starts the orchestration.
+
+Recovery, with only what Azure offers (a conditional blob write, get_status, start_new under
+a fixed instance id, which Durable refuses while that instance is pending or running): a
+caller that finds the record but no orchestration waits until the record is older than the
+starter's grace (CCR_ADMISSION_GRACE_SECONDS, 15), looks again, and starts the orchestration
+itself if there still is none; a start refused because the instance appeared meanwhile is
+"run already exists". So a starter killed after writing the record loses nothing once any
+event for the contract comes again (the ledger redelivers, an upload), and that event is
+never answered "being started" and dropped. The steps carry fault points
+(shared/fault_points.py: admission.after_record, admission.after_start).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+from datetime import datetime, timezone
 
 import azure.durable_functions as df
 from azure.core.exceptions import ResourceNotFoundError
 
-from shared import azure_clients, telemetry
+from shared import azure_clients, fault_points, telemetry
 from shared.contract import training
 from shared.contract_store import ContractStore, contract_inputs, split_blob_path
 from shared.run_records import RunRecords, run_id_for
@@ -22,6 +33,10 @@ from shared.run_records import RunRecords, run_id_for
 log = logging.getLogger(__name__)
 
 STARTER_GRACE_SECONDS = 15  # a claimed run with no orchestration after this: its starter died
+
+
+def starter_grace_seconds() -> float:
+    return float(os.environ.get("CCR_ADMISSION_GRACE_SECONDS", STARTER_GRACE_SECONDS))
 
 
 def missing_inputs(payload: dict) -> list[str]:
@@ -53,16 +68,49 @@ async def start_run_if_ready(client: df.DurableOrchestrationClient, contract_id:
             return claim["answer"]
         run = claim["run"]
         with telemetry.run_context(run):
-            if not claim["created"]:
-                status = await client.get_status(run["run_id"])
-                if status is not None and status.runtime_status is not None:
-                    return {"run_id": run["run_id"], "started": False, "reason": "run already exists"}
-                records = RunRecords(azure_clients.blob_service())
-                if not await asyncio.to_thread(records.is_stale, run["run_id"], STARTER_GRACE_SECONDS):
-                    return {"run_id": run["run_id"], "started": False, "reason": "run is being started"}
-            await client.start_new("ccr_run", run["run_id"], run)
+            exists = {"run_id": run["run_id"], "started": False, "reason": "run already exists"}
+            if claim["created"]:
+                fault_points.reached("admission.after_record")
+            else:
+                # claimed, not started: its starter is still at it, or died; wait out its grace
+                if await _appears_within_grace(client, run["run_id"]):
+                    return exists
+                log.warning("run %s was claimed but never started: starting it", run["run_id"])
+            try:
+                await client.start_new("ccr_run", run["run_id"], run)
+            except Exception:
+                if await _orchestration_exists(client, run["run_id"]):
+                    return exists  # another caller started it meanwhile
+                raise
+            fault_points.reached("admission.after_start")
             log.info("started run %s for contract %s", run["run_id"], contract_id)
             return {"run_id": run["run_id"], "started": True}
+
+
+async def _orchestration_exists(client: df.DurableOrchestrationClient, run_id: str) -> bool:
+    status = await client.get_status(run_id)
+    return status is not None and status.runtime_status is not None
+
+
+async def _appears_within_grace(client: df.DurableOrchestrationClient, run_id: str) -> bool:
+    """Whether the run's orchestration exists now or appears before its starter's grace ends."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + await asyncio.to_thread(_grace_left, run_id)
+    while True:
+        if await _orchestration_exists(client, run_id):
+            return True
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(min(0.5, max(0.0, deadline - loop.time())))
+
+
+def _grace_left(run_id: str) -> float:
+    """Seconds until the run record is older than the starter's grace (0 if it already is)."""
+    record = RunRecords(azure_clients.blob_service()).get(run_id)
+    if record is None:
+        return 0.0
+    age = (datetime.now(timezone.utc) - datetime.fromisoformat(record["created"])).total_seconds()
+    return max(0.0, starter_grace_seconds() - age)
 
 
 def _claim(contract_id: str, digest: str) -> dict:

@@ -27,12 +27,12 @@ from azure.data.tables import TableTransactionError
 from azure.functions import meta
 
 from local_emulator.host.app_loader import FunctionEntry, FunctionIndex
-from local_emulator.host import fault_points
 from local_emulator.host.durable import history as h
 from local_emulator.host.durable.activities import ActivityWorker
 from local_emulator.host.durable.failures import OUT_OF_PROC, failure_details, user_exception
 from local_emulator.host.durable.store import ACTIVE, TERMINAL, Instance, TaskHubStore, storable_id
 from local_emulator.host.invoker import Invoker
+from shared import fault_points
 
 log = logging.getLogger("local_emulator.host.durable")
 
