@@ -25,6 +25,8 @@ from azure.functions import meta
 from local_emulator.host.app_settings import indexing_error, load_local_settings, undefined_connections
 
 log = logging.getLogger("local_emulator.host")
+# triggers of features the host does not implement: such a function alone fails indexing
+UNSUPPORTED_TRIGGERS = {"entityTrigger": "Durable entities (entityTrigger)"}
 
 # The worker's DEFERRED_BINDING_REGISTRY: converters of the SDK-type extensions the app imported.
 SDK_BINDING_REGISTRY = sdk_extensions.get_binding_registry()
@@ -138,7 +140,8 @@ def supports_deferred_binding(binding: dict) -> bool:
 def load_functions(app_dir: Path) -> FunctionIndex:
     """Index the functions the app registered (no second list of functions anywhere), with
     local.settings.json's Values in the environment first, as Core Tools does. A function
-    whose connection setting is undefined fails indexing alone (logged, left out)."""
+    whose connection setting is undefined, or whose trigger is a feature the host lacks
+    (entities), fails indexing alone (logged naming the setting or feature, left out)."""
     load_local_settings(app_dir)
     app = find_app(import_app_module(app_dir))
     entries = []
@@ -151,6 +154,11 @@ def load_functions(app_dir: Path) -> FunctionIndex:
         missing = undefined_connections(bindings)
         if missing:
             log.error(indexing_error(function.get_function_name(), missing[0]))
+            continue
+        unsupported = UNSUPPORTED_TRIGGERS.get(triggers[0]["type"])
+        if unsupported:
+            log.error("Error indexing method 'Functions.%s'. %s are not supported by the local host.",
+                      function.get_function_name(), unsupported)
             continue
         entries.append(FunctionEntry(function.get_function_name(), function.get_user_function(),
                                      triggers[0], bindings, sdk_types))

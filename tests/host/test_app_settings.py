@@ -1,15 +1,17 @@
 """Settings as Core Tools and Azure resolve them (issue 13 item 8): local.settings.json's
 Values reach the app (the environment winning), a function whose connection setting is
-undefined fails indexing alone naming the setting, and host.json's hubName is honoured."""
+undefined fails indexing alone naming the setting, and host.json's hubName is honoured. An
+entity function (item 5, not implemented) fails indexing alone, naming the feature."""
 import json
 
 import requests
 
 APP = '''
 import os
+import azure.durable_functions as df
 import azure.functions as func
 
-app = func.FunctionApp()
+app = df.DFApp(http_auth_level=func.AuthLevel.FUNCTION)
 
 @app.route(route="setting/{name}")
 def setting(req: func.HttpRequest) -> func.HttpResponse:
@@ -21,6 +23,10 @@ def needs_missing(blob: func.InputStream):
 
 @app.blob_trigger(arg_name="blob", path="never/{name}", connection="LocalStorage")
 def needs_local(blob: func.InputStream):
+    pass
+
+@app.entity_trigger(context_name="context")
+def counter_entity(context):
     pass
 '''
 
@@ -46,4 +52,6 @@ def test_local_settings_connections_and_hub_name(tmp_path, function_host, azurit
     assert "Skipping 'OVERRIDDEN' from local.settings.json" in logs
     assert "Error indexing method 'Functions.needs_missing'" in logs and "'MissingStorage'" in logs
     assert "Functions.needs_local" not in logs  # its connection comes from local.settings.json
+    assert ("Error indexing method 'Functions.counter_entity'. Durable entities (entityTrigger) are not "
+            "supported by the local host.") in logs  # that function alone, not the whole app
     assert "2 functions, task hub settingshub" in logs
