@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser-tools demo test bench clean
+.PHONY: install image-tools browser-tools demo test bench clean
 
 # requirements-dev.txt pulls in the app's, the parties' tool's and the trainer's requirements.
 REQUIREMENTS := requirements.txt requirements-cli.txt requirements-dev.txt trainer_container/requirements.txt
@@ -18,7 +18,13 @@ $(STAMP): $(REQUIREMENTS) pyproject.toml package.json package-lock.json
 	npm ci --no-audit --no-fund --silent
 	touch $(STAMP)
 
-install: $(STAMP)
+# The trainer image is built without a container engine (tools/trainer_image.py): Debian's
+# debootstrap builds its root filesystem, skopeo checks and pushes it. Installed only when absent.
+image-tools:
+	@command -v debootstrap >/dev/null && command -v skopeo >/dev/null && command -v umoci >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap skopeo umoci)
+
+install: image-tools $(STAMP)
 
 demo: install
 	$(PY) -m local_emulator demo

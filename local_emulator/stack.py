@@ -123,6 +123,7 @@ class Stack:
         Fixed ports matter for a stack that restarts on its own data: release policies name
         the attestation authority's URL and DIDs name the ledger's."""
         self.state_dir = Path(state_dir)
+        self.registry_dir = self.state_dir / "registry"   # the local registry the ACI twin pulls OCI images from
         self.app_dir = Path(app_dir)
         self.ports = {**dict.fromkeys(FIXED_PORTS, 0), **(ports or {})}
         self.echo_host_log = echo_host_log
@@ -160,7 +161,8 @@ class Stack:
         self.eventgrid_arm = self._run(EventGridManagement(self.eventgrid, tls.server_context(), token,
                                                            port=ports["eventgrid_arm"]))
         self.aci = self._run(AciTwin(self.state_dir / "aci", self.state_dir / "images", tls.server_context(), token,
-                                     skr_sidecar_factory(root, str(tls.ca_path), token), port=ports["aci"]))
+                                     skr_sidecar_factory(root, str(tls.ca_path), token), port=ports["aci"],
+                                     registry_dir=self.registry_dir))
         self.settings = {
             "AzureWebJobsStorage": storage, "CCR_STORAGE_CONNECTION": storage,
             "CCR_EMULATOR_DIR": str(self.state_dir), "CCR_CA_BUNDLE": str(tls.ca_path),

@@ -18,15 +18,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from typing import Mapping
-
-from azure.mgmt.containerinstance.models import (ConfidentialComputeProperties, Container, ContainerGroup,
-                                                 ContainerGroupIdentity, EnvironmentVariable, ResourceRequests,
-                                                 ResourceRequirements, UserAssignedIdentities)
+from typing import TYPE_CHECKING, Mapping
 
 from shared import trainer_resources
 from shared.cce_policy import (SKR_SIDECAR_COMMAND, SKR_SIDECAR_IMAGE, IdName, User, hostdata_of, pause_container,
                                policy_text, string_rule, user_container, wildcard_rule, with_required_env)
+
+if TYPE_CHECKING:   # imported where a group is built: the trainer imports this module, and its image has no ARM SDK
+    from azure.mgmt.containerinstance.models import ContainerGroup, EnvironmentVariable
 
 TRAINER_IMAGE_NAME = "ccr-trainer"
 # A registry host (a DNS name, optional port) and a repository (OCI distribution-spec names),
@@ -52,9 +51,9 @@ SECURE_ENV_NAMES = frozenset({"CCR_BLOB_URLS", "CCR_EVENTGRID_KEY"})
 TRAINER_FIXED_ENV = {"CCR_SKR_URL": SKR_URL_IN_GROUP}
 SKR_SIDECAR_ENV = {"Port": str(SKR_PORT)}
 
-# The trainer image's config as trainer_container/Dockerfile sets it (acipolicygen reads it from
-# the pushed image): the python:3.11-slim PATH and LANG plus the Dockerfile's ENV, WORKDIR,
-# USER. The base image's version variables are not listed: its digest is not pinned yet.
+# The trainer image's config as tools/trainer_image.py (and the equivalent recipe,
+# trainer_container/Dockerfile) writes it, and acipolicygen reads it from the pushed image:
+# Env, WorkingDir, User. (PATH keeps the python:3.11-slim value the first Dockerfile had.)
 TRAINER_IMAGE_ENV = ("PATH=/usr/local/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                      "LANG=C.UTF-8", "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1", "PIP_NO_CACHE_DIR=1")
 TRAINER_WORKING_DIR = "/app"
@@ -110,6 +109,7 @@ def training_hostdata(trainer_image: str, contract_digest: str) -> str:
 
 
 def _environment(values: Mapping[str, str]) -> list[EnvironmentVariable]:
+    from azure.mgmt.containerinstance.models import EnvironmentVariable
     unknown = sorted(set(values) - set(TRAINER_ENV_NAMES))
     if unknown:
         raise ValueError(f"environment variables not allowed by the trainer policy: {', '.join(unknown)}")
@@ -133,6 +133,9 @@ def build_container_group(trainer_image: str, contract_digest: str, environment:
     `identity_id` (a user-assigned identity's resource id, `CCR_TRAINER_IDENTITY_ID`) is the
     group's identity: the SKR sidecar gets its Key Vault token from it (IMDS), as in Microsoft's
     ACI example, so that identity needs Key Vault Crypto Service Release User on each vault."""
+    from azure.mgmt.containerinstance.models import (ConfidentialComputeProperties, Container, ContainerGroup,
+                                                     ContainerGroupIdentity, EnvironmentVariable, ResourceRequests,
+                                                     ResourceRequirements, UserAssignedIdentities)
     if CONTRACT_DIGEST_ENV in environment:
         raise ValueError(f"{CONTRACT_DIGEST_ENV} is set by build_container_group from contract_digest")
     reason = trainer_resources.problem({"cpu": cpu, "memory_gb": memory_in_gb})

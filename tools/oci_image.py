@@ -216,6 +216,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as tmp:
         tmp.write(data)
+    os.chmod(tmp.name, 0o644)
     os.replace(tmp.name, path)
 
 

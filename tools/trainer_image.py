@@ -36,6 +36,7 @@ from tools.oci_image import (BuiltImage, ImageBuildError, ImageConfig, Layer, bu
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 REQUIREMENTS = PROJECT_ROOT / "trainer_container" / "requirements.txt"
 CODE_PACKAGES = ("trainer_container", "shared")
+TRAINER_REPOSITORY = "ccr-trainer"
 SUITE = "bookworm"
 MIRROR = os.environ.get("CCR_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 BASE_PACKAGES = ("python3.11", "python3", "python-is-python3", "ca-certificates", "libstdc++6", "libgomp1")
@@ -60,10 +61,15 @@ def _run(command: list[str], **kwargs) -> None:
         raise ImageBuildError(f"{command[0]} failed ({done.returncode}): {(done.stderr or done.stdout)[-2000:]}")
 
 
-def _compile(folder: Path) -> None:
-    """unchecked-hash pycs next to the sources (same 3.11 magic number as the image's Python)."""
-    _run([sys.executable, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",
-          "-d", "/", str(folder)])
+def _compile(folder: Path, staging: Path) -> None:
+    """unchecked-hash pycs next to the sources (same 3.11 magic number as the image's Python),
+    naming the paths the image has. Files this interpreter cannot compile (torch ships 3.12-only
+    test helpers) are left without a pyc, as pip leaves them."""
+    done = subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode",
+                           "unchecked-hash", "-s", str(staging), "-p", "/", str(folder)],
+                          capture_output=True, text=True)
+    if done.returncode not in (0, 1):
+        raise ImageBuildError(f"compileall failed ({done.returncode}): {done.stderr[-2000:]}")
 
 
 def base_layer() -> Layer:
@@ -112,7 +118,7 @@ def dependencies_layer(requirements: Path = REQUIREMENTS) -> Layer:
               "--python-version", PYTHON_VERSION, "--implementation", "cp",
               *(f"--platform={platform}" for platform in PIP_PLATFORMS), "-r", str(requirements)], timeout=3600)
         shutil.rmtree(target / "bin", ignore_errors=True)      # console scripts with the host's shebang
-        _compile(target)
+        _compile(target, staging)
         for folder in [target, *target.parents]:
             if folder == staging:
                 break
@@ -129,7 +135,7 @@ def code_layer(root: Path = PROJECT_ROOT) -> Layer:
 
     def populate(staging: Path) -> None:
         plain.populate(staging)
-        _compile(staging / TRAINER_WORKING_DIR.strip("/"))
+        _compile(staging / TRAINER_WORKING_DIR.strip("/"), staging)
 
     return Layer(plain.comment + " (byte-compiled)", plain.inputs, populate)
 

@@ -50,7 +50,8 @@ def test_the_trainer_and_dev_requirements_and_every_pin_agrees():
         for package, version in requirements(name).items():
             assert dev[package] == version, f"{name}: {package}=={version} but dev pins {dev[package]}"
     dockerfile = (PROJECT_ROOT / "trainer_container" / "Dockerfile").read_text()
-    assert "COPY trainer_container/requirements.txt /app/requirements.txt" in dockerfile
+    assert "COPY trainer_container/requirements.txt /requirements.txt" in dockerfile
+    assert "torch==2.13.0" in dockerfile and "sha256:" + "0" * 64 not in dockerfile   # no placeholder base
 
 
 def published_files(root: Path) -> list[str]:
