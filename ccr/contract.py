@@ -51,12 +51,13 @@ def register(groups) -> None:
     new.add_argument("--valid-from", help="RFC 3339 time (default: now)")
     new.add_argument("--valid-until", help="RFC 3339 time (default: valid-from + 365 days)")
     new.add_argument("--tdc", metavar="DID", help="the TDC's did:web")
-    new.add_argument("--model", metavar="blob=PATH,sha256=HEX,key_id=ID", help="the TDC's model package")
+    new.add_argument("--model", metavar="blob=PATH,blake3=HEX,key_id=ID",
+                     help="the TDC's model package (sha256=HEX instead of blake3 for a version-1 package)")
     new.add_argument("--model-from", metavar="FILE", type=Path,
                      help="the JSON `ccr tdc publish-model` printed (model package and output key id)")
     new.add_argument("--tdc-output", dest="output", metavar="key_id=ID[,webhook=URL]", help="the TDC's output key and webhook")
     new.add_argument("--dataset", action="append", default=[],
-                     metavar="did=DID,name=N,blob=PATH,sha256=HEX,key_id=ID,epsilon=X[,version=V]",
+                     metavar="did=DID,name=N,blob=PATH,blake3=HEX,key_id=ID,epsilon=X[,version=V]",
                      help="one TDP dataset (repeat; datasets with the same did belong to one TDP); epsilon is "
                           "what this contract may spend; the dataset's lifetime budget is the declaration its "
                           "provider recorded on the ledger (`ccr tdp declare-budget`), fetched from there")
@@ -182,6 +183,16 @@ def run_identity_new(args) -> None:
 
 # --- contract new ---------------------------------------------------------------------
 
+def _pin(fields: dict, option: str) -> dict:
+    """The package's commitment as the contract pins it: blake3=HEX (a version-2 package, what
+    `ccr tdp publish` writes) or sha256=HEX (version 1), exactly one."""
+    from shared.package import COMMITMENTS
+    named = [name for name in COMMITMENTS.values() if name in fields]
+    if len(named) != 1:
+        raise CliError(f"{option}: give exactly one of {' or '.join(COMMITMENTS.values())} (the package's digest)")
+    return {named[0]: fields[named[0]]}
+
+
 def _pairs(text: str, option: str, required: tuple[str, ...]) -> dict:
     fields = {}
     for part in text.split(","):
@@ -231,17 +242,18 @@ def recorded_budget(args, provider: str, dataset: str) -> str:
 def _datasets(args) -> dict[str, list]:
     by_provider: dict[str, list] = {}
     for text in args.dataset:
-        fields = _pairs(text, "--dataset", ("did", "name", "blob", "sha256", "key_id", "epsilon"))
+        fields = _pairs(text, "--dataset", ("did", "name", "blob", "key_id", "epsilon"))
         by_provider.setdefault(fields["did"], []).append(
-            {**{k: fields[k] for k in ("name", "blob", "sha256", "key_id")},
+            {**{k: fields[k] for k in ("name", "blob", "key_id")}, **_pin(fields, "--dataset"),
              **_terms(fields, "--dataset", fields["name"], args)})
     for text in args.dataset_from:
         fields = _pairs(text, "--dataset-from", ("did", "file", "epsilon"))
         published = _read_json(Path(fields["file"]), "--dataset-from")
-        if not isinstance(published, dict) or not all(k in published for k in ("dataset", "blob", "sha256", "key_id")):
+        if not isinstance(published, dict) or not all(k in published for k in ("dataset", "blob", "key_id")):
             raise CliError(f"--dataset-from: {fields['file']} is not the output of `ccr tdp publish`")
         by_provider.setdefault(fields["did"], []).append(
-            {"name": published["dataset"], **{k: published[k] for k in ("blob", "sha256", "key_id")},
+            {"name": published["dataset"], **{k: published[k] for k in ("blob", "key_id")},
+             **_pin(published, "--dataset-from"),
              **_terms(fields, "--dataset-from", published["dataset"], args)})
     return by_provider
 
@@ -281,12 +293,14 @@ def build_payload(args) -> dict:
     if args.model_from:
         published = _read_json(args.model_from, "--model-from")
         try:
-            tdc["model"] = {k: published["model"][k] for k in ("blob", "sha256", "key_id")}
+            tdc["model"] = {**{k: published["model"][k] for k in ("blob", "key_id")},
+                            **_pin(published["model"], "--model-from")}
             tdc.setdefault("output", {})["key_id"] = published["output_key_id"]
         except (KeyError, TypeError):
             raise CliError(f"--model-from: {args.model_from} is not the output of `ccr tdc publish-model`") from None
     if args.model:
-        tdc["model"] = _pairs(args.model, "--model", ("blob", "sha256", "key_id"))
+        fields = _pairs(args.model, "--model", ("blob", "key_id"))
+        tdc["model"] = {**{k: fields[k] for k in ("blob", "key_id")}, **_pin(fields, "--model")}
     if args.output:
         tdc["output"] = {**tdc.get("output", {}), **_pairs(args.output, "--tdc-output", ())}
     datasets = _datasets(args)

@@ -133,7 +133,7 @@ def run_fetch(args) -> None:
         manifest = package.decrypt_file(encrypted, args.output, key)
     with zipfile.ZipFile(args.output) as archive:
         members = archive.namelist()
-    emit({"run_id": run_id, "output": str(args.output), "sha256": manifest.sha256, "size": manifest.size,
+    emit({"run_id": run_id, "output": str(args.output), **manifest.pin(), "size": manifest.size,
           "members": members})
 
 

@@ -43,7 +43,7 @@ def register(groups) -> None:
     publish = commands.add_parser("publish", help="encrypt a prepared table under a new data key and upload it",
                                   description="Encrypt a prepared table under a fresh data key, keep the key in "
                                               "your keys dir (0600) and upload the package. Prints the blob, "
-                                              "manifest sha256 and key id for the contract; never the key. The key "
+                                              "manifest's blake3 digest and key id for the contract; never the key. The key "
                                               "reaches the clean room only through a grant made when you sign a "
                                               "contract (`ccr contract sign`), and one upload serves any number of "
                                               "contracts. The blob lives under your party name "
@@ -151,7 +151,8 @@ def publish_package(source: Path, container: str, owner: str, name: str, directo
                     schema: dict | None, party=None) -> dict:
     """Fresh data key (kept in `directory`, 0600) -> package -> blob under the owner's name
     (`storage_names.dataset_blob` / `model_blob`), uploaded through `party`'s SAS if given.
-    Returns what the contract needs (blob path, sha256, key id)."""
+    Returns what the contract needs (blob path, the manifest's commitment - `blake3` for the
+    version-2 packages written now - and key id)."""
     from shared import package, storage_names
     key = os.urandom(package.KEY_SIZE)
     key_id = new_key_id(name)
@@ -163,7 +164,7 @@ def publish_package(source: Path, container: str, owner: str, name: str, directo
         step(f"encrypt {source} under a new data key {key_id} (kept in {directory})")
         manifest = package.encrypt_file(source, encrypted, key, key_id, content_type, schema)
         url = upload(container, blob, encrypted, party)
-    return {"blob": f"{container}/{blob}", "url": url, "sha256": manifest.sha256, "size": manifest.size,
+    return {"blob": f"{container}/{blob}", "url": url, **manifest.pin(), "size": manifest.size,
             "key_id": key_id}
 
 

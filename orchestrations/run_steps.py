@@ -67,7 +67,7 @@ def _input_problem(item: dict) -> str | None:
         return f"input {item['blob']} is not a valid package: {error}"
     if header.key_id != item["key_id"]:
         return f"input {item['blob']} does not match the contract (encrypted under another data key)"
-    if header.manifest.sha256 != item["sha256"]:
+    if not header.manifest.matches(item):
         return f"input {item['blob']} does not match the contract (manifest digest differs)"
     return None
 
@@ -295,7 +295,7 @@ def finish_run(run: dict, outcome: dict) -> dict:
     summary = {"run_id": run["run_id"], "contract_id": run["contract_id"], "status": outcome["status"],
                "failed_phase": outcome.get("phase") if outcome["status"] != "succeeded" else None,
                "reason": outcome.get("reason"), "output_blob": output_url,
-               "output_sha256": outcome.get("output_sha256"), "metrics": outcome.get("metrics"),
+               "output_blake3": outcome.get("output_blake3"), "metrics": outcome.get("metrics"),
                "privacy_budget_spent": budget_spent}
     # Written before the TDC is told (it may read the status as soon as it hears).
     RunRecords(azure_clients.blob_service()).finish(run["run_id"], summary)
@@ -317,7 +317,7 @@ def output_problem(output: BlobClient, payload: dict, outcome: dict) -> str | No
         return f"invalid (not a valid package: {error})"
     if header.key_id != payload["tdc"]["output"]["key_id"]:
         return "invalid (not encrypted under the contract's output key)"
-    if header.manifest.sha256 != outcome.get("output_sha256"):
+    if outcome.get(f"output_{header.manifest.algorithm}") != header.manifest.digest:
         return "invalid (its manifest digest is not the one the trainer reported)"
     return None
 

@@ -129,7 +129,7 @@ def _trainer_outcome(outcome: dict) -> dict:
     """The attested outcome as the run's: budget figures come only from here."""
     if outcome["status"] == "succeeded":
         return {"status": "succeeded", "phase": "training",
-                "output_blob": outcome.get("output_blob"), "output_sha256": outcome.get("output_sha256"),
+                "output_blob": outcome.get("output_blob"), "output_blake3": outcome.get("output_blake3"),
                 "metrics": outcome.get("metrics_summary"), "privacy": outcome.get("privacy")}
     reason = f"trainer failed: {outcome.get('error_class', 'UnknownError')}: {outcome.get('message', '')}"[:500]
     return {"status": "failed", "phase": "training", "reason": reason, "data_untouched": not outcome["data_read"]}

@@ -24,7 +24,7 @@ from shared.contract_store import ContractStore
 from shared.run_records import RunRecords
 
 CHANNELS = ("event", "webhook")
-NOTICE_FIELDS = ("run_id", "contract_id", "status", "output_blob", "output_sha256", "reason")
+NOTICE_FIELDS = ("run_id", "contract_id", "status", "output_blob", "output_blake3", "reason")
 WEBHOOK_TIMEOUT_SECONDS = 10
 
 

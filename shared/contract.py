@@ -32,6 +32,7 @@ from pycose.messages.signer import CoseSignature
 
 from shared import budget_declaration
 from shared import did as dids
+from shared import package as packages
 from shared import storage_names, trainer_resources
 
 COSE_SIGN_TAG = 98
@@ -168,12 +169,21 @@ def _did(value, where: str) -> str:
 
 
 def _package(value, where: str, container: str) -> None:
-    _object(value, where, ("blob", "sha256", "key_id"))
+    _object(value, where, ("blob", "key_id"))
     _need(isinstance(value["blob"], str) and BLOB_PATH.match(value["blob"]) is not None
           and value["blob"].startswith(container + "/") and ".." not in value["blob"],
           f"{where}.blob must be a path {container}/<name>.ccr (letters, digits, '_', '-', '.', '/')")
-    _sha256(value["sha256"], f"{where}.sha256")
+    _commitment(value, where)
     _key_id(value["key_id"], f"{where}.key_id")
+
+
+def _commitment(value: dict, where: str) -> str:
+    """A package is pinned by its manifest's commitment, in a field named after the hash:
+    `blake3` (format version 2, what `ccr tdp publish` writes) or `sha256` (version 1)."""
+    named = [name for name in packages.COMMITMENTS.values() if name in value]
+    _need(len(named) == 1, f"{where} must pin its package by exactly one of "
+          f"{' or '.join(packages.COMMITMENTS.values())}, the digest its manifest carries")
+    return _sha256(value[named[0]], f"{where}.{named[0]}")
 
 
 def _sha256(value, where: str) -> str:
@@ -206,7 +216,7 @@ def _integer(value, where: str, minimum: int) -> int:
 
 
 def _dataset(dataset, where: str, provider: str) -> str:
-    _object(dataset, where, ("name", "version", "blob", "sha256", "key_id", "epsilon", "budget"))
+    _object(dataset, where, ("name", "version", "blob", "key_id", "epsilon", "budget"))
     name = _text(dataset["name"], f"{where}.name")
     _need(NAME.match(name) is not None, f"{where}.name must be letters, digits, '_', '.' or '-'")
     _integer(dataset["version"], f"{where}.version", 1)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared import contract as contracts
-from shared import key_grants
+from shared import key_grants, package
 from shared.pipeline import JoinSpec
 
 
@@ -21,7 +21,7 @@ class PackageRef:
     name: str
     container: str
     blob: str
-    sha256: str
+    pin: dict  # the package's commitment as the contract pins it: {"blake3": hex} or {"sha256": hex}
     grant: key_grants.GrantSubject
 
 
@@ -58,4 +58,5 @@ class ContractTerms:
 
 def _ref(name: str, entry: dict, grant: key_grants.GrantSubject) -> PackageRef:
     container, _, path = entry["blob"].partition("/")
-    return PackageRef(name, container, path, entry["sha256"], grant)
+    pin = {k: entry[k] for k in package.COMMITMENTS.values() if k in entry}
+    return PackageRef(name, container, path, pin, grant)

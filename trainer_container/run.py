@@ -131,7 +131,7 @@ class TrainerRun:
             blob.download_blob().readinto(out)
         with open(encrypted, "rb") as src:
             header = package.read_header(src)
-        if header.manifest.sha256 != ref.sha256:
+        if not header.manifest.matches(ref.pin):
             raise DigestMismatch(f"{ref.name}: package digest differs from the contract")
         if header.key_id != ref.grant.key_id:
             raise DigestMismatch(f"{ref.name}: package is encrypted under another data key than the contract names")
@@ -188,12 +188,12 @@ class TrainerRun:
         metrics = {"validation": evaluation["metrics"], "mechanisms": evaluation["mechanisms"],
                    "feature_columns": list(features), "target_column": terms.join.target, "onnx_check": "passed"}
         self.phase("output")
-        output_blob, output_sha256 = self.upload_output(build_output_zip(onnx_bytes, metrics, report), terms.output,
+        output_blob, output_blake3 = self.upload_output(build_output_zip(onnx_bytes, metrics, report), terms.output,
                                                         terms.digest)
         self.phase("")
         summary = {k: report[k] for k in ("epsilon", "delta", "target_epsilon", "accountant", "epsilon_rdp")}
         return {"run_id": self.env.run_id, "status": "succeeded", "output_blob": output_blob,
-                "output_sha256": output_sha256, "privacy": summary, "phase_seconds": dict(self.timings)}
+                "output_blake3": output_blake3, "privacy": summary, "phase_seconds": dict(self.timings)}
 
     def upload_output(self, zip_bytes: bytes, output: key_grants.GrantSubject, contract_digest: str) -> tuple[str, str]:
         plain, encrypted = self.workdir / "output.zip", self.workdir / "output.ccr"
@@ -206,7 +206,7 @@ class TrainerRun:
         with BlobClient.from_blob_url(self.env.blob_url(path), max_single_put_size=OUTPUT_MAX_BYTES) as blob, \
                 _storage("upload", path), open(encrypted, "rb") as src:
             blob.upload_blob(src, overwrite=False)  # the one output of this run, created once
-        return blob_location(blob.url), manifest.sha256
+        return blob_location(blob.url), manifest.blake3  # a version-2 package
 
 
 @contextmanager

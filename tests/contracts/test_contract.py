@@ -179,6 +179,10 @@ def test_header_without_issuer(payload, identities, resolve):
     (lambda p: p["workloads"]["training"].update(image="ccr-trainer:latest"), "pinned by digest"),
     (lambda p: p["workloads"]["training"].update(deadline_seconds=-5), "deadline_seconds must be an integer >= 1"),
     (lambda p: p.update(contract_id="../escape"), "contract_id must be"),
+    (lambda p: p["tdps"][0]["datasets"][0].update(blake3="ab" * 32), "exactly one of sha256 or blake3"),
+    (lambda p: p["tdc"]["model"].pop("sha256"), "model must pin its package by exactly one of sha256 or blake3"),
+    (lambda p: p["tdps"][0]["datasets"][0].update(blake3=p["tdps"][0]["datasets"][0].pop("sha256").upper()),
+     "blake3 must be 64 lowercase hex"),
 ])
 def test_schema_violations(payload, mutate, reason):
     mutate(payload)
@@ -213,3 +217,25 @@ def test_verify_signatures_accepts_a_partial_envelope_and_refuses_any_bad_signat
     impostor = dids.Identity(identities["cowin"].did, dids.Identity.generate(identities["cowin"].did).private_key)
     with pytest.raises(contracts.BadSignature, match=f"signature by {impostor.did}"):
         contracts.verify_signatures(contracts.add_signature(partial, impostor), resolve)
+
+
+def test_a_contract_pinning_a_blake3_commitment_takes_that_package_and_no_other(payload, tmp_path):
+    """Version-2 packages are pinned by `blake3`: the contract validates, and its pin matches the
+    package it names and refuses another package, or the same data committed by SHA-256."""
+    from shared import package
+    key, data = bytes(range(32)), b"pseudonym,age\nab,3\n"
+    (tmp_path / "t.csv").write_bytes(data)
+    right = package.encrypt_file(tmp_path / "t.csv", tmp_path / "t.ccr", key, "icmr-1", "text/csv")
+    (tmp_path / "t.csv").write_bytes(data + b"cd,4\n")
+    other = package.encrypt_file(tmp_path / "t.csv", tmp_path / "o.ccr", key, "icmr-1", "text/csv")
+    (tmp_path / "t.csv").write_bytes(data)
+    old = package.encrypt_file(tmp_path / "t.csv", tmp_path / "v1.ccr", key, "icmr-1", "text/csv", version=1)
+    dataset = payload["tdps"][0]["datasets"][0]
+    del dataset["sha256"]
+    dataset.update(right.pin())
+    contracts.validate_payload(payload)
+    [entry] = [d for _, d in contracts.datasets(payload) if d is dataset]
+    assert package.read_header((tmp_path / "t.ccr").read_bytes()).manifest.matches(entry)
+    assert not package.read_header((tmp_path / "o.ccr").read_bytes()).manifest.matches(entry)
+    assert not package.read_header((tmp_path / "v1.ccr").read_bytes()).manifest.matches(entry)
+    assert old.sha256 and other.blake3 != right.blake3

@@ -41,7 +41,7 @@ def sidecars(hardware_root, tls, token):
 
 def outcome(**changes) -> dict:
     return {"run_id": RUN, "nonce": NONCE, "status": "succeeded", "data_read": True,
-            "output_blob": "https://x/outputs/o.ccr", "output_sha256": "ab" * 32,
+            "output_blob": "https://x/outputs/o.ccr", "output_blake3": "ab" * 32,
             "privacy": {"epsilon": 1.49, "delta": 1e-5}, "metrics_summary": {"accuracy": 0.9}, **changes}
 
 
@@ -68,7 +68,7 @@ def test_the_attested_trainer_of_this_run_is_believed(sidecars, maa, tls):
 
 
 def test_a_forged_event_without_attestation_is_not_believed(maa, tls):
-    forged = {"run_id": RUN, "status": "succeeded", "privacy": {"epsilon": -50}, "output_sha256": "0" * 64}
+    forged = {"run_id": RUN, "status": "succeeded", "privacy": {"epsilon": -50}, "output_blake3": "0" * 64}
     with pytest.raises(attested_outcome.OutcomeRejected, match="no attestation token"):
         verify(forged, maa, tls)
 

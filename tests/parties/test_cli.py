@@ -4,7 +4,6 @@ the Key Vault twin through the official SDK clients."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import json
 import os
@@ -14,6 +13,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import blake3
 import pytest
 from azure.keyvault.keys import KeyClient
 
@@ -54,7 +54,11 @@ def _payload(tmp: Path, vault_url: str = "https://127.0.0.1:9", **dataset) -> Pa
     """A schema-2 contract naming one dataset (fields from `dataset`) and the TDC's packages."""
     payload = contract_payload(TDC, {"icmr": dids.Identity.generate(TDP)})
     payload["workloads"]["training"]["image"] = IMAGE
-    payload["tdps"][0]["datasets"][0].update(dataset)
+    entry = payload["tdps"][0]["datasets"][0]
+    if any(name in dataset for name in package.COMMITMENTS.values()):  # the package's own pin replaces the fixture's
+        for name in package.COMMITMENTS.values():
+            entry.pop(name, None)
+    entry.update(dataset)
     for party in (payload["tdc"], payload["tdps"][0]):
         party["key_vault"] = vault_url
     path = tmp / f"contract-{len(list(tmp.glob('contract-*')))}.json"
@@ -228,14 +232,15 @@ def test_tdp_publish_encrypts_uploads_and_keeps_the_key(capsys, tmp_path, key_fi
     assert code == 0, err
     result = json.loads(out)
     assert result["blob"] == f"{storage_names.DATASETS}/{storage_names.dataset_blob('icmr', 'icmr', result['key_id'])}"
-    assert result["key_id"].startswith("icmr-") and result["sha256"] == hashlib.sha256(prepared.read_bytes()).hexdigest()
+    assert result["key_id"].startswith("icmr-") and result["blake3"] == blake3.blake3(prepared.read_bytes()).hexdigest()
     assert vault.store.names() == keys_before  # nothing reaches Key Vault before a contract is signed
     key_file = tmp_path / "keys" / f"{result['key_id']}.key.json"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     key = bytes.fromhex(json.loads(key_file.read_text())["k"])
     _download(result["blob"], tmp_path / "icmr.ccr")
     header = package.read_header((tmp_path / "icmr.ccr").read_bytes())
-    assert header.key_id == result["key_id"] and header.manifest.sha256 == result["sha256"]
+    assert header.key_id == result["key_id"] and header.version == 2 and header.manifest.blake3 == result["blake3"]
+    assert "sha256" not in result  # the published pin names its hash
     assert header.manifest.schema["columns"][0] == "pseudonym"
     for text in (out, err):
         assert key.hex() not in text and base64.urlsafe_b64encode(key).decode().rstrip("=") not in text
@@ -252,7 +257,7 @@ def test_grant_binds_the_data_key_to_one_contract(capsys, tmp_path, services, va
     published = json.loads(run(capsys, "tdp", "publish", "--input", str(tmp_path / "t.csv"), "--dataset", "icmr",
                                "--did", TDP)[1])
     data_key = bytes.fromhex(json.loads((tmp_path / "keys" / f"{published['key_id']}.key.json").read_text())["k"])
-    fields = {k: published[k] for k in ("blob", "sha256", "key_id")}
+    fields = {k: published[k] for k in ("blob", "blake3", "key_id")}
     keks = []
     for contract in (_payload(tmp_path, vault.url, **fields), _payload(tmp_path, vault.url, epsilon=1.0, **fields)):
         code, out, err = run(capsys, "contract", "grant", "--contract", str(contract), "--did", TDP)

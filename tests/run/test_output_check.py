@@ -21,7 +21,7 @@ def _package(key_id: str, plaintext: bytes) -> tuple[bytes, str]:
     encrypted = io.BytesIO()
     manifest = package.encrypt_stream(io.BytesIO(plaintext), encrypted, secrets.token_bytes(32), key_id,
                                       "application/vnd.ccr.output+zip")
-    return encrypted.getvalue(), manifest.sha256
+    return encrypted.getvalue(), manifest.blake3
 
 
 @pytest.fixture
@@ -34,13 +34,13 @@ def output(azurite):
 
 
 def test_a_genuine_output_passes(output):
-    blob, sha256 = _package(OUTPUT_KID, b"the model")
+    blob, digest = _package(OUTPUT_KID, b"the model")
     output.upload_blob(blob)
-    assert output_problem(output, PAYLOAD, {"output_sha256": sha256}) is None
+    assert output_problem(output, PAYLOAD, {"output_blake3": digest}) is None
 
 
 def test_a_missing_output_is_named_missing(output):
-    assert output_problem(output, PAYLOAD, {"output_sha256": "0" * 64}) == "missing"
+    assert output_problem(output, PAYLOAD, {"output_blake3": "0" * 64}) == "missing"
 
 
 @pytest.mark.parametrize("case, expected", [
@@ -50,27 +50,27 @@ def test_a_missing_output_is_named_missing(output):
     ("another digest", "invalid (its manifest digest is not the one the trainer reported)"),
 ])
 def test_an_invalid_output_is_named_invalid(output, case, expected):
-    blob, sha256 = _package("https://vault.test/keys/someone-else/1" if case == "another key" else OUTPUT_KID,
+    blob, digest = _package("https://vault.test/keys/someone-else/1" if case == "another key" else OUTPUT_KID,
                             b"the model")
     if case == "not a package":
         blob = secrets.token_bytes(4096)
     elif case == "empty":
         blob = b""
     elif case == "another digest":
-        sha256 = "0" * 64
+        digest = "0" * 64
     output.upload_blob(blob)
-    assert output_problem(output, PAYLOAD, {"output_sha256": sha256}).startswith(expected)
+    assert output_problem(output, PAYLOAD, {"output_blake3": digest}).startswith(expected)
 
 
 
 def test_an_output_storage_refuses_to_show_is_named_unverifiable(output, azurite):
     """A 4xx other than 404 (here 403: a SAS signed for another blob) cannot prove the output."""
-    blob, sha256 = _package(OUTPUT_KID, b"the model")
+    blob, digest = _package(OUTPUT_KID, b"the model")
     output.upload_blob(blob)
     service = BlobServiceClient.from_connection_string(azurite)
     token = generate_blob_sas(service.account_name, output.container_name, "another/blob.ccr",
                               account_key=service.credential.account_key, permission=BlobSasPermissions(read=True),
                               expiry=datetime.now(timezone.utc) + timedelta(minutes=5))
     refused = BlobClient.from_blob_url(f"{output.url}?{token}")
-    assert output_problem(refused, PAYLOAD, {"output_sha256": sha256}) == "unverifiable (storage answered 403)"
-    assert output_problem(output, PAYLOAD, {"output_sha256": sha256}) is None  # the blob itself is fine
+    assert output_problem(refused, PAYLOAD, {"output_blake3": digest}) == "unverifiable (storage answered 403)"
+    assert output_problem(output, PAYLOAD, {"output_blake3": digest}) is None  # the blob itself is fine

@@ -165,7 +165,7 @@ def test_forged_completion_events_are_ignored_and_only_the_attested_outcome_coun
     wait_for(lambda: (run_record(stack, run_id) or {}).get("phase") == "training", 120, what="training to start")
     with _environment(stack.settings):
         events.publish(events.TRAINER_COMPLETED, f"runs/{run_id}", {
-            "run_id": run_id, "status": "succeeded", "output_sha256": "0" * 64,
+            "run_id": run_id, "status": "succeeded", "output_blake3": "0" * 64,
             "output_blob": f"{stack.settings['CCR_FUNCTIONS_URL']}/elsewhere/output.ccr",
             "metrics_summary": {"accuracy": 0.99}, "privacy": {"epsilon": -50, "delta": 1e-5}})
 
@@ -174,7 +174,7 @@ def test_forged_completion_events_are_ignored_and_only_the_attested_outcome_coun
     output = scenario.fetch_output(run_id)
     record = run_record(stack, run_id)
     assert record["privacy_budget_spent"] == {name: output["privacy"]["epsilon"] for name in ("icmr", "cowin", "index")}
-    assert 0 < output["privacy"]["epsilon"] <= 1.5 and notice["output_sha256"] == output["sha256"]
+    assert 0 < output["privacy"]["epsilon"] <= 1.5 and notice["output_blake3"] == output["blake3"]
     assert len(scenario.inbox.notices) == 1
     assert "completion event ignored" in stack.host.logs()
 
@@ -302,7 +302,7 @@ def test_a_population_whose_budget_is_spent_is_refused_even_under_a_new_pseudony
 
     second = scenario_factory()  # a fresh pseudonym key: every prepared file differs
     second.publish_inputs()
-    assert all(second.published[n]["sha256"] != first.published[n]["sha256"] for n in first.published)
+    assert all(second.published[n]["blake3"] != first.published[n]["blake3"] for n in first.published)
     second.identities = first.identities  # the same providers and TDC sign again
     second.sign_and_submit(second.write_contract())
     notice = second.wait_for_notice(180)

@@ -25,7 +25,7 @@ from shared.run_records import RunRecords
 
 RUN = {"run_id": "run-00000000000000aa", "contract_id": "c-1", "contract_digest": "d" * 64, "deadline_seconds": 60}
 SUMMARY = {"run_id": RUN["run_id"], "contract_id": "c-1", "status": "failed", "failed_phase": "validating",
-           "reason": "input datasets/x.ccr is missing", "output_blob": None, "output_sha256": None}
+           "reason": "input datasets/x.ccr is missing", "output_blob": None, "output_blake3": None}
 
 
 def closed_port_url() -> str:

@@ -273,7 +273,7 @@ class Stage:
             storage_names.dataset_blob(name, name, key_id)  # providers here are named as their datasets
         with open(self.tmp / f"{name}.ccr", "rb") as src:
             self.blobs.get_blob_client(container, blob).upload_blob(src, overwrite=True)
-        return {"blob": f"{container}/{blob}", "sha256": manifest.sha256, "key_id": key_id}
+        return {"blob": f"{container}/{blob}", **manifest.pin(), "key_id": key_id}
 
     def contract(self, tables: dict[str, pd.DataFrame | Path], training: dict, join: dict, threshold=1.5,
                  epsilon: float | dict[str, float] | None = None, min_joined_rows: int = MIN_JOINED_ROWS,

@@ -138,7 +138,7 @@ def test_neighbouring_tables_leave_the_same_bytes_but_dp_values(tmp_path, azurit
         spec = JoinSpec.from_dict(covid_model.covid_join_spec())
         joined.append(len(join_datasets(spec, {n: stage.tmp / f"{n}.in" for n in covid_model.RAW_FILES})))
         signed_outcome = {k: v for k, v in outcome(topic.events[0]).items()
-                          if k not in ("run_id", "nonce", "output_blob", "output_sha256")}
+                          if k not in ("run_id", "nonce", "output_blob", "output_blake3")}
         leaving.append({"stdout": done.stdout.replace(stage.run_id, "<run>"), "stderr": done.stderr,
                         "outcome": signed_outcome, "members": sorted(contents),
                         "metrics": json.loads(contents["metrics.json"]),

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import base64
 import copy
-import hashlib
 import json
 import re
 import uuid
 import zipfile
 
+import blake3
 import numpy as np
 import onnx
 import onnxruntime
@@ -153,8 +153,8 @@ def test_covid_end_to_end_with_canaries(stage_of, tmp_path, topic):
     assert data["output_blob"] == encrypted.url
     (tmp_path / "out.ccr").write_bytes(encrypted.download_blob().readall())
     manifest = package.decrypt_file(tmp_path / "out.ccr", tmp_path / "out.zip", stage.output_key(signed))
-    assert manifest.sha256 == data["output_sha256"]
-    assert hashlib.sha256((tmp_path / "out.zip").read_bytes()).hexdigest() == data["output_sha256"]
+    assert manifest.blake3 == data["output_blake3"] and "output_sha256" not in data
+    assert blake3.blake3((tmp_path / "out.zip").read_bytes()).hexdigest() == data["output_blake3"]
     with zipfile.ZipFile(tmp_path / "out.zip") as archive:
         assert sorted(archive.namelist()) == ["metrics.json", "model.onnx", "privacy.json"]
         contents = {name: archive.read(name) for name in archive.namelist()}
@@ -289,7 +289,7 @@ def test_dataset_digest_mismatch_fails_before_its_key_is_released(stage_of, topi
     stage = stage_of("covid-digest")
     payload = stage.contract(raw_tables(), covid_model.covid_training_config(), covid_model.covid_join_spec())
     cowin = payload["tdps"][1]["datasets"][0]
-    cowin["sha256"] = hashlib.sha256(b"another table").hexdigest()
+    cowin["blake3"] = blake3.blake3(b"another table").hexdigest()
     signed = stage.sign(payload)
     code, lines, sidecar = run_in_process(monkeypatch, stage, topic, signed)
     assert code != 0

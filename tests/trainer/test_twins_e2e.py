@@ -86,8 +86,8 @@ def test_covid_reference_through_the_twins(tmp_path, azurite, twins, did_host, t
     assert sorted(twins["vault"].releases[releases_before:]) == sorted((kek, "granted") for kek in keks)
     blob = stage.blobs.get_blob_client(storage_names.OUTPUTS, storage_names.output_blob(stage.run_id))
     (tmp_path / "out.ccr").write_bytes(blob.download_blob().readall())
-    assert package.decrypt_file(tmp_path / "out.ccr", tmp_path / "out.zip", stage.output_key(signed)).sha256 == \
-        outcome(event)["output_sha256"]
+    assert package.decrypt_file(tmp_path / "out.ccr", tmp_path / "out.zip", stage.output_key(signed)).blake3 == \
+        outcome(event)["output_blake3"]
     pseudonym = Path(tables["icmr"]).read_text().splitlines()[1].split(",")[0]
     assert pseudonym not in done.stdout + done.stderr + json.dumps(topic.events)
 
