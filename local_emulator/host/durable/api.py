@@ -180,7 +180,7 @@ class DurableApi:
                                         for name in ("createdTimeFrom", "createdTimeTo"))
         except ValueError:
             return web.json_response({"error": "createdTimeFrom/createdTimeTo must be ISO 8601"}, status=400)
-        states = await self.engine.store.query_states_with_ids()
+        states = await self.engine.store.query_states_with_ids(wanted, prefix)
         results = []
         for instance_id, state in states:
             if wanted and state["RuntimeStatus"] not in wanted or not instance_id.startswith(prefix):
@@ -216,7 +216,7 @@ class DurableApi:
         named = {s.strip() for s in request.query.get("runtimeStatus", "").split(",") if s.strip()}
         wanted = (named & set(TERMINAL)) if named else None
         deleted = 0
-        for instance_id, state in await self.engine.store.query_states_with_ids():
+        for instance_id, state in await self.engine.store.query_states_with_ids(wanted):
             if wanted is not None and state["RuntimeStatus"] not in wanted:
                 continue
             if not created_from <= h.parse_iso(state["CreatedTime"]) <= created_to:

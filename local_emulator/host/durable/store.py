@@ -162,9 +162,20 @@ class TaskHubStore:
         await self.large.purge(instance_id)
         return 1 if any(row["RowKey"] == STATE_ROW for row in rows) else 0
 
-    async def query_states_with_ids(self) -> list[tuple[str, dict]]:
+    async def query_states_with_ids(self, statuses: set[str] | None = None,
+                                    id_prefix: str = "") -> list[tuple[str, dict]]:
+        """(instance id, state) of every instance, or of those with one of `statuses` and an id
+        starting with `id_prefix` (filtered by the table service, not here)."""
+        clauses, parameters = ["RowKey eq @rk"], {"rk": STATE_ROW}
+        if statuses:
+            names = [f"s{i}" for i in range(len(statuses))]
+            clauses.append("( " + " or ".join(f"RuntimeStatus eq @{name}" for name in names) + " )")  # SDK: @name then a space
+            parameters.update(zip(names, sorted(statuses)))
+        if id_prefix:
+            clauses.append("PartitionKey ge @low and PartitionKey lt @high")
+            parameters.update(low=id_prefix, high=id_prefix + "\uffff")
         return [(row["PartitionKey"], _unpack_state(await self._inflate(row)))
-                async for row in self.instances.query_entities("RowKey eq @rk", parameters={"rk": STATE_ROW})]
+                async for row in self.instances.query_entities(" and ".join(clauses), parameters=parameters)]
 
     # activity completions ---------------------------------------------------------------
     async def completed_activity(self, instance_id: str, key: str) -> dict | None:
