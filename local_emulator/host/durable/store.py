@@ -169,7 +169,8 @@ class TaskHubStore:
         clauses, parameters = ["RowKey eq @rk"], {"rk": STATE_ROW}
         if statuses:
             names = [f"s{i}" for i in range(len(statuses))]
-            clauses.append("( " + " or ".join(f"RuntimeStatus eq @{name}" for name in names) + " )")  # SDK: @name then a space
+            # the SDK substitutes `@name` only where a space follows it
+            clauses.append("( " + " or ".join(f"RuntimeStatus eq @{name}" for name in names) + " )")
             parameters.update(zip(names, sorted(statuses)))
         if id_prefix:
             clauses.append("PartitionKey ge @low and PartitionKey lt @high")
