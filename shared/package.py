@@ -22,9 +22,12 @@ multi-threaded with `max_threads`) runs several times faster on one core and spl
 Why BLAKE3 binds the data as tightly as SHA-256. What the commitment must stop is a party that
 holds the data key (the provider itself, or anyone it gave the key) swapping the plaintext after
 the contract pinned its digest: that takes a second preimage or a collision of the hash over the
-plaintext. BLAKE3's 256-bit output gives the same generic bounds as SHA-256 (128-bit collision,
-256-bit second-preimage resistance); its compression function is BLAKE2s's with 7 rounds, for
-which the best published attacks reach far fewer rounds, and its tree mode separates chunk,
+plaintext. Since the key holder also chooses the plaintext, collision resistance is the bound
+that matters, and both hashes have 256-bit outputs and 128-bit collision resistance (BLAKE3
+targets 128-bit security for every goal, second preimages included; SHA-256's nominal 256-bit
+preimage margin adds nothing once a 128-bit collision bound limits the attacker). BLAKE3's
+compression function is BLAKE2s's with 7 rounds instead of 10, for which the best published
+attacks reach far fewer rounds, and its tree mode separates chunk,
 parent and root nodes by flags and carries each chunk's counter, so a collision of the tree is a
 collision of the compression function (O'Connor, Aumasson, Neves, Wilcox-O'Hearn, "BLAKE3",
 2020). The digest does not depend on how many threads computed it. A commitment built instead
