@@ -134,13 +134,14 @@ class DurableEngine:
         # dies between the two leaves a message the dispatcher adopts (_adoptable_start), never a
         # Pending row that nothing will ever start. A refused start's message names an execution
         # the row does not have, so the dispatcher drops it.
-        fault_points.reached("durable.start.before_message")
-        await self.store.send_control({"InstanceId": instance_id, "ExecutionId": execution_id,
-                                       "Event": started, "Key": f"{instance_id}:{execution_id}:start",
-                                       **({"Parent": parent} if parent else {})})
-        fault_points.reached("durable.start.after_message")
+        # registered before the message goes: a dispatcher that receives it first waits for the row
         written = self._starting[execution_id] = asyncio.get_running_loop().create_future()
         try:
+            fault_points.reached("durable.start.before_message")
+            await self.store.send_control({"InstanceId": instance_id, "ExecutionId": execution_id,
+                                           "Event": started, "Key": f"{instance_id}:{execution_id}:start",
+                                           **({"Parent": parent} if parent else {})})
+            fault_points.reached("durable.start.after_message")
             await self._write_new_state(instance_id, state)
         finally:
             written.set_result(None)
