@@ -1,8 +1,15 @@
 """What the ACI twin does with a container group: check it as confidential ACI would, run
 its trainer image as a local process group beside an SKR sidecar twin, and remember it.
 
+Two kinds of image: a real OCI image, `<registry>/<repository>@sha256:<manifest digest>`,
+pulled from the twin's local registry (local_emulator/registry.py verifies the manifest, the
+config and every layer; a mismatch fails the group with ARM's InaccessibleImage) and run
+chrooted in its own root filesystem with its own Python, its config's Env and WorkingDir under
+the group's variables; or the source tarball `ccr-trainer@sha256:<hex>` (local_emulator/
+images.py) run with the twin's Python.
+
 Checks before anything starts (real confidential ACI enforces these at container start):
-the image archive exists and hashes to its digest, and the group's CCE policy allows that
+the image exists and hashes to its digest, and the group's CCE policy allows that
 image digest, the exact command and the environment by value (every `NAME=VALUE` matches an
 env rule, every required rule is met: a contract-bound policy refuses another contract's
 digest or none). The SKR sidecar

@@ -24,6 +24,14 @@ and execs the command. Secret folders are never loosened: the trainer does not s
 CA bundle is shown through a copy the twin owns, and only if it is certificates and nothing
 else (CCR_CA_BUNDLE comes from the group's creator: it must not name a key). Without root the
 twin refuses to start groups (they would run unisolated).
+
+A real OCI image (local_emulator/registry.py) runs in a root filesystem of its own instead
+(`rootfs_plan`): in the private mount namespace the launcher stacks the image's unpacked
+layers under a writable layer of the container's (overlayfs), binds the host's /proc, a /dev
+of the harmless nodes (null, zero, full, random, urandom, tty) and a private /dev/shm, the
+group's fresh /tmp, the CA bundle copy at the path CCR_CA_BUNDLE names, /etc/hosts and
+/etc/resolv.conf, then chroots there before dropping to the group's uid: the container sees
+nothing of the host's files but those, and runs the image's own Python.
 """
 from __future__ import annotations
 
