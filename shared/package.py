@@ -52,8 +52,9 @@ detects reordering, the last-segment flag and the manifest size detect truncatio
 whole dropped segments), and bytes after the last segment are refused. The key check
 (HKDF of the key alone, so it is the same for every package of one key) lets a wrong key be
 reported as such instead of as tampering; it also commits the package to one key.
-Decryption verifies the plaintext digest against the manifest as it goes (on a second thread),
-so a package whose content does not match its authenticated manifest is refused.
+Decryption verifies the plaintext digest against the manifest as it goes (on a second thread,
+while a third writes the plaintext and the next segment is decrypted), so a package whose
+content does not match its authenticated manifest is refused.
 
 Memory is constant: 1 MiB buffers, reused; file sources are read through a memory map whose
 consumed pages are dropped as it goes (one copy fewer per byte, constant resident memory).
@@ -97,6 +98,7 @@ _NONCE_TAIL = struct.Struct(">IB")  # segment counter, last-segment flag
 _FIXED_BODY = SALT_SIZE + NONCE_PREFIX_SIZE + KEY_CHECK_SIZE
 _MAX_SEGMENTS = 2**32
 _RELEASE_EVERY = 16 * SEGMENT_SIZE
+_DECRYPT_BUFFERS = 3  # plaintext segments in flight: one being decrypted, others hashed and written
 
 
 class PackageError(ValueError):
@@ -453,6 +455,12 @@ def encrypt_stream(src: BinaryIO, dst: BinaryIO, key: bytes, key_id: str, conten
     return manifest
 
 
+def _finish(futures) -> None:
+    """Waits for a buffer's readers, raising what they raised (a failed write)."""
+    for future in futures or ():
+        future.result()
+
+
 def decrypt_stream(src: BinaryIO, dst: BinaryIO, key: bytes) -> Manifest:
     """Decrypts a package from `src` into `dst`, one verified segment at a time. On failure
     `dst` may hold verified segments of an incomplete plaintext: callers that write to a
@@ -462,28 +470,30 @@ def decrypt_stream(src: BinaryIO, dst: BinaryIO, key: bytes) -> Manifest:
     if not hmac.compare_digest(_key_check(key), header.key_check):
         raise WrongKey("the key does not match this package (wrong key, or its key check was altered)")
     aead, size, count = _segment_aead(key, header.salt, header.version), header.manifest.size, header.segment_count
-    plains = (memoryview(bytearray(SEGMENT_SIZE)), memoryview(bytearray(SEGMENT_SIZE)))
+    plains = tuple(memoryview(bytearray(SEGMENT_SIZE)) for _ in range(_DECRYPT_BUFFERS))
+    readers: list[tuple | None] = [None] * _DECRYPT_BUFFERS  # the digest and the write still reading each buffer
     digest = _hasher(header.version)
+    # Segment i is hashed and written (two threads, each in order) while segment i+1 is decrypted.
     with _Source(src, SEGMENT_SIZE + TAG_SIZE) as source, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="ccr-package-digest") as hasher:
-        hashing = None
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="ccr-package-digest") as hasher, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="ccr-package-writer") as writer:
         for index in range(count):
             last = index == count - 1
             expected = (size - SEGMENT_SIZE * index if last else SEGMENT_SIZE) + TAG_SIZE
             sealed = source.take(expected)
             if len(sealed) != expected:
                 raise TruncatedPackage(f"package ends inside or before segment {index} of {count}")
-            plain = plains[index & 1][:expected - TAG_SIZE]
+            slot = index % _DECRYPT_BUFFERS
+            _finish(readers[slot])  # this buffer is free again
+            plain = plains[slot][:expected - TAG_SIZE]
             try:
                 aead.decrypt_into(_nonce(header.nonce_prefix, index, last), sealed, header.raw, plain)
             except InvalidTag:
                 raise TamperedPackage(f"segment {index} of {count} failed authentication "
                                       "(altered, reordered or truncated package)") from None
-            if hashing is not None:
-                hashing.result()  # the other buffer is free again
-            _write_all(dst, plain)
-            hashing = hasher.submit(digest.update, plain)
-        hashing.result()
+            readers[slot] = (hasher.submit(digest.update, plain), writer.submit(_write_all, dst, plain))
+        for pending in readers:
+            _finish(pending)
         if source.take(1):
             raise TamperedPackage("unexpected bytes after the last segment")
     if digest.hexdigest() != header.manifest.digest:
