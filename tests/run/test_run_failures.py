@@ -12,6 +12,7 @@ from azure.storage.blob import BlobServiceClient
 from ccr.common import contract_policy, create_kek, load_local_key, upload_text
 from ccr.contract import grant_keys
 from local_emulator.covid_scenario import CommandFailed, _environment
+from local_emulator.registry import is_registry_reference
 from shared import contract as contracts
 from shared import did as dids
 from shared import azure_clients, events, key_grants, storage_names
@@ -182,12 +183,20 @@ def test_forged_completion_events_are_ignored_and_only_the_attested_outcome_coun
 def test_modified_trainer_image_is_refused_and_the_tdc_told(stack, scenario_factory):
     scenario = scenario_factory()
     scenario.publish_inputs()
-    archive = stack.state_dir / "images" / f"sha256-{scenario.trainer_image.rsplit(':', 1)[1]}.tar"
+    if is_registry_reference(scenario.trainer_image):   # the OCI image: its code layer, in the registry
+        repository, digest = scenario.trainer_image.split("/", 1)[1].split("@")
+        blobs = stack.registry_dir / repository / "blobs" / "sha256"
+        manifest = json.loads((blobs / digest.split(":")[1]).read_text())
+        archive = blobs / manifest["layers"][-1]["digest"].split(":")[1]
+    else:
+        archive = stack.state_dir / "images" / f"sha256-{scenario.trainer_image.rsplit(':', 1)[1]}.tar"
     genuine = archive.read_bytes()
-    archive.write_bytes(genuine + b"\0" * 512)  # someone swapped the trainer's code
+    archive.unlink()                          # (a registry blob is a hard link into the build cache)
+    archive.write_bytes(genuine[:-1024] + b"\1" + genuine[-1023:])  # someone swapped the trainer's code
     try:
         notice = _submit(scenario)
     finally:
+        archive.unlink()
         archive.write_bytes(genuine)
     record = _assert_failed_before_deploying_any_trainer(stack, notice, "deploying", "was refused")
     assert f"ccr-{notice['run_id']}" not in remaining_groups(stack)
