@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install image-tools browser-tools demo test bench clean
+.PHONY: install image-tools trainer-image browser-tools demo test bench clean
 
 # requirements-dev.txt pulls in the app's, the parties' tool's and the trainer's requirements.
 REQUIREMENTS := requirements.txt requirements-cli.txt requirements-dev.txt trainer_container/requirements.txt
@@ -18,13 +18,20 @@ $(STAMP): $(REQUIREMENTS) pyproject.toml package.json package-lock.json
 	npm ci --no-audit --no-fund --silent
 	touch $(STAMP)
 
-# The trainer image is built without a container engine (tools/trainer_image.py): Debian's
-# debootstrap builds its root filesystem, skopeo checks and pushes it. Installed only when absent.
+# skopeo checks the OCI images tools/oci_image.py writes (tests) and pushes them. Installed only when absent.
 image-tools:
-	@command -v debootstrap >/dev/null && command -v skopeo >/dev/null && command -v umoci >/dev/null || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap skopeo umoci)
+	@command -v skopeo >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq skopeo >/dev/null)
 
 install: image-tools $(STAMP)
+
+# The real trainer image (tools/trainer_image.py), built without a container engine: Debian's
+# debootstrap builds its root filesystem. About 6 minutes the first time, cached per machine
+# (~/.cache/ccr/images); `CCR_TRAINER_IMAGE=oci make demo` then runs the demo on it.
+trainer-image: install
+	@command -v debootstrap >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null)
+	$(PY) -m tools.trainer_image build
 
 demo: install
 	$(PY) -m local_emulator demo
