@@ -5,7 +5,7 @@
 // - BlobCreated in datasets/ and models/ (the storage account's system topic) to the blob
 //   triggers dataset_arrived and model_arrived (functions/input_arrivals.py), which on Flex
 //   Consumption take their events from Event Grid: the blobs extension's webhook with its key.
-// - CCR.Trainer.Completed / .Failed on the run topic to the Event Grid trigger trainer_finished
+// - CCR.Trainer.Completed / .Failed / .Progress on the run topic to the Event Grid trigger trainer_finished
 //   (functions/completion_events.py).
 targetScope = 'resourceGroup'
 
@@ -92,6 +92,7 @@ resource trainerFinished 'Microsoft.EventGrid/topics/eventSubscriptions@2022-06-
       includedEventTypes: [
         'CCR.Trainer.Completed'
         'CCR.Trainer.Failed'
+        'CCR.Trainer.Progress'
       ]
     }
     eventDeliverySchema: 'EventGridSchema'

@@ -193,13 +193,14 @@ class Stack:
         self._write_endpoints()
 
     def _subscribe_host(self) -> None:
-        """The subscriptions infra/subscriptions.bicep creates: completion events to the host's
+        """The subscriptions infra/subscriptions.bicep creates: completion and progress events to the host's
         Event Grid trigger; BlobCreated in datasets/ and models/ (the storage account's system
         topic) to the blob triggers' webhook with the blobs_extension key."""
         endpoint = (f"{self.host.url}/runtime/webhooks/eventgrid?functionName=trainer_finished"
                     f"&code={self.settings['CCR_EVENTGRID_SYSTEM_KEY']}")
         self.eventgrid.create_subscription(TOPIC, "trainer-completion", endpoint,
-                                           event_types=[events.TRAINER_COMPLETED, events.TRAINER_FAILED])
+                                           event_types=[events.TRAINER_COMPLETED, events.TRAINER_FAILED,
+                                                        events.TRAINER_PROGRESS])
         self.eventgrid.create_system_topic(STORAGE_TOPIC)
         for name, container, function in (("ccr-datasets-arrived", storage_names.DATASETS, "dataset_arrived"),
                                           ("ccr-models-arrived", storage_names.MODELS, "model_arrived")):

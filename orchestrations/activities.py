@@ -61,6 +61,7 @@ def reserve_privacy_budget(run: dict) -> dict:
 def deploy_trainer(run: dict) -> dict:
     with _step("deploy_trainer", run):
         _records().enter_phase(run["run_id"], "deploying")
+        _records().keep_nonce(run["run_id"], run["nonce"])  # to check the trainer's progress events
         deployment = run_steps.deploy_trainer(run)
         if deployment["ok"]:
             _records().enter_phase(run["run_id"], "training", container_group=deployment["container_group"])

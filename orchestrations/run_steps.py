@@ -14,7 +14,7 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 from azure.storage.blob import BlobClient
 
 from orchestrations import deployment
-from shared import attested_outcome, azure_clients, budget_declaration, key_grants, settings, storage_names
+from shared import attested_outcome, attested_progress, azure_clients, budget_declaration, key_grants, settings, storage_names
 from shared import contract as contracts
 from shared.container_group import TRAINER_CONTAINER_NAME
 from shared.contract_store import ContractStore, contract_inputs, split_blob_path
@@ -251,6 +251,23 @@ def verify_trainer_outcome(run: dict, event: dict) -> dict:
         log.warning("run %s: completion event ignored: %s", run["run_id"], rejected)
         return {"ok": False, "reason": str(rejected)}
     return {"ok": True, "outcome": outcome}
+
+
+def record_trainer_progress(event: dict) -> bool:
+    """The trainer's per-epoch progress on the run record, once it proves itself as the outcome
+    must (shared/attested_progress.py); anything else changes nothing."""
+    records = RunRecords(azure_clients.blob_service())
+    run_id = event.get("run_id")
+    record = records.get(run_id) if isinstance(run_id, str) and run_id.startswith("run-") else None
+    if record is None:
+        log.warning("progress event for an unknown run; ignored")
+        return False
+    run = {"run_id": run_id, "contract_id": record["contract_id"], "contract_digest": record["contract_digest"]}
+    payload = _contract(run)
+    planned = min(float(d["epsilon"]) for _, d in contracts.datasets(payload))
+    return attested_progress.record(records, event, records.nonce(run_id),
+                                    deployment.hostdata(payload, run["contract_digest"]),
+                                    settings.require("CCR_MAA_URL"), planned, settings.ca_bundle())
 
 
 # --- 5. clean up ----------------------------------------------------------------------------

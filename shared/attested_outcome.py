@@ -55,9 +55,19 @@ def sign(outcome: dict, private_key: jwk.JWK) -> str:
 def verify(event: dict, run_id: str, nonce: str, hostdata: str, authority: str, epsilon_planned: float,
            verify_tls: str | bool = True) -> dict:
     """The outcome the attested trainer of run (`run_id`, `nonce`) signed, or OutcomeRejected."""
+    outcome = attested_statement(event, "outcome", run_id, nonce, hostdata, authority, verify_tls)
+    _check_figures(outcome, epsilon_planned)
+    return outcome
+
+
+def attested_statement(event: dict, field: str, run_id: str, nonce: str, hostdata: str, authority: str,
+                       verify_tls: str | bool = True) -> dict:
+    """The statement in `event[field]` (a JWS) that the attested trainer of run (`run_id`,
+    `nonce`) signed with the key its token `event["attestation"]` binds, or OutcomeRejected.
+    Shared by the outcome and the per-epoch progress (shared/attested_progress.py)."""
     if not isinstance(event, dict) or not isinstance(event.get("attestation"), str) \
-            or not isinstance(event.get("outcome"), str):
-        raise OutcomeRejected("the event carries no attestation token and signed outcome")
+            or not isinstance(event.get(field), str):
+        raise OutcomeRejected(f"the event carries no attestation token and signed {field}")
     claims = _token_claims(event["attestation"], authority, verify_tls)
     for claim, expected in (("x-ms-attestation-type", "sevsnpvm"), ("x-ms-compliance-status", "azure-compliant-uvm"),
                             ("x-ms-sevsnpvm-is-debuggable", False), ("x-ms-sevsnpvm-hostdata", hostdata)):
@@ -66,10 +76,9 @@ def verify(event: dict, run_id: str, nonce: str, hostdata: str, authority: str, 
     runtime = claims.get("x-ms-runtime")
     if not isinstance(runtime, dict) or runtime.get("run_id") != run_id or runtime.get("nonce") != nonce:
         raise OutcomeRejected("the attestation token is for another run (run id or nonce differs)")
-    outcome = _signed_outcome(event["outcome"], runtime)
+    outcome = _signed_outcome(event[field], runtime)
     if outcome.get("run_id") != run_id or outcome.get("nonce") != nonce:
-        raise OutcomeRejected("the signed outcome is for another run (run id or nonce differs)")
-    _check_figures(outcome, epsilon_planned)
+        raise OutcomeRejected(f"the signed {field} is for another run (run id or nonce differs)")
     return outcome
 
 

@@ -1,5 +1,7 @@
 """The run record: what the status API shows about a run (phases with timestamps, container
-group, outcome, output location, privacy budget spent). Never holds data, keys or tokens."""
+group, the trainer's attested progress, outcome, output location, privacy budget spent). Never
+holds data, keys or tokens. The run's nonce is kept beside it (`nonces/`), never in it: the
+status API shows the whole record to every party of the run."""
 from __future__ import annotations
 
 import hashlib
@@ -38,6 +40,30 @@ class RunRecords:
 
     def get(self, run_id: str) -> dict | None:
         return self._blobs.get(self._name(run_id))
+
+    def keep_nonce(self, run_id: str, nonce: str) -> None:
+        """The nonce the run's trainer is deployed with (to check its progress events)."""
+        self._blobs.update(f"nonces/{run_id}.json", lambda doc: doc.update(nonce=nonce), default={})
+
+    def nonce(self, run_id: str) -> str | None:
+        doc = self._blobs.get(f"nonces/{run_id}.json")
+        return doc.get("nonce") if doc else None
+
+    def record_progress(self, run_id: str, progress: dict) -> bool:
+        """Record the trainer's attested `progress` (epoch, epochs, epsilon_spent) if its epoch is
+        higher than the recorded one and the run has not finished; True when recorded."""
+        recorded = []
+
+        def mutate(record: dict) -> None:
+            recorded.clear()
+            if record.get("finished") or (record.get("progress") or {}).get("epoch", 0) >= progress["epoch"]:
+                return
+            record["progress"] = {**progress, "at": utc_now()}
+            recorded.append(True)
+        if self.get(run_id) is None:
+            return False
+        self._blobs.update(self._name(run_id), mutate)
+        return bool(recorded)
 
     def is_stale(self, run_id: str, seconds: float) -> bool:
         """True when the record was created more than `seconds` ago."""

@@ -2,7 +2,8 @@
 container policy measured (trainer_container/consent.py), fetch and check the model package
 (the privacy budget is checked here, before any data is read), fetch, check and
 decrypt the datasets, join, train with DP-SGD, export and verify, encrypt the output for the
-TDC, upload it, and publish the completion event. Plaintext lives only in a temporary
+TDC, upload it, and publish the completion event (and, while training, one attested progress
+event per epoch: progress_report.py). Plaintext lives only in a temporary
 folder that is removed at the end. Storage is reached only through the per-blob SAS URLs of
 CCR_BLOB_URLS (never printed).
 
@@ -43,6 +44,7 @@ from trainer_container.onnx_convert import ModelConversionError, load_model, onn
 from trainer_container.output_package import CONTENT_TYPE as OUTPUT_CONTENT_TYPE
 from trainer_container.output_package import build_output_zip
 from trainer_container.privacy_plan import RunPrivacy
+from trainer_container.progress_report import ProgressReport
 from trainer_container.secure_random import SecureRandom
 from trainer_container.skr_client import KeyReleaseError, SkrClient
 from trainer_container.training import TrainingSetupError, check_model_fits, output_width, train_private
@@ -175,7 +177,9 @@ class TrainerRun:
         split = split_and_scale(table, features, terms.join.target, terms.validation_split, config.feature_bounds,
                                 noise, privacy.noise.statistics, accountant)
         del table
-        train_private(model, split, config, privacy.dp_sgd, noise, accountant, self.progress)
+        report = ProgressReport(self.env.run_id, self.env.nonce, self.skr, self.progress)
+        report.start(privacy.dp_sgd, accountant.releases, privacy.delta)
+        train_private(model, split, config, privacy.dp_sgd, noise, accountant, self.progress, report.epoch_done)
         self.phase("evaluation")
         evaluation = evaluate_private(model, split.val_x, split.val_y, config, privacy.noise, noise, accountant)
         privacy.check_charged(accountant)

@@ -1,6 +1,6 @@
 """The training loop: allow-listed loss and optimizer, DP-SGD steps on Poisson-sampled batches,
-nothing released while it runs (no per-epoch values: the evaluation is one DP release at the
-end, dp_evaluation.py). Deterministic given the config's seed and the secure source's key."""
+nothing data-dependent released while it runs (no per-epoch metrics: the evaluation is one DP
+release at the end, dp_evaluation.py; only the epoch counter, via progress_report.py). Deterministic given the config's seed and the secure source's key."""
 from __future__ import annotations
 
 from typing import Callable
@@ -78,9 +78,11 @@ def private_epoch(step: PrivateStep, x: torch.Tensor, y: torch.Tensor, noise: Se
 
 
 def train_private(model: nn.Sequential, split: Split, config: TrainingConfig, plan: PrivacyPlan,
-                  noise: SecureRandom, accountant: Accountant, progress: Callable[[str], None] = print) -> None:
+                  noise: SecureRandom, accountant: Accountant, progress: Callable[[str], None] = print,
+                  epoch_done: Callable[[int], None] | None = None) -> None:
     """DP-SGD over the training split, charged to `accountant` before the first step. Batches
-    and noise come from the run's secure source: DP assumes batches the adversary cannot predict."""
+    and noise come from the run's secure source: DP assumes batches the adversary cannot predict.
+    `epoch_done(epoch)` runs after each epoch (the attested progress: progress_report.py)."""
     check_targets(torch.cat([split.train_y, split.val_y]), config.loss, output_width(model))
     torch.manual_seed(config.seed)
     model.train()
@@ -90,6 +92,8 @@ def train_private(model: nn.Sequential, split: Split, config: TrainingConfig, pl
     for epoch in range(1, plan.epochs + 1):
         private_epoch(step, split.train_x, y_all, noise)
         progress(f"epoch {epoch}/{plan.epochs} done")  # a constant line: no value of the epoch leaves
+        if epoch_done is not None:
+            epoch_done(epoch)
     model.eval()
 
 

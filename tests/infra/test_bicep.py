@@ -201,7 +201,8 @@ def test_blob_created_in_each_input_container_goes_to_its_blob_trigger():
 def test_trainer_events_go_to_the_completion_trigger():
     from tests.host.test_templates import index_in_process
     subscription = _subscription("trainerFinished")
-    assert subscription["filter"] == {"includedEventTypes": [events.TRAINER_COMPLETED, events.TRAINER_FAILED]}
+    assert subscription["filter"] == {"includedEventTypes": [events.TRAINER_COMPLETED, events.TRAINER_FAILED,
+                                                         events.TRAINER_PROGRESS]}
     destination = subscription["destination"]
     assert destination["endpointType"] == "AzureFunction"
     assert destination["properties"]["resourceId"] == "${app.id}/functions/trainer_finished"

@@ -63,10 +63,11 @@ class _Server:
 
 
 class EventGridTopic(_Server):
-    """Accepts Event Grid schema batches carrying the right `aeg-sas-key`; keeps raw bodies too."""
+    """Accepts Event Grid schema batches carrying the right `aeg-sas-key`; keeps raw bodies too.
+    `events`: every event but the trainer's per-epoch progress, which goes to `progress`."""
 
     def __init__(self, key: str):
-        self.key, self.events, self.raw = key, [], []
+        self.key, self.events, self.progress, self.raw = key, [], [], []
 
     def handler(self):
         topic = self
@@ -78,7 +79,8 @@ class EventGridTopic(_Server):
                     self.send_response(401)
                 else:
                     topic.raw.append(body)
-                    topic.events.extend(json.loads(body))
+                    for event in json.loads(body):  # per-epoch progress apart: tests count outcomes
+                        (topic.progress if event.get("eventType") == "CCR.Trainer.Progress" else topic.events).append(event)
                     self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()

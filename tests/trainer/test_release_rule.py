@@ -128,6 +128,7 @@ def test_neighbouring_tables_leave_the_same_bytes_but_dp_values(tmp_path, azurit
         signed = stage.sign(stage.contract(tables, covid_model.covid_training_config(epochs=1),
                                            covid_model.covid_join_spec()))
         topic.events.clear()
+        topic.progress.clear()
         sidecar = KeyReleaseStandIn(stage.keks, stage.kek_vaults).start()
         try:
             done = run_trainer_process(environment(stage, sidecar, topic, signed))
@@ -139,18 +140,21 @@ def test_neighbouring_tables_leave_the_same_bytes_but_dp_values(tmp_path, azurit
         joined.append(len(join_datasets(spec, {n: stage.tmp / f"{n}.in" for n in covid_model.RAW_FILES})))
         signed_outcome = {k: v for k, v in outcome(topic.events[0]).items()
                           if k not in ("run_id", "nonce", "output_blob", "output_blake3")}
+        signed_progress = [{k: v for k, v in outcome({"data": {"outcome": e["data"]["progress"]}}).items()
+                            if k not in ("run_id", "nonce")} for e in topic.progress]
         leaving.append({"stdout": done.stdout.replace(stage.run_id, "<run>"), "stderr": done.stderr,
-                        "outcome": signed_outcome, "members": sorted(contents),
+                        "outcome": signed_outcome, "progress": signed_progress, "members": sorted(contents),
                         "metrics": json.loads(contents["metrics.json"]),
                         "privacy": json.loads(contents["privacy.json"])})
     assert joined == [2119, 2118]
     first, second = leaving
     for part in ("stdout", "stderr"):
         assert masked(first[part]) == masked(second[part])
-    for part in ("outcome", "metrics", "privacy", "members"):
+    assert [p["epoch"] for p in first["progress"]] == [1]  # one epoch: one attested progress event
+    for part in ("outcome", "progress", "metrics", "privacy", "members"):
         assert masked(json.dumps(first[part], sort_keys=True)) == masked(json.dumps(second[part], sort_keys=True))
     for run, n in zip(leaving, joined):
-        values = numbers([run["outcome"], run["metrics"], run["privacy"]]) + \
+        values = numbers([run["outcome"], run["progress"], run["metrics"], run["privacy"]]) + \
             [float(m.group()) for m in NUMBER.finditer(run["stdout"] + run["stderr"])]
         # joined_rows_noisy is the noisy count (a DP value); everything else must not be n-derived
         for exact in (n, n - 1, n + 1, 1 / n, 0.8 * n, 0.2 * n, 1 / (0.8 * n)):

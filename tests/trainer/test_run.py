@@ -147,6 +147,15 @@ def test_covid_end_to_end_with_canaries(stage_of, tmp_path, topic):
     assert data["status"] == "succeeded" and data["privacy"]["epsilon"] <= 1.5
     assert "metrics_summary" not in data  # metrics travel only inside the encrypted output
     assert set(data["phase_seconds"]) >= {"contract", "join", "training", "evaluation", "output"}
+    # one attested progress event per epoch: the epoch counter and the accountant's epsilon so far
+    steps = [json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)))
+             for p in (e["data"]["progress"].split(".")[1] for e in topic.progress)]
+    assert [(s["statement"], s["run_id"], s["epoch"], s["epochs"]) for s in steps] == [
+        ("progress", stage.run_id, e, 5) for e in range(1, 6)]
+    assert {e["eventType"] for e in topic.progress} == {"CCR.Trainer.Progress"}
+    assert len({e["data"]["attestation"] for e in topic.progress}) == 1  # one token for the run
+    spent = [s["epsilon_spent"] for s in steps]
+    assert 0 < spent[0] < spent[-1] <= data["privacy"]["epsilon"] and spent == sorted(spent)
     assert all(isinstance(seconds, int) for seconds in data["phase_seconds"].values())
 
     encrypted = stage.blobs.get_blob_client(storage_names.OUTPUTS, storage_names.output_blob(stage.run_id))
