@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import secrets
 
 import onnxruntime
@@ -92,6 +93,8 @@ def test_covid_run_survives_a_host_crash_and_delivers_the_model(stack, scenario_
         done = page_text(driver)
         assert driver.execute_script("return window.notReloaded === true")   # the page updated itself
         assert "cleaning_up" in done and "privacy budget spent" in done
+        # the trainer's attested progress (epochs are too short to catch one live: seen on the final page)
+        assert re.search(r"training: epoch [1-5] of 5, epsilon spent so far \d\.\d{3}", done), done
         assert rival["run_id"] not in done and rival["contract_id"] not in done
         cookies = driver.get_cookies()
         assert [(c["name"], c["httpOnly"], c["sameSite"]) for c in cookies] == [("ccr_page", True, "Strict")]
@@ -125,6 +128,9 @@ def test_covid_run_survives_a_host_crash_and_delivers_the_model(stack, scenario_
         assert {"started", "ended"} <= set(record["phases"][phase]), phase
     assert record["privacy_budget_spent"] == {name: privacy["epsilon"] for name in ("icmr", "cowin", "index")}
     assert record["trainer_log_tail"], "the trainer's log tail is kept in the run record"
+    progress = record["progress"]  # attested per epoch (shared/attested_progress.py), only ever forward
+    assert progress["epochs"] == 5 and 1 <= progress["epoch"] <= 5, progress
+    assert 0 < progress["epsilon_spent"] <= privacy["epsilon"], progress
 
     assert groups_created(stack, run_id) == 1
     assert remaining_groups(stack) == []
