@@ -21,7 +21,7 @@ from local_emulator.attestation import MaaTwin
 from local_emulator.keyvault import KeyVaultTwin
 from local_emulator.sevsnp import HardwareRoot
 from local_emulator.skr_sidecar import SkrSidecar
-from shared import key_grants, package, storage_names
+from shared import attested_progress, key_grants, package, storage_names
 from shared.container_group import training_cce_policy, training_hostdata
 from shared.credentials import StaticTokenCredential
 from shared.release_policy import build_release_policy, policy_to_json
@@ -88,8 +88,13 @@ def test_covid_reference_through_the_twins(tmp_path, azurite, twins, did_host, t
     (tmp_path / "out.ccr").write_bytes(blob.download_blob().readall())
     assert package.decrypt_file(tmp_path / "out.ccr", tmp_path / "out.zip", stage.output_key(signed)).blake3 == \
         outcome(event)["output_blake3"]
+    # one progress event per epoch, each verified as the app verifies it (token from the MAA twin)
+    hostdata = training_hostdata(TRAINER_IMAGE, signed.digest)
+    progress = [attested_progress.verify(e["data"], stage.run_id, stage.nonce, hostdata, twins["maa"].url, 1.5,
+                                         twins["ca"]) for e in topic.progress]
+    assert [(p["epoch"], p["epochs"]) for p in progress] == [(e, 5) for e in range(1, 6)]
     pseudonym = Path(tables["icmr"]).read_text().splitlines()[1].split(",")[0]
-    assert pseudonym not in done.stdout + done.stderr + json.dumps(topic.events)
+    assert pseudonym not in done.stdout + done.stderr + json.dumps(topic.events) + json.dumps(topic.progress)
 
 
 def test_a_grant_bound_to_another_trainer_is_not_released(tmp_path, azurite, twins, did_host, topic):
