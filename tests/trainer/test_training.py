@@ -115,6 +115,24 @@ def test_export_verification_fails_with_a_count_free_message(covid_table, covid_
     assert str(failed.value) == "exported ONNX does not reproduce the torch model within 0.0001 on the validation rows"
 
 
+def test_export_verification_holds_for_large_logits(covid_table, covid_spec):
+    """A correct export whose logits are in the thousands passes (float32 rounds there at ~1e-4,
+    so an absolute bound alone refused correct models at random), and a changed bias still fails."""
+    split = split_and_scale(covid_table, covid_spec.feature_columns, covid_spec.target, VALIDATION_SPLIT, BOUNDS,
+                            SecureRandom(bytes(32)), 10.0, Accountant())
+    model = with_standardization(onnx_to_torch(load_model(covid_model.covid_onnx())), split.standardizer)
+    with torch.no_grad():
+        for parameter in model[1].parameters():
+            parameter.mul_(3000.0)
+        assert model(torch.from_numpy(split.val_raw_x.astype(np.float32))).abs().max() > 1000
+    onnx_bytes = export_onnx(model, 10)
+    verify_onnx(onnx_bytes, model, split.val_raw_x)
+    with torch.no_grad():
+        model[1][0].bias.add_(1.0)
+    with pytest.raises(ExportError):
+        verify_onnx(onnx_bytes, model, split.val_raw_x)
+
+
 def test_non_label_targets_are_refused_before_training(covid_table, covid_spec):
     table = covid_table.copy()
     table[covid_spec.target] = table[covid_spec.target] * 3.5
