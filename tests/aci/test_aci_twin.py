@@ -260,7 +260,7 @@ def test_concurrent_creates_of_one_group_create_it_once(client, twin, stand_in_i
     spec = build_container_group(stand_in_image.ref, CONTRACT, _environment({"sleep": 60}), LOCATION)
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda _: client.container_groups.begin_create_or_update(
-            RESOURCE_GROUP, "run-race", spec).result().provisioning_state, range(4)))
+            RESOURCE_GROUP, "run-race", spec, polling_interval=0.2).result().provisioning_state, range(4)))
     assert results == ["Succeeded"] * 4
     assert twin.stats()["created"] == 1
 
