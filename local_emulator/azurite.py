@@ -37,8 +37,13 @@ class Azurite:
     env_names = ("AzureWebJobsStorage", "CCR_STORAGE_CONNECTION")
 
     def __init__(self, location: Path | None = None, blob_port: int = 0, queue_port: int = 0,
-                 table_port: int = 0, start_timeout: float = 30.0, account_key: str | None = None):
+                 table_port: int = 0, start_timeout: float = 30.0, account_key: str | None = None,
+                 stop_grace_seconds: float = 5.0):
+        """`stop_grace_seconds`: how long `stop` lets Azurite close gracefully (it waits for idle
+        keep-alive clients, and saves its metadata) before killing it; short only for data that
+        is thrown away."""
         self.location = Path(location) if location else emulator_dir() / "azurite"
+        self.stop_grace_seconds = stop_grace_seconds
         self.account_key = account_key or ACCOUNT_KEY
         self.ports = {"blob": blob_port, "queue": queue_port, "table": table_port}
         self.start_timeout = start_timeout
@@ -92,7 +97,7 @@ class Azurite:
         if self.process.poll() is None:
             try:
                 os.killpg(self.process.pid, signal.SIGTERM)
-                self.process.wait(timeout=5)
+                self.process.wait(timeout=self.stop_grace_seconds)
             except subprocess.TimeoutExpired:  # it waits for idle keep-alive clients to hang up
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=10)

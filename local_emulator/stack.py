@@ -127,6 +127,7 @@ class Stack:
         self.app_dir = Path(app_dir)
         self.ports = {**dict.fromkeys(FIXED_PORTS, 0), **(ports or {})}
         self.echo_host_log = echo_host_log
+        self.fast_retries = fast_retries  # a test's stack: short retries, and its data is thrown away
         self._retry = RetryPolicy(initial_seconds=0.5, maximum_seconds=2, attempts=10) if fast_retries else RetryPolicy()
         self._started: list = []
         self.settings: dict[str, str] = {}
@@ -149,7 +150,8 @@ class Stack:
         token = self._secret("access_token")
         ports = self.ports
         self.azurite = self._run(Azurite(self.state_dir / "azurite", ports["azurite_blob"], ports["azurite_queue"],
-                                         ports["azurite_table"], account_key=self._account_key()))
+                                         ports["azurite_table"], account_key=self._account_key(),
+                                         stop_grace_seconds=1.0 if self.fast_retries else 5.0))
         storage = self.azurite.connection_string
         root = HardwareRoot.load_or_create(self.state_dir)
         self.maa = self._run(MaaTwin(self.state_dir / "maa", tls, [root.public_pem], port=ports["maa"]))
