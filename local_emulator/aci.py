@@ -11,7 +11,6 @@ assert that a run created exactly one.
 from __future__ import annotations
 
 import base64
-import hmac
 import json
 import re
 import ssl
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from local_emulator.aci_runtime import GroupConflict, GroupRuntime, SidecarFactory
 from local_emulator.registry import LocalRegistry
-from local_emulator.tls import LoopbackServer
+from local_emulator.tls import LoopbackServer, bearer_matches
 from shared import trainer_resources
 from shared.cce_policy import CcePolicyError, policy_containers
 
@@ -216,8 +215,7 @@ class AciTwin:
     # --- requests (LoopbackServer calls _route) ------------------------------------
 
     def _authorized(self, header: str | None) -> bool:
-        scheme, _, token = (header or "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self._access_token.encode())
+        return bearer_matches(header, self._access_token)
 
     def _route(self, method: str, path: str, query: dict, headers, body: bytes) -> tuple[int, dict | None, dict]:
         if not self._authorized(headers.get("Authorization")):

@@ -20,7 +20,6 @@ URL (it may carry a key): `endpointBaseUrl` only, the full one through `getFullU
 """
 from __future__ import annotations
 
-import hmac
 import json
 import re
 import ssl
@@ -30,7 +29,7 @@ import uuid
 from local_emulator.eventgrid import (AWAITING_MANUAL_ACTION, CLOUD_EVENT_SCHEMA, EVENT_GRID_SCHEMA,
                                       SubscriptionValidationFailed, EventGridTwin, Subscription, Topic,
                                       _without_query)
-from local_emulator.tls import LoopbackServer
+from local_emulator.tls import LoopbackServer, bearer_matches
 
 API_VERSION = "2025-02-15"
 PROVIDER = "providers/Microsoft.EventGrid"
@@ -86,8 +85,7 @@ class EventGridManagement:
     # --- requests -------------------------------------------------------------------------
 
     def _route(self, method: str, path: str, query: dict, headers, body: bytes):
-        scheme, _, token = (headers.get("Authorization") or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._access_token.encode()):
+        if not bearer_matches(headers.get("Authorization"), self._access_token):
             return 401, {"error": {"code": "AuthenticationFailed", "message": "a valid Bearer token is required"}}, {
                 "WWW-Authenticate": 'Bearer authorization_uri="https://login.microsoftonline.com/common", '
                                     'error="invalid_token"'}

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import hmac
 import json
 import os
 import re
@@ -36,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwcrypto import jwk, jws, jwt
 from jwcrypto.common import JWException
 
-from local_emulator.tls import LoopbackServer, LoopbackTls, write_private
+from local_emulator.tls import LoopbackServer, LoopbackTls, bearer_matches, write_private
 from shared import release_policy as policies
 from shared.key_release import wrap_for_release
 
@@ -165,8 +164,7 @@ class KeyVaultTwin:
     # --- routing ------------------------------------------------------------------
 
     def _route(self, method: str, path: str, query: dict, headers, body: bytes):
-        scheme, _, token = (headers.get("Authorization") or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._access_token.encode()):
+        if not bearer_matches(headers.get("Authorization"), self._access_token):
             return 401, {"error": {"code": "Unauthorized", "message": "AKV10000: Request is missing a Bearer or PoP token."}}, \
                 {"WWW-Authenticate": CHALLENGE}
         try:

@@ -7,6 +7,7 @@ Azure SDK clients refuse bearer tokens over plain http, so the twins that take t
 HTTPS. Private keys are written 0600; nothing here logs requests (URLs can name keys)."""
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import ssl
@@ -30,6 +31,13 @@ def write_private(path: Path, data: bytes) -> None:
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
     os.replace(tmp, path)
+
+
+def bearer_matches(authorization: str | None, token: str) -> bool:
+    """Whether an Authorization header is `Bearer <token>` (constant-time comparison): the
+    twins' one check of the static access token that stands in for Entra ID."""
+    scheme, _, given = (authorization or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
 @dataclass(frozen=True)
