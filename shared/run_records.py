@@ -65,12 +65,6 @@ class RunRecords:
         self._blobs.update(self._name(run_id), mutate)
         return bool(recorded)
 
-    def is_stale(self, run_id: str, seconds: float) -> bool:
-        """True when the record was created more than `seconds` ago."""
-        record = self.get(run_id)
-        created = datetime.fromisoformat(record["created"]) if record else datetime.now(timezone.utc)
-        return (datetime.now(timezone.utc) - created).total_seconds() > seconds
-
     def list(self) -> list[dict]:
         return [doc for _, doc in self._blobs.list("records/")]
 
