@@ -38,10 +38,7 @@ class DeclarationError(ValueError):
 def declare(identity: dids.Identity, dataset: str, epsilon: float, delta: float) -> str:
     """The provider's declaration for `dataset` (compact JWS by `identity`'s DID key)."""
     claims = check_claims({"provider": identity.did, "dataset": dataset, "epsilon": epsilon, "delta": delta})
-    token = jws.JWS(_canonical(claims))
-    token.add_signature(jwk.JWK.from_pem(identity.private_pem()), alg="ES256",
-                        protected=json.dumps({"alg": "ES256", "kid": identity.key_ref, "typ": TYPE}))
-    return token.serialize(compact=True)
+    return identity.sign_jws(_canonical(claims), TYPE)
 
 
 def check_claims(claims) -> dict:

@@ -185,6 +185,14 @@ class Identity:
     def document(self) -> dict:
         return did_document(self.did, self.private_key.public_key(), self.key_id)
 
+    def sign_jws(self, payload: bytes, typ: str) -> str:
+        """Compact JWS (ES256) over `payload` by this identity's key: header alg, kid = its key
+        reference, and `typ`, which says what the statement is (so one cannot pass for another)."""
+        token = jws.JWS(payload)
+        token.add_signature(jwk.JWK.from_pyca(self.private_key), alg="ES256",
+                            protected=json.dumps({"alg": "ES256", "kid": self.key_ref, "typ": typ}))
+        return token.serialize(compact=True)
+
     def private_pem(self) -> bytes:
         return self.private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                               serialization.NoEncryption())
@@ -226,11 +234,8 @@ def registration_proof(identity: Identity, audience: str, now: datetime | None =
     moment = now or datetime.now(timezone.utc)
     claims = {"did": identity.did, "aud": _audience(audience), "iat": int(moment.timestamp()),
               "nonce": secrets.token_urlsafe(16), "document_sha256": document_digest(document)}
-    key = jwk.JWK.from_pem(identity.private_pem())
-    token = jws.JWS(json.dumps(claims, sort_keys=True, separators=(",", ":")).encode())
-    token.add_signature(key, alg="ES256", protected=json.dumps(
-        {"alg": "ES256", "kid": identity.key_ref, "typ": REGISTRATION_PROOF_TYPE}))
-    return token.serialize(compact=True)
+    return identity.sign_jws(json.dumps(claims, sort_keys=True, separators=(",", ":")).encode(),
+                             REGISTRATION_PROOF_TYPE)
 
 
 def registration_key_ref(document: dict) -> str:

@@ -67,11 +67,7 @@ class Token:
 
 def sign_challenge(identity: dids.Identity, challenge: str) -> str:
     """The party's side: a compact JWS (ES256) over the challenge text, kid = its key reference."""
-    signer = jws.JWS(challenge.encode())
-    header = {"alg": _PARTY_ALG, "kid": identity.key_ref, "typ": _RESPONSE_TYP}
-    signer.add_signature(jwk.JWK.from_pyca(identity.private_key), alg=_PARTY_ALG,
-                         protected=json.dumps(header, sort_keys=True))
-    return signer.serialize(compact=True)
+    return identity.sign_jws(challenge.encode(), _RESPONSE_TYP)
 
 
 class PartyAuthority:

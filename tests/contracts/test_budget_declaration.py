@@ -11,7 +11,6 @@ from datetime import datetime, timezone
 import pytest
 import requests
 from azure.storage.blob import BlobServiceClient
-from jwcrypto import jwk, jws
 
 from local_emulator.ledger import LedgerTwin
 from shared import budget_declaration
@@ -82,10 +81,8 @@ def test_nobody_but_the_provider_declares_its_budget(ledger, tls):
 
 def _signed(signer: dids.Identity, claims: dict) -> str:
     """`claims` as they stand (naming a provider other than the signer), signed by `signer`."""
-    token = jws.JWS(json.dumps(claims, sort_keys=True, separators=(",", ":")).encode())
-    token.add_signature(jwk.JWK.from_pem(signer.private_pem()), alg="ES256",
-                        protected=json.dumps({"alg": "ES256", "kid": signer.key_ref, "typ": budget_declaration.TYPE}))
-    return token.serialize(compact=True)
+    return signer.sign_jws(json.dumps(claims, sort_keys=True, separators=(",", ":")).encode(),
+                           budget_declaration.TYPE)
 
 
 def test_a_contract_carrying_another_declaration_than_the_recorded_one_is_not_recorded(ledger, tls):
