@@ -9,6 +9,7 @@ The Event Grid twin with its management plane (`eventgrid`) is the app's run-eve
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 import time
 
@@ -16,10 +17,13 @@ import pytest
 import requests
 from azure.storage.blob import BlobServiceClient
 
+from ccr import party as ccr_party
+from ccr.cli import main
 from local_emulator.delivery import RetryPolicy
 from local_emulator.eventgrid import EventGridTwin
 from local_emulator.eventgrid_arm import EventGridManagement
 from local_emulator.tls import LoopbackServer
+from shared import azure_clients
 from shared import contract as contracts
 from shared import did as dids
 from shared import storage_names
@@ -166,3 +170,38 @@ def stored(azurite, parties) -> dict:
 def blob_service(azurite) -> BlobServiceClient:
     return BlobServiceClient.from_connection_string(azurite)
 
+
+# `ccr` as a party (test_party_cli*.py): the environment of `as_party`, and `run` for one command.
+UNREACHABLE = ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=AAAA;"
+               "BlobEndpoint=http://127.0.0.1:9/devstoreaccount1;")
+
+
+@pytest.fixture
+def as_party(monkeypatch, tmp_path, app, tls, parties):
+    """Environment of a party: the app's URL and the CA, no storage account it could use."""
+    azure_clients.blob_service.cache_clear()
+    ccr_party._TOKENS.clear()
+    for name in ("AzureWebJobsStorage", "CCR_PARTY_DID", "CCR_PARTY_KEY", "CCR_FUNCTION_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {"CCR_STORAGE_CONNECTION": UNREACHABLE, "CCR_EMULATOR_DIR": str(tmp_path / "no-emulator"),
+                        "CCR_FUNCTIONS_URL": app.url, "CCR_CA_BUNDLE": str(tls.ca_path),
+                        "CCR_KEYS_DIR": str(tmp_path / "keys")}.items():
+        monkeypatch.setenv(name, value)
+    keys = {}
+    for name in ("tdc", "icmr"):
+        keys[name] = tmp_path / f"{name}.key.pem"
+        parties[name].save_key(keys[name])
+
+    def identity(name: str) -> list[str]:
+        return ["--did", parties[name].did, "--key", str(keys[name])]
+    yield identity
+    azure_clients.blob_service.cache_clear()
+
+
+def run(capsys, *argv: str) -> tuple[int, dict | None, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, json.loads(out) if code == 0 else None, err

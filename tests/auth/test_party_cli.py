@@ -9,48 +9,10 @@ import os
 import secrets
 import zipfile
 
-import pytest
 
-from ccr import party as ccr_party
-from ccr.cli import main
-from shared import azure_clients, package, storage_names
+from shared import package, storage_names
 from shared.run_records import RunRecords
-from tests.auth.conftest import blob_service
-
-UNREACHABLE = ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=AAAA;"
-               "BlobEndpoint=http://127.0.0.1:9/devstoreaccount1;")
-
-
-@pytest.fixture
-def as_party(monkeypatch, tmp_path, app, tls, parties):
-    """Environment of a party: the app's URL and the CA, no storage account it could use."""
-    azure_clients.blob_service.cache_clear()
-    ccr_party._TOKENS.clear()
-    for name in ("AzureWebJobsStorage", "CCR_PARTY_DID", "CCR_PARTY_KEY", "CCR_FUNCTION_KEY"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in {"CCR_STORAGE_CONNECTION": UNREACHABLE, "CCR_EMULATOR_DIR": str(tmp_path / "no-emulator"),
-                        "CCR_FUNCTIONS_URL": app.url, "CCR_CA_BUNDLE": str(tls.ca_path),
-                        "CCR_KEYS_DIR": str(tmp_path / "keys")}.items():
-        monkeypatch.setenv(name, value)
-    keys = {}
-    for name in ("tdc", "icmr"):
-        keys[name] = tmp_path / f"{name}.key.pem"
-        parties[name].save_key(keys[name])
-
-    def identity(name: str) -> list[str]:
-        return ["--did", parties[name].did, "--key", str(keys[name])]
-    yield identity
-    azure_clients.blob_service.cache_clear()
-
-
-def run(capsys, *argv: str) -> tuple[int, dict | None, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, json.loads(out) if code == 0 else None, err
-
+from tests.auth.conftest import blob_service, run
 
 def test_publish_goes_under_the_partys_name_through_a_create_only_sas(capsys, tmp_path, as_party, azurite):
     (tmp_path / "t.csv").write_text("pseudonym,age\nab,3\n")

@@ -12,20 +12,9 @@ import threading
 import time
 import zipfile
 
-from ccr.cli import main
 from shared import package, storage_names
 from shared.run_records import RunRecords
-from tests.auth.conftest import blob_service
-from tests.auth.test_party_cli import as_party  # noqa: F401 - the fixture
-
-
-def run(capsys, *argv: str) -> tuple[int, dict | None, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, json.loads(out) if code == 0 else None, err
+from tests.auth.conftest import blob_service, run
 
 
 def _contract_file(tmp_path, stored, label: str = "a"):
