@@ -144,6 +144,12 @@ def test_identity_refusals_keep_keys_safe(ccr, ledger, tmp_path):
 
 def test_bad_contract_arguments_write_nothing(ccr, ledger, tmp_path):
     dids = identities_with_budgets(ccr, tmp_path)
+    for epsilon, delta, reason in ((0, 1e-5, "epsilon must be a number in (0, inf)"),
+                                   (1.5, 1, "delta must be a number in (0, 1)")):
+        status, _, err = ccr("tdp", "declare-budget", "--dataset", "icmr-2", "--epsilon", epsilon, "--delta", delta,
+                             "--did", dids["icmr"], "--key", tmp_path / "keys" / "icmr.key.pem")
+        assert status == 1 and reason in err
+        assert ledger.recorded_budget(dids["icmr"], "icmr-2") is None  # nothing was sent
     status, _, err = new_contract(ccr, tmp_path, dids, epsilon=2.0)
     assert status == 1 and "must not exceed the provider's declared lifetime epsilon (1.5)" in err
     status, _, err = new_contract(ccr, tmp_path, dids, epsilon="1.5,threshold=9")
