@@ -287,7 +287,8 @@ def test_without_root_no_group_runs_unisolated(tmp_path):
             process = group_isolation.start(sys.executable, [sys.executable, "-c", NOT_ROOT],
                                             {"PATH": "/usr/bin:/bin", "PYTHONPATH": root}, PROJECT_ROOT, lease.uid,
                                             [(root, root)], log)
-        assert process.wait(timeout=60) == 0
+        # the group's uid must be able to traverse to the checkout (not inside a 0700 directory)
+        assert process.wait(timeout=60) == 0, (tmp_path / "log").read_text()[-2000:]
         assert (tmp_path / "log").read_text().startswith(
             "ContainerGroupIsolationUnavailable: the ACI twin must run as root")
     finally:
