@@ -26,6 +26,7 @@ PAGE_HTML = f"""<!doctype html>
 
 PAGE_SCRIPT = r"""'use strict';
 const REFRESH_MS = 2000;
+const FETCH_TIMEOUT_MS = 10000;
 function el(tag, text, cls) {
   const node = document.createElement(tag);
   if (text !== undefined && text !== null) node.textContent = String(text);
@@ -76,7 +77,9 @@ function render(state) {
 async function refresh() {
   const connection = document.getElementById('connection');
   try {
-    const response = await fetch('/api/page/state', {credentials: 'same-origin', cache: 'no-store'});
+    // a request the host never answers (it died holding it) must not stop the page's refreshes
+    const response = await fetch('/api/page/state', {credentials: 'same-origin', cache: 'no-store',
+                                                     signal: AbortSignal.timeout(FETCH_TIMEOUT_MS)});
     if (response.status === 401) {
       connection.textContent = 'signed out (session expired): run `ccr page` for a new link';
       return;

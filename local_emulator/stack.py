@@ -128,7 +128,8 @@ class Stack:
         self.ports = {**dict.fromkeys(FIXED_PORTS, 0), **(ports or {})}
         self.echo_host_log = echo_host_log
         self.fast_retries = fast_retries  # a test's stack: short retries, and its data is thrown away
-        self._retry = RetryPolicy(initial_seconds=0.5, maximum_seconds=2, attempts=10) if fast_retries else RetryPolicy()
+        # short retries, but enough of them (about 2 minutes) to ride out a host restart on a slow machine
+        self._retry = RetryPolicy(initial_seconds=0.5, maximum_seconds=2, attempts=60) if fast_retries else RetryPolicy()
         self._started: list = []
         self.settings: dict[str, str] = {}
         self.host: HostProcess | None = None

@@ -61,6 +61,15 @@ class PartyHook:
         return 200, None, {}
 
 
+def run_summary(stack, run_id: str) -> dict:
+    record = run_record(stack, run_id) or {}
+    return {k: record.get(k) for k in ("status", "phase", "reason", "phases", "progress")}
+
+
+def host_log_tail(stack, lines: int = 40) -> str:
+    return "\n".join((stack.state_dir / "host.log").read_text(errors="replace").splitlines()[-lines:])
+
+
 def page_text(driver) -> str:
     return driver.find_element("tag name", "body").text
 
@@ -88,8 +97,12 @@ def test_covid_run_survives_a_host_crash_and_delivers_the_model(stack, scenario_
         stack.host.kill()
         stack.restart_host()
 
-        wait_for(lambda: "status: succeeded, phase: finished" in page_text(driver), 300,
-                 what="the page to show the run finished")
+        try:
+            wait_for(lambda: "status: succeeded, phase: finished" in page_text(driver), 300,
+                     what="the page to show the run finished")
+        except TimeoutError as late:   # say whether the run or the page is behind
+            raise AssertionError(f"{late}\nrun record: {run_summary(stack, run_id)}\npage: {page_text(driver)}\n"
+                                 f"host log tail:\n{host_log_tail(stack)}") from None
         done = page_text(driver)
         assert driver.execute_script("return window.notReloaded === true")   # the page updated itself
         assert "cleaning_up" in done and "privacy budget spent" in done
