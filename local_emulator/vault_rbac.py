@@ -129,6 +129,12 @@ class VaultAccess:
             raise ValueError("a role definition id is a GUID or '/providers/Microsoft.Authorization/roleDefinitions/<GUID>'")
         return match.group("guid").lower()
 
+    def assignments(self, object_id: str) -> list[tuple[Role, str]]:
+        """(role, scope) of each assignment held by `object_id`."""
+        with self._lock:
+            return [(self._roles[role_id], scope) for principal, role_id, scope in self._assignments
+                    if principal == object_id]
+
     def principal(self, authorization: str | None) -> str:
         """The object id behind an `Authorization: Bearer <token>` header (constant-time)."""
         scheme, _, given = (authorization or "").partition(" ")
