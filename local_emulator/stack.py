@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from local_emulator import tls as loopback_tls
+from local_emulator import vault_rbac as rbac
 from local_emulator.aci import AciTwin, skr_sidecar_factory
 from local_emulator.attestation import MaaTwin
 from local_emulator.azurite import Azurite
@@ -26,7 +27,6 @@ from local_emulator.blob_events import BLOB_CREATED
 from local_emulator.delivery import RetryPolicy
 from local_emulator.eventgrid import EventGridTwin
 from local_emulator.eventgrid_arm import EventGridManagement
-from local_emulator import vault_rbac as rbac
 from local_emulator.keyvault import KeyVaultTwin
 from local_emulator.ledger import LedgerTwin
 from local_emulator.sevsnp import HardwareRoot
@@ -141,6 +141,7 @@ class Stack:
         self._started: list = []
         self.settings: dict[str, str] = {}
         self.host: HostProcess | None = None
+        self._party_principals: dict[str, str] = {}     # party name -> its principal in the vault twin
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -164,7 +165,8 @@ class Stack:
         storage = self.azurite.connection_string
         root = HardwareRoot.load_or_create(self.state_dir)
         self.maa = self._run(MaaTwin(self.state_dir / "maa", tls, [root.public_pem], port=ports["maa"]))
-        self.vault_access = self._vault_access(token)
+        self.vault_access = local_vault_access(token, self._secret("trainer_identity_token"))
+        self._party_principals.clear()       # a new vault twin: parties are added again as they come
         self.keyvault = self._run(KeyVaultTwin(self.state_dir / "keyvault", tls, self.vault_access,
                                                port=ports["keyvault"]))
         self.eventgrid = self._run(EventGridTwin(self.state_dir / "eventgrid", storage, port=ports["eventgrid"],
@@ -224,10 +226,6 @@ class Stack:
             self.eventgrid.create_subscription(STORAGE_TOPIC, name, webhook, event_types=[BLOB_CREATED],
                                                subject_begins_with=f"/blobServices/default/containers/{container}/",
                                                max_delivery_attempts=30)
-
-    def _vault_access(self, app_token: str) -> rbac.VaultAccess:
-        self._party_principals: dict[str, str] = {}
-        return local_vault_access(app_token, self._secret("trainer_identity_token"))
 
     def party_token(self, party: str) -> str:
         """`party`'s own Key Vault token (persisted), holding the KEK creator role in the vault."""
