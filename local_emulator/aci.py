@@ -334,10 +334,19 @@ class AciTwin:
         return 204, None, {}
 
 
-def skr_sidecar_factory(hardware_root, ca_bundle: str, access_token: str) -> SidecarFactory:
+class NoManagedIdentity(Exception):
+    """IMDS's answer in a container group that carries no managed identity."""
+
+
+def _no_identity(resource: str) -> str:
+    raise NoManagedIdentity("no managed identity is assigned to this container group")
+
+
+def skr_sidecar_factory(hardware_root, ca_bundle: str, access_token: str | None) -> SidecarFactory:
     """Sidecar twins bound to each group's policy (local_emulator/skr_sidecar.py), calling Key
     Vault as the group's identity (`identity_token`, given by the runtime for a group that has
-    one); `access_token` stands in for a group without one."""
+    one). A group without one: `access_token` stands in for its identity (a test's twin), or,
+    with None, as in Azure, its sidecar gets no token at all (the local stack)."""
     from local_emulator.skr_sidecar import SkrSidecar
     return lambda cce_policy_b64, identity_token=None: SkrSidecar(hardware_root, cce_policy_b64, ca_bundle,
-                                                                  identity_token or access_token)
+                                                                  identity_token or access_token or _no_identity)

@@ -126,7 +126,7 @@ class CovidScenario:
         no service secret) and, once it has one, its identity as its profile (CCR_PARTY_DID /
         CCR_PARTY_KEY); every other setting of the stack is unset for the command."""
         hidden = dict.fromkeys(set(self.stack.settings) | {"AzureWebJobsStorage", "CCR_STORAGE_CONNECTION"})
-        environment = {**hidden, **self.stack.party_settings(self.workdir / "no-emulator")}
+        environment = {**hidden, **self.stack.party_settings(self.workdir / "no-emulator", party or "party")}
         if party in self.identities:
             environment.update(CCR_PARTY_DID=self.identities[party]["did"], CCR_PARTY_KEY=self.identities[party]["key_file"])
         return environment

@@ -6,8 +6,10 @@ official `KeyClient` works unchanged: create and import keys (RSA/RSA-HSM, oct/o
 (paged with nextLink), delete / get deleted / purge, and release a key
 (`POST /keys/{name}/{version}/release`, also the versionless `/keys/{name}//release` the SDK
 sends and `/keys/{name}/release` Microsoft's SKR sidecar sends).
-Authentication is Key Vault's challenge: a request without the expected Bearer token gets
-401 + `WWW-Authenticate`.
+Authentication is Key Vault's challenge: a request without a known principal's Bearer token
+gets 401 + `WWW-Authenticate`. Authorization is Azure RBAC (local_emulator/vault_rbac.py): each
+operation needs its data action from a role assigned at the vault's or the key's scope, else
+403 `Forbidden` / innererror `ForbiddenByRbac`; release needs `keys/release/action`.
 
 Release verifies the attestation token (RS256, against the issuing authority's JWKS at
 `{iss}/certs`, over HTTPS with the loopback CA), checks exp/nbf, evaluates the key's release
@@ -35,7 +37,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwcrypto import jwk, jws, jwt
 from jwcrypto.common import JWException
 
-from local_emulator.tls import LoopbackServer, LoopbackTls, bearer_matches, write_private
+from local_emulator import vault_rbac as rbac
+from local_emulator.tls import LoopbackServer, LoopbackTls, write_private
 from shared import release_policy as policies
 from shared.key_release import wrap_for_release
 
@@ -54,11 +57,17 @@ JWKS_TIMEOUT_SECONDS = 10
 
 
 class VaultError(Exception):
-    """An error answered in Key Vault's shape: {"error": {"code", "message"}}."""
+    """An error answered in Key Vault's shape: {"error": {"code", "message"[, "innererror"]}}."""
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, inner_code: str | None = None):
         super().__init__(message)
-        self.status, self.code = status, code
+        self.status, self.code, self.inner_code = status, code, inner_code
+
+    def body(self) -> dict:
+        error = {"code": self.code, "message": str(self)}
+        if self.inner_code:
+            error["innererror"] = {"code": self.inner_code}
+        return {"error": error}
 
 
 def _b64url(data: bytes) -> str:
@@ -136,13 +145,14 @@ class KeyStore:
 class KeyVaultTwin:
     """`start()`, `stop()`, `url`; the official KeyClient talks to `url`."""
 
-    def __init__(self, data_dir: str | Path, tls: LoopbackTls, access_token: str, host: str = "127.0.0.1",
+    def __init__(self, data_dir: str | Path, tls: LoopbackTls, access: rbac.VaultAccess, host: str = "127.0.0.1",
                  port: int = 0):
-        if not access_token:
-            raise ValueError("the Key Vault twin needs the access token it will require from callers")
+        """`access`: the vault's principals and role assignments (who may do what)."""
+        if not isinstance(access, rbac.VaultAccess):
+            raise TypeError("the Key Vault twin needs its principals and role assignments (vault_rbac.VaultAccess)")
         self.store = KeyStore(Path(data_dir) / "keys")
         self._tls = tls
-        self._access_token = access_token
+        self.access = access
         self._signing_key = jwk.JWK.from_pem(tls.server_private_key_pem())
         self._x5c = [base64.b64encode(_pem_to_der(pem)).decode() for pem in tls.server_certificate_chain_pem()]
         self._server = LoopbackServer(self._route, tls.server_context(), port=port, host=host, name="keyvault-twin")
@@ -164,29 +174,41 @@ class KeyVaultTwin:
     # --- routing ------------------------------------------------------------------
 
     def _route(self, method: str, path: str, query: dict, headers, body: bytes):
-        if not bearer_matches(headers.get("Authorization"), self._access_token):
+        try:
+            caller = self.access.principal(headers.get("Authorization"))
+        except rbac.NotAuthenticated:
             return 401, {"error": {"code": "Unauthorized", "message": "AKV10000: Request is missing a Bearer or PoP token."}}, \
                 {"WWW-Authenticate": CHALLENGE}
         try:
-            result = self._handle(method, path, query, body)
+            result = self._handle(method, path, query, body, functools.partial(self._allow, caller))
             return (204, None, {}) if result is None else (200, result, {})
         except VaultError as error:
-            return error.status, {"error": {"code": error.code, "message": str(error)}}, {}
+            return error.status, error.body(), {}
 
-    def _handle(self, method: str, path: str, query: dict, body: bytes) -> dict | None:
+    def _allow(self, caller: str, data_action: str, key_name: str | None = None) -> None:
+        try:
+            self.access.require(caller, data_action, key_name)
+        except rbac.ForbiddenByRbac as denied:
+            raise VaultError(403, "Forbidden", str(denied), "ForbiddenByRbac") from None
+
+    def _handle(self, method: str, path: str, query: dict, body: bytes, allow) -> dict | None:
+        """The operation at `path`, once `allow(data action, key name)` lets the caller do it."""
         if not query.get("api-version"):
             raise VaultError(400, "BadParameter", "The api-version query parameter is required.")
         parts = path.split("/")[1:]           # "/keys/a//release" -> ["keys", "a", "", "release"]
         if len(parts) == 2 and parts[0] == "deletedkeys" and KEY_NAME.match(parts[1]):
             if method == "GET":
+                allow(rbac.READ, parts[1])
                 return self._deleted_bundle(parts[1], self.store.deleted(parts[1]))
             if method == "DELETE":
+                allow(rbac.PURGE, parts[1])
                 self.store.purge(parts[1])
                 return None
         if not parts or parts[0] != "keys":
             raise VaultError(404, "NotFound", "no such resource")
         if len(parts) == 1 or (len(parts) == 2 and parts[1] == ""):
             if method == "GET":
+                allow(rbac.READ)
                 return self._list(None, query)
         else:
             name = parts[1]
@@ -194,21 +216,26 @@ class KeyVaultTwin:
                 raise VaultError(400, "BadParameter", "Key name must match ^[0-9a-zA-Z-]{1,127}$.")
             rest = parts[2:]
             if method == "PUT" and rest in ([], [""]):
+                allow(rbac.IMPORT, name)
                 return self._import(name, self._json(body))
             if method == "GET" and rest in ([], [""]):
+                allow(rbac.READ, name)
                 return self._bundle(name, self.store.get(name, None))
             if method == "DELETE" and rest in ([], [""]):
+                allow(rbac.DELETE, name)
                 return self._deleted_bundle(name, self.store.delete(name))
             if method == "POST" and rest == ["create"]:
+                allow(rbac.CREATE, name)
                 return self._create(name, self._json(body))
             if method == "GET" and rest == ["versions"]:
+                allow(rbac.READ, name)
                 return self._list(name, query)
             if method == "GET" and len(rest) == 1:
+                allow(rbac.READ, name)
                 return self._bundle(name, self.store.get(name, self._version(rest[0])))
-            if method == "POST" and rest == ["release"]:     # versionless, as Microsoft's SKR sidecar posts it
-                return self._release(name, None, self._json(body), query)
-            if method == "POST" and len(rest) == 2 and rest[1] == "release":
-                return self._release(name, self._version(rest[0]) if rest[0] else None, self._json(body), query)
+            if method == "POST" and (rest == ["release"] or (len(rest) == 2 and rest[1] == "release")):
+                # versionless `/keys/{name}/release` is how Microsoft's SKR sidecar posts it
+                return self._release(name, rest[0] if len(rest) == 2 else "", self._json(body), query, allow)
         raise VaultError(404, "NotFound", "no such operation")
 
     @staticmethod
@@ -350,8 +377,12 @@ class KeyVaultTwin:
 
     # --- secure key release -------------------------------------------------------------
 
-    def _release(self, name: str, version: str | None, body: dict, query: dict) -> dict:
+    def _release(self, name: str, version_text: str, body: dict, query: dict, allow) -> dict:
+        """A release, recorded in `releases` whatever its outcome (a caller without the release
+        role included: it is refused before the key or the token is looked at)."""
         try:
+            allow(rbac.RELEASE, name)
+            version = self._version(version_text) if version_text else None
             result = self._released(name, version, body, query)
         except VaultError:
             self.releases.append((name, "refused"))

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from local_emulator import tls as loopback_tls
+from local_emulator import vault_rbac as rbac
 from local_emulator.aci import AciTwin, skr_sidecar_factory
 from local_emulator.attestation import MaaTwin
 from local_emulator.azurite import Azurite
@@ -36,6 +37,14 @@ TOPIC = "ccr-events"
 STORAGE_TOPIC = "ccr-storage"   # the data account's system topic (BlobCreated), as in infra/
 SUBSCRIPTION_ID = "00000000-0000-0000-0000-00000000c0de"
 RESOURCE_GROUP = "ccr-local"
+_RESOURCE_GROUP_ID = f"/subscriptions/{SUBSCRIPTION_ID}/resourceGroups/{RESOURCE_GROUP}"
+VAULT_ID = f"{_RESOURCE_GROUP_ID}/providers/Microsoft.KeyVault/vaults/kv-ccr-local"
+# The trainer's user-assigned identity (infra/modules/identities.bicep), attached to every group.
+TRAINER_IDENTITY_ID = f"{_RESOURCE_GROUP_ID}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id-trainer-local"
+# What a party may do in the operator's vault (docs/DEPLOY.md, section 4): create its KEKs and
+# read them back. Not Key Vault Crypto Officer, whose `keys/*` includes release.
+KEK_CREATOR_ROLE = rbac.Role("3f0c6a8e-5d1b-4c4e-9a51-7d2f0e8b6c21", "Clean Room KEK Creator", (rbac.READ, rbac.CREATE))
+LOCAL_PROFILE_PARTY = "local-profile"   # whoever runs `ccr` with the endpoints file (docs/GUIDE.md)
 
 
 FIXED_PORTS = {"host": 7071, "azurite_blob": 10000, "azurite_queue": 10001, "azurite_table": 10002,
@@ -133,6 +142,7 @@ class Stack:
         self._started: list = []
         self.settings: dict[str, str] = {}
         self.host: HostProcess | None = None
+        self._party_principals: dict[str, str] = {}     # party name -> its principal in the vault twin
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -156,7 +166,10 @@ class Stack:
         storage = self.azurite.connection_string
         root = HardwareRoot.load_or_create(self.state_dir)
         self.maa = self._run(MaaTwin(self.state_dir / "maa", tls, [root.public_pem], port=ports["maa"]))
-        self.keyvault = self._run(KeyVaultTwin(self.state_dir / "keyvault", tls, token, port=ports["keyvault"]))
+        self.vault_access = local_vault_access(token, self._secret("trainer_identity_token"))
+        self._party_principals.clear()       # a new vault twin: parties are added again as they come
+        self.keyvault = self._run(KeyVaultTwin(self.state_dir / "keyvault", tls, self.vault_access,
+                                               port=ports["keyvault"]))
         self.eventgrid = self._run(EventGridTwin(self.state_dir / "eventgrid", storage, port=ports["eventgrid"],
                                                        retry=self._retry, blob_poll_seconds=0.5,
                                                        ca_bundle=str(tls.ca_path)))
@@ -164,8 +177,9 @@ class Stack:
         self.eventgrid_arm = self._run(EventGridManagement(self.eventgrid, tls.server_context(), token,
                                                            port=ports["eventgrid_arm"]))
         self.aci = self._run(AciTwin(self.state_dir / "aci", self.state_dir / "images", tls.server_context(), token,
-                                     skr_sidecar_factory(root, str(tls.ca_path), token), port=ports["aci"],
-                                     registry_dir=self.registry_dir))
+                                     skr_sidecar_factory(root, str(tls.ca_path), None), port=ports["aci"],
+                                     registry_dir=self.registry_dir,
+                                     identities={TRAINER_IDENTITY_ID: self._secret("trainer_identity_token")}))
         self.settings = {
             "AzureWebJobsStorage": storage, "CCR_STORAGE_CONNECTION": storage,
             "CCR_EMULATOR_DIR": str(self.state_dir), "CCR_CA_BUNDLE": str(tls.ca_path),
@@ -174,6 +188,7 @@ class Stack:
             "CCR_MAA_URL": self.maa.url,
             "CCR_ARM_URL": self.aci.url, "CCR_SUBSCRIPTION_ID": SUBSCRIPTION_ID,
             "CCR_RESOURCE_GROUP": RESOURCE_GROUP, "CCR_LOCATION": "local",
+            "CCR_TRAINER_IDENTITY_ID": TRAINER_IDENTITY_ID,
             "CCR_EVENTGRID_TOPIC_URL": topic.endpoint, "CCR_EVENTGRID_KEY": topic.key,
             "CCR_EVENTGRID_TOPIC_ID": topic.resource_id, "CCR_EVENTGRID_ARM_URL": self.eventgrid_arm.url,
             "CCR_FUNCTION_KEY": self._secret("function_key"),
@@ -213,6 +228,15 @@ class Stack:
                                                subject_begins_with=f"/blobServices/default/containers/{container}/",
                                                max_delivery_attempts=30)
 
+    def party_token(self, party: str) -> str:
+        """`party`'s own Key Vault token (persisted), holding the KEK creator role in the vault."""
+        if not re.fullmatch(r"[a-z0-9-]{1,40}", party):
+            raise ValueError("a party name is lowercase letters, digits and hyphens")
+        token = self._secret(f"party_token_{party}")
+        if party not in self._party_principals:
+            self._party_principals[party] = add_party(self.vault_access, token)
+        return token
+
     def subscribe(self, name: str, endpoint: str, event_types: list[str]) -> None:
         """Another subscriber (e.g. the TDC's own endpoint for CCR.Run.Finished)."""
         self.eventgrid.create_subscription(TOPIC, name, endpoint, event_types=event_types)
@@ -237,18 +261,23 @@ class Stack:
             loopback_tls.write_private(path, base64.b64encode(secrets.token_bytes(64)))
         return path.read_text().strip()
 
-    def party_settings(self, party_dir: Path) -> dict[str, str]:
-        """What a party's `ccr` needs: service URLs, the loopback CA, the Key Vault twin's token
-        and the attestation authority its grants pin; never the storage connection, a function
-        or system key, or a service secret. `party_dir` stands in for the emulator folder so
-        nothing falls back to this stack's endpoints file."""
+    def party_settings(self, party_dir: Path, party: str = "party") -> dict[str, str]:
+        """What a party's `ccr` needs: service URLs, the loopback CA, the party's own Key Vault
+        token (`party_token`) and the attestation authority its grants pin; never the app's
+        token, the storage connection, a function or system key, or a service secret.
+        `party_dir` stands in for the emulator folder so nothing falls back to this stack's
+        endpoints file."""
         names = ("CCR_FUNCTIONS_URL", "CCR_LEDGER_URL", "CCR_CA_BUNDLE", "CCR_KEYVAULT_URL",
-                 "CCR_KEYVAULT_VERIFY_CHALLENGE", "CCR_ACCESS_TOKEN", "CCR_MAA_URL")
-        return {**{name: self.settings[name] for name in names}, "CCR_EMULATOR_DIR": str(party_dir)}
+                 "CCR_KEYVAULT_VERIFY_CHALLENGE", "CCR_MAA_URL")
+        return {**{name: self.settings[name] for name in names}, "CCR_ACCESS_TOKEN": self.party_token(party),
+                "CCR_EMULATOR_DIR": str(party_dir)}
 
     def _write_endpoints(self) -> None:
+        """The local profile's settings file, read by `ccr` (docs/GUIDE.md: one person playing
+        every party): its Key Vault token is a party's, not the app's."""
         path = self.state_dir / "endpoints.json"
-        loopback_tls.write_private(path, json.dumps(self.settings, indent=2, sort_keys=True).encode())
+        endpoints = {**self.settings, "CCR_ACCESS_TOKEN": self.party_token(LOCAL_PROFILE_PARTY)}
+        loopback_tls.write_private(path, json.dumps(endpoints, indent=2, sort_keys=True).encode())
 
     def process_env(self) -> dict[str, str]:
         """Environment for a process of this stack (the host, the CLI, a party's script)."""
@@ -271,6 +300,24 @@ class Stack:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def local_vault_access(app_token: str, trainer_token: str) -> rbac.VaultAccess:
+    """The vault's principals and role assignments as infra/modules/rbac.bicep makes them: the
+    app's identity holds Key Vault Reader (it reads KEKs and their release policies), the
+    trainer's identity Key Vault Crypto Service Release User; parties are added by `add_party`."""
+    access = rbac.VaultAccess(VAULT_ID)
+    access.assign(access.add_principal(app_token), rbac.KEY_VAULT_READER)                        # appKeyVaultReader
+    access.assign(access.add_principal(trainer_token), rbac.CRYPTO_SERVICE_RELEASE_USER)         # trainerKeyRelease
+    access.define_role(KEK_CREATOR_ROLE.name, KEK_CREATOR_ROLE.data_actions, KEK_CREATOR_ROLE.id)
+    return access
+
+
+def add_party(access: rbac.VaultAccess, token: str) -> str:
+    """A party's principal holding the KEK creator role on the vault (docs/DEPLOY.md section 4)."""
+    holder = access.add_principal(token)
+    access.assign(holder, KEK_CREATOR_ROLE.id)
+    return holder
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.25, what: str = "condition"):

@@ -1,8 +1,8 @@
 """Source of a tiny stand-in trainer image (no torch): prints its pid, where it runs from
 and the *names* of its CCR_ environment variables, then behaves as the JSON in CCR_CONTRACT
 says: {"attest": true} gets an MAA token through the SKR sidecar and prints its hostdata
-claim; {"release": kid} asks the sidecar for that key (prints the HTTP status, never the
-key); then {"child": true} leaves a child process behind; {"lines": n} lines, "ready", {"sleep": s}, exit {"exit": code}."""
+claim; {"release": kid} asks the sidecar for that key (prints the HTTP status and a refusal's
+body, never the key); then {"child": true} leaves a child process behind; {"lines": n} lines, "ready", {"sleep": s}, exit {"exit": code}."""
 MAIN = r'''
 import json, os, sys, time, urllib.error, urllib.request
 print("pid=%d" % os.getpid(), flush=True)
@@ -34,6 +34,7 @@ if spec.get("release"):
             print("released_kty=" + json.loads(json.loads(response.read())["key"])["kty"], flush=True)
     except urllib.error.HTTPError as error:
         print("release_status=%d" % error.code, flush=True)
+        print("release_error=" + json.dumps(error.read().decode(errors="replace")), flush=True)   # the reason, one line
 if spec.get("child"):
     import subprocess
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])

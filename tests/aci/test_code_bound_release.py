@@ -11,6 +11,7 @@ from azure.keyvault.keys import JsonWebKey, KeyClient, KeyReleasePolicy
 
 from local_emulator import images
 from local_emulator.keyvault import KeyVaultTwin
+from local_emulator.vault_rbac import CRYPTO_OFFICER, one_principal
 from shared.container_group import TRAINER_CONTAINER_NAME, build_container_group, training_hostdata
 from shared.credentials import StaticTokenCredential
 from shared.release_policy import build_release_policy, policy_to_json
@@ -30,7 +31,7 @@ def _release_status(client, name: str) -> tuple[str, str | None]:
 
 
 def test_only_the_pinned_trainer_image_gets_the_key(tmp_path, client, tls, token, maa, images_dir, stand_in_image):
-    vault = KeyVaultTwin(tmp_path / "keyvault", tls, token).start()
+    vault = KeyVaultTwin(tmp_path / "keyvault", tls, one_principal(token, CRYPTO_OFFICER)).start()
     try:
         keys = KeyClient(vault_url=vault.url, credential=StaticTokenCredential(token),
                          verify_challenge_resource=False, connection_verify=str(tls.ca_path))

@@ -18,6 +18,7 @@ from azure.keyvault.keys import JsonWebKey, KeyClient, KeyReleasePolicy
 from local_emulator import group_isolation, images
 from local_emulator.attestation import MaaTwin
 from local_emulator.keyvault import KeyVaultTwin
+from local_emulator.vault_rbac import CRYPTO_OFFICER, one_principal
 from shared.container_group import TRAINER_CONTAINER_NAME, build_container_group, training_hostdata
 from shared.credentials import StaticTokenCredential
 from shared.release_policy import build_release_policy, policy_to_json
@@ -102,7 +103,7 @@ def probe_image(tmp_path, images_dir):
 
 @pytest.fixture
 def services(tmp_path, tls, token, hardware_root):
-    vault = CountingVault(tmp_path / "keyvault", tls, token).start()
+    vault = CountingVault(tmp_path / "keyvault", tls, one_principal(token, CRYPTO_OFFICER)).start()
     maa = CountingMaa(tmp_path / "maa", tls, [hardware_root.public_pem]).start()
     yield vault, maa
     maa.stop()

@@ -13,13 +13,14 @@ from jwcrypto import jwk
 
 from local_emulator.attestation import API_VERSION, build_attest_request
 from local_emulator.keyvault import KeyVaultTwin
+from local_emulator.vault_rbac import CRYPTO_OFFICER, one_principal
 from local_emulator.sevsnp import HardwareRoot
 from shared.credentials import StaticTokenCredential
 
 
 @pytest.fixture
 def vault(tmp_path, tls, token):
-    twin = KeyVaultTwin(tmp_path / "keyvault", tls, token).start()
+    twin = KeyVaultTwin(tmp_path / "keyvault", tls, one_principal(token, CRYPTO_OFFICER)).start()
     yield twin
     twin.stop()
 

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwcrypto import jwk
 
 from local_emulator.keyvault import KeyVaultTwin
+from local_emulator.vault_rbac import CRYPTO_OFFICER, one_principal
 from shared.release_policy import build_release_policy, policy_to_json
 from tests.keys.conftest import key_client
 
@@ -72,7 +73,7 @@ def test_versions_list_paging_and_create(client):
 
 
 def test_keys_survive_restart_and_are_private_at_rest(tmp_path, tls, token):
-    twin = KeyVaultTwin(tmp_path / "kv", tls, token).start()
+    twin = KeyVaultTwin(tmp_path / "kv", tls, one_principal(token, CRYPTO_OFFICER)).start()
     try:
         imported = key_client(twin.url, token, tls).import_key("persist", _aes_jwk(os.urandom(32)),
                                                                exportable=True, release_policy=_policy())
@@ -80,7 +81,7 @@ def test_keys_survive_restart_and_are_private_at_rest(tmp_path, tls, token):
         twin.stop()
     files = list((tmp_path / "kv" / "keys").iterdir())
     assert files and all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
-    again = KeyVaultTwin(tmp_path / "kv", tls, token).start()
+    again = KeyVaultTwin(tmp_path / "kv", tls, one_principal(token, CRYPTO_OFFICER)).start()
     try:
         fetched = key_client(again.url, token, tls).get_key("persist")
         assert fetched.properties.version == imported.properties.version

@@ -9,6 +9,7 @@ import pytest
 from local_emulator import tls as loopback_tls
 from local_emulator.azurite import Azurite, wait_until_reachable
 from local_emulator.keyvault import KeyVaultTwin
+from local_emulator.vault_rbac import CRYPTO_OFFICER, one_principal
 from shared import azure_clients
 
 MAA_URL = "https://127.0.0.1:1/maa"  # only named by release policies in these tests
@@ -29,7 +30,7 @@ def vault(tmp_path_factory):
     state = tmp_path_factory.mktemp("emulator")
     tls = loopback_tls.load_or_create(state)
     token = secrets.token_urlsafe(24)
-    twin = KeyVaultTwin(state / "keyvault", tls, token).start()
+    twin = KeyVaultTwin(state / "keyvault", tls, one_principal(token, CRYPTO_OFFICER)).start()
     twin.token, twin.ca_path = token, str(tls.ca_path)
     yield twin
     twin.stop()

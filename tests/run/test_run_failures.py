@@ -123,7 +123,7 @@ def test_a_grant_bound_to_another_trainer_group_stops_the_run(stack, scenario_fa
     subject = f"dataset:{cowin}/cowin"
     other = {**payload, "workloads": {"training": {**payload["workloads"]["training"],
                                                    "image": "ccr-trainer@sha256:" + "ab" * 32}}}
-    with _environment(stack.settings):
+    with _environment({**stack.settings, "CCR_ACCESS_TOKEN": stack.party_token("cowin")}):   # cowin's own token
         kek = key_grants.kek_name(digest, subject)
         public = create_kek(payload["tdps"][1]["key_vault"], kek,
                             contract_policy(stack.settings["CCR_MAA_URL"], other, digest))

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from local_emulator import covid_reference as covid_model
 from local_emulator.attestation import MaaTwin
 from local_emulator.keyvault import KeyVaultTwin
+from local_emulator.vault_rbac import CRYPTO_OFFICER, one_principal
 from local_emulator.sevsnp import HardwareRoot
 from local_emulator.skr_sidecar import SkrSidecar
 from shared import attested_progress, key_grants, package, storage_names
@@ -36,7 +37,7 @@ def twins(tmp_path_factory, did_host):
     folder = tmp_path_factory.mktemp("twins")
     token = secrets.token_urlsafe(24)
     root = HardwareRoot.load_or_create(folder)
-    vault = KeyVaultTwin(folder / "keyvault", did_host.tls, token).start()
+    vault = KeyVaultTwin(folder / "keyvault", did_host.tls, one_principal(token, CRYPTO_OFFICER)).start()
     maa = MaaTwin(folder / "maa", did_host.tls, [root.public_pem]).start()
     client = KeyClient(vault_url=vault.url, credential=StaticTokenCredential(token),
                        verify_challenge_resource=False, connection_verify=did_host.ca_bundle)
