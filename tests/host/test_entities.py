@@ -1,0 +1,192 @@
+"""Durable entities on the local host (issue 13 item 5), driven through the real SDK: an
+orchestrator's call_entity / signal_entity, the client's signal_entity / read_entity_state,
+and the entity HTTP API behind the system key. One host for the module; each test uses its
+own entity keys."""
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import HostProcess, wait_until
+
+APP_DIR = Path(__file__).parent / "entity_app"
+WEBHOOK = "/runtime/webhooks/durabletask"
+
+
+@pytest.fixture(scope="module")
+def ops_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("entity-ops")
+
+
+@pytest.fixture(scope="module")
+def host(azurite, ops_dir):
+    process = HostProcess(APP_DIR, azurite, env={"CCR_TEST_RECORD_DIR": str(ops_dir)}).start()
+    yield process
+    process.stop()
+
+
+def executions(ops_dir: Path, key: str) -> list[str]:
+    """Operations the entity function really ran for this key, in order."""
+    path = ops_dir / "ops.log"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [line.split(":", 1)[1] for line in lines if line.split(":", 1)[0] == key]
+
+
+def new_key() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def start(host, orchestrator: str, payload) -> str:
+    response = requests.post(f"{host.url}{WEBHOOK}/orchestrators/{orchestrator}", params={"code": host.system_key},
+                             json=payload, timeout=30)
+    assert response.status_code == 202, response.text
+    return response.json()["id"]
+
+
+def finished(host, instance_id: str, timeout: float = 30.0) -> dict:
+    def done():
+        body = requests.get(f"{host.url}{WEBHOOK}/instances/{instance_id}",
+                            params={"code": host.system_key, "showHistory": "true"}, timeout=10).json()
+        return body if body and body["runtimeStatus"] not in ("Pending", "Running") else None
+    return wait_until(done, timeout, 0.1, f"instance {instance_id} finished")
+
+
+def sdk_signal(host, name: str, key: str, op: str, value=None) -> None:
+    response = requests.post(f"{host.url}/api/entity/signal/{name}/{key}", params={"code": host.function_key},
+                             json={"op": op, "input": value}, timeout=30)
+    assert response.status_code == 202, response.text
+
+
+def sdk_read(host, name: str, key: str) -> dict:
+    response = requests.get(f"{host.url}/api/entity/read/{name}/{key}", params={"code": host.function_key},
+                            timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def http_entity(host, method: str, path: str, key: str | None = "system", **kwargs) -> requests.Response:
+    params = {**kwargs.pop("params", {}), **({"code": host.system_key} if key == "system" else {})}
+    return requests.request(method, f"{host.url}{WEBHOOK}/entities/{path}", params=params, timeout=30, **kwargs)
+
+
+def test_orchestrator_calls_and_signals_the_counter(host, ops_dir):
+    """The signal (one-way) is applied before the call that follows it, the call's result comes
+    back, a refused operation raises in the orchestrator with the entity's message, and the
+    history records each request as EventSent and each answer as EventRaised."""
+    key = new_key()
+    done = finished(host, start(host, "counter_workflow", {"key": key}))
+    assert done["runtimeStatus"] == "Completed", done
+    output = done["output"]
+    assert (output["after"], output["final"]) == (7, 7)
+    assert "amounts must not be negative" in output["refused"]
+    kinds = [event["EventType"] for event in done["historyEvents"]]
+    assert kinds.count("EventSent") == 4 and kinds.count("EventRaised") == 3
+    sent = [event for event in done["historyEvents"] if event["EventType"] == "EventSent"]
+    assert {event["InstanceId"] for event in sent} == {f"@counter@{key}"}
+    assert executions(ops_dir, key) == ["add", "add", "add", "get"]  # each operation ran once
+    assert sdk_read(host, "Counter", key) == {"exists": True, "state": 7}
+
+
+def test_call_to_an_entity_the_app_lacks_fails_in_the_orchestrator(host):
+    done = finished(host, start(host, "call_missing", None))
+    assert done["runtimeStatus"] == "Completed"
+    assert "The function 'nowhere' doesn't exist" in done["output"]["error"]
+
+
+def test_client_signal_and_read_through_the_sdk(host, ops_dir):
+    key = new_key()
+    assert sdk_read(host, "Counter", key) == {"exists": False, "state": None}
+    sdk_signal(host, "Counter", key, "add", 3)
+    sdk_signal(host, "Counter", key, "add", 4)
+    wait_until(lambda: sdk_read(host, "Counter", key)["state"] == 7, 20, 0.1, "both signals applied")
+    assert executions(ops_dir, key) == ["add", "add"]
+
+
+def test_signals_are_applied_one_at_a_time_in_order(host):
+    key = new_key()
+    for value in range(1, 16):  # (the SDK client sends no input at all for a falsy one)
+        sdk_signal(host, "journal", key, "append", value)
+    state = wait_until(lambda: (lambda s: s if s and len(s) == 15 else None)(sdk_read(host, "journal", key)["state"]),
+                       30, 0.1, "all appends applied")
+    assert state == list(range(1, 16))
+
+
+def test_a_failed_operation_fails_alone(host, ops_dir):
+    """Operations around a failed one keep their changes; the failed one reports its error to
+    its caller and, refusing before any change, leaves the state as it was."""
+    key = new_key()
+    sdk_signal(host, "Counter", key, "add", 1)
+    sdk_signal(host, "Counter", key, "add", -5)
+    sdk_signal(host, "Counter", key, "add", 2)
+    wait_until(lambda: len(executions(ops_dir, key)) == 3, 20, 0.1, "three operations ran")
+    assert sdk_read(host, "Counter", key)["state"] == 3
+
+
+def test_state_a_failing_operation_set_before_raising_stands_as_on_azure(host, ops_dir):
+    """The extension keeps the state the SDK returns for an out-of-process batch, and the Python
+    SDK does not undo what the failing operation set before it raised (its result is still an
+    error): the host keeps the same state, so an app relying on a rollback fails here as there."""
+    key = new_key()
+    sdk_signal(host, "Counter", key, "add", 1)
+    sdk_signal(host, "Counter", key, "add_then_fail", 10)
+    wait_until(lambda: len(executions(ops_dir, key)) == 2, 20, 0.1, "both operations ran")
+    assert sdk_read(host, "Counter", key)["state"] == 11
+    assert "failed after changing the state" not in host.logs()  # operation errors are results, not crashes
+
+
+def test_entity_http_api_with_the_system_key(host, ops_dir):
+    key = new_key()
+    # a JSON body is the operation's input; a text/plain body is a string, which get_input reads as JSON
+    assert http_entity(host, "POST", f"Counter/{key}", params={"op": "add"}, data="4",
+                       headers={"Content-Type": "text/plain"}).status_code == 202
+    assert http_entity(host, "POST", f"counter/{key}", params={"op": "add"}, json="6").status_code == 202
+    wait_until(lambda: http_entity(host, "GET", f"Counter/{key}").status_code == 200, 20, 0.1, "entity created")
+    wait_until(lambda: http_entity(host, "GET", f"Counter/{key}").json() == 10, 20, 0.1, "both applied")
+    listed = http_entity(host, "GET", "Counter", params={"fetchState": "true"}).json()
+    mine = [item for item in listed if item["entityId"]["key"] == key]
+    assert mine and mine[0]["entityId"]["name"] == "counter" and mine[0]["state"] == 10
+    assert mine[0]["lastOperationTime"]
+    assert "state" not in http_entity(host, "GET", "Counter").json()[0]
+
+    assert http_entity(host, "POST", f"Counter/{key}", params={"op": "delete"}).status_code == 202
+    wait_until(lambda: http_entity(host, "GET", f"Counter/{key}").status_code == 404, 20, 0.1, "entity deleted")
+    assert sdk_read(host, "Counter", key) == {"exists": False, "state": None}
+    assert key not in [item["entityId"]["key"] for item in http_entity(host, "GET", "Counter").json()]
+
+
+def test_entity_api_refuses_callers_without_the_system_key_and_queues_nothing(host, ops_dir):
+    key = new_key()
+    for code in (None, host.function_key, "wrong"):
+        params = {"op": "add", **({"code": code} if code else {})}
+        answer = http_entity(host, "POST", f"Counter/{key}", key=None, params=params, json="1")
+        assert answer.status_code == 401
+        assert http_entity(host, "GET", f"Counter/{key}", key=None, params=params).status_code == 401
+    sdk_signal(host, "Counter", key, "get")  # a later request, queued after anything the refused ones left
+    wait_until(lambda: executions(ops_dir, key), 20, 0.1, "the accepted request ran")
+    assert executions(ops_dir, key) == ["get"]
+    # no refused 'add' was applied ('get' made the entity exist, as the SDK's set_result does)
+    assert http_entity(host, "GET", f"Counter/{key}").json() is None
+
+
+def test_unknown_entity_names_and_unusable_keys_are_refused(host):
+    answer = http_entity(host, "POST", "Nowhere/k", params={"op": "add"}, json="1")
+    assert answer.status_code == 400 and "'Nowhere' doesn't exist" in answer.json()["ExceptionMessage"]
+    assert http_entity(host, "GET", "Nowhere").status_code == 400
+    answer = http_entity(host, "POST", "Counter/a%23b", params={"op": "add"}, json="1")
+    assert answer.status_code == 400 and "Entity keys" in answer.json()["ExceptionMessage"]
+    assert http_entity(host, "POST", "Counter/k", params={"op": "add"}, data="{not json",
+                       headers={"Content-Type": "application/json"}).status_code == 400
+
+
+def test_an_orchestration_cannot_take_an_entity_id(host):
+    """Ids starting with @ belong to entities: an orchestration started under one would have its
+    messages handed to the entity dispatcher (or squat an entity's id), so it is refused."""
+    key = new_key()
+    answer = requests.post(f"{host.url}{WEBHOOK}/orchestrators/add_once/@counter@{key}",
+                           params={"code": host.system_key}, json={"key": key, "amount": 1}, timeout=30)
+    assert answer.status_code == 400 and "must not start with @" in answer.text
+    assert requests.get(f"{host.url}{WEBHOOK}/instances/@counter@{key}", params={"code": host.system_key},
+                        timeout=10).status_code == 404
+    assert http_entity(host, "GET", f"Counter/{key}").status_code == 404
