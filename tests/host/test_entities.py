@@ -2,7 +2,7 @@
 orchestrator's call_entity / signal_entity, the client's signal_entity / read_entity_state,
 and the entity HTTP API behind the system key. One host for the module; each test uses its
 own entity keys."""
-import json
+import datetime as dt
 import uuid
 from pathlib import Path
 
@@ -89,10 +89,21 @@ def test_orchestrator_calls_and_signals_the_counter(host, ops_dir):
     assert sdk_read(host, "Counter", key) == {"exists": True, "state": 7}
 
 
-def test_call_to_an_entity_the_app_lacks_fails_in_the_orchestrator(host):
-    done = finished(host, start(host, "call_missing", None))
+def test_calls_awaited_together_each_get_their_own_answer(host):
+    keys = [new_key(), new_key()]
+    sdk_signal(host, "Counter", keys[1], "add", 10)
+    wait_until(lambda: sdk_read(host, "Counter", keys[1])["state"] == 10, 20, 0.1, "setup signal applied")
+    done = finished(host, start(host, "parallel_calls", {"keys": keys}))
+    assert (done["runtimeStatus"], done["output"]) == ("Completed", [1, 12])
+    wait_until(lambda: sdk_read(host, "journal", keys[0])["state"] == ["between"], 20, 0.1, "signal applied")
+
+
+def test_calls_to_an_entity_the_app_lacks_or_an_unusable_key_fail_in_the_orchestrator(host):
+    done = finished(host, start(host, "call_refused", None))
     assert done["runtimeStatus"] == "Completed"
-    assert "The function 'nowhere' doesn't exist" in done["output"]["error"]
+    missing, bad_key = done["output"]
+    assert "The function 'nowhere' doesn't exist" in missing
+    assert "Entity keys must be non-empty" in bad_key
 
 
 def test_client_signal_and_read_through_the_sdk(host, ops_dir):
@@ -108,9 +119,10 @@ def test_signals_are_applied_one_at_a_time_in_order(host):
     key = new_key()
     for value in range(1, 16):  # (the SDK client sends no input at all for a falsy one)
         sdk_signal(host, "journal", key, "append", value)
-    state = wait_until(lambda: (lambda s: s if s and len(s) == 15 else None)(sdk_read(host, "journal", key)["state"]),
-                       30, 0.1, "all appends applied")
-    assert state == list(range(1, 16))
+    def all_applied():
+        state = sdk_read(host, "journal", key)["state"]
+        return state if state and len(state) == 15 else None
+    assert wait_until(all_applied, 30, 0.1, "all appends applied") == list(range(1, 16))
 
 
 def test_a_failed_operation_fails_alone(host, ops_dir):
@@ -190,3 +202,17 @@ def test_an_orchestration_cannot_take_an_entity_id(host):
     assert requests.get(f"{host.url}{WEBHOOK}/instances/@counter@{key}", params={"code": host.system_key},
                         timeout=10).status_code == 404
     assert http_entity(host, "GET", f"Counter/{key}").status_code == 404
+
+
+def test_applied_message_keys_are_forgotten_only_when_old_and_not_among_the_newest():
+    """The dedup keys stay bounded, yet a message committed just before a long outage is still
+    recognised when it is delivered again after the restart."""
+    from local_emulator.host.durable import history as h
+    from local_emulator.host.durable.entity_store import EntityRecord
+    old = h.iso(h.utc_now() - dt.timedelta(hours=2))
+    older = h.iso(h.utc_now() - dt.timedelta(hours=3))
+    record = EntityRecord("@counter@k", processed={**{f"older{i}": older for i in range(5)},
+                                                    **{f"old{i}": old for i in range(3)},
+                                                    "fresh": h.iso(h.utc_now())})
+    record.forget_older_than(600, keep=4)
+    assert set(record.processed) == {"fresh", "old0", "old1", "old2"}

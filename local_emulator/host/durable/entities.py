@@ -41,6 +41,7 @@ from shared import fault_points
 
 log = logging.getLogger("local_emulator.host.durable")
 OPERATION_EVENT = "op"  # the name DTF gives an entity request sent as an event
+DEDUP_KEEP = 200  # the newest applied-message keys kept whatever their age
 REQUEST_IDS = uuid.UUID("5c1e4d1e-7a39-4c0b-9d7e-0e2f3c6a9b11")  # namespace of deterministic request ids
 
 
@@ -68,6 +69,9 @@ def missing_function(name: str) -> str:
     return f"The function '{name}' doesn't exist, is disabled, or is not an entity function."
 
 
+KEY_RULES = "Entity keys must be non-empty and must not contain /, \\, #, ? or control characters."
+
+
 class EntityWorker:
     def __init__(self, store: TaskHubStore, index: FunctionIndex, invoker: Invoker, lease_seconds: int = 30):
         self.store = store
@@ -85,8 +89,7 @@ class EntityWorker:
             raise UnknownEntity(missing_function(name))
         instance_id = entity_instance_id(name, key)
         if not key or not storable_id(instance_id):
-            raise InvalidEntityKey("Entity keys must be non-empty and must not contain /, \\, #, ? or "
-                                   "control characters.")
+            raise InvalidEntityKey(KEY_RULES)
         return instance_id
 
     async def signal(self, name: str, key: str, operation: str, input_json: str | None) -> None:
@@ -135,6 +138,20 @@ class EntityWorker:
             self.locks.pop(instance_id, None)
 
     async def _run_batch(self, instance_id: str, bodies: list[dict]) -> None:
+        try:
+            name, key = split_instance_id(instance_id)
+        except ValueError:  # no entity can have that id, and nobody waits for an answer from it
+            log.warning("control queue: dropping messages for a malformed entity id")
+            return
+        entry = self.functions.get(name)
+        if entry is None or not key or not storable_id(instance_id):
+            # nothing to keep: answer the callers (they drop a repeated answer), write no row
+            log.warning("entity requests for %r refused: %s", name, "no such entity function" if entry is None
+                        else "unusable key")
+            requests = [body["Request"] for body in bodies if "Request" in body]
+            refusal = missing_function(name) if entry is None else KEY_RULES
+            await self._send(self._outgoing(EntityRecord(instance_id), requests, _failed_batch(requests, refusal)))
+            return
         record = await self.records.load(instance_id)
         await self._flush(record)
         requests, keys = [], []
@@ -145,19 +162,12 @@ class EntityWorker:
             keys.append(body["Key"])
         if not requests:
             return
-        name, key = split_instance_id(instance_id)
-        entry = self.functions.get(name)
-        if entry is None:  # nothing to keep: answer the callers, write no row
-            log.warning("entity requests for %r, which is not an entity function of this app", name)
-            record.outbox = self._outgoing(record, requests, _failed_batch(requests, missing_function(name)))
-            await self._send(record.outbox)
-            return
         result = await self._invoke(entry, record, name, key, requests)
         record.exists, record.state = bool(result["entityExists"]), result.get("entityState")
         if not record.exists:
             record.state = None
         now = h.iso(h.utc_now())
-        record.forget_older_than(self.dedup_seconds)
+        record.forget_older_than(self.dedup_seconds, keep=DEDUP_KEEP)
         record.processed.update({k: now for k in keys})
         record.last_operation_time = now
         record.outbox = self._outgoing(record, requests, result)

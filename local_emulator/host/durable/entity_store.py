@@ -56,10 +56,14 @@ class EntityRecord:
     def key(self) -> str:
         return split_instance_id(self.instance_id)[1]
 
-    def forget_older_than(self, seconds: float) -> None:
-        """Drop dedup keys older than any redelivery can be (the queue lease, many times over)."""
+    def forget_older_than(self, seconds: float, keep: int) -> None:
+        """Drop dedup keys older than any redelivery should be (the queue lease, many times
+        over), but never the newest `keep`: a message committed just before a long outage is
+        seen again soon after the restart, among the first messages received."""
         cutoff = h.utc_now() - dt.timedelta(seconds=seconds)
-        self.processed = {key: at for key, at in self.processed.items() if h.parse_iso(at) >= cutoff}
+        newest = sorted(self.processed.items(), key=lambda item: item[1])[-keep:] if keep else []
+        kept = dict(newest)
+        self.processed = {key: at for key, at in self.processed.items() if key in kept or h.parse_iso(at) >= cutoff}
 
 
 class EntityStore:

@@ -70,12 +70,26 @@ def counter_workflow(context: df.DurableOrchestrationContext):
 
 
 @app.orchestration_trigger(context_name="context")
-def call_missing(context: df.DurableOrchestrationContext):
-    try:
-        yield context.call_entity(df.EntityId("Nowhere", "k"), "get")
-    except Exception as error:
-        return {"error": str(error)}
-    return {"error": None}
+def call_refused(context: df.DurableOrchestrationContext):
+    """Calls an entity the app lacks and an entity key storage cannot hold."""
+    errors = []
+    for entity in (df.EntityId("Nowhere", "k"), df.EntityId("Counter", "a/b")):
+        try:
+            yield context.call_entity(entity, "get")
+            errors.append(None)
+        except Exception as error:
+            errors.append(str(error))
+    return errors
+
+
+@app.orchestration_trigger(context_name="context")
+def parallel_calls(context: df.DurableOrchestrationContext):
+    """Two calls awaited together, and a signal between them."""
+    keys = context.get_input()["keys"]
+    first = context.call_entity(df.EntityId("Counter", keys[0]), "add", 1)
+    context.signal_entity(df.EntityId("journal", keys[0]), "append", "between")
+    second = context.call_entity(df.EntityId("Counter", keys[1]), "add", 2)
+    return (yield context.task_all([first, second]))
 
 
 @app.orchestration_trigger(context_name="context")
