@@ -81,6 +81,10 @@ class EntityWorker:
         self.dedup_seconds = max(600.0, 20.0 * lease_seconds)  # far longer than any redelivery
         self.locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._flushed: dict[str, str] = {}  # entity id -> ETag of the row whose outbox this process sent
+        # records as this process last wrote them (the ETag still guards each write); a batch
+        # takes its record out and puts it back only once committed, so a failed one reloads
+        self.cache: dict[str, EntityRecord] = {}
+        self.cache_size = 5000
 
     # requests in -----------------------------------------------------------------------
     def entity_id(self, name: str, key: str) -> str:
@@ -152,7 +156,7 @@ class EntityWorker:
             refusal = missing_function(name) if entry is None else KEY_RULES
             await self._send(self._outgoing(EntityRecord(instance_id), requests, _failed_batch(requests, refusal)))
             return
-        record = await self.records.load(instance_id)
+        record = self.cache.pop(instance_id, None) or await self.records.load(instance_id)
         await self._flush(record)
         requests, keys = [], []
         for body in bodies:
@@ -161,6 +165,7 @@ class EntityWorker:
             requests.append(body["Request"])
             keys.append(body["Key"])
         if not requests:
+            self._remember(record)
             return
         result = await self._invoke(entry, record, name, key, requests)
         record.exists, record.state = bool(result["entityExists"]), result.get("entityState")
@@ -175,6 +180,12 @@ class EntityWorker:
         await self.records.save(record)
         fault_points.reached("durable.entity.after_commit")
         await self._flush(record)
+        self._remember(record)
+
+    def _remember(self, record: EntityRecord) -> None:
+        self.cache[record.instance_id] = record
+        while len(self.cache) > self.cache_size:
+            self.cache.pop(next(iter(self.cache)))
 
     async def _invoke(self, entry: FunctionEntry, record: EntityRecord, name: str, key: str,
                       requests: list[dict]) -> dict:

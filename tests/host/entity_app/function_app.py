@@ -98,6 +98,17 @@ def add_once(context: df.DurableOrchestrationContext):
     return (yield context.call_entity(df.EntityId("Counter", job["key"]), "add", job["amount"]))
 
 
+@app.orchestration_trigger(context_name="context")
+def count_up(context: df.DurableOrchestrationContext):
+    """n calls one after another: each answer is replayed in every later episode."""
+    job = context.get_input()
+    counter = df.EntityId("Counter", job["key"])
+    answers = []
+    for _ in range(job["n"]):
+        answers.append((yield context.call_entity(counter, "add", 1)))
+    return answers
+
+
 # SDK client -----------------------------------------------------------------------------
 @app.route(route="entity/{op}/{name}/{key}", methods=["POST", "GET"])
 @app.durable_client_input(client_name="client")
