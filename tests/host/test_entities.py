@@ -156,6 +156,19 @@ def test_state_a_failing_operation_set_before_raising_stands_as_on_azure(host, o
     assert "failed after changing the state" not in host.logs()  # operation errors are results, not crashes
 
 
+def test_a_batch_the_sdk_cannot_finish_changes_nothing_and_fails_its_calls(host):
+    """A state the SDK cannot serialize makes the entity function itself raise: no result for
+    any operation, so the batch is not committed and every call in it gets the error."""
+    key = new_key()
+    sdk_signal(host, "Counter", key, "add", 4)
+    wait_until(lambda: sdk_read(host, "Counter", key)["state"] == 4, 20, 0.1, "setup signal applied")
+    done = finished(host, start(host, "call_op", {"key": key, "op": "unstorable"}))
+    assert done["output"]["result"] is None
+    assert "Entity function 'counter' failed: TypeError" in done["output"]["error"]
+    assert sdk_read(host, "Counter", key) == {"exists": True, "state": 4}
+    assert "entity counter: batch of 1 operations failed as a whole (TypeError)" in host.logs()
+
+
 def test_entity_http_api_with_the_system_key(host, ops_dir):
     key = new_key()
     # a JSON body is the operation's input; a text/plain body is a string, which get_input reads as JSON

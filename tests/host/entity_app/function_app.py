@@ -24,7 +24,7 @@ def record(line: str) -> None:
 @app.entity_trigger(context_name="context", entity_name="Counter")
 def counter_entity(context: df.DurableEntityContext):
     """add n (refused below zero, before any change), add_then_fail n (changes, then raises),
-    get, delete."""
+    get, delete, unstorable (a state the SDK cannot serialize: the whole batch fails)."""
     operation = context.operation_name
     value = context.get_state(lambda: 0)
     record(f"{context.entity_key}:{operation}")
@@ -41,6 +41,8 @@ def counter_entity(context: df.DurableEntityContext):
         context.set_result(value)
     elif operation == "delete":
         context.destruct_on_exit()
+    elif operation == "unstorable":
+        context.set_state({value})
     else:
         raise ValueError(f"no operation {operation}")
 
@@ -90,6 +92,15 @@ def parallel_calls(context: df.DurableOrchestrationContext):
     context.signal_entity(df.EntityId("journal", keys[0]), "append", "between")
     second = context.call_entity(df.EntityId("Counter", keys[1]), "add", 2)
     return (yield context.task_all([first, second]))
+
+
+@app.orchestration_trigger(context_name="context")
+def call_op(context: df.DurableOrchestrationContext):
+    job = context.get_input()
+    try:
+        return {"result": (yield context.call_entity(df.EntityId("Counter", job["key"]), job["op"])), "error": None}
+    except Exception as error:
+        return {"result": None, "error": str(error)}
 
 
 @app.orchestration_trigger(context_name="context")
