@@ -26,7 +26,7 @@ from local_emulator.host.app_settings import indexing_error, load_local_settings
 
 log = logging.getLogger("local_emulator.host")
 # triggers of features the host does not implement: such a function alone fails indexing
-UNSUPPORTED_TRIGGERS = {"entityTrigger": "Durable entities (entityTrigger)"}
+UNSUPPORTED_TRIGGERS: dict[str, str] = {}
 
 # The worker's DEFERRED_BINDING_REGISTRY: converters of the SDK-type extensions the app imported.
 SDK_BINDING_REGISTRY = sdk_extensions.get_binding_registry()
@@ -141,7 +141,7 @@ def load_functions(app_dir: Path) -> FunctionIndex:
     """Index the functions the app registered (no second list of functions anywhere), with
     local.settings.json's Values in the environment first, as Core Tools does. A function
     whose connection setting is undefined, or whose trigger is a feature the host lacks
-    (entities), fails indexing alone (logged naming the setting or feature, left out)."""
+    (none at present), fails indexing alone (logged naming the setting or feature, left out)."""
     load_local_settings(app_dir)
     app = find_app(import_app_module(app_dir))
     entries = []

@@ -12,8 +12,9 @@ from aiohttp import web
 from local_emulator.host.app_loader import FunctionEntry, load_functions, task_hub_name
 from local_emulator.host.blob_trigger import BlobTriggers
 from local_emulator.host.blob_webhook import BlobWebhookTriggers
-from local_emulator.host.durable.api import DurableApi
+from local_emulator.host.durable.api import WEBHOOK_PREFIX, DurableApi
 from local_emulator.host.durable.engine import DurableEngine
+from local_emulator.host.durable.entity_api import EntityApi
 from local_emulator.host.durable.store import TaskHubStore
 from local_emulator.host.eventgrid_trigger import EventGridTriggers
 from local_emulator.host.http_trigger import HttpTriggers
@@ -22,7 +23,7 @@ from local_emulator.host.keys import HostKeys, key_matches, unauthorized
 
 log = logging.getLogger("local_emulator.host")
 SUPPORTED_BINDINGS = {"httpTrigger", "http", "durableClient", "blobTrigger", "eventGridTrigger",
-                      "orchestrationTrigger", "activityTrigger"}
+                      "orchestrationTrigger", "activityTrigger", "entityTrigger"}
 
 
 class FunctionHost:
@@ -73,9 +74,12 @@ class FunctionHost:
         EventGridTriggers(index, self.invoker, self.keys.eventgrid_system, self._extra_inputs).add_to(public)
         self.blob_webhook.add_to(public)
         self.durable_api.add_public_routes(public)
+        entity_api = EntityApi(self.engine.entities, self.keys.durable_system)
+        entity_api.add_public_routes(public, WEBHOOK_PREFIX)
         public.router.add_get("/admin/host/status", self._host_status)
         rpc = web.Application(client_max_size=100 * 1024 * 1024)
         self.durable_api.add_rpc_routes(rpc)
+        entity_api.add_rpc_routes(rpc)
 
         self.url = await self._serve(public, self.port)
         self.durable_api.public_url = self.url

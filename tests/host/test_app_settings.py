@@ -1,7 +1,7 @@
 """Settings as Core Tools and Azure resolve them (issue 13 item 8): local.settings.json's
 Values reach the app (the environment winning), a function whose connection setting is
 undefined fails indexing alone naming the setting, and host.json's hubName is honoured. An
-entity function (item 5, not implemented) fails indexing alone, naming the feature."""
+entity function is indexed beside the others (item 5)."""
 import json
 
 import requests
@@ -52,6 +52,5 @@ def test_local_settings_connections_and_hub_name(tmp_path, function_host, azurit
     assert "Skipping 'OVERRIDDEN' from local.settings.json" in logs
     assert "Error indexing method 'Functions.needs_missing'" in logs and "'MissingStorage'" in logs
     assert "Functions.needs_local" not in logs  # its connection comes from local.settings.json
-    assert ("Error indexing method 'Functions.counter_entity'. Durable entities (entityTrigger) are not "
-            "supported by the local host.") in logs  # that function alone, not the whole app
-    assert "2 functions, task hub settingshub" in logs
+    assert "Functions.counter_entity" not in logs
+    assert "3 functions, task hub settingshub" in logs

@@ -18,7 +18,7 @@ EVENT_NAMES = {0: "ExecutionStarted", 1: "ExecutionCompleted", 3: "ExecutionTerm
                4: "TaskScheduled", 5: "TaskCompleted", 6: "TaskFailed",
                7: "SubOrchestrationInstanceCreated", 8: "SubOrchestrationInstanceCompleted",
                9: "SubOrchestrationInstanceFailed", 10: "TimerCreated", 11: "TimerFired",
-               12: "OrchestratorStarted", 13: "OrchestratorCompleted", 15: "EventRaised"}
+               12: "OrchestratorStarted", 13: "OrchestratorCompleted", 14: "EventSent", 15: "EventRaised"}
 HIDDEN_FIELDS = ("MessageKey", "Action", "IsPlayed", "EventId")
 
 

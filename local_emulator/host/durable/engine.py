@@ -29,6 +29,7 @@ from azure.functions import meta
 from local_emulator.host.app_loader import FunctionEntry, FunctionIndex
 from local_emulator.host.durable import history as h
 from local_emulator.host.durable.activities import ActivityWorker
+from local_emulator.host.durable.entities import EntityWorker
 from local_emulator.host.durable.failures import OUT_OF_PROC, failure_details, user_exception
 from local_emulator.host.durable.store import ACTIVE, TERMINAL, Instance, TaskHubStore, storable_id
 from local_emulator.host.invoker import Invoker
@@ -100,6 +101,7 @@ class DurableEngine:
         self._work: set[asyncio.Task] = set()
         self.activity_worker = ActivityWorker(store, self.activities, invoker, lease_seconds, extra_inputs,
                                               self._spawn)
+        self.entities = EntityWorker(store, index, invoker, lease_seconds)
         self.cache: dict[str, Instance] = {}
         self._starting: dict[str, asyncio.Future] = {}  # execution id -> its row written (this process)
         self.cache_size = 5000
@@ -124,6 +126,8 @@ class DurableEngine:
         instance_id = instance_id or uuid.uuid4().hex
         if not storable_id(instance_id):
             raise InvalidInstanceId("Instance ids must not contain /, \\, #, ? or control characters.")
+        if instance_id.startswith("@"):  # the entities' namespace, as the extension reserves it
+            raise InvalidInstanceId("Orchestration instance ids must not start with @.")
         now = h.iso(h.utc_now())
         execution_id = h.new_key()
         version = self.default_version if version is None else version
@@ -235,7 +239,8 @@ class DurableEngine:
                 await self.store.control.delete_message(message)
         for instance_id, group in groups.items():
             await self.slots.acquire()
-            self._spawn(self._guarded(self._process_instance(instance_id, group)))
+            handler = self.entities.process if instance_id.startswith("@") else self._process_instance
+            self._spawn(self._guarded(handler(instance_id, group)))
 
     async def _activity_batch(self, messages: list) -> None:
         for message in messages:
@@ -464,6 +469,8 @@ class DurableEngine:
                   attempt: int = 1) -> dict:
         """History event for a newly scheduled task, and the message that does its work."""
         kind = action["actionType"]
+        if kind in (h.CALL_ENTITY, h.SIGNAL_ENTITY):
+            return self.entities.schedule(instance, action, task_id, outbound)
         instance_id, execution_id = instance.instance_id, instance.execution_id
         retry = action.get("retryOptions")
         if kind in (h.CALL_ACTIVITY, h.CALL_ACTIVITY_WITH_RETRY):
