@@ -1,6 +1,7 @@
 """The host process: one asyncio loop serving HTTP and Event Grid triggers, the blobs
 extension's webhook (EventGrid-source blob triggers) and its queue listener, the Durable
-management API, the Durable dispatchers and the blob-trigger poller for one app folder."""
+management API, the Durable dispatchers, the blob-trigger poller and the queue-trigger
+listeners for one app folder."""
 from __future__ import annotations
 
 import logging
@@ -19,10 +20,11 @@ from local_emulator.host.eventgrid_trigger import EventGridTriggers
 from local_emulator.host.http_trigger import HttpTriggers
 from local_emulator.host.invoker import Invoker
 from local_emulator.host.keys import HostKeys, key_matches, unauthorized
+from local_emulator.host.queue_trigger import QueueTriggers
 
 log = logging.getLogger("local_emulator.host")
 SUPPORTED_BINDINGS = {"httpTrigger", "http", "durableClient", "blobTrigger", "eventGridTrigger",
-                      "orchestrationTrigger", "activityTrigger"}
+                      "orchestrationTrigger", "activityTrigger", "queueTrigger", "blob"}
 
 
 class FunctionHost:
@@ -63,6 +65,7 @@ class FunctionHost:
         self.durable_api = DurableApi(self.engine, self.keys.durable_system)
         self.blobs = BlobTriggers(index, self.invoker, self.storage_connection, hub, self._extra_inputs,
                                   poll_seconds=float(os.environ.get("CCR_BLOB_POLL_SECONDS", "1.0")))
+        self.queues = QueueTriggers(index, self.invoker, self._extra_inputs)
         self.blob_webhook = BlobWebhookTriggers(index, self.invoker, self.keys.blobs_extension,
                                                 self.storage_connection, hub, self._extra_inputs,
                                                 lease_seconds=lease,
@@ -83,6 +86,7 @@ class FunctionHost:
         await self.engine.start()
         await self.blobs.start()
         await self.blob_webhook.start()
+        await self.queues.start()
         log.info("host ready: %d functions, task hub %s, %s", len(index), hub, self.url)
         return self
 
@@ -104,10 +108,11 @@ class FunctionHost:
     async def stop(self) -> None:
         await self.blobs.stop()
         await self.blob_webhook.stop()
+        await self.queues.stop()
         await self.engine.stop()
         for runner in self._runners:
             await runner.cleanup()
-        self.invoker.close()
+        await self.invoker.close()
         await _close_durable_client_session()
 
 
