@@ -10,6 +10,7 @@ import time
 import uuid
 
 import requests
+from azure.data.tables import TableClient
 
 from tests.conftest import wait_until
 from tests.host.conftest import manage, records, start, status, wait_done
@@ -72,12 +73,38 @@ def test_a_suspended_instance_holds_events_and_activity_results_until_resumed(sh
                        ("ExecutionSuspended", "again"), ("ExecutionResumed", "test")]
 
 
+def test_events_held_by_a_suspended_instance_survive_kill_9(host, azurite, record_dir):
+    """The held event is stored before its message is acknowledged: kill -9 the host, start it
+    again, and the instance is still Suspended and, once resumed, acts on the event."""
+    links = start(host, "gated", {"tag": "held"})
+    wait_status(links, "Running", "waiting")
+    assert manage(host, "suspend", links["id"]).status_code == 202
+    wait_status(links, "Suspended")
+    assert manage(host, "raise", links["id"], {"event": "go", "data": 4}).status_code == 202
+    table = TableClient.from_connection_string(azurite, f"{host.hub}Instances")
+    wait_until(lambda: [row for row in table.query_entities("PartitionKey eq @pk", parameters={"pk": links["id"]})
+                        if row["RowKey"].startswith("b")], 10, 0.05, "event held in a buffer row")
+    host.kill()
+    host.start()
+    held = status(links)
+    assert (held["runtimeStatus"], held["customStatus"]) == ("Suspended", "waiting")
+    assert manage(host, "resume", links["id"]).status_code == 202
+    done = wait_done(links, timeout=30)
+    assert (done["runtimeStatus"], done["output"]) == ("Completed", 40)
+    assert records(record_dir, "work", "held") == ["held:4"]
+    assert not [row for row in table.query_entities("PartitionKey eq @pk", parameters={"pk": links["id"]})
+                if row["RowKey"].startswith("b")]  # released rows are deleted
+    table.close()
+
+
 def test_suspend_and_resume_answer_as_http_api_handler_for_wrong_states(shared_host):
     """404 unknown, 410 finished, 500 (the extension's InvalidOperationException, in its error
     shape) for suspending a suspended instance or resuming a running one; a terminate still
     ends a suspended instance."""
     host = shared_host
     assert post(host, "no-such-instance", "suspend").status_code == 404
+    unkeyed = requests.post(webhook(host, "/instances/no-such-instance/suspend"), timeout=10)
+    assert unkeyed.status_code == 401  # the public webhook wants the durabletask system key
     assert post(host, "no-such-instance", "resume").status_code == 404
     refused = manage(host, "suspend", "no-such-instance").json()["refused"]
     assert refused == "No instance with ID 'no-such-instance' found."

@@ -9,10 +9,8 @@ receiver drops the duplicates; queue messages are deleted only after the commit.
 record their outcome in a table before acknowledging, so a redelivered work item reports the
 recorded outcome instead of running again. Each instance is processed by one task at a time.
 
-Suspension as DTF's executor: ExecutionSuspended (from `suspend`) sets the status Suspended;
-events arriving afterwards are stored in buffer rows and no orchestrator code runs until
-ExecutionResumed hands them to one episode; terminate still acts at once. The two markers
-are history (showHistory lists them) the SDK's replay never sees.
+Suspension (suspension.py): while suspended, events are held and no orchestrator code runs;
+the suspend and resume markers are history the SDK's replay never sees.
 
 Retries belong to the host (as DTF's RetryInterceptor): TaskFailed, then a back-off timer,
 then a new TaskScheduled. Such retry events are replayed one per episode so the task ids the
@@ -36,6 +34,7 @@ from local_emulator.host.durable import history as h
 from local_emulator.host.durable.activities import ActivityWorker
 from local_emulator.host.durable.failures import OUT_OF_PROC, failure_details, user_exception
 from local_emulator.host.durable.store import ACTIVE, TERMINAL, Instance, TaskHubStore, storable_id
+from local_emulator.host.durable.suspension import apply_suspension
 from local_emulator.host.invoker import Invoker
 from shared import fault_points
 
@@ -346,7 +345,7 @@ class DurableEngine:
             self._finish(instance, "Terminated", json.loads(terminate.get("Input") or "null"),
                          new_history, outbound, terminate)
         else:
-            events = self._apply_suspension(instance, events, new_history)
+            events = apply_suspension(instance, events, new_history)
             ordinary = [e for e in events if not self._is_retry_event(instance.history, e)]
             batches = ([ordinary] if ordinary else []) + [[e] for e in events if e not in ordinary]
             for batch in batches:
@@ -359,32 +358,6 @@ class DurableEngine:
         reset = first_episode or instance.state.get("Episodes", 0) == 0
         await self.store.commit(instance, new_history, reset_history=reset)
         self._remember(instance)
-
-    @staticmethod
-    def _apply_suspension(instance: Instance, events: list[dict], new_history: list[dict]) -> list[dict]:
-        """The events the orchestrator may see now, in order. Suspend and resume markers go to
-        the history (a repeated one is dropped); while suspended, events are held for
-        `instance.new_buffered`; a resume releases everything held, oldest first."""
-        state = instance.state
-        runnable: list[dict] = []
-        for event in events:
-            kind = event["EventType"]
-            suspended = state["RuntimeStatus"] == "Suspended"
-            if kind in h.SUSPENSION_MARKERS:
-                if suspended == (kind == h.EXECUTION_SUSPENDED):
-                    continue  # suspending a suspended instance, resuming a running one
-                state["RuntimeStatus"] = "Suspended" if kind == h.EXECUTION_SUSPENDED else "Running"
-                state["LastUpdatedTime"] = h.iso(h.utc_now())
-                instance.history.append(event)
-                new_history.append(event)
-                if kind == h.EXECUTION_RESUMED:
-                    runnable += instance.buffered + instance.new_buffered
-                    instance.new_buffered, instance.release_buffer = [], True
-            elif suspended and kind != h.EXECUTION_STARTED:
-                instance.new_buffered.append(event)
-            else:
-                runnable.append(event)
-        return runnable
 
     @staticmethod
     def _work_item_messages(instance: Instance, limit: int = 48 * 1024) -> list[dict]:
