@@ -42,12 +42,16 @@ class FunctionHost:
         self.url = ""
         self._runners: list[web.AppRunner] = []
 
-    def _check_bindings(self, entries) -> None:
-        for entry in entries:
-            for binding in entry.bindings:
-                if binding["type"] not in SUPPORTED_BINDINGS:
-                    raise ValueError(f"function {entry.name}: binding type {binding['type']!r} is not "
-                                     f"supported by the local host")
+    @staticmethod
+    def _check_bindings(index) -> None:
+        """A function with a binding type the host lacks fails indexing alone, naming the
+        function and the type; the rest of the app runs."""
+        for entry in list(index.entries.values()):
+            unsupported = sorted({b["type"] for b in entry.bindings} - SUPPORTED_BINDINGS)
+            if unsupported:
+                log.error("Error indexing method 'Functions.%s'. Binding type(s) %s are not supported by the "
+                          "local host.", entry.name, ", ".join(repr(t) for t in unsupported))
+                del index.entries[entry.name]
 
     def _extra_inputs(self, entry: FunctionEntry) -> dict:
         """Non-trigger input bindings: the durable client's JSON payload."""
@@ -56,7 +60,7 @@ class FunctionHost:
 
     async def start(self) -> "FunctionHost":
         index = load_functions(self.app_dir)
-        self._check_bindings(index.entries.values())
+        self._check_bindings(index)
         hub = task_hub_name(self.app_dir, os.environ.get("CCR_TASK_HUB"))
         self.invoker = Invoker()
         lease = int(os.environ.get("CCR_HOST_LEASE_SECONDS", "30"))

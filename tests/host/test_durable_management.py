@@ -237,6 +237,11 @@ def test_instance_queries_page_with_top_and_continuation_tokens(shared_host):
         if not token:
             break
     assert pages == [ids[0:2], ids[2:4], ids[4:5]]
+    without_input = requests.get(webhook(host, "/instances"), params={
+        "code": host.system_key, "instanceIdPrefix": prefix, "top": "nonsense", "showInput": "false"}, timeout=10)
+    assert [item["instanceId"] for item in without_input.json()] == ids  # an unreadable top: the default page
+    assert {item["input"] for item in without_input.json()} == {None}
+    assert without_input.headers["x-ms-continuation-token"] == ""
 
     forged = base64.urlsafe_b64encode(b"not ours").decode()
     refused = requests.get(webhook(host, "/instances"), params={"code": host.system_key},

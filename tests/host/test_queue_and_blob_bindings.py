@@ -119,13 +119,15 @@ def test_an_http_route_parameter_names_the_input_blob(queue_host, blobs):
     assert requests.get(f"{queue_host.url}/api/blobs/absent.txt", params=key, timeout=10).status_code == 404
 
 
-def test_functions_on_undefined_connection_settings_fail_indexing_alone(queue_host, queue_records):
+def test_undefined_connections_and_unsupported_bindings_fail_indexing_alone(queue_host, queue_records):
     logs = queue_host.logs()
     for function, setting in (("queue_on_undefined_account", "UndefinedQueueAccount"),
                               ("blob_on_undefined_account", "UndefinedBlobAccount")):
         assert f"Error indexing method 'Functions.{function}'. The connection setting '{setting}'" in logs
     assert requests.get(f"{queue_host.url}/api/undefined", params={"code": queue_host.function_key},
                         timeout=10).status_code == 404
+    assert ("Error indexing method 'Functions.needs_table_output'. Binding type(s) 'table' are not supported "
+            "by the local host.") in logs
     assert "4 functions" in logs and records(queue_records, "never") == []
 
 

@@ -223,7 +223,9 @@ class DurableApi:
         more = len(page) > page_size
         page = page[:page_size]
         token = continuation.encode(page[-1][0]) if more else ""
-        return web.json_response([self._status_body(instance_id, state, None, True) for instance_id, state in page],
+        show_input = _flag(request, "showInput", True)
+        return web.json_response([self._status_body(instance_id, state, None, show_input)
+                                  for instance_id, state in page],
                                  headers={continuation.HEADER: token})
 
     async def purge(self, request: web.Request, client_encoded: bool) -> web.Response:

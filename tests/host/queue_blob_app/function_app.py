@@ -58,3 +58,10 @@ def queue_on_undefined_account(msg: func.QueueMessage) -> None:
 @app.blob_input(arg_name="text", path="qt-inputs/x", connection="UndefinedBlobAccount")
 def blob_on_undefined_account(req: func.HttpRequest, text: str) -> func.HttpResponse:
     return func.HttpResponse("unreachable")
+
+
+@app.queue_trigger(arg_name="msg", queue_name="qt-tables", connection=STORAGE)
+@app.table_output(arg_name="row", table_name="qttables", connection=STORAGE)
+def needs_table_output(msg: func.QueueMessage, row: func.Out[str]) -> None:
+    """A binding type the local host lacks: this function alone fails indexing."""
+    record("never", "table")
