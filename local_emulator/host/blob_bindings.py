@@ -42,7 +42,7 @@ def resolve_path(template: str, values: dict[str, Any]) -> str:
         if name.lower() == "rand-guid":
             return str(uuid.uuid4())
         if name.lower() == "datetime":
-            return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H-%M-%SZ")
+            return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H-%M-%SZ")
         if name.lower() not in lowered or lowered[name.lower()] is None:
             raise BindingExpressionError(f"No value for named parameter '{name}'.")
         return str(lowered[name.lower()])
@@ -131,6 +131,6 @@ class BlobBindings:
 def _hints(entry: FunctionEntry) -> dict[str, Any]:
     try:
         return typing.get_type_hints(entry.user_function)
-    except Exception:  # annotations that do not resolve: treat every parameter as untyped
+    except (NameError, TypeError):  # annotations that do not resolve: every parameter untyped
         return {}
 

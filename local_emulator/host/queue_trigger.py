@@ -84,7 +84,7 @@ class QueueTriggers:
         """Let invocations in flight finish (their message is then deleted or released)."""
         self._stopping.set()
         if self._tasks:
-            done, pending = await asyncio.wait(self._tasks, timeout=grace_seconds)
+            _, pending = await asyncio.wait(self._tasks, timeout=grace_seconds)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -98,7 +98,7 @@ class QueueTriggers:
                 messages = [m async for m in queue.receive_messages(
                     messages_per_page=int(self.options["batchSize"]), max_messages=int(self.options["batchSize"]),
                     visibility_timeout=LEASE_SECONDS)]
-            except Exception:
+            except Exception:  # keep listening; storage may come back
                 log.exception("queue trigger %s: receiving failed", entry.name)
                 messages = []
             if messages:
@@ -107,7 +107,7 @@ class QueueTriggers:
                 continue
             try:
                 await asyncio.wait_for(self._stopping.wait(), idle)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 idle = min(idle * 2, self.options["maxPollingInterval"])
 
     async def _process(self, entry: FunctionEntry, queue: QueueClient, poison: QueueClient, message) -> None:
@@ -124,7 +124,7 @@ class QueueTriggers:
             return
         try:
             await self._invoke(entry, message, body)
-        except Exception:
+        except Exception:  # noqa: BLE001 - any failure of the function counts as a failed dequeue
             if message.dequeue_count >= max_dequeue:
                 log.warning("queue trigger %s: message %s failed %d times; moved to %s", entry.name, message.id,
                             message.dequeue_count, poison.queue_name)

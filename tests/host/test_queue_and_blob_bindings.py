@@ -10,9 +10,13 @@ from pathlib import Path
 
 import pytest
 import requests
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient
-from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+from azure.storage.queue import (
+    QueueClient,
+    TextBase64DecodePolicy,
+    TextBase64EncodePolicy,
+)
 
 from local_emulator.host.blob_bindings import BindingExpressionError, resolve_path
 from local_emulator.host.queue_trigger import seconds
@@ -40,7 +44,7 @@ def blobs(azurite):
     for name in ("qt-inputs", "qt-outputs"):
         try:
             service.create_container(name)
-        except Exception:
+        except ResourceExistsError:
             pass
     yield service
     service.close()

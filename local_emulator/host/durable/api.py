@@ -9,9 +9,15 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from local_emulator.host.durable import continuation, history as h
-from local_emulator.host.durable.engine import (DurableEngine, InstanceExists, InvalidInstanceId, UnknownOrchestrator,
-                                                WrongState)
+from local_emulator.host.durable import continuation
+from local_emulator.host.durable import history as h
+from local_emulator.host.durable.engine import (
+    DurableEngine,
+    InstanceExists,
+    InvalidInstanceId,
+    UnknownOrchestrator,
+    WrongState,
+)
 from local_emulator.host.durable.history_view import public_history
 from local_emulator.host.durable.store import ACTIVE, TERMINAL
 from local_emulator.host.keys import key_matches, unauthorized

@@ -21,7 +21,7 @@ def decode(token: str) -> str | None:
     try:
         after = json.loads(base64.urlsafe_b64decode(token.encode()))["after"]
     except (binascii.Error, ValueError, KeyError, TypeError):
-        raise ValueError("the continuation token was not issued by this host") from None
-    if not isinstance(after, str):
-        raise ValueError("the continuation token was not issued by this host")
-    return after
+        after = None
+    if isinstance(after, str):
+        return after
+    raise ValueError("the continuation token was not issued by this host")
