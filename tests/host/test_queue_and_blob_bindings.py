@@ -97,8 +97,10 @@ def test_a_failing_message_is_tried_five_times_then_moved_to_the_poison_queue(qu
         return [m.content for m in poison.peek_messages(max_messages=32) if m.content == text]
     wait_until(poisoned, 20, message="message in the poison queue")
     assert records(queue_records, "doomed", text) == [f"{text}:{n}" for n in range(1, 6)]
-    with QueueClient.from_connection_string(azurite, "qt-doomed") as queue:
-        assert queue.get_queue_properties().approximate_message_count == 0
+    with QueueClient.from_connection_string(azurite, "qt-doomed") as queue:  # copied, then deleted
+        wait_until(lambda: queue.get_queue_properties().approximate_message_count == 0, 10,
+                   message="the poisoned message deleted from its queue")
+    assert records(queue_records, "doomed", text) == [f"{text}:{n}" for n in range(1, 6)]  # and not run again
     for message in poison.receive_messages():
         if message.content == text:
             poison.delete_message(message)
@@ -112,6 +114,17 @@ def test_a_message_that_is_not_base64_is_poisoned_without_running(queue_host, qu
         wait_until(lambda: any(m.content == text for m in poison.peek_messages(max_messages=32)), 20,
                    message="undecodable message poisoned")
     assert not any(text in line for line in records(queue_records, "doomed"))
+
+
+def test_a_blob_triggers_path_names_name_its_output_blob(queue_host, blobs):
+    stem = f"arrival-{uuid.uuid4().hex[:8]}"
+    try:
+        blobs.create_container("qt-arrivals")
+    except ResourceExistsError:
+        pass
+    blobs.get_blob_client("qt-arrivals", stem + ".txt").upload_blob(b"12345")
+    receipt = wait_until(lambda: blob_text(blobs, "qt-outputs", stem + ".receipt"), 15, message="receipt blob")
+    assert receipt == "seen 5"
 
 
 def test_an_http_route_parameter_names_the_input_blob(queue_host, blobs):
@@ -132,7 +145,7 @@ def test_undefined_connections_and_unsupported_bindings_fail_indexing_alone(queu
                         timeout=10).status_code == 404
     assert ("Error indexing method 'Functions.needs_table_output'. Binding type(s) 'table' are not supported "
             "by the local host.") in logs
-    assert "4 functions" in logs and records(queue_records, "never") == []
+    assert "5 functions" in logs and records(queue_records, "never") == []
 
 
 def test_binding_expressions_and_host_json_durations():

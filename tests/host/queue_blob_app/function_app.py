@@ -34,6 +34,13 @@ def sizes(msg: func.QueueMessage, raw: bytes, stream: func.InputStream) -> str:
                        "id": msg.id, "kind": msg.get_json()["kind"]})
 
 
+@app.blob_trigger(arg_name="blob", path="qt-arrivals/{stem}.txt", connection=STORAGE)
+@app.blob_output(arg_name="receipt", path="qt-outputs/{stem}.receipt", connection=STORAGE)
+def on_arrival(blob: func.InputStream, receipt: func.Out[bytes]) -> None:
+    """A blob trigger's path names ({stem}) name its output blob."""
+    receipt.set(b"seen " + str(len(blob.read())).encode())
+
+
 @app.queue_trigger(arg_name="msg", queue_name="qt-doomed", connection=STORAGE)
 def doomed(msg: func.QueueMessage) -> None:
     record("doomed", f"{msg.get_body().decode()}:{msg.dequeue_count}")
