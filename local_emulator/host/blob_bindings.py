@@ -1,6 +1,7 @@
 """Blob input and output bindings (`@app.blob_input`, `@app.blob_output`) as the storage
 extension and the Python worker serve them, for every trigger:
-- the path is a binding expression resolved from the invocation's trigger data
+- the path is a binding expression: `%Setting%` from app settings, then `{...}` from the
+  invocation's trigger data
   (`{queueTrigger}`, a queue message's JSON properties, a blob trigger's path names, an HTTP
   route's parameters) plus `{rand-guid}` and `{DateTime}`; a name with no value fails the
   invocation, as the host's binding does;
@@ -13,6 +14,7 @@ Each binding reads its account from its own connection setting (checked at index
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 import typing
 import uuid
@@ -27,10 +29,20 @@ from local_emulator.host.app_loader import FunctionEntry
 from local_emulator.host.app_settings import connection_string
 
 _EXPRESSION = re.compile(r"\{([^{}]+)\}")
+_SETTING = re.compile(r"%([^%]+)%")
 
 
 class BindingExpressionError(Exception):
     """A `{name}` in a binding's path that the invocation has no value for."""
+
+
+def resolve_settings(template: str) -> str:
+    """'%InputContainer%/x' with the app setting's value, as the host resolves `%...%`."""
+    def value_of(found: re.Match) -> str:
+        if not os.environ.get(found.group(1)):
+            raise BindingExpressionError(f"'%{found.group(1)}%' does not resolve to a value.")
+        return os.environ[found.group(1)]
+    return _SETTING.sub(value_of, template)
 
 
 def resolve_path(template: str, values: dict[str, Any]) -> str:
@@ -46,7 +58,7 @@ def resolve_path(template: str, values: dict[str, Any]) -> str:
         if name.lower() not in lowered or lowered[name.lower()] is None:
             raise BindingExpressionError(f"No value for named parameter '{name}'.")
         return str(lowered[name.lower()])
-    return _EXPRESSION.sub(value_of, template)
+    return _EXPRESSION.sub(value_of, resolve_settings(template))
 
 
 class Out(func.Out):

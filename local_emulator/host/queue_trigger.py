@@ -25,6 +25,7 @@ from azure.storage.queue.aio import QueueClient
 
 from local_emulator.host.app_loader import FunctionEntry, FunctionIndex
 from local_emulator.host.app_settings import connection_string
+from local_emulator.host.blob_bindings import resolve_settings
 from local_emulator.host.invoker import Invoker
 
 log = logging.getLogger("local_emulator.host.queues")
@@ -69,7 +70,7 @@ class QueueTriggers:
     async def start(self) -> None:
         for entry in self.functions:
             connection = connection_string(entry.trigger.get("connection") or "AzureWebJobsStorage")
-            queue_name = entry.trigger["queueName"]
+            queue_name = resolve_settings(entry.trigger["queueName"])
             queue = QueueClient.from_connection_string(connection, queue_name)
             poison = QueueClient.from_connection_string(connection, f"{queue_name}-poison")
             self._clients += [queue, poison]

@@ -33,7 +33,8 @@ def queue_records(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def queue_host(azurite, queue_records):
-    process = HostProcess(APP_DIR, azurite, env={"CCR_TEST_RECORD_DIR": str(queue_records)}).start()
+    process = HostProcess(APP_DIR, azurite, env={"CCR_TEST_RECORD_DIR": str(queue_records),
+                                                 "QT_JSON_QUEUE": "qt-json"}).start()
     yield process
     process.stop()
 
@@ -148,7 +149,11 @@ def test_undefined_connections_and_unsupported_bindings_fail_indexing_alone(queu
     assert "5 functions" in logs and records(queue_records, "never") == []
 
 
-def test_binding_expressions_and_host_json_durations():
+def test_binding_expressions_and_host_json_durations(monkeypatch):
+    monkeypatch.setenv("OUTPUT_CONTAINER", "results")
+    assert resolve_path("%OUTPUT_CONTAINER%/{queueTrigger}", {"queueTrigger": "a.txt"}) == "results/a.txt"
+    with pytest.raises(BindingExpressionError, match="'%NO_SUCH_SETTING%' does not resolve"):
+        resolve_path("%NO_SUCH_SETTING%/x", {})
     assert resolve_path("out/{queueTrigger}-{Name}.txt", {"queuetrigger": "a", "name": "b"}) == "out/a-b.txt"
     assert len(resolve_path("out/{rand-guid}", {})) == len("out/") + 36
     with pytest.raises(BindingExpressionError, match="No value for named parameter 'nope'"):

@@ -24,12 +24,13 @@ def copy_upper(msg: func.QueueMessage, text: str, copy: func.Out[str]) -> None:
         copy.set(text.upper())
 
 
-@app.queue_trigger(arg_name="msg", queue_name="qt-json", connection=STORAGE)
+@app.queue_trigger(arg_name="msg", queue_name="%QT_JSON_QUEUE%", connection=STORAGE)
 @app.blob_input(arg_name="raw", path="qt-inputs/{name}", data_type="binary", connection=STORAGE)
 @app.blob_input(arg_name="stream", path="qt-inputs/{name}", connection=STORAGE)
 @app.blob_output(arg_name="$return", path="qt-outputs/{name}.sizes", connection=STORAGE)
 def sizes(msg: func.QueueMessage, raw: bytes, stream: func.InputStream) -> str:
-    """A JSON message's property names the blob; the sizes seen as bytes and as a stream."""
+    """A JSON message's property names the blob (the queue's name is an app setting); the sizes
+    seen as bytes and as a stream."""
     return json.dumps({"bytes": [type(raw).__name__, len(raw)], "stream": len(stream.read()),
                        "id": msg.id, "kind": msg.get_json()["kind"]})
 
