@@ -25,7 +25,7 @@ from azure.storage.queue.aio import QueueClient
 
 from local_emulator.host.app_loader import FunctionEntry, FunctionIndex
 from local_emulator.host.app_settings import connection_string
-from local_emulator.host.blob_bindings import resolve_settings
+from local_emulator.host.blob_bindings import BindingExpressionError, resolve_settings
 from local_emulator.host.invoker import Invoker
 
 log = logging.getLogger("local_emulator.host.queues")
@@ -69,8 +69,12 @@ class QueueTriggers:
 
     async def start(self) -> None:
         for entry in self.functions:
-            connection = connection_string(entry.trigger.get("connection") or "AzureWebJobsStorage")
-            queue_name = resolve_settings(entry.trigger["queueName"])
+            try:
+                connection = connection_string(entry.trigger.get("connection") or "AzureWebJobsStorage")
+                queue_name = resolve_settings(entry.trigger["queueName"])
+            except (ValueError, BindingExpressionError) as unresolved:  # this function alone does not run, as on Azure
+                log.error("Error indexing method 'Functions.%s'. %s", entry.name, unresolved)
+                continue
             queue = QueueClient.from_connection_string(connection, queue_name)
             poison = QueueClient.from_connection_string(connection, f"{queue_name}-poison")
             self._clients += [queue, poison]
