@@ -146,7 +146,9 @@ def test_undefined_connections_and_unsupported_bindings_fail_indexing_alone(queu
                         timeout=10).status_code == 404
     assert ("Error indexing method 'Functions.needs_table_output'. Binding type(s) 'table' are not supported "
             "by the local host.") in logs
-    assert "5 functions" in logs and records(queue_records, "never") == []
+    assert ("Error indexing method 'Functions.queue_named_by_an_undefined_setting'. '%QT_UNDEFINED_QUEUE%' "
+            "does not resolve to a value.") in logs
+    assert "6 functions" in logs and records(queue_records, "never") == []
 
 
 def test_binding_expressions_and_host_json_durations(monkeypatch):

@@ -73,3 +73,8 @@ def blob_on_undefined_account(req: func.HttpRequest, text: str) -> func.HttpResp
 def needs_table_output(msg: func.QueueMessage, row: func.Out[str]) -> None:
     """A binding type the local host lacks: this function alone fails indexing."""
     record("never", "table")
+
+
+@app.queue_trigger(arg_name="msg", queue_name="%QT_UNDEFINED_QUEUE%", connection=STORAGE)
+def queue_named_by_an_undefined_setting(msg: func.QueueMessage) -> None:
+    record("never", "unnamed queue")
