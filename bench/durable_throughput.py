@@ -80,8 +80,7 @@ def run(url: str, key: str, system_key: str, n: int) -> dict:
     done: dict[str, dict] = {}
     deadline = time.monotonic() + 600
     while len(done) < n and time.monotonic() < deadline:
-        listing = requests.get(f"{url}/runtime/webhooks/durabletask/instances",
-                               params={"code": system_key, "runtimeStatus": "Completed,Failed"}, timeout=60).json()
+        listing = list_instances(url, system_key, "Completed,Failed")
         done = {s["instanceId"]: s for s in listing if s["instanceId"] in ids}
         if len(done) < n:
             time.sleep(0.25)
@@ -100,6 +99,21 @@ def run(url: str, key: str, system_key: str, n: int) -> dict:
           f"{figures['orchestrations_per_s']} orchestrations/s, {figures['activities_per_s']} activities/s, "
           f"latency p50 {figures['p50_latency_s']} s, p95 {figures['p95_latency_s']} s", flush=True)
     return figures
+
+
+def list_instances(url: str, system_key: str, runtime_status: str) -> list[dict]:
+    """Every page of an instance query (a page holds 100 unless `top` says otherwise, as on
+    Azure), following x-ms-continuation-token."""
+    found, token = [], ""
+    while True:
+        answer = requests.get(f"{url}/runtime/webhooks/durabletask/instances",
+                              params={"code": system_key, "runtimeStatus": runtime_status, "top": "1000"},
+                              headers={"x-ms-continuation-token": token} if token else {}, timeout=60)
+        answer.raise_for_status()
+        found += answer.json()
+        token = answer.headers.get("x-ms-continuation-token", "")
+        if not token:
+            return found
 
 
 def main() -> None:

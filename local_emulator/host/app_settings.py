@@ -51,6 +51,18 @@ def connection_defined(name: str) -> bool:
     return False
 
 
+def connection_string(name: str) -> str:
+    """The connection string a binding's setting names (`<name>` or `AzureWebJobs<name>`); an
+    identity-based section alone is refused: this host has no identity to connect with."""
+    for candidate in (name, "AzureWebJobs" + name):
+        if os.environ.get(candidate):
+            return os.environ[candidate]
+    if connection_defined(name):
+        raise ValueError(f"connection {name!r} is identity-based ({name}__*); the local host needs a "
+                         f"connection string")
+    raise ValueError(f"The connection setting '{name}' does not exist")
+
+
 def undefined_connections(bindings: list[dict]) -> list[str]:
     """The connection settings these bindings name that resolve to nothing."""
     missing = []

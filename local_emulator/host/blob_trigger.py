@@ -41,6 +41,14 @@ def compile_blob_path(path: str) -> tuple[str, str, re.Pattern]:
     return container, prefix, re.compile("^" + regex + "$")
 
 
+def path_values(entry: FunctionEntry, container_name: str, blob_name: str) -> dict[str, str]:
+    """The trigger's binding data for other bindings' paths: the names its path pattern
+    captures (`{name}`, ...) and `BlobTrigger` (container/blob)."""
+    _, _, pattern = compile_blob_path(entry.trigger["path"])
+    found = pattern.match(blob_name)
+    return {**(found.groupdict() if found else {}), "BlobTrigger": f"{container_name}/{blob_name}"}
+
+
 @dataclass(frozen=True)
 class ModelBindingData:
     """The worker protocol's ModelBindingData message, as the storage extension fills it."""
@@ -159,7 +167,8 @@ class BlobTriggers:
             return  # deleted meanwhile
         try:  # a binding the worker cannot build (e.g. an unknown connection setting) fails the attempt too
             argument = entry.decode_trigger(datum, self._metadata(container, blob))
-            await self.invoker.invoke(entry, {entry.trigger["name"]: argument, **self.extra_inputs(entry)})
+            await self.invoker.invoke(entry, {entry.trigger["name"]: argument, **self.extra_inputs(entry)},
+                                      binding_data=path_values(entry, container.container_name, blob.name))
             receipt["Status"] = "fired"
         except Exception:
             receipt["Attempts"] += 1

@@ -38,7 +38,8 @@ from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
 from local_emulator.host.app_loader import FunctionEntry, FunctionIndex, supports_deferred_binding
-from local_emulator.host.blob_trigger import MAX_ATTEMPTS, POISON_QUEUE, BlobTriggers, blob_reference, compile_blob_path
+from local_emulator.host.blob_trigger import (MAX_ATTEMPTS, POISON_QUEUE, BlobTriggers, blob_reference,
+                                              compile_blob_path, path_values)
 from local_emulator.host.invoker import Invoker
 from local_emulator.host.keys import key_matches, unauthorized
 
@@ -226,7 +227,8 @@ class BlobWebhookTriggers:
             else:
                 datum = meta.Datum(await (await container.download_blob(properties.name)).readall(), "bytes")
             argument = entry.decode_trigger(datum, BlobTriggers._metadata(container, properties))
-            await self.invoker.invoke(entry, {entry.trigger["name"]: argument, **self.extra_inputs(entry)})
+            await self.invoker.invoke(entry, {entry.trigger["name"]: argument, **self.extra_inputs(entry)},
+                                      binding_data=path_values(entry, container.container_name, properties.name))
         except Exception:
             if message.dequeue_count >= MAX_ATTEMPTS:
                 await self._send_poison(entry, message.content)

@@ -114,7 +114,8 @@ class HttpTriggers:
         kwargs = {entry.trigger["name"]: build_request(request, body, route_params)}
         kwargs.update(self.extra_inputs(entry))
         try:
-            result = await self.invoker.invoke(entry, kwargs)
+            binding_data = {**{f"Query.{k}": v for k, v in request.query.items()}, **route_params}
+            result = await self.invoker.invoke(entry, kwargs, binding_data=binding_data)
         except Exception:  # the traceback is in the host log; the caller gets a bare 500, as on Azure
             return web.Response(status=500)
         return to_web_response(result)

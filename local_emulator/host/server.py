@@ -1,6 +1,7 @@
 """The host process: one asyncio loop serving HTTP and Event Grid triggers, the blobs
 extension's webhook (EventGrid-source blob triggers) and its queue listener, the Durable
-management API, the Durable dispatchers and the blob-trigger poller for one app folder."""
+management API, the Durable dispatchers, the blob-trigger poller and the queue-trigger
+listeners for one app folder."""
 from __future__ import annotations
 
 import logging
@@ -20,10 +21,11 @@ from local_emulator.host.eventgrid_trigger import EventGridTriggers
 from local_emulator.host.http_trigger import HttpTriggers
 from local_emulator.host.invoker import Invoker
 from local_emulator.host.keys import HostKeys, key_matches, unauthorized
+from local_emulator.host.queue_trigger import QueueTriggers
 
 log = logging.getLogger("local_emulator.host")
 SUPPORTED_BINDINGS = {"httpTrigger", "http", "durableClient", "blobTrigger", "eventGridTrigger",
-                      "orchestrationTrigger", "activityTrigger", "entityTrigger"}
+                      "orchestrationTrigger", "activityTrigger", "entityTrigger", "queueTrigger", "blob"}
 
 
 class FunctionHost:
@@ -41,12 +43,16 @@ class FunctionHost:
         self.url = ""
         self._runners: list[web.AppRunner] = []
 
-    def _check_bindings(self, entries) -> None:
-        for entry in entries:
-            for binding in entry.bindings:
-                if binding["type"] not in SUPPORTED_BINDINGS:
-                    raise ValueError(f"function {entry.name}: binding type {binding['type']!r} is not "
-                                     f"supported by the local host")
+    @staticmethod
+    def _check_bindings(index) -> None:
+        """A function with a binding type the host lacks fails indexing alone, naming the
+        function and the type; the rest of the app runs."""
+        for entry in list(index.entries.values()):
+            unsupported = sorted({b["type"] for b in entry.bindings} - SUPPORTED_BINDINGS)
+            if unsupported:
+                log.error("Error indexing method 'Functions.%s'. Binding type(s) %s are not supported by the "
+                          "local host.", entry.name, ", ".join(repr(t) for t in unsupported))
+                del index.entries[entry.name]
 
     def _extra_inputs(self, entry: FunctionEntry) -> dict:
         """Non-trigger input bindings: the durable client's JSON payload."""
@@ -55,7 +61,7 @@ class FunctionHost:
 
     async def start(self) -> "FunctionHost":
         index = load_functions(self.app_dir)
-        self._check_bindings(index.entries.values())
+        self._check_bindings(index)
         hub = task_hub_name(self.app_dir, os.environ.get("CCR_TASK_HUB"))
         self.invoker = Invoker()
         lease = int(os.environ.get("CCR_HOST_LEASE_SECONDS", "30"))
@@ -64,6 +70,7 @@ class FunctionHost:
         self.durable_api = DurableApi(self.engine, self.keys.durable_system)
         self.blobs = BlobTriggers(index, self.invoker, self.storage_connection, hub, self._extra_inputs,
                                   poll_seconds=float(os.environ.get("CCR_BLOB_POLL_SECONDS", "1.0")))
+        self.queues = QueueTriggers(index, self.invoker, self._extra_inputs)
         self.blob_webhook = BlobWebhookTriggers(index, self.invoker, self.keys.blobs_extension,
                                                 self.storage_connection, hub, self._extra_inputs,
                                                 lease_seconds=lease,
@@ -87,6 +94,7 @@ class FunctionHost:
         await self.engine.start()
         await self.blobs.start()
         await self.blob_webhook.start()
+        await self.queues.start()
         log.info("host ready: %d functions, task hub %s, %s", len(index), hub, self.url)
         return self
 
@@ -108,10 +116,11 @@ class FunctionHost:
     async def stop(self) -> None:
         await self.blobs.stop()
         await self.blob_webhook.stop()
+        await self.queues.stop()
         await self.engine.stop()
         for runner in self._runners:
             await runner.cleanup()
-        self.invoker.close()
+        await self.invoker.close()
         await _close_durable_client_session()
 
 

@@ -59,7 +59,7 @@ def status(links: dict, **params) -> dict:
 def wait_done(links: dict, timeout: float = 30.0) -> dict:
     def finished():
         body = status(links)
-        return body if body["runtimeStatus"] not in ("Pending", "Running") else None
+        return body if body["runtimeStatus"] not in ("Pending", "Running", "Suspended") else None
     return wait_until(finished, timeout, 0.1, "orchestration finished")
 
 

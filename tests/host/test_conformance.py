@@ -211,9 +211,10 @@ def test_70_kb_values_flow_through_queues_and_tables(shared_host, azurite):
     assert {"state:Input", "state:Output"} <= properties
     assert sum("/state-Input-" in name for name in names) == 1  # uploaded once, not per episode
 
-    history = requests.get(links["statusQueryGetUri"], params={"showHistory": "true"}, timeout=10).json()
+    history = requests.get(links["statusQueryGetUri"], params={"showHistory": "true", "showHistoryOutput": "true"},
+                           timeout=10).json()
     completed = [e for e in history["historyEvents"] if e["EventType"] == "TaskCompleted"]
-    assert len(completed) == 2 and len(json.loads(completed[0]["Result"])) == KB * 1024
+    assert len(completed) == 2 and len(completed[0]["Result"]) == KB * 1024
 
     assert requests.delete(links["purgeHistoryDeleteUri"], timeout=10).json() == {"instancesDeleted": 1}
     assert list(container.list_blobs(name_starts_with=links["id"] + "/")) == []

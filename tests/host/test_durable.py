@@ -26,7 +26,7 @@ def test_fan_out_runs_every_activity_once(host, record_dir):
     assert done["output"] == sum(i * 10 for i in range(6))
     assert sorted(records(record_dir, "work", "fan")) == sorted(f"fan:{i}" for i in range(6))
     history = manage(host, "status", links["id"]).json()["history"]
-    assert history.count("TaskScheduled") == 6 and history.count("TaskCompleted") == 6
+    assert history.count("TaskCompleted") == 6 and history.count("TaskScheduled") == 0  # folded in, as Azure
     assert history[0] == "ExecutionStarted" and history[-1] == "ExecutionCompleted"
 
 
@@ -38,7 +38,7 @@ def test_activity_retry_is_owned_by_the_host(host, record_dir):
     assert len(records(record_dir, "flaky-" + key)) == 3
     history = manage(host, "status", links["id"]).json()["history"]
     assert history.count("TaskFailed") == 2 and history.count("TimerFired") == 2
-    assert history.count("TaskScheduled") == 3
+    assert history.count("TaskCompleted") == 1  # three attempts, each its TaskScheduled folded in
 
 
 def test_exhausted_retries_reach_the_orchestrator_as_an_exception(host, record_dir):
@@ -96,7 +96,7 @@ def test_continue_as_new_restarts_with_new_input_and_fresh_history(host):
     done = wait_done(links)
     assert (done["runtimeStatus"], done["output"]) == ("Completed", [0, 2, 4, 6])
     history = manage(host, "status", links["id"]).json()["history"]
-    assert history.count("ExecutionStarted") == 1 and history.count("TaskScheduled") == 1
+    assert history.count("ExecutionStarted") == 1 and history.count("TaskCompleted") == 1
 
 
 def test_orchestrator_exception_fails_the_instance(host):

@@ -7,6 +7,7 @@ import sys
 
 import azure.functions as func
 import pytest
+import requests
 from azure.functions import meta
 from azurefunctions.extensions.bindings.blob import BlobClient
 
@@ -56,17 +57,26 @@ def write_app(folder, body: str):
     return folder
 
 
-def test_an_app_with_an_unsupported_binding_is_refused_clearly(tmp_path, function_host):
+def test_a_function_with_an_unsupported_binding_fails_indexing_alone(tmp_path, function_host):
+    """As Azure refuses one function it cannot index: named in the log with the binding type;
+    the rest of the app starts and serves."""
     app = write_app(tmp_path / "app", '''
-app = func.FunctionApp()
+app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 
-@app.queue_trigger(arg_name="msg", queue_name="work", connection="AzureWebJobsStorage")
-def on_message(msg: func.QueueMessage):
-    pass
+@app.route(route="alive")
+def alive(req: func.HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse("yes")
+
+@app.route(route="rows")
+@app.table_output(arg_name="row", table_name="rows", connection="AzureWebJobsStorage")
+def to_table(req: func.HttpRequest, row: func.Out[str]) -> func.HttpResponse:
+    return func.HttpResponse("unreachable")
 ''')
-    with pytest.raises(RuntimeError) as refused:
-        function_host(app)
-    assert "binding type 'queueTrigger' is not supported" in str(refused.value)
+    host = function_host(app)
+    assert requests.get(f"{host.url}/api/alive", timeout=10).text == "yes"
+    assert requests.get(f"{host.url}/api/rows", timeout=10).status_code == 404
+    assert ("Error indexing method 'Functions.to_table'. Binding type(s) 'table' are not supported by the local "
+            "host.") in host.logs()
 
 
 def index_in_process(app_dir, connections=("AzureWebJobsStorage", "CCR_STORAGE_CONNECTION")):

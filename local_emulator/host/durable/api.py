@@ -3,23 +3,46 @@ DurableOrchestrationClient calls (`rpcBaseUrl`), the public check-status webhook
 /runtime/webhooks/durabletask (system key), and the durable_client_input binding payload."""
 from __future__ import annotations
 
+import heapq
 import json
 from urllib.parse import quote
 
 from aiohttp import web
 
+from local_emulator.host.durable import continuation
 from local_emulator.host.durable import history as h
-from local_emulator.host.durable.engine import DurableEngine, InstanceExists, InvalidInstanceId, UnknownOrchestrator
+from local_emulator.host.durable.engine import (
+    DurableEngine,
+    InstanceExists,
+    InvalidInstanceId,
+    UnknownOrchestrator,
+    WrongState,
+)
+from local_emulator.host.durable.history_view import public_history
 from local_emulator.host.durable.store import ACTIVE, TERMINAL
 from local_emulator.host.keys import key_matches, unauthorized
 
 WEBHOOK_PREFIX = "/runtime/webhooks/durabletask"
-EVENT_NAMES = {0: "ExecutionStarted", 1: "ExecutionCompleted", 3: "ExecutionTerminated",
-               4: "TaskScheduled", 5: "TaskCompleted", 6: "TaskFailed",
-               7: "SubOrchestrationInstanceCreated", 8: "SubOrchestrationInstanceCompleted",
-               9: "SubOrchestrationInstanceFailed", 10: "TimerCreated", 11: "TimerFired",
-               12: "OrchestratorStarted", 13: "OrchestratorCompleted", 14: "EventSent", 15: "EventRaised"}
-HIDDEN_FIELDS = ("MessageKey", "Action", "IsPlayed", "EventId")
+DEFAULT_PAGE_SIZE = 100  # OrchestrationStatusQueryCondition.PageSize
+
+
+def _positive_int(text: str | None) -> int | None:
+    """An integer query parameter read as int.TryParse does; None if absent, unreadable or < 1."""
+    try:
+        value = int((text or "").strip())
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
+def error_response(status: int, message: str, error: BaseException | None = None,
+                   exception_type: str | None = None) -> web.Response:
+    """The extension's error body (ASP.NET's HttpError from CreateErrorResponse): Message, and
+    for an exception its message and .NET type, so a client that parses JSON can read it."""
+    body = {"Message": message}
+    if error is not None:
+        body.update(ExceptionMessage=str(error), ExceptionType=exception_type or type(error).__name__)
+    return web.json_response(body, status=status)
 
 
 def status_code(runtime_status: str, failure_is_500: bool) -> int:
@@ -113,6 +136,10 @@ class DurableApi:
         app.router.add_delete(prefix + "/instances/{instance_id}", route(self.purge))
         app.router.add_post(prefix + "/instances/{instance_id}/raiseEvent/{event}", route(self.raise_event))
         app.router.add_post(prefix + "/instances/{instance_id}/terminate", route(self.terminate))
+        app.router.add_post(prefix + "/instances/{instance_id}/suspend", route(self.suspend))
+        app.router.add_post(prefix + "/instances/{instance_id}/resume", route(self.resume))
+        app.router.add_post(prefix + "/instances/{instance_id}/restart", route(self.restart))
+        app.router.add_post(prefix + "/instances/{instance_id}/rewind", route(self.rewind))
 
     @staticmethod
     async def _input(request: web.Request, client_encoded: bool) -> str | None:
@@ -140,21 +167,23 @@ class DurableApi:
                                       "ExceptionMessage": str(refused)}, status=400)
         except InstanceExists as exists:
             return web.json_response({"Message": str(exists), "ExceptionMessage": str(exists)}, status=409)
+        return self._check_status_response(instance_id)
+
+    def _check_status_response(self, instance_id: str) -> web.Response:
+        """CreateCheckStatusResponse: 202, the management URLs, Location and Retry-After."""
         payload = self.management_urls(instance_id)
         return web.json_response(payload, status=202, headers={"Location": payload["statusQueryGetUri"],
                                                                "Retry-After": "10"})
 
-    def _status_body(self, instance_id: str, state: dict, history: list | None, show_input: bool) -> dict:
+    def _status_body(self, instance_id: str, state: dict, history: list | None, show_input: bool,
+                     show_output: bool = False) -> dict:
         body = {"name": state["Name"], "instanceId": instance_id, "runtimeStatus": state["RuntimeStatus"],
                 "input": json.loads(state["Input"]) if show_input and state.get("Input") else None,
                 "customStatus": state.get("CustomStatus"), "output": state.get("Output"),
                 "createdTime": whole_seconds(state["CreatedTime"]),
                 "lastUpdatedTime": whole_seconds(state["LastUpdatedTime"])}
-        if history is not None:
-            body["historyEvents"] = body["history"] = [
-                {"EventType": EVENT_NAMES.get(e["EventType"], str(e["EventType"])),
-                 **{k: v for k, v in e.items() if k not in HIDDEN_FIELDS + ("EventType",) and v is not None}}
-                for e in history if e["EventType"] not in (h.ORCHESTRATOR_STARTED, h.ORCHESTRATOR_COMPLETED)]
+        if history is not None and state["RuntimeStatus"] != "Pending":  # as the extension: none while Pending
+            body["historyEvents"] = public_history(history, show_input, show_output)
         return body
 
     async def status(self, request: web.Request, client_encoded: bool) -> web.Response:
@@ -166,13 +195,16 @@ class DurableApi:
         if instance is None:
             return web.json_response(None, status=404)
         body = self._status_body(instance_id, instance.state, instance.history if show_history else None,
-                                 show_input)
+                                 show_input, _flag(request, "showHistoryOutput", False))
         code = status_code(instance.status, _flag(request, "returnInternalServerErrorOnFailure", False))
         # as HttpApiHandler: a 202 points back at this request and asks the poller to wait 5 s
         headers = {"Location": str(request.url), "Retry-After": "5"} if code == 202 else {}
         return web.json_response(body, status=code, headers=headers)
 
     async def query(self, request: web.Request, client_encoded: bool) -> web.Response:
+        """A page of instances in instance-id order: `top` of them (100 unless given, as the
+        extension's default page size) after the one the `x-ms-continuation-token` request
+        header names; the response's header names the next page's start (empty on the last)."""
         wanted = {s for s in request.query.get("runtimeStatus", "").split(",") if s}
         prefix = request.query.get("instanceIdPrefix", "")
         try:
@@ -180,16 +212,27 @@ class DurableApi:
                                         for name in ("createdTimeFrom", "createdTimeTo"))
         except ValueError:
             return web.json_response({"error": "createdTimeFrom/createdTimeTo must be ISO 8601"}, status=400)
-        states = await self.engine.store.query_states_with_ids(wanted, prefix)
-        results = []
-        for instance_id, state in states:
+        page_size = _positive_int(request.query.get("top")) or DEFAULT_PAGE_SIZE
+        try:
+            after = continuation.decode(request.headers.get(continuation.HEADER, ""))
+        except ValueError as bad:
+            return error_response(400, "The continuation token is not valid.", bad, "System.ArgumentException")
+        matching = []
+        async for instance_id, state in self.engine.store.iter_states(wanted, prefix, after):
             if wanted and state["RuntimeStatus"] not in wanted or not instance_id.startswith(prefix):
                 continue
             created = h.parse_iso(state["CreatedTime"])
             if created_from and created < created_from or created_to and created > created_to:
                 continue
-            results.append(self._status_body(instance_id, state, None, True))
-        return web.json_response(results)
+            matching.append((instance_id, state))
+        page = heapq.nsmallest(page_size + 1, matching, key=lambda item: item[0])
+        more = len(page) > page_size
+        page = page[:page_size]
+        token = continuation.encode(page[-1][0]) if more else ""
+        show_input = _flag(request, "showInput", True)
+        return web.json_response([self._status_body(instance_id, state, None, show_input)
+                                  for instance_id, state in page],
+                                 headers={continuation.HEADER: token})
 
     async def purge(self, request: web.Request, client_encoded: bool) -> web.Response:
         instance_id = request.match_info["instance_id"]
@@ -236,3 +279,57 @@ class DurableApi:
     async def terminate(self, request: web.Request, client_encoded: bool) -> web.Response:
         code = await self.engine.terminate(request.match_info["instance_id"], request.query.get("reason", ""))
         return web.json_response(None, status=code)
+
+    async def suspend(self, request: web.Request, client_encoded: bool) -> web.Response:
+        """202, 404 unknown, 410 finished; suspending a suspended instance is the extension's
+        InvalidOperationException, which its HTTP API answers 500."""
+        return await self._suspension(self.engine.suspend, request)
+
+    async def resume(self, request: web.Request, client_encoded: bool) -> web.Response:
+        """As suspend; resuming an instance that is not suspended answers 500."""
+        return await self._suspension(self.engine.resume, request)
+
+    @staticmethod
+    async def _suspension(operation, request: web.Request) -> web.Response:
+        try:
+            code = await operation(request.match_info["instance_id"], request.query.get("reason"))
+        except WrongState as refused:
+            return error_response(500, "Something went wrong while processing your request", refused,
+                                  "System.InvalidOperationException")
+        return web.json_response(None, status=code)
+
+    async def restart(self, request: web.Request, client_encoded: bool) -> web.Response:
+        """RestartAsync: the instance's orchestrator started again with its original input,
+        under a new id (the default) or, with restartWithNewInstanceId=false, under the same id
+        once it has finished (409 while it is pending, running or suspended); 400 for an unknown
+        instance. Answers as a start does (202 and the new instance's management URLs)."""
+        instance_id = request.match_info["instance_id"]
+        instance = await self.engine.store.load_state(instance_id)
+        bad_id = "InstanceId does not match a valid orchestration instance."
+        if instance is None:
+            return error_response(400, bad_id, LookupError(f"An orchestration with the instanceId {instance_id} "
+                                                           f"was not found."), "System.ArgumentException")
+        new_id = None if _flag(request, "restartWithNewInstanceId", True) else instance_id
+        try:
+            started = await self.engine.start_instance(instance.state["Name"], new_id, instance.state.get("Input"))
+        except (UnknownOrchestrator, InvalidInstanceId) as refused:
+            return error_response(400, bad_id, refused, "System.ArgumentException")
+        except InstanceExists as exists:
+            return error_response(409, "A non-terminal instance with this instance ID already exists.", exists,
+                                  "DurableTask.Core.Exceptions.OrchestrationAlreadyExistsException")
+        return self._check_status_response(started)
+
+    async def rewind(self, request: web.Request, client_encoded: bool) -> web.Response:
+        """The extension's checks (404 unknown, 412 unless Failed), then 501 as it answers for a
+        storage provider without rewind: this host does not rewind (a Failed instance stays as
+        it is; restart it instead)."""
+        instance_id = request.match_info["instance_id"]
+        instance = await self.engine.store.load_state(instance_id)
+        if instance is None:
+            return web.json_response(f'No orchestration with instance ID "{instance_id}" found.', status=404)
+        if instance.status != "Failed":
+            return web.json_response(f'This orchestration has status {instance.status}, but only orchestrations '
+                                     f'in the "Failed" state can be rewound.', status=412)
+        return error_response(501, "Rewind is not supported by the underlying storage provider.",
+                              NotImplementedError("The local host does not implement rewind."),
+                              "System.NotImplementedException")

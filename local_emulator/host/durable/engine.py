@@ -9,6 +9,9 @@ receiver drops the duplicates; queue messages are deleted only after the commit.
 record their outcome in a table before acknowledging, so a redelivered work item reports the
 recorded outcome instead of running again. Each instance is processed by one task at a time.
 
+Suspension (suspension.py): while suspended, events are held and no orchestrator code runs;
+the suspend and resume markers are history the SDK's replay never sees.
+
 Retries belong to the host (as DTF's RetryInterceptor): TaskFailed, then a back-off timer,
 then a new TaskScheduled. Such retry events are replayed one per episode so the task ids the
 host allocates match the SDK's counter."""
@@ -32,6 +35,7 @@ from local_emulator.host.durable.activities import ActivityWorker
 from local_emulator.host.durable.entities import EntityWorker
 from local_emulator.host.durable.failures import OUT_OF_PROC, failure_details, user_exception
 from local_emulator.host.durable.store import ACTIVE, TERMINAL, Instance, TaskHubStore, storable_id
+from local_emulator.host.durable.suspension import apply_suspension
 from local_emulator.host.invoker import Invoker
 from shared import fault_points
 
@@ -50,6 +54,11 @@ class OrchestratorError(str):
 
 class InstanceExists(Exception):
     """An instance with this id is pending or running: starting it again would run it twice."""
+
+
+class WrongState(Exception):
+    """Suspend of a suspended instance, resume of one that is not (the extension's
+    InvalidOperationException, which its HTTP API answers with a 500)."""
 
 
 class UnknownOrchestrator(Exception):
@@ -181,12 +190,25 @@ class DurableEngine:
         """Status codes as raise_event."""
         return await self._send_to_running(instance_id, h.event(h.EXECUTION_TERMINATED, Input=json.dumps(reason)))
 
-    async def _send_to_running(self, instance_id: str, event: dict) -> int:
+    async def suspend(self, instance_id: str, reason: str | None) -> int:
+        """202 accepted, 404 no such instance, 410 finished; NotSuspendable if already suspended."""
+        return await self._send_to_running(instance_id, h.event(h.EXECUTION_SUSPENDED, Reason=reason),
+                                           refuse="Suspended", verb="suspend")
+
+    async def resume(self, instance_id: str, reason: str | None) -> int:
+        """As suspend; NotSuspendable unless the instance is suspended."""
+        return await self._send_to_running(instance_id, h.event(h.EXECUTION_RESUMED, Reason=reason),
+                                           refuse=("Pending", "Running"), verb="resume")
+
+    async def _send_to_running(self, instance_id: str, event: dict, refuse=(), verb: str = "") -> int:
         instance = await self.store.load_state(instance_id)
         if instance is None:
             return 404
         if instance.status in TERMINAL:
             return 410
+        if instance.status in refuse:
+            raise WrongState(f"Cannot {verb} the orchestration instance {instance_id} because instance is in "
+                             f"the {instance.status} state.")
         await self.store.send_control({"InstanceId": instance_id, "Key": h.new_key(), "Event": event})
         return 202
 
@@ -273,8 +295,9 @@ class DurableEngine:
 
     def _new_events(self, instance: Instance, bodies: list[dict]) -> list[dict]:
         """Events not yet in the history, for this execution, ExecutionStarted first."""
-        seen = {e.get("MessageKey") for e in instance.history}
-        completed = {h.completion_id(e) for e in instance.history if h.completion_id(e) is not None}
+        known = instance.history + instance.buffered
+        seen = {e.get("MessageKey") for e in known}
+        completed = {h.completion_id(e) for e in known if h.completion_id(e) is not None}
         events = []
         for body, key, event in _events_of(bodies):
             event = dict(event)
@@ -327,6 +350,7 @@ class DurableEngine:
             self._finish(instance, "Terminated", json.loads(terminate.get("Input") or "null"),
                          new_history, outbound, terminate)
         else:
+            events = apply_suspension(instance, events, new_history)
             ordinary = [e for e in events if not self._is_retry_event(instance.history, e)]
             batches = ([ordinary] if ordinary else []) + [[e] for e in events if e not in ordinary]
             for batch in batches:
@@ -401,7 +425,8 @@ class DurableEngine:
         retry_events = self._retry_bookkeeping(instance, batch[0], outbound) \
             if len(batch) == 1 and self._is_retry_event(instance.history, batch[0]) else []
         episode = [h.event(h.ORCHESTRATOR_STARTED)] + batch
-        context = {"history": [dict(e, IsPlayed=True) for e in instance.history] + episode,
+        played = [dict(e, IsPlayed=True) for e in instance.history if e["EventType"] not in h.SUSPENSION_MARKERS]
+        context = {"history": played + episode,
                    "input": state.get("Input"), "instanceId": instance_id, "isReplaying": False,
                    "parentInstanceId": state.get("ParentInstanceId"), "upperSchemaVersion": 2,
                    "maximumShortTimerDuration": "6.00:00:00",

@@ -1,7 +1,8 @@
 """Task-hub state in Azurite, so a killed host loses nothing:
-- table <hub>Instances: per instance (PartitionKey = instance id) one row `state` and one row
-  per orchestration episode (`h<execution>-<n>`, its history events as JSON), written in one
-  entity-group transaction guarded by the state row's ETag;
+- table <hub>Instances: per instance (PartitionKey = instance id) one row `state`, one row
+  per orchestration episode (`h<execution>-<n>`, its history events as JSON) and, while the
+  instance is suspended, one row per batch of events it buffers (`b<execution>-<n>`), written
+  in one entity-group transaction guarded by the state row's ETag;
 - table <hub>Activities: one row per finished activity (its result), written before the
   activity's queue message is deleted, so a redelivered work item is not executed again;
 - queues <hub>-control (orchestrator events, timers as invisible messages) and
@@ -25,7 +26,7 @@ from local_emulator.host.durable.large_payloads import BLOB_SUFFIX, LargePayload
 
 STATE_ROW = "state"
 TERMINAL = ("Completed", "Failed", "Terminated")
-ACTIVE = ("Pending", "Running")
+ACTIVE = ("Pending", "Running", "Suspended")
 _NOT_IN_KEYS = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")  # what a table PartitionKey refuses
 
 
@@ -43,6 +44,10 @@ class Instance:
     history_rows: list[str] = field(default_factory=list)
     redelivered: bool = False  # being rebuilt from messages a previous attempt may have handled
     work_items: list[dict] = field(default_factory=list)  # activities scheduled, not yet sent
+    buffered: list[dict] = field(default_factory=list)  # events held while suspended (stored)
+    buffer_rows: list[str] = field(default_factory=list)
+    new_buffered: list[dict] = field(default_factory=list)  # to store with the next commit
+    release_buffer: bool = False  # delete the buffer rows with the next commit (resumed)
 
     @property
     def status(self) -> str:
@@ -107,6 +112,11 @@ class TaskHubStore:
             instance.history_rows.append(row["RowKey"])
             if row["RowKey"].startswith(f"h{instance.execution_id}-"):
                 instance.history.extend(json.loads((await self._inflate(row))["Events"]))
+        buffers = sorted((row for row in rows if row["RowKey"].startswith("b")), key=lambda r: r["RowKey"])
+        for row in buffers:
+            instance.buffer_rows.append(row["RowKey"])
+            if row["RowKey"].startswith(f"b{instance.execution_id}-"):
+                instance.buffered.extend(json.loads((await self._inflate(row))["Events"]))
         return instance
 
     async def insert_new(self, instance_id: str, state: dict) -> bool:
@@ -124,6 +134,7 @@ class TaskHubStore:
             ops += [("delete", {"PartitionKey": instance.instance_id, "RowKey": rk})
                     for rk in instance.history_rows]
             instance.history_rows = []
+        ops += await self._buffer_operations(instance, release=reset_history or instance.release_buffer)
         state_entity = _pack_state(instance.instance_id, instance.state)
         if new_events:
             state_entity["Episodes"] = instance.state.get("Episodes", 0) + 1
@@ -144,6 +155,24 @@ class TaskHubStore:
             results = await self.instances.submit_transaction(ops[start:start + 99])
             if start <= state_at < start + 99:
                 instance.etag = results[state_at - start]["etag"]
+
+    async def _buffer_operations(self, instance: Instance, release: bool) -> list:
+        """Rows of the events a suspended instance holds: the released ones deleted, newly
+        held ones added (numbered on from a counter in the state, never reusing a key)."""
+        ops = []
+        if release:
+            ops += [("delete", {"PartitionKey": instance.instance_id, "RowKey": rk}) for rk in instance.buffer_rows]
+            instance.buffer_rows, instance.buffered = [], []
+        if instance.new_buffered:
+            number = instance.state["BufferRows"] = instance.state.get("BufferRows", 0) + 1
+            row_key = f"b{instance.execution_id}-{number:06d}"
+            ops.append(("upsert", await self.large.offload({"PartitionKey": instance.instance_id, "RowKey": row_key,
+                                                            "Events": json.dumps(instance.new_buffered)}),
+                        {"mode": "replace"}))
+            instance.buffer_rows.append(row_key)
+            instance.buffered.extend(instance.new_buffered)
+        instance.new_buffered, instance.release_buffer = [], False
+        return ops
 
     async def replace_state(self, instance: Instance) -> None:
         entity = await self.large.offload(_pack_state(instance.instance_id, instance.state))
@@ -166,6 +195,10 @@ class TaskHubStore:
                                     id_prefix: str = "") -> list[tuple[str, dict]]:
         """(instance id, state) of every instance, or of those with one of `statuses` and an id
         starting with `id_prefix` (filtered by the table service, not here)."""
+        return [item async for item in self.iter_states(statuses, id_prefix)]
+
+    async def iter_states(self, statuses: set[str] | None = None, id_prefix: str = "", after: str | None = None):
+        """As query_states_with_ids, lazily, and only ids sorting after `after` (a page's last)."""
         clauses, parameters = ["RowKey eq @rk"], {"rk": STATE_ROW}
         if statuses:
             names = [f"s{i}" for i in range(len(statuses))]
@@ -175,8 +208,11 @@ class TaskHubStore:
         if id_prefix:
             clauses.append("PartitionKey ge @low and PartitionKey lt @high")
             parameters.update(low=id_prefix, high=id_prefix + "\uffff")
-        return [(row["PartitionKey"], _unpack_state(await self._inflate(row)))
-                async for row in self.instances.query_entities(" and ".join(clauses), parameters=parameters)]
+        if after is not None:
+            clauses.append("PartitionKey gt @after")
+            parameters["after"] = after
+        async for row in self.instances.query_entities(" and ".join(clauses), parameters=parameters):
+            yield row["PartitionKey"], _unpack_state(await self._inflate(row))
 
     # activity completions ---------------------------------------------------------------
     async def completed_activity(self, instance_id: str, key: str) -> dict | None:

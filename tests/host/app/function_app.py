@@ -56,7 +56,8 @@ async def http_start(req: func.HttpRequest, client: df.DurableOrchestrationClien
 @app.route(route="manage/{op}/{instance_id}", methods=["POST"])
 @app.durable_client_input(client_name="client")
 async def manage(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:
-    """Drives the SDK client's other calls (status, raise event, terminate, purge, restart)."""
+    """Drives the SDK client's other calls (status, raise event, terminate, purge, suspend,
+    resume, restart, rewind, queries); a call the SDK refuses answers 409 with its message."""
     op, instance_id = req.route_params["op"], req.route_params["instance_id"]
     body = req.get_json() if req.get_body() else {}
     if op == "status":
@@ -64,7 +65,10 @@ async def manage(req: func.HttpRequest, client: df.DurableOrchestrationClient) -
         return func.HttpResponse(json.dumps({
             "runtimeStatus": status.runtime_status.value if status.runtime_status else None,
             "output": status.output, "customStatus": status.custom_status,
-            "history": [e["EventType"] for e in status.history or []]}), mimetype="application/json")
+            # the extension's status payload names the list historyEvents, which the SDK's
+            # DurableOrchestrationStatus keeps as an attribute of that name (`history` stays None)
+            "history": [e["EventType"] for e in getattr(status, "historyEvents", None) or []],
+            "sdk_history": status.history}), mimetype="application/json")
     if op == "raise":
         await client.raise_event(instance_id, body["event"], body.get("data"))
     elif op == "terminate":
@@ -77,6 +81,17 @@ async def manage(req: func.HttpRequest, client: df.DurableOrchestrationClient) -
             await client.start_new(body["name"], instance_id, body.get("input"))
         except Exception as refused:
             return func.HttpResponse(json.dumps({"refused": str(refused)}), status_code=409)
+    elif op in ("suspend", "resume", "restart", "rewind"):
+        try:
+            if op == "restart":
+                restarted = await client.restart(instance_id, body.get("new_id", True))
+                return func.HttpResponse(json.dumps({"restarted": restarted}), mimetype="application/json")
+            await getattr(client, op)(instance_id, body.get("reason", "test"))
+        except Exception as refused:
+            return func.HttpResponse(json.dumps({"refused": str(refused)}), status_code=409)
+    elif op == "all":
+        statuses = await client.get_status_all()
+        return func.HttpResponse(json.dumps(sorted(s.instance_id for s in statuses)))
     elif op == "running":
         statuses = await client.get_status_by(runtime_status=[df.OrchestrationRuntimeStatus.Running])
         return func.HttpResponse(json.dumps(sorted(s.instance_id for s in statuses)))
@@ -168,6 +183,18 @@ def broken(context: df.DurableOrchestrationContext):
 def forever(context: df.DurableOrchestrationContext):
     yield context.wait_for_external_event("never")
     return "unreachable"
+
+
+@app.orchestration_trigger(context_name="context")
+def gated(context: df.DurableOrchestrationContext):
+    """Waits for `go`, then runs one activity; its custom status says how far its code got."""
+    job = context.get_input()
+    context.set_custom_status("waiting")
+    value = yield context.wait_for_external_event("go")
+    context.set_custom_status("got go")
+    result = yield context.call_activity("work", {"i": value, "tag": job["tag"], "sleep": job.get("sleep", 0)})
+    context.set_custom_status("done")
+    return result
 
 
 @app.orchestration_trigger(context_name="context")
