@@ -131,10 +131,14 @@ class Block:
     joined: pd.DataFrame  # the schema's columns of the bank customers with a bureau file
 
 
+def _check_rows(rows: int) -> None:
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+        raise ValueError(f"rows must be a whole number of at least 1, not {rows!r}")
+
+
 def blocks(rows: int, seed: int) -> Iterator[Block]:
     """The `rows` bank customers (and the bureau's files) block by block."""
-    if rows < 1:
-        raise ValueError(f"rows must be at least 1, not {rows}")
+    _check_rows(rows)
     for number, start in enumerate(range(0, rows, BLOCK_ROWS)):
         yield _block(np.random.default_rng([seed, number]), number, start, min(BLOCK_ROWS, rows - start))
 
@@ -167,6 +171,7 @@ def _block(rng: np.random.Generator, number: int, start: int, n: int) -> Block:
 
 def write_tables(bank_path: Path, bureau_path: Path, rows: int, seed: int) -> dict:
     """Both providers' raw CSV exports, written a block at a time; how many rows each got."""
+    _check_rows(rows)
     written = {"bank_rows": 0, "bureau_rows": 0, "shared_customers": 0}
     with open(bank_path, "w", newline="", encoding="utf-8") as bank, \
             open(bureau_path, "w", newline="", encoding="utf-8") as bureau:
