@@ -16,11 +16,11 @@ from tests.run.conftest import remaining_groups, run_record
 
 ROWS = 3_000  # bank customers: about 2,550 joined rows, about 2,000 to train on
 # Floor for the released model's AUC on fresh rows. A model that learned nothing scores 0.5;
-# the best single feature of this generator (the loan's grade or its interest rate) scores
-# about 0.72 alone; the non-private baseline about 0.88. 0.78 demands that the DP model combine
-# features, as it measurably does (0.84-0.86 here at epsilon 3 in three runs), with room for
-# the DP noise of a 2,000-row run.
-AUC_FLOOR = 0.78
+# the best single feature of this generator (interest rate, percent of income or grade) scores
+# about 0.76 alone; the non-private baseline about 0.88. 0.8 demands that the DP model combine
+# features, as it does (0.865-0.872 in three runs at epsilon 3 on 2,000-3,400 training rows),
+# with room for the DP noise of a small run.
+AUC_FLOOR = 0.8
 
 
 @pytest.fixture
@@ -78,4 +78,3 @@ def test_the_loan_run_trains_a_useful_model_inside_its_budget_and_leaks_nothing(
                         ("host log", stack.host.logs())):
         assert found_in(text, secrets) == {kind: set() for kind in secrets}, where
     assert remaining_groups(stack) == []
-    print(json.dumps({"evaluation": evaluation, "timings": scenario.timings, "privacy": privacy}))
