@@ -94,7 +94,7 @@ def run_loan_demo(rows: int | None = None, state_dir: Path | None = None) -> int
         print(f"local emulators up in {time.monotonic() - started:.1f} s (state in {state_dir})")
         scenario = LoanScenario(stack, state_dir / "parties", rows=rows)
         try:
-            result = scenario.run(timeout=max(280, rows / 1_000))
+            result = scenario.run(timeout=scenario.deadline_seconds + 60)
         finally:
             scenario.close()
     loan_report(scenario, result, time.monotonic() - started)

@@ -30,12 +30,19 @@ EVALUATION_ROWS = 20_000    # bank customers of the fresh sample: about 17,000 j
 EPSILON = 3.0
 
 
+def deadline_for(rows: int) -> int:
+    """The contract's trainer deadline: 300 s, plus a second per thousand bank customers
+    (generous: a larger --rows spends its time in the join and DP-SGD's steps)."""
+    return 300 + rows // 1_000
+
+
 class LoanScenario(CovidScenario):
     providers = ("bank", "bureau")
     purpose = "Loan default model (a bank's loan records joined with a credit bureau's history)"
 
     def __init__(self, stack: Stack, workdir: Path, rows: int = DEFAULT_ROWS, seed: int = 0,
                  contract_id: str = "loan-demo", epsilon: float = EPSILON, **options):
+        options.setdefault("deadline_seconds", deadline_for(rows))
         super().__init__(stack, workdir, contract_id=contract_id, epsilon=epsilon, **options)
         self.rows, self.seed = rows, seed
         self.generated: dict | None = None

@@ -59,6 +59,27 @@ def test_the_providers_overlap_partly_and_join_on_their_pseudonyms(tmp_path):
                                     *[c for c in FEATURE_COLUMNS if c in files]]
     raw = pd.read_csv(bank, dtype=str)
     assert not set(raw["customer_phone"]) & set(joined["customer"])   # pseudonyms, never the numbers
+    published = prepared["bank"].read_text() + prepared["bureau"].read_text()
+    for identifier in (raw["loan_id"][0], raw["application_date"][0], pd.read_csv(bureau, dtype=str)["bureau_file_id"][0]):
+        assert identifier not in published
+
+
+def test_a_bank_export_with_an_unknown_category_is_refused_and_writes_nothing(tmp_path):
+    """A new home-ownership category in next month's export stops the preparation, naming the
+    line and column but not the value; no prepared file is left behind."""
+    bank, bureau = tmp_path / "bank.csv", tmp_path / "bureau.csv"
+    loan_data.write_tables(bank, bureau, 50, 1)
+    lines = bank.read_text().splitlines()
+    fields = lines[7].split(",")
+    fields[loan_data.BANK_COLUMNS.index("person_home_ownership")] = "SHARED"
+    lines[7] = ",".join(fields)
+    bank.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "bank.prepared.csv"
+    with pytest.raises(deid.DeidError) as refused:
+        deid.prepare_csv(deid.load_config(loan_data.CONFIGS / "bank.json"), bank, out, bytes(32))
+    assert "line 8" in str(refused.value) and "person_home_ownership" in str(refused.value)
+    assert "SHARED" not in str(refused.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bank.csv", "bureau.csv"]
 
 
 def test_every_value_lies_inside_the_public_bounds_but_the_income_clip():
