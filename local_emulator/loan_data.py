@@ -39,7 +39,7 @@ its own order, plus BUREAU_OTHERS as many people who bank elsewhere: the inner j
 the bank's customers with a bureau file.
 
 Rows are drawn in blocks of BLOCK_ROWS, each from its own generator seeded by (seed, block):
-the bytes depend only on (seed, rows), and writing millions of rows holds one block at a time.
+the bytes depend only on (seed, rows) (and BLOCK_ROWS), and writing millions of rows holds one block at a time.
 """
 from __future__ import annotations
 

@@ -58,6 +58,8 @@ def test_the_providers_overlap_partly_and_join_on_their_pseudonyms(tmp_path):
     assert list(joined.columns) == ["customer", *[c for c in FEATURE_COLUMNS if c in loans], TARGET,
                                     *[c for c in FEATURE_COLUMNS if c in files]]
     raw = pd.read_csv(bank, dtype=str)
+    assert tuple(raw.columns) == loan_data.BANK_COLUMNS
+    assert tuple(pd.read_csv(bureau, nrows=0).columns) == loan_data.BUREAU_COLUMNS
     assert not set(raw["customer_phone"]) & set(joined["customer"])   # pseudonyms, never the numbers
     published = prepared["bank"].read_text() + prepared["bureau"].read_text()
     for identifier in (raw["loan_id"][0], raw["application_date"][0], pd.read_csv(bureau, dtype=str)["bureau_file_id"][0]):
