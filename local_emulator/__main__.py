@@ -97,9 +97,8 @@ def main(argv=None) -> None:
     demo.add_argument("--rows", type=_positive_int, default=None,
                       help="loan only: bank customers to generate (default 5000; about 85%% join the bureau)")
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        if args.rows is not None and args.scenario != "loan":
-            parser.error("--rows applies to the loan scenario only")
+    if args.command == "demo" and args.rows is not None and args.scenario != "loan":
+        parser.error("--rows applies to the loan scenario only")
     os.environ.setdefault("CCR_LOCAL_PROFILE", "1")  # the emulators' settings profile (shared/settings.py)
     _logging()
     {"up": up_command, "host": host_command, "demo": demo_command}[args.command](args)

@@ -44,9 +44,9 @@ the bytes depend only on (seed, rows) (and BLOCK_ROWS), and writing millions of 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd

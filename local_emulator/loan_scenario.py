@@ -114,5 +114,5 @@ class LoanScenario(CovidScenario):
         session = onnxruntime.InferenceSession(str(model))
         logits = session.run(None, {session.get_inputs()[0].name: x})[0].ravel()
         baseline = fit_logistic(*loan_data.joined_sample(self.rows, self.seed, features, target))
-        return {"fresh_rows": int(len(y)), "model_auc": roc_auc(logits, y),
+        return {"fresh_rows": len(y), "model_auc": roc_auc(logits, y),
                 "baseline_auc": roc_auc(baseline.logits(x), y), "model_logits_finite": bool(np.isfinite(logits).all())}

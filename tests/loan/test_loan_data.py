@@ -121,4 +121,4 @@ def test_writing_holds_one_block_at_a_time(tmp_path, monkeypatch):
     monkeypatch.setattr(loan_data, "_block", tracked)
     loan_data.write_tables(tmp_path / "bank.csv", tmp_path / "bureau.csv", 4_000, 1)
     assert len(drawn) == 10 and max(alive_when_drawing) <= 1, alive_when_drawing
-    assert sum(1 for _ in open(tmp_path / "bank.csv")) == 4_001
+    assert (tmp_path / "bank.csv").read_text().count("\n") == 4_001

@@ -71,7 +71,7 @@ def test_the_loan_run_trains_a_useful_model_inside_its_budget_and_leaks_nothing(
 
     secrets = identifiers_and_rows(scenario.workdir)
     assert all(secrets.values()) and len(secrets["rows"]) > 2_000   # the check looks for something real
-    planted = " ".join(sorted(values)[0] for values in secrets.values())
+    planted = " ".join(min(values) for values in secrets.values())
     assert all(found_in(f"a log line with {planted} in it", secrets).values())  # and would find it
     operator_record = run_record(stack, scenario.run_id)
     for where, text in (("status API record", json.dumps(record)), ("operator's record", json.dumps(operator_record)),
