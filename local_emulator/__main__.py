@@ -1,4 +1,4 @@
-"""python -m local_emulator up | host --app-dir DIR --port P | demo"""
+"""python -m local_emulator up | host --app-dir DIR --port P | demo [covid|loan [--rows N]]"""
 from __future__ import annotations
 
 import argparse
@@ -66,8 +66,18 @@ def up_command(args) -> None:
 
 
 def demo_command(args) -> None:
-    from local_emulator.demo import run_demo
-    sys.exit(run_demo())
+    from local_emulator.demo import run_demo, run_loan_demo
+    sys.exit(run_loan_demo(args.rows) if args.scenario == "loan" else run_demo())
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {text!r}")
+    return value
 
 
 def main(argv=None) -> None:
@@ -81,8 +91,14 @@ def main(argv=None) -> None:
     host = commands.add_parser("host", help="only the Functions host, against existing storage")
     host.add_argument("--app-dir", default=str(PROJECT_ROOT))
     host.add_argument("--port", type=int, default=7071)
-    commands.add_parser("demo", help="the COVID scenario end to end on the local emulators")
+    demo = commands.add_parser("demo", help="a scenario end to end on the local emulators (default: COVID)")
+    demo.add_argument("scenario", nargs="?", choices=("covid", "loan"), default="covid",
+                      help="covid: the public COVID sample; loan: a bank and a credit bureau, synthetic data")
+    demo.add_argument("--rows", type=_positive_int, default=None,
+                      help="loan only: bank customers to generate (default 5000; about 85%% join the bureau)")
     args = parser.parse_args(argv)
+    if args.command == "demo" and args.rows is not None and args.scenario != "loan":
+        parser.error("--rows applies to the loan scenario only")
     os.environ.setdefault("CCR_LOCAL_PROFILE", "1")  # the emulators' settings profile (shared/settings.py)
     _logging()
     {"up": up_command, "host": host_command, "demo": demo_command}[args.command](args)

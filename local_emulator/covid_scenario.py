@@ -102,7 +102,13 @@ class TdcInbox:
 
 
 class CovidScenario:
-    """Each step is a `ccr` command, run in this process with the stack's settings."""
+    """Each step is a `ccr` command, run in this process with the stack's settings. What is
+    COVID's (the providers, their raw tables and configs, the model, its training config, the
+    join, the purpose) comes from the hooks below; another scenario overrides only those
+    (local_emulator/loan_scenario.py)."""
+
+    providers: tuple[str, ...] = tuple(PROVIDERS)  # each provider's party name is its dataset's name
+    purpose = "COVID test-result model"
 
     def __init__(self, stack: Stack, workdir: Path, contract_id: str = "covid-demo",
                  epsilon: float = 1.5, deadline_seconds: int = 300, echo=print, training_overrides=None):
@@ -118,6 +124,24 @@ class CovidScenario:
 
     def close(self) -> None:
         self.inbox.stop()
+
+    # --- the scenario's inputs (hooks) ------------------------------------------------------
+
+    def raw_table(self, name: str) -> Path:
+        """Provider `name`'s raw export, before de-identification."""
+        return covid_reference.COVID_DATA / PROVIDERS[name]
+
+    def prepare_config(self, name: str) -> Path:
+        return CONFIGS / f"{name}.json"
+
+    def model_onnx(self) -> bytes:
+        return covid_reference.covid_onnx()
+
+    def training_config(self) -> dict:
+        return covid_reference.covid_training_config(epsilon=self.epsilon, **self.training_overrides)
+
+    def join_spec(self) -> dict:
+        return covid_reference.covid_join_spec({name: "pseudonym" for name in self.providers})
 
     # --- running ccr ---------------------------------------------------------------------
 
@@ -169,9 +193,9 @@ class CovidScenario:
         key_file = self.workdir / "pseudonym.key"
         if not key_file.exists():
             self.ccr("tdp", "pseudonym-key", "--out", str(key_file))
-        for name, raw in PROVIDERS.items():
+        for name in self.providers:
             prepared = self.workdir / f"{name}.prepared.csv"
-            self.ccr("tdp", "prepare", "--config", str(CONFIGS / f"{name}.json"), "--input", str(covid_reference.COVID_DATA / raw),
+            self.ccr("tdp", "prepare", "--config", str(self.prepare_config(name)), "--input", str(self.raw_table(name)),
                      "--out", str(prepared), "--pseudonym-key-file", str(key_file))
             self.published[name] = self.ccr("tdp", "publish", "--input", str(prepared), "--dataset", name,
                                             "--keys-dir", str(self.keys_dir(name)), party=name)
@@ -180,8 +204,8 @@ class CovidScenario:
     def publish_model(self) -> None:
         self.create_identities()
         model, training = self.workdir / "model.onnx", self.workdir / "training.json"
-        model.write_bytes(covid_reference.covid_onnx())
-        training.write_text(json.dumps(covid_reference.covid_training_config(epsilon=self.epsilon, **self.training_overrides)))
+        model.write_bytes(self.model_onnx())
+        training.write_text(json.dumps(self.training_config()))
         self.model = self.ccr("tdc", "publish-model", "--model", str(model), "--training", str(training),
                               "--keys-dir", str(self.keys_dir("tdc")), party="tdc")
         (self.workdir / "model.published.json").write_text(json.dumps(self.model))
@@ -192,7 +216,7 @@ class CovidScenario:
 
     def create_identities(self) -> None:
         """Each party's did:web key pair (once: publishing needs them already)."""
-        for party in ("tdc", *PROVIDERS):
+        for party in ("tdc", *self.providers):
             if party in self.identities:
                 continue
             name = f"{self.contract_id}-{party}"
@@ -202,13 +226,13 @@ class CovidScenario:
         """The contract payload every party agrees on; `changes` overrides `ccr contract new`
         options (e.g. epsilon=2.0) for tests."""
         join = self.workdir / "join.json"
-        join.write_text(json.dumps(covid_reference.covid_join_spec({name: "pseudonym" for name in PROVIDERS})))
+        join.write_text(json.dumps(self.join_spec()))
         payload = self.workdir / "contract.json"
         epsilon = changes.get("epsilon", self.epsilon)
         self.declare_budgets(epsilon)
         datasets = [f"did={self.identities[n]['did']},file={self.workdir / f'{n}.published.json'},epsilon={epsilon}"
                     for n in self.published]
-        self.ccr("contract", "new", "--contract-id", self.contract_id, "--purpose", "COVID test-result model",
+        self.ccr("contract", "new", "--contract-id", self.contract_id, "--purpose", self.purpose,
                  "--tdc", self.identities["tdc"]["did"], "--model-from", str(self.workdir / "model.published.json"),
                  "--tdc-output", f"webhook={self.inbox.url}",
                  *[arg for d in datasets for arg in ("--dataset-from", d)],
