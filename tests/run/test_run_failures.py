@@ -212,8 +212,8 @@ def ready_contract(stack, scenario_factory):
     scenario.publish_inputs()
     scenario.create_identities()
     payload = json.loads(scenario.write_contract().read_text())
-    with _environment(stack.settings):
-        for party, identity in scenario.identities.items():
+    for party, identity in scenario.identities.items():
+        with _environment({**stack.settings, "CCR_ACCESS_TOKEN": stack.party_token(party)}):  # its own token
             grant_keys(payload, identity["did"], scenario.keys_dir(party), stack.settings["CCR_MAA_URL"])
     keys = {party: dids.Identity(identity["did"], dids.load_private_key(Path(identity["key_file"])))
             for party, identity in scenario.identities.items()}
