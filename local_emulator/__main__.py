@@ -1,4 +1,4 @@
-"""python -m local_emulator up | host --app-dir DIR --port P | demo"""
+"""python -m local_emulator up | host --app-dir DIR --port P | demo [--image oci|tarball]"""
 from __future__ import annotations
 
 import argparse
@@ -66,8 +66,9 @@ def up_command(args) -> None:
 
 
 def demo_command(args) -> None:
-    from local_emulator.demo import run_demo
-    sys.exit(run_demo())
+    from local_emulator.covid_scenario import trainer_image_kind
+    from local_emulator.demo import DEMO_IMAGE_KIND, run_demo
+    sys.exit(run_demo(image_kind=args.image or trainer_image_kind(DEMO_IMAGE_KIND)))
 
 
 def main(argv=None) -> None:
@@ -81,7 +82,11 @@ def main(argv=None) -> None:
     host = commands.add_parser("host", help="only the Functions host, against existing storage")
     host.add_argument("--app-dir", default=str(PROJECT_ROOT))
     host.add_argument("--port", type=int, default=7071)
-    commands.add_parser("demo", help="the COVID scenario end to end on the local emulators")
+    demo = commands.add_parser("demo", help="the COVID scenario end to end on the local emulators")
+    demo.add_argument("--image", choices=("oci", "tarball"), default=None,
+                      help="oci (the default, unless CCR_TRAINER_IMAGE names another): the real trainer image, built first if "
+                           "absent (about 6 minutes once); tarball: the quick demo, the trainer's source run with "
+                           "this venv's Python")
     args = parser.parse_args(argv)
     os.environ.setdefault("CCR_LOCAL_PROFILE", "1")  # the emulators' settings profile (shared/settings.py)
     _logging()

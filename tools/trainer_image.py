@@ -28,10 +28,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from shared.container_group import TRAINER_IMAGE_ENV, TRAINER_WORKING_DIR
 from tools.oci_image import (BuiltImage, ImageBuildError, ImageConfig, Layer, build, canonical_json, file_fingerprint,
-                             packages_layer, sha256_hex)
+                             packages_layer, sha256_hex, uncached_layers)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 REQUIREMENTS = PROJECT_ROOT / "trainer_container" / "requirements.txt"
@@ -144,10 +145,21 @@ def image_config() -> ImageConfig:
     return ImageConfig(env=TRAINER_IMAGE_ENV, entrypoint=ENTRYPOINT, working_dir=TRAINER_WORKING_DIR, user="trainer")
 
 
-def build_trainer_image(tag: str = "latest", cache_dir: Path | None = None, root: Path = PROJECT_ROOT) -> BuiltImage:
+def trainer_layers(root: Path = PROJECT_ROOT) -> list[Layer]:
+    return [base_layer(), dependencies_layer(root / "trainer_container" / "requirements.txt"), code_layer(root)]
+
+
+def first_build_pending(cache_dir: Path | None = None, root: Path = PROJECT_ROOT) -> bool:
+    """True when the slow layers (base, dependencies: about 6 minutes) are not in the cache yet;
+    a code change alone rebuilds in about a second."""
+    return bool(uncached_layers([base_layer(), dependencies_layer(root / "trainer_container" / "requirements.txt")],
+                                cache_dir))
+
+
+def build_trainer_image(tag: str = "latest", cache_dir: Path | None = None, root: Path = PROJECT_ROOT,
+                        progress: Callable[[str], None] | None = None) -> BuiltImage:
     """The trainer's OCI layout (from the machine's image cache when its inputs are unchanged)."""
-    return build([base_layer(), dependencies_layer(root / "trainer_container" / "requirements.txt"), code_layer(root)],
-                 image_config(), tag=tag, cache_dir=cache_dir)
+    return build(trainer_layers(root), image_config(), tag=tag, cache_dir=cache_dir, progress=progress)
 
 
 def main(argv=None) -> int:
@@ -158,7 +170,7 @@ def main(argv=None) -> int:
     command.add_argument("--cache-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     started = time.monotonic()
-    image = build_trainer_image(args.tag, args.cache_dir)
+    image = build_trainer_image(args.tag, args.cache_dir, progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(json.dumps({"layout": str(image.layout), "tag": image.tag, "digest": image.digest,
                       "layers": list(image.layers), "seconds": round(time.monotonic() - started, 1)}, indent=2))
     return 0
