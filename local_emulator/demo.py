@@ -64,8 +64,12 @@ def report(result: dict, elapsed: float, echo=print) -> None:
     echo(f"total {elapsed:.1f} s")
 
 
+def _say(line: str) -> None:
+    print(line, flush=True)          # progress shows at once also through a pipe (make demo | tee)
+
+
 @contextlib.contextmanager
-def _heartbeat(what: str, echo=print, every: float = HEARTBEAT_SECONDS):
+def _heartbeat(what: str, echo=_say, every: float = HEARTBEAT_SECONDS):
     """A line every `every` seconds while a long step runs, so a quiet build does not look hung."""
     stopped, started = threading.Event(), time.monotonic()
 
@@ -83,7 +87,7 @@ def _heartbeat(what: str, echo=print, every: float = HEARTBEAT_SECONDS):
         thread.join()
 
 
-def ensure_trainer_image(echo=print) -> None:
+def ensure_trainer_image(echo=_say) -> None:
     """Build the real trainer image unless the machine's cache has it (then this takes a second)."""
     from tools.trainer_image import build_trainer_image, first_build_pending
     from tools.oci_image import default_cache_dir
@@ -102,11 +106,17 @@ def run_demo(state_dir: Path | None = None, image_kind: str = DEMO_IMAGE_KIND) -
     shutil.rmtree(state_dir, ignore_errors=True)  # a demo starts from nothing
     started = time.monotonic()
     if image_kind == "oci":
-        ensure_trainer_image()
+        from tools.oci_image import ImageBuildError
+        try:
+            ensure_trainer_image()
+        except ImageBuildError as error:
+            print(f"the trainer image could not be built: {error}\n`--image tarball` runs the quick demo without it",
+                  file=sys.stderr)
+            return 2
     stack_started = time.monotonic()
     with Stack(state_dir) as stack:
-        print(f"local emulators up in {time.monotonic() - stack_started:.1f} s (state in {state_dir})")
-        scenario = CovidScenario(stack, state_dir / "parties", image_kind=image_kind)
+        _say(f"local emulators up in {time.monotonic() - stack_started:.1f} s (state in {state_dir})")
+        scenario = CovidScenario(stack, state_dir / "parties", image_kind=image_kind, echo=_say)
         try:
             result = scenario.run(timeout=280)
         finally:
