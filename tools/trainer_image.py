@@ -21,6 +21,7 @@ WorkingDir, User), with `python3 -m trainer_container` as the entrypoint.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shutil
@@ -110,6 +111,24 @@ def base_layer() -> Layer:
                  populate)
 
 
+def records_of_installed_files_only(site_packages: Path) -> None:
+    """Drop from pip's RECORD files the entries of files the layer does not have: the console
+    scripts removed above are listed with the hash of their shebang, which names the building
+    interpreter's path, so the layer's digest depended on where the building checkout lives
+    (/work/main and a worktree built different digests from the same inputs)."""
+    root = os.path.normpath(site_packages)
+    for record in sorted(Path(site_packages).glob("*.dist-info/RECORD")):
+        lines = record.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if _installed(root, next(csv.reader([line]), [""])[0])]
+        if kept != lines:
+            record.write_text("".join(kept))
+
+
+def _installed(root: str, relative: str) -> bool:
+    path = os.path.normpath(os.path.join(root, relative))
+    return path.startswith(root + os.sep) and os.path.lexists(path)
+
+
 def dependencies_layer(requirements: Path = REQUIREMENTS) -> Layer:
     def populate(staging: Path) -> None:
         target = staging / SITE_PACKAGES
@@ -119,6 +138,7 @@ def dependencies_layer(requirements: Path = REQUIREMENTS) -> Layer:
               "--python-version", PYTHON_VERSION, "--implementation", "cp",
               *(f"--platform={platform}" for platform in PIP_PLATFORMS), "-r", str(requirements)], timeout=3600)
         shutil.rmtree(target / "bin", ignore_errors=True)      # console scripts with the host's shebang
+        records_of_installed_files_only(target)
         _compile(target, staging)
         for folder in [target, *target.parents]:
             if folder == staging:
@@ -126,7 +146,7 @@ def dependencies_layer(requirements: Path = REQUIREMENTS) -> Layer:
             os.chmod(folder, 0o755)
 
     recipe = canonical_json({"requirements": file_fingerprint(requirements), "python": PYTHON_VERSION,
-                             "platforms": PIP_PLATFORMS, "target": SITE_PACKAGES})
+                             "platforms": PIP_PLATFORMS, "target": SITE_PACKAGES, "records": "installed files only"})
     return Layer(f"pip install --target /{SITE_PACKAGES} -r trainer_container/requirements.txt", sha256_hex(recipe),
                  populate)
 

@@ -147,3 +147,27 @@ def test_pull_refuses_a_tag_another_registry_and_an_unknown_manifest(registry_di
                         (reference[:-64] + "0" * 64, "manifest unknown")):
         with pytest.raises(PullError, match=reason):
             registry.pull(bad)
+
+
+def test_trainer_dependencies_layer_does_not_depend_on_the_builders_path(tmp_path):
+    """pip's RECORD lists the console scripts the dependencies layer removes, hashed with the
+    shebang that names the building interpreter's path: two checkouts built two digests from
+    the same inputs. Only the entries of files the layer has are kept, whatever their quoting;
+    nothing outside site-packages is looked at."""
+    from tools.trainer_image import records_of_installed_files_only
+    site = tmp_path / "dist-packages"
+    (site / "idna").mkdir(parents=True)
+    (site / "idna" / "core.py").write_text("x = 1\n")
+    (site / "odd, name.py").write_text("")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "idna").write_text("#!/some/checkout/.venv/bin/python\n")   # outside: never kept
+    record = site / "idna-3.20.dist-info" / "RECORD"
+    record.parent.mkdir()
+    record.write_text("idna/core.py,sha256=abc,6\n"
+                      '"odd, name.py",sha256=def,0\n'
+                      "../../bin/idna,sha256=rUNqey1ojmn3J9zLr_Idz6onxrwrQTX0fZA8dEqZS2o,166\n"
+                      "../bin/idna,sha256=same,166\n"
+                      "idna-3.20.dist-info/RECORD,,\n")
+    records_of_installed_files_only(site)
+    assert record.read_text() == ('idna/core.py,sha256=abc,6\n"odd, name.py",sha256=def,0\n'
+                                  "idna-3.20.dist-info/RECORD,,\n")
