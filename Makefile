@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install image-tools trainer-image browser-tools demo test bench clean
+.PHONY: install image-tools image-build-tools trainer-image browser-tools demo test bench clean
 
 # requirements-dev.txt pulls in the app's, the parties' tool's and the trainer's requirements.
 REQUIREMENTS := requirements.txt requirements-cli.txt requirements-dev.txt trainer_container/requirements.txt
@@ -25,16 +25,21 @@ image-tools:
 
 install: image-tools $(STAMP)
 
-# The real trainer image (tools/trainer_image.py), built without a container engine: Debian's
-# debootstrap builds its root filesystem. About 6 minutes the first time, cached per machine
-# (~/.cache/ccr/images); `CCR_TRAINER_IMAGE=oci make demo` then runs the demo on it.
-trainer-image: install
+# The real trainer image (tools/trainer_image.py) is built without a container engine: Debian's
+# debootstrap builds its root filesystem. Installed only when absent.
+image-build-tools:
 	@command -v debootstrap >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null)
+
+# About 6 minutes the first time, cached per machine (~/.cache/ccr/images); `make demo` builds it too.
+trainer-image: install image-build-tools
 	$(PY) -m tools.trainer_image build
 
-demo: install
-	$(PY) -m local_emulator demo
+# The demo runs on the real trainer image (built first when absent: about 6 minutes once);
+# `make demo DEMO_IMAGE=tarball` is the quick demo on the trainer's source tarball.
+DEMO_IMAGE ?= $(or $(CCR_TRAINER_IMAGE),oci)
+demo: install $(if $(filter oci,$(DEMO_IMAGE)),image-build-tools)
+	$(PY) -m local_emulator demo --image $(DEMO_IMAGE)
 
 # The browser test of the live run page (tests/run/browser.py) drives Debian's chromium through
 # chromium-driver (no browser download: selenium-manager never runs). Installed only when absent.

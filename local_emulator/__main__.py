@@ -1,4 +1,4 @@
-"""python -m local_emulator up | host --app-dir DIR --port P | demo [covid|loan [--rows N]]"""
+"""python -m local_emulator up | host --app-dir DIR --port P | demo [covid|loan [--rows N]] [--image oci|tarball]"""
 from __future__ import annotations
 
 import argparse
@@ -66,8 +66,11 @@ def up_command(args) -> None:
 
 
 def demo_command(args) -> None:
-    from local_emulator.demo import run_demo, run_loan_demo
-    sys.exit(run_loan_demo(args.rows) if args.scenario == "loan" else run_demo())
+    from local_emulator.covid_scenario import trainer_image_kind
+    from local_emulator.demo import DEMO_IMAGE_KIND, run_demo, run_loan_demo
+    image_kind = args.image or trainer_image_kind(DEMO_IMAGE_KIND)
+    sys.exit(run_loan_demo(args.rows, image_kind=image_kind) if args.scenario == "loan"
+             else run_demo(image_kind=image_kind))
 
 
 def _positive_int(text: str) -> int:
@@ -96,6 +99,10 @@ def main(argv=None) -> None:
                       help="covid: the public COVID sample; loan: a bank and a credit bureau, synthetic data")
     demo.add_argument("--rows", type=_positive_int, default=None,
                       help="loan only: bank customers to generate (default 5000; about 85%% join the bureau)")
+    demo.add_argument("--image", choices=("oci", "tarball"), default=None,
+                      help="oci (the default, unless CCR_TRAINER_IMAGE names another): the real trainer image, built first if "
+                           "absent (about 6 minutes once); tarball: the quick demo, the trainer's source run with "
+                           "this venv's Python")
     args = parser.parse_args(argv)
     if args.command == "demo" and args.rows is not None and args.scenario != "loan":
         parser.error("--rows applies to the loan scenario only")

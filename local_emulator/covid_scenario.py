@@ -34,16 +34,17 @@ from shared.settings import PROJECT_ROOT
 
 PROVIDERS = covid_reference.RAW_FILES
 CONFIGS = PROJECT_ROOT / "configs" / "covid"
-# `tarball` until the real image is shown to hold the concurrent benchmark (bench/run_overhead.py:
-# 8 of 10 runs at once succeeded with `oci` in its first measurement, 10 of 10 with `tarball`)
+# The scenario's default (tests, benchmarks): the source tarball, which needs no 6-minute first
+# build; the demo runs the real image (local_emulator/demo.py).
 DEFAULT_TRAINER_IMAGE_KIND = "tarball"
+TRAINER_IMAGE_KINDS = ("oci", "tarball")
 DELTA = 1e-5  # the contracts' delta, and each dataset's declared lifetime delta (room for one run)
 
 
-def trainer_image_kind() -> str:
-    """`oci` (the real trainer image) or `tarball`, from CCR_TRAINER_IMAGE."""
-    kind = os.environ.get("CCR_TRAINER_IMAGE", DEFAULT_TRAINER_IMAGE_KIND)
-    if kind not in ("oci", "tarball"):
+def trainer_image_kind(default: str = DEFAULT_TRAINER_IMAGE_KIND) -> str:
+    """`oci` (the real trainer image) or `tarball`, from CCR_TRAINER_IMAGE, else `default`."""
+    kind = os.environ.get("CCR_TRAINER_IMAGE") or default
+    if kind not in TRAINER_IMAGE_KINDS:
         raise ValueError(f"CCR_TRAINER_IMAGE must be 'oci' or 'tarball', not {kind!r}")
     return kind
 
@@ -111,8 +112,10 @@ class CovidScenario:
     purpose = "COVID test-result model"
 
     def __init__(self, stack: Stack, workdir: Path, contract_id: str = "covid-demo",
-                 epsilon: float = 1.5, deadline_seconds: int = 300, echo=print, training_overrides=None):
+                 epsilon: float = 1.5, deadline_seconds: int = 300, echo=print, training_overrides=None,
+                 image_kind: str | None = None):
         self.stack, self.workdir, self.contract_id = stack, Path(workdir), contract_id
+        self.image_kind = image_kind or trainer_image_kind()
         self.epsilon, self.deadline_seconds, self.echo = epsilon, deadline_seconds, echo
         self.training_overrides = training_overrides or {}
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -176,9 +179,9 @@ class CovidScenario:
     def build_trainer_image(self) -> str:
         """The trainer image the contract pins: the real OCI image (tools/trainer_image.py, built
         once per machine and cached; pushed to the stack's registry, pulled and run chrooted by
-        the ACI twin) when CCR_TRAINER_IMAGE is `oci`, else (`tarball`, the default) the source
+        the ACI twin) when the scenario's image kind is `oci`, else (`tarball`) the source
         tarball of trainer_container/ + shared/ run with the host's Python."""
-        if trainer_image_kind() == "oci":
+        if self.image_kind == "oci":
             from tools.trainer_image import TRAINER_REPOSITORY, build_trainer_image
             built = build_trainer_image()
             reference = LocalRegistry(self.stack.registry_dir).push(built.layout, TRAINER_REPOSITORY, built.tag)

@@ -32,6 +32,7 @@ import stat
 import subprocess
 import tarfile
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -192,14 +193,25 @@ class _Cache:
             _write_atomically(path, data)
         return digest, len(data)
 
-    def layer(self, recipe: Layer) -> tuple[str, int]:
-        """The blob `recipe` produces: from the cache, else built now."""
+    def _layer_record(self, recipe: Layer) -> Path:
         key = sha256_hex(canonical_json([BUILDER_VERSION, recipe.comment, recipe.inputs]))
-        record_path = self.root / "layers" / f"{key}.json"
+        return self.root / "layers" / f"{key}.json"
+
+    def cached_layer(self, recipe: Layer) -> tuple[str, int] | None:
+        """The blob `recipe` produced before, if the cache still holds it."""
+        record_path = self._layer_record(recipe)
         if record_path.exists():
             record = json.loads(record_path.read_text())
             if self.blob(record["digest"]).exists():
                 return record["digest"], record["size"]
+        return None
+
+    def layer(self, recipe: Layer) -> tuple[str, int]:
+        """The blob `recipe` produces: from the cache, else built now."""
+        cached = self.cached_layer(recipe)
+        if cached is not None:
+            return cached
+        record_path = self._layer_record(recipe)
         with tempfile.TemporaryDirectory(dir=self.root / "tmp") as work:
             staging = Path(work) / "rootfs"
             staging.mkdir()
@@ -232,9 +244,16 @@ def image_inputs_hash(layers: Sequence[Layer], config: ImageConfig, tag: str) ->
                                       config.__dict__, tag]))
 
 
+def uncached_layers(layers: Sequence[Layer], cache_dir: Path | None = None) -> list[Layer]:
+    """The layers `build` would have to build (not in the cache): what a caller warns about."""
+    cache = _Cache(Path(cache_dir or default_cache_dir()))
+    return [recipe for recipe in layers if cache.cached_layer(recipe) is None]
+
+
 def build(layers: Sequence[Layer], config: ImageConfig, tag: str = "latest",
-          cache_dir: Path | None = None) -> BuiltImage:
-    """The OCI layout of this image, from the cache when its inputs hash is there."""
+          cache_dir: Path | None = None, progress: Callable[[str], None] | None = None) -> BuiltImage:
+    """The OCI layout of this image, from the cache when its inputs hash is there. `progress`
+    hears a line as each layer is found in the cache or starts and ends building."""
     cache = _Cache(Path(cache_dir or default_cache_dir()))
     layout = cache.root / "images" / image_inputs_hash(layers, config, tag)
     done = _read_layout(layout, tag)
@@ -245,7 +264,8 @@ def build(layers: Sequence[Layer], config: ImageConfig, tag: str = "latest",
         done = _read_layout(layout, tag)
         if done is not None:
             return done
-        built = [cache.layer(recipe) for recipe in layers]
+        built = [_layer_with_progress(cache, recipe, f"layer {number}/{len(layers)}", progress)
+                 for number, recipe in enumerate(layers, 1)]
         image_config = {
             "created": EPOCH, "architecture": "amd64", "os": "linux",
             "config": _config_section(config),
@@ -271,6 +291,20 @@ def build(layers: Sequence[Layer], config: ImageConfig, tag: str = "latest",
         shutil.rmtree(layout, ignore_errors=True)
         os.replace(staging, layout)
     return BuiltImage(layout, tag, manifest_digest, tuple(d for d, _ in built))
+
+
+def _layer_with_progress(cache: _Cache, recipe: Layer, name: str,
+                         progress: Callable[[str], None] | None) -> tuple[str, int]:
+    say = progress or (lambda _: None)
+    cached = cache.cached_layer(recipe)
+    if cached is not None:
+        say(f"{name} cached: {recipe.comment}")
+        return cached
+    say(f"{name} building: {recipe.comment}")
+    started = time.monotonic()
+    digest, size = cache.layer(recipe)
+    say(f"{name} built in {time.monotonic() - started:.0f} s ({size / 1e6:.0f} MB)")
+    return digest, size
 
 
 def _config_section(config: ImageConfig) -> dict:

@@ -21,6 +21,7 @@ WorkingDir, User), with `python3 -m trainer_container` as the entrypoint.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shutil
@@ -28,10 +29,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from shared.container_group import TRAINER_IMAGE_ENV, TRAINER_WORKING_DIR
 from tools.oci_image import (BuiltImage, ImageBuildError, ImageConfig, Layer, build, canonical_json, file_fingerprint,
-                             packages_layer, sha256_hex)
+                             packages_layer, sha256_hex, uncached_layers)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 REQUIREMENTS = PROJECT_ROOT / "trainer_container" / "requirements.txt"
@@ -109,6 +111,24 @@ def base_layer() -> Layer:
                  populate)
 
 
+def records_of_installed_files_only(site_packages: Path) -> None:
+    """Drop from pip's RECORD files the entries of files the layer does not have: the console
+    scripts removed above are listed with the hash of their shebang, which names the building
+    interpreter's path, so the layer's digest depended on where the building checkout lives
+    (/work/main and a worktree built different digests from the same inputs)."""
+    root = os.path.normpath(site_packages)
+    for record in sorted(Path(site_packages).glob("*.dist-info/RECORD")):
+        lines = record.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if _installed(root, next(csv.reader([line]), [""])[0])]
+        if kept != lines:
+            record.write_text("".join(kept))
+
+
+def _installed(root: str, relative: str) -> bool:
+    path = os.path.normpath(os.path.join(root, relative))
+    return path.startswith(root + os.sep) and os.path.lexists(path)
+
+
 def dependencies_layer(requirements: Path = REQUIREMENTS) -> Layer:
     def populate(staging: Path) -> None:
         target = staging / SITE_PACKAGES
@@ -118,6 +138,7 @@ def dependencies_layer(requirements: Path = REQUIREMENTS) -> Layer:
               "--python-version", PYTHON_VERSION, "--implementation", "cp",
               *(f"--platform={platform}" for platform in PIP_PLATFORMS), "-r", str(requirements)], timeout=3600)
         shutil.rmtree(target / "bin", ignore_errors=True)      # console scripts with the host's shebang
+        records_of_installed_files_only(target)
         _compile(target, staging)
         for folder in [target, *target.parents]:
             if folder == staging:
@@ -125,7 +146,7 @@ def dependencies_layer(requirements: Path = REQUIREMENTS) -> Layer:
             os.chmod(folder, 0o755)
 
     recipe = canonical_json({"requirements": file_fingerprint(requirements), "python": PYTHON_VERSION,
-                             "platforms": PIP_PLATFORMS, "target": SITE_PACKAGES})
+                             "platforms": PIP_PLATFORMS, "target": SITE_PACKAGES, "records": "installed files only"})
     return Layer(f"pip install --target /{SITE_PACKAGES} -r trainer_container/requirements.txt", sha256_hex(recipe),
                  populate)
 
@@ -144,10 +165,21 @@ def image_config() -> ImageConfig:
     return ImageConfig(env=TRAINER_IMAGE_ENV, entrypoint=ENTRYPOINT, working_dir=TRAINER_WORKING_DIR, user="trainer")
 
 
-def build_trainer_image(tag: str = "latest", cache_dir: Path | None = None, root: Path = PROJECT_ROOT) -> BuiltImage:
+def trainer_layers(root: Path = PROJECT_ROOT) -> list[Layer]:
+    return [base_layer(), dependencies_layer(root / "trainer_container" / "requirements.txt"), code_layer(root)]
+
+
+def first_build_pending(cache_dir: Path | None = None, root: Path = PROJECT_ROOT) -> bool:
+    """True when the slow layers (base, dependencies: about 6 minutes) are not in the cache yet;
+    a code change alone rebuilds in about a second."""
+    return bool(uncached_layers([base_layer(), dependencies_layer(root / "trainer_container" / "requirements.txt")],
+                                cache_dir))
+
+
+def build_trainer_image(tag: str = "latest", cache_dir: Path | None = None, root: Path = PROJECT_ROOT,
+                        progress: Callable[[str], None] | None = None) -> BuiltImage:
     """The trainer's OCI layout (from the machine's image cache when its inputs are unchanged)."""
-    return build([base_layer(), dependencies_layer(root / "trainer_container" / "requirements.txt"), code_layer(root)],
-                 image_config(), tag=tag, cache_dir=cache_dir)
+    return build(trainer_layers(root), image_config(), tag=tag, cache_dir=cache_dir, progress=progress)
 
 
 def main(argv=None) -> int:
@@ -158,7 +190,7 @@ def main(argv=None) -> int:
     command.add_argument("--cache-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     started = time.monotonic()
-    image = build_trainer_image(args.tag, args.cache_dir)
+    image = build_trainer_image(args.tag, args.cache_dir, progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(json.dumps({"layout": str(image.layout), "tag": image.tag, "digest": image.digest,
                       "layers": list(image.layers), "seconds": round(time.monotonic() - started, 1)}, indent=2))
     return 0

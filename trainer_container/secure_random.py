@@ -27,6 +27,23 @@ KEY_BYTES = 32
 SUMMED_SAMPLES = 4  # as opacus.optimizers.optimizer._generate_noise with secure_mode=True
 
 
+def open_unit_uniform(words: torch.Tensor) -> torch.Tensor:
+    """int32 words -> float64 uniforms in the open interval (0, 1), (w + 2^31 + 0.5) / 2^32,
+    exact in float64. Never in float32: there the sum rounds, and the 65 words nearest -2^31
+    gave exactly 0, so log(0) and an infinite noise sample that turned a DP-SGD step, hence the
+    whole model, into NaN (about one run in 25; seen as an export that "does not reproduce")."""
+    return words.to(torch.float64).add_(2.0 ** 31 + 0.5).mul_(2.0 ** -32)
+
+
+def box_muller(uniform: torch.Tensor, angle_uniform: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """2n N(0, 1) samples of `dtype` from n pairs of float64 uniforms in (0, 1): radius
+    sqrt(-2 ln u) times the cosine, then the sine, of 2 pi a. Computed in float64 and rounded
+    once, so every sample is finite."""
+    radius = uniform.log().mul_(-2.0).sqrt_()
+    angle = angle_uniform.mul(2 * math.pi)
+    return torch.cat([torch.cos(angle).mul_(radius), torch.sin(angle).mul_(radius)]).to(dtype)
+
+
 class SecureRandom:
     """Uniforms, Gaussians, Bernoulli draws and Poisson-sampled batches from AES-256-CTR."""
 
@@ -57,7 +74,7 @@ class SecureRandom:
     def _standard_normal(self, count: int, dtype: torch.dtype) -> torch.Tensor:
         """`count` Box-Muller N(0, 1) samples (an even number is drawn, the surplus dropped).
         float64: a 53-bit uniform for the radius (|z| up to 8.6) and 32 bits for the angle;
-        float32 (DP-SGD's gradients): 32 bits for each (|z| up to 6.7 per sample, 13.3 for the
+        float32 (DP-SGD's gradients): 32 bits for each (|z| up to 6.8 per sample, 13.5 for the
         sum of four: a tail beyond any DP-SGD run's reach)."""
         pairs = (count + 1) // 2
         if dtype == torch.float64:
@@ -68,15 +85,9 @@ class SecureRandom:
             uniform = ((words >> 11) & ((1 << 53) - 1)).to(torch.float64).add_(0.5).mul_(2.0 ** -53)
         else:
             stream = self._bytes(8 * pairs)
-            words = torch.frombuffer(stream, dtype=torch.int32, count=pairs)
+            uniform = open_unit_uniform(torch.frombuffer(stream, dtype=torch.int32, count=pairs))
             angle_words = torch.frombuffer(stream, dtype=torch.int32, count=pairs, offset=4 * pairs)
-            uniform = words.to(dtype).add_(2.0 ** 31 + 0.5).mul_(2.0 ** -32)  # (0, 1]
-        radius = uniform.log_().mul_(-2.0).sqrt_()
-        angle = angle_words.to(dtype).add_(2.0 ** 31 + 0.5).mul_(2 * math.pi * 2.0 ** -32)  # (0, 2 pi]
-        out = torch.empty(2 * pairs, dtype=dtype)
-        torch.cos(angle, out=out[:pairs]).mul_(radius)
-        torch.sin(angle, out=out[pairs:]).mul_(radius)
-        return out[:count]
+        return box_muller(uniform, open_unit_uniform(angle_words), dtype)[:count]
 
     def normal(self, shape: int | tuple[int, ...], std: float, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """N(0, std^2) samples of `shape`, each the sum of SUMMED_SAMPLES Box-Muller draws

@@ -72,14 +72,24 @@ def test_build_is_deterministic_and_cached(small_image, tmp_path):
     config = json.loads((layout / "blobs" / "sha256" / manifest["config"]["digest"].split(":")[1]).read_text())
     assert config["rootfs"]["diff_ids"] == list(small_image.layers)
     assert config["config"]["Entrypoint"] == ["python3", "-m", "trainer_container"]
-    # the same inputs in another cache give the same digest
+    # the same inputs in another cache give the same digest; progress names each layer built
     source = write_stand_in(tmp_path / "src")
-    again = oci_image.build([oci_image.host_python_layer(),
-                             oci_image.packages_layer(source, ("trainer_container",), "/app")],
-                            oci_image.ImageConfig(env=TRAINER_IMAGE_ENV, entrypoint=("python3", "-m", "trainer_container"),
-                                                  working_dir=TRAINER_WORKING_DIR),
-                            tag="small", cache_dir=tmp_path / "other-cache")
+    layers = [oci_image.host_python_layer(), oci_image.packages_layer(source, ("trainer_container",), "/app")]
+    image_config = oci_image.ImageConfig(env=TRAINER_IMAGE_ENV, entrypoint=("python3", "-m", "trainer_container"),
+                                         working_dir=TRAINER_WORKING_DIR)
+    cache = tmp_path / "other-cache"
+    assert oci_image.uncached_layers(layers, cache) == layers
+    lines: list[str] = []
+    again = oci_image.build(layers, image_config, tag="small", cache_dir=cache, progress=lines.append)
     assert again.digest == small_image.digest
+    assert [line.split(" in ")[0].split(":")[0] for line in lines] == [
+        "layer 1/2 building", "layer 1/2 built", "layer 2/2 building", "layer 2/2 built"]
+    assert lines[2] == "layer 2/2 building: COPY trainer_container /app"
+    # then the cache has every layer: another tag of the same layers builds none
+    assert oci_image.uncached_layers(layers, cache) == []
+    lines.clear()
+    oci_image.build(layers, image_config, tag="other", cache_dir=cache, progress=lines.append)
+    assert [line.split(":")[0] for line in lines] == ["layer 1/2 cached", "layer 2/2 cached"]
 
 
 @pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed (make setup installs it)")
@@ -137,3 +147,27 @@ def test_pull_refuses_a_tag_another_registry_and_an_unknown_manifest(registry_di
                         (reference[:-64] + "0" * 64, "manifest unknown")):
         with pytest.raises(PullError, match=reason):
             registry.pull(bad)
+
+
+def test_trainer_dependencies_layer_does_not_depend_on_the_builders_path(tmp_path):
+    """pip's RECORD lists the console scripts the dependencies layer removes, hashed with the
+    shebang that names the building interpreter's path: two checkouts built two digests from
+    the same inputs. Only the entries of files the layer has are kept, whatever their quoting;
+    nothing outside site-packages is looked at."""
+    from tools.trainer_image import records_of_installed_files_only
+    site = tmp_path / "dist-packages"
+    (site / "idna").mkdir(parents=True)
+    (site / "idna" / "core.py").write_text("x = 1\n")
+    (site / "odd, name.py").write_text("")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "idna").write_text("#!/some/checkout/.venv/bin/python\n")   # outside: never kept
+    record = site / "idna-3.20.dist-info" / "RECORD"
+    record.parent.mkdir()
+    record.write_text("idna/core.py,sha256=abc,6\n"
+                      '"odd, name.py",sha256=def,0\n'
+                      "../../bin/idna,sha256=rUNqey1ojmn3J9zLr_Idz6onxrwrQTX0fZA8dEqZS2o,166\n"
+                      "../bin/idna,sha256=same,166\n"
+                      "idna-3.20.dist-info/RECORD,,\n")
+    records_of_installed_files_only(site)
+    assert record.read_text() == ('idna/core.py,sha256=abc,6\n"odd, name.py",sha256=def,0\n'
+                                  "idna-3.20.dist-info/RECORD,,\n")

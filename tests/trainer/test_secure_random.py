@@ -11,7 +11,7 @@ from scipy import stats
 from trainer_container.accountant import Accountant
 from trainer_container.dp_evaluation import release_confusion
 from trainer_container.noisy_count import noisy_count
-from trainer_container.secure_random import SUMMED_SAMPLES, SecureRandom
+from trainer_container.secure_random import SUMMED_SAMPLES, SecureRandom, box_muller, open_unit_uniform
 
 N = 400_000
 
@@ -36,6 +36,34 @@ def test_every_sample_sums_several_draws():
     source = SecureRandom(b"\x01" * 32)
     draws = SecureRandom(b"\x01" * 32)._standard_normal(SUMMED_SAMPLES * 10, torch.float64).view(SUMMED_SAMPLES, 10)
     assert torch.allclose(source.normal(10, 3.0), draws.sum(0) * 3.0 / 2)
+
+
+def test_every_keystream_word_gives_a_finite_sample_within_the_documented_tail():
+    """The bug this stops: the float32 uniform was computed in float32, where the 65 int32 words
+    nearest -2^31 rounded to exactly 0; log(0) gave an infinite DP-SGD noise sample and a NaN
+    model in about one COVID run in 25 (found as 1 of 10 concurrent runs failing its export)."""
+    edges = torch.tensor([-2 ** 31 + i for i in range(300)] + [2 ** 31 - 1 - i for i in range(300)] + [-1, 0],
+                         dtype=torch.int64).to(torch.int32)
+    uniform = open_unit_uniform(edges)
+    assert uniform.dtype == torch.float64 and 0 < float(uniform.min()) and float(uniform.max()) < 1
+    assert len(set(uniform[:300].tolist())) == 300          # no two words share a value: nothing rounded
+    for dtype in (torch.float32, torch.float64):
+        z = box_muller(uniform, open_unit_uniform(edges.flip(0)), dtype)
+        assert z.dtype == dtype and bool(torch.isfinite(z).all())
+        assert float(z.abs().max()) <= math.sqrt(-2 * math.log(2.0 ** -33)) + 1e-5   # 6.76: the smallest uniform's
+
+
+class _StuckKeystream(SecureRandom):
+    """A keystream of the one worst word, 0x80000000 (-2^31 as int32), over and over."""
+
+    def _bytes(self, count: int) -> memoryview:
+        return memoryview(bytearray(b"\x00\x00\x00\x80" * (count // 4)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_worst_keystream_gives_finite_noise(dtype):
+    noise = _StuckKeystream(bytes(32)).normal(1000, 1.0, dtype)
+    assert noise.dtype == dtype and bool(torch.isfinite(noise).all())
 
 
 def test_the_stream_is_the_keys_and_a_fresh_key_by_default():
