@@ -33,6 +33,8 @@ HTTP API
                                 the same one again, 409 another one (a lifetime budget is declared once), 403
                                 not signed by the provider's recorded DID key, 400 malformed
   GET  /budgets?provider=DID&dataset=NAME -> {"declaration"} the recorded one (public, like DID documents); 404
+  POST /versions, GET /versions?provider=DID&dataset=NAME: a provider's dataset versions, in strictly
+                                increasing order, each package digest once (local_emulator/ledger_versions.py)
 An envelope is recorded only if every dataset's `budget` is the declaration recorded here for it.
 Webhook call: POST <webhook_url>, body = envelope (Content-Type application/cose), headers
 `x-ledger-seqno`, `x-functions-key`; retried with exponential backoff until a 2xx; a 4xx
@@ -53,6 +55,7 @@ from pathlib import Path
 import requests
 
 from local_emulator.delivery import DONE, GIVE_UP, RETRY, DeliveryQueue, RetryPolicy, is_retryable
+from local_emulator.ledger_versions import VersionRecords
 from local_emulator.tls import LoopbackServer, write_private
 from shared import budget_declaration
 from shared import contract as contracts
@@ -83,6 +86,8 @@ class LedgerTwin:
         (self.data_dir / "budgets").mkdir(parents=True, exist_ok=True)
         self.party_auth = PartyAuthority(_party_auth_secret(self.data_dir / "party_auth.secret"), LEDGER_AUDIENCE,
                                          resolve_did=self.recorded_document)
+        self.versions = VersionRecords(self.data_dir / "versions", self.recorded_document,
+                                       lambda provider, dataset: self.recorded_budget(provider, dataset) is not None)
         self._deliveries = DeliveryQueue(self.data_dir / "deliveries", self._deliver, self._abandon, retry,
                                          name="ledger-webhook")
 
@@ -353,6 +358,10 @@ class LedgerTwin:
             return self._declare_budget(body)
         if method == "GET" and path == "/budgets":
             return self._read_budget(query)
+        if method == "POST" and path == "/versions":
+            return self.versions.post(body)
+        if method == "GET" and path == "/versions":
+            return self.versions.get(query)
         match = _DID_DOC.match(path)
         if method == "GET" and match:
             path = self.data_dir / "dids" / f"{match.group(1)}.json"
