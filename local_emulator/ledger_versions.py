@@ -27,7 +27,7 @@ import json
 import logging
 import threading
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from local_emulator.tls import write_private
 from shared import did as dids

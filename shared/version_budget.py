@@ -23,7 +23,7 @@ ledger refuses the one check it can make (the same package declared twice).
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from shared import did as dids
 from shared import version_declaration as versions

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from jwcrypto import jwk, jws
 from jwcrypto.common import JWException

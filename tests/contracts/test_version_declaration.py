@@ -104,7 +104,7 @@ def test_a_package_digest_is_not_declared_again_under_a_new_version(ledger, tls)
     for dataset, number in (("loans", 3), ("loans-eu", 2)):
         refused = post(ledger, tls, version(bank, dataset, number, "reused", new_individuals=True))
         assert refused.status_code == 409
-        assert f"was already declared as version 2 of loans: a new version is a new package" in refused.json()["error"]
+        assert "was already declared as version 2 of loans: a new version is a new package" in refused.json()["error"]
     assert [c["version"] for c in recorded(ledger, tls, bank, "loans")] == [2]
     assert recorded(ledger, tls, bank, "loans-eu") == []
 

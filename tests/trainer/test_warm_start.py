@@ -71,7 +71,7 @@ def test_the_continued_run_starts_from_exactly_the_previous_model_and_training_m
     state = model_state.load(saved)
     assert state.digest == previous_digest and model_state.starting_point(state) == {
         "previous_model_sha256": previous_digest}
-    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), state.model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), state.model.parameters(), strict=True))
     assert all(p.requires_grad for p in state.model.parameters())
     model_state.check_fits(state, onnx_to_torch(load_model(loan.loan_onnx())), LOW, HIGH)
 
