@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from local_emulator.ledger import LedgerTwin
+from local_emulator.ledger_versions import VersionConflict, VersionRecords
 from shared import budget_declaration
 from shared import did as dids
 from shared import version_declaration as versions
@@ -142,3 +143,14 @@ def test_a_tampered_declaration_is_refused(ledger, tls):
 def test_a_malformed_declaration_is_not_signed(identities, number, pin, new_individuals, reason):
     with pytest.raises(versions.VersionDeclarationError, match=reason):
         versions.declare(identities["icmr"], "icmr", number, pin, new_individuals)
+
+
+def test_the_record_of_versions_survives_a_restart(tmp_path, identities, resolve):
+    """The record is on disk: a replay after the ledger restarts is still refused."""
+    icmr = identities["icmr"]
+    second = versions.declare(icmr, "icmr", 2, {"blake3": sha("restart-2")}, False)
+    VersionRecords(tmp_path, resolve, lambda provider, dataset: True).declare(second)
+    restarted = VersionRecords(tmp_path, resolve, lambda provider, dataset: True)
+    assert restarted.recorded(icmr.did, "icmr") == [second]
+    with pytest.raises(VersionConflict, match="versions strictly increase"):
+        restarted.declare(second)
