@@ -35,7 +35,8 @@ HTTP API
   GET  /budgets?provider=DID&dataset=NAME -> {"declaration"} the recorded one (public, like DID documents); 404
   POST /versions, GET /versions?provider=DID&dataset=NAME: a provider's dataset versions, in strictly
                                 increasing order, each package digest once (local_emulator/ledger_versions.py)
-An envelope is recorded only if every dataset's `budget` is the declaration recorded here for it.
+An envelope is recorded only if every dataset's `budget` is the declaration recorded here for it,
+and every dataset of a version above 1 pins the package its provider declared as that version.
 Webhook call: POST <webhook_url>, body = envelope (Content-Type application/cose), headers
 `x-ledger-seqno`, `x-functions-key`; retried with exponential backoff until a 2xx; a 4xx
 other than 408/429 is a rejection and ends the retries.
@@ -125,6 +126,9 @@ class LedgerTwin:
             if dataset["budget"] != self.recorded_budget(provider, dataset["name"]):
                 raise contracts.BadSignature(f"dataset {dataset['name']}'s budget declaration is not the one "
                                              f"{provider} declared on this ledger")
+            if dataset["version"] > 1 and not self.versions.declares(provider, dataset):
+                raise contracts.BadSignature(f"dataset {dataset['name']} version {dataset['version']} is not the "
+                                             f"package {provider} declared as that version on this ledger")
         missing = [did for did in contracts.parties(contract.payload) if did not in contract.signers]
         with self._lock:
             seqno = max((int(p.stem) for p in (self.data_dir / "entries").glob("*.cose")), default=0) + 1

@@ -1,6 +1,9 @@
 """The ledger twin's record of dataset versions (shared/version_declaration.py): a provider's
 versions of its own datasets, in strictly increasing order, each package digest once.
 
+A contract naming a dataset version above 1 is recorded only if that version's declared package
+is the one it pins (`declares`, checked by the ledger's `register`).
+
 Why here and not in the contract: new data arrives after the contract is signed, and the
 ledger is the one public, append-only place every party and the clean room read. A version is
 recorded only when
@@ -31,6 +34,7 @@ from collections.abc import Callable
 
 from local_emulator.tls import write_private
 from shared import did as dids
+from shared import package
 from shared import version_declaration as versions
 
 log = logging.getLogger(__name__)
@@ -90,6 +94,13 @@ class VersionRecords:
         """The dataset's declarations in version order (empty if none)."""
         with self._lock:
             return list(self._load(provider)["datasets"].get(dataset, []))
+
+    def declares(self, provider: str, dataset: dict) -> bool:
+        """Whether the provider declared a contract dataset entry's package as its `version`."""
+        pinned = package.pinned_commitment(dataset)
+        return pinned is not None and any(
+            claims["version"] == dataset["version"] and versions.pin(claims) == dict([pinned])
+            for claims in map(versions.claims, self.recorded(provider, dataset["name"])))
 
     # --- HTTP ----------------------------------------------------------------------------
 

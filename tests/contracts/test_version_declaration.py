@@ -13,9 +13,10 @@ import requests
 from local_emulator.ledger import LedgerTwin
 from local_emulator.ledger_versions import VersionConflict, VersionRecords
 from shared import budget_declaration
+from shared import contract as contracts
 from shared import did as dids
 from shared import version_declaration as versions
-from tests.contracts.conftest import sha
+from tests.contracts.conftest import contract_payload, record_budgets, sha
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +155,19 @@ def test_the_record_of_versions_survives_a_restart(tmp_path, identities, resolve
     assert restarted.recorded(icmr.did, "icmr") == [second]
     with pytest.raises(VersionConflict, match="versions strictly increase"):
         restarted.declare(second)
+
+
+def test_a_contract_names_a_later_version_only_with_the_package_its_provider_declared(ledger, tls):
+    tdc, bank = provider(ledger, "tdc-contract"), provider(ledger, "bank-contract")
+    payload = contract_payload(tdc.did, {"loans": bank})
+    record_budgets(ledger, payload)
+    entry = payload["tdps"][0]["datasets"][0]  # pins {"sha256": sha("loans")}
+    entry["version"] = 2
+    with pytest.raises(contracts.BadSignature, match="version 2 is not the package .* declared as that version"):
+        ledger.register(contracts.sign_contract(payload, [tdc, bank]))
+    assert post(ledger, tls, versions.declare(bank, "loans", 2, {"sha256": sha("other")}, False)).status_code == 201
+    with pytest.raises(contracts.BadSignature, match="version 2 is not the package"):
+        ledger.register(contracts.sign_contract(payload, [tdc, bank]))
+    assert post(ledger, tls, versions.declare(bank, "loans", 3, {"sha256": sha("loans")}, False)).status_code == 201
+    entry["version"] = 3
+    assert ledger.register(contracts.sign_contract(payload, [tdc, bank]))["complete"]
