@@ -34,7 +34,8 @@ class UndeclaredVersion(ValueError):
 
 
 def population(provider: str, dataset: str, version: int | None = None) -> str:
-    """The identity of the dataset's own population, or of a new-individuals version's."""
+    """The identity of the dataset's own population, or of a new-individuals version's ('@' is
+    not allowed in a dataset name, so a version's population never collides with a dataset's)."""
     return f"{provider}/{dataset}" if version is None else f"{provider}/{dataset}@v{version}"
 
 
