@@ -19,11 +19,10 @@ from local_emulator.loan_data import joined_sample
 from shared.pipeline import TrainingConfig
 from trainer_container import model_state
 from trainer_container.accountant import Accountant
+from trainer_container.dp_sgd import PrivacyPlan
 from trainer_container.export import export_onnx, with_standardization
 from trainer_container.features import split_and_scale, split_with_standardizer
-from trainer_container.noisy_count import noisy_count
 from trainer_container.onnx_convert import load_model, onnx_to_torch
-from trainer_container.privacy_plan import RunPrivacy
 from trainer_container.secure_random import SecureRandom
 from trainer_container.training import loss_function, targets, train_private
 
@@ -40,22 +39,22 @@ def loan_version(rows: int, seed: int) -> pd.DataFrame:
     return table
 
 
-def plan(table: pd.DataFrame, noise: SecureRandom, accountant: Accountant) -> RunPrivacy:
-    privacy = RunPrivacy.before_data(CONFIG.epsilon, 1e-5, SPLIT, 100, roc_auc=True, loss=False)
-    return privacy.after_count(noisy_count(len(table), privacy.noise.count, noise, accountant), CONFIG.batch_size,
-                               CONFIG.epochs, CONFIG.max_grad_norm)
+# DP-SGD and scaling noise as a run on 3,000 rows would plan them (planning itself takes seconds
+# and is tested elsewhere): batch 128 of about 2,400 training rows, one epoch.
+DP_SGD = PrivacyPlan(noise_multiplier=1.0, max_grad_norm=CONFIG.max_grad_norm, sample_rate=128 / 2400,
+                     steps_per_epoch=19, epochs=1, expected_batch_size=128)
+STATISTICS_NOISE = 12.0
 
 
 @pytest.fixture(scope="module")
 def previous_run():
     """The first run on version 1: DP scaling, one DP-SGD epoch (the model its TDC received)."""
     table, noise, accountant = loan_version(3000, seed=1), SecureRandom(bytes(32)), Accountant()
-    privacy = plan(table, noise, accountant)
     split = split_and_scale(table, loan.FEATURE_COLUMNS, loan.TARGET, SPLIT, CONFIG.feature_bounds, noise,
-                            privacy.noise.statistics, accountant)
+                            STATISTICS_NOISE, accountant)
     model = onnx_to_torch(load_model(loan.loan_onnx()))
-    train_private(model, split, CONFIG, privacy.dp_sgd, noise, accountant, lambda line: None)
-    return model, split.standardizer, privacy.dp_sgd
+    train_private(model, split, CONFIG, DP_SGD, noise, accountant, lambda line: None)
+    return model, split.standardizer
 
 
 def step_loss(model, x, y) -> torch.Tensor:
@@ -64,7 +63,7 @@ def step_loss(model, x, y) -> torch.Tensor:
 
 
 def test_the_continued_run_starts_from_exactly_the_previous_model_and_training_moves_it(previous_run):
-    model, standardizer, dp_sgd = previous_run
+    model, standardizer = previous_run
     previous_digest = model_state.digest(model, standardizer)
     saved = model_state.save(model, standardizer)
     assert model_state.save(model, standardizer) == saved  # deterministic bytes
@@ -75,7 +74,7 @@ def test_the_continued_run_starts_from_exactly_the_previous_model_and_training_m
     assert all(p.requires_grad for p in state.model.parameters())
     model_state.check_fits(state, onnx_to_torch(load_model(loan.loan_onnx())), LOW, HIGH)
 
-    # version 2 arrives (as many rows: the first run's DP-SGD plan fits it, and planning takes seconds)
+    # version 2 arrives
     table, noise, accountant = loan_version(3000, seed=2), SecureRandom(bytes([2]) * 32), Accountant()
     split = split_with_standardizer(table, loan.FEATURE_COLUMNS, loan.TARGET, SPLIT, noise, state.standardizer)
     assert accountant.releases == []  # scaled by the previous run's constants: no statistics released
@@ -88,14 +87,14 @@ def test_the_continued_run_starts_from_exactly_the_previous_model_and_training_m
     with torch.no_grad():
         assert np.allclose(scored, state.model(split.val_x).numpy(), rtol=1e-4, atol=1e-4)
 
-    train_private(state.model, split, CONFIG, dp_sgd, noise, accountant, lambda line: None)
+    train_private(state.model, split, CONFIG, DP_SGD, noise, accountant, lambda line: None)
     assert model_state.digest(state.model, state.standardizer) != previous_digest  # training moved the weights
     assert model_state.digest(model, standardizer) == previous_digest               # the previous model is intact
     assert not torch.equal(step_loss(state.model, split.val_x, split.val_y), step_loss(model, split.val_x, split.val_y))
 
 
 def test_a_state_that_does_not_fit_the_contracts_model_or_bounds_is_refused(previous_run):
-    state = model_state.load(model_state.save(*previous_run[:2]))
+    state = model_state.load(model_state.save(*previous_run))
     wider = torch.nn.Sequential(torch.nn.Linear(loan.N_FEATURES, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
     with pytest.raises(model_state.ModelStateError, match="layers differ from the contract's model"):
         model_state.check_fits(state, wider, LOW, HIGH)
@@ -117,7 +116,7 @@ def _rezipped(saved: bytes, **members: bytes) -> bytes:
 
 
 def test_a_malformed_state_is_refused_with_a_clear_error(previous_run):
-    saved = model_state.save(*previous_run[:2])
+    saved = model_state.save(*previous_run)
     constants = json.loads(zipfile.ZipFile(io.BytesIO(saved)).read("standardizer.json"))
     zero_scale = {**constants, "scale": [0.0] * loan.N_FEATURES}
     for data, reason in ((b"not a zip", "a model state is a zip archive"),
