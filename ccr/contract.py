@@ -79,6 +79,9 @@ def register(groups) -> None:
     new.add_argument("--memory-gb", type=float, help=f"memory for the trainer in GB (default "
                                                      f"{trainer_resources.DEFAULT_MEMORY_GB:g}, at most "
                                                      f"{trainer_resources.MAX_MEMORY_GB:g})")
+    new.add_argument("--continued-training", action="store_true",
+                     help="allow declared new dataset versions (`ccr tdp declare-version`) to continue training from "
+                          "the last run's model inside the clean room (workloads.training.continued_training)")
     new.add_argument("--trainer-image", metavar="REF", help="ccr-trainer@sha256:<hex> (its policy template's "
                                                             "digest is pinned too)")
     new.add_argument("--ledger", help="ledger URL, where the datasets' budget declarations are read (default: "
@@ -326,6 +329,8 @@ def build_payload(args) -> dict:
     for option, key in (("cpu", "cpu"), ("memory_gb", "memory_gb")):
         if getattr(args, option) is not None:
             training.setdefault("resources", {})[key] = getattr(args, option)
+    if args.continued_training:
+        training["continued_training"] = True
     if args.trainer_image:
         try:
             training["policy_template_sha256"] = policy_template_sha256(args.trainer_image)

@@ -1,7 +1,7 @@
 """`ccr tdp`: what a Training Data Provider runs on its own machine - de-identify a table
 (`prepare`), make the pseudonym key its contract's providers share (`pseudonym-key`), and
 encrypt, upload and key a prepared table (`publish`), declare its lifetime privacy budget
-once (`declare-budget`), and check a TDC's proposed feature bounds against its own table
+once (`declare-budget`) and each new version of a dataset (`declare-version`), and check a TDC's proposed feature bounds against its own table
 (`check-bounds`). The file formats: docs/GUIDE.md."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from ccr.party import add_identity_arguments, clean_room, party_did
 from ccr.party import identity as party_identity
 
 NAME = "tdp"
-HELP = "training data provider: prepare, pseudonym-key, publish, declare-budget, check-bounds"
+HELP = "training data provider: prepare, pseudonym-key, publish, declare-budget, declare-version, check-bounds"
 PSEUDONYM_KEY_ENV = "CCR_PSEUDONYM_KEY"
 
 
@@ -69,6 +69,25 @@ def register(groups) -> None:
     declare.add_argument("--ledger", help="ledger URL (default: setting CCR_LEDGER_URL)")
     add_identity_arguments(declare, "your did:web (default: setting CCR_PARTY_DID)")
     declare.set_defaults(func=run_declare_budget)
+
+    version = commands.add_parser("declare-version", help="declare a published package as a new version of a dataset",
+                                  description="Sign, with your DID key, that a package you published (its manifest "
+                                              "digest, as `ccr tdp publish` printed it) is a new version of your "
+                                              "dataset, and record it on the ledger. Versions strictly increase and "
+                                              "a package is declared once. Without --new-individuals its rows are "
+                                              "the same people as before and a run on it adds to their spent budget; "
+                                              "with it they are new people with their own lifetime budget "
+                                              "(shared/version_declaration.py, shared/version_budget.py).")
+    version.add_argument("--dataset", required=True, help="dataset name, as published and budgeted")
+    version.add_argument("--version", dest="number", required=True, type=int, help="version number (above the last)")
+    digest = version.add_mutually_exclusive_group(required=True)
+    digest.add_argument("--blake3", help="the package's manifest digest (version-2 packages, what publish prints)")
+    digest.add_argument("--sha256", help="the package's manifest digest (version-1 packages)")
+    version.add_argument("--new-individuals", action="store_true",
+                         help="its rows are people this dataset never held (default: the same people again)")
+    version.add_argument("--ledger", help="ledger URL (default: setting CCR_LEDGER_URL)")
+    add_identity_arguments(version, "your did:web (default: setting CCR_PARTY_DID)")
+    version.set_defaults(func=run_declare_version)
 
     bounds = commands.add_parser("check-bounds", help="warn when proposed feature bounds look derived from your data",
                                  description="Check the public feature bounds a TDC proposes (its training config's "
@@ -193,6 +212,20 @@ def run_declare_budget(args) -> None:
         raise CliError(f"ledger refused the declaration (HTTP {response.status_code}): {reason(response)}")
     emit({**budget_declaration.claims(token), "digest": response.json()["digest"],
           "recorded": "new" if response.status_code == 201 else "already recorded"})
+
+
+def run_declare_version(args) -> None:
+    from shared import version_declaration as versions
+    name = plain_name(args.dataset, "--dataset")
+    pin = {"blake3": args.blake3} if args.blake3 is not None else {"sha256": args.sha256}
+    try:
+        token = versions.declare(party_identity(args, required=True), name, args.number, pin, args.new_individuals)
+    except versions.VersionDeclarationError as error:
+        raise CliError(str(error)) from None
+    response = call("POST", f"{ledger_url(args)}/versions", data=token, headers={"Content-Type": "application/jose"})
+    if response.status_code != 201:
+        raise CliError(f"ledger refused the version (HTTP {response.status_code}): {reason(response)}")
+    emit({**versions.claims(token), "declaration_digest": response.json()["digest"]})
 
 
 def run_check_bounds(args) -> None:

@@ -33,7 +33,10 @@ HTTP API
                                 the same one again, 409 another one (a lifetime budget is declared once), 403
                                 not signed by the provider's recorded DID key, 400 malformed
   GET  /budgets?provider=DID&dataset=NAME -> {"declaration"} the recorded one (public, like DID documents); 404
-An envelope is recorded only if every dataset's `budget` is the declaration recorded here for it.
+  POST /versions, GET /versions?provider=DID&dataset=NAME: a provider's dataset versions, in strictly
+                                increasing order, each package digest once (local_emulator/ledger_versions.py)
+An envelope is recorded only if every dataset's `budget` is the declaration recorded here for it,
+and every dataset of a version above 1 pins the package its provider declared as that version.
 Webhook call: POST <webhook_url>, body = envelope (Content-Type application/cose), headers
 `x-ledger-seqno`, `x-functions-key`; retried with exponential backoff until a 2xx; a 4xx
 other than 408/429 is a rejection and ends the retries.
@@ -53,6 +56,7 @@ from pathlib import Path
 import requests
 
 from local_emulator.delivery import DONE, GIVE_UP, RETRY, DeliveryQueue, RetryPolicy, is_retryable
+from local_emulator.ledger_versions import VersionRecords
 from local_emulator.tls import LoopbackServer, write_private
 from shared import budget_declaration
 from shared import contract as contracts
@@ -83,6 +87,8 @@ class LedgerTwin:
         (self.data_dir / "budgets").mkdir(parents=True, exist_ok=True)
         self.party_auth = PartyAuthority(_party_auth_secret(self.data_dir / "party_auth.secret"), LEDGER_AUDIENCE,
                                          resolve_did=self.recorded_document)
+        self.versions = VersionRecords(self.data_dir / "versions", self.recorded_document,
+                                       lambda provider, dataset: self.recorded_budget(provider, dataset) is not None)
         self._deliveries = DeliveryQueue(self.data_dir / "deliveries", self._deliver, self._abandon, retry,
                                          name="ledger-webhook")
 
@@ -120,6 +126,9 @@ class LedgerTwin:
             if dataset["budget"] != self.recorded_budget(provider, dataset["name"]):
                 raise contracts.BadSignature(f"dataset {dataset['name']}'s budget declaration is not the one "
                                              f"{provider} declared on this ledger")
+            if dataset["version"] > 1 and not self.versions.declares(provider, dataset):
+                raise contracts.BadSignature(f"dataset {dataset['name']} version {dataset['version']} is not the "
+                                             f"package {provider} declared as that version on this ledger")
         missing = [did for did in contracts.parties(contract.payload) if did not in contract.signers]
         with self._lock:
             seqno = max((int(p.stem) for p in (self.data_dir / "entries").glob("*.cose")), default=0) + 1
@@ -353,6 +362,10 @@ class LedgerTwin:
             return self._declare_budget(body)
         if method == "GET" and path == "/budgets":
             return self._read_budget(query)
+        if method == "POST" and path == "/versions":
+            return self.versions.post(body)
+        if method == "GET" and path == "/versions":
+            return self.versions.get(query)
         match = _DID_DOC.match(path)
         if method == "GET" and match:
             path = self.data_dir / "dids" / f"{match.group(1)}.json"

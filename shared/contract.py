@@ -50,7 +50,7 @@ BLOB_PATH = re.compile(r"^[a-z0-9-]+/[A-Za-z0-9_\-][A-Za-z0-9_.\-/]{0,250}\.ccr$
 VAULT_URL = re.compile(r"^https://[A-Za-z0-9.\-]+(:[0-9]{1,5})?/?$")
 
 SCHEMA_VERSION = 2
-WORKLOADS = ("training",)           # inference and continued training come later
+WORKLOADS = ("training",)           # inference comes later; continued training is training.continued_training
 MIN_VALIDATION_SPLIT, MAX_VALIDATION_SPLIT = 0.1, 0.5
 MIN_JOINED_ROWS = 1
 
@@ -250,6 +250,10 @@ def _training(workload, where: str) -> None:
     if "resources" in workload:  # optional; shared/trainer_resources.py cites ACI's confidential limits
         reason = trainer_resources.problem(workload["resources"])
         _need(reason is None, f"{where}.resources {reason}")
+    if "continued_training" in workload:  # optional, false when absent: contracts before it stay valid
+        _need(isinstance(workload["continued_training"], bool),
+              f"{where}.continued_training must be true or false (whether new dataset versions continue training "
+              "from the last model)")
 
 
 def validate_payload(payload) -> dict:
@@ -314,6 +318,12 @@ def validate_payload(payload) -> dict:
 def training(payload: dict) -> dict:
     """The training workload's terms (image, policy template digest, join, deadline)."""
     return payload["workloads"]["training"]
+
+
+def continued_training(payload: dict) -> bool:
+    """Whether every party agreed that a declared new dataset version continues training from
+    the last run's model (shared/version_declaration.py); false unless the contract says so."""
+    return training(payload).get("continued_training", False) is True
 
 
 def datasets(payload: dict) -> list[tuple[str, dict]]:

@@ -6,7 +6,8 @@ budget, and a contract naming another provider's file under its own DID charges 
 Runs compose by basic sequential composition (epsilons and deltas add up): a conservative
 bound that needs no accountant state. The lifetime (epsilon, delta) is the provider's signed
 declaration (`shared.budget_declaration`): the first one a run brings is pinned here, and a run
-bringing another (a provider or anyone else trying a larger budget) is refused.
+bringing another (a provider or anyone else trying a larger budget) is refused. A run on a new
+dataset version draws on the populations shared/version_budget.py names for it (`reserve_each`).
 """
 from __future__ import annotations
 
@@ -65,6 +66,19 @@ class PrivacyBudget:
                 ledger["runs"][run_id] = {"epsilon": float(epsilon), "delta": float(delta), "state": "reserved"}
         self._blobs.update(self._name(identity), mutate, default={"runs": {}})
         return refusal.get("why")
+
+    def reserve_each(self, identities: tuple[str, ...], run_id: str, declared: dict, epsilon: float,
+                     delta: float) -> str | None:
+        """`reserve` on every population a run draws on (a new dataset version's, from
+        shared/version_budget.py), all or none: a refusal by one gives back the others. None when
+        reserved, else which population refused and why."""
+        for done, identity in enumerate(identities):
+            why = self.reserve(identity, run_id, declared, epsilon, delta)
+            if why is not None:
+                for reserved in identities[:done]:
+                    self.release(reserved, run_id)
+                return f"{identity}: {why}"
+        return None
 
     def release(self, identity: str, run_id: str) -> None:
         """Give back a reservation of a run that never touched the data."""

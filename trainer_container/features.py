@@ -86,10 +86,28 @@ def split_and_scale(table: pd.DataFrame, feature_columns: tuple[str, ...], targe
     `bounds` holds every feature column's public (low, high) (checked by check_compatible);
     `statistics_noise` is the plan's, charged to `accountant` as `scaling_statistics`."""
     low, high = (np.array([bounds[c][i] for c in feature_columns], dtype=np.float64) for i in (0, 1))
+    x, y, train_idx, val_idx = _secret_split(table, feature_columns, target, validation_split, noise)
+    standardizer = Standardizer.fit_private(x[train_idx], low, high, noise, statistics_noise, accountant)
+    return _scaled(x, y, train_idx, val_idx, standardizer)
+
+
+def split_with_standardizer(table: pd.DataFrame, feature_columns: tuple[str, ...], target: str,
+                            validation_split: float, noise: SecureRandom, standardizer: Standardizer) -> Split:
+    """As `split_and_scale`, scaled by a previous run's released constants (a continued run,
+    trainer_container/model_state.py): no scaling statistics are released, nothing is charged."""
+    x, y, train_idx, val_idx = _secret_split(table, feature_columns, target, validation_split, noise)
+    return _scaled(x, y, train_idx, val_idx, standardizer)
+
+
+def _secret_split(table: pd.DataFrame, feature_columns: tuple[str, ...], target: str, validation_split: float,
+                  noise: SecureRandom) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     x = table.loc[:, list(feature_columns)].to_numpy(dtype=np.float64)
     y = table[target].to_numpy(dtype=np.float64)
-    train_idx, val_idx = secret_split(len(table), validation_split, noise)
-    standardizer = Standardizer.fit_private(x[train_idx], low, high, noise, statistics_noise, accountant)
+    return (x, y, *secret_split(len(table), validation_split, noise))
+
+
+def _scaled(x: np.ndarray, y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
+            standardizer: Standardizer) -> Split:
     return Split(torch.from_numpy(standardizer.apply(x[train_idx])), torch.from_numpy(y[train_idx]).float(),
                  torch.from_numpy(standardizer.apply(x[val_idx])), torch.from_numpy(y[val_idx]).float(),
                  x[val_idx].astype(np.float32), standardizer)

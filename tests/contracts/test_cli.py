@@ -42,7 +42,7 @@ def ledger(tmp_path, tls, webhook_factory, monkeypatch):
     twin.stop()
 
 
-def new_contract(ccr, tmp_path, dids: dict, epsilon=1.5, **overrides):
+def new_contract(ccr, tmp_path, dids: dict, epsilon=1.5, flags=(), **overrides):
     options = {"--contract-id": "covid-cli", "--purpose": "covid model", "--valid-from": "2026-01-01T00:00:00Z",
                "--valid-until": "2099-01-01T00:00:00Z", "--tdc": dids["tdc"],
                "--model": f"blob=models/model/m-1.ccr,sha256={sha('m')},key_id=m-1",
@@ -50,7 +50,7 @@ def new_contract(ccr, tmp_path, dids: dict, epsilon=1.5, **overrides):
                "--delta": "1e-5", "--deadline-seconds": "600", "--trainer-image": "ccr-trainer@sha256:" + sha("i"),
                "--join": tmp_path / "join.json", "--out": tmp_path / "payload.json", **overrides}
     (tmp_path / "join.json").write_text(json.dumps({"datasets": []}))
-    argv = ["contract", "new"]
+    argv = ["contract", "new", *flags]
     for option, value in options.items():
         argv += [option, value]
     for name in PARTIES[1:]:
@@ -126,6 +126,16 @@ def test_four_parties_sign_verify_and_submit(ccr, ledger, tmp_path):
                                    "digest": digest, "run_id": run_id_for("covid-cli", digest)}
     wait_for(lambda: ledger.entry(1)["delivery"] == "delivered")
     assert ledger.hook.calls[0]["body"] == envelope.read_bytes()
+
+
+def test_a_contract_allows_continued_training_only_when_its_author_asks(ccr, ledger, tmp_path):
+    dids = identities_with_budgets(ccr, tmp_path)
+    assert new_contract(ccr, tmp_path, dids)[0] == 0
+    training = json.loads((tmp_path / "payload.json").read_text())["workloads"]["training"]
+    assert "continued_training" not in training and not contracts.continued_training({"workloads": {"training": training}})
+    status, _, err = new_contract(ccr, tmp_path, dids, flags=("--continued-training",))
+    assert status == 0, err
+    assert contracts.continued_training(json.loads((tmp_path / "payload.json").read_text())) is True
 
 
 def test_identity_refusals_keep_keys_safe(ccr, ledger, tmp_path):

@@ -192,6 +192,21 @@ def test_schema_violations(payload, mutate, reason):
         contracts.validate_payload(payload)
 
 
+@pytest.mark.parametrize("value", ["yes", 1, None, "false"])
+def test_continued_training_is_true_or_false(payload, value):
+    payload["workloads"]["training"]["continued_training"] = value
+    with pytest.raises(contracts.MalformedContract,
+                       match=r"workloads\.training\.continued_training must be true or false"):
+        contracts.validate_payload(payload)
+
+
+def test_continued_training_is_off_unless_the_contract_allows_it(payload, identities, resolve):
+    assert contracts.continued_training(contracts.validate_payload(payload)) is False  # older contracts: still valid
+    payload["workloads"]["training"]["continued_training"] = True
+    envelope = contracts.sign_contract(payload, list(identities.values()))
+    assert contracts.continued_training(contracts.verify_contract(envelope, resolve, NOW).payload) is True
+
+
 def test_verify_signatures_accepts_a_partial_envelope_and_refuses_any_bad_signature(
         payload, identities, documents, resolve):
     """What the ledger asks of a submission: at least one signature, each a party's and valid;
