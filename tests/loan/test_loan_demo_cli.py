@@ -1,5 +1,5 @@
-"""`python -m local_emulator demo [covid|loan] [--rows N]`: a wrong --rows is refused with a
-usage error naming it, before any stack or scenario starts."""
+"""`python -m local_emulator demo [covid|loan] [--rows N] [--image oci|tarball]`: a wrong
+--rows or --image is refused with a usage error naming it, before any stack or scenario starts."""
 from __future__ import annotations
 
 import pytest
@@ -12,8 +12,9 @@ from local_emulator import demo
 def started(monkeypatch):
     """Which demo would have run (none of them really starts here)."""
     calls = []
-    monkeypatch.setattr(demo, "run_demo", lambda: calls.append("covid") or 0)
-    monkeypatch.setattr(demo, "run_loan_demo", lambda rows: calls.append(("loan", rows)) or 0)
+    monkeypatch.delenv("CCR_TRAINER_IMAGE", raising=False)
+    monkeypatch.setattr(demo, "run_demo", lambda image_kind: calls.append(("covid", image_kind)) or 0)
+    monkeypatch.setattr(demo, "run_loan_demo", lambda rows, image_kind: calls.append(("loan", rows, image_kind)) or 0)
     return calls
 
 
@@ -23,6 +24,7 @@ def started(monkeypatch):
     (["demo", "covid", "--rows", "500"], "--rows applies to the loan scenario only"),
     (["demo", "--rows", "500"], "--rows applies to the loan scenario only"),
     (["demo", "mortgages"], "argument scenario: invalid choice: 'mortgages'"),
+    (["demo", "--image", "docker"], "argument --image: invalid choice: 'docker'"),
 ])
 def test_a_bad_demo_command_is_refused_before_anything_starts(argv, message, started, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -33,10 +35,10 @@ def test_a_bad_demo_command_is_refused_before_anything_starts(argv, message, sta
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["demo"], "covid"),
-    (["demo", "covid"], "covid"),
-    (["demo", "loan"], ("loan", None)),   # run_loan_demo's default scale
-    (["demo", "loan", "--rows", "200000"], ("loan", 200_000)),
+    (["demo"], ("covid", "oci")),          # the real trainer image unless told otherwise
+    (["demo", "covid", "--image", "tarball"], ("covid", "tarball")),
+    (["demo", "loan"], ("loan", None, "oci")),   # run_loan_demo's default scale
+    (["demo", "loan", "--rows", "200000", "--image", "tarball"], ("loan", 200_000, "tarball")),
 ])
 def test_the_demo_command_picks_the_scenario_and_scale(argv, expected, started):
     with pytest.raises(SystemExit) as exit_:
