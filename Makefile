@@ -47,8 +47,10 @@ browser-tools:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null)
 
+# Two workers, a test file each at a time (module fixtures stay whole): the suite mostly waits on
+# processes and HTTP, so two share two cores well.
 test: install browser-tools
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 bench: install
 	for b in bench/*.py; do $(PY) $$b || exit 1; done

@@ -117,3 +117,12 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.1, message:
         if time.monotonic() > deadline:
             raise AssertionError(f"{message} not met within {timeout:.0f} s")
         time.sleep(interval)
+
+
+# The longest files (whole runs through a local stack) first: `make test` spreads files over two
+# pytest-xdist workers, and a long file left for last would run alone at the end.
+LONG_FIRST = ("tests/run/", "tests/guide/")
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: not item.nodeid.startswith(LONG_FIRST))   # stable: otherwise as collected

@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import shutil
-import stat
 import subprocess
 import tarfile
 import tempfile

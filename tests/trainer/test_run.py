@@ -19,7 +19,6 @@ import pandas as pd
 import pytest
 from onnx import numpy_helper
 
-from shared import contract as contracts
 from shared import key_grants, package, storage_names
 from shared.pipeline import JoinSpec
 from local_emulator import covid_reference as covid_model
