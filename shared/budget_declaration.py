@@ -16,18 +16,13 @@ threshold; an outsider declaring a budget for someone else's dataset (not the pr
 an altered declaration (signature)."""
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from typing import Callable
 
-from jwcrypto import jwk, jws
-from jwcrypto.common import JWException
-
 from shared import did as dids
+from shared import provider_statement as statements
 
 TYPE = "ccr-budget+jws"
-MAX_CHARS = 4096
 FIELDS = ("provider", "dataset", "epsilon", "delta")
 
 
@@ -37,8 +32,8 @@ class DeclarationError(ValueError):
 
 def declare(identity: dids.Identity, dataset: str, epsilon: float, delta: float) -> str:
     """The provider's declaration for `dataset` (compact JWS by `identity`'s DID key)."""
-    claims = check_claims({"provider": identity.did, "dataset": dataset, "epsilon": epsilon, "delta": delta})
-    return identity.sign_jws(_canonical(claims), TYPE)
+    return statements.sign(KIND, identity, {"provider": identity.did, "dataset": dataset, "epsilon": epsilon,
+                                            "delta": delta})
 
 
 def check_claims(claims) -> dict:
@@ -54,39 +49,18 @@ def check_claims(claims) -> dict:
     return claims
 
 
-def _parse(token) -> tuple[jws.JWS, dict, dict]:
-    if not isinstance(token, str) or len(token) > MAX_CHARS or token.count(".") != 2:
-        raise DeclarationError("a budget declaration is a compact JWS")
-    parsed = jws.JWS()
-    try:
-        parsed.deserialize(token)
-        header = parsed.jose_header
-        claims = json.loads(parsed.objects["payload"])
-    except (JWException, ValueError, KeyError, TypeError):
-        raise DeclarationError("a budget declaration is a compact JWS with a JSON payload") from None
-    if header.get("typ") != TYPE or header.get("alg") != "ES256" or not isinstance(header.get("kid"), str):
-        raise DeclarationError(f"a budget declaration's header is alg ES256, typ {TYPE} and the provider's kid")
-    return parsed, header, check_claims(claims)
+KIND = statements.Kind(TYPE, "budget declaration", DeclarationError, check_claims,
+                       lambda checked: f"the budget declaration for {checked['dataset']}")
 
 
 def claims(token) -> dict:
     """The declaration's claims, signature NOT checked (for validating a contract's shape)."""
-    return _parse(token)[2]
+    return statements.parse(KIND, token)[2]
 
 
 def verify(token, resolve_did: Callable[[str], dict]) -> dict:
     """The claims, if the JWS is signed by the key of the provider's DID document that its kid names."""
-    parsed, header, checked = _parse(token)
-    did, _ = dids.split_did_url(header["kid"])
-    if did != checked["provider"]:
-        raise DeclarationError(f"the budget declaration for {checked['dataset']} is not signed by its provider")
-    public = dids.verification_key(resolve_did(did), header["kid"])
-    try:
-        parsed.verify(jwk.JWK.from_pyca(public), alg="ES256")
-    except JWException:
-        raise DeclarationError(f"the budget declaration for {checked['dataset']} does not verify against "
-                               f"{did}'s DID key (altered or signed with another key)") from None
-    return checked
+    return statements.verify(KIND, token, resolve_did)
 
 
 def identity(claims_: dict) -> str:
@@ -96,8 +70,4 @@ def identity(claims_: dict) -> str:
 
 def digest(token: str) -> str:
     """sha256 of the declared terms (canonical JSON): equal terms, equal digest."""
-    return hashlib.sha256(_canonical(claims(token))).hexdigest()
-
-
-def _canonical(value: dict) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    return statements.digest(KIND, token)

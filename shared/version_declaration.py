@@ -18,18 +18,13 @@ increase); one package passed off as a new version, e.g. to claim a fresh budget
 people (a declared digest is never declared again); an altered declaration (signature)."""
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from collections.abc import Callable
 
-from jwcrypto import jwk, jws
-from jwcrypto.common import JWException
-
 from shared import did as dids
+from shared import provider_statement as statements
 
 TYPE = "ccr-version+jws"
-MAX_CHARS = 4096
 FIELDS = ("provider", "dataset", "version", "digest_algorithm", "digest", "new_individuals")
 DIGEST_ALGORITHMS = ("blake3", "sha256")  # the package manifest's commitments (shared/package.py)
 _HEX256 = re.compile(r"^[0-9a-f]{64}$")
@@ -45,9 +40,9 @@ def declare(identity: dids.Identity, dataset: str, version: int, pin: dict, new_
     if not isinstance(pin, dict) or len(pin) != 1:
         raise VersionDeclarationError("a version declaration pins one package digest, as {\"blake3\": hex}")
     (algorithm, digest_hex), = pin.items()
-    claims = check_claims({"provider": identity.did, "dataset": dataset, "version": version,
-                           "digest_algorithm": algorithm, "digest": digest_hex, "new_individuals": new_individuals})
-    return identity.sign_jws(_canonical(claims), TYPE)
+    return statements.sign(KIND, identity, {"provider": identity.did, "dataset": dataset, "version": version,
+                                            "digest_algorithm": algorithm, "digest": digest_hex,
+                                            "new_individuals": new_individuals})
 
 
 def check_claims(claims) -> dict:
@@ -70,42 +65,18 @@ def check_claims(claims) -> dict:
     return claims
 
 
-def _parse(token) -> tuple[jws.JWS, dict, dict]:
-    if not isinstance(token, str) or len(token) > MAX_CHARS or token.count(".") != 2:
-        raise VersionDeclarationError("a version declaration is a compact JWS")
-    parsed = jws.JWS()
-    try:
-        parsed.deserialize(token)
-        header = parsed.jose_header
-        claims = json.loads(parsed.objects["payload"])
-    except (JWException, ValueError, KeyError, TypeError):
-        raise VersionDeclarationError("a version declaration is a compact JWS with a JSON payload") from None
-    if header.get("typ") != TYPE or header.get("alg") != "ES256" or not isinstance(header.get("kid"), str):
-        raise VersionDeclarationError(f"a version declaration's header is alg ES256, typ {TYPE} and the "
-                                      "provider's kid")
-    return parsed, header, check_claims(claims)
+KIND = statements.Kind(TYPE, "version declaration", VersionDeclarationError, check_claims,
+                       lambda checked: f"the declaration of version {checked['version']} of {checked['dataset']}")
 
 
 def claims(token) -> dict:
     """The declaration's claims, signature NOT checked (for shape checks only)."""
-    return _parse(token)[2]
+    return statements.parse(KIND, token)[2]
 
 
 def verify(token, resolve_did: Callable[[str], dict]) -> dict:
     """The claims, if the JWS is signed by the key of the provider's DID document that its kid names."""
-    parsed, header, checked = _parse(token)
-    did, _ = dids.split_did_url(header["kid"])
-    if did != checked["provider"]:
-        raise VersionDeclarationError(f"the declaration of version {checked['version']} of {checked['dataset']} "
-                                      "is not signed by its provider")
-    public = dids.verification_key(resolve_did(did), header["kid"])
-    try:
-        parsed.verify(jwk.JWK.from_pyca(public), alg="ES256")
-    except JWException:
-        raise VersionDeclarationError(f"the declaration of version {checked['version']} of {checked['dataset']} "
-                                      f"does not verify against {did}'s DID key (altered or signed with another "
-                                      "key)") from None
-    return checked
+    return statements.verify(KIND, token, resolve_did)
 
 
 def identity(claims_: dict) -> str:
@@ -120,8 +91,4 @@ def pin(claims_: dict) -> dict:
 
 def digest(token: str) -> str:
     """sha256 of the declared terms (canonical JSON): equal terms, equal digest."""
-    return hashlib.sha256(_canonical(claims(token))).hexdigest()
-
-
-def _canonical(value: dict) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    return statements.digest(KIND, token)
