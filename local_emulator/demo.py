@@ -116,8 +116,10 @@ def _image_ready() -> bool:
     return True
 
 
-def run_demo(state_dir: Path | None = None, image_kind: str = DEMO_IMAGE_KIND) -> int:
-    state_dir = Path(state_dir or emulator_dir() / "demo")
+def _run_scenario(folder: str, state_dir: Path | None, image_kind: str, make_scenario, report_run) -> int:
+    """A fresh stack in `state_dir`, the scenario `make_scenario(stack, parties_dir)` run once on
+    it, then `report_run(scenario, result, elapsed)`; the exit code (0: the run succeeded)."""
+    state_dir = Path(state_dir or emulator_dir() / folder)
     shutil.rmtree(state_dir, ignore_errors=True)  # a demo starts from nothing
     started = time.monotonic()
     if image_kind == "oci" and not _image_ready():
@@ -125,13 +127,19 @@ def run_demo(state_dir: Path | None = None, image_kind: str = DEMO_IMAGE_KIND) -
     stack_started = time.monotonic()
     with Stack(state_dir) as stack:
         _say(f"local emulators up in {time.monotonic() - stack_started:.1f} s (state in {state_dir})")
-        scenario = CovidScenario(stack, state_dir / "parties", image_kind=image_kind, echo=_say)
+        scenario = make_scenario(stack, state_dir / "parties")
         try:
-            result = scenario.run(timeout=280)
+            result = scenario.run(timeout=scenario.deadline_seconds + 60)
         finally:
             scenario.close()
-    report(result, time.monotonic() - started)
+    report_run(scenario, result, time.monotonic() - started)
     return 0 if result["notice"]["status"] == "succeeded" else 1
+
+
+def run_demo(state_dir: Path | None = None, image_kind: str = DEMO_IMAGE_KIND) -> int:
+    return _run_scenario("demo", state_dir, image_kind,
+                         lambda stack, parties: CovidScenario(stack, parties, image_kind=image_kind, echo=_say),
+                         lambda scenario, result, elapsed: report(result, elapsed))
 
 
 def loan_report(scenario: LoanScenario, result: dict, elapsed: float, echo=print) -> None:
@@ -150,22 +158,10 @@ def loan_report(scenario: LoanScenario, result: dict, elapsed: float, echo=print
 
 
 def run_loan_demo(rows: int | None = None, state_dir: Path | None = None, image_kind: str = DEMO_IMAGE_KIND) -> int:
-    rows = rows or DEFAULT_ROWS
-    state_dir = Path(state_dir or emulator_dir() / "demo-loan")
-    shutil.rmtree(state_dir, ignore_errors=True)  # a demo starts from nothing
-    started = time.monotonic()
-    if image_kind == "oci" and not _image_ready():
-        return 2
-    stack_started = time.monotonic()
-    with Stack(state_dir) as stack:
-        _say(f"local emulators up in {time.monotonic() - stack_started:.1f} s (state in {state_dir})")
-        scenario = LoanScenario(stack, state_dir / "parties", rows=rows, image_kind=image_kind, echo=_say)
-        try:
-            result = scenario.run(timeout=scenario.deadline_seconds + 60)
-        finally:
-            scenario.close()
-    loan_report(scenario, result, time.monotonic() - started)
-    return 0 if result["notice"]["status"] == "succeeded" else 1
+    return _run_scenario("demo-loan", state_dir, image_kind,
+                         lambda stack, parties: LoanScenario(stack, parties, rows=rows or DEFAULT_ROWS,
+                                                             image_kind=image_kind, echo=_say),
+                         loan_report)
 
 
 if __name__ == "__main__":
