@@ -190,8 +190,10 @@ def stored_contract(azurite, monkeypatch):
     monkeypatch.setenv("CCR_STORAGE_CONNECTION", azurite)
     azure_clients.blob_service.cache_clear()
     key = secrets.token_urlsafe(16)
+    # as much of a contract as the notice reads, plus the TDC's DID: the session's Azurite is shared
+    # with other modules' status-API tests, which list every stored contract's parties
     payload = {"contract_id": RUN["contract_id"], "tdps": [],
-               "tdc": {"model": {"blob": "models/m/model-1.ccr"},
+               "tdc": {"did": "did:web:127.0.0.1%3A9:notice-tdc", "model": {"blob": "models/m/model-1.ccr"},
                        "output": {"webhook": closed_port_url() + f"?code={key}"}}}
     ContractStore(azure_clients.blob_service()).accept(payload, RUN["contract_digest"], "", None)
     RunRecords(azure_clients.blob_service()).create(RUN["run_id"], RUN["contract_id"], RUN["contract_digest"])
