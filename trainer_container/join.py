@@ -35,6 +35,7 @@ from __future__ import annotations
 import csv
 import os
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, closing, nullcontext
 from pathlib import Path
 from typing import Callable, Mapping, Union
@@ -71,26 +72,46 @@ class JoinError(ValueError):
 def join_datasets(spec: JoinSpec, sources: Mapping[str, JoinSource]) -> pd.DataFrame:
     """The joined table: one column per feature plus the target, in the spec's order."""
     first, *others = spec.datasets
-    salt = os.urandom(16).hex()  # one per join: every dataset's keys are digested alike
     with closing(_database()) as con:
-        _load(con, "base", first, spec, sources[first.name], salt)
-        base = con.execute(f"SELECT rowid, {_select(_wanted(first, spec))} FROM base").fetchnumpy()
+        tables = _load_all(con, spec, sources)
+        base = con.execute(f"SELECT rowid, {_select(_wanted(first, spec))} FROM {tables[0]}").fetchnumpy()
         rows = len(base["rowid"])
         columns = {c: _scattered(base["rowid"], base[c], rows) for c in _wanted(first, spec)}
         del base
         present = np.ones(rows, dtype=bool)
-        for dataset in others:
-            _load(con, "other", dataset, spec, sources[dataset.name], salt)
+        for dataset, table in zip(others, tables[1:]):
             wanted = _wanted(dataset, spec)
             matched = con.execute(f"SELECT base.rowid AS base_row{''.join(f', other.{_quote(c)}' for c in wanted)} "
-                                  "FROM other JOIN base ON other.fp = base.fp").fetchnumpy()
-            con.execute("DROP TABLE other")
+                                  f"FROM {table} AS other JOIN {tables[0]} AS base ON other.fp = base.fp").fetchnumpy()
+            con.execute(f"DROP TABLE {table}")
             hit = np.zeros(rows, dtype=bool)
             hit[matched["base_row"]] = True
             present &= hit
             columns.update({c: _scattered(matched["base_row"], matched[c], rows) for c in wanted})
             del matched
     return pd.DataFrame({column: data[present] for column, data in columns.items()})
+
+
+def _load_all(con: duckdb.DuckDBPyConnection, spec: JoinSpec, sources: Mapping[str, JoinSource]) -> list[str]:
+    """Loads every dataset into its own table (`_load`), as many at once as there are cores:
+    DuckDB reads a pipe on one thread. When several datasets are refused, the first in the
+    spec's order is reported."""
+    salt = os.urandom(16).hex()  # one per join: every dataset's keys are digested alike
+    tables = [f"dataset_{index}" for index in range(len(spec.datasets))]
+
+    def load(dataset: JoinDataset, table: str) -> None:
+        with closing(con.cursor()) as cursor:
+            _load(cursor, table, dataset, spec, sources[dataset.name], salt)
+
+    with ThreadPoolExecutor(max_workers=min(len(tables), _cores()), thread_name_prefix="ccr-join-load") as pool:
+        loads = [pool.submit(load, dataset, table) for dataset, table in zip(spec.datasets, tables)]
+    for done in loads:
+        done.result()
+    return tables
+
+
+def _cores() -> int:
+    return max(1, len(os.sched_getaffinity(0)))
 
 
 def _wanted(dataset: JoinDataset, spec: JoinSpec) -> list[str]:
@@ -100,7 +121,7 @@ def _wanted(dataset: JoinDataset, spec: JoinSpec) -> list[str]:
 def _database() -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB that never writes to disk nor fetches extensions."""
     con = duckdb.connect(":memory:", config={
-        "threads": max(1, os.cpu_count() or 1), "temp_directory": "", "preserve_insertion_order": True,
+        "threads": _cores(), "temp_directory": "", "preserve_insertion_order": True,
         "autoinstall_known_extensions": False, "autoload_known_extensions": False})
     con.execute(_MACROS)
     return con
