@@ -89,7 +89,8 @@ def join_datasets(spec: JoinSpec, sources: Mapping[str, JoinSource]) -> pd.DataF
             present &= hit
             columns.update({c: _scattered(matched["base_row"], matched[c], rows) for c in wanted})
             del matched
-    return pd.DataFrame({column: data[present] for column, data in columns.items()})
+    # one column at a time, each freed once compacted: never two copies of the whole table
+    return pd.DataFrame({column: columns.pop(column)[present] for column in list(columns)}, copy=False)
 
 
 def _load_all(con: duckdb.DuckDBPyConnection, spec: JoinSpec, sources: Mapping[str, JoinSource]) -> list[str]:

@@ -97,14 +97,15 @@ def test_values_convert_as_the_pandas_join_did(tmp_path):
 
 def _zip() -> bytes:
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("one.csv", "k,x,t\na,1,0\n")
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(zipfile.ZipInfo("one.csv", date_time=(2024, 1, 1, 0, 0, 0)), "k,x,t\na,1,0\n" * 50)
     return buffer.getvalue()
 
 
-REFUSALS = {  # case -> (dataset one's plaintext, the error)
-    "not_csv": (_zip(), "dataset one is not a CSV table"),
-    "binary": (bytes(range(256)) * 64, "dataset one has no column k, x, t"),  # its first "line" is 11 bytes
+NOT_CSV = ("dataset one is not a CSV table", "dataset one has no column k, x, t")  # garbage: either is clear
+REFUSALS = {  # case -> (dataset one's plaintext, the error's beginning)
+    "not_csv": (_zip(), NOT_CSV),
+    "binary": (bytes(range(256)) * 64, NOT_CSV),
     "empty": (b"", "dataset one is not a CSV table"),
     "ragged": (f"k,x,t\na,1,0\nb,2,1,{SECRET}\n".encode(), "dataset one is not a CSV table"),
     "missing_column": (f"k,x,{SECRET}\na,1,0\n".encode(), "dataset one has no column t"),
