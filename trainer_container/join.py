@@ -35,7 +35,7 @@ from __future__ import annotations
 import csv
 import os
 import stat
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, closing, nullcontext
 from pathlib import Path
 from typing import Callable, Mapping, Union
@@ -51,6 +51,7 @@ from shared.pipeline import JoinDataset, JoinSpec
 JoinSource = Union[Path, Callable[[], AbstractContextManager[Path]]]
 
 MAX_HEADER_BYTES = 1 << 20
+FETCH_VECTORS = 128  # result rows fetched at a time, in DuckDB vectors of 2048 rows
 # pandas' default NA strings: a join key spelled like one of these was missing to pandas.
 NA_KEYS = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>",
            "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
@@ -72,43 +73,56 @@ class JoinError(ValueError):
 def join_datasets(spec: JoinSpec, sources: Mapping[str, JoinSource]) -> pd.DataFrame:
     """The joined table: one column per feature plus the target, in the spec's order."""
     first, *others = spec.datasets
-    with closing(_database()) as con:
-        tables = _load_all(con, spec, sources)
-        base = con.execute(f"SELECT rowid, {_select(_wanted(first, spec))} FROM {tables[0]}").fetchnumpy()
-        rows = len(base["rowid"])
-        columns = {c: _scattered(base["rowid"], base[c], rows) for c in _wanted(first, spec)}
-        del base
-        present = np.ones(rows, dtype=bool)
-        for dataset, table in zip(others, tables[1:]):
+    salt = os.urandom(16).hex()  # one per join: every dataset's keys are digested alike
+    tables = [f"dataset_{index}" for index in range(len(spec.datasets))]
+    with closing(_database()) as con, ThreadPoolExecutor(max_workers=2, thread_name_prefix="ccr-join-load") as pool:
+
+        def load(index: int) -> Future:
+            dataset = spec.datasets[index]
+            return pool.submit(_load_on_cursor, con, tables[index], dataset, spec, sources[dataset.name], salt)
+
+        # DuckDB reads a pipe on one thread: the first two datasets load at once; each later
+        # one once the one before is joined and dropped (at most two datasets held at a time).
+        loading = [load(index) for index in range(min(2, len(tables)))]
+        loading[0].result()
+        rows = con.execute(f"SELECT count(*) FROM {tables[0]}").fetchone()[0]
+        columns: dict[str, np.ndarray] = {}
+        present = _fill(con, f"SELECT rowid AS base_row, {_select(_wanted(first, spec))} FROM {tables[0]}",
+                        _wanted(first, spec), rows, columns)
+        for index, dataset in enumerate(others, start=1):
+            loading[-1].result()
             wanted = _wanted(dataset, spec)
-            matched = con.execute(f"SELECT base.rowid AS base_row{''.join(f', other.{_quote(c)}' for c in wanted)} "
-                                  f"FROM {table} AS other JOIN {tables[0]} AS base ON other.fp = base.fp").fetchnumpy()
-            con.execute(f"DROP TABLE {table}")
-            hit = np.zeros(rows, dtype=bool)
-            hit[matched["base_row"]] = True
-            present &= hit
-            columns.update({c: _scattered(matched["base_row"], matched[c], rows) for c in wanted})
-            del matched
+            present &= _fill(con, f"SELECT base.rowid AS base_row{''.join(f', other.{_quote(c)}' for c in wanted)} "
+                                  f"FROM {tables[index]} AS other JOIN {tables[0]} AS base ON other.fp = base.fp",
+                             wanted, rows, columns)
+            con.execute(f"DROP TABLE {tables[index]}")
+            if index + 1 < len(tables):
+                loading.append(load(index + 1))
     # one column at a time, each freed once compacted: never two copies of the whole table
     return pd.DataFrame({column: columns.pop(column)[present] for column in list(columns)}, copy=False)
 
 
-def _load_all(con: duckdb.DuckDBPyConnection, spec: JoinSpec, sources: Mapping[str, JoinSource]) -> list[str]:
-    """Loads every dataset into its own table (`_load`), as many at once as there are cores:
-    DuckDB reads a pipe on one thread. When several datasets are refused, the first in the
-    spec's order is reported."""
-    salt = os.urandom(16).hex()  # one per join: every dataset's keys are digested alike
-    tables = [f"dataset_{index}" for index in range(len(spec.datasets))]
+def _load_on_cursor(con: duckdb.DuckDBPyConnection, *args) -> None:
+    """`_load` on a connection of its own to the same database, so loads run side by side."""
+    with closing(con.cursor()) as cursor:
+        cursor.execute("SET enable_progress_bar = false")
+        _load(cursor, *args)
 
-    def load(dataset: JoinDataset, table: str) -> None:
-        with closing(con.cursor()) as cursor:
-            _load(cursor, table, dataset, spec, sources[dataset.name], salt)
 
-    with ThreadPoolExecutor(max_workers=min(len(tables), _cores()), thread_name_prefix="ccr-join-load") as pool:
-        loads = [pool.submit(load, dataset, table) for dataset, table in zip(spec.datasets, tables)]
-    for done in loads:
-        done.result()
-    return tables
+def _fill(con: duckdb.DuckDBPyConnection, query: str, names: list[str], rows: int,
+          columns: dict[str, np.ndarray]) -> np.ndarray:
+    """Runs `query` (a `base_row` column, then `names`) and writes each value at its base row
+    in `columns` (new float32 arrays of `rows`, NaN where no row came), a chunk of the result
+    at a time, never the whole result at once; returns which base rows came."""
+    came = np.zeros(rows, dtype=bool)
+    columns.update({name: np.full(rows, np.nan, dtype=np.float32) for name in names})
+    result = con.execute(query)
+    while len(chunk := result.fetch_df_chunk(FETCH_VECTORS)):
+        at = chunk["base_row"].to_numpy()
+        came[at] = True
+        for name in names:
+            columns[name][at] = chunk[name].to_numpy()
+    return came
 
 
 def _cores() -> int:
@@ -122,8 +136,9 @@ def _wanted(dataset: JoinDataset, spec: JoinSpec) -> list[str]:
 def _database() -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB that never writes to disk nor fetches extensions."""
     con = duckdb.connect(":memory:", config={
-        "threads": _cores(), "temp_directory": "", "preserve_insertion_order": True,
+        "threads": _cores(), "temp_directory": "", "preserve_insertion_order": True,  # row ids in the CSV's order
         "autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    con.execute("SET enable_progress_bar = false")  # a connection option: nothing printed
     con.execute(_MACROS)
     return con
 
@@ -134,13 +149,6 @@ def _quote(name: str) -> str:
 
 def _select(columns: list[str]) -> str:
     return ", ".join(_quote(c) for c in columns)
-
-
-def _scattered(positions: np.ndarray, values, rows: int) -> np.ndarray:
-    """values placed at positions of a float32 array of `rows` (NaN elsewhere)."""
-    out = np.full(rows, np.nan, dtype=np.float32)
-    out[positions] = np.ma.getdata(values)
-    return out
 
 
 def _opened(source: JoinSource) -> AbstractContextManager[Path]:
