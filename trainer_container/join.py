@@ -89,11 +89,14 @@ def join_datasets(spec: JoinSpec, sources: Mapping[str, JoinSource]) -> pd.DataF
         columns: dict[str, np.ndarray] = {}
         present = _fill(con, f"SELECT rowid AS base_row, {_select(_wanted(first, spec))} FROM {tables[0]}",
                         _wanted(first, spec), rows, columns)
+        # the first dataset's values are in `columns` now: only its key digests stay, in row order
+        con.execute(f"CREATE TABLE base_keys AS SELECT fp FROM {tables[0]} ORDER BY rowid")
+        con.execute(f"DROP TABLE {tables[0]}")
         for index, dataset in enumerate(others, start=1):
             loading[-1].result()
             wanted = _wanted(dataset, spec)
             present &= _fill(con, f"SELECT base.rowid AS base_row{''.join(f', other.{_quote(c)}' for c in wanted)} "
-                                  f"FROM {tables[index]} AS other JOIN {tables[0]} AS base ON other.fp = base.fp",
+                                  f"FROM {tables[index]} AS other JOIN base_keys AS base ON other.fp = base.fp",
                              wanted, rows, columns)
             con.execute(f"DROP TABLE {tables[index]}")
             if index + 1 < len(tables):
@@ -139,6 +142,9 @@ def _database() -> duckdb.DuckDBPyConnection:
         "threads": _cores(), "temp_directory": "", "preserve_insertion_order": True,  # row ids in the CSV's order
         "autoinstall_known_extensions": False, "autoload_known_extensions": False})
     con.execute("SET enable_progress_bar = false")  # a connection option: nothing printed
+    # freed memory goes back to the system promptly: a dropped dataset's is not kept beside the next one
+    con.execute("SET allocator_flush_threshold = '16MB'")
+    con.execute("SET allocator_background_threads = true")
     con.execute(_MACROS)
     return con
 
