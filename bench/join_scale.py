@@ -3,7 +3,7 @@ shaped like the COVID providers' (the columns configs/covid/*.json produce, the 
 HMAC pseudonym of a phone number from shared/deid.py as join key, integer feature columns, the
 label in icmr's) are encrypted with shared/package.py (outside the timed part, and the
 plaintext CSVs deleted), then joined with the COVID join spec two ways, each in a child process
-that reports its own time and peak RSS (ru_maxrss):
+that reports its own time, CPU seconds (the machine may be shared) and peak RSS (ru_maxrss):
 
     before  each package decrypted to a plaintext file (package.decrypt_file), then the pandas
             join the trainer used until now (bench/pandas_join.py)
@@ -85,7 +85,8 @@ def worker(way: str) -> None:
     job = json.loads(sys.stdin.read())
     spec, key = JoinSpec.from_dict(job["spec"]), bytes.fromhex(job["key"])
     packages = {name: Path(path) for name, path in job["packages"].items()}
-    start = time.perf_counter()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    start, cpu_before = time.perf_counter(), usage.ru_utime + usage.ru_stime
     if way == "before":
         from bench.pandas_join import join_datasets as pandas_join
         with tempfile.TemporaryDirectory(prefix="ccr-bench-plain-") as plain:
@@ -98,7 +99,9 @@ def worker(way: str) -> None:
         from trainer_container.plaintext_pipe import decrypted_pipe
         table = join_datasets(spec, {name: partial(decrypted_pipe, path, key) for name, path in packages.items()})
     seconds = time.perf_counter() - start
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     print(json.dumps({"rows": len(table), "columns": list(table.columns), "seconds": seconds,
+                      "cpu_s": usage.ru_utime + usage.ru_stime - cpu_before,
                       "dtypes": sorted({str(t) for t in table.dtypes}),
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))  # Linux: KiB
 
@@ -136,9 +139,10 @@ def measure(rows: int, ways: list[str]) -> dict:
             if joined["rows"] != rows or joined["columns"] != expected or joined["dtypes"] != ["float32"]:
                 raise SystemExit(f"{way}: join returned {joined['rows']} rows, columns {joined['columns']}, "
                                  f"types {joined['dtypes']}; expected {rows} rows, columns {expected}, float32")
-            figures[way] = {"join_s": round(joined["seconds"], 1), "join_rows_per_s": round(rows / joined["seconds"]),
+            figures[way] = {"join_s": round(joined["seconds"], 1), "join_cpu_s": round(joined["cpu_s"], 1),
+                            "join_rows_per_s": round(rows / joined["seconds"]),
                             "join_peak_rss_mb": round(joined["peak_rss_mb"], 1)}
-            print(f"  {way:>6}: joined {rows:,} rows in {figures[way]['join_s']} s "
+            print(f"  {way:>6}: joined {rows:,} rows in {figures[way]['join_s']} s, {figures[way]['join_cpu_s']} CPU s "
                   f"({figures[way]['join_rows_per_s']:,} rows/s), peak RSS {figures[way]['join_peak_rss_mb']:,.0f} MB",
                   flush=True)
     if "before" in figures:

@@ -7,23 +7,29 @@ signed spec (plain names, shared/pipeline.py) and the CSV's own columns addresse
 Engine: DuckDB in memory, reading each CSV as a stream (a decrypted package arrives through a
 pipe, trainer_container/plaintext_pipe.py: no plaintext file), never spilling to disk
 (`temp_directory` is empty: over its memory the join fails instead of writing rows to a file).
-Measured on the bench's tables (2 M joined rows, three COVID-shaped CSVs, 450 MB, this
-2-core machine under load 10-15, so CPU seconds say more than wall seconds):
+Measured before choosing, on the bench's tables (2 M joined rows, three COVID-shaped CSV files,
+450 MB; this 2-core machine was shared, load 10-30, so CPU seconds say more than wall seconds):
 
-    pandas chunks + hash index (the join before)   70 s wall, 1.8 GB peak
-    pyarrow 26 read_csv + index_in                 102 s wall, 1.1 GB peak
-    pyarrow 26 read_csv + Acero join + sort        120 s wall, 1.8 GB peak
-    polars 2.1 read_csv + join(validate="1:1")      39 s wall, 1.1 GB peak (reads a stream whole)
-    duckdb 2.0 read_csv + SQL join                  12 s wall, 1.2 GB peak (string keys)
-    duckdb 2.0 from a pipe, 128-bit key digests     8 CPU s, 0.67 GB peak
+    engine (version), from plaintext files         CPU s   wall s   peak RSS
+    pandas 3.1 chunks + hash index (the join before)  23.6     107    1.80 GB
+    pyarrow 26.0.1 read_csv + index_in                11.9      99    1.12 GB
+    pyarrow 26.0.1 read_csv + Acero join + sort          -     120    1.77 GB
+    polars 2.1.0 read_csv + join(validate="1:1")       9.3      57    1.11 GB  (reads a stream whole)
+    duckdb 2.0.1 read_csv + SQL join, string keys      4.8      35    1.21 GB
+    this module (duckdb 2.0.1), from packages          ~10      ~30   0.75 GB  (decryption included)
+
+None was installed (pandas 3 does not need pyarrow), so each costs one dependency; DuckDB was
+the fastest, and reads a pipe in constant memory.
 
 Memory: a key is held as a 128-bit digest (MD5 of a per-join random salt and the key, computed
-inside DuckDB as the CSV streams in), not as a string: 16 bytes instead of ~80 per key. Only
-the first dataset's table and the one being matched are held at once. Equal keys give equal
-digests; distinct keys collide with probability about n^2 / 2^129 (1e-24 for 30 M keys), and
-the salt, drawn from the OS for each join and never output, leaves no party a prefix to build
-an MD5 collision on (nor a motive: the providers share the pseudonym key, so a provider can
-already name any row it likes). bench/join_scale.py measures 1 M and 10 M rows.
+inside DuckDB as the CSV streams in), not as a string: 16 bytes instead of ~80 per key. At most
+two datasets are held at once: the first two load side by side (DuckDB reads a pipe on one
+thread), each later one once the one before is joined and dropped; the first keeps only its
+digests once its values are out. Equal keys give equal digests; distinct keys collide with
+probability about n^2 / 2^129 (1e-24 for 30 M keys), and the salt, drawn from the OS for each
+join and never output, leaves no party a prefix to build an MD5 collision on (nor a motive: the
+providers share the pseudonym key, so a provider can already name any row it likes).
+bench/join_scale.py measures 1 M and 10 M rows, before and after.
 
 Values: read as text and converted as the pandas join did (text -> float64 -> float32, values
 beyond float32's range become +-inf); a missing, NaN or non-numeric value refuses the dataset.
