@@ -29,7 +29,9 @@ digests once its values are out. Equal keys give equal digests; distinct keys co
 probability about n^2 / 2^129 (1e-24 for 30 M keys), and the salt, drawn from the OS for each
 join and never output, leaves no party a prefix to build an MD5 collision on (nor a motive: the
 providers share the pseudonym key, so a provider can already name any row it likes).
-bench/join_scale.py measures 1 M and 10 M rows, before and after.
+bench/join_scale.py measures 1 M and 10 M rows, before and after, from encrypted packages; at
+10 M rows in one run (shared machine, load 5-7): before (decrypt to files, pandas) 200 s and
+4.47 GB, after 75.5 s and 2.09 GB, 54 CPU s of which a quarter is system time (pipes, pages).
 
 Values: read as text and converted as the pandas join did (text -> float64 -> float32, values
 beyond float32's range become +-inf); a missing, NaN or non-numeric value refuses the dataset.
