@@ -1,15 +1,21 @@
-"""Cost of the trainer's join at scale: three synthetic prepared tables shaped like the COVID
-providers' (the columns configs/covid/*.json produce, the 64-hex-digit HMAC pseudonym of a
-phone number from shared/deid.py as join key, integer feature columns, the label in icmr's)
-are joined by trainer_container/join.py with the COVID join spec, in a child process so its
-ru_maxrss (RUSAGE_CHILDREN) is the join's peak memory.
+"""Cost of the trainer's join at scale, from encrypted packages: three synthetic prepared tables
+shaped like the COVID providers' (the columns configs/covid/*.json produce, the 64-hex-digit
+HMAC pseudonym of a phone number from shared/deid.py as join key, integer feature columns, the
+label in icmr's) are encrypted with shared/package.py (outside the timed part, and the
+plaintext CSVs deleted), then joined with the COVID join spec two ways, each in a child process
+that reports its own time, CPU seconds (the machine may be shared) and peak RSS (ru_maxrss):
+
+    before  each package decrypted to a plaintext file (package.decrypt_file), then the pandas
+            join the trainer used until now (bench/pandas_join.py)
+    after   the trainer's join (trainer_container/join.py, DuckDB) reading each package as it
+            decrypts into a pipe (trainer_container/plaintext_pipe.py): no plaintext file
 
 Every table holds the `rows` shared keys, each table in its own order, plus 1% keys of its own
 that the inner join must drop, so exactly `rows` rows come out. Tables are streamed to disk
 a chunk at a time in a temporary directory, deleted after each size. The smaller size
-(--small, 1 M) runs first in the same run so cost growth is visible (and so the running
-maximum RUSAGE_CHILDREN reports is each child's own peak). Issue requirement: 10 million
-joined rows within the machine's memory. Last line: one JSON object."""
+(--small, 1 M) runs first. Issue 15's target: 10 M joined rows in under 20 s and 2 GB.
+`--after-only` skips the old join (which takes minutes and 4+ GB at 10 M rows).
+Last line: one JSON object."""
 from __future__ import annotations
 
 import argparse
@@ -27,7 +33,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from shared import deid  # noqa: E402
+from shared import deid, package  # noqa: E402
 from local_emulator.covid_reference import DEID_JOIN_KEYS, FEATURES, covid_join_spec  # noqa: E402
 
 CHUNK_ROWS = 1_000_000
@@ -71,45 +77,78 @@ def generate(folder: Path, rows: int, seed: int = 0) -> tuple[dict[str, Path], f
     return paths, time.perf_counter() - began
 
 
-def worker() -> None:
-    """Runs in a child process: the trainer's join of the tables named on stdin, then its
-    timing and shape as JSON (the parent reads the child's peak RSS itself)."""
+def worker(way: str) -> None:
+    """Runs in a child process: one way's join of the packages named on stdin, then its
+    timing, shape and own peak RSS as JSON."""
+    from functools import partial
     from shared.pipeline import JoinSpec
-    from trainer_container.join import join_datasets
     job = json.loads(sys.stdin.read())
-    spec = JoinSpec.from_dict(job["spec"])
-    start = time.perf_counter()
-    table = join_datasets(spec, {name: Path(path) for name, path in job["paths"].items()})
+    spec, key = JoinSpec.from_dict(job["spec"]), bytes.fromhex(job["key"])
+    packages = {name: Path(path) for name, path in job["packages"].items()}
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    start, cpu_before = time.perf_counter(), usage.ru_utime + usage.ru_stime
+    if way == "before":
+        from bench.pandas_join import join_datasets as pandas_join
+        with tempfile.TemporaryDirectory(prefix="ccr-bench-plain-") as plain:
+            paths = {name: Path(plain) / f"{name}.csv" for name in packages}
+            for name, encrypted in packages.items():
+                package.decrypt_file(encrypted, paths[name], key)
+            table = pandas_join(spec, paths)
+    else:
+        from trainer_container.join import join_datasets
+        from trainer_container.plaintext_pipe import decrypted_pipe
+        table = join_datasets(spec, {name: partial(decrypted_pipe, path, key) for name, path in packages.items()})
     seconds = time.perf_counter() - start
-    print(json.dumps({"rows": len(table), "columns": list(table.columns), "seconds": seconds}))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"rows": len(table), "columns": list(table.columns), "seconds": seconds,
+                      "cpu_s": usage.ru_utime + usage.ru_stime - cpu_before,
+                      "dtypes": sorted({str(t) for t in table.dtypes}),
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))  # Linux: KiB
 
 
-def run_join(paths: dict[str, Path]) -> dict:
-    job = json.dumps({"spec": covid_join_spec(DEID_JOIN_KEYS),
-                      "paths": {name: str(path) for name, path in paths.items()}})
-    output = subprocess.run([sys.executable, __file__, "--worker"], input=job, check=True,
+def run_join(way: str, packages: dict[str, Path], key: bytes) -> dict:
+    job = json.dumps({"spec": covid_join_spec(DEID_JOIN_KEYS), "key": key.hex(),
+                      "packages": {name: str(path) for name, path in packages.items()}})
+    output = subprocess.run([sys.executable, __file__, "--worker", way], input=job, check=True,
                             stdout=subprocess.PIPE, text=True).stdout
-    result = json.loads(output.strip().splitlines()[-1])
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux: KiB
-    return result
+    return json.loads(output.strip().splitlines()[-1])
 
 
-def measure(rows: int) -> dict:
+def encrypt(paths: dict[str, Path], key: bytes) -> dict[str, Path]:
+    """Each table as a package under `key`; the plaintext CSVs are deleted."""
+    packages = {}
+    for name, path in paths.items():
+        packages[name] = path.with_suffix(".ccr")
+        package.encrypt_file(path, packages[name], key, "bench-data-key", "text/csv")
+        path.unlink()
+    return packages
+
+
+def measure(rows: int, ways: list[str]) -> dict:
     print(f"{rows:,} joined rows: generating three tables of {rows + round(rows * UNMATCHED):,} rows", flush=True)
+    expected = [c for columns in FEATURES.values() for c in columns]
+    figures = {"rows_joined": rows}
     with tempfile.TemporaryDirectory(prefix="ccr-bench-join-") as scratch:
         paths, generate_s = generate(Path(scratch), rows)
-        table_bytes = sum(path.stat().st_size for path in paths.values())
-        print(f"  joining {table_bytes / 1e9:.2f} GB of CSV in a child process", flush=True)
-        joined = run_join(paths)
-    expected = [c for columns in FEATURES.values() for c in columns]
-    if joined["rows"] != rows or joined["columns"] != expected:
-        raise SystemExit(f"join returned {joined['rows']} rows, columns {joined['columns']}; "
-                         f"expected {rows} rows, columns {expected}")
-    figures = {"rows_joined": rows, "csv_bytes": table_bytes, "generate_s": round(generate_s, 1),
-               "join_s": round(joined["seconds"], 1), "join_rows_per_s": round(rows / joined["seconds"]),
-               "join_peak_rss_mb": round(joined["peak_rss_mb"], 1)}
-    print(f"  joined {rows:,} rows in {figures['join_s']} s ({figures['join_rows_per_s']:,} rows/s), "
-          f"peak RSS {figures['join_peak_rss_mb']:,.0f} MB; generating took {figures['generate_s']} s", flush=True)
+        figures.update(csv_bytes=sum(path.stat().st_size for path in paths.values()), generate_s=round(generate_s, 1))
+        key = os.urandom(package.KEY_SIZE)
+        packages = encrypt(paths, key)
+        print(f"  encrypted {figures['csv_bytes'] / 1e9:.2f} GB of CSV into three packages", flush=True)
+        for way in ways:
+            joined = run_join(way, packages, key)
+            if joined["rows"] != rows or joined["columns"] != expected or joined["dtypes"] != ["float32"]:
+                raise SystemExit(f"{way}: join returned {joined['rows']} rows, columns {joined['columns']}, "
+                                 f"types {joined['dtypes']}; expected {rows} rows, columns {expected}, float32")
+            figures[way] = {"join_s": round(joined["seconds"], 1), "join_cpu_s": round(joined["cpu_s"], 1),
+                            "join_rows_per_s": round(rows / joined["seconds"]),
+                            "join_peak_rss_mb": round(joined["peak_rss_mb"], 1)}
+            print(f"  {way:>6}: joined {rows:,} rows in {figures[way]['join_s']} s, {figures[way]['join_cpu_s']} CPU s "
+                  f"({figures[way]['join_rows_per_s']:,} rows/s), peak RSS {figures[way]['join_peak_rss_mb']:,.0f} MB",
+                  flush=True)
+    if "before" in figures:
+        figures["speedup"] = round(figures["before"]["join_s"] / figures["after"]["join_s"], 1)
+        figures["memory_ratio"] = round(figures["before"]["join_peak_rss_mb"] / figures["after"]["join_peak_rss_mb"], 1)
+        print(f"  before/after: time x{figures['speedup']}, peak memory x{figures['memory_ratio']}", flush=True)
     return figures
 
 
@@ -117,20 +156,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000_000, help="joined rows (default 10,000,000)")
     parser.add_argument("--small", type=int, default=1_000_000, help="smaller size run first (default 1,000,000)")
+    parser.add_argument("--after-only", action="store_true", help="skip the old pandas join")
     args = parser.parse_args()
-    sizes = sorted({min(args.small, args.rows), args.rows})  # ascending: RUSAGE_CHILDREN is a running maximum
-    results = {f"rows_{n}": measure(n) for n in sizes}
-    small, large = results[f"rows_{sizes[0]}"], results[f"rows_{sizes[-1]}"]
-    growth = {"rows_ratio": sizes[-1] / sizes[0], "join_time_ratio": round(large["join_s"] / small["join_s"], 2),
-              "peak_rss_ratio": round(large["join_peak_rss_mb"] / small["join_peak_rss_mb"], 2)}
-    print(f"x{growth['rows_ratio']:g} rows: join time x{growth['join_time_ratio']}, "
-          f"peak RSS x{growth['peak_rss_ratio']}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
-    print(json.dumps({"benchmark": "join_scale", **results, "growth": growth, "cpus": os.cpu_count(),
+    ways = ["after"] if args.after_only else ["before", "after"]
+    sizes = sorted({min(args.small, args.rows), args.rows})
+    results = {f"rows_{n}": measure(n, ways) for n in sizes}
+    large = results[f"rows_{sizes[-1]}"]["after"]
+    target = {"join_s_under": 20, "peak_rss_mb_under": 2048, "rows": sizes[-1],
+              "met": large["join_s"] < 20 and large["join_peak_rss_mb"] < 2048}
+    print(f"after, {sizes[-1]:,} rows: {large['join_s']} s, {large['join_peak_rss_mb']:,.0f} MB "
+          f"(target < 20 s and < 2 GB: {'met' if target['met'] else 'NOT met'}); "
+          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    print(json.dumps({"benchmark": "join_scale", **results, "target": target, "cpus": os.cpu_count(),
                       "load_average_1m": round(os.getloadavg()[0], 2)}))
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--worker"]:
-        worker()
+    if sys.argv[1:2] == ["--worker"]:
+        worker(sys.argv[2])
     else:
         main()

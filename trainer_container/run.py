@@ -3,8 +3,9 @@ container policy measured (trainer_container/consent.py), fetch and check the mo
 (the privacy budget is checked here, before any data is read), fetch, check and
 decrypt the datasets, join, train with DP-SGD, export and verify, encrypt the output for the
 TDC, upload it, and publish the completion event (and, while training, one attested progress
-event per epoch: progress_report.py). Plaintext lives only in a temporary
-folder that is removed at the end. Storage is reached only through the per-blob SAS URLs of
+event per epoch: progress_report.py). A dataset's plaintext never reaches a file: the join
+reads each package decrypted into a pipe (plaintext_pipe.py); the model package and the output
+are the only plaintext files, in a temporary folder that is removed at the end. Storage is reached only through the per-blob SAS URLs of
 CCR_BLOB_URLS (never printed).
 
 The release rule: everything that leaves (the output package, the completion event, stdout,
@@ -17,6 +18,7 @@ from __future__ import annotations
 import tempfile
 import time
 from contextlib import closing, contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -37,12 +39,13 @@ from trainer_container.dp_sgd import PrivacyBudgetError
 from trainer_container.environment import SettingsError, TrainerEnvironment
 from trainer_container.export import ExportError, export_onnx, verify_onnx, with_standardization
 from trainer_container.features import split_and_scale
-from trainer_container.join import JoinError, join_datasets
+from trainer_container.join import JoinError, JoinSource, join_datasets
 from trainer_container.model_package import read_model_package
 from trainer_container.noisy_count import noisy_count
 from trainer_container.onnx_convert import ModelConversionError, load_model, onnx_to_torch
 from trainer_container.output_package import CONTENT_TYPE as OUTPUT_CONTENT_TYPE
 from trainer_container.output_package import build_output_zip
+from trainer_container.plaintext_pipe import decrypted_pipe
 from trainer_container.privacy_plan import RunPrivacy
 from trainer_container.progress_report import ProgressReport
 from trainer_container.secure_random import SecureRandom
@@ -123,9 +126,9 @@ class TrainerRun:
         key_grants.check_header(wrapped, kek, grant.key_id)
         return key_grants.unwrap(wrapped, self.skr.release(grant.key_vault, kek), kek, grant.key_id)
 
-    def fetch(self, ref: PackageRef, contract_digest: str) -> Path:
-        """Download, check the pinned digest, get the data key through its grant, decrypt
-        (which checks the plaintext against the authenticated manifest, hence the contract)."""
+    def download(self, ref: PackageRef) -> Path:
+        """The encrypted package, once its header shows the digest the contract pins and the
+        data key the contract names (decryption then checks the plaintext against that digest)."""
         encrypted = self.workdir / f"{ref.container}-{ref.name}.ccr"
         path = f"{ref.container}/{ref.blob}"
         with BlobClient.from_blob_url(self.env.blob_url(path)) as blob, _storage("download", path), \
@@ -137,10 +140,22 @@ class TrainerRun:
             raise DigestMismatch(f"{ref.name}: package digest differs from the contract")
         if header.key_id != ref.grant.key_id:
             raise DigestMismatch(f"{ref.name}: package is encrypted under another data key than the contract names")
+        return encrypted
+
+    def fetch(self, ref: PackageRef, contract_digest: str) -> Path:
+        """Download, check, get the data key through its grant and decrypt to a file (the model
+        package, which is read as a zip)."""
+        encrypted = self.download(ref)
         plain = self.workdir / f"{ref.container}-{ref.name}.plain"
         package.decrypt_file(encrypted, plain, self.data_key(contract_digest, ref.grant))  # verifies that digest
         encrypted.unlink()
         return plain
+
+    def dataset_source(self, ref: PackageRef, contract_digest: str) -> tuple[Path, JoinSource]:
+        """(the downloaded package, an opener of its plaintext as a pipe for the join): the data
+        key is released here, the decryption happens as the join reads."""
+        encrypted = self.download(ref)
+        return encrypted, partial(decrypted_pipe, encrypted, self.data_key(contract_digest, ref.grant))
 
     def execute(self) -> dict:
         """Runs every phase; returns the outcome (the completion event's data)."""
@@ -162,12 +177,12 @@ class TrainerRun:
                                          roc_auc=binary and "roc_auc" in config.metrics, loss="loss" in config.metrics)
         self.phase("datasets")
         by_name = {ref.name: ref for ref in terms.datasets}
-        paths = {d.name: self.fetch(by_name[d.name], terms.digest) for d in terms.join.datasets}
+        fetched = {d.name: self.dataset_source(by_name[d.name], terms.digest) for d in terms.join.datasets}
         self.phase("join")
         self.data_read = True
-        table = join_datasets(terms.join, paths)
-        for path in paths.values():
-            path.unlink()
+        table = join_datasets(terms.join, {name: source for name, (_, source) in fetched.items()})
+        for encrypted, _ in fetched.values():
+            encrypted.unlink()
         # All noise, the split and the batches come from a key drawn here from the OS: nobody,
         # the TDC included, can recompute the noise and subtract it from what is released.
         noise, accountant = SecureRandom(), Accountant()
