@@ -58,7 +58,7 @@ class InferenceSpec:
     max_rows: int
 
     @classmethod
-    def from_terms(cls, join: JoinSpec, training: TrainingConfig, inference_terms: dict) -> "InferenceSpec":
+    def from_terms(cls, join: JoinSpec, training: TrainingConfig, inference_terms: dict) -> InferenceSpec:
         """From the contract's join and inference slot (`shared.contract.inference`) and the
         model package's training config, which says what the model outputs."""
         check_compatible(join, training)

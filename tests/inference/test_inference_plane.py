@@ -5,7 +5,6 @@ plaintext anywhere on disk."""
 from __future__ import annotations
 
 import io
-import os
 import tempfile
 from pathlib import Path
 
@@ -17,7 +16,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from local_emulator import loan_data
-from local_emulator.loan_reference import FEATURE_BOUNDS, FEATURE_COLUMNS, TARGET, loan_join_spec, loan_training_config
+from local_emulator.loan_reference import (
+    FEATURE_BOUNDS,
+    FEATURE_COLUMNS,
+    TARGET,
+    loan_join_spec,
+    loan_training_config,
+)
 from shared import package
 from shared.pipeline import JoinSpec, TrainingConfig
 from trainer_container import inference
