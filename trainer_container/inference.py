@@ -229,14 +229,24 @@ def probability(raw: np.ndarray, model_output: str) -> np.ndarray:
     return (shifted[:, 1] / shifted.sum(axis=1)).astype(np.float32)
 
 
+_DIGIT_WEIGHTS = 10 ** np.arange(8, -1, -1, dtype=np.int64)  # the 9 decimals of a probability
+
+
 def predictions_csv(ids: np.ndarray, probabilities: np.ndarray, threshold: float) -> bytes:
-    """`row_id,probability,label`, one line per row, in the given order. A probability is written
-    as numpy's shortest text for its float32, which reads back as exactly that float32; one
-    f-string per line measured 1.7x faster than pandas' to_csv here."""
-    texts = probabilities.astype(str).tolist()
-    labels = np.where(probabilities >= threshold, "1", "0").tolist()
-    body = "".join(f"{i},{p},{label}\n" for i, p, label in zip(ids.tolist(), texts, labels))
-    return (",".join(OUTPUT_COLUMNS) + "\n" + body).encode()
+    """`row_id,probability,label`, one line per row, in the given order; the probability with 9
+    decimals (float32 carries about 7 significant digits), the label from the float32 itself.
+    Each line's `,p.ddddddddd,l` is built as bytes by numpy for all rows at once: numpy's
+    shortest float text alone took longer than this whole function (1.9 s per million rows)."""
+    n = len(probabilities)
+    scaled = np.rint(probabilities.astype(np.float64) * 1e9).astype(np.int64)  # in [0, 1e9]
+    tails = np.empty((n, 14), dtype=np.uint8)
+    tails[:, 0] = tails[:, 12] = ord(",")
+    tails[:, 1] = ord("0") + (scaled >= 10**9)
+    tails[:, 2] = ord(".")
+    tails[:, 3:12] = ord("0") + (scaled[:, None] // _DIGIT_WEIGHTS) % 10
+    tails[:, 13] = ord("0") + (probabilities >= threshold)
+    lines = "\n".join(i + tail for i, tail in zip(ids.tolist(), tails.view("S14").ravel().astype("U14").tolist()))
+    return (",".join(OUTPUT_COLUMNS) + "\n" + lines + ("\n" if n else "")).encode()
 
 
 def run_inference(onnx_model: bytes, spec: InferenceSpec, batch: BinaryIO, batch_key: bytes, output_path: Path,

@@ -93,7 +93,7 @@ def run(tmp_path: Path, batch: Path, inference_spec: InferenceSpec, model: bytes
 def decrypted(path: Path, key: bytes = REQUESTER_KEY) -> pd.DataFrame:
     plain = io.BytesIO()
     package.decrypt_stream(io.BytesIO(path.read_bytes()), plain, key)
-    return pd.read_csv(io.BytesIO(plain.getvalue()), dtype={"row_id": str, "probability": np.float32})
+    return pd.read_csv(io.BytesIO(plain.getvalue()), dtype={"row_id": str})
 
 
 def plain_probabilities(model: bytes, table: pd.DataFrame) -> np.ndarray:
@@ -116,12 +116,19 @@ def test_predictions_equal_plain_onnxruntimes_in_input_order(tmp_path, private_t
     expected = plain_probabilities(linear_model(), rows)
     assert result.rows == len(rows) and list(out.columns) == ["row_id", "probability", "label"]
     assert out["row_id"].tolist() == rows["row_id"].tolist()  # the requester's rows, each once, in order
-    np.testing.assert_array_equal(out["probability"].to_numpy(), expected)
+    np.testing.assert_allclose(out["probability"].to_numpy(), expected, rtol=0, atol=5.01e-10)  # 9 decimals
     np.testing.assert_array_equal(out["label"].to_numpy(), (expected >= 0.4).astype(int))
     assert 0 < out["label"].sum() < len(rows)  # the threshold splits this batch: the comparison means something
     assert result.manifest.content_type == "text/csv" and result.manifest.blake3
     assert not list(private_tmp.iterdir())
     assert files_holding(tmp_path, b"LN0000000007") == []  # no plaintext row anywhere on disk
+
+
+def test_the_predictions_text():
+    ids = np.array(["LN1", "b-2", "c"], dtype=object)
+    text = inference.predictions_csv(ids, np.array([0.0, 1.0, 0.25], np.float32), 0.25)
+    assert text == b"row_id,probability,label\nLN1,0.000000000,0\nb-2,1.000000000,1\nc,0.250000000,1\n"
+    assert inference.predictions_csv(ids[:0], np.array([], np.float32), 0.5) == b"row_id,probability,label\n"
 
 
 def test_predictions_decrypt_only_with_the_requesters_key(tmp_path, private_tmp, rows):
