@@ -50,7 +50,9 @@ BLOB_PATH = re.compile(r"^[a-z0-9-]+/[A-Za-z0-9_\-][A-Za-z0-9_.\-/]{0,250}\.ccr$
 VAULT_URL = re.compile(r"^https://[A-Za-z0-9.\-]+(:[0-9]{1,5})?/?$")
 
 SCHEMA_VERSION = 2
-WORKLOADS = ("training",)           # inference comes later; continued training is training.continued_training
+WORKLOADS = ("training", "inference")  # continued training is training.continued_training
+DEFAULT_THRESHOLD = 0.5          # an inference's label: 1 when the probability reaches it
+MAX_INFERENCE_ROWS = 10_000_000     # per batch: the data plane holds a batch in memory (trainer_container/inference.py)
 MIN_VALIDATION_SPLIT, MAX_VALIDATION_SPLIT = 0.1, 0.5
 MIN_JOINED_ROWS = 1
 
@@ -256,6 +258,44 @@ def _training(workload, where: str) -> None:
               "from the last model)")
 
 
+def _inference(workload, where: str, payload: dict) -> None:
+    """The inference workload: who may submit batches (`requesters`, parties of the contract),
+    whose stored features an inference may use besides the requester's own (`feature_sources`,
+    providers of the contract, who sign it anyway), whether the TDC also receives the weights
+    (`weights_leave`: the model owner may forbid it), a deadline, the largest batch and the
+    label threshold."""
+    _object(workload, where, ("image", "policy_template_sha256", "requesters", "weights_leave",
+                              "deadline_seconds", "max_rows"))
+    known = {"image", "policy_template_sha256", "requesters", "feature_sources", "weights_leave",
+             "deadline_seconds", "max_rows", "threshold"}
+    unknown = sorted(set(workload) - known)
+    _need(not unknown, f"{where} has unknown field(s) {', '.join(unknown)}")
+    _need(isinstance(workload["image"], str) and IMAGE_REF.match(workload["image"]) is not None,
+          f"{where}.image must be pinned by digest (<registry>/<repository>@sha256:<hex>)")
+    _sha256(workload["policy_template_sha256"], f"{where}.policy_template_sha256")
+    members = set(parties(payload))
+    providers = {tdp["did"] for tdp in payload["tdps"]}
+    requesters = workload["requesters"]
+    _need(isinstance(requesters, list) and requesters, f"{where}.requesters must be a non-empty list of party DIDs")
+    for i, did in enumerate(requesters):
+        _need(isinstance(did, str) and did in members, f"{where}.requesters[{i}] must be the DID of a party "
+              "of this contract (the TDC or a TDP)")
+    _need(len(set(requesters)) == len(requesters), f"{where}.requesters names a party twice")
+    sources = workload.get("feature_sources", [])
+    _need(isinstance(sources, list), f"{where}.feature_sources must be a list of provider DIDs")
+    for i, did in enumerate(sources):
+        _need(isinstance(did, str) and did in providers, f"{where}.feature_sources[{i}] must be the DID of a "
+              "provider (TDP) of this contract: only a provider that signs it may lend its features")
+    _need(len(set(sources)) == len(sources), f"{where}.feature_sources names a provider twice")
+    _need(isinstance(workload["weights_leave"], bool), f"{where}.weights_leave must be true or false")
+    _integer(workload["deadline_seconds"], f"{where}.deadline_seconds", 1)
+    _integer(workload["max_rows"], f"{where}.max_rows", 1)
+    _need(workload["max_rows"] <= MAX_INFERENCE_ROWS, f"{where}.max_rows must be at most {MAX_INFERENCE_ROWS}")
+    if "threshold" in workload:
+        threshold = _number(workload["threshold"], f"{where}.threshold")
+        _need(0 < threshold < 1, f"{where}.threshold must be in (0, 1)")
+
+
 def validate_payload(payload) -> dict:
     """Check every field the system acts on; raise MalformedContract naming the first fault."""
     _need(isinstance(payload, dict), "payload must be an object")
@@ -312,6 +352,8 @@ def validate_payload(payload) -> dict:
     unknown = sorted(set(workloads) - set(WORKLOADS))
     _need(not unknown, f"workloads {', '.join(unknown)} are not supported (supported: {', '.join(WORKLOADS)})")
     _training(workloads["training"], "workloads.training")
+    if "inference" in workloads:  # optional: contracts without it allow training only
+        _inference(workloads["inference"], "workloads.inference", payload)
     return payload
 
 
@@ -324,6 +366,16 @@ def continued_training(payload: dict) -> bool:
     """Whether every party agreed that a declared new dataset version continues training from
     the last run's model (shared/version_declaration.py); false unless the contract says so."""
     return training(payload).get("continued_training", False) is True
+
+
+def inference(payload: dict) -> dict | None:
+    """The inference workload's terms, with the optional fields' defaults filled in
+    (`feature_sources` [] = the requester's own features only, `threshold` 0.5), or None when
+    the contract allows no inference."""
+    workload = payload["workloads"].get("inference")
+    if workload is None:
+        return None
+    return {"feature_sources": [], "threshold": DEFAULT_THRESHOLD, **workload}
 
 
 def datasets(payload: dict) -> list[tuple[str, dict]]:

@@ -365,7 +365,8 @@ class _Source:
             self._released = done
 
     def rewind(self) -> None:
-        self._forget_consumed()
+        if self._map is not None:  # a stream without a mapping (BytesIO, a pipe) has nothing to drop
+            self._forget_consumed()
         self._released = 0
         self._position = self._start
         if self._view is None:

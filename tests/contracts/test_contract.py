@@ -163,7 +163,7 @@ def test_header_without_issuer(payload, identities, resolve):
     (lambda p: p["evaluation"].update(validation_split=0.0001), "validation_split must be in"),
     (lambda p: p["evaluation"].update(validation_split=0.9), "validation_split must be in"),
     (lambda p: p["evaluation"].update(min_joined_rows=0), "min_joined_rows must be an integer"),
-    (lambda p: p["workloads"].update(inference={}), "not supported"),
+    (lambda p: p["workloads"].update(continued_training={}), "continued_training are not supported"),
     (lambda p: p["workloads"]["training"].update(policy_template_sha256="x"), "64 lowercase hex"),
     (lambda p: p["tdps"][0]["datasets"][0].update(epsilon=True), "finite number"),
     (lambda p: p["privacy"].update(delta=1), "delta must be in"),

@@ -83,6 +83,16 @@ def test_header_is_readable_without_the_key_from_bytes_or_a_stream():
     assert stream.tell() == len(from_bytes.raw)
 
 
+def test_an_in_memory_source_larger_than_the_release_stride_round_trips():
+    """A seekable stream without a file (BytesIO: the inference plane encrypts its predictions
+    from memory) has no mapping to release pages of, however far it was read before the rewind."""
+    data = os.urandom(package._RELEASE_EVERY + SEGMENT_SIZE + 5)
+    out, back = io.BytesIO(), io.BytesIO()
+    package.encrypt_stream(io.BytesIO(data), out, KEY, KID, "application/octet-stream", None)
+    package.decrypt_stream(io.BytesIO(out.getvalue()), back, KEY)
+    assert back.getvalue() == data
+
+
 def test_non_seekable_source_is_spooled_and_round_trips():
     class Pipe(io.RawIOBase):
         def __init__(self, data):
