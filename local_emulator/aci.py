@@ -109,6 +109,28 @@ def _validate(body: dict) -> None:
                        f"Resource requested: '{cpu:g}' CPU '{memory:g}' GB memory 'Linux' OS")
 
 
+def _check_registry_credentials(properties: dict, identity_id: str | None) -> None:
+    """imageRegistryCredentials as ARM takes them: each names a server, and one that pulls with
+    an identity must name an identity the group carries (no passwords here: the local registry,
+    like an ACR without admin user or anonymous pull, admits only identities)."""
+    credentials = properties.get("imageRegistryCredentials") or []
+    if not isinstance(credentials, list):
+        raise ArmError(400, "InvalidImageRegistryCredential", "imageRegistryCredentials must be a list")
+    for credential in credentials:
+        if not isinstance(credential, dict) or not isinstance(credential.get("server"), str) \
+                or not credential["server"]:
+            raise ArmError(400, "InvalidImageRegistryCredential", "an image registry credential needs a server")
+        if credential.get("password") or credential.get("username"):
+            raise ArmError(400, "InvalidImageRegistryCredential",
+                           f"registry {credential['server']}: this twin's registry admits identities only, no "
+                           "username or password")
+        identity = credential.get("identity")
+        if not isinstance(identity, str) or identity_id is None or identity.lower() != identity_id.lower():
+            raise ArmError(400, "InvalidImageRegistryCredentialIdentity",
+                           f"The identity '{identity}' of the image registry credential for server "
+                           f"'{credential['server']}' is not assigned to the container group")
+
+
 def _identity_id(identity, known) -> str | None:
     """The group's user-assigned identity (resource id), refused as ARM refuses it: a malformed id
     is LinkedInvalidPropertyId, one that does not exist (here: not among the twin's `known`) or a
@@ -182,17 +204,20 @@ class AciTwin:
     def __init__(self, state_dir: Path, images_dir: Path, ssl_context: ssl.SSLContext, access_token: str,
                  sidecar_factory: SidecarFactory | None, python: str = sys.executable,
                  kill_grace_seconds: float = 5.0, port: int = 0, identities: dict[str, str] | None = None,
-                 registry_dir: Path | None = None, layer_cache: Path | None = None):
+                 registry_dir: Path | None = None, layer_cache: Path | None = None,
+                 registry_pullers: tuple[str, ...] = ()):
         """`identities`: the user-assigned identities that exist (resource id -> the bearer token
         their IMDS hands out); a group may carry one, and its SKR sidecar then calls Key Vault
         with that identity's token. `registry_dir`: the local registry OCI images are pulled from
         (`registry.ccr.localhost/<repository>@sha256:...`), unpacked once per layer into
-        `layer_cache` (default ~/.cache/ccr/layers)."""
+        `layer_cache` (default ~/.cache/ccr/layers), by a group whose registry credential names
+        its identity, one of `registry_pullers` (the identities with AcrPull on it)."""
         if not access_token:
             raise ValueError("the ACI twin needs the access token it will require from callers")
         registry = LocalRegistry(registry_dir, layer_cache) if registry_dir is not None else None
         self.runtime = GroupRuntime(state_dir, images_dir, sidecar_factory, python, kill_grace_seconds, registry)
         self.runtime.identity_tokens = {k.lower(): v for k, v in (identities or {}).items()}
+        self.runtime.registry_pullers = {identity.lower() for identity in registry_pullers}
         self._access_token = access_token
         self._server = LoopbackServer(self._route, ssl_context, port=port, name="ACI twin")
 
@@ -287,6 +312,7 @@ class AciTwin:
             raise ArmError(400, "InvalidRequestContent", "the request body is not a JSON object")
         _validate(body)
         identity_id = _identity_id(body.get("identity"), self.runtime.identity_tokens)
+        _check_registry_credentials(body["properties"], identity_id)
         properties, environments = _sanitized_properties(body["properties"])
         dirname = "/".join([args["sub"], args["rg"].lower(), args["name"]])
         try:

@@ -125,6 +125,7 @@ class GroupRuntime:
         self.state_dir = Path(state_dir)
         self.images_dir = Path(images_dir)
         self.registry = registry          # OCI images `<registry>/<repository>@sha256:...` (local_emulator/registry.py)
+        self.registry_pullers: set[str] = set()   # identities (resource ids, lower case) with AcrPull on it
         self.sidecar_factory = sidecar_factory
         self.identity_tokens: dict[str, str] = {}   # user-assigned identity id (lower) -> its token (set by AciTwin)
         self.python = python
@@ -342,6 +343,14 @@ class GroupRuntime:
         if self.registry is None:
             raise ProvisioningError("InaccessibleImage", f"The image '{reference}' in container group "
                                     f"'{record['name']}' is not accessible: this twin has no registry")
+        server = reference.split("/", 1)[0]
+        credentials = record["properties"].get("imageRegistryCredentials") or []
+        puller = next((c["identity"] for c in credentials if c.get("server") == server), None)
+        if puller is None or puller.lower() not in self.registry_pullers:
+            whom = "anonymously" if puller is None else f"as {puller}, which has no AcrPull there"
+            raise ProvisioningError("InaccessibleImage", f"The image '{reference}' in container group "
+                                    f"'{record['name']}' is not accessible. Please check the image and registry "
+                                    f"credential. (pulled {whom})")
         try:
             return self.registry.pull(reference)
         except PullError as error:

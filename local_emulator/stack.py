@@ -21,6 +21,7 @@ from pathlib import Path
 from local_emulator import tls as loopback_tls
 from local_emulator import vault_rbac as rbac
 from local_emulator.aci import AciTwin, skr_sidecar_factory
+from local_emulator.registry import LOCAL_REGISTRY
 from local_emulator.attestation import MaaTwin
 from local_emulator.azurite import Azurite
 from local_emulator.blob_events import BLOB_CREATED
@@ -179,7 +180,8 @@ class Stack:
         self.aci = self._run(AciTwin(self.state_dir / "aci", self.state_dir / "images", tls.server_context(), token,
                                      skr_sidecar_factory(root, str(tls.ca_path), None), port=ports["aci"],
                                      registry_dir=self.registry_dir,
-                                     identities={TRAINER_IDENTITY_ID: self._secret("trainer_identity_token")}))
+                                     identities={TRAINER_IDENTITY_ID: self._secret("trainer_identity_token")},
+                                     registry_pullers=(TRAINER_IDENTITY_ID,)))   # AcrPull, as infra/modules/rbac.bicep
         self.settings = {
             "AzureWebJobsStorage": storage, "CCR_STORAGE_CONNECTION": storage,
             "CCR_EMULATOR_DIR": str(self.state_dir), "CCR_CA_BUNDLE": str(tls.ca_path),
@@ -188,7 +190,7 @@ class Stack:
             "CCR_MAA_URL": self.maa.url,
             "CCR_ARM_URL": self.aci.url, "CCR_SUBSCRIPTION_ID": SUBSCRIPTION_ID,
             "CCR_RESOURCE_GROUP": RESOURCE_GROUP, "CCR_LOCATION": "local",
-            "CCR_TRAINER_IDENTITY_ID": TRAINER_IDENTITY_ID,
+            "CCR_TRAINER_IDENTITY_ID": TRAINER_IDENTITY_ID, "CCR_TRAINER_REGISTRY": LOCAL_REGISTRY,
             "CCR_EVENTGRID_TOPIC_URL": topic.endpoint, "CCR_EVENTGRID_KEY": topic.key,
             "CCR_EVENTGRID_TOPIC_ID": topic.resource_id, "CCR_EVENTGRID_ARM_URL": self.eventgrid_arm.url,
             "CCR_FUNCTION_KEY": self._secret("function_key"),

@@ -46,7 +46,8 @@ def trainer_container_group(run: dict, record: dict) -> ContainerGroup:
     cpu, memory_gb = trainer_resources.of_training(training(payload))
     return build_container_group(training(payload)["image"], record["digest"], _environment(run, record),
                                  settings.get("CCR_LOCATION", "westeurope"), cpu=cpu, memory_in_gb=memory_gb,
-                                 identity_id=settings.get("CCR_TRAINER_IDENTITY_ID") or None)
+                                 identity_id=settings.get("CCR_TRAINER_IDENTITY_ID") or None,
+                                 registry=settings.get("CCR_TRAINER_REGISTRY") or None)
 
 
 def _environment(run: dict, record: dict) -> dict[str, str]:

@@ -125,22 +125,29 @@ def _environment(values: Mapping[str, str]) -> list[EnvironmentVariable]:
 def build_container_group(trainer_image: str, contract_digest: str, environment: Mapping[str, str], location: str,
                           cpu: float = trainer_resources.DEFAULT_CPU,
                           memory_in_gb: float = trainer_resources.DEFAULT_MEMORY_GB,
-                          identity_id: str | None = None) -> ContainerGroup:
+                          identity_id: str | None = None, registry: str | None = None) -> ContainerGroup:
     """Trainer + SKR sidecar, `sku=Confidential` with the contract's CCE policy, no public IP,
     never restarted (a run is one attempt). Secrets go in as secure values. The builder sets
     `CCR_CONTRACT_DIGEST` itself; a caller passing it is refused. `cpu` / `memory_in_gb` are the
     trainer's (the contract's `workloads.training.resources`), within shared/trainer_resources.py.
     `identity_id` (a user-assigned identity's resource id, `CCR_TRAINER_IDENTITY_ID`) is the
     group's identity: the SKR sidecar gets its Key Vault token from it (IMDS), as in Microsoft's
-    ACI example, so that identity needs Key Vault Crypto Service Release User on each vault."""
+    ACI example, so that identity needs Key Vault Crypto Service Release User on each vault.
+    `registry` (`CCR_TRAINER_REGISTRY`, a login server): a trainer image from it is pulled with
+    that identity (imageRegistryCredentials `identity`; it needs AcrPull there), never with a
+    password, so the registry can refuse anonymous pulls."""
     from azure.mgmt.containerinstance.models import (ConfidentialComputeProperties, Container, ContainerGroup,
-                                                     ContainerGroupIdentity, EnvironmentVariable, ResourceRequests,
-                                                     ResourceRequirements, UserAssignedIdentities)
+                                                     ContainerGroupIdentity, EnvironmentVariable,
+                                                     ImageRegistryCredential, ResourceRequests, ResourceRequirements,
+                                                     UserAssignedIdentities)
     if CONTRACT_DIGEST_ENV in environment:
         raise ValueError(f"{CONTRACT_DIGEST_ENV} is set by build_container_group from contract_digest")
     reason = trainer_resources.problem({"cpu": cpu, "memory_gb": memory_in_gb})
     if reason:
         raise ValueError(f"trainer resources: {reason}")
+    pulled_from_registry = bool(registry) and trainer_image.startswith(f"{registry}/")
+    if pulled_from_registry and identity_id is None:
+        raise ValueError(f"the trainer image comes from {registry}: the group needs an identity to pull it with")
     cce_policy = training_cce_policy(trainer_image, contract_digest)
     environment = {**TRAINER_FIXED_ENV, **environment, CONTRACT_DIGEST_ENV: contract_digest}
     trainer = Container(
@@ -156,5 +163,7 @@ def build_container_group(trainer_image: str, contract_digest: str, environment:
         location=location, containers=[trainer, sidecar], os_type="Linux", restart_policy="Never",
         sku="Confidential", ip_address=None,
         confidential_compute_properties=ConfidentialComputeProperties(cce_policy=cce_policy),
+        image_registry_credentials=[ImageRegistryCredential(server=registry, identity=identity_id)]
+        if pulled_from_registry else None,
         identity=None if identity_id is None else ContainerGroupIdentity(
             type="UserAssigned", user_assigned_identities={identity_id: UserAssignedIdentities()}))

@@ -2,7 +2,9 @@
 this host's Python and its standard library plus the stand-in trainer. skopeo agrees with its
 digest; the ACI twin pulls it from a local registry by `<registry>/<repository>@sha256:...`,
 verifies it and runs it chrooted with the image's own Python; a tampered layer is refused at
-pull, as ARM refuses an inaccessible image, before anything runs."""
+pull, as ARM refuses an inaccessible image, before anything runs. The registry admits only the
+group's identity holding AcrPull there (imageRegistryCredentials naming it): an anonymous pull or
+another identity's is refused the same way."""
 from __future__ import annotations
 
 import json
@@ -22,6 +24,12 @@ from tools import oci_image
 
 pytestmark = pytest.mark.timeout(120)
 CONTRACT = "c1" * 32
+IDENTITIES = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/"
+PULLER, NOT_PULLER = IDENTITIES + "id-trainer", IDENTITIES + "id-other"
+
+
+def group_spec(reference: str, environment: dict, identity: str = PULLER, registry: str | None = LOCAL_REGISTRY):
+    return build_container_group(reference, CONTRACT, environment, LOCATION, identity_id=identity, registry=registry)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +56,8 @@ def twin_with_registry(tmp_path, images_dir, tls, token, hardware_root, registry
     from local_emulator.aci import skr_sidecar_factory
     aci = AciTwin(tmp_path / "aci", images_dir, tls.server_context(), token,
                   skr_sidecar_factory(hardware_root, str(tls.ca_path), token), kill_grace_seconds=2.0,
-                  registry_dir=registry_dir, layer_cache=tmp_path / "layers").start()
+                  registry_dir=registry_dir, layer_cache=tmp_path / "layers",
+                  identities={PULLER: "puller-token", NOT_PULLER: "other-token"}, registry_pullers=(PULLER,)).start()
     yield aci
     aci.stop()
 
@@ -104,7 +113,8 @@ def test_skopeo_agrees_with_the_digest(small_image):
 def test_twin_runs_the_image_with_its_own_python(client, twin_with_registry, reference, small_image):
     assert reference == f"{LOCAL_REGISTRY}/ccr-small@{small_image.digest}"
     environment = {"CCR_RUN_ID": "run-0123456789abcdef", "CCR_CONTRACT": json.dumps({"lines": 2})}
-    spec = build_container_group(reference, CONTRACT, environment, LOCATION)
+    spec = group_spec(reference, environment)
+    assert [(c.server, c.identity) for c in spec.image_registry_credentials] == [(LOCAL_REGISTRY, PULLER)]
     group = client.container_groups.begin_create_or_update(RESOURCE_GROUP, "oci-run", spec).result()
     assert group.provisioning_state == "Succeeded"
     logs = wait_for(lambda: (lambda t: t if "ready" in t else None)(
@@ -127,7 +137,7 @@ def test_tampered_layer_is_refused_at_pull(client, twin_with_registry, registry_
     blob.unlink()                         # the registry's copy is a hard link into the build cache
     data[600] ^= 1
     blob.write_bytes(bytes(data))
-    spec = build_container_group(reference, CONTRACT, {"CCR_RUN_ID": "run-0123456789abcdef"}, LOCATION)
+    spec = group_spec(reference, {"CCR_RUN_ID": "run-0123456789abcdef"})
     with pytest.raises(HttpResponseError) as refused:
         client.container_groups.begin_create_or_update(RESOURCE_GROUP, "oci-tampered", spec).result()
     assert "InaccessibleImage" in str(refused.value) and "layer digest mismatch" in str(refused.value)
@@ -171,3 +181,36 @@ def test_trainer_dependencies_layer_does_not_depend_on_the_builders_path(tmp_pat
     records_of_installed_files_only(site)
     assert record.read_text() == ('idna/core.py,sha256=abc,6\n"odd, name.py",sha256=def,0\n'
                                   "idna-3.20.dist-info/RECORD,,\n")
+
+
+@pytest.mark.parametrize("identity, registry, refusal", [
+    (PULLER, None, "pulled anonymously"),                     # no registry credential at all
+    (NOT_PULLER, LOCAL_REGISTRY, f"pulled as {NOT_PULLER}, which has no AcrPull there"),
+])
+def test_only_an_identity_with_acrpull_pulls_the_image(client, twin_with_registry, reference, identity, registry,
+                                                       refusal):
+    spec = group_spec(reference, {"CCR_RUN_ID": "run-0123456789abcdef"}, identity, registry)
+    with pytest.raises(HttpResponseError) as refused:
+        client.container_groups.begin_create_or_update(RESOURCE_GROUP, "oci-no-pull", spec).result()
+    assert "InaccessibleImage" in str(refused.value) and refusal in str(refused.value)
+    group = client.container_groups.get(RESOURCE_GROUP, "oci-no-pull")
+    assert group.provisioning_state == "Failed" and twin_with_registry.runtime.get(group.id)["pid"] is None
+    assert not any(p.is_dir() for p in twin_with_registry.runtime.registry.layer_cache.glob("*"))  # nothing pulled
+
+
+def test_a_registry_credential_must_name_the_groups_own_identity(client, reference):
+    from azure.mgmt.containerinstance.models import ImageRegistryCredential
+    spec = group_spec(reference, {"CCR_RUN_ID": "run-0123456789abcdef"}, identity=NOT_PULLER)
+    spec.image_registry_credentials = [ImageRegistryCredential(server=LOCAL_REGISTRY, identity=PULLER)]
+    with pytest.raises(HttpResponseError) as refused:
+        client.container_groups.begin_create_or_update(RESOURCE_GROUP, "oci-borrowed", spec).result()
+    assert refused.value.status_code == 400 and "InvalidImageRegistryCredentialIdentity" in str(refused.value)
+    with pytest.raises(HttpResponseError) as missing:
+        client.container_groups.get(RESOURCE_GROUP, "oci-borrowed")
+    assert missing.value.status_code == 404                      # refused before any group existed
+
+
+def test_the_builder_will_not_pull_from_the_registry_without_an_identity(reference):
+    with pytest.raises(ValueError, match="needs an identity to pull it with"):
+        group_spec(reference, {}, identity=None)
+    assert group_spec(reference, {}, registry="other.azurecr.io").image_registry_credentials is None
