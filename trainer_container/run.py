@@ -79,6 +79,14 @@ def safe_error(exc: BaseException) -> tuple[str, str]:
     return type(exc).__name__, "internal error in the trainer"
 
 
+class _Discard:
+    """A sink that keeps nothing: a package decrypted into it is only authenticated."""
+
+    @staticmethod
+    def write(data) -> int:
+        return len(data)
+
+
 class TrainerRun:
     def __init__(self, env: TrainerEnvironment, workdir: Path, progress: Callable[[str], None] = print):
         self.env, self.workdir, self.progress = env, workdir, progress
@@ -152,10 +160,15 @@ class TrainerRun:
         return plain
 
     def dataset_source(self, ref: PackageRef, contract_digest: str) -> tuple[Path, JoinSource]:
-        """(the downloaded package, an opener of its plaintext as a pipe for the join): the data
-        key is released here, the decryption happens as the join reads."""
+        """(the downloaded package, an opener of its plaintext as a pipe for the join). The whole
+        package is authenticated first (every segment and the plaintext digest, the plaintext
+        discarded), so no dataset reaches the join, nor any data-dependent computation starts,
+        until every input is known intact; the join's pass then decrypts it again into the pipe."""
         encrypted = self.download(ref)
-        return encrypted, partial(decrypted_pipe, encrypted, self.data_key(contract_digest, ref.grant))
+        key = self.data_key(contract_digest, ref.grant)
+        with open(encrypted, "rb", buffering=0) as source:
+            package.decrypt_stream(source, _Discard(), key)
+        return encrypted, partial(decrypted_pipe, encrypted, key)
 
     def execute(self) -> dict:
         """Runs every phase; returns the outcome (the completion event's data)."""
