@@ -113,8 +113,9 @@ class CovidScenario:
 
     def __init__(self, stack: Stack, workdir: Path, contract_id: str = "covid-demo",
                  epsilon: float = 1.5, deadline_seconds: int = 300, echo=print, training_overrides=None,
-                 image_kind: str | None = None):
+                 image_kind: str | None = None, continued_training: bool = False):
         self.stack, self.workdir, self.contract_id = stack, Path(workdir), contract_id
+        self.continued_training = continued_training
         self.image_kind = image_kind or trainer_image_kind()
         self.epsilon, self.deadline_seconds, self.echo = epsilon, deadline_seconds, echo
         self.training_overrides = training_overrides or {}
@@ -241,7 +242,8 @@ class CovidScenario:
                  *[arg for d in datasets for arg in ("--dataset-from", d)],
                  "--delta", str(DELTA), "--validation-split", "0.2", "--min-joined-rows", "100",
                  "--join", str(join), "--deadline-seconds", str(self.deadline_seconds),
-                 "--trainer-image", self.trainer_image, "--out", str(payload))
+                 "--trainer-image", self.trainer_image, "--out", str(payload),
+                 *(["--continued-training"] if self.continued_training else []))
         self._note_contract(payload)
         return payload
 

@@ -304,12 +304,15 @@ class Stack:
 
 def local_vault_access(app_token: str, trainer_token: str) -> rbac.VaultAccess:
     """The vault's principals and role assignments as infra/modules/rbac.bicep makes them: the
-    app's identity holds Key Vault Reader (it reads KEKs and their release policies), the
+    app's identity holds Key Vault Reader (it reads KEKs and their release policies) and the KEK
+    creator role (it creates continued-training contracts' state KEKs; it can release none), the
     trainer's identity Key Vault Crypto Service Release User; parties are added by `add_party`."""
     access = rbac.VaultAccess(VAULT_ID)
-    access.assign(access.add_principal(app_token), rbac.KEY_VAULT_READER)                        # appKeyVaultReader
+    app = access.add_principal(app_token)
+    access.assign(app, rbac.KEY_VAULT_READER)                                                   # appKeyVaultReader
     access.assign(access.add_principal(trainer_token), rbac.CRYPTO_SERVICE_RELEASE_USER)         # trainerKeyRelease
     access.define_role(KEK_CREATOR_ROLE.name, KEK_CREATOR_ROLE.data_actions, KEK_CREATOR_ROLE.id)
+    access.assign(app, KEK_CREATOR_ROLE.id)  # appStateKekCreator: contracts' state KEKs (shared/model_states.py)
     return access
 
 

@@ -12,10 +12,10 @@ from datetime import datetime, timedelta, timezone
 
 from azure.mgmt.containerinstance.models import ContainerGroup
 
-from shared import azure_clients, key_grants, settings, storage_names, trainer_resources
+from shared import azure_clients, key_grants, model_states, settings, storage_names, trainer_resources
 from shared.blob_sas import trainer_blob_urls
 from shared.container_group import build_container_group, training_hostdata
-from shared.contract import training
+from shared.contract import continued_training, training
 from shared.contract_store import contract_inputs
 
 # The SAS outlives the run's deadline by this much: the deadline timer starts only once the
@@ -49,10 +49,17 @@ def trainer_container_group(run: dict, record: dict) -> ContainerGroup:
                                  identity_id=settings.get("CCR_TRAINER_IDENTITY_ID") or None)
 
 
+def trainer_keeps(payload: dict, contract_digest: str, run_id: str) -> list[str]:
+    """The blobs the trainer creates for the clean room itself: a continued-training contract's
+    model state and its wrapped data key (shared/model_states.py); none otherwise."""
+    return model_states.paths(contract_digest, run_id) if continued_training(payload) else []
+
+
 def _environment(run: dict, record: dict) -> dict[str, str]:
     expiry = datetime.now(timezone.utc) + timedelta(seconds=int(run["deadline_seconds"])) + SAS_MARGIN
     urls = trainer_blob_urls(azure_clients.blob_service(), trainer_reads(record["payload"], record["digest"]),
-                             storage_names.output_path(run["run_id"]), expiry)
+                             storage_names.output_path(run["run_id"]), expiry,
+                             kept=trainer_keeps(record["payload"], record["digest"], run["run_id"]))
     environment = {
         "CCR_RUN_ID": run["run_id"],
         "CCR_RUN_NONCE": run["nonce"],
@@ -62,6 +69,8 @@ def _environment(run: dict, record: dict) -> dict[str, str]:
         "CCR_EVENTGRID_TOPIC_URL": settings.require("CCR_EVENTGRID_TOPIC_URL"),
         "CCR_EVENTGRID_KEY": settings.require("CCR_EVENTGRID_KEY"),
     }
+    if continued_training(record["payload"]):  # where the contract's state KEK is (shared/model_states.py)
+        environment["CCR_KEYVAULT_URL"] = settings.require("CCR_KEYVAULT_URL")
     ca_bundle = settings.ca_bundle()
     if isinstance(ca_bundle, str):
         environment["CCR_CA_BUNDLE"] = ca_bundle

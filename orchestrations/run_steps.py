@@ -206,7 +206,7 @@ def deploy_trainer(run: dict) -> dict:
         group = client.container_groups.get(resource_group, group_name)
         log.info("container group %s already exists; not creating it again", group_name)
     except ResourceNotFoundError:
-        _ensure_outputs_container()  # the trainer's create-only SAS cannot create it
+        _ensure_containers()  # the trainer's create-only SAS cannot create them
         try:
             group = client.container_groups.begin_create_or_update(
                 resource_group, group_name, deployment.trainer_container_group(run, record)).result()
@@ -223,11 +223,12 @@ def deploy_trainer(run: dict) -> dict:
             "hostdata": deployment.hostdata(record["payload"], record["digest"])}
 
 
-def _ensure_outputs_container() -> None:
-    try:
-        azure_clients.blob_service().create_container(storage_names.OUTPUTS)
-    except ResourceExistsError:
-        pass
+def _ensure_containers() -> None:
+    for container in (storage_names.OUTPUTS, storage_names.MODEL_STATES):
+        try:
+            azure_clients.blob_service().create_container(container)
+        except ResourceExistsError:
+            pass
 
 
 def _first_line(error: HttpResponseError) -> str:
@@ -313,7 +314,9 @@ def finish_run(run: dict, outcome: dict) -> dict:
                "failed_phase": outcome.get("phase") if outcome["status"] != "succeeded" else None,
                "reason": outcome.get("reason"), "output_blob": output_url,
                "output_blake3": outcome.get("output_blake3"), "metrics": outcome.get("metrics"),
-               "privacy_budget_spent": budget_spent}
+               "privacy_budget_spent": budget_spent,
+               # continued training: digests only (of the state kept in the clean room, of the one it started from)
+               **{k: outcome[k] for k in ("model_state_sha256", "previous_model_sha256") if k in outcome}}
     # Written before the TDC is told (it may read the status as soon as it hears).
     RunRecords(azure_clients.blob_service()).finish(run["run_id"], summary)
     return summary

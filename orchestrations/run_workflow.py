@@ -130,7 +130,8 @@ def _trainer_outcome(outcome: dict) -> dict:
     if outcome["status"] == "succeeded":
         return {"status": "succeeded", "phase": "training",
                 "output_blob": outcome.get("output_blob"), "output_blake3": outcome.get("output_blake3"),
-                "metrics": outcome.get("metrics_summary"), "privacy": outcome.get("privacy")}
+                "metrics": outcome.get("metrics_summary"), "privacy": outcome.get("privacy"),
+                **{k: outcome[k] for k in ("model_state_sha256", "previous_model_sha256") if k in outcome}}
     reason = f"trainer failed: {outcome.get('error_class', 'UnknownError')}: {outcome.get('message', '')}"[:500]
     return {"status": "failed", "phase": "training", "reason": reason, "data_untouched": not outcome["data_read"]}
 

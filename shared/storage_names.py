@@ -5,6 +5,7 @@ OUTPUTS = "outputs"
 CONTRACTS = "contracts"
 RUNS = "runs"
 GRANTS = "grants"
+MODEL_STATES = "model-states"  # trained model states kept for continued training (shared/model_states.py)
 
 PACKAGE_SUFFIX = ".ccr"
 

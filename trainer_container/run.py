@@ -28,7 +28,7 @@ from shared.blob_sas import blob_location
 from shared.pipeline import PipelineConfigError, check_compatible
 from jwcrypto import jwk
 
-from shared import attested_outcome, key_grants
+from shared import attested_outcome, key_grants, model_states
 from trainer_container.consent import ConsentError, verified_contract
 from trainer_container.contract_terms import ContractError, ContractTerms, PackageRef
 from trainer_container.accountant import Accountant
@@ -47,6 +47,8 @@ from trainer_container.privacy_plan import RunPrivacy
 from trainer_container.progress_report import ProgressReport
 from trainer_container.secure_random import SecureRandom
 from trainer_container.skr_client import KeyReleaseError, SkrClient
+from trainer_container import model_state
+from trainer_container.state_store import StateStore
 from trainer_container.training import TrainingSetupError, check_model_fits, output_width, train_private
 
 
@@ -65,7 +67,7 @@ class BlobAccessError(RuntimeError):
 # Errors whose messages are written to name fields, columns and datasets, never values.
 SAFE_ERRORS = (SettingsError, ConsentError, ContractError, PipelineConfigError, PrivacyBudgetError, DigestMismatch,
                KeyReleaseError, key_grants.GrantError, package.PackageError, JoinError, ModelConversionError,
-               TrainingSetupError, ExportError, BlobAccessError)
+               TrainingSetupError, ExportError, BlobAccessError, model_state.ModelStateError)
 
 
 def safe_error(exc: BaseException) -> tuple[str, str]:
@@ -123,6 +125,23 @@ class TrainerRun:
         key_grants.check_header(wrapped, kek, grant.key_id)
         return key_grants.unwrap(wrapped, self.skr.release(grant.key_vault, kek), kek, grant.key_id)
 
+    def state_store(self, contract_digest: str) -> StateStore:
+        """The contract's model states, through its state KEK released to this attested group
+        (asked before any data is read: a missing or refusing key fails the run untouched)."""
+        if not self.env.state_vault:
+            raise SettingsError("a continued-training contract needs CCR_KEYVAULT_URL (its state key's vault)")
+        kek = self.skr.release(self.env.state_vault, model_states.kek_name(contract_digest))
+        return StateStore(contract_digest, kek, self.workdir, self._download, self._create)
+
+    def _download(self, path: str) -> bytes:
+        with BlobClient.from_blob_url(self.env.blob_url(path)) as blob, _storage("download", path):
+            return blob.download_blob().readall()
+
+    def _create(self, path: str, data: bytes) -> None:
+        with BlobClient.from_blob_url(self.env.blob_url(path), max_single_put_size=OUTPUT_MAX_BYTES) as blob, \
+                _storage("upload", path):
+            blob.upload_blob(data, overwrite=False)
+
     def fetch(self, ref: PackageRef, contract_digest: str) -> Path:
         """Download, check the pinned digest, get the data key through its grant, decrypt
         (which checks the plaintext against the authenticated manifest, hence the contract)."""
@@ -160,6 +179,7 @@ class TrainerRun:
         # from constants only: a budget too small for the fixed mechanisms stops here, before any data
         privacy = RunPrivacy.before_data(config.epsilon, terms.delta, terms.validation_split, terms.min_joined_rows,
                                          roc_auc=binary and "roc_auc" in config.metrics, loss="loss" in config.metrics)
+        states = self.state_store(terms.digest) if terms.continued_training else None
         self.phase("datasets")
         by_name = {ref.name: ref for ref in terms.datasets}
         paths = {d.name: self.fetch(by_name[d.name], terms.digest) for d in terms.join.datasets}
@@ -189,6 +209,10 @@ class TrainerRun:
         onnx_bytes = export_onnx(exported, len(features))
         verify_onnx(onnx_bytes, exported, split.val_raw_x)
         self.progress("onnxruntime reproduces the torch model")
+        kept = {}
+        if states is not None:  # kept before the TDC's output: a success always leaves its state
+            states.keep(self.env.run_id, model_state.save(model, split.standardizer))
+            kept = {"model_state_sha256": model_state.digest(model, split.standardizer)}
         metrics = {"validation": evaluation["metrics"], "mechanisms": evaluation["mechanisms"],
                    "feature_columns": list(features), "target_column": terms.join.target, "onnx_check": "passed"}
         self.phase("output")
@@ -197,7 +221,7 @@ class TrainerRun:
         self.phase("")
         summary = {k: report[k] for k in ("epsilon", "delta", "target_epsilon", "accountant", "epsilon_rdp")}
         return {"run_id": self.env.run_id, "status": "succeeded", "output_blob": output_blob,
-                "output_blake3": output_blake3, "privacy": summary, "phase_seconds": dict(self.timings)}
+                "output_blake3": output_blake3, "privacy": summary, "phase_seconds": dict(self.timings), **kept}
 
     def upload_output(self, zip_bytes: bytes, output: key_grants.GrantSubject, contract_digest: str) -> tuple[str, str]:
         plain, encrypted = self.workdir / "output.zip", self.workdir / "output.ccr"
