@@ -197,15 +197,18 @@ class Stack:
             "CCR_BLOBS_EXTENSION_KEY": self._secret("blobs_extension_key"),
             "CCR_PARTY_AUTH_SECRET": self._secret("party_auth_secret"),
         }
+        # The ledger starts first (its webhook is set once the host is up; entries complete before that
+        # wait as pending): the app reads dataset version declarations from it (CCR_LEDGER_URL).
+        self.ledger = self._run(LedgerTwin(
+            self.state_dir / "ledger", webhook_url=None,
+            webhook_key=self.settings["CCR_FUNCTION_KEY"], ssl_context=tls.server_context(),
+            port=ports["ledger"], retry=self._retry))
+        self.settings["CCR_LEDGER_URL"] = self.ledger.url
         self.host = HostProcess(self.app_dir, self.process_env(), ports["host"],
                                 log_path=self.state_dir / "host.log", echo=self.echo_host_log).start()
         self._started.append(self.host)
         self.settings["CCR_FUNCTIONS_URL"] = self.host.url
-        self.ledger = self._run(LedgerTwin(
-            self.state_dir / "ledger", webhook_url=f"{self.host.url}/api/contracts",
-            webhook_key=self.settings["CCR_FUNCTION_KEY"], ssl_context=tls.server_context(),
-            port=ports["ledger"], retry=self._retry))
-        self.settings["CCR_LEDGER_URL"] = self.ledger.url
+        self.ledger.webhook_url = f"{self.host.url}/api/contracts"
         if self.app_dir.resolve() == PROJECT_ROOT.resolve():  # another app has no completion trigger
             self._subscribe_host()
         self._write_endpoints()

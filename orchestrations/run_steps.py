@@ -14,10 +14,11 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 from azure.storage.blob import BlobClient
 
 from orchestrations import deployment
-from shared import attested_outcome, attested_progress, azure_clients, budget_declaration, key_grants, settings, storage_names
+from shared import (attested_outcome, attested_progress, azure_clients, budget_declaration, continuation, key_grants,
+                    model_states, settings, storage_names)
 from shared import contract as contracts
 from shared.container_group import TRAINER_CONTAINER_NAME
-from shared.contract_store import ContractStore, contract_inputs, split_blob_path
+from shared.contract_store import ContractStore, split_blob_path
 from shared.package import PackageError, read_header
 from shared.privacy_budget import PrivacyBudget
 from shared.release_policy import (PolicyNotSatisfied, ReleasePolicyError, authorities, evaluate,
@@ -48,7 +49,7 @@ def validate_inputs(run: dict) -> dict:
     """Each input exists, its header parses, names the contract's data key and carries the
     contract's manifest digest (checked concurrently). Reserves nothing: consent is not
     checked yet."""
-    inputs = contract_inputs(_contract(run))
+    inputs = continuation.run_inputs(_contract(run), continuation.of_run(run))
     with ThreadPoolExecutor(max_workers=len(inputs)) as pool:
         problems = list(pool.map(_input_problem, inputs))
     reason = next((problem for problem in problems if problem), None)
@@ -58,7 +59,7 @@ def validate_inputs(run: dict) -> dict:
 def _input_problem(item: dict) -> str | None:
     container, name = split_blob_path(item["blob"])
     try:
-        head = _head(azure_clients.blob_service().get_blob_client(container, name))
+        head = package_head(azure_clients.blob_service().get_blob_client(container, name))
     except ResourceNotFoundError:
         return f"input {item['blob']} is missing"
     try:
@@ -72,7 +73,7 @@ def _input_problem(item: dict) -> str | None:
     return None
 
 
-def _head(blob: BlobClient) -> bytes:
+def package_head(blob: BlobClient) -> bytes:
     """The first bytes of a package blob: enough for its header (see shared/package.py)."""
     try:
         return blob.download_blob(offset=0, length=HEADER_PROBE_BYTES).readall()
@@ -177,18 +178,28 @@ def reserve_privacy_budget(run: dict) -> dict:
     delta = float(payload["privacy"]["delta"])
     planned = min(float(d["epsilon"]) for _, d in contracts.datasets(payload))
     reserved = []
-    for provider, dataset in contracts.datasets(payload):
-        identity = contracts.dataset_identity(provider, dataset)
+    for (provider, dataset), identities in zip(contracts.datasets(payload), charged_populations(payload, run),
+                                               strict=True):
         declared = contracts.declared_budget(dataset)  # its signature was verified with the contract's
         pinned = {"epsilon": declared["epsilon"], "delta": declared["delta"],
                   "digest": budget_declaration.digest(dataset["budget"])}
-        refusal = budget.reserve(identity, run["run_id"], pinned, planned, delta)
+        refusal = budget.reserve_each(identities, run["run_id"], pinned, planned, delta)
         if refusal:
             for earlier in reserved:  # all or nothing
-                budget.release(earlier, run["run_id"])
+                for identity in earlier:
+                    budget.release(identity, run["run_id"])
             return {"ok": False, "reason": f"privacy budget of dataset {dataset['name']}: {refusal}"}
-        reserved.append(identity)
+        reserved.append(identities)
     return {"ok": True, "epsilon": planned}
+
+
+def charged_populations(payload: dict, run: dict) -> list[tuple[str, ...]]:
+    """For each dataset of the contract (in order), the populations a run charges: its own, or
+    for a continued run's new version those its provider's declarations place it in
+    (shared/version_budget.py, computed from the verified declarations at admission)."""
+    continued = continuation.of_run(run)
+    return [continued.populations if continued and (provider, dataset["name"]) == (continued.provider, continued.dataset)
+            else (contracts.dataset_identity(provider, dataset),) for provider, dataset in contracts.datasets(payload)]
 
 
 # --- 3. deploy the trainer ------------------------------------------------------------------
@@ -207,6 +218,7 @@ def deploy_trainer(run: dict) -> dict:
         log.info("container group %s already exists; not creating it again", group_name)
     except ResourceNotFoundError:
         _ensure_containers()  # the trainer's create-only SAS cannot create them
+        _write_continuation(run, record["digest"])
         try:
             group = client.container_groups.begin_create_or_update(
                 resource_group, group_name, deployment.trainer_container_group(run, record)).result()
@@ -221,6 +233,15 @@ def deploy_trainer(run: dict) -> dict:
                 "reason": f"container group {group_name} failed to provision"}
     return {"ok": True, "container_group": group_name,
             "hostdata": deployment.hostdata(record["payload"], record["digest"])}
+
+
+def _write_continuation(run: dict, contract_digest: str) -> None:
+    """What a continued run's trainer trains on and starts from (it checks every field)."""
+    continued = continuation.of_run(run)
+    if continued is not None:
+        container, name = split_blob_path(model_states.continuation_path(contract_digest, run["run_id"]))
+        azure_clients.blob_service().get_blob_client(container, name).upload_blob(
+            json.dumps(continued.to_dict(), sort_keys=True).encode(), overwrite=True)
 
 
 def _ensure_containers() -> None:
@@ -326,7 +347,7 @@ def output_problem(output: BlobClient, payload: dict, outcome: dict) -> str | No
     """What is wrong with a claimed output, or None: it must exist, its package header must
     parse, name the TDC's output key and carry the digest the trainer reported."""
     try:
-        header = read_header(_head(output))
+        header = read_header(package_head(output))
     except ResourceNotFoundError:
         return "missing"
     except HttpResponseError as error:
@@ -355,15 +376,15 @@ def _settle_budget(run: dict, payload: dict, outcome: dict) -> dict:
     budget = PrivacyBudget(azure_clients.blob_service())
     privacy = outcome.get("privacy") or {}
     spent = {}
-    for provider, dataset in contracts.datasets(payload):
-        identity = contracts.dataset_identity(provider, dataset)
-        if outcome["status"] == "succeeded" and "epsilon" in privacy:
-            budget.spend(identity, run["run_id"], privacy["epsilon"], privacy.get("delta", 0.0))
-            spent[dataset["name"]] = privacy["epsilon"]
-        elif outcome.get("data_untouched"):
-            budget.release(identity, run["run_id"])
-            spent[dataset["name"]] = 0.0
-        else:
-            spent[dataset["name"]] = budget.of_run(identity, run["run_id"])
+    for (_, dataset), identities in zip(contracts.datasets(payload), charged_populations(payload, run), strict=True):
+        for identity in identities:
+            if outcome["status"] == "succeeded" and "epsilon" in privacy:
+                budget.spend(identity, run["run_id"], privacy["epsilon"], privacy.get("delta", 0.0))
+                spent[dataset["name"]] = privacy["epsilon"]
+            elif outcome.get("data_untouched"):
+                budget.release(identity, run["run_id"])
+                spent[dataset["name"]] = 0.0
+            else:
+                spent[dataset["name"]] = budget.of_run(identity, run["run_id"])
     return spent
 

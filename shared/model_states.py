@@ -48,6 +48,12 @@ def paths(contract_digest: str, run_id: str) -> list[str]:
     return [package_path(contract_digest, run_id), wrapped_key_path(contract_digest, run_id)]
 
 
+def continuation_path(contract_digest: str, run_id: str) -> str:
+    """`model-states/<contract digest>/<run id>.continuation.json`: what a continued run trains on
+    and starts from (shared/continuation.py), written by the control plane, checked by the trainer."""
+    return f"{storage_names.MODEL_STATES}/{contract_digest}/{run_id}.continuation.json"
+
+
 def state_key_id(run_id: str) -> str:
     """The key id a state package's header names: its run's (each state has a fresh data key)."""
     return STATE_KEY_ID_PREFIX + run_id

@@ -18,6 +18,18 @@ def dataset_blob(party: str, dataset_name: str, key_id: str) -> str:
     return f"{party}/{dataset_name}/{key_id}{PACKAGE_SUFFIX}"
 
 
+def dataset_version_blob(party: str, dataset_name: str, key_id: str, version: int) -> str:
+    """`<party>/<dataset>/<key id>.v<version>.ccr`: a later version of a dataset, encrypted under
+    the data key its provider already granted (shared/continuation.py)."""
+    return f"{party}/{dataset_name}/{key_id}.v{version}{PACKAGE_SUFFIX}"
+
+
+def dataset_of_blob(blob_name: str) -> tuple[str, str] | None:
+    """(party, dataset) of a blob named `<party>/<dataset>/...` in `datasets/`, else None."""
+    parts = blob_name.split("/")
+    return (parts[0], parts[1]) if len(parts) == 3 and all(parts) else None
+
+
 def model_blob(party: str, key_id: str) -> str:
     """`<party>/<key id>.ccr`: the TDC's model package, under the TDC's name."""
     return f"{party}/{key_id}{PACKAGE_SUFFIX}"

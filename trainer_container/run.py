@@ -20,6 +20,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 from azure.core.exceptions import HttpResponseError
 from azure.storage.blob import BlobClient
 
@@ -49,6 +50,8 @@ from trainer_container.secure_random import SecureRandom
 from trainer_container.skr_client import KeyReleaseError, SkrClient
 from trainer_container import model_state
 from trainer_container.state_store import StateStore
+from trainer_container import continued_run
+from trainer_container.features import split_with_standardizer
 from trainer_container.training import TrainingSetupError, check_model_fits, output_width, train_private
 
 
@@ -67,7 +70,8 @@ class BlobAccessError(RuntimeError):
 # Errors whose messages are written to name fields, columns and datasets, never values.
 SAFE_ERRORS = (SettingsError, ConsentError, ContractError, PipelineConfigError, PrivacyBudgetError, DigestMismatch,
                KeyReleaseError, key_grants.GrantError, package.PackageError, JoinError, ModelConversionError,
-               TrainingSetupError, ExportError, BlobAccessError, model_state.ModelStateError)
+               TrainingSetupError, ExportError, BlobAccessError, model_state.ModelStateError,
+               continued_run.ContinuationError)
 
 
 def safe_error(exc: BaseException) -> tuple[str, str]:
@@ -164,7 +168,11 @@ class TrainerRun:
     def execute(self) -> dict:
         """Runs every phase; returns the outcome (the completion event's data)."""
         self.phase("contract")
-        terms = ContractTerms.from_contract(verified_contract(self.env.envelope, self.env.contract_digest))
+        contract = verified_contract(self.env.envelope, self.env.contract_digest)
+        terms = ContractTerms.from_contract(contract)
+        continuation_path = model_states.continuation_path(terms.digest, self.env.run_id)
+        continued = continued_run.checked(self._download(continuation_path), contract.payload, terms.digest,
+                                          self.env.run_id) if continuation_path in self.env.blob_urls else None
         self.phase("model package")
         model_package = read_model_package(self.fetch(terms.model, terms.digest))
         config = model_package.training
@@ -180,8 +188,16 @@ class TrainerRun:
         privacy = RunPrivacy.before_data(config.epsilon, terms.delta, terms.validation_split, terms.min_joined_rows,
                                          roc_auc=binary and "roc_auc" in config.metrics, loss="loss" in config.metrics)
         states = self.state_store(terms.digest) if terms.continued_training else None
+        start = {}
+        if continued is not None:  # warm start: the kept model, checked against the contract's before any data
+            state = states.restore(continued.previous_run_id)
+            low, high = (np.array([config.feature_bounds[c][i] for c in features], dtype=np.float64) for i in (0, 1))
+            model_state.check_fits(state, model, low, high)
+            model, start = state.model, model_state.starting_point(state)
         self.phase("datasets")
         by_name = {ref.name: ref for ref in terms.datasets}
+        if continued is not None:
+            by_name[continued.dataset] = continued_run.version_ref(by_name[continued.dataset], continued)
         paths = {d.name: self.fetch(by_name[d.name], terms.digest) for d in terms.join.datasets}
         self.phase("join")
         self.data_read = True
@@ -194,8 +210,12 @@ class TrainerRun:
         joined = noisy_count(len(table), privacy.noise.count, noise, accountant)
         privacy = privacy.after_count(joined, config.batch_size, config.epochs, config.max_grad_norm)
         self.phase("training")
-        split = split_and_scale(table, features, terms.join.target, terms.validation_split, config.feature_bounds,
-                                noise, privacy.noise.statistics, accountant)
+        if continued is not None:  # the kept model's scaling: no statistics released, nothing charged for them
+            split = split_with_standardizer(table, features, terms.join.target, terms.validation_split, noise,
+                                            state.standardizer)
+        else:
+            split = split_and_scale(table, features, terms.join.target, terms.validation_split,
+                                    config.feature_bounds, noise, privacy.noise.statistics, accountant)
         del table
         report = ProgressReport(self.env.run_id, self.env.nonce, self.skr, self.progress)
         report.start(privacy.dp_sgd, accountant.releases, privacy.delta)
@@ -221,7 +241,7 @@ class TrainerRun:
         self.phase("")
         summary = {k: report[k] for k in ("epsilon", "delta", "target_epsilon", "accountant", "epsilon_rdp")}
         return {"run_id": self.env.run_id, "status": "succeeded", "output_blob": output_blob,
-                "output_blake3": output_blake3, "privacy": summary, "phase_seconds": dict(self.timings), **kept}
+                "output_blake3": output_blake3, "privacy": summary, "phase_seconds": dict(self.timings), **kept, **start}
 
     def upload_output(self, zip_bytes: bytes, output: key_grants.GrantSubject, contract_digest: str) -> tuple[str, str]:
         plain, encrypted = self.workdir / "output.zip", self.workdir / "output.ccr"

@@ -1,23 +1,32 @@
-"""Continued training on the loan scenario: the trained model state stays in the clean room.
+"""Continued training on the loan scenario, end to end on one stack.
 
 A contract that allows continued training gets a state KEK in the control plane's vault at
 acceptance; its first run keeps its model state there, encrypted under a fresh data key wrapped
 under that KEK, and names the state's digest in its attested outcome. Neither the TDC, a
-provider nor the control plane can release the KEK: only the contract's attested trainer."""
+provider nor the control plane can release the KEK: only the contract's attested trainer.
+Then the bank publishes and declares version 2 of its dataset (same people, the data key it
+granted): exactly one continued run starts, from the kept model (its digest in the attested
+outcome), charged to the same population as the first run. The same version arriving again
+starts nothing more; an undeclared version starts nothing."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pandas as pd
 import pytest
 from azure.core.exceptions import HttpResponseError
 from azure.storage.blob import BlobServiceClient
 
 from local_emulator.covid_scenario import _environment
 from local_emulator.loan_scenario import LoanScenario
-from shared import azure_clients, key_grants, model_states, package
+from local_emulator.stack import wait_for
+from shared import azure_clients, continuation, key_grants, model_states, package
+from shared import contract as contracts
+from shared.privacy_budget import PrivacyBudget
 from shared.container_group import training_hostdata
 from shared.release_policy import evaluate, PolicyNotSatisfied, policy_from_json
-from tests.run.conftest import remaining_groups
+from tests.run.conftest import groups_created, remaining_groups, run_record
 
 ROWS = 3_000
 
@@ -25,17 +34,42 @@ ROWS = 3_000
 @pytest.fixture(scope="module")
 def first_run(stack, tmp_path_factory):
     scenario = LoanScenario(stack, tmp_path_factory.mktemp("loan-continued"), rows=ROWS, seed=31,
-                            contract_id="loan-continued", echo=lambda _: None, continued_training=True)
+                            contract_id="loan-continued", echo=lambda _: None, continued_training=True,
+                            lifetime_runs=2)
     try:
         yield scenario, scenario.run(timeout=120)
     finally:
         scenario.close()
 
 
+def _service(stack) -> BlobServiceClient:
+    return BlobServiceClient.from_connection_string(stack.settings["CCR_STORAGE_CONNECTION"])
+
+
 def _blob(stack, path: str) -> bytes:
     container, _, name = path.partition("/")
-    service = BlobServiceClient.from_connection_string(stack.settings["CCR_STORAGE_CONNECTION"])
-    return service.get_blob_client(container, name).download_blob().readall()
+    return _service(stack).get_blob_client(container, name).download_blob().readall()
+
+
+def _bank_rows(scenario, version: int, share: float) -> Path:
+    """A later version of the bank's prepared table: a share of the same customers' rows (the
+    same people, so no new population)."""
+    table = pd.read_csv(scenario.workdir / "bank.prepared.csv", dtype=str)
+    path = scenario.workdir / f"bank.v{version}.csv"
+    table.sample(frac=share, random_state=version).to_csv(path, index=False)
+    return path
+
+
+def _arrival_logged(stack, blob: str, timeout: float = 60) -> str:
+    """The host's log line answering the arrival of `blob` (datasets/...)."""
+    def line():
+        return next((text for text in stack.host.logs().splitlines() if f"input {blob} arrived" in text), None)
+    return wait_for(line, timeout, what=f"the arrival of {blob}")
+
+
+def _continued_run_id(scenario, version: int) -> str:
+    return continuation.run_id(scenario.contract_id, scenario.digest, scenario.identities["bank"]["did"], "bank",
+                               version)
 
 
 def test_the_first_run_keeps_its_model_state_encrypted_under_the_contracts_state_key(stack, first_run):
@@ -78,3 +112,54 @@ def test_no_party_and_not_the_control_plane_can_release_the_state_key(stack, fir
         with pytest.raises(HttpResponseError) as refused:
             vault.release_key(model_states.kek_name(scenario.digest), "a-forged-attestation-token")
     assert refused.value.status_code == 403
+
+
+@pytest.fixture(scope="module")
+def continued(stack, first_run):
+    """The bank publishes and declares version 2: the continued run it starts, to its notice."""
+    scenario, result = first_run
+    assert result["run"]["status"] == "succeeded"
+    published = scenario.publish_version("bank", _bank_rows(scenario, 2, 0.8), 2)
+    run_id = _continued_run_id(scenario, 2)
+    notice = wait_for(lambda: next((n for n in scenario.inbox.notices if n["run_id"] == run_id), None), 180,
+                      what="the continued run's notice")
+    return scenario, published, notice, scenario.run_record(run_id)
+
+
+def test_a_declared_version_starts_one_continued_run_from_the_kept_model(stack, first_run, continued):
+    scenario, published, notice, record = continued
+    first = first_run[1]["run"]
+    assert notice["status"] == "succeeded" and record["status"] == "succeeded", record.get("reason")
+    assert published["version"] == 2 and published["key_id"] == scenario.published["bank"]["key_id"]
+    assert record["previous_model_sha256"] == first["model_state_sha256"]          # the kept model, attested
+    assert record["model_state_sha256"] not in (None, first["model_state_sha256"])  # and training moved it
+    assert groups_created(stack, record["run_id"]) == 1 and remaining_groups(stack) == []
+
+
+def test_the_continued_runs_budget_adds_to_the_first_runs_for_the_same_people(stack, first_run, continued):
+    scenario, _, _, record = continued
+    first = first_run[1]["run"]
+    bank = contracts.dataset_identity(scenario.identities["bank"]["did"], {"name": "bank"})
+    charged = PrivacyBudget(_service(stack)).runs(bank)
+    assert set(charged) == {first["run_id"], record["run_id"]}
+    assert all(entry["state"] == "spent" for entry in charged.values())
+    assert charged[first["run_id"]]["epsilon"] == first["privacy_budget_spent"]["bank"]
+    assert charged[record["run_id"]]["epsilon"] == record["privacy_budget_spent"]["bank"] > 0
+
+
+def test_the_same_version_arriving_again_starts_nothing_more(stack, continued):
+    scenario, published, _, record = continued
+    again = published["blob"].replace(".v2.ccr", ".v2-again.ccr")
+    container, _, name = again.partition("/")
+    _service(stack).get_blob_client(container, name).upload_blob(_blob(stack, published["blob"]))
+    assert "run already exists" in _arrival_logged(stack, again)
+    assert groups_created(stack, record["run_id"]) == 1
+    assert [n["run_id"] for n in scenario.inbox.notices].count(record["run_id"]) == 1
+
+
+def test_an_undeclared_version_starts_nothing(stack, continued):
+    scenario = continued[0]
+    published = scenario.publish_version("bank", _bank_rows(scenario, 3, 0.7), 3, declare=False)
+    assert "declared no version for this package: nothing started" in _arrival_logged(stack, published["blob"])
+    assert run_record(stack, _continued_run_id(scenario, 3)) is None
+    assert groups_created(stack, _continued_run_id(scenario, 3)) == 0
