@@ -31,12 +31,12 @@ async def _arrived(blob: sdk_blob.BlobClient, client: df.DurableOrchestrationCli
     # one upload may serve several contracts: each accepted contract naming it may now be complete
     name = f"{blob.container_name}/{blob.blob_name}"
     contracts = await asyncio.to_thread(ContractStore(azure_clients.blob_service()).naming, name)  # blocking
-    if not contracts and blob.container_name == storage_names.DATASETS:
-        # perhaps a declared new version of a dataset whose contract allows continued training
-        for result in await start_continued_runs(client, name):
-            log.info("input %s arrived: %s", name, result)
-        return
-    if not contracts:
+    # perhaps a declared new version of a dataset whose contract allows continued training
+    continued = await start_continued_runs(client, name) if not contracts and \
+        blob.container_name == storage_names.DATASETS else []
+    for result in continued:
+        log.info("input %s arrived: %s", name, result)
+    if not contracts and not continued:
         log.info("input %s arrived: no accepted contract names it yet", name)
     for contract_id, digest in contracts:
         with telemetry.run_context(contract_id=contract_id, run_id=run_id_for(contract_id, digest)):
