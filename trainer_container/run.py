@@ -3,7 +3,9 @@ container policy measured (trainer_container/consent.py), fetch and check the mo
 (the privacy budget is checked here, before any data is read), fetch, check and
 decrypt the datasets, join, train with DP-SGD, export and verify, encrypt the output for the
 TDC, upload it, and publish the completion event (and, while training, one attested progress
-event per epoch: progress_report.py). Plaintext lives only in a temporary
+event per epoch: progress_report.py). A contract allowing continued training also keeps the
+trained model state under its state key (state_store.py); a continued run trains a declared new
+version from the previous state (continued_run.py). Plaintext lives only in a temporary
 folder that is removed at the end. Storage is reached only through the per-blob SAS URLs of
 CCR_BLOB_URLS (never printed).
 
@@ -30,6 +32,7 @@ from shared.pipeline import PipelineConfigError, check_compatible
 from jwcrypto import jwk
 
 from shared import attested_outcome, key_grants, model_states
+from trainer_container import continued_run, model_state
 from trainer_container.consent import ConsentError, verified_contract
 from trainer_container.contract_terms import ContractError, ContractTerms, PackageRef
 from trainer_container.accountant import Accountant
@@ -37,7 +40,7 @@ from trainer_container.dp_evaluation import evaluate_private
 from trainer_container.dp_sgd import PrivacyBudgetError
 from trainer_container.environment import SettingsError, TrainerEnvironment
 from trainer_container.export import ExportError, export_onnx, verify_onnx, with_standardization
-from trainer_container.features import split_and_scale
+from trainer_container.features import split_and_scale, split_with_standardizer
 from trainer_container.join import JoinError, join_datasets
 from trainer_container.model_package import read_model_package
 from trainer_container.noisy_count import noisy_count
@@ -48,10 +51,7 @@ from trainer_container.privacy_plan import RunPrivacy
 from trainer_container.progress_report import ProgressReport
 from trainer_container.secure_random import SecureRandom
 from trainer_container.skr_client import KeyReleaseError, SkrClient
-from trainer_container import model_state
 from trainer_container.state_store import StateStore
-from trainer_container import continued_run
-from trainer_container.features import split_with_standardizer
 from trainer_container.training import TrainingSetupError, check_model_fits, output_width, train_private
 
 
