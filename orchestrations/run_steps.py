@@ -183,7 +183,8 @@ def reserve_privacy_budget(run: dict) -> dict:
         declared = contracts.declared_budget(dataset)  # its signature was verified with the contract's
         pinned = {"epsilon": declared["epsilon"], "delta": declared["delta"],
                   "digest": budget_declaration.digest(dataset["budget"])}
-        refusal = budget.reserve_each(identities, run["run_id"], pinned, planned, delta)
+        refusal = budget.reserve(identities[0], run["run_id"], pinned, planned, delta) if len(identities) == 1 \
+            else budget.reserve_each(identities, run["run_id"], pinned, planned, delta)  # names which refused
         if refusal:
             for earlier in reserved:  # all or nothing
                 for identity in earlier:
