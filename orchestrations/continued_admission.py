@@ -10,7 +10,8 @@ for each, it starts a run only if
   - the provider's version declarations on the ledger (GET /versions) verify and one of them
     declares exactly this package, as a version after the contract's (shared/version_budget.py
     also names whose budgets it draws on), and
-  - the run it continues from has kept its model state (else nothing starts yet).
+  - the run it continues from, if it finished, kept its model state (one not started or still
+    going is waited for by the continued run's orchestration, up to its deadline).
 The run is named by (contract, version) and its record is created with a conditional write
 (orchestrations/admission.py `start_claimed`), so a second announcement of the same version
 starts nothing. Anything else starts nothing, and the answer says why (no values).
@@ -93,9 +94,9 @@ def _claim(record: dict, named: tuple[str, str], blob_path: str, header) -> dict
     between = [c["version"] for c in map(versions.claims, declarations) if entry["version"] < c["version"] < version]
     previous = run_id(payload["contract_id"], digest, provider, dataset, max(between)) if between else \
         run_id_for(payload["contract_id"], digest)
-    kept = (RunRecords(azure_clients.blob_service()).get(previous) or {}).get("model_state_sha256")
-    if not kept:
-        return nothing(f"the run it continues from ({previous}) has kept no model state yet: nothing started")
+    earlier = RunRecords(azure_clients.blob_service()).get(previous) or {}
+    if earlier.get("finished") and not earlier.get("model_state_sha256"):
+        return nothing(f"the run it continues from ({previous}) kept no model state: nothing started")
     continuation = Continuation(provider, dataset, version, blob_path, pin,
                                 next(t for t in declarations if versions.pin(versions.claims(t)) == pin),
                                 previous, charged)

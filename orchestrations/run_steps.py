@@ -43,6 +43,16 @@ def _contract(run: dict) -> dict:
     return _record(run)["payload"]
 
 
+# --- 0. a continued run waits for the model it starts from ----------------------------------
+
+def previous_model_state(run: dict) -> dict:
+    """Where the run a continued run starts from stands: `{"kept": True}` once it finished with a
+    kept model state, `{"kept": False, "finished": True}` if it finished without one, else
+    `{"kept": False, "finished": False}` (still going: ask again later)."""
+    previous = RunRecords(azure_clients.blob_service()).get(continuation.of_run(run).previous_run_id) or {}
+    return {"kept": bool(previous.get("model_state_sha256")), "finished": bool(previous.get("finished"))}
+
+
 # --- 1. validate inputs ------------------------------------------------------------------
 
 def validate_inputs(run: dict) -> dict:

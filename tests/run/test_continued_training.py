@@ -4,8 +4,9 @@ A contract that allows continued training gets a state KEK in the control plane'
 acceptance; its first run keeps its model state there, encrypted under a fresh data key wrapped
 under that KEK, and names the state's digest in its attested outcome. Neither the TDC, a
 provider nor the control plane can release the KEK: only the contract's attested trainer.
-Then the bank publishes and declares version 2 of its dataset (same people, the data key it
-granted): exactly one continued run starts, from the kept model (its digest in the attested
+While that run is going, the bank publishes and declares version 2 of its dataset (same people,
+the data key it granted): exactly one continued run starts, waits for the first run's model,
+and trains from it (its digest in the attested
 outcome), charged to the same population as the first run. The same version arriving again
 starts nothing more; an undeclared version starts nothing."""
 from __future__ import annotations
@@ -33,13 +34,29 @@ ROWS = 3_000
 
 @pytest.fixture(scope="module")
 def first_run(stack, tmp_path_factory):
+    """The contract's first run, with the bank's version 2 arriving while it is still going."""
     scenario = LoanScenario(stack, tmp_path_factory.mktemp("loan-continued"), rows=ROWS, seed=31,
                             contract_id="loan-continued", echo=lambda _: None, continued_training=True,
                             lifetime_runs=2)
     try:
-        yield scenario, scenario.run(timeout=120)
+        scenario.raw_table("bank")
+        scenario.build_trainer_image()
+        scenario.prepare_and_publish_datasets()
+        scenario.publish_model()
+        scenario.sign_and_submit(scenario.write_contract())
+        version_2 = scenario.publish_version("bank", _bank_rows(scenario, 2, 0.8), 2)
+        notice = _notice(scenario, scenario.run_id, 120)
+        result = {"notice": notice, "run": scenario.run_record(scenario.run_id), "version_2": version_2,
+                  "output": scenario.fetch_output(scenario.run_id),
+                  "evaluation": scenario.evaluate(scenario.workdir / "trained.onnx")}
+        yield scenario, result
     finally:
         scenario.close()
+
+
+def _notice(scenario, run_id: str, timeout: float) -> dict:
+    return wait_for(lambda: next((n for n in scenario.inbox.notices if n["run_id"] == run_id), None), timeout,
+                    what=f"the notice of {run_id}")
 
 
 def _service(stack) -> BlobServiceClient:
@@ -116,14 +133,11 @@ def test_no_party_and_not_the_control_plane_can_release_the_state_key(stack, fir
 
 @pytest.fixture(scope="module")
 def continued(stack, first_run):
-    """The bank publishes and declares version 2: the continued run it starts, to its notice."""
+    """The continued run version 2 started (while the first run was going): to its notice."""
     scenario, result = first_run
-    assert result["run"]["status"] == "succeeded"
-    published = scenario.publish_version("bank", _bank_rows(scenario, 2, 0.8), 2)
     run_id = _continued_run_id(scenario, 2)
-    notice = wait_for(lambda: next((n for n in scenario.inbox.notices if n["run_id"] == run_id), None), 180,
-                      what="the continued run's notice")
-    return scenario, published, notice, scenario.run_record(run_id)
+    notice = _notice(scenario, run_id, 180)
+    return scenario, result["version_2"], notice, scenario.run_record(run_id)
 
 
 def test_a_declared_version_starts_one_continued_run_from_the_kept_model(stack, first_run, continued):
@@ -133,6 +147,8 @@ def test_a_declared_version_starts_one_continued_run_from_the_kept_model(stack, 
     assert published["version"] == 2 and published["key_id"] == scenario.published["bank"]["key_id"]
     assert record["previous_model_sha256"] == first["model_state_sha256"]          # the kept model, attested
     assert record["model_state_sha256"] not in (None, first["model_state_sha256"])  # and training moved it
+    # it arrived while the first run was going, and waited for the first run's model
+    assert record["created"] < first["finished"] and "waiting_for_previous_model" in record["phases"]
     assert groups_created(stack, record["run_id"]) == 1 and remaining_groups(stack) == []
 
 
