@@ -6,9 +6,9 @@ under that KEK, and names the state's digest in its attested outcome. Neither th
 provider nor the control plane can release the KEK: only the contract's attested trainer.
 While that run is going, the bank publishes and declares version 2 of its dataset (same people,
 the data key it granted): exactly one continued run starts, waits for the first run's model,
-and trains from it (its digest in the attested
-outcome), charged to the same population as the first run. The same version arriving again
-starts nothing more; an undeclared version starts nothing."""
+and trains from it (its digest in the attested outcome), charged to the same population as the
+first run. The same version arriving again starts nothing more; an undeclared version starts
+nothing; a version declared as new people is charged to a population of its own."""
 from __future__ import annotations
 
 import json
@@ -37,7 +37,7 @@ def first_run(stack, tmp_path_factory):
     """The contract's first run, with the bank's version 2 arriving while it is still going."""
     scenario = LoanScenario(stack, tmp_path_factory.mktemp("loan-continued"), rows=ROWS, seed=31,
                             contract_id="loan-continued", echo=lambda _: None, continued_training=True,
-                            lifetime_runs=2)
+                            lifetime_runs=3)
     try:
         scenario.raw_table("bank")
         scenario.build_trainer_image()
@@ -179,3 +179,26 @@ def test_an_undeclared_version_starts_nothing(stack, continued):
     assert "declared no version for this package: nothing started" in _arrival_logged(stack, published["blob"])
     assert run_record(stack, _continued_run_id(scenario, 3)) is None
     assert groups_created(stack, _continued_run_id(scenario, 3)) == 0
+
+
+def test_a_version_of_new_individuals_is_charged_to_its_own_population_only(stack, continued):
+    """Version 4, declared as new people: it continues from version 2's model (version 3 was
+    never declared) and its bank budget is its own; the bank's own population keeps two runs."""
+    scenario, _, _, version_2 = continued
+    published = scenario.ccr("tdp", "publish", "--input", str(_bank_rows(scenario, 4, 0.8)), "--dataset", "bank",
+                             "--version", "4", "--data-key-id", scenario.published["bank"]["key_id"],
+                             "--keys-dir", str(scenario.keys_dir("bank")), "--declare", "--new-individuals",
+                             party="bank")
+    assert published["version"] == 4
+    run_id = _continued_run_id(scenario, 4)
+    notice = _notice(scenario, run_id, 180)
+    record = scenario.run_record(run_id)
+    assert notice["status"] == "succeeded" and record["previous_model_sha256"] == version_2["model_state_sha256"]
+    bank = contracts.dataset_identity(scenario.identities["bank"]["did"], {"name": "bank"})
+    budget = PrivacyBudget(_service(stack))
+    assert run_id not in budget.runs(bank) and len(budget.runs(bank)) == 2
+    own = budget.runs(f"{bank}@v4")
+    assert set(own) == {run_id} and own[run_id]["state"] == "spent"
+    assert own[run_id]["epsilon"] == record["privacy_budget_spent"]["bank"] > 0
+    bureau = contracts.dataset_identity(scenario.identities["bureau"]["did"], {"name": "bureau"})
+    assert len(budget.runs(bureau)) == 3   # the bureau's rows are the same people every time: they compose
