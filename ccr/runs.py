@@ -8,8 +8,8 @@ its key (ccr/party.py) and sees only the runs of contracts it is a party of.
                                           then the run; exit 1 if it failed (with the reason)
 
 A run's status is `pending` (admitted), `running` (from its first phase), then `succeeded` or
-`failed`; its phase is one of admitted, validating, gathering_key_grants, reserving_budget,
-deploying, training, cleaning_up, notifying, finished.
+`failed`; its phase is one of admitted, waiting_for_previous_model (a continued run), validating,
+gathering_key_grants, reserving_budget, deploying, training, cleaning_up, notifying, finished.
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ccr.common import CliError, emit, keys_dir, new_key_id, plain_name, save_local_key, step, upload
+from ccr.common import CliError, emit, keys_dir, load_local_key, new_key_id, plain_name, save_local_key, step, upload
 from ccr.ledger import call, ledger_url, reason
 from ccr.party import add_identity_arguments, clean_room, party_did
 from ccr.party import identity as party_identity
@@ -54,6 +54,17 @@ def register(groups) -> None:
     publish.add_argument("--dataset", required=True, help="dataset name (e.g. icmr): names the blob and the key")
     publish.add_argument("--keys-dir", type=Path, help="where the data key is kept (default: $CCR_KEYS_DIR or "
                                                        "~/.ccr/keys)")
+    publish.add_argument("--version", type=int, default=None,
+                         help="publish a later version (>= 2) of the dataset, encrypted under the data key you "
+                              "already granted (--data-key-id); declare it with `ccr tdp declare-version`")
+    publish.add_argument("--data-key-id", dest="data_key_id",
+                         help="with --version: the dataset's granted data key id (as its first publish printed)")
+    publish.add_argument("--declare", action="store_true",
+                         help="with --version: declare it on the ledger (as `ccr tdp declare-version`) before the "
+                              "upload, so its arrival can start a continued run")
+    publish.add_argument("--new-individuals", action="store_true",
+                         help="with --declare: its rows are people the dataset never held (a population of its own)")
+    publish.add_argument("--ledger", help="with --declare: ledger URL (default: setting CCR_LEDGER_URL)")
     add_identity_arguments(publish, "your did:web: its name names the blob (default: setting CCR_PARTY_DID)")
     publish.set_defaults(func=run_publish)
 
@@ -167,21 +178,29 @@ def csv_schema(path: Path) -> dict:
 
 
 def publish_package(source: Path, container: str, owner: str, name: str, directory: Path, content_type: str,
-                    schema: dict | None, party=None) -> dict:
+                    schema: dict | None, party=None, version: int | None = None, key_id: str | None = None,
+                    before_upload=None) -> dict:
     """Fresh data key (kept in `directory`, 0600) -> package -> blob under the owner's name
     (`storage_names.dataset_blob` / `model_blob`), uploaded through `party`'s SAS if given.
-    Returns what the contract needs (blob path, the manifest's commitment - `blake3` for the
-    version-2 packages written now - and key id)."""
+    A later `version` of a dataset reuses its granted data key `key_id` instead
+    (`storage_names.dataset_version_blob`). Returns what the contract needs (blob path, the
+    manifest's commitment - `blake3` for the version-2 packages written now - and key id)."""
     from shared import package, storage_names
-    key = os.urandom(package.KEY_SIZE)
-    key_id = new_key_id(name)
-    save_local_key(directory, key_id, key)
-    blob = storage_names.model_blob(owner, key_id) if container == storage_names.MODELS else \
-        storage_names.dataset_blob(owner, name, key_id)
+    if version is None:
+        key = os.urandom(package.KEY_SIZE)
+        key_id = new_key_id(name)
+        save_local_key(directory, key_id, key)
+        blob = storage_names.model_blob(owner, key_id) if container == storage_names.MODELS else \
+            storage_names.dataset_blob(owner, name, key_id)
+    else:
+        key = load_local_key(directory, key_id)
+        blob = storage_names.dataset_version_blob(owner, name, key_id, version)
     with tempfile.TemporaryDirectory(prefix="ccr-publish-") as scratch:
         encrypted = Path(scratch) / "package.ccr"
         step(f"encrypt {source} under a new data key {key_id} (kept in {directory})")
         manifest = package.encrypt_file(source, encrypted, key, key_id, content_type, schema)
+        if before_upload is not None:  # e.g. declare the version: its arrival must find the declaration
+            before_upload(manifest.pin())
         url = upload(container, blob, encrypted, party)
     return {"blob": f"{container}/{blob}", "url": url, **manifest.pin(), "size": manifest.size,
             "key_id": key_id}
@@ -194,10 +213,21 @@ def run_publish(args) -> None:
         raise CliError(f"--input: {args.input} is not a file")
     name = plain_name(args.dataset, "--dataset")
     schema = csv_schema(args.input)
+    if (args.version is None) != (args.data_key_id is None) or (args.version is not None and args.version < 2):
+        raise CliError("--version (2 or more) and --data-key-id go together: a later version is encrypted under the "
+                       "data key already granted")
+    if args.declare and args.version is None:
+        raise CliError("--declare declares a later version: give --version and --data-key-id")
+    declared = {}
+
+    def declare(pin: dict) -> None:
+        declared.update(declare_version(args, name, args.version, pin, args.new_individuals))
+
     owner = did_name(party_did(args, required=True))
     result = publish_package(args.input, storage_names.DATASETS, owner, name, keys_dir(args), "text/csv",
-                             schema, clean_room(args))
-    emit({"dataset": name, **result})
+                             schema, clean_room(args), args.version, args.data_key_id, declare if args.declare else None)
+    emit({"dataset": name, **result, **({"version": args.version} if args.version else {}),
+          **({"declaration_digest": declared["declaration_digest"]} if declared else {})})
 
 
 def run_declare_budget(args) -> None:
@@ -215,17 +245,22 @@ def run_declare_budget(args) -> None:
 
 
 def run_declare_version(args) -> None:
-    from shared import version_declaration as versions
     name = plain_name(args.dataset, "--dataset")
     pin = {"blake3": args.blake3} if args.blake3 is not None else {"sha256": args.sha256}
+    emit(declare_version(args, name, args.number, pin, args.new_individuals))
+
+
+def declare_version(args, name: str, number: int, pin: dict, new_individuals: bool) -> dict:
+    """Sign the version declaration and record it on the ledger; its claims and digest."""
+    from shared import version_declaration as versions
     try:
-        token = versions.declare(party_identity(args, required=True), name, args.number, pin, args.new_individuals)
+        token = versions.declare(party_identity(args, required=True), name, number, pin, new_individuals)
     except versions.VersionDeclarationError as error:
         raise CliError(str(error)) from None
     response = call("POST", f"{ledger_url(args)}/versions", data=token, headers={"Content-Type": "application/jose"})
     if response.status_code != 201:
         raise CliError(f"ledger refused the version (HTTP {response.status_code}): {reason(response)}")
-    emit({**versions.claims(token), "declaration_digest": response.json()["digest"]})
+    return {**versions.claims(token), "declaration_digest": response.json()["digest"]}
 
 
 def run_check_bounds(args) -> None:

@@ -3,7 +3,9 @@
 Verifies every signature against its signer's DID document, the signer set and the
 validity window (shared.contract), stores the contract once under its id and digest (another
 contract under the same id is another contract, never a conflict), and starts its run if every
-input has already arrived. Any rejection is a 4xx with the reason and starts nothing.
+input has already arrived. Any rejection is a 4xx with the reason and starts nothing. A contract
+that allows continued training gets its state KEK here, before any run can start
+(orchestrations/state_key.py); if the vault fails, the answer is 503 and the ledger delivers again.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ import azure.functions as func
 from functions.http_responses import error, json_response
 from orchestrations.admission import start_run_if_ready
 from shared import azure_clients, telemetry
-from shared.contract import ContractError, verify_contract
+from orchestrations.state_key import ensure_state_kek
+from shared.contract import ContractError, continued_training, verify_contract
 from shared.contract_store import ContractStore
 from shared.run_records import run_id_for
 
@@ -57,6 +60,12 @@ async def contract_webhook(req: func.HttpRequest, client: df.DurableOrchestratio
         contract_id, digest = record["contract_id"], record["digest"]
         if new:
             log.info("accepted contract %s@%s (ledger seqno %s)", contract_id, digest[:12], seqno)
+        if continued_training(record["payload"]):
+            try:
+                await asyncio.to_thread(ensure_state_kek, record["payload"], digest)
+            except Exception as problem:  # the ledger retries: the run starts once the key is there
+                log.warning("state key of contract %s not created: %s", contract_id, type(problem).__name__)
+                return error(503, "the contract's model-state key could not be created; deliver it again")
         await start_run_if_ready(client, contract_id, digest)
     return json_response({"contract_id": contract_id, "digest": digest, "run_id": run_id_for(contract_id, digest),
                           "status": "accepted"})

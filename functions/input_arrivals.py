@@ -17,6 +17,7 @@ import azure.functions as func
 import azurefunctions.extensions.bindings.blob as sdk_blob
 
 from orchestrations.admission import start_run_if_ready
+from orchestrations.continued_admission import start_continued_runs
 from shared import azure_clients, storage_names, telemetry
 from shared.contract_store import ContractStore
 from shared.run_records import run_id_for
@@ -30,7 +31,12 @@ async def _arrived(blob: sdk_blob.BlobClient, client: df.DurableOrchestrationCli
     # one upload may serve several contracts: each accepted contract naming it may now be complete
     name = f"{blob.container_name}/{blob.blob_name}"
     contracts = await asyncio.to_thread(ContractStore(azure_clients.blob_service()).naming, name)  # blocking
-    if not contracts:
+    # perhaps a declared new version of a dataset whose contract allows continued training
+    continued = await start_continued_runs(client, name) if not contracts and \
+        blob.container_name == storage_names.DATASETS else []
+    for result in continued:
+        log.info("input %s arrived: %s", name, result)
+    if not contracts and not continued:
         log.info("input %s arrived: no accepted contract names it yet", name)
     for contract_id, digest in contracts:
         with telemetry.run_context(contract_id=contract_id, run_id=run_id_for(contract_id, digest)):

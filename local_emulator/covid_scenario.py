@@ -113,8 +113,9 @@ class CovidScenario:
 
     def __init__(self, stack: Stack, workdir: Path, contract_id: str = "covid-demo",
                  epsilon: float = 1.5, deadline_seconds: int = 300, echo=print, training_overrides=None,
-                 image_kind: str | None = None):
+                 image_kind: str | None = None, continued_training: bool = False, lifetime_runs: int = 1):
         self.stack, self.workdir, self.contract_id = stack, Path(workdir), contract_id
+        self.continued_training, self.lifetime_runs = continued_training, lifetime_runs
         self.image_kind = image_kind or trainer_image_kind()
         self.epsilon, self.deadline_seconds, self.echo = epsilon, deadline_seconds, echo
         self.training_overrides = training_overrides or {}
@@ -241,17 +242,27 @@ class CovidScenario:
                  *[arg for d in datasets for arg in ("--dataset-from", d)],
                  "--delta", str(DELTA), "--validation-split", "0.2", "--min-joined-rows", "100",
                  "--join", str(join), "--deadline-seconds", str(self.deadline_seconds),
-                 "--trainer-image", self.trainer_image, "--out", str(payload))
+                 "--trainer-image", self.trainer_image, "--out", str(payload),
+                 *(["--continued-training"] if self.continued_training else []))
         self._note_contract(payload)
         return payload
 
     def declare_budgets(self, epsilon: float) -> None:
         """Each provider declares its dataset's lifetime budget on the ledger (once per provider
-        and dataset: the same declaration again is recorded already): room for one run asking
-        `epsilon` at DELTA."""
+        and dataset: the same declaration again is recorded already): room for `lifetime_runs`
+        runs asking `epsilon` at DELTA."""
         for name in self.published:
-            self.ccr("tdp", "declare-budget", "--dataset", name, "--epsilon", str(epsilon),
-                     "--delta", str(DELTA), party=name)
+            self.ccr("tdp", "declare-budget", "--dataset", name, "--epsilon", str(epsilon * self.lifetime_runs),
+                     "--delta", str(DELTA * self.lifetime_runs), party=name)
+
+    def publish_version(self, name: str, prepared: Path, version: int, declare: bool = True) -> dict:
+        """Provider `name` publishes `prepared` as a later version of its dataset, under the data
+        key it granted (and, with `declare`, declares it on the ledger first): its arrival may
+        start a continued run (docs/INTERFACES.md)."""
+        declaring = ["--declare"] if declare else []
+        return self.ccr("tdp", "publish", "--input", str(prepared), "--dataset", name, "--version", str(version),
+                        "--data-key-id", self.published[name]["key_id"], "--keys-dir", str(self.keys_dir(name)),
+                        *declaring, party=name)
 
     def _note_contract(self, payload: Path) -> None:
         """A contract is its id and its digest: remember the digest, hence the run id."""

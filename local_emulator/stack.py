@@ -199,15 +199,18 @@ class Stack:
             "CCR_BLOBS_EXTENSION_KEY": self._secret("blobs_extension_key"),
             "CCR_PARTY_AUTH_SECRET": self._secret("party_auth_secret"),
         }
+        # The ledger starts first (its webhook is set once the host is up; entries complete before that
+        # wait as pending): the app reads dataset version declarations from it (CCR_LEDGER_URL).
+        self.ledger = self._run(LedgerTwin(
+            self.state_dir / "ledger", webhook_url=None,
+            webhook_key=self.settings["CCR_FUNCTION_KEY"], ssl_context=tls.server_context(),
+            port=ports["ledger"], retry=self._retry))
+        self.settings["CCR_LEDGER_URL"] = self.ledger.url
         self.host = HostProcess(self.app_dir, self.process_env(), ports["host"],
                                 log_path=self.state_dir / "host.log", echo=self.echo_host_log).start()
         self._started.append(self.host)
         self.settings["CCR_FUNCTIONS_URL"] = self.host.url
-        self.ledger = self._run(LedgerTwin(
-            self.state_dir / "ledger", webhook_url=f"{self.host.url}/api/contracts",
-            webhook_key=self.settings["CCR_FUNCTION_KEY"], ssl_context=tls.server_context(),
-            port=ports["ledger"], retry=self._retry))
-        self.settings["CCR_LEDGER_URL"] = self.ledger.url
+        self.ledger.webhook_url = f"{self.host.url}/api/contracts"
         if self.app_dir.resolve() == PROJECT_ROOT.resolve():  # another app has no completion trigger
             self._subscribe_host()
         self._write_endpoints()
@@ -306,12 +309,15 @@ class Stack:
 
 def local_vault_access(app_token: str, trainer_token: str) -> rbac.VaultAccess:
     """The vault's principals and role assignments as infra/modules/rbac.bicep makes them: the
-    app's identity holds Key Vault Reader (it reads KEKs and their release policies), the
+    app's identity holds Key Vault Reader (it reads KEKs and their release policies) and the KEK
+    creator role (it creates continued-training contracts' state KEKs; it can release none), the
     trainer's identity Key Vault Crypto Service Release User; parties are added by `add_party`."""
     access = rbac.VaultAccess(VAULT_ID)
-    access.assign(access.add_principal(app_token), rbac.KEY_VAULT_READER)                        # appKeyVaultReader
+    app = access.add_principal(app_token)
+    access.assign(app, rbac.KEY_VAULT_READER)                                                   # appKeyVaultReader
     access.assign(access.add_principal(trainer_token), rbac.CRYPTO_SERVICE_RELEASE_USER)         # trainerKeyRelease
     access.define_role(KEK_CREATOR_ROLE.name, KEK_CREATOR_ROLE.data_actions, KEK_CREATOR_ROLE.id)
+    access.assign(app, KEK_CREATOR_ROLE.id)  # appStateKekCreator: contracts' state KEKs (shared/model_states.py)
     return access
 
 

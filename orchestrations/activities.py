@@ -37,6 +37,13 @@ def _step(name: str, run: dict):
 
 
 @bp.activity_trigger(input_name="run")
+def previous_model_state(run: dict) -> dict:
+    with _step("previous_model_state", run):
+        _records().enter_phase(run["run_id"], "waiting_for_previous_model")
+        return run_steps.previous_model_state(run)
+
+
+@bp.activity_trigger(input_name="run")
 def validate_inputs(run: dict) -> dict:
     with _step("validate_inputs", run):
         _records().enter_phase(run["run_id"], "validating")

@@ -66,25 +66,31 @@ async def start_run_if_ready(client: df.DurableOrchestrationClient, contract_id:
         claim = await asyncio.to_thread(_claim, contract_id, digest)
         if "answer" in claim:
             return claim["answer"]
-        run = claim["run"]
-        with telemetry.run_context(run):
-            exists = {"run_id": run["run_id"], "started": False, "reason": "run already exists"}
-            if claim["created"]:
-                fault_points.reached("admission.after_record")
-            else:
-                # claimed, not started: its starter is still at it, or died; wait out its grace
-                if await _appears_within_grace(client, run["run_id"]):
-                    return exists
-                log.warning("run %s was claimed but never started: starting it", run["run_id"])
-            try:
-                await client.start_new("ccr_run", run["run_id"], run)
-            except Exception:
-                if await _orchestration_exists(client, run["run_id"]):
-                    return exists  # another caller started it meanwhile
-                raise
-            fault_points.reached("admission.after_start")
-            log.info("started run %s for contract %s", run["run_id"], contract_id)
-            return {"run_id": run["run_id"], "started": True}
+        return await start_claimed(client, claim["run"], claim["created"])
+
+
+async def start_claimed(client: df.DurableOrchestrationClient, run: dict, created: bool) -> dict:
+    """Start the orchestration of a run whose record exists (`created`: this caller wrote it),
+    unless it exists or appears within its starter's grace; report what happened. Continued
+    runs (orchestrations/continued_admission.py) are started the same way."""
+    with telemetry.run_context(run):
+        exists = {"run_id": run["run_id"], "started": False, "reason": "run already exists"}
+        if created:
+            fault_points.reached("admission.after_record")
+        else:
+            # claimed, not started: its starter is still at it, or died; wait out its grace
+            if await _appears_within_grace(client, run["run_id"]):
+                return exists
+            log.warning("run %s was claimed but never started: starting it", run["run_id"])
+        try:
+            await client.start_new("ccr_run", run["run_id"], run)
+        except Exception:
+            if await _orchestration_exists(client, run["run_id"]):
+                return exists  # another caller started it meanwhile
+            raise
+        fault_points.reached("admission.after_start")
+        log.info("started run %s for contract %s", run["run_id"], run["contract_id"])
+        return {"run_id": run["run_id"], "started": True}
 
 
 async def _orchestration_exists(client: df.DurableOrchestrationClient, run_id: str) -> bool:

@@ -12,11 +12,10 @@ from datetime import datetime, timedelta, timezone
 
 from azure.mgmt.containerinstance.models import ContainerGroup
 
-from shared import azure_clients, key_grants, settings, storage_names, trainer_resources
+from shared import azure_clients, continuation, key_grants, model_states, settings, storage_names, trainer_resources
 from shared.blob_sas import trainer_blob_urls
 from shared.container_group import build_container_group, training_hostdata
-from shared.contract import training
-from shared.contract_store import contract_inputs
+from shared.contract import continued_training, training
 
 # The SAS outlives the run's deadline by this much: the deadline timer starts only once the
 # group is provisioned (confidential ACI can take many minutes, plus activity retries), and
@@ -33,10 +32,16 @@ def hostdata(payload: dict, contract_digest: str) -> str:
     return training_hostdata(training(payload)["image"], contract_digest)
 
 
-def trainer_reads(payload: dict, contract_digest: str) -> list[str]:
-    """Every blob the trainer may read: the contract's packages and their grants."""
-    return [item["blob"] for item in contract_inputs(payload)] + \
+def trainer_reads(payload: dict, contract_digest: str, run: dict | None = None) -> list[str]:
+    """Every blob the trainer may read: the run's packages and their grants; for a continued run
+    also what it continues (shared/continuation.py) and the model state it starts from."""
+    continued = continuation.of_run(run or {})
+    reads = [item["blob"] for item in continuation.run_inputs(payload, continued)] + \
         [key_grants.grant_path(contract_digest, s.subject) for s in key_grants.subjects(payload)]
+    if continued is not None:
+        reads += [model_states.continuation_path(contract_digest, run["run_id"]),
+                  *model_states.paths(contract_digest, continued.previous_run_id)]
+    return reads
 
 
 def trainer_container_group(run: dict, record: dict) -> ContainerGroup:
@@ -50,10 +55,17 @@ def trainer_container_group(run: dict, record: dict) -> ContainerGroup:
                                  registry=settings.get("CCR_TRAINER_REGISTRY") or None)
 
 
+def trainer_keeps(payload: dict, contract_digest: str, run_id: str) -> list[str]:
+    """The blobs the trainer creates for the clean room itself: a continued-training contract's
+    model state and its wrapped data key (shared/model_states.py); none otherwise."""
+    return model_states.paths(contract_digest, run_id) if continued_training(payload) else []
+
+
 def _environment(run: dict, record: dict) -> dict[str, str]:
     expiry = datetime.now(timezone.utc) + timedelta(seconds=int(run["deadline_seconds"])) + SAS_MARGIN
-    urls = trainer_blob_urls(azure_clients.blob_service(), trainer_reads(record["payload"], record["digest"]),
-                             storage_names.output_path(run["run_id"]), expiry)
+    urls = trainer_blob_urls(azure_clients.blob_service(), trainer_reads(record["payload"], record["digest"], run),
+                             storage_names.output_path(run["run_id"]), expiry,
+                             kept=trainer_keeps(record["payload"], record["digest"], run["run_id"]))
     environment = {
         "CCR_RUN_ID": run["run_id"],
         "CCR_RUN_NONCE": run["nonce"],
@@ -63,6 +75,8 @@ def _environment(run: dict, record: dict) -> dict[str, str]:
         "CCR_EVENTGRID_TOPIC_URL": settings.require("CCR_EVENTGRID_TOPIC_URL"),
         "CCR_EVENTGRID_KEY": settings.require("CCR_EVENTGRID_KEY"),
     }
+    if continued_training(record["payload"]):  # where the contract's state KEK is (shared/model_states.py)
+        environment["CCR_KEYVAULT_URL"] = settings.require("CCR_KEYVAULT_URL")
     ca_bundle = settings.ca_bundle()
     if isinstance(ca_bundle, str):
         environment["CCR_CA_BUNDLE"] = ca_bundle

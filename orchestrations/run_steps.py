@@ -14,10 +14,11 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 from azure.storage.blob import BlobClient
 
 from orchestrations import deployment
-from shared import attested_outcome, attested_progress, azure_clients, budget_declaration, key_grants, settings, storage_names
+from shared import (attested_outcome, attested_progress, azure_clients, budget_declaration, continuation, key_grants,
+                    model_states, settings, storage_names)
 from shared import contract as contracts
 from shared.container_group import TRAINER_CONTAINER_NAME
-from shared.contract_store import ContractStore, contract_inputs, split_blob_path
+from shared.contract_store import ContractStore, split_blob_path
 from shared.package import PackageError, read_header
 from shared.privacy_budget import PrivacyBudget
 from shared.release_policy import (PolicyNotSatisfied, ReleasePolicyError, authorities, evaluate,
@@ -42,13 +43,23 @@ def _contract(run: dict) -> dict:
     return _record(run)["payload"]
 
 
+# --- 0. a continued run waits for the model it starts from ----------------------------------
+
+def previous_model_state(run: dict) -> dict:
+    """Where the run a continued run starts from stands: `{"kept": True}` once it finished with a
+    kept model state, `{"kept": False, "finished": True}` if it finished without one, else
+    `{"kept": False, "finished": False}` (still going: ask again later)."""
+    previous = RunRecords(azure_clients.blob_service()).get(continuation.of_run(run).previous_run_id) or {}
+    return {"kept": bool(previous.get("model_state_sha256")), "finished": bool(previous.get("finished"))}
+
+
 # --- 1. validate inputs ------------------------------------------------------------------
 
 def validate_inputs(run: dict) -> dict:
     """Each input exists, its header parses, names the contract's data key and carries the
     contract's manifest digest (checked concurrently). Reserves nothing: consent is not
     checked yet."""
-    inputs = contract_inputs(_contract(run))
+    inputs = continuation.run_inputs(_contract(run), continuation.of_run(run))
     with ThreadPoolExecutor(max_workers=len(inputs)) as pool:
         problems = list(pool.map(_input_problem, inputs))
     reason = next((problem for problem in problems if problem), None)
@@ -58,7 +69,7 @@ def validate_inputs(run: dict) -> dict:
 def _input_problem(item: dict) -> str | None:
     container, name = split_blob_path(item["blob"])
     try:
-        head = _head(azure_clients.blob_service().get_blob_client(container, name))
+        head = package_head(azure_clients.blob_service().get_blob_client(container, name))
     except ResourceNotFoundError:
         return f"input {item['blob']} is missing"
     try:
@@ -72,7 +83,7 @@ def _input_problem(item: dict) -> str | None:
     return None
 
 
-def _head(blob: BlobClient) -> bytes:
+def package_head(blob: BlobClient) -> bytes:
     """The first bytes of a package blob: enough for its header (see shared/package.py)."""
     try:
         return blob.download_blob(offset=0, length=HEADER_PROBE_BYTES).readall()
@@ -177,18 +188,29 @@ def reserve_privacy_budget(run: dict) -> dict:
     delta = float(payload["privacy"]["delta"])
     planned = min(float(d["epsilon"]) for _, d in contracts.datasets(payload))
     reserved = []
-    for provider, dataset in contracts.datasets(payload):
-        identity = contracts.dataset_identity(provider, dataset)
+    for (provider, dataset), identities in zip(contracts.datasets(payload), charged_populations(payload, run),
+                                               strict=True):
         declared = contracts.declared_budget(dataset)  # its signature was verified with the contract's
         pinned = {"epsilon": declared["epsilon"], "delta": declared["delta"],
                   "digest": budget_declaration.digest(dataset["budget"])}
-        refusal = budget.reserve(identity, run["run_id"], pinned, planned, delta)
+        refusal = budget.reserve(identities[0], run["run_id"], pinned, planned, delta) if len(identities) == 1 \
+            else budget.reserve_each(identities, run["run_id"], pinned, planned, delta)  # names which refused
         if refusal:
             for earlier in reserved:  # all or nothing
-                budget.release(earlier, run["run_id"])
+                for identity in earlier:
+                    budget.release(identity, run["run_id"])
             return {"ok": False, "reason": f"privacy budget of dataset {dataset['name']}: {refusal}"}
-        reserved.append(identity)
+        reserved.append(identities)
     return {"ok": True, "epsilon": planned}
+
+
+def charged_populations(payload: dict, run: dict) -> list[tuple[str, ...]]:
+    """For each dataset of the contract (in order), the populations a run charges: its own, or
+    for a continued run's new version those its provider's declarations place it in
+    (shared/version_budget.py, computed from the verified declarations at admission)."""
+    continued = continuation.of_run(run)
+    return [continued.populations if continued and (provider, dataset["name"]) == (continued.provider, continued.dataset)
+            else (contracts.dataset_identity(provider, dataset),) for provider, dataset in contracts.datasets(payload)]
 
 
 # --- 3. deploy the trainer ------------------------------------------------------------------
@@ -206,7 +228,8 @@ def deploy_trainer(run: dict) -> dict:
         group = client.container_groups.get(resource_group, group_name)
         log.info("container group %s already exists; not creating it again", group_name)
     except ResourceNotFoundError:
-        _ensure_outputs_container()  # the trainer's create-only SAS cannot create it
+        _ensure_containers()  # the trainer's create-only SAS cannot create them
+        _write_continuation(run, record["digest"])
         try:
             group = client.container_groups.begin_create_or_update(
                 resource_group, group_name, deployment.trainer_container_group(run, record)).result()
@@ -223,11 +246,21 @@ def deploy_trainer(run: dict) -> dict:
             "hostdata": deployment.hostdata(record["payload"], record["digest"])}
 
 
-def _ensure_outputs_container() -> None:
-    try:
-        azure_clients.blob_service().create_container(storage_names.OUTPUTS)
-    except ResourceExistsError:
-        pass
+def _write_continuation(run: dict, contract_digest: str) -> None:
+    """What a continued run's trainer trains on and starts from (it checks every field)."""
+    continued = continuation.of_run(run)
+    if continued is not None:
+        container, name = split_blob_path(model_states.continuation_path(contract_digest, run["run_id"]))
+        azure_clients.blob_service().get_blob_client(container, name).upload_blob(
+            json.dumps(continued.to_dict(), sort_keys=True).encode(), overwrite=True)
+
+
+def _ensure_containers() -> None:
+    for container in (storage_names.OUTPUTS, storage_names.MODEL_STATES):
+        try:
+            azure_clients.blob_service().create_container(container)
+        except ResourceExistsError:
+            pass
 
 
 def _first_line(error: HttpResponseError) -> str:
@@ -313,7 +346,9 @@ def finish_run(run: dict, outcome: dict) -> dict:
                "failed_phase": outcome.get("phase") if outcome["status"] != "succeeded" else None,
                "reason": outcome.get("reason"), "output_blob": output_url,
                "output_blake3": outcome.get("output_blake3"), "metrics": outcome.get("metrics"),
-               "privacy_budget_spent": budget_spent}
+               "privacy_budget_spent": budget_spent,
+               # continued training: digests only (of the state kept in the clean room, of the one it started from)
+               **{k: outcome[k] for k in ("model_state_sha256", "previous_model_sha256") if k in outcome}}
     # Written before the TDC is told (it may read the status as soon as it hears).
     RunRecords(azure_clients.blob_service()).finish(run["run_id"], summary)
     return summary
@@ -323,7 +358,7 @@ def output_problem(output: BlobClient, payload: dict, outcome: dict) -> str | No
     """What is wrong with a claimed output, or None: it must exist, its package header must
     parse, name the TDC's output key and carry the digest the trainer reported."""
     try:
-        header = read_header(_head(output))
+        header = read_header(package_head(output))
     except ResourceNotFoundError:
         return "missing"
     except HttpResponseError as error:
@@ -352,15 +387,15 @@ def _settle_budget(run: dict, payload: dict, outcome: dict) -> dict:
     budget = PrivacyBudget(azure_clients.blob_service())
     privacy = outcome.get("privacy") or {}
     spent = {}
-    for provider, dataset in contracts.datasets(payload):
-        identity = contracts.dataset_identity(provider, dataset)
-        if outcome["status"] == "succeeded" and "epsilon" in privacy:
-            budget.spend(identity, run["run_id"], privacy["epsilon"], privacy.get("delta", 0.0))
-            spent[dataset["name"]] = privacy["epsilon"]
-        elif outcome.get("data_untouched"):
-            budget.release(identity, run["run_id"])
-            spent[dataset["name"]] = 0.0
-        else:
-            spent[dataset["name"]] = budget.of_run(identity, run["run_id"])
+    for (_, dataset), identities in zip(contracts.datasets(payload), charged_populations(payload, run), strict=True):
+        for identity in identities:
+            if outcome["status"] == "succeeded" and "epsilon" in privacy:
+                budget.spend(identity, run["run_id"], privacy["epsilon"], privacy.get("delta", 0.0))
+                spent[dataset["name"]] = privacy["epsilon"]
+            elif outcome.get("data_untouched"):
+                budget.release(identity, run["run_id"])
+                spent[dataset["name"]] = 0.0
+            else:
+                spent[dataset["name"]] = budget.of_run(identity, run["run_id"])
     return spent
 

@@ -1,6 +1,7 @@
 """The clean-room run: validate the data, import the keys (gather every party's grant to this
 contract), reserve the privacy budget, spin up the confidential trainer, wait, clean up,
-notify the TDC.
+notify the TDC. A continued run (shared/continuation.py) first waits for the run it continues
+from to keep its model state.
 
 "Import keys" is the parties' own act: each one grants its data key to this contract when it
 signs (shared/key_grants.py), because a key the control plane could import for any contract
@@ -26,6 +27,7 @@ RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=1000, max_number_of
 # attempts (the SDK's RetryOptions has no back-off coefficient: a fixed interval).
 NOTICE_RETRY = df.RetryOptions(first_retry_interval_in_milliseconds=5000, max_number_of_attempts=4)
 NOTICE_CHANNELS = ("event", "webhook")
+PREVIOUS_POLL_SECONDS = 5  # a continued run asks this often whether the run before it kept its model
 
 
 def _status(context: df.DurableOrchestrationContext, phase: str, **extra) -> None:
@@ -50,6 +52,12 @@ def _run_steps(context, run: dict, progress: dict):
     def enter(phase: str, **extra):
         progress["phase"] = phase
         _status(context, phase, **extra)
+
+    if run.get("continuation"):  # a continued run starts from the model its previous run keeps
+        enter("waiting_for_previous_model")
+        previous = yield from _wait_for_previous_model(context, run)
+        if not previous["kept"]:
+            return _refused("waiting_for_previous_model", previous["reason"])
 
     enter("validating")
     validation = yield context.call_activity_with_retry("validate_inputs", RETRY, run)
@@ -91,6 +99,21 @@ def _run_steps(context, run: dict, progress: dict):
             return _trainer_outcome(verdict["outcome"])
 
 
+def _wait_for_previous_model(context, run: dict):
+    """Until the previous run has kept its model state (asked every PREVIOUS_POLL_SECONDS on a
+    durable timer), it finished without one, or the run's deadline passed."""
+    deadline = context.current_utc_datetime + timedelta(seconds=run["deadline_seconds"])
+    while True:
+        previous = yield context.call_activity_with_retry("previous_model_state", RETRY, run)
+        if previous["kept"]:
+            return previous
+        if previous["finished"]:
+            return {"kept": False, "reason": "the run it continues from kept no model state"}
+        if context.current_utc_datetime >= deadline:
+            return {"kept": False, "reason": "the run it continues from did not finish before this run's deadline"}
+        yield context.create_timer(context.current_utc_datetime + timedelta(seconds=PREVIOUS_POLL_SECONDS))
+
+
 def _finish(context, run: dict, outcome: dict, deployed: bool):
     """Cleanup, the recorded outcome and the TDC's notice, whatever the outcome: never leave a
     container group."""
@@ -130,7 +153,8 @@ def _trainer_outcome(outcome: dict) -> dict:
     if outcome["status"] == "succeeded":
         return {"status": "succeeded", "phase": "training",
                 "output_blob": outcome.get("output_blob"), "output_blake3": outcome.get("output_blake3"),
-                "metrics": outcome.get("metrics_summary"), "privacy": outcome.get("privacy")}
+                "metrics": outcome.get("metrics_summary"), "privacy": outcome.get("privacy"),
+                **{k: outcome[k] for k in ("model_state_sha256", "previous_model_sha256") if k in outcome}}
     reason = f"trainer failed: {outcome.get('error_class', 'UnknownError')}: {outcome.get('message', '')}"[:500]
     return {"status": "failed", "phase": "training", "reason": reason, "data_untouched": not outcome["data_read"]}
 

@@ -60,12 +60,15 @@ def blob_sas_url(service: BlobServiceClient, path: str, permission: BlobSasPermi
     return f"{blob_location(service.get_blob_client(container, name).url)}?{token}"
 
 
-def trainer_blob_urls(service: BlobServiceClient, inputs: list[str], output: str, expiry: datetime) -> dict[str, str]:
-    """`{blob path: SAS URL}`: read-only for each input, create-only for the output (one user
-    delegation key for the whole set when the client has no account key)."""
+def trainer_blob_urls(service: BlobServiceClient, inputs: list[str], output: str, expiry: datetime,
+                      kept: list[str] = ()) -> dict[str, str]:
+    """`{blob path: SAS URL}`: read-only for each input, create-only for the output and for each
+    blob the clean room keeps for itself (`kept`: a continued-training contract's model state),
+    one user delegation key for the whole set when the client has no account key."""
     key = None if _account_key(service) else user_delegation_key(service, expiry)
     urls = {path: blob_sas_url(service, path, READ_ONLY, expiry, key) for path in inputs}
-    urls[output] = blob_sas_url(service, output, CREATE_ONLY, expiry, key)
+    for path in (output, *kept):
+        urls[path] = blob_sas_url(service, path, CREATE_ONLY, expiry, key)
     return urls
 
 

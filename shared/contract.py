@@ -364,8 +364,9 @@ def training(payload: dict) -> dict:
 
 def continued_training(payload: dict) -> bool:
     """Whether every party agreed that a declared new dataset version continues training from
-    the last run's model (shared/version_declaration.py); false unless the contract says so."""
-    return training(payload).get("continued_training", False) is True
+    the last run's model (shared/version_declaration.py); false unless the contract says so (a
+    partial payload without a training workload does not)."""
+    return ((payload.get("workloads") or {}).get("training") or {}).get("continued_training", False) is True
 
 
 def inference(payload: dict) -> dict | None:

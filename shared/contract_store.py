@@ -2,14 +2,17 @@
 `<contract_id>/<digest>.json`, so another contract under the same id (a squatter's, or new terms)
 is another contract with its own run and blocks nothing; a replay of the same signed contract
 finds the stored record. Each input blob is indexed to the contracts that name it, since one
-upload may serve many contracts."""
+upload may serve many contracts; a contract allowing continued training is also indexed by each
+of its datasets (provider name and dataset name), where a later version of it arrives."""
 from __future__ import annotations
 
 import hashlib
 
 from azure.storage.blob import BlobServiceClient
 
+from shared import contract as contracts
 from shared import storage_names
+from shared.did import did_name
 from shared.json_blobs import JsonBlobs
 from shared.run_records import utc_now
 
@@ -54,6 +57,9 @@ class ContractStore:
         if existing is None:
             for item in contract_inputs(payload):
                 self._blobs.create(_index_name(item["blob"], key), {})
+            if contracts.continued_training(payload):  # a later version of its datasets may continue it
+                for did, dataset in contracts.datasets(payload):
+                    self._blobs.create(_continuing_name(did_name(did), dataset["name"], key), {})
             if self._blobs.create(f"{key}.json", record):
                 return record, True
             existing = self._blobs.get(f"{key}.json")
@@ -64,8 +70,18 @@ class ContractStore:
         prefix = _index_name(blob_path, "")
         return [split_contract_key(name[len(prefix):]) for name, _ in self._blobs.list(prefix)]
 
+    def continuing(self, party: str, dataset: str) -> list[tuple[str, str]]:
+        """(contract_id, digest) of each accepted contract allowing continued training that names
+        dataset `dataset` of the provider named `party` (`shared.did.did_name`)."""
+        prefix = _continuing_name(party, dataset, "")
+        return [split_contract_key(name[len(prefix):]) for name, _ in self._blobs.list(prefix)]
+
     def get(self, contract_id: str, digest: str) -> dict | None:
         return self._blobs.get(f"{contract_key(contract_id, digest)}.json")
+
+
+def _continuing_name(party: str, dataset: str, key: str) -> str:
+    return f"continuing/{hashlib.sha256(f'{party}/{dataset}'.encode()).hexdigest()}/{key}"
 
 
 def _index_name(blob_path: str, key: str) -> str:

@@ -5,6 +5,7 @@ OUTPUTS = "outputs"
 CONTRACTS = "contracts"
 RUNS = "runs"
 GRANTS = "grants"
+MODEL_STATES = "model-states"  # trained model states kept for continued training (shared/model_states.py)
 
 PACKAGE_SUFFIX = ".ccr"
 
@@ -15,6 +16,18 @@ def dataset_blob(party: str, dataset_name: str, key_id: str) -> str:
     is the provider's name (`shared.did.did_name`): a party's SAS reaches only its own prefix
     (`shared.party_sas`)."""
     return f"{party}/{dataset_name}/{key_id}{PACKAGE_SUFFIX}"
+
+
+def dataset_version_blob(party: str, dataset_name: str, key_id: str, version: int) -> str:
+    """`<party>/<dataset>/<key id>.v<version>.ccr`: a later version of a dataset, encrypted under
+    the data key its provider already granted (shared/continuation.py)."""
+    return f"{party}/{dataset_name}/{key_id}.v{version}{PACKAGE_SUFFIX}"
+
+
+def dataset_of_blob(blob_name: str) -> tuple[str, str] | None:
+    """(party, dataset) of a blob named `<party>/<dataset>/...` in `datasets/`, else None."""
+    parts = blob_name.split("/")
+    return (parts[0], parts[1]) if len(parts) == 3 and all(parts) else None
 
 
 def model_blob(party: str, key_id: str) -> str:

@@ -37,6 +37,7 @@ class ContractTerms:
     model: PackageRef
     output: key_grants.GrantSubject
     join: JoinSpec
+    continued_training: bool = False  # keep the model state for continued runs (shared/model_states.py)
 
     @classmethod
     def from_contract(cls, contract: contracts.Contract) -> "ContractTerms":
@@ -53,7 +54,7 @@ class ContractTerms:
                    min(float(d["epsilon"]) for _, d in contracts.datasets(payload)),
                    float(payload["privacy"]["delta"]), float(evaluation["validation_split"]),
                    int(evaluation["min_joined_rows"]), _ref("model", payload["tdc"]["model"], grants["model"]),
-                   grants["output"], join)
+                   grants["output"], join, contracts.continued_training(payload))
 
 
 def _ref(name: str, entry: dict, grant: key_grants.GrantSubject) -> PackageRef:

@@ -14,6 +14,8 @@
 | `CCR_MAA_URL` | the attestation authority the sidecar attests with |
 | `CCR_EVENTGRID_TOPIC_URL`, `CCR_EVENTGRID_KEY` | topic for `CCR.Trainer.Completed` / `.Failed` |
 | `CCR_CA_BUNDLE` | PEM of the CA of the loopback TLS twins (optional; system CAs otherwise) |
+| `CCR_KEYVAULT_URL` | the control plane's vault holding the contract's state KEK (a continued- |
+|   | training contract only: shared/model_states.py); its blobs' create-only SAS are in CCR_BLOB_URLS |
 Each key-encryption key's vault comes from the signed contract (its grantor's `key_vault`).
 """
 from __future__ import annotations
@@ -50,6 +52,7 @@ class TrainerEnvironment:
     skr_url: str
     maa_url: str
     ca_bundle: str | bool
+    state_vault: str | None = None  # a continued-training contract's state KEK vault
 
     @classmethod
     def from_environ(cls) -> "TrainerEnvironment":
@@ -61,7 +64,7 @@ class TrainerEnvironment:
             raise SettingsError("CCR_CONTRACT_DIGEST is not a sha256 hex digest")
         ca_bundle = os.environ.get("CCR_CA_BUNDLE") or True
         return cls(run_id, _required("CCR_RUN_NONCE"), _envelope(), digest, _blob_urls(), _required("CCR_SKR_URL"),
-                   _required("CCR_MAA_URL"), ca_bundle)
+                   _required("CCR_MAA_URL"), ca_bundle, os.environ.get("CCR_KEYVAULT_URL") or None)
 
     def blob_url(self, path: str) -> str:
         """The SAS URL for blob `container/name`; the trainer reaches no blob without one."""

@@ -3,9 +3,12 @@ container policy measured (trainer_container/consent.py), fetch and check the mo
 (the privacy budget is checked here, before any data is read), fetch, check and
 decrypt the datasets, join, train with DP-SGD, export and verify, encrypt the output for the
 TDC, upload it, and publish the completion event (and, while training, one attested progress
-event per epoch: progress_report.py). A dataset's plaintext never reaches a file: the join
-reads each package decrypted into a pipe (plaintext_pipe.py); the model package and the output
-are the only plaintext files, in a temporary folder that is removed at the end. Storage is reached only through the per-blob SAS URLs of
+event per epoch: progress_report.py). A contract allowing continued training also keeps the
+trained model state under its state key (state_store.py); a continued run trains a declared new
+version from the previous state (continued_run.py). A dataset's plaintext never reaches a file:
+the join reads each package decrypted into a pipe (plaintext_pipe.py); the model package and the
+output are the only plaintext files, in a temporary folder that is removed at the end. Storage is
+reached only through the per-blob SAS URLs of
 CCR_BLOB_URLS (never printed).
 
 The release rule: everything that leaves (the output package, the completion event, stdout,
@@ -22,6 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 from azure.core.exceptions import HttpResponseError
 from azure.storage.blob import BlobClient
 
@@ -30,7 +34,8 @@ from shared.blob_sas import blob_location
 from shared.pipeline import PipelineConfigError, check_compatible
 from jwcrypto import jwk
 
-from shared import attested_outcome, key_grants
+from shared import attested_outcome, key_grants, model_states
+from trainer_container import continued_run, model_state
 from trainer_container.consent import ConsentError, verified_contract
 from trainer_container.contract_terms import ContractError, ContractTerms, PackageRef
 from trainer_container.accountant import Accountant
@@ -38,7 +43,7 @@ from trainer_container.dp_evaluation import evaluate_private
 from trainer_container.dp_sgd import PrivacyBudgetError
 from trainer_container.environment import SettingsError, TrainerEnvironment
 from trainer_container.export import ExportError, export_onnx, verify_onnx, with_standardization
-from trainer_container.features import split_and_scale
+from trainer_container.features import split_and_scale, split_with_standardizer
 from trainer_container.join import JoinError, JoinSource, join_datasets
 from trainer_container.model_package import read_model_package
 from trainer_container.noisy_count import noisy_count
@@ -50,6 +55,7 @@ from trainer_container.privacy_plan import RunPrivacy
 from trainer_container.progress_report import ProgressReport
 from trainer_container.secure_random import SecureRandom
 from trainer_container.skr_client import KeyReleaseError, SkrClient
+from trainer_container.state_store import StateStore
 from trainer_container.training import TrainingSetupError, check_model_fits, output_width, train_private
 
 
@@ -68,7 +74,8 @@ class BlobAccessError(RuntimeError):
 # Errors whose messages are written to name fields, columns and datasets, never values.
 SAFE_ERRORS = (SettingsError, ConsentError, ContractError, PipelineConfigError, PrivacyBudgetError, DigestMismatch,
                KeyReleaseError, key_grants.GrantError, package.PackageError, JoinError, ModelConversionError,
-               TrainingSetupError, ExportError, BlobAccessError)
+               TrainingSetupError, ExportError, BlobAccessError, model_state.ModelStateError,
+               continued_run.ContinuationError)
 
 
 def safe_error(exc: BaseException) -> tuple[str, str]:
@@ -134,6 +141,23 @@ class TrainerRun:
         key_grants.check_header(wrapped, kek, grant.key_id)
         return key_grants.unwrap(wrapped, self.skr.release(grant.key_vault, kek), kek, grant.key_id)
 
+    def state_store(self, contract_digest: str) -> StateStore:
+        """The contract's model states, through its state KEK released to this attested group
+        (asked before any data is read: a missing or refusing key fails the run untouched)."""
+        if not self.env.state_vault:
+            raise SettingsError("a continued-training contract needs CCR_KEYVAULT_URL (its state key's vault)")
+        kek = self.skr.release(self.env.state_vault, model_states.kek_name(contract_digest))
+        return StateStore(contract_digest, kek, self.workdir, self._download, self._create)
+
+    def _download(self, path: str) -> bytes:
+        with BlobClient.from_blob_url(self.env.blob_url(path)) as blob, _storage("download", path):
+            return blob.download_blob().readall()
+
+    def _create(self, path: str, data: bytes) -> None:
+        with BlobClient.from_blob_url(self.env.blob_url(path), max_single_put_size=OUTPUT_MAX_BYTES) as blob, \
+                _storage("upload", path):
+            blob.upload_blob(data, overwrite=False)
+
     def download(self, ref: PackageRef) -> Path:
         """The encrypted package, once its header shows the digest the contract pins and the
         data key the contract names (decryption then checks the plaintext against that digest)."""
@@ -173,7 +197,11 @@ class TrainerRun:
     def execute(self) -> dict:
         """Runs every phase; returns the outcome (the completion event's data)."""
         self.phase("contract")
-        terms = ContractTerms.from_contract(verified_contract(self.env.envelope, self.env.contract_digest))
+        contract = verified_contract(self.env.envelope, self.env.contract_digest)
+        terms = ContractTerms.from_contract(contract)
+        continuation_path = model_states.continuation_path(terms.digest, self.env.run_id)
+        continued = continued_run.checked(self._download(continuation_path), contract.payload, terms.digest,
+                                          self.env.run_id) if continuation_path in self.env.blob_urls else None
         self.phase("model package")
         model_package = read_model_package(self.fetch(terms.model, terms.digest))
         config = model_package.training
@@ -188,8 +216,17 @@ class TrainerRun:
         # from constants only: a budget too small for the fixed mechanisms stops here, before any data
         privacy = RunPrivacy.before_data(config.epsilon, terms.delta, terms.validation_split, terms.min_joined_rows,
                                          roc_auc=binary and "roc_auc" in config.metrics, loss="loss" in config.metrics)
+        states = self.state_store(terms.digest) if terms.continued_training else None
+        start = {}
+        if continued is not None:  # warm start: the kept model, checked against the contract's before any data
+            state = states.restore(continued.previous_run_id)
+            low, high = (np.array([config.feature_bounds[c][i] for c in features], dtype=np.float64) for i in (0, 1))
+            model_state.check_fits(state, model, low, high)
+            model, start = state.model, model_state.starting_point(state)
         self.phase("datasets")
         by_name = {ref.name: ref for ref in terms.datasets}
+        if continued is not None:
+            by_name[continued.dataset] = continued_run.version_ref(by_name[continued.dataset], continued)
         fetched = {d.name: self.dataset_source(by_name[d.name], terms.digest) for d in terms.join.datasets}
         self.phase("join")
         self.data_read = True
@@ -202,8 +239,12 @@ class TrainerRun:
         joined = noisy_count(len(table), privacy.noise.count, noise, accountant)
         privacy = privacy.after_count(joined, config.batch_size, config.epochs, config.max_grad_norm)
         self.phase("training")
-        split = split_and_scale(table, features, terms.join.target, terms.validation_split, config.feature_bounds,
-                                noise, privacy.noise.statistics, accountant)
+        if continued is not None:  # the kept model's scaling: no statistics released, nothing charged for them
+            split = split_with_standardizer(table, features, terms.join.target, terms.validation_split, noise,
+                                            state.standardizer)
+        else:
+            split = split_and_scale(table, features, terms.join.target, terms.validation_split,
+                                    config.feature_bounds, noise, privacy.noise.statistics, accountant)
         del table
         report = ProgressReport(self.env.run_id, self.env.nonce, self.skr, self.progress)
         report.start(privacy.dp_sgd, accountant.releases, privacy.delta)
@@ -217,6 +258,10 @@ class TrainerRun:
         onnx_bytes = export_onnx(exported, len(features))
         verify_onnx(onnx_bytes, exported, split.val_raw_x)
         self.progress("onnxruntime reproduces the torch model")
+        kept = {}
+        if states is not None:  # kept before the TDC's output: a success always leaves its state
+            states.keep(self.env.run_id, model_state.save(model, split.standardizer))
+            kept = {"model_state_sha256": model_state.digest(model, split.standardizer)}
         metrics = {"validation": evaluation["metrics"], "mechanisms": evaluation["mechanisms"],
                    "feature_columns": list(features), "target_column": terms.join.target, "onnx_check": "passed"}
         self.phase("output")
@@ -225,7 +270,7 @@ class TrainerRun:
         self.phase("")
         summary = {k: report[k] for k in ("epsilon", "delta", "target_epsilon", "accountant", "epsilon_rdp")}
         return {"run_id": self.env.run_id, "status": "succeeded", "output_blob": output_blob,
-                "output_blake3": output_blake3, "privacy": summary, "phase_seconds": dict(self.timings)}
+                "output_blake3": output_blake3, "privacy": summary, "phase_seconds": dict(self.timings), **kept, **start}
 
     def upload_output(self, zip_bytes: bytes, output: key_grants.GrantSubject, contract_digest: str) -> tuple[str, str]:
         plain, encrypted = self.workdir / "output.zip", self.workdir / "output.ccr"

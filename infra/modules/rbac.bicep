@@ -8,6 +8,9 @@
 //   - Monitoring Metrics Publisher on Application Insights (Entra ID telemetry);
 //   - Key Vault Reader on the vault: reads each KEK and its release policy (gather_key_grants);
 //     it cannot use, export or release a key;
+//   - Clean Room State KEK Creator (custom, below) on the vault: creates a continued-training
+//     contract's state KEK with that contract's immutable release policy (shared/model_states.py);
+//     keys read and create only, never release;
 //   - Key Vault Secrets User on its two secrets only (Key Vault references);
 //   - EventGrid Data Sender on the run topic (CCR.Run.Finished);
 //   - Azure Container Instances Contributor Role on the resource group: creates and removes the
@@ -82,6 +85,40 @@ resource trainerIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-
 }
 
 // --- the app's identity -------------------------------------------------------------------
+
+resource stateKekCreatorRole 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {
+  name: guid(resourceGroup().id, 'ccr-state-kek-creator')
+  properties: {
+    roleName: 'Clean Room State KEK Creator (${resourceGroup().name})'
+    description: 'Reads keys and creates keys: a continued-training contract\'s state KEK. No release, no delete.'
+    type: 'CustomRole'
+    permissions: [
+      {
+        actions: []
+        notActions: []
+        dataActions: [
+          'Microsoft.KeyVault/vaults/keys/read'
+          'Microsoft.KeyVault/vaults/keys/create/action'
+        ]
+        notDataActions: []
+      }
+    ]
+    assignableScopes: [
+      resourceGroup().id
+    ]
+  }
+}
+
+resource appStateKekCreator 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(vault.id, appPrincipalId, 'ccr-state-kek-creator')
+  scope: vault
+  properties: {
+    description: 'Clean Room State KEK Creator: continued-training contracts\' state KEKs (create, never release)'
+    roleDefinitionId: stateKekCreatorRole.id
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
 
 resource appBlobDataOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(storage.id, appPrincipalId, roles.storageBlobDataOwner)

@@ -64,11 +64,23 @@ def test_main_deploys_every_module_at_subscription_scope():
 
 
 def test_role_assignments_use_microsofts_built_in_role_ids():
+    """...except the one custom role the app holds on the vault: create and read keys (the state
+    KEKs of continued-training contracts), nothing else, no control-plane action."""
     rbac = parsed("modules/rbac.bicep")
+    custom = resources("modules/rbac.bicep", "Microsoft.Authorization/roleDefinitions")
+    assert list(custom) == ["stateKekCreatorRole"]
+    permissions = body(custom["stateKekCreatorRole"])["properties"]["permissions"]
+    assert permissions == [{"actions": [], "notActions": [], "notDataActions": [],
+                            "dataActions": ["Microsoft.KeyVault/vaults/keys/read",
+                                            "Microsoft.KeyVault/vaults/keys/create/action"]}]
     found = set()
     for name, resource in resources("modules/rbac.bicep", "Microsoft.Authorization/roleAssignments").items():
         properties = body(resource)["properties"]
         role_name = properties["description"].split(":", 1)[0]
+        if "operator" in properties["roleDefinitionId"]:  # the custom role above
+            assert properties["roleDefinitionId"]["operator"]["operands"]["operand_1"] == "stateKekCreatorRole"
+            assert (properties["principalId"], body(resource)["scope"]) == ("appPrincipalId", "vault")
+            continue
         definition = properties["roleDefinitionId"]["function"]
         assert definition["type"] == "subscription_resource_id"
         assert definition["parameters"]["resource_type"] == "Microsoft.Authorization/roleDefinitions"

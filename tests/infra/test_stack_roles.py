@@ -14,26 +14,35 @@ from shared.settings import PROJECT_ROOT
 from tests.infra.bicep import body, member_of, parsed, resources
 
 
-def _bicep_vault_roles() -> dict[str, set[str]]:
-    """principal parameter -> role definition ids rbac.bicep assigns it at the vault's scope."""
+def _bicep_vault_roles() -> dict[str, set]:
+    """principal parameter -> what rbac.bicep assigns it at the vault's scope: a built-in role's
+    definition id, or a custom role's data actions (its id is a GUID of the resource group)."""
     variables = parsed("modules/rbac.bicep")["variables"]
-    held: dict[str, set[str]] = {}
+    custom = {name: tuple(body(r)["properties"]["permissions"][0]["dataActions"])
+              for name, r in resources("modules/rbac.bicep", "Microsoft.Authorization/roleDefinitions").items()}
+    held: dict[str, set] = {}
     for resource in resources("modules/rbac.bicep", "Microsoft.Authorization/roleAssignments").values():
         if body(resource).get("scope") == "vault":
             properties = body(resource)["properties"]
-            role = member_of(properties["roleDefinitionId"]["function"]["parameters"]["resource_name_1"], variables)
+            definition = properties["roleDefinitionId"]
+            role = custom[definition["operator"]["operands"]["operand_1"]] if "operator" in definition else \
+                member_of(definition["function"]["parameters"]["resource_name_1"], variables)
             held.setdefault(properties["principalId"], set()).add(role)
     return held
 
 
+def _as_bicep(role: rbac.Role) -> str | tuple[str, ...]:
+    return role.data_actions if role.id == KEK_CREATOR_ROLE.id else role.id
+
+
 def test_the_stacks_vault_roles_are_the_ones_rbac_bicep_assigns_at_the_vault():
     bicep = _bicep_vault_roles()
-    assert bicep == {"appPrincipalId": {rbac.KEY_VAULT_READER.id},
+    assert bicep == {"appPrincipalId": {rbac.KEY_VAULT_READER.id, KEK_CREATOR_ROLE.data_actions},
                      "trainerPrincipalId": {rbac.CRYPTO_SERVICE_RELEASE_USER.id}}
     access = local_vault_access("app-token", "trainer-token")
     for principal, token in (("appPrincipalId", "app-token"), ("trainerPrincipalId", "trainer-token")):
         held = access.assignments(access.principal(f"Bearer {token}"))
-        assert {role.id for role, _ in held} == bicep[principal]
+        assert {_as_bicep(role) for role, _ in held} == bicep[principal]
         assert {scope for _, scope in held} == {VAULT_ID}
 
 
