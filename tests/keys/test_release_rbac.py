@@ -72,18 +72,20 @@ def test_only_the_trainers_identity_gets_the_key_with_a_token_the_policy_admits(
     assert stack_vault.releases[-1] == ("kek", "granted")
 
 
-def test_the_apps_identity_reads_keys_and_their_policies_but_cannot_create_import_or_delete(stack_vault, maa, tls):
+def test_the_apps_identity_reads_and_creates_keys_but_cannot_import_or_delete(stack_vault, maa, tls):
+    """The app creates continued-training contracts' state keys (its create-only role), reads the
+    parties' KEKs and their policies, and can neither import nor delete (release: see above)."""
     _party_kek(stack_vault, maa, tls)
     with key_client(stack_vault.url, APP, tls) as app:
         assert app.get_key("kek").properties.release_policy is not None      # gather_key_grants reads it
-        attempts = (lambda: app.create_rsa_key("app-made", size=2048),
-                    lambda: app.import_key("app-made", JsonWebKey(kty="oct", k=os.urandom(32))),
+        app.create_rsa_key("app-made", size=2048)
+        attempts = (lambda: app.import_key("app-imported", JsonWebKey(kty="oct", k=os.urandom(32))),
                     lambda: app.begin_delete_key("kek"))
         for attempt in attempts:
             with pytest.raises(HttpResponseError) as caught:
                 attempt()
             assert caught.value.status_code == 403 and caught.value.error.innererror == {"code": "ForbiddenByRbac"}
-        assert [p.name for p in app.list_properties_of_keys()] == ["kek"]       # nothing made, nothing deleted
+        assert sorted(p.name for p in app.list_properties_of_keys()) == ["app-made", "kek"]  # nothing else
 
 
 def test_the_release_role_scoped_to_one_key_does_not_reach_another(tmp_path, tls, maa, hardware_root):
