@@ -30,13 +30,19 @@ def covid_mlp(seed: int = 0) -> nn.Sequential:
     return nn.Sequential(nn.Linear(N_FEATURES, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 1))
 
 
-def covid_onnx(seed: int = 0) -> bytes:
-    """The untrained reference model as ONNX bytes (logit output, for bce_with_logits)."""
+def logit_model_onnx(model: nn.Module, n_features: int) -> bytes:
+    """A TDC's untrained model as it publishes it: ONNX bytes, `features` in (any batch size),
+    one `logit` out (for bce_with_logits)."""
     buffer = io.BytesIO()
-    torch.onnx.export(covid_mlp(seed).eval(), torch.zeros(1, N_FEATURES), buffer, dynamo=False,
+    torch.onnx.export(model.eval(), torch.zeros(1, n_features), buffer, dynamo=False,
                       input_names=["features"], output_names=["logit"],
                       dynamic_axes={"features": {0: "batch"}, "logit": {0: "batch"}})
     return buffer.getvalue()
+
+
+def covid_onnx(seed: int = 0) -> bytes:
+    """The untrained reference model as ONNX bytes (logit output, for bce_with_logits)."""
+    return logit_model_onnx(covid_mlp(seed), N_FEATURES)
 
 
 # Public bounds of the ten features, from what the columns mean (never from the data): the

@@ -4,10 +4,10 @@ the contract's join spec over the bank's loan records and the bureau's history (
 the `customer` pseudonym configs/loan/*.json make of the mobile number)."""
 from __future__ import annotations
 
-import io
-
 import torch
 from torch import nn
+
+from local_emulator.covid_reference import logit_model_onnx
 
 FEATURES = {  # provider -> selected columns, in the model's input order (the target is not a feature)
     "bank": ["person_age", "person_income", "person_home_ownership", "person_emp_length", "loan_intent",
@@ -44,11 +44,7 @@ def loan_mlp(seed: int = 0) -> nn.Sequential:
 
 def loan_onnx(seed: int = 0) -> bytes:
     """The untrained model as ONNX bytes (logit output, for bce_with_logits)."""
-    buffer = io.BytesIO()
-    torch.onnx.export(loan_mlp(seed).eval(), torch.zeros(1, N_FEATURES), buffer, dynamo=False,
-                      input_names=["features"], output_names=["logit"],
-                      dynamic_axes={"features": {0: "batch"}, "logit": {0: "batch"}})
-    return buffer.getvalue()
+    return logit_model_onnx(loan_mlp(seed), N_FEATURES)
 
 
 def loan_training_config(**overrides) -> dict:
