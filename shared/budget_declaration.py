@@ -63,9 +63,7 @@ def verify(token, resolve_did: Callable[[str], dict]) -> dict:
     return statements.verify(KIND, token, resolve_did)
 
 
-def identity(claims_: dict) -> str:
-    """The population the declaration is for (as `shared.contract.dataset_identity`)."""
-    return f"{claims_['provider']}/{claims_['dataset']}"
+identity = statements.dataset_identity   # the population the declaration is about
 
 
 def digest(token: str) -> str:

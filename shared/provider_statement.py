@@ -70,6 +70,12 @@ def verify(kind: Kind, token, resolve_did: Callable[[str], dict]) -> dict:
     return checked
 
 
+def dataset_identity(claims: dict) -> str:
+    """The dataset (the population) a statement is about: its provider's DID and its name, as
+    `shared.contract.dataset_identity` names it from a contract."""
+    return f"{claims['provider']}/{claims['dataset']}"
+
+
 def digest(kind: Kind, token: str) -> str:
     """sha256 of the stated terms (canonical JSON): equal terms, equal digest."""
     return hashlib.sha256(canonical(parse(kind, token)[2])).hexdigest()

@@ -79,9 +79,7 @@ def verify(token, resolve_did: Callable[[str], dict]) -> dict:
     return statements.verify(KIND, token, resolve_did)
 
 
-def identity(claims_: dict) -> str:
-    """The dataset the version belongs to (as `shared.budget_declaration.identity`)."""
-    return f"{claims_['provider']}/{claims_['dataset']}"
+identity = statements.dataset_identity   # the population the declaration is about
 
 
 def pin(claims_: dict) -> dict:
