@@ -36,7 +36,10 @@ def test_contract_status_names_signers_missing_inputs_and_next_step(capsys, tmp_
     # one input arrives: it is present, the others still missing
     model = contract["payload"]["tdc"]["model"]["blob"]
     container, name = model.split("/", 1)
-    blob_service(azurite).get_blob_client(container, name).upload_blob(b"x", overwrite=True)
+    models = blob_service(azurite).get_container_client(container)
+    if not models.exists():   # the session's Azurite: another test file may not have made it first
+        models.create_container()
+    models.upload_blob(name, b"x", overwrite=True)
     code, status, err = run(capsys, "contract", "status", "--contract", str(_contract_file(tmp_path, stored)),
                             "--query", "inputs[?present].blob", *as_party("tdc"))
     assert code == 0 and status == [model], err
