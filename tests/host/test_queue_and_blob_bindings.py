@@ -2,9 +2,11 @@
 item 8), on one host for the module serving tests/host/queue_blob_app against Azurite:
 base64 messages, `{queueTrigger}` and JSON-property binding expressions, str / bytes /
 InputStream inputs, Out[str] and `$return` outputs, five dequeues then `<queue>-poison`,
-a message that is not base64 poisoned without running, and functions on undefined connection
-settings refused at indexing alone."""
+a message that is not base64 poisoned without running, a run longer than the message's lease
+kept to one invocation by renewing it, and functions on undefined connection settings refused
+at indexing alone."""
 import json
+import time
 import uuid
 from pathlib import Path
 
@@ -24,6 +26,8 @@ from tests.conftest import HostProcess, wait_until
 from tests.host.conftest import records
 
 APP_DIR = Path(__file__).parent / "queue_blob_app"
+LEASE_SECONDS = 2   # the host's message lease here, instead of Azure's 10 minutes
+SLOW_SECONDS = 5    # the slow function outlives two leases
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +38,8 @@ def queue_records(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def queue_host(azurite, queue_records):
     process = HostProcess(APP_DIR, azurite, env={"CCR_TEST_RECORD_DIR": str(queue_records),
-                                                 "QT_JSON_QUEUE": "qt-json"}).start()
+                                                 "QT_JSON_QUEUE": "qt-json", "QT_SLOW_SECONDS": str(SLOW_SECONDS),
+                                                 "CCR_HOST_QUEUE_LEASE_SECONDS": str(LEASE_SECONDS)}).start()
     yield process
     process.stop()
 
@@ -108,6 +113,17 @@ def test_a_failing_message_is_tried_five_times_then_moved_to_the_poison_queue(qu
     poison.close()
 
 
+def test_a_run_longer_than_the_lease_keeps_its_message_and_runs_once(queue_host, queue_records, azurite):
+    """Without renewal the message would be visible again after 2 s and a second invocation
+    would start while the first still runs; with it, one run, then the message is gone."""
+    send(azurite, "qt-slow", "long")
+    wait_until(lambda: any(line.endswith(":end") for line in records(queue_records, "slow")), timeout=30)
+    time.sleep(LEASE_SECONDS)  # time for a wrongly released message to be picked up again
+    assert records(queue_records, "slow") == ["long:1:start", "long:1:end"]
+    with QueueClient.from_connection_string(azurite, "qt-slow") as client:
+        assert client.get_queue_properties().approximate_message_count == 0
+
+
 def test_a_message_that_is_not_base64_is_poisoned_without_running(queue_host, queue_records, azurite):
     text = "not base64 at all: " + uuid.uuid4().hex
     send(azurite, "qt-doomed", text, base64=False)
@@ -148,7 +164,7 @@ def test_undefined_connections_and_unsupported_bindings_fail_indexing_alone(queu
             "by the local host.") in logs
     assert ("Error indexing method 'Functions.queue_named_by_an_undefined_setting'. '%QT_UNDEFINED_QUEUE%' "
             "does not resolve to a value.") in logs
-    assert "6 functions" in logs and records(queue_records, "never") == []
+    assert "7 functions" in logs and records(queue_records, "never") == []
 
 
 def test_binding_expressions_and_host_json_durations(monkeypatch):

@@ -2,6 +2,7 @@
 files under CCR_TEST_RECORD_DIR so tests can count runs."""
 import json
 import os
+import time
 
 import azure.functions as func
 
@@ -46,6 +47,14 @@ def on_arrival(blob: func.InputStream, receipt: func.Out[bytes]) -> None:
 def doomed(msg: func.QueueMessage) -> None:
     record("doomed", f"{msg.get_body().decode()}:{msg.dequeue_count}")
     raise RuntimeError("this message always fails")
+
+
+@app.queue_trigger(arg_name="msg", queue_name="qt-slow", connection=STORAGE)
+def slow(msg: func.QueueMessage) -> None:
+    """Runs longer than the host's message lease (CCR_HOST_QUEUE_LEASE_SECONDS in the test)."""
+    record("slow", f"{msg.get_body().decode()}:{msg.dequeue_count}:start")
+    time.sleep(float(os.environ["QT_SLOW_SECONDS"]))
+    record("slow", f"{msg.get_body().decode()}:{msg.dequeue_count}:end")
 
 
 @app.route(route="blobs/{name}")
