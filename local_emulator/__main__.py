@@ -1,4 +1,4 @@
-"""python -m local_emulator up | host --app-dir DIR --port P | demo [covid|loan [--rows N]] [--image oci|tarball]"""
+"""python -m local_emulator up | host --app-dir DIR --port P | demo [covid|loan [--rows N] [--batch-rows N] [--seed-scale]] [--image oci|tarball]"""
 from __future__ import annotations
 
 import argparse
@@ -68,8 +68,11 @@ def up_command(args) -> None:
 def demo_command(args) -> None:
     from local_emulator.covid_scenario import trainer_image_kind
     from local_emulator.demo import DEMO_IMAGE_KIND, run_demo, run_loan_demo
+    from local_emulator.loan_scenario import SEED_SCALE_BATCH_ROWS, SEED_SCALE_ROWS
     image_kind = args.image or trainer_image_kind(DEMO_IMAGE_KIND)
-    sys.exit(run_loan_demo(args.rows, image_kind=image_kind) if args.scenario == "loan"
+    if args.scenario == "loan" and args.seed_scale:
+        args.rows, args.batch_rows = SEED_SCALE_ROWS, SEED_SCALE_BATCH_ROWS
+    sys.exit(run_loan_demo(args.rows, image_kind=image_kind, batch_rows=args.batch_rows) if args.scenario == "loan"
              else run_demo(image_kind=image_kind))
 
 
@@ -99,13 +102,22 @@ def main(argv=None) -> None:
                       help="covid: the public COVID sample; loan: a bank and a credit bureau, synthetic data")
     demo.add_argument("--rows", type=_positive_int, default=None,
                       help="loan only: bank customers to generate (default 5000; about 85%% join the bureau)")
+    demo.add_argument("--batch-rows", type=_positive_int, default=None,
+                      help="loan only: new bank customers in the batch the run continues on (default 2000)")
+    demo.add_argument("--seed-scale", action="store_true",
+                      help="loan only: the seed benchmark's scale, about 4 M joined rows then 1 M continued "
+                           "(tens of minutes on 2 cores)")
     demo.add_argument("--image", choices=("oci", "tarball"), default=None,
                       help="oci (the default, unless CCR_TRAINER_IMAGE names another): the real trainer image, built first if "
                            "absent (about 6 minutes once); tarball: the quick demo, the trainer's source run with "
                            "this venv's Python")
     args = parser.parse_args(argv)
-    if args.command == "demo" and args.rows is not None and args.scenario != "loan":
-        parser.error("--rows applies to the loan scenario only")
+    loan_only = [flag for flag, given in (("--rows", args.rows is not None), ("--batch-rows", args.batch_rows is not None),
+                                          ("--seed-scale", args.seed_scale)) if given] if args.command == "demo" else []
+    if loan_only and args.scenario != "loan":
+        parser.error(f"{', '.join(loan_only)} applies to the loan scenario only")
+    if args.command == "demo" and args.seed_scale and (args.rows or args.batch_rows):
+        parser.error("--seed-scale sets the rows itself: give it without --rows and --batch-rows")
     os.environ.setdefault("CCR_LOCAL_PROFILE", "1")  # the emulators' settings profile (shared/settings.py)
     _logging()
     {"up": up_command, "host": host_command, "demo": demo_command}[args.command](args)

@@ -194,16 +194,24 @@ class CovidScenario:
 
     def prepare_and_publish_datasets(self) -> None:
         self.create_identities()  # a party's blobs live under its name, uploaded as that party
-        key_file = self.workdir / "pseudonym.key"
-        if not key_file.exists():
-            self.ccr("tdp", "pseudonym-key", "--out", str(key_file))
+        if not self.pseudonym_key.exists():
+            self.ccr("tdp", "pseudonym-key", "--out", str(self.pseudonym_key))
         for name in self.providers:
-            prepared = self.workdir / f"{name}.prepared.csv"
-            self.ccr("tdp", "prepare", "--config", str(self.prepare_config(name)), "--input", str(self.raw_table(name)),
-                     "--out", str(prepared), "--pseudonym-key-file", str(key_file))
+            prepared = self.prepare(name, self.raw_table(name), self.workdir / f"{name}.prepared.csv")
             self.published[name] = self.ccr("tdp", "publish", "--input", str(prepared), "--dataset", name,
                                             "--keys-dir", str(self.keys_dir(name)), party=name)
             (self.workdir / f"{name}.published.json").write_text(json.dumps(self.published[name]))
+
+    def prepare(self, name: str, raw: Path, prepared: Path) -> Path:
+        """Provider `name` de-identifies its raw export `raw` into `prepared` (the scenario's one
+        pseudonym key, which every provider holds: they join on its pseudonyms)."""
+        self.ccr("tdp", "prepare", "--config", str(self.prepare_config(name)), "--input", str(raw),
+                 "--out", str(prepared), "--pseudonym-key-file", str(self.pseudonym_key))
+        return prepared
+
+    @property
+    def pseudonym_key(self) -> Path:
+        return self.workdir / "pseudonym.key"
 
     def publish_model(self) -> None:
         self.create_identities()
@@ -255,11 +263,13 @@ class CovidScenario:
             self.ccr("tdp", "declare-budget", "--dataset", name, "--epsilon", str(epsilon * self.lifetime_runs),
                      "--delta", str(DELTA * self.lifetime_runs), party=name)
 
-    def publish_version(self, name: str, prepared: Path, version: int, declare: bool = True) -> dict:
+    def publish_version(self, name: str, prepared: Path, version: int, declare: bool = True,
+                        new_individuals: bool = False) -> dict:
         """Provider `name` publishes `prepared` as a later version of its dataset, under the data
-        key it granted (and, with `declare`, declares it on the ledger first): its arrival may
-        start a continued run (docs/INTERFACES.md)."""
-        declaring = ["--declare"] if declare else []
+        key it granted (and, with `declare`, declares it on the ledger first, as rows of people
+        already in the dataset unless `new_individuals`): its arrival may start a continued run
+        (docs/INTERFACES.md)."""
+        declaring = ["--declare", *(["--new-individuals"] if new_individuals else [])] if declare else []
         return self.ccr("tdp", "publish", "--input", str(prepared), "--dataset", name, "--version", str(version),
                         "--data-key-id", self.published[name]["key_id"], "--keys-dir", str(self.keys_dir(name)),
                         *declaring, party=name)
@@ -293,13 +303,19 @@ class CovidScenario:
         self.prepare_and_publish_datasets()
         self.publish_model()
 
+    def notice_of(self, run_id: str, timeout: float) -> dict:
+        """The TDC's notification about run `run_id`, once it has come."""
+        return wait_for(lambda: next((n for n in self.inbox.notices if n["run_id"] == run_id), None), timeout,
+                        what=f"the notice of {run_id}")
+
     def wait_for_notice(self, timeout: float) -> dict:
         notice = wait_for(lambda: self.inbox.notices[-1] if self.inbox.notices else None, timeout,
                           what="the TDC's notification")
         self.notified_at = time.monotonic()
         return notice
 
-    def fetch_output(self, run_id: str) -> dict:
+    def fetch_output(self, run_id: str, model_name: str = "trained.onnx") -> dict:
+        """The run's output fetched and decrypted as the TDC; its model written to `model_name`."""
         output = self.workdir / "output.zip"
         result = self.ccr("tdc", "fetch", "--run-id", run_id, "--out", str(output),
                           "--keys-dir", str(self.keys_dir("tdc")), party="tdc")
@@ -307,7 +323,7 @@ class CovidScenario:
             result["metrics"] = json.loads(archive.read("metrics.json"))
             result["privacy"] = json.loads(archive.read("privacy.json"))
             result["members"] = sorted(archive.namelist())
-            (self.workdir / "trained.onnx").write_bytes(archive.read("model.onnx"))
+            (self.workdir / model_name).write_bytes(archive.read("model.onnx"))
         return result
 
     def run(self, timeout: float = 300) -> dict:
@@ -320,6 +336,11 @@ class CovidScenario:
         if notice["status"] == "succeeded":
             result["output"] = self.fetch_output(notice["run_id"])
         return result
+
+    @staticmethod
+    def succeeded(result: dict) -> bool:
+        """Whether the scenario's run (as `run` returned it) succeeded."""
+        return result["notice"]["status"] == "succeeded"
 
     def run_record(self, run_id: str) -> dict:
         """The run as its TDC sees it through the status API (`ccr runs show`)."""

@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 from local_emulator.covid_scenario import CovidScenario, trainer_image_kind
-from local_emulator.loan_scenario import DEFAULT_ROWS, LoanScenario
+from local_emulator.loan_scenario import DEFAULT_BATCH_ROWS, DEFAULT_ROWS, LoanScenario
 from local_emulator.stack import Stack
 from shared.settings import emulator_dir
 
@@ -118,7 +118,7 @@ def _image_ready() -> bool:
 
 def _run_scenario(folder: str, state_dir: Path | None, image_kind: str, make_scenario, report_run) -> int:
     """A fresh stack in `state_dir`, the scenario `make_scenario(stack, parties_dir)` run once on
-    it, then `report_run(scenario, result, elapsed)`; the exit code (0: the run succeeded)."""
+    it, then `report_run(scenario, result, elapsed)`; the exit code (0: its runs succeeded)."""
     state_dir = Path(state_dir or emulator_dir() / folder)
     shutil.rmtree(state_dir, ignore_errors=True)  # a demo starts from nothing
     started = time.monotonic()
@@ -133,7 +133,7 @@ def _run_scenario(folder: str, state_dir: Path | None, image_kind: str, make_sce
         finally:
             scenario.close()
     report_run(scenario, result, time.monotonic() - started)
-    return 0 if result["notice"]["status"] == "succeeded" else 1
+    return 0 if scenario.succeeded(result) else 1
 
 
 def run_demo(state_dir: Path | None = None, image_kind: str = DEMO_IMAGE_KIND) -> int:
@@ -143,26 +143,47 @@ def run_demo(state_dir: Path | None = None, image_kind: str = DEMO_IMAGE_KIND) -
 
 
 def loan_report(scenario: LoanScenario, result: dict, elapsed: float, echo=print) -> None:
-    """The generic report, then the parties' own phases, the released row count and the AUCs."""
+    """The generic report, then the parties' own phases, the released row count and the AUCs,
+    then the continued run's."""
     report(result, elapsed, echo)
-    echo(f"synthetic data: {scenario.rows:,} bank customers (seed {scenario.seed}); the parties' phases:")
+    echo(f"synthetic data: {scenario.rows:,} bank customers, then {scenario.batch_rows:,} new ones (seed "
+         f"{scenario.seed}); the parties' phases:")
     for phase, seconds in scenario.timings.items():
-        echo(f"  {phase:<24} {seconds:7.2f} s")
+        echo(f"  {phase:<30} {seconds:7.2f} s")
+    _loan_model_report("first run", result, echo)
+    continued = result.get("continued")
+    if continued:
+        record = continued["run"]
+        echo(f"continued run {record['run_id']}: {continued['notice']['status']}"
+             + (f" ({continued['notice'].get('reason')})" if continued["notice"].get("reason") else ""))
+        if record.get("previous_model_sha256"):
+            echo(f"  started from the first run's model state {record['previous_model_sha256'][:16]}..., "
+                 f"kept in the clean room (never re-uploaded by the TDC)")
+        echo(f"  budget spent per dataset: {record.get('privacy_budget_spent')} (the new customers' own "
+             "population; the bureau's adds to its first run)")
+        _loan_model_report("continued run", continued, echo)
+
+
+def _loan_model_report(which: str, result: dict, echo) -> None:
     output = result.get("output")
-    if output:
-        echo(f"joined rows as released: {output['privacy']['joined_rows_noisy']:,.0f} (a noisy count; "
-             "the exact count never leaves the clean room)")
-        evaluation = result["evaluation"]
-        echo(f"ROC AUC on a fresh synthetic sample of {evaluation['fresh_rows']:,} joined rows: released DP model "
-             f"{evaluation['model_auc']:.3f}, non-private logistic regression {evaluation['baseline_auc']:.3f}")
+    if not output:
+        return
+    echo(f"{which}: joined rows as released {output['privacy']['joined_rows_noisy']:,.0f} (a noisy count; the exact "
+         "count never leaves the clean room)")
+    evaluation = result["evaluation"]
+    echo(f"{which}: ROC AUC on a fresh synthetic sample of {evaluation['fresh_rows']:,} joined rows: released DP "
+         f"model {evaluation['model_auc']:.3f}, non-private logistic regression {evaluation['baseline_auc']:.3f}")
 
 
-def run_loan_demo(rows: int | None = None, state_dir: Path | None = None, image_kind: str = DEMO_IMAGE_KIND) -> int:
+def run_loan_demo(rows: int | None = None, state_dir: Path | None = None, image_kind: str = DEMO_IMAGE_KIND,
+                  batch_rows: int | None = None) -> int:
+    """The loan scenario: a first run on `rows` bank customers, then a run continued on a batch
+    of `batch_rows` new ones. The exit code is 0 only if both succeeded."""
     return _run_scenario("demo-loan", state_dir, image_kind,
                          lambda stack, parties: LoanScenario(stack, parties, rows=rows or DEFAULT_ROWS,
+                                                             batch_rows=batch_rows or DEFAULT_BATCH_ROWS,
                                                              image_kind=image_kind, echo=_say),
                          loan_report)
-
 
 if __name__ == "__main__":
     sys.exit(run_demo(image_kind=trainer_image_kind(DEMO_IMAGE_KIND)))

@@ -6,9 +6,14 @@ becomes the `customer` pseudonym both join on), encrypt, upload and declare thei
 TDC publishes the model and training config of local_emulator/loan_reference.py; all three
 sign; the run trains once; the TDC fetches the model.
 
-The TDC then judges the released model the only way it can without anyone's rows: on a fresh
+With `batch_rows`, the contract allows continued training and the bank later publishes a new
+batch: loans of `batch_rows` new customers (the bureau already has files on them), declared as
+a version 2 of new individuals. Its arrival starts a continued run from the first run's model,
+kept in the clean room; its budget is the new people's own, and the bureau's composes.
+
+The TDC then judges each released model the only way it can without anyone's rows: on a fresh
 synthetic sample (another seed), beside a non-private logistic regression fitted on the same
-synthetic draw the providers published (local_emulator/loan_baseline.py).
+synthetic draw the providers published, both batches (local_emulator/loan_baseline.py).
 
 Used by `python -m local_emulator demo loan` and tests/run/test_loan_run.py."""
 from __future__ import annotations
@@ -24,8 +29,12 @@ from local_emulator import loan_data, loan_reference
 from local_emulator.covid_scenario import CovidScenario
 from local_emulator.loan_baseline import fit_logistic, roc_auc
 from local_emulator.stack import Stack
+from shared import continuation
 
 DEFAULT_ROWS = 5_000        # bank customers: about 4,250 joined rows, a run well under a minute
+DEFAULT_BATCH_ROWS = 2_000  # new bank customers of the demo's continued batch: about 1,700 joined rows
+SEED_SCALE_ROWS = 4_700_000         # the seed's benchmark: about 4 M joined rows trained first,
+SEED_SCALE_BATCH_ROWS = 1_180_000   # then about 1 M continued on (85% of customers join the bureau)
 EVALUATION_ROWS = 20_000    # bank customers of the fresh sample: about 17,000 joined rows
 EPSILON = 3.0
 
@@ -42,20 +51,26 @@ class LoanScenario(CovidScenario):
     purpose = "Loan default model (a bank's loan records joined with a credit bureau's history)"
 
     def __init__(self, stack: Stack, workdir: Path, rows: int = DEFAULT_ROWS, seed: int = 0,
-                 contract_id: str = "loan-demo", epsilon: float = EPSILON, **options):
+                 contract_id: str = "loan-demo", epsilon: float = EPSILON, batch_rows: int = 0, **options):
         options.setdefault("deadline_seconds", deadline_for(rows))
+        if batch_rows:  # a second run, continued: the contract allows it and the bureau's budget has room
+            options.setdefault("continued_training", True)
+            options.setdefault("lifetime_runs", 2)
         super().__init__(stack, workdir, contract_id=contract_id, epsilon=epsilon, **options)
-        self.rows, self.seed = rows, seed
+        self.rows, self.seed, self.batch_rows = rows, seed, batch_rows
         self.generated: dict | None = None
 
     # --- the scenario's inputs (CovidScenario's hooks) -------------------------------------
 
     def raw_table(self, name: str) -> Path:
         """Provider `name`'s raw export, both generated on first use (each provider would have
-        only its own; one call writes both because they describe the same people)."""
+        only its own; one call writes both because they describe the same people). The bank's
+        later batch (`bank.v2`: its last `batch_rows` customers) is split off its export."""
         if self.generated is None:
-            self.generated = loan_data.write_tables(self._raw_path("bank"), self._raw_path("bureau"),
-                                                    self.rows, self.seed)
+            everyone = self._raw_path("bank.all")
+            self.generated = loan_data.write_tables(everyone, self._raw_path("bureau"),
+                                                    self.rows + self.batch_rows, self.seed)
+            _split_lines(everyone, self.rows, self._raw_path("bank"), self._raw_path("bank.v2"))
         return self._raw_path(name)
 
     def _raw_path(self, name: str) -> Path:
@@ -104,15 +119,52 @@ class LoanScenario(CovidScenario):
                 result["output"] = self.fetch_output(notice["run_id"])
             with self.timed("evaluate"):
                 result["evaluation"] = self.evaluate(self.workdir / "trained.onnx")
+            if self.batch_rows:
+                result["continued"] = self.continue_on_new_batch(timeout)
+        return result
+
+    def succeeded(self, result: dict) -> bool:
+        """The first run succeeded and so did the continued one, if the scenario has a batch."""
+        return super().succeeded(result) and (not self.batch_rows or super().succeeded(result["continued"]))
+
+    def continue_on_new_batch(self, timeout: float) -> dict:
+        """The bank prepares, publishes and declares its new customers' batch as version 2 (new
+        individuals); the continued run it starts is followed to its notice, its model fetched
+        and judged like the first."""
+        with self.timed("continue: publish new batch"):
+            prepared = self.prepare("bank", self.raw_table("bank.v2"), self.workdir / "bank.v2.prepared.csv")
+            self.publish_version("bank", prepared, 2, new_individuals=True)
+        run_id = continuation.run_id(self.contract_id, self.digest, self.identities["bank"]["did"], "bank", 2)
+        with self.timed("continue: run (until notified)"):
+            notice = self.notice_of(run_id, timeout)
+        result = {"notice": notice, "run": self.run_record(run_id)}
+        if notice["status"] == "succeeded":
+            with self.timed("continue: fetch and evaluate"):
+                result["output"] = self.fetch_output(run_id, "continued.onnx")
+                result["evaluation"] = self.evaluate(self.workdir / "continued.onnx")
         return result
 
     def evaluate(self, model: Path, rows: int = EVALUATION_ROWS) -> dict:
-        """ROC AUC of the released model and of the non-private baseline on a fresh synthetic
-        sample (seed + 1): the TDC's own test set, no provider's rows."""
+        """ROC AUC of the released model and of the non-private baseline (fitted on everyone the
+        providers published) on a fresh synthetic sample (seed + 1): the TDC's own test set, no
+        provider's rows."""
         features, target = loan_reference.FEATURE_COLUMNS, loan_reference.TARGET
         x, y = loan_data.joined_sample(rows, self.seed + 1, features, target)
         session = onnxruntime.InferenceSession(str(model))
         logits = session.run(None, {session.get_inputs()[0].name: x})[0].ravel()
-        baseline = fit_logistic(*loan_data.joined_sample(self.rows, self.seed, features, target))
+        baseline = fit_logistic(*loan_data.joined_sample(self.rows + self.batch_rows, self.seed, features, target))
         return {"fresh_rows": len(y), "model_auc": roc_auc(logits, y),
                 "baseline_auc": roc_auc(baseline.logits(x), y), "model_logits_finite": bool(np.isfinite(logits).all())}
+
+
+def _split_lines(source: Path, rows: int, first: Path, rest: Path) -> None:
+    """`source`'s header and first `rows` lines to `first`, its header and the others to `rest`
+    (a raw export has one record per line), then `source` removed."""
+    with open(source, encoding="utf-8") as lines, open(first, "w", encoding="utf-8") as head, \
+            open(rest, "w", encoding="utf-8") as tail:
+        header = next(lines)
+        head.write(header)
+        tail.write(header)
+        for number, line in enumerate(lines):
+            (head if number < rows else tail).write(line)
+    source.unlink()

@@ -45,18 +45,13 @@ def first_run(stack, tmp_path_factory):
         scenario.publish_model()
         scenario.sign_and_submit(scenario.write_contract())
         version_2 = scenario.publish_version("bank", _bank_rows(scenario, 2, 0.8), 2)
-        notice = _notice(scenario, scenario.run_id, 120)
+        notice = scenario.notice_of(scenario.run_id, 120)
         result = {"notice": notice, "run": scenario.run_record(scenario.run_id), "version_2": version_2,
                   "output": scenario.fetch_output(scenario.run_id),
                   "evaluation": scenario.evaluate(scenario.workdir / "trained.onnx")}
         yield scenario, result
     finally:
         scenario.close()
-
-
-def _notice(scenario, run_id: str, timeout: float) -> dict:
-    return wait_for(lambda: next((n for n in scenario.inbox.notices if n["run_id"] == run_id), None), timeout,
-                    what=f"the notice of {run_id}")
 
 
 def _service(stack) -> BlobServiceClient:
@@ -136,7 +131,7 @@ def continued(stack, first_run):
     """The continued run version 2 started (while the first run was going): to its notice."""
     scenario, result = first_run
     run_id = _continued_run_id(scenario, 2)
-    notice = _notice(scenario, run_id, 180)
+    notice = scenario.notice_of(run_id, 180)
     return scenario, result["version_2"], notice, scenario.run_record(run_id)
 
 
@@ -185,13 +180,10 @@ def test_a_version_of_new_individuals_is_charged_to_its_own_population_only(stac
     """Version 4, declared as new people: it continues from version 2's model (version 3 was
     never declared) and its bank budget is its own; the bank's own population keeps two runs."""
     scenario, _, _, version_2 = continued
-    published = scenario.ccr("tdp", "publish", "--input", str(_bank_rows(scenario, 4, 0.8)), "--dataset", "bank",
-                             "--version", "4", "--data-key-id", scenario.published["bank"]["key_id"],
-                             "--keys-dir", str(scenario.keys_dir("bank")), "--declare", "--new-individuals",
-                             party="bank")
+    published = scenario.publish_version("bank", _bank_rows(scenario, 4, 0.8), 4, new_individuals=True)
     assert published["version"] == 4
     run_id = _continued_run_id(scenario, 4)
-    notice = _notice(scenario, run_id, 180)
+    notice = scenario.notice_of(run_id, 180)
     record = scenario.run_record(run_id)
     assert notice["status"] == "succeeded" and record["previous_model_sha256"] == version_2["model_state_sha256"]
     bank = contracts.dataset_identity(scenario.identities["bank"]["did"], {"name": "bank"})
