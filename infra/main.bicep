@@ -30,6 +30,9 @@ param location string
 @description('Attestation authority (Microsoft Azure Attestation) that release policies and completion events name, e.g. https://sharedeus.eus.attest.azure.net.')
 param maaEndpoint string
 
+@description('The contract ledger (CCF/SCITT) base URL: the app reads dataset version declarations from it (continued training).')
+param ledgerUrl string
+
 @secure()
 @description('Secret of the party API token authority (CCR_PARTY_AUTH_SECRET): 32 random bytes, base64.')
 param partyAuthSecret string
@@ -128,6 +131,7 @@ module app 'modules/functionapp.bicep' = {
     deploymentContainerName: storage.outputs.deploymentContainerName
     applicationInsightsName: monitoring.outputs.applicationInsightsName
     maaEndpoint: maaEndpoint
+    ledgerUrl: ledgerUrl
     keyVaultUri: vault.outputs.uri
     topicEndpoint: events.outputs.endpoint
     topicKeySecretUri: vault.outputs.topicKeySecretUri
@@ -167,6 +171,7 @@ output CCR_EVENTGRID_TOPIC_NAME string = events.outputs.topicName
 output CCR_EVENTGRID_TOPIC_URL string = events.outputs.endpoint
 output CCR_KEYVAULT_URL string = vault.outputs.uri
 output CCR_MAA_URL string = maaEndpoint
+output CCR_LEDGER_URL string = ledgerUrl
 output AZURE_CONTAINER_REGISTRY_NAME string = registry.outputs.name
 output AZURE_CONTAINER_REGISTRY_ENDPOINT string = registry.outputs.loginServer
 output APP_PRINCIPAL_ID string = identities.outputs.appPrincipalId

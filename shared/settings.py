@@ -39,6 +39,8 @@ STORAGE_CONNECTIONS = ("CCR_STORAGE_CONNECTION", "AzureWebJobsStorage")
 # What the Function App reads at run time besides storage (docs/INTERFACES.md, "Settings").
 APP_SETTINGS = (
     "CCR_MAA_URL",              # attestation authority the release policies and outcomes name
+    "CCR_KEYVAULT_URL",         # the control plane's vault: continued-training contracts' state KEKs
+    "CCR_LEDGER_URL",           # the contract ledger: dataset version declarations (continued training)
     "CCR_SUBSCRIPTION_ID",      # where trainer container groups are deployed
     "CCR_RESOURCE_GROUP",
     "CCR_LOCATION",

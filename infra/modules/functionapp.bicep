@@ -17,6 +17,7 @@ param storageAccountName string
 param deploymentContainerName string
 param applicationInsightsName string
 param maaEndpoint string
+param ledgerUrl string
 param keyVaultUri string
 param topicEndpoint string
 param topicKeySecretUri string
@@ -137,6 +138,10 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'CCR_KEYVAULT_URL'
           value: keyVaultUri
+        }
+        {
+          name: 'CCR_LEDGER_URL'
+          value: ledgerUrl
         }
         {
           name: 'CCR_SUBSCRIPTION_ID'

@@ -28,6 +28,7 @@ AZURE_SETTINGS = {
     "AZURE_CLIENT_ID": "00000000-0000-0000-0000-00000000c1d0",
     "CCR_MAA_URL": "https://sharedeus.eus.attest.azure.net",
     "CCR_KEYVAULT_URL": "https://kv-ccrtest.vault.azure.net/",
+    "CCR_LEDGER_URL": "https://ledger.ccrtest.example",
     "CCR_SUBSCRIPTION_ID": "00000000-0000-0000-0000-000000000001",
     "CCR_RESOURCE_GROUP": "rg-ccrtest",
     "CCR_LOCATION": "westeurope",
