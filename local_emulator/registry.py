@@ -94,22 +94,19 @@ class LocalRegistry:
         manifest = json.loads((Path(layout) / "blobs" / "sha256" / entry["digest"].split(":", 1)[1]).read_bytes())
         for digest in [entry["digest"], manifest["config"]["digest"], *(l["digest"] for l in manifest["layers"])]:
             source = Path(layout) / "blobs" / "sha256" / digest.split(":", 1)[1]
-            destination = blobs / source.name
-            if not destination.exists():
-                try:
-                    os.link(source, destination)
-                except OSError:
-                    shutil.copyfile(source, destination)
+            _place(source, blobs / source.name)
         (target / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
-        try:
-            current = json.loads((target / "index.json").read_text())
-        except FileNotFoundError:
-            current = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []}
-        current["manifests"] = [m for m in current["manifests"]
-                                if m.get("annotations", {}).get("org.opencontainers.image.ref.name") != tag] + [entry]
-        with tempfile.NamedTemporaryFile("w", dir=target, delete=False) as tmp:
-            json.dump(current, tmp, sort_keys=True, separators=(",", ":"))
-        os.replace(tmp.name, target / "index.json")
+        with open(target / "index.lock", "a+") as lock:   # concurrent pushes to a repository keep every tag
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                current = json.loads((target / "index.json").read_text())
+            except FileNotFoundError:
+                current = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []}
+            current["manifests"] = [m for m in current["manifests"]
+                                    if m.get("annotations", {}).get("org.opencontainers.image.ref.name") != tag] + [entry]
+            with tempfile.NamedTemporaryFile("w", dir=target, delete=False) as tmp:
+                json.dump(current, tmp, sort_keys=True, separators=(",", ":"))
+            os.replace(tmp.name, target / "index.json")
         return f"{self.host}/{repository}@{entry['digest']}"
 
     # --- pull ----------------------------------------------------------------------------
@@ -213,6 +210,22 @@ class _HashingReader:
         data = self._handle.read(size)
         self.sha.update(data)
         return data
+
+
+def _place(source: Path, destination: Path) -> None:
+    """`source` at `destination` whole or not at all (a hard link, else a copy renamed into
+    place), so a pull running beside a push never reads a blob half written."""
+    if destination.exists():
+        return
+    staging = destination.with_name(f".{destination.name}.{os.getpid()}.{os.urandom(4).hex()}")
+    try:
+        try:
+            os.link(source, staging)
+        except OSError:
+            shutil.copyfile(source, staging)
+        os.replace(staging, destination)
+    finally:
+        staging.unlink(missing_ok=True)
 
 
 def _inside(member: tarfile.TarInfo, destination: str) -> tarfile.TarInfo:

@@ -159,6 +159,28 @@ def test_pull_refuses_a_tag_another_registry_and_an_unknown_manifest(registry_di
             registry.pull(bad)
 
 
+def test_concurrent_pushes_to_one_repository_keep_every_tag_and_whole_blobs(small_image, tmp_path):
+    """Eight pushes at once (as two test workers building images may push): each tag stays in
+    the repository's index and every pulled image verifies."""
+    from concurrent.futures import ThreadPoolExecutor
+    registry = LocalRegistry(tmp_path / "registry", tmp_path / "layers")
+    tags = [f"t{n}" for n in range(8)]
+    index = json.loads((small_image.layout / "index.json").read_text())
+    for tag in tags:   # the same image under another tag: its own layout index, the same blobs
+        layout = tmp_path / tag
+        layout.mkdir()
+        (layout / "blobs").symlink_to(small_image.layout / "blobs")
+        tagged = [{**m, "annotations": {"org.opencontainers.image.ref.name": tag}} for m in index["manifests"]]
+        (layout / "index.json").write_text(json.dumps({**index, "manifests": tagged}))
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda tag: registry.push(tmp_path / tag, "ccr-small", tag), tags))
+    index = json.loads((tmp_path / "registry" / "ccr-small" / "index.json").read_text())
+    assert sorted(m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"]) == tags
+    assert registry.pull(f"{LOCAL_REGISTRY}/ccr-small@{index['manifests'][0]['digest']}").digest == small_image.digest
+    assert not [p.name for p in (tmp_path / "registry" / "ccr-small" / "blobs" / "sha256").iterdir()
+                if p.name.startswith(".")]   # no staging file left behind
+
+
 def test_trainer_dependencies_layer_does_not_depend_on_the_builders_path(tmp_path):
     """pip's RECORD lists the console scripts the dependencies layer removes, hashed with the
     shebang that names the building interpreter's path: two checkouts built two digests from
