@@ -1,6 +1,6 @@
 """Instance management as the Durable extension's HttpApiHandler does it (issue 13), on one host
 for the module: suspend and resume (events and activity results held, no orchestrator code run
-while suspended), restart, rewind answered as unsupported in the extension's error shape, the
+while suspended), restart, rewind (failed activities and sub-orchestrations run again, nothing else), the
 showHistory shape of the status API, and query paging with continuation tokens. Driven through
 the SDK's DurableOrchestrationClient (the test app's `manage` function) where the SDK has the
 operation, raw HTTP otherwise."""
@@ -154,19 +154,54 @@ def test_restart_runs_the_orchestrator_again_with_its_input(shared_host):
     requests.post(running["terminatePostUri"].replace("{text}", "done"), timeout=10)
 
 
-def test_rewind_is_refused_in_the_extensions_shapes(shared_host):
+def completed_again(host, failed: dict) -> dict:
+    """The rewound instance's status once it has completed (the rewind is applied asynchronously)."""
+    links = {"statusQueryGetUri": done_url(host, failed)}
+    return wait_until(lambda: (lambda s: s if s["runtimeStatus"] == "Completed" else None)(status(links)), 30)
+
+
+def test_rewind_reruns_only_the_failed_activity(shared_host, shared_records):
+    """A Failed instance rewound through the SDK's client.rewind: Running again, only the failed
+    activity runs again (the successful one before it does not), and the instance completes."""
+    host, tag = shared_host, "rw-" + uuid.uuid4().hex[:8]
+    failed = wait_done(start(host, "rewindable", {"tag": tag}))
+    assert failed["runtimeStatus"] == "Failed"
+    assert records(shared_records, "work", tag) == [f"{tag}:1"] and len(records(shared_records, "once-" + tag)) == 1
+    assert manage(host, "rewind", failed["instanceId"]).status_code == 202
+    done = completed_again(host, failed)
+    assert done["output"] == [10, "ok on run 2", 30]
+    assert records(shared_records, "work", tag) == [f"{tag}:1", f"{tag}:3"]      # the first ran once
+    assert len(records(shared_records, "once-" + tag)) == 2
+    history = requests.get(done_url(host, failed), params={"showHistory": "true"}, timeout=10).json()["historyEvents"]
+    assert [e["EventType"] for e in history] == ["ExecutionStarted", "TaskCompleted", "TaskCompleted",
+                                                 "TaskCompleted", "ExecutionCompleted"]
+
+
+def test_rewind_reruns_a_failed_sub_orchestration(shared_host, shared_records):
+    host, tag = shared_host, "rs-" + uuid.uuid4().hex[:8]
+    failed = wait_done(start(host, "rewindable_parent", {"tag": tag}))
+    assert failed["runtimeStatus"] == "Failed"
+    assert post(host, failed["instanceId"], "rewind", reason="retry it").status_code == 202
+    done = completed_again(host, failed)
+    assert done["output"] == [0, [10, "ok on run 2", 30]]
+    assert records(shared_records, "work", tag) == [f"{tag}:0", f"{tag}:1", f"{tag}:3"]
+    assert len(records(shared_records, "once-" + tag)) == 2
+
+
+def test_rewind_answers_as_the_extension_for_other_states(shared_host):
+    """404 unknown; 410 Completed (the SDK's "only supported on failed" message); 500 Running
+    (the client's InvalidOperationException), and the running instance is untouched."""
     host = shared_host
-    missing = post(host, "never-was", "rewind", reason="r")
-    assert (missing.status_code, missing.json()) == (404, 'No orchestration with instance ID "never-was" found.')
+    assert post(host, "never-was", "rewind", reason="r").status_code == 404
     done = wait_done(start(host, "fan_out", {"n": 1, "tag": "rewind"}))
-    not_failed = post(host, done["instanceId"], "rewind")
-    assert not_failed.status_code == 412 and "Completed" in not_failed.json()
-    failed = wait_done(start(host, "broken"))
-    unsupported = post(host, failed["instanceId"], "rewind")
-    assert unsupported.status_code == 501
-    assert unsupported.json()["Message"] == "Rewind is not supported by the underlying storage provider."
-    assert "Rewind is not supported" in manage(host, "rewind", failed["instanceId"]).json()["refused"]
-    assert status({"statusQueryGetUri": done_url(host, failed)})["runtimeStatus"] == "Failed"
+    assert post(host, done["instanceId"], "rewind").status_code == 410
+    assert "only supported on failed" in manage(host, "rewind", done["instanceId"]).json()["refused"]
+    running = start(host, "forever")
+    wait_until(lambda: status(running)["runtimeStatus"] == "Running", 30)
+    refused = post(host, running["id"], "rewind")
+    assert refused.status_code == 500 and "only supported on failed" in refused.json()["ExceptionMessage"]
+    assert status(running)["runtimeStatus"] == "Running"
+    requests.post(running["terminatePostUri"].replace("{text}", "done"), timeout=10)
 
 
 def done_url(host, done: dict) -> str:
