@@ -204,6 +204,19 @@ def test_rewind_answers_as_the_extension_for_other_states(shared_host):
     requests.post(running["terminatePostUri"].replace("{text}", "done"), timeout=10)
 
 
+def test_rewinding_an_orchestrators_own_exception_replays_it_and_it_fails_again(shared_host):
+    host = shared_host
+    failed = wait_done(start(host, "broken"))
+    time.sleep(1.1)                      # status times are whole seconds: the replay's must be later
+    assert post(host, failed["instanceId"], "rewind").status_code == 202
+    links = {"statusQueryGetUri": done_url(host, failed)}
+    again = wait_until(lambda: (lambda s: s if s["lastUpdatedTime"] > failed["lastUpdatedTime"] else None)(
+        status(links)), 30)
+    assert again["runtimeStatus"] == "Failed" and "orchestrator gave up" in json.dumps(again["output"])
+    history = status(links, showHistory="true")["historyEvents"]
+    assert [e["EventType"] for e in history].count("ExecutionCompleted") == 1
+
+
 def done_url(host, done: dict) -> str:
     return webhook(host, f"/instances/{done['instanceId']}") + f"?code={host.system_key}"
 
