@@ -177,6 +177,28 @@ def test_rewind_reruns_only_the_failed_activity(shared_host, shared_records):
                                                  "TaskCompleted", "ExecutionCompleted"]
 
 
+def test_kill_9_while_a_rewind_is_applied_neither_loses_nor_repeats_it(host, record_dir):
+    """The host dies after the rewind's sends (before its commit), then right after its commit:
+    restarted, the instance completes and the failed activity ran again exactly once."""
+    for point in ("durable.rewind.before_commit", "durable.rewind.after_commit"):
+        tag = "rk-" + point.rsplit(".", 1)[1].replace("_", "-")
+        host.env["CCR_FAULT_POINT"] = point
+        host.kill()
+        host.start()
+        failed = wait_done(start(host, "rewindable", {"tag": tag}))
+        assert failed["runtimeStatus"] == "Failed"
+        assert manage(host, "rewind", failed["instanceId"]).status_code == 202
+        wait_until(lambda: host.process.poll() is not None, 30, 0.05, f"host killed at {point}")
+        host.kill()
+        assert f"fault point {point} reached" in host.logs()
+        host.env["CCR_FAULT_POINT"] = ""
+        host.start()
+        done = completed_again(host, failed)
+        assert done["output"] == [10, "ok on run 2", 30]
+        assert records(record_dir, "work", tag) == [f"{tag}:1", f"{tag}:3"]
+        assert len(records(record_dir, "once-" + tag)) == 2
+
+
 def test_rewind_reruns_a_failed_sub_orchestration(shared_host, shared_records):
     host, tag = shared_host, "rs-" + uuid.uuid4().hex[:8]
     failed = wait_done(start(host, "rewindable_parent", {"tag": tag}))

@@ -414,7 +414,9 @@ class DurableEngine:
             outbound.append(lambda message=message: self.store.send_workitem(message))
         for send in outbound:
             await send()
+        fault_points.reached("durable.rewind.before_commit")
         await self.store.commit(instance, new_history, reset_history=True)
+        fault_points.reached("durable.rewind.after_commit")
         self._remember(instance)
 
     @staticmethod
