@@ -177,6 +177,21 @@ def test_rewind_reruns_only_the_failed_activity(shared_host, shared_records):
                                                  "TaskCompleted", "ExecutionCompleted"]
 
 
+def test_rewind_asks_again_for_outcomes_that_came_after_the_failure(shared_host, shared_records):
+    """A fan-out fails while two activities still run; their results reach a Failed instance
+    (dropped, as for any finished one). Rewound, it gets their recorded results: they do not
+    run again, only the failed activity does."""
+    host, tag = shared_host, "rf-" + uuid.uuid4().hex[:8]
+    failed = wait_done(start(host, "rewindable_fan_out", {"tag": tag}))
+    assert failed["runtimeStatus"] == "Failed"
+    wait_until(lambda: len(records(shared_records, "work", tag)) == 2, 30)
+    time.sleep(0.5)                                   # their outcomes reach the failed instance
+    assert manage(host, "rewind", failed["instanceId"]).status_code == 202
+    assert completed_again(host, failed)["output"] == [0, 10, "ok on run 2"]
+    assert sorted(records(shared_records, "work", tag)) == [f"{tag}:0", f"{tag}:1"]
+    assert len(records(shared_records, "once-" + tag)) == 2
+
+
 def test_kill_9_while_a_rewind_is_applied_neither_loses_nor_repeats_it(host, record_dir):
     """The host dies after the rewind's sends (before its commit), then right after its commit:
     restarted, the instance completes and the failed activity ran again exactly once."""

@@ -401,6 +401,13 @@ class DurableEngine:
             instance.work_items.append({"InstanceId": instance_id, "ExecutionId": execution_id, "TaskId": task_id,
                                         "Name": scheduled["Name"], "Input": scheduled.get("Input"),
                                         "Rewind": number, "Key": f"{instance_id}:{execution_id}:{task_id}:r{number}"})
+        for scheduled in plan.unanswered:   # the worker reports a recorded outcome instead of running it
+            task_id = scheduled["EventId"]
+            instance.work_items.append({"InstanceId": instance_id, "ExecutionId": execution_id, "TaskId": task_id,
+                                        "Name": scheduled["Name"], "Input": scheduled.get("Input"),
+                                        "Key": f"{instance_id}:{execution_id}:{task_id}"})
+        for timer in plan.timers:
+            self._send_timer(instance, timer["EventId"], h.parse_iso(timer["FireAt"]), outbound)
         for child in plan.children:
             message = rewinding.request(child, None, request.get("Reason") or "",
                                         f"{instance_id}:{execution_id}:rewind{number}:{child}")

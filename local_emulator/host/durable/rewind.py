@@ -7,7 +7,10 @@ applies it under the instance's lock: every failed task whose failure ended it (
 sub-orchestration without retries left) loses its failure from the history, the execution's
 ExecutionCompleted goes too, the failed activities are sent again under their original task
 ids, a failed sub-orchestration is rewound in turn, and the orchestrator replays once, so the
-status is Running again. Successful tasks keep their results: they never run again.
+status is Running again. Successful tasks keep their results: they never run again. Tasks whose
+outcome arrived after the failure (dropped then, as for any finished instance) are asked again:
+an activity's work item is sent again under its own key, so the worker reports the outcome it
+recorded instead of running it, and a timer is set again for its time.
 
 A redelivered rewind (the host died before its commit) repeats the same work under the same
 keys; the activity worker's outcome records drop the duplicate. A rewind of an instance that
@@ -31,6 +34,8 @@ def request(instance_id: str, execution_id: str | None, reason: str, key: str) -
 class Plan:
     history: list[dict]
     activities: list[dict] = field(default_factory=list)     # TaskScheduled events to run again
+    unanswered: list[dict] = field(default_factory=list)     # TaskScheduled events with no outcome
+    timers: list[dict] = field(default_factory=list)         # TimerCreated events that never fired
     children: list[str] = field(default_factory=list)        # failed sub-orchestrations to rewind
     next_id: int = 0
 
@@ -73,5 +78,10 @@ def plan(history: list[dict]) -> Plan:
     while kept and kept[-1]["EventType"] == h.ORCHESTRATOR_STARTED:   # the failed episode's start
         kept.pop()
     result.history = kept
+    answered = {h.completion_id(e) for e in kept if h.completion_id(e) is not None}
+    rerun = {e["EventId"] for e in result.activities}
+    result.unanswered = [e for e in kept if e["EventType"] == h.TASK_SCHEDULED
+                         and e["EventId"] not in answered and e["EventId"] not in rerun]
+    result.timers = [e for e in kept if e["EventType"] == h.TIMER_CREATED and e["EventId"] not in answered]
     result.next_id = 1 + max((e["EventId"] for e in kept if e.get("EventId", -1) >= 0), default=-1)
     return result

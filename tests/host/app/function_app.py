@@ -184,6 +184,15 @@ def rewindable(context: df.DurableOrchestrationContext):
 
 
 @app.orchestration_trigger(context_name="context")
+def rewindable_fan_out(context: df.DurableOrchestrationContext):
+    """Two slow works beside an activity that fails at once: the instance fails before they end."""
+    tag = context.get_input()["tag"]
+    results = yield context.task_all([context.call_activity("work", {"i": i, "tag": tag, "sleep": 1})
+                                      for i in range(2)] + [context.call_activity("fails_once", tag)])
+    return results
+
+
+@app.orchestration_trigger(context_name="context")
 def rewindable_parent(context: df.DurableOrchestrationContext):
     """work, then `rewindable` as a sub-orchestration: its failure fails this one."""
     tag = context.get_input()["tag"]
