@@ -177,6 +177,17 @@ def test_rewind_reruns_only_the_failed_activity(shared_host, shared_records):
                                                  "TaskCompleted", "ExecutionCompleted"]
 
 
+def test_rewind_of_an_activity_that_ran_out_of_retries_runs_it_once_more(shared_host, shared_records):
+    """Three attempts failed (the host's retries, back-off timers between them): rewound, the
+    activity runs a fourth time, under the last attempt's task id, and the instance completes."""
+    host, key = shared_host, "rr-" + uuid.uuid4().hex[:8]
+    failed = wait_done(start(host, "with_retry", {"key": key, "fail": 3}))
+    assert failed["runtimeStatus"] == "Failed" and len(records(shared_records, "flaky-" + key)) == 3
+    assert manage(host, "rewind", failed["instanceId"]).status_code == 202
+    assert completed_again(host, failed)["output"] == "ok after 4"
+    assert len(records(shared_records, "flaky-" + key)) == 4
+
+
 def test_rewind_asks_again_for_outcomes_that_came_after_the_failure(shared_host, shared_records):
     """A fan-out fails while two activities still run; their results reach a Failed instance
     (dropped, as for any finished one). Rewound, it gets their recorded results: they do not
