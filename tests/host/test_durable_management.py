@@ -204,23 +204,28 @@ def test_rewind_asks_again_for_outcomes_that_came_after_the_failure(shared_host,
 
 
 def test_kill_9_while_a_rewind_is_applied_neither_loses_nor_repeats_it(host, record_dir):
-    """The host dies after the rewind's sends (before its commit), then right after its commit:
-    restarted, the instance completes and the failed activity ran again exactly once."""
-    for point in ("durable.rewind.before_commit", "durable.rewind.after_commit"):
-        tag = "rk-" + point.rsplit(".", 1)[1].replace("_", "-")
+    """The host dies right after a rewind's commit (its request is delivered again: ignored), then
+    after another's sends but before its commit (applied again): restarted, each instance
+    completes and its failed activity ran again exactly once."""
+    points = ("durable.rewind.after_commit", "durable.rewind.before_commit")
+    failed = {point: wait_done(start(host, "rewindable", {"tag": "rk-" + point.rsplit(".", 1)[1]})) for point in points}
+    assert {done["runtimeStatus"] for done in failed.values()} == {"Failed"}
+    for index, point in enumerate(points):
         host.env["CCR_FAULT_POINT"] = point
         host.kill()
         host.start()
-        failed = wait_done(start(host, "rewindable", {"tag": tag}))
-        assert failed["runtimeStatus"] == "Failed"
-        assert manage(host, "rewind", failed["instanceId"]).status_code == 202
+        if index:   # the previous rewind, applied across the crash, has completed
+            previous = points[index - 1]
+            assert completed_again(host, failed[previous])["output"] == [10, "ok on run 2", 30]
+        assert manage(host, "rewind", failed[point]["instanceId"]).status_code == 202
         wait_until(lambda: host.process.poll() is not None, 30, 0.05, f"host killed at {point}")
         host.kill()
         assert f"fault point {point} reached" in host.logs()
-        host.env["CCR_FAULT_POINT"] = ""
-        host.start()
-        done = completed_again(host, failed)
-        assert done["output"] == [10, "ok on run 2", 30]
+    host.env["CCR_FAULT_POINT"] = ""
+    host.start()
+    assert completed_again(host, failed[points[-1]])["output"] == [10, "ok on run 2", 30]
+    for point in points:
+        tag = "rk-" + point.rsplit(".", 1)[1]
         assert records(record_dir, "work", tag) == [f"{tag}:1", f"{tag}:3"]
         assert len(records(record_dir, "once-" + tag)) == 2
 
