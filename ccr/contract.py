@@ -84,6 +84,10 @@ def register(groups) -> None:
                           "the last run's model inside the clean room (workloads.training.continued_training)")
     new.add_argument("--trainer-image", metavar="REF", help="ccr-trainer@sha256:<hex> (its policy template's "
                                                             "digest is pinned too)")
+    new.add_argument("--skr-sidecar-image", metavar="REF",
+                     help="the SKR sidecar the deployment runs, pinned by digest: <registry>/<repository>@sha256:<hex> "
+                          "(default: setting CCR_SKR_SIDECAR_IMAGE, else the built-in pin); written into the contract "
+                          "and into its policy template digest")
     new.add_argument("--ledger", help="ledger URL, where the datasets' budget declarations are read (default: "
                                       "setting CCR_LEDGER_URL)")
     new.add_argument("--out", type=Path, required=True)
@@ -332,14 +336,30 @@ def build_payload(args) -> dict:
     if args.continued_training:
         training["continued_training"] = True
     if args.trainer_image:
+        sidecar = _sidecar(args)
         try:
-            training["policy_template_sha256"] = policy_template_sha256(args.trainer_image)
+            training["policy_template_sha256"] = policy_template_sha256(args.trainer_image, sidecar)
         except ValueError as error:
             raise CliError(f"--trainer-image: {error}") from None
         training["image"] = args.trainer_image
+        training["skr_sidecar_image"] = sidecar.image
+    elif args.skr_sidecar_image:
+        raise CliError("--skr-sidecar-image: give --trainer-image too (the policy template digest covers both)")
     try:
         return contracts.validate_payload(payload)
     except contracts.ContractError as error:
+        raise CliError(str(error)) from None
+
+
+def _sidecar(args):
+    """The SKR sidecar the deployment runs: `--skr-sidecar-image`, else the setting, else the
+    default (shared/skr_sidecar.py); a tag is refused, naming where it came from."""
+    from shared import skr_sidecar
+    try:
+        if args.skr_sidecar_image:
+            return skr_sidecar.SidecarSpec(skr_sidecar.pinned_image(args.skr_sidecar_image, "--skr-sidecar-image"))
+        return skr_sidecar.configured()
+    except skr_sidecar.SidecarError as error:
         raise CliError(str(error)) from None
 
 

@@ -40,6 +40,9 @@ param partyAuthSecret string
 @description('Object id of the user running azd: may push trainer images (AcrPush). Empty: no role.')
 param principalId string = ''
 
+@description('The SKR sidecar every trainer group runs, pinned by digest (<registry>/<repository>@sha256:<hex>; the app refuses a tag). Empty: the default of shared/skr_sidecar.py. Contracts must be written for the same one (docs/DEPLOY.md, section 3).')
+param skrSidecarImage string = ''
+
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = {
   'azd-env-name': environmentName
@@ -138,6 +141,7 @@ module app 'modules/functionapp.bicep' = {
     partyAuthSecretUri: vault.outputs.partyAuthSecretUri
     trainerIdentityId: identities.outputs.trainerIdentityId
     registryLoginServer: registry.outputs.loginServer
+    skrSidecarImage: skrSidecarImage
   }
 }
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from local_emulator.aci_runtime import GroupConflict, GroupRuntime, SidecarFactory
 from local_emulator.registry import LocalRegistry
 from local_emulator.tls import LoopbackServer, bearer_matches
-from shared import trainer_resources
+from shared import skr_sidecar, trainer_resources
 from shared.cce_policy import CcePolicyError, policy_containers
 
 PROVIDER = "providers/Microsoft.ContainerInstance"
@@ -205,17 +205,20 @@ class AciTwin:
                  sidecar_factory: SidecarFactory | None, python: str = sys.executable,
                  kill_grace_seconds: float = 5.0, port: int = 0, identities: dict[str, str] | None = None,
                  registry_dir: Path | None = None, layer_cache: Path | None = None,
-                 registry_pullers: tuple[str, ...] = ()):
+                 registry_pullers: tuple[str, ...] = (), sidecar_image: str | None = None):
         """`identities`: the user-assigned identities that exist (resource id -> the bearer token
         their IMDS hands out); a group may carry one, and its SKR sidecar then calls Key Vault
         with that identity's token. `registry_dir`: the local registry OCI images are pulled from
         (`registry.ccr.localhost/<repository>@sha256:...`), unpacked once per layer into
         `layer_cache` (default ~/.cache/ccr/layers), by a group whose registry credential names
-        its identity, one of `registry_pullers` (the identities with AcrPull on it)."""
+        its identity, one of `registry_pullers` (the identities with AcrPull on it).
+        `sidecar_image`: the SKR sidecar image the platform recognises (digest-pinned; default
+        the one `CCR_SKR_SIDECAR_IMAGE` names, else shared/skr_sidecar.py's)."""
         if not access_token:
             raise ValueError("the ACI twin needs the access token it will require from callers")
         registry = LocalRegistry(registry_dir, layer_cache) if registry_dir is not None else None
-        self.runtime = GroupRuntime(state_dir, images_dir, sidecar_factory, python, kill_grace_seconds, registry)
+        self.runtime = GroupRuntime(state_dir, images_dir, sidecar_factory, python, kill_grace_seconds, registry,
+                                    sidecar_image or skr_sidecar.configured().image)
         self.runtime.identity_tokens = {k.lower(): v for k, v in (identities or {}).items()}
         self.runtime.registry_pullers = {identity.lower() for identity in registry_pullers}
         self._access_token = access_token

@@ -12,8 +12,9 @@ Checks before anything starts (real confidential ACI enforces these at container
 the image exists and hashes to its digest, and the group's CCE policy allows that
 image digest, the exact command and the environment by value (every `NAME=VALUE` matches an
 env rule, every required rule is met: a contract-bound policy refuses another contract's
-digest or none). The SKR sidecar
-container of the spec is represented by a sidecar twin bound to the group's exact policy.
+digest or none). The SKR sidecar container is recognised by the platform's configured
+sidecar image (`CCR_SKR_SIDECAR_IMAGE`, pinned by digest: shared/skr_sidecar.py), must be the
+image the policy names, and is represented by a sidecar twin bound to the group's exact policy.
 
 Group records are JSON files (no secret values) so a restarted twin still answers GET and
 kills the process groups its predecessor left behind.
@@ -38,7 +39,8 @@ from typing import Callable, Protocol
 
 from local_emulator import group_isolation, images
 from local_emulator.registry import LocalRegistry, PulledImage, PullError, is_registry_reference
-from shared.cce_policy import SKR_SIDECAR_IMAGE, CcePolicyError, policy_containers
+from shared.cce_policy import CcePolicyError, policy_containers
+from shared.skr_sidecar import DEFAULT_SIDECAR, SIDECAR_IMAGE_SETTING, pinned_image
 
 PYTHON_COMMANDS = {"python", "python3"}
 LOG_TAIL_LIMIT = 1 << 20
@@ -121,8 +123,10 @@ class GroupRuntime:
     """Container groups by ARM id: provisioning, processes, persisted records, counts."""
 
     def __init__(self, state_dir: Path, images_dir: Path, sidecar_factory: SidecarFactory | None,
-                 python: str = sys.executable, kill_grace_seconds: float = 5.0, registry: LocalRegistry | None = None):
+                 python: str = sys.executable, kill_grace_seconds: float = 5.0, registry: LocalRegistry | None = None,
+                 sidecar_image: str = DEFAULT_SIDECAR.image):
         self.state_dir = Path(state_dir)
+        self.sidecar_image = pinned_image(sidecar_image, "the ACI twin's SKR sidecar image")
         self.images_dir = Path(images_dir)
         self.registry = registry          # OCI images `<registry>/<repository>@sha256:...` (local_emulator/registry.py)
         self.registry_pullers: set[str] = set()   # identities (resource ids, lower case) with AcrPull on it
@@ -312,12 +316,19 @@ class GroupRuntime:
         """The trainer container, its verified image, and the sidecar container's name.
         `environments` holds each container's full environment (secure values included)."""
         containers = [{"name": c["name"], **c["properties"]} for c in record["properties"]["containers"]]
-        sidecars = [c for c in containers if c["image"] == SKR_SIDECAR_IMAGE]
-        runnable = [c for c in containers if c["image"] != SKR_SIDECAR_IMAGE]
+        sidecars = [c for c in containers if c["image"] == self.sidecar_image]
+        runnable = [c for c in containers if c["image"] != self.sidecar_image]
         if len(runnable) != 1 or len(sidecars) > 1:
+            others = ", ".join(f"{c['name']} ({c['image']})" for c in runnable)
             raise ProvisioningError("UnsupportedContainerGroup",
-                                    "the twin runs exactly one trainer container (plus at most one SKR sidecar)")
+                                    "the twin runs exactly one trainer container plus at most one SKR sidecar, the "
+                                    f"platform's {self.sidecar_image} ({SIDECAR_IMAGE_SETTING}); other containers: "
+                                    f"{others or 'none'}")
         allowed = policy_containers(_cce_policy(record))
+        named = [p for p in allowed if p.id == self.sidecar_image]
+        if sidecars and not named:
+            raise ProvisioningError("CcePolicyViolation", "the CCE policy does not name the SKR sidecar image "
+                                    f"{self.sidecar_image} the group runs")
         trainer = runnable[0]
         environment = environments.get(trainer["name"], {})
         if is_registry_reference(trainer["image"]):
@@ -334,8 +345,7 @@ class GroupRuntime:
             candidates = [p for p in allowed if p.layers == (layer,)]
         _enforce(trainer, environment, candidates, f"image {image.digest}")
         for sidecar in sidecars:
-            _enforce(sidecar, environments.get(sidecar["name"], {}), [p for p in allowed if p.id == SKR_SIDECAR_IMAGE],
-                     f"image {SKR_SIDECAR_IMAGE}")
+            _enforce(sidecar, environments.get(sidecar["name"], {}), named, f"image {self.sidecar_image}")
         return trainer, image, sidecars[0]["name"] if sidecars else None
 
     def _pull(self, record: dict, reference: str) -> PulledImage:

@@ -236,7 +236,7 @@ class CovidScenario:
 
     def write_contract(self, **changes) -> Path:
         """The contract payload every party agrees on; `changes` overrides `ccr contract new`
-        options (e.g. epsilon=2.0) for tests."""
+        options (epsilon=2.0, skr_sidecar_image=...) for tests."""
         join = self.workdir / "join.json"
         join.write_text(json.dumps(self.join_spec()))
         payload = self.workdir / "contract.json"
@@ -251,7 +251,8 @@ class CovidScenario:
                  "--delta", str(DELTA), "--validation-split", "0.2", "--min-joined-rows", "100",
                  "--join", str(join), "--deadline-seconds", str(self.deadline_seconds),
                  "--trainer-image", self.trainer_image, "--out", str(payload),
-                 *(["--continued-training"] if self.continued_training else []))
+                 *(["--continued-training"] if self.continued_training else []),
+                 *(["--skr-sidecar-image", changes["skr_sidecar_image"]] if "skr_sidecar_image" in changes else []))
         self._note_contract(payload)
         return payload
 

@@ -31,7 +31,7 @@ from local_emulator.eventgrid_arm import EventGridManagement
 from local_emulator.keyvault import KeyVaultTwin
 from local_emulator.ledger import LedgerTwin
 from local_emulator.sevsnp import HardwareRoot
-from shared import events, storage_names
+from shared import events, skr_sidecar, storage_names
 from shared.settings import PROJECT_ROOT
 
 TOPIC = "ccr-events"
@@ -177,8 +177,11 @@ class Stack:
         topic = self.eventgrid.create_topic(TOPIC)
         self.eventgrid_arm = self._run(EventGridManagement(self.eventgrid, tls.server_context(), token,
                                                            port=ports["eventgrid_arm"]))
+        # the SKR sidecar the twin runs, the host deploys and `ccr` (endpoints.json) writes into contracts
+        sidecar_image = os.environ.get(skr_sidecar.SIDECAR_IMAGE_SETTING) or skr_sidecar.DEFAULT_SIDECAR.image
         self.aci = self._run(AciTwin(self.state_dir / "aci", self.state_dir / "images", tls.server_context(), token,
                                      skr_sidecar_factory(root, str(tls.ca_path), None), port=ports["aci"],
+                                     sidecar_image=sidecar_image,
                                      registry_dir=self.registry_dir,
                                      identities={TRAINER_IDENTITY_ID: self._secret("trainer_identity_token")},
                                      registry_pullers=(TRAINER_IDENTITY_ID,)))   # AcrPull, as infra/modules/rbac.bicep
@@ -198,6 +201,7 @@ class Stack:
             "CCR_EVENTGRID_SYSTEM_KEY": self._secret("eventgrid_system_key"),
             "CCR_BLOBS_EXTENSION_KEY": self._secret("blobs_extension_key"),
             "CCR_PARTY_AUTH_SECRET": self._secret("party_auth_secret"),
+            skr_sidecar.SIDECAR_IMAGE_SETTING: sidecar_image,
         }
         # The ledger starts first (its webhook is set once the host is up; entries complete before that
         # wait as pending): the app reads dataset version declarations from it (CCR_LEDGER_URL).
@@ -268,12 +272,13 @@ class Stack:
 
     def party_settings(self, party_dir: Path, party: str = "party") -> dict[str, str]:
         """What a party's `ccr` needs: service URLs, the loopback CA, the party's own Key Vault
-        token (`party_token`) and the attestation authority its grants pin; never the app's
+        token (`party_token`), the attestation authority its grants pin and the SKR sidecar the
+        platform runs (public, written into contracts); never the app's
         token, the storage connection, a function or system key, or a service secret.
         `party_dir` stands in for the emulator folder so nothing falls back to this stack's
         endpoints file."""
         names = ("CCR_FUNCTIONS_URL", "CCR_LEDGER_URL", "CCR_CA_BUNDLE", "CCR_KEYVAULT_URL",
-                 "CCR_KEYVAULT_VERIFY_CHALLENGE", "CCR_MAA_URL")
+                 "CCR_KEYVAULT_VERIFY_CHALLENGE", "CCR_MAA_URL", skr_sidecar.SIDECAR_IMAGE_SETTING)
         return {**{name: self.settings[name] for name in names}, "CCR_ACCESS_TOKEN": self.party_token(party),
                 "CCR_EMULATOR_DIR": str(party_dir)}
 

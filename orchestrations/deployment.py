@@ -4,7 +4,11 @@ agree; the full spec, which carries the run's SAS URLs, is built only to deploy 
 
 The group's policy requires CCR_CONTRACT_DIGEST = this contract's digest, so its host data
 (what every grant's KEK pins) is this contract's alone; the trainer receives the signed
-envelope itself (CCR_CONTRACT) and checks it against that digest before asking for any key."""
+envelope itself (CCR_CONTRACT) and checks it against that digest before asking for any key.
+
+The group runs the operator's SKR sidecar (`CCR_SKR_SIDECAR_IMAGE`, shared/skr_sidecar.py); a
+contract written for another sidecar, or whose pinned policy template is not the one this
+deployment would run, is refused by `policy_problem` before anything is reserved or deployed."""
 from __future__ import annotations
 
 import json
@@ -12,10 +16,11 @@ from datetime import datetime, timedelta, timezone
 
 from azure.mgmt.containerinstance.models import ContainerGroup
 
-from shared import azure_clients, continuation, key_grants, model_states, settings, storage_names, trainer_resources
+from shared import (azure_clients, continuation, key_grants, model_states, settings, skr_sidecar, storage_names,
+                    trainer_resources)
 from shared.blob_sas import trainer_blob_urls
-from shared.container_group import build_container_group, training_hostdata
-from shared.contract import continued_training, training
+from shared.container_group import build_container_group, policy_template_sha256, training_hostdata
+from shared.contract import continued_training, training, training_sidecar
 
 # The SAS outlives the run's deadline by this much: the deadline timer starts only once the
 # group is provisioned (confidential ACI can take many minutes, plus activity retries), and
@@ -29,7 +34,28 @@ def group_name(run: dict) -> str:
 
 def hostdata(payload: dict, contract_digest: str) -> str:
     """What every grant's KEK must pin: this contract's trainer group."""
-    return training_hostdata(training(payload)["image"], contract_digest)
+    return training_hostdata(training(payload)["image"], contract_digest, training_sidecar(payload))
+
+
+def policy_problem(payload: dict) -> str | None:
+    """Why this deployment cannot run the trainer group the contract pins, or None: the contract
+    was written for another SKR sidecar than `CCR_SKR_SIDECAR_IMAGE`, or its
+    policy_template_sha256 is not the template of its image and sidecar (the parties would have
+    granted keys to host data no group of ours reports)."""
+    try:
+        configured = skr_sidecar.configured()
+    except skr_sidecar.SidecarError as error:
+        return str(error)
+    workload = training(payload)
+    if training_sidecar(payload) != configured:
+        return (f"the contract was written for SKR sidecar {training_sidecar(payload).image}, but this deployment "
+                f"runs {configured.image} ({skr_sidecar.SIDECAR_IMAGE_SETTING}): write the contract with "
+                "`ccr contract new` under the same setting, or set it to the contract's sidecar")
+    if workload["policy_template_sha256"] != policy_template_sha256(workload["image"], configured):
+        return (f"the contract's policy_template_sha256 is not the policy template of its trainer image with SKR "
+                f"sidecar {configured.image} ({skr_sidecar.SIDECAR_IMAGE_SETTING}): no group this deployment runs "
+                "would match it")
+    return None
 
 
 def trainer_reads(payload: dict, contract_digest: str, run: dict | None = None) -> list[str]:
@@ -52,7 +78,16 @@ def trainer_container_group(run: dict, record: dict) -> ContainerGroup:
     return build_container_group(training(payload)["image"], record["digest"], _environment(run, record),
                                  settings.get("CCR_LOCATION", "westeurope"), cpu=cpu, memory_in_gb=memory_gb,
                                  identity_id=settings.get("CCR_TRAINER_IDENTITY_ID") or None,
-                                 registry=settings.get("CCR_TRAINER_REGISTRY") or None)
+                                 registry=settings.get("CCR_TRAINER_REGISTRY") or None,
+                                 sidecar=_checked_sidecar(payload))
+
+
+def _checked_sidecar(payload: dict) -> skr_sidecar.SidecarSpec:
+    """The configured sidecar, which must be the contract's (`validate_inputs` checked it first)."""
+    reason = policy_problem(payload)
+    if reason:
+        raise skr_sidecar.SidecarError(reason)
+    return skr_sidecar.configured()
 
 
 def trainer_keeps(payload: dict, contract_digest: str, run_id: str) -> list[str]:

@@ -58,8 +58,13 @@ def previous_model_state(run: dict) -> dict:
 def validate_inputs(run: dict) -> dict:
     """Each input exists, its header parses, names the contract's data key and carries the
     contract's manifest digest (checked concurrently). Reserves nothing: consent is not
-    checked yet."""
-    inputs = continuation.run_inputs(_contract(run), continuation.of_run(run))
+    checked yet. First of all, this deployment must be able to run the trainer group the
+    contract pins (its SKR sidecar and policy template: `deployment.policy_problem`)."""
+    payload = _contract(run)
+    reason = deployment.policy_problem(payload)
+    if reason:
+        return {"ok": False, "reason": reason}
+    inputs = continuation.run_inputs(payload, continuation.of_run(run))
     with ThreadPoolExecutor(max_workers=len(inputs)) as pool:
         problems = list(pool.map(_input_problem, inputs))
     reason = next((problem for problem in problems if problem), None)

@@ -80,17 +80,6 @@ from typing import Any, Mapping, Sequence
 API_VERSION = "0.10.0"
 FRAMEWORK_VERSION = "0.2.3"
 
-# The SKR sidecar every confidential group runs beside the trainer (Microsoft's image). Its
-# layer hashes are not known offline (acipolicygen computes them from the pulled image).
-# 2.13: the newest release tagged in microsoft/confidential-sidecar-containers (tag v2.13,
-# 2025-12-03; its examples/skr/aci still show 2.12). Pinned by tag only: no Microsoft doc,
-# sample or repo publishes the manifest digest of a current release (Azure/azure-cleanroom's
-# aci-to-k8s sample pins `skr@sha256:b584...` from 2024, of no stated version), and no registry
-# is reachable here to read it; `az acr import` + `az acr repository show` of the tag gives the
-# digest to pin at deployment (docs/DEPLOY.md).
-SKR_SIDECAR_IMAGE = "mcr.microsoft.com/aci/skr:2.13"
-SKR_SIDECAR_COMMAND = ("/skr.sh",)
-
 STRATEGIES = ("string", "re2")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CONTAINERS_START = re.compile(r"^containers := ", re.MULTILINE)

@@ -6,8 +6,10 @@ SKR sidecar) plus one rule added per contract: `CCR_CONTRACT_DIGEST=<digest>`, s
 `string`, required, in the trainer. So the policy text, and the SEV-SNP host data that key
 release policies pin (sha256 of it), differ per contract: a provider that wraps its data key
 for one contract's host data releases it to that contract's group only, whatever image
-another contract runs. Contracts pin `policy_template_sha256(image)` so a party can check the
-template before trusting the host data computed from it.
+another contract runs. Contracts pin `policy_template_sha256(image, sidecar)` so a party can check
+the template before trusting the host data computed from it. The SKR sidecar (image by digest,
+command, environment) is a parameter of every builder here (shared/skr_sidecar.py): a contract
+names the one it was written for, and the template, its digest and the host data follow it.
 
 Run-specific values (run id, SAS URLs, keys) are `NAME=.*` re2 rules in the template: they
 never change the policy. The trainer reads `CCR_CONTRACT_DIGEST` and checks it against the
@@ -21,8 +23,9 @@ import re
 from typing import TYPE_CHECKING, Mapping
 
 from shared import trainer_resources
-from shared.cce_policy import (SKR_SIDECAR_COMMAND, SKR_SIDECAR_IMAGE, IdName, User, hostdata_of, pause_container,
-                               policy_text, string_rule, user_container, wildcard_rule, with_required_env)
+from shared.cce_policy import (IdName, User, hostdata_of, pause_container, policy_text, string_rule, user_container,
+                               wildcard_rule, with_required_env)
+from shared.skr_sidecar import DEFAULT_SIDECAR, SKR_PORT, SidecarSpec
 
 if TYPE_CHECKING:   # imported where a group is built: the trainer imports this module, and its image has no ARM SDK
     from azure.mgmt.containerinstance.models import ContainerGroup, EnvironmentVariable
@@ -36,7 +39,6 @@ TRAINER_IMAGE = re.compile(rf"^(?:ccr-trainer|{REGISTRY_REPOSITORY})@(?P<digest>
 TRAINER_COMMAND = ("python", "-m", "trainer_container")
 TRAINER_CONTAINER_NAME = "trainer"
 SKR_CONTAINER_NAME = "skr-sidecar"
-SKR_PORT = 8080
 SKR_URL_IN_GROUP = f"http://localhost:{SKR_PORT}"
 CONTRACT_DIGEST_ENV = "CCR_CONTRACT_DIGEST"
 CONTRACT_DIGEST = re.compile(r"^[0-9a-f]{64}$")
@@ -49,7 +51,6 @@ TRAINER_ENV_NAMES = ("CCR_BLOB_URLS", "CCR_CA_BUNDLE", "CCR_CONTRACT", CONTRACT_
 SECURE_ENV_NAMES = frozenset({"CCR_BLOB_URLS", "CCR_EVENTGRID_KEY"})
 # Values fixed in the group's ARM template (acipolicygen pins them as `string` rules).
 TRAINER_FIXED_ENV = {"CCR_SKR_URL": SKR_URL_IN_GROUP}
-SKR_SIDECAR_ENV = {"Port": str(SKR_PORT)}
 
 # The trainer image's config as tools/trainer_image.py (and the equivalent recipe,
 # trainer_container/Dockerfile) writes it, and acipolicygen reads it from the pushed image:
@@ -74,20 +75,21 @@ def _trainer_template_rules():
             for name in TRAINER_ENV_NAMES]
 
 
-def training_policy_template(trainer_image: str) -> str:
+def training_policy_template(trainer_image: str, sidecar: SidecarSpec = DEFAULT_SIDECAR) -> str:
     """The group's policy text without any contract rule: trainer (this image's layer, the
-    fixed command, `NAME=.*` rules for run values), SKR sidecar, pause container."""
+    fixed command, `NAME=.*` rules for run values), SKR sidecar (its image, command and
+    environment), pause container."""
     layer = trainer_image_digest(trainer_image).split(":", 1)[1]
     trainer = user_container(trainer_image, TRAINER_CONTAINER_NAME, (layer,), TRAINER_COMMAND,
                              _trainer_template_rules(), TRAINER_IMAGE_ENV, TRAINER_WORKING_DIR, TRAINER_USER)
-    sidecar = user_container(SKR_SIDECAR_IMAGE, SKR_CONTAINER_NAME, (), SKR_SIDECAR_COMMAND,
-                             [string_rule(name, value) for name, value in SKR_SIDECAR_ENV.items()])
-    return policy_text([trainer, sidecar, pause_container()])
+    skr = user_container(sidecar.image, SKR_CONTAINER_NAME, (), sidecar.command,
+                         [string_rule(name, value) for name, value in sidecar.environment])
+    return policy_text([trainer, skr, pause_container()])
 
 
-def policy_template_sha256(trainer_image: str) -> str:
+def policy_template_sha256(trainer_image: str, sidecar: SidecarSpec = DEFAULT_SIDECAR) -> str:
     """sha256 hex of the template text (what a contract pins)."""
-    return hashlib.sha256(training_policy_template(trainer_image).encode("ascii")).hexdigest()
+    return hashlib.sha256(training_policy_template(trainer_image, sidecar).encode("ascii")).hexdigest()
 
 
 def _checked_digest(contract_digest: str) -> str:
@@ -96,16 +98,16 @@ def _checked_digest(contract_digest: str) -> str:
     return contract_digest
 
 
-def training_cce_policy(trainer_image: str, contract_digest: str) -> str:
+def training_cce_policy(trainer_image: str, contract_digest: str, sidecar: SidecarSpec = DEFAULT_SIDECAR) -> str:
     """Base64 CCE policy of the group that runs this image for this contract."""
-    text = with_required_env(training_policy_template(trainer_image), trainer_image, CONTRACT_DIGEST_ENV,
+    text = with_required_env(training_policy_template(trainer_image, sidecar), trainer_image, CONTRACT_DIGEST_ENV,
                              _checked_digest(contract_digest))
     return base64.b64encode(text.encode("ascii")).decode("ascii")
 
 
-def training_hostdata(trainer_image: str, contract_digest: str) -> str:
+def training_hostdata(trainer_image: str, contract_digest: str, sidecar: SidecarSpec = DEFAULT_SIDECAR) -> str:
     """The host data SEV-SNP reports for that group: what key release policies pin."""
-    return hostdata_of(training_cce_policy(trainer_image, contract_digest))
+    return hostdata_of(training_cce_policy(trainer_image, contract_digest, sidecar))
 
 
 def _environment(values: Mapping[str, str]) -> list[EnvironmentVariable]:
@@ -125,7 +127,8 @@ def _environment(values: Mapping[str, str]) -> list[EnvironmentVariable]:
 def build_container_group(trainer_image: str, contract_digest: str, environment: Mapping[str, str], location: str,
                           cpu: float = trainer_resources.DEFAULT_CPU,
                           memory_in_gb: float = trainer_resources.DEFAULT_MEMORY_GB,
-                          identity_id: str | None = None, registry: str | None = None) -> ContainerGroup:
+                          identity_id: str | None = None, registry: str | None = None,
+                          sidecar: SidecarSpec = DEFAULT_SIDECAR) -> ContainerGroup:
     """Trainer + SKR sidecar, `sku=Confidential` with the contract's CCE policy, no public IP,
     never restarted (a run is one attempt). Secrets go in as secure values. The builder sets
     `CCR_CONTRACT_DIGEST` itself; a caller passing it is refused. `cpu` / `memory_in_gb` are the
@@ -135,7 +138,8 @@ def build_container_group(trainer_image: str, contract_digest: str, environment:
     ACI example, so that identity needs Key Vault Crypto Service Release User on each vault.
     `registry` (`CCR_TRAINER_REGISTRY`, a login server): a trainer image from it is pulled with
     that identity (imageRegistryCredentials `identity`; it needs AcrPull there), never with a
-    password, so the registry can refuse anonymous pulls."""
+    password, so the registry can refuse anonymous pulls. `sidecar`: the SKR sidecar container,
+    the same spec the policy names."""
     from azure.mgmt.containerinstance.models import (ConfidentialComputeProperties, Container, ContainerGroup,
                                                      ContainerGroupIdentity, EnvironmentVariable,
                                                      ImageRegistryCredential, ResourceRequests, ResourceRequirements,
@@ -148,15 +152,15 @@ def build_container_group(trainer_image: str, contract_digest: str, environment:
     pulled_from_registry = bool(registry) and trainer_image.startswith(f"{registry}/")
     if pulled_from_registry and identity_id is None:
         raise ValueError(f"the trainer image comes from {registry}: the group needs an identity to pull it with")
-    cce_policy = training_cce_policy(trainer_image, contract_digest)
+    cce_policy = training_cce_policy(trainer_image, contract_digest, sidecar)
     environment = {**TRAINER_FIXED_ENV, **environment, CONTRACT_DIGEST_ENV: contract_digest}
     trainer = Container(
         name=TRAINER_CONTAINER_NAME, image=trainer_image, command=list(TRAINER_COMMAND),
         environment_variables=_environment(environment),
         resources=ResourceRequirements(requests=ResourceRequests(memory_in_gb=memory_in_gb, cpu=cpu)))
     sidecar = Container(
-        name=SKR_CONTAINER_NAME, image=SKR_SIDECAR_IMAGE, command=list(SKR_SIDECAR_COMMAND),
-        environment_variables=[EnvironmentVariable(name=n, value=v) for n, v in SKR_SIDECAR_ENV.items()],
+        name=SKR_CONTAINER_NAME, image=sidecar.image, command=list(sidecar.command),
+        environment_variables=[EnvironmentVariable(name=n, value=v) for n, v in sidecar.environment],
         resources=ResourceRequirements(requests=ResourceRequests(memory_in_gb=trainer_resources.SIDECAR_MEMORY_GB,
                                                                  cpu=trainer_resources.SIDECAR_CPU)))
     return ContainerGroup(

@@ -33,7 +33,7 @@ from pycose.messages.signer import CoseSignature
 from shared import budget_declaration
 from shared import did as dids
 from shared import package as packages
-from shared import storage_names, trainer_resources
+from shared import skr_sidecar, storage_names, trainer_resources
 
 COSE_SIGN_TAG = 98
 CWT_CLAIMS = 15
@@ -247,6 +247,11 @@ def _training(workload, where: str) -> None:
     _need(isinstance(workload["image"], str) and IMAGE_REF.match(workload["image"]) is not None,
           f"{where}.image must be pinned by digest (<registry>/<repository>@sha256:<hex>)")
     _sha256(workload["policy_template_sha256"], f"{where}.policy_template_sha256")
+    if "skr_sidecar_image" in workload:  # optional: shared/skr_sidecar.py's default when absent
+        try:
+            skr_sidecar.pinned_image(workload["skr_sidecar_image"], f"{where}.skr_sidecar_image")
+        except skr_sidecar.SidecarError as error:
+            raise MalformedContract(str(error)) from None
     _need(isinstance(workload["join"], dict), f"{where}.join must be an object")
     _integer(workload["deadline_seconds"], f"{where}.deadline_seconds", 1)
     if "resources" in workload:  # optional; shared/trainer_resources.py cites ACI's confidential limits
@@ -360,6 +365,11 @@ def validate_payload(payload) -> dict:
 def training(payload: dict) -> dict:
     """The training workload's terms (image, policy template digest, join, deadline)."""
     return payload["workloads"]["training"]
+
+
+def training_sidecar(payload: dict) -> skr_sidecar.SidecarSpec:
+    """The SKR sidecar the training workload was written for (its policy template names it)."""
+    return skr_sidecar.of_workload(training(payload))
 
 
 def continued_training(payload: dict) -> bool:

@@ -6,7 +6,8 @@ point costs one dictionary lookup.
 Points: admission.after_record, admission.after_start (orchestrations/admission.py);
 durable.start.before_message, durable.start.after_message, durable.start.after_state (the
 local host creating an instance); durable.entity.before_commit, durable.entity.after_commit
-(the local host around writing an entity batch's state)."""
+(the local host around writing an entity batch's state); durable.rewind.before_commit,
+durable.rewind.after_commit (the local host applying a rewind: after its sends, after its commit)."""
 from __future__ import annotations
 
 import logging

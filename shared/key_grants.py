@@ -80,7 +80,8 @@ def grant_path(contract_digest: str, subject: str) -> str:
 def kek_release_policy(authority_url: str, payload: dict, contract_digest: str) -> dict:
     """Release only to the attested trainer group of exactly this contract."""
     image = contracts.training(payload)["image"]
-    return build_release_policy(authority_url, training_hostdata(image, contract_digest))
+    return build_release_policy(authority_url,
+                                training_hostdata(image, contract_digest, contracts.training_sidecar(payload)))
 
 
 def wrap(dek: bytes, kek_public: rsa.RSAPublicKey, kek: str, key_id: str) -> str:

@@ -24,6 +24,8 @@ param topicKeySecretUri string
 param partyAuthSecretUri string
 param trainerIdentityId string
 param registryLoginServer string
+@description('The SKR sidecar the trainer groups run (digest-pinned; empty: the app\'s default).')
+param skrSidecarImage string = ''
 
 @description('Most instances the app scales out to.')
 param maximumInstanceCount int = 40
@@ -174,6 +176,10 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
         {
           name: 'CCR_TRAINER_REGISTRY'
           value: registryLoginServer
+        }
+        {
+          name: 'CCR_SKR_SIDECAR_IMAGE'
+          value: skrSidecarImage
         }
       ]
     }

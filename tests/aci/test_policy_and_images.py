@@ -9,12 +9,12 @@ import pytest
 
 from local_emulator import images
 from shared import settings
-from shared.cce_policy import (SKR_SIDECAR_COMMAND, SKR_SIDECAR_IMAGE, CcePolicyError, EnvRule, PolicyContainer,
-                               decode_policy, encode_policy, hostdata_of, policy_containers, policy_text,
-                               user_container)
+from shared.cce_policy import (CcePolicyError, EnvRule, PolicyContainer, decode_policy, encode_policy, hostdata_of,
+                               policy_containers, policy_text, user_container)
 from shared.container_group import (CONTRACT_DIGEST_ENV, SECURE_ENV_NAMES, TRAINER_COMMAND, TRAINER_ENV_NAMES,
                                     build_container_group, policy_template_sha256, training_cce_policy,
                                     training_hostdata, training_policy_template)
+from shared.skr_sidecar import DEFAULT_SIDECAR
 
 DIGEST_A = "sha256:" + "a1" * 32
 DIGEST_B = "sha256:" + "b2" * 32
@@ -41,7 +41,7 @@ def test_policy_pins_image_command_and_the_run_variables():
     assert SECURE_ENV_NAMES <= wildcards and set(TRAINER_ENV_NAMES) - {"CCR_SKR_URL"} == wildcards
     assert "CCR_STORAGE_CONNECTION" not in {r.name for r in trainer.env_rules}  # storage is per-blob SAS URLs only
     assert "CCR_EPSILON_BUDGET" not in TRAINER_ENV_NAMES and CONTRACT_DIGEST_ENV in TRAINER_ENV_NAMES
-    assert sidecar.id == SKR_SIDECAR_IMAGE and sidecar.command == SKR_SIDECAR_COMMAND
+    assert sidecar.id == DEFAULT_SIDECAR.image and sidecar.command == DEFAULT_SIDECAR.command
     assert pause.id is None and pause.command == ("/pause",)
     assert training_hostdata(IMAGE_A, CONTRACT) != training_hostdata("ccr-trainer@" + DIGEST_B, CONTRACT)
     assert policy_template_sha256(IMAGE_A) != policy_template_sha256("ccr-trainer@" + DIGEST_B)
@@ -68,7 +68,7 @@ def test_container_group_shape():
     assert env["CCR_RUN_ID"].value == "run-1111111111111111"
     assert env["CCR_SKR_URL"].value == "http://localhost:8080"
     assert env[CONTRACT_DIGEST_ENV].value == CONTRACT
-    assert sidecar.image == SKR_SIDECAR_IMAGE and sidecar.command == list(SKR_SIDECAR_COMMAND)
+    assert sidecar.image == DEFAULT_SIDECAR.image and sidecar.command == list(DEFAULT_SIDECAR.command)
     # the group's own environments satisfy its policy
     policy_trainer, policy_sidecar, _ = policy_containers(group.confidential_compute_properties.cce_policy)
     assert policy_trainer.env_problem({n: v.value or v.secure_value for n, v in env.items()}) is None

@@ -102,7 +102,7 @@ SIDECAR = (
     '"command":["/skr.sh"],'
     '"env_rules":[{"pattern":"Port=8080","required":false,"strategy":"string"},' + PLATFORM_RULES + '],'
     '"exec_processes":[],'
-    '"id":"mcr.microsoft.com/aci/skr:2.13",'
+    '"id":"mcr.microsoft.com/aci/skr@sha256:baa6acf093c011cb26799187b6a535e32bd8248f52dd2cd9c606732b8a23c112",'
     '"layers":[],'
     + RESOLV_CONF + ','
     '"name":"skr-sidecar",'

@@ -11,6 +11,7 @@ from shared import budget_declaration
 from shared import contract as contracts
 from shared import did as dids
 from shared import storage_names
+from shared.container_group import policy_template_sha256
 
 HOST, PORT = "127.0.0.1", 8443
 CONTRACT_ID = "covid-test-01"
@@ -44,7 +45,7 @@ def contract_payload(tdc: str, tdps: dict[str, dids.Identity], contract_id: str 
             for name, tdp in tdps.items()],
         "privacy": {"delta": 1e-5},
         "evaluation": {"validation_split": 0.2, "min_joined_rows": 100},
-        "workloads": {"training": {"image": IMAGE, "policy_template_sha256": sha("template"),
+        "workloads": {"training": {"image": IMAGE, "policy_template_sha256": policy_template_sha256(IMAGE),
                                    "join": {"datasets": []}, "deadline_seconds": 600}},
     }
 

@@ -138,6 +138,30 @@ def test_a_contract_allows_continued_training_only_when_its_author_asks(ccr, led
     assert contracts.continued_training(json.loads((tmp_path / "payload.json").read_text())) is True
 
 
+def test_contract_new_pins_the_sidecar_the_deployment_runs(ccr, ledger, tmp_path, monkeypatch):
+    """The contract names the SKR sidecar and its template digest covers it; a tag is refused."""
+    from shared.skr_sidecar import DEFAULT_SIDECAR, SidecarSpec
+    image = "ccr-trainer@sha256:" + sha("i")
+    other = "registry.example/aci/skr@sha256:" + sha("other sidecar")
+    dids = identities_with_budgets(ccr, tmp_path)
+    assert new_contract(ccr, tmp_path, dids)[0] == 0
+    training = json.loads((tmp_path / "payload.json").read_text())["workloads"]["training"]
+    assert training["skr_sidecar_image"] == DEFAULT_SIDECAR.image
+    monkeypatch.setenv("CCR_SKR_SIDECAR_IMAGE", other)          # the operator's setting
+    assert new_contract(ccr, tmp_path, dids)[0] == 0
+    training = json.loads((tmp_path / "payload.json").read_text())["workloads"]["training"]
+    assert training["skr_sidecar_image"] == other
+    assert training["policy_template_sha256"] == policy_template_sha256(image, SidecarSpec(other))
+    assert training["policy_template_sha256"] != policy_template_sha256(image)
+    (tmp_path / "payload.json").unlink()
+    monkeypatch.setenv("CCR_SKR_SIDECAR_IMAGE", "mcr.microsoft.com/aci/skr:2.14")
+    status, _, err = new_contract(ccr, tmp_path, dids)
+    assert status == 1 and "CCR_SKR_SIDECAR_IMAGE must pin the SKR sidecar by digest" in err
+    status, _, err = new_contract(ccr, tmp_path, dids, **{"--skr-sidecar-image": "mcr.microsoft.com/aci/skr:latest"})
+    assert status == 1 and "--skr-sidecar-image must pin the SKR sidecar by digest" in err
+    assert not (tmp_path / "payload.json").exists()
+
+
 def test_identity_refusals_keep_keys_safe(ccr, ledger, tmp_path):
     keys = tmp_path / "keys"
     assert ccr("identity", "new", "--name", "icmr", "--dir", keys)[0] == 0

@@ -178,6 +178,8 @@ def test_header_without_issuer(payload, identities, resolve):
     (lambda p: p["tdc"].update(did=p["tdps"][0]["did"]), "distinct DIDs"),
     (lambda p: p["workloads"]["training"].update(image="ccr-trainer:latest"), "pinned by digest"),
     (lambda p: p["workloads"]["training"].update(deadline_seconds=-5), "deadline_seconds must be an integer >= 1"),
+    (lambda p: p["workloads"]["training"].update(skr_sidecar_image="mcr.microsoft.com/aci/skr:2.14"),
+     r"workloads\.training\.skr_sidecar_image must pin the SKR sidecar by digest"),
     (lambda p: p.update(contract_id="../escape"), "contract_id must be"),
     (lambda p: p["tdps"][0]["datasets"][0].update(blake3="ab" * 32), "exactly one of sha256 or blake3"),
     (lambda p: p["tdc"]["model"].pop("sha256"), "model must pin its package by exactly one of sha256 or blake3"),

@@ -1,6 +1,6 @@
 """Instance management as the Durable extension's HttpApiHandler does it (issue 13), on one host
 for the module: suspend and resume (events and activity results held, no orchestrator code run
-while suspended), restart, rewind answered as unsupported in the extension's error shape, the
+while suspended), restart, rewind (failed activities and sub-orchestrations run again, nothing else), the
 showHistory shape of the status API, and query paging with continuation tokens. Driven through
 the SDK's DurableOrchestrationClient (the test app's `manage` function) where the SDK has the
 operation, raw HTTP otherwise."""
@@ -154,19 +154,120 @@ def test_restart_runs_the_orchestrator_again_with_its_input(shared_host):
     requests.post(running["terminatePostUri"].replace("{text}", "done"), timeout=10)
 
 
-def test_rewind_is_refused_in_the_extensions_shapes(shared_host):
+def completed_again(host, failed: dict) -> dict:
+    """The rewound instance's status once it has completed (the rewind is applied asynchronously)."""
+    links = {"statusQueryGetUri": done_url(host, failed)}
+    return wait_until(lambda: (lambda s: s if s["runtimeStatus"] == "Completed" else None)(status(links)), 30)
+
+
+def test_rewind_reruns_only_the_failed_activity(shared_host, shared_records):
+    """A Failed instance rewound through the SDK's client.rewind: Running again, only the failed
+    activity runs again (the successful one before it does not), and the instance completes."""
+    host, tag = shared_host, "rw-" + uuid.uuid4().hex[:8]
+    failed = wait_done(start(host, "rewindable", {"tag": tag}))
+    assert failed["runtimeStatus"] == "Failed"
+    assert records(shared_records, "work", tag) == [f"{tag}:1"] and len(records(shared_records, "once-" + tag)) == 1
+    assert manage(host, "rewind", failed["instanceId"]).status_code == 202
+    done = completed_again(host, failed)
+    assert done["output"] == [10, "ok on run 2", 30]
+    assert records(shared_records, "work", tag) == [f"{tag}:1", f"{tag}:3"]      # the first ran once
+    assert len(records(shared_records, "once-" + tag)) == 2
+    history = requests.get(done_url(host, failed), params={"showHistory": "true"}, timeout=10).json()["historyEvents"]
+    assert [e["EventType"] for e in history] == ["ExecutionStarted", "TaskCompleted", "TaskCompleted",
+                                                 "TaskCompleted", "ExecutionCompleted"]
+
+
+def test_rewind_of_an_activity_that_ran_out_of_retries_runs_it_once_more(shared_host, shared_records):
+    """Three attempts failed (the host's retries, back-off timers between them): rewound, the
+    activity runs a fourth time, under the last attempt's task id, and the instance completes."""
+    host, key = shared_host, "rr-" + uuid.uuid4().hex[:8]
+    failed = wait_done(start(host, "with_retry", {"key": key, "fail": 3}))
+    assert failed["runtimeStatus"] == "Failed" and len(records(shared_records, "flaky-" + key)) == 3
+    assert manage(host, "rewind", failed["instanceId"]).status_code == 202
+    assert completed_again(host, failed)["output"] == "ok after 4"
+    assert len(records(shared_records, "flaky-" + key)) == 4
+
+
+def test_rewind_asks_again_for_outcomes_that_came_after_the_failure(shared_host, shared_records):
+    """A fan-out fails while two activities still run; their results reach a Failed instance
+    (dropped, as for any finished one). Rewound, it gets their recorded results: they do not
+    run again, only the failed activity does."""
+    host, tag = shared_host, "rf-" + uuid.uuid4().hex[:8]
+    failed = wait_done(start(host, "rewindable_fan_out", {"tag": tag}))
+    assert failed["runtimeStatus"] == "Failed"
+    wait_until(lambda: len(records(shared_records, "work", tag)) == 2, 30)
+    time.sleep(0.5)                                   # their outcomes reach the failed instance
+    assert manage(host, "rewind", failed["instanceId"]).status_code == 202
+    assert completed_again(host, failed)["output"] == [0, 10, "ok on run 2"]
+    assert sorted(records(shared_records, "work", tag)) == [f"{tag}:0", f"{tag}:1"]
+    assert len(records(shared_records, "once-" + tag)) == 2
+
+
+def test_kill_9_while_a_rewind_is_applied_neither_loses_nor_repeats_it(host, record_dir):
+    """The host dies right after a rewind's commit (its request is delivered again: ignored), then
+    after another's sends but before its commit (applied again): restarted, each instance
+    completes and its failed activity ran again exactly once."""
+    points = ("durable.rewind.after_commit", "durable.rewind.before_commit")
+    failed = {point: wait_done(start(host, "rewindable", {"tag": "rk-" + point.rsplit(".", 1)[1]})) for point in points}
+    assert {done["runtimeStatus"] for done in failed.values()} == {"Failed"}
+    for index, point in enumerate(points):
+        host.env["CCR_FAULT_POINT"] = point
+        host.kill()
+        host.start()
+        if index:   # the previous rewind, applied across the crash, has completed
+            previous = points[index - 1]
+            assert completed_again(host, failed[previous])["output"] == [10, "ok on run 2", 30]
+        assert manage(host, "rewind", failed[point]["instanceId"]).status_code == 202
+        wait_until(lambda: host.process.poll() is not None, 30, 0.05, f"host killed at {point}")
+        host.kill()
+        assert f"fault point {point} reached" in host.logs()
+    host.env["CCR_FAULT_POINT"] = ""
+    host.start()
+    assert completed_again(host, failed[points[-1]])["output"] == [10, "ok on run 2", 30]
+    for point in points:
+        tag = "rk-" + point.rsplit(".", 1)[1]
+        assert records(record_dir, "work", tag) == [f"{tag}:1", f"{tag}:3"]
+        assert len(records(record_dir, "once-" + tag)) == 2
+
+
+def test_rewind_reruns_a_failed_sub_orchestration(shared_host, shared_records):
+    host, tag = shared_host, "rs-" + uuid.uuid4().hex[:8]
+    failed = wait_done(start(host, "rewindable_parent", {"tag": tag}))
+    assert failed["runtimeStatus"] == "Failed"
+    assert post(host, failed["instanceId"], "rewind", reason="retry it").status_code == 202
+    done = completed_again(host, failed)
+    assert done["output"] == [0, [10, "ok on run 2", 30]]
+    assert records(shared_records, "work", tag) == [f"{tag}:0", f"{tag}:1", f"{tag}:3"]
+    assert len(records(shared_records, "once-" + tag)) == 2
+
+
+def test_rewind_answers_as_the_extension_for_other_states(shared_host):
+    """404 unknown; 410 Completed (the SDK's "only supported on failed" message); 500 Running
+    (the client's InvalidOperationException), and the running instance is untouched."""
     host = shared_host
-    missing = post(host, "never-was", "rewind", reason="r")
-    assert (missing.status_code, missing.json()) == (404, 'No orchestration with instance ID "never-was" found.')
+    assert post(host, "never-was", "rewind", reason="r").status_code == 404
     done = wait_done(start(host, "fan_out", {"n": 1, "tag": "rewind"}))
-    not_failed = post(host, done["instanceId"], "rewind")
-    assert not_failed.status_code == 412 and "Completed" in not_failed.json()
+    assert post(host, done["instanceId"], "rewind").status_code == 410
+    assert "only supported on failed" in manage(host, "rewind", done["instanceId"]).json()["refused"]
+    running = start(host, "forever")
+    wait_until(lambda: status(running)["runtimeStatus"] == "Running", 30)
+    refused = post(host, running["id"], "rewind")
+    assert refused.status_code == 500 and "only supported on failed" in refused.json()["ExceptionMessage"]
+    assert status(running)["runtimeStatus"] == "Running"
+    requests.post(running["terminatePostUri"].replace("{text}", "done"), timeout=10)
+
+
+def test_rewinding_an_orchestrators_own_exception_replays_it_and_it_fails_again(shared_host):
+    host = shared_host
     failed = wait_done(start(host, "broken"))
-    unsupported = post(host, failed["instanceId"], "rewind")
-    assert unsupported.status_code == 501
-    assert unsupported.json()["Message"] == "Rewind is not supported by the underlying storage provider."
-    assert "Rewind is not supported" in manage(host, "rewind", failed["instanceId"]).json()["refused"]
-    assert status({"statusQueryGetUri": done_url(host, failed)})["runtimeStatus"] == "Failed"
+    time.sleep(1.1)                      # status times are whole seconds: the replay's must be later
+    assert post(host, failed["instanceId"], "rewind").status_code == 202
+    links = {"statusQueryGetUri": done_url(host, failed)}
+    again = wait_until(lambda: (lambda s: s if s["lastUpdatedTime"] > failed["lastUpdatedTime"] else None)(
+        status(links)), 30)
+    assert again["runtimeStatus"] == "Failed" and "orchestrator gave up" in json.dumps(again["output"])
+    history = status(links, showHistory="true")["historyEvents"]
+    assert [e["EventType"] for e in history].count("ExecutionCompleted") == 1
 
 
 def done_url(host, done: dict) -> str:

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from shared import events, settings, storage_names
+from shared import events, settings, skr_sidecar, storage_names
 from tests.infra.bicep import INFRA, app_settings, bicep_files, body, member_of, one, parsed, resources
 
 # Microsoft's built-in role definition ids ("Azure built-in roles" reference).
@@ -254,3 +254,13 @@ def test_the_policy_input_template_matches_the_group_builder():
     assert env[container_group.CONTRACT_DIGEST_ENV] == "[parameters('CCR_CONTRACT_DIGEST')]"
     assert all("defaultValue" not in p for p in template["parameters"].values())
     assert sidecar["name"] == container_group.SKR_CONTAINER_NAME
+    assert sidecar["properties"]["image"] == skr_sidecar.configured().image    # the app's own sidecar
+
+
+def test_the_app_runs_the_sidecar_the_deployment_names():
+    """CCR_SKR_SIDECAR_IMAGE comes from main's skrSidecarImage (azd: the environment's
+    CCR_SKR_SIDECAR_IMAGE), empty unless set, which the app reads as its digest-pinned default."""
+    assert app_settings()["CCR_SKR_SIDECAR_IMAGE"] == "skrSidecarImage"
+    parameters = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert parameters["skrSidecarImage"] == {"value": "${CCR_SKR_SIDECAR_IMAGE}"}
+    assert "skrSidecarImage" in parsed("main.bicep")["parameters"]

@@ -136,6 +136,22 @@ def test_a_grant_bound_to_another_trainer_group_stops_the_run(stack, scenario_fa
                                     "does not admit this contract's trainer group")
 
 
+def test_a_contract_written_for_another_skr_sidecar_is_refused_before_any_reservation(stack, scenario_factory):
+    """Every party signed and granted, for a group with another SKR sidecar than the platform's
+    (CCR_SKR_SIDECAR_IMAGE): the run stops at its first step, nothing reserved or deployed."""
+    scenario = scenario_factory()
+    scenario.publish_inputs()
+    scenario.create_identities()
+    other = "registry.example/aci/skr@sha256:" + "5e" * 32
+    path = scenario.write_contract(skr_sidecar_image=other)
+    assert json.loads(path.read_text())["workloads"]["training"]["skr_sidecar_image"] == other
+    scenario.sign_and_submit(path)
+    notice = scenario.wait_for_notice(180)
+    record = _assert_failed_before_deploying(stack, scenario, notice, "validating",
+                                             f"the contract was written for SKR sidecar {other}")
+    assert "CCR_SKR_SIDECAR_IMAGE" in notice["reason"] and "reserving_budget" not in record["phases"]
+
+
 def test_trainer_past_its_deadline_is_killed_and_its_group_deleted(stack, scenario_factory):
     scenario = scenario_factory(deadline_seconds=3)
     scenario.publish_inputs()

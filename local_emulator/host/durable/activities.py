@@ -61,6 +61,8 @@ class ActivityWorker:
     async def _run_item(self, item: dict, key: tuple[str, str, int], check: bool) -> None:
         instance_id, execution_id, task_id = key
         record_key = f"{execution_id}-{task_id:06d}"
+        if item.get("Rewind"):   # a rewound task runs again: its failed outcome is recorded under the plain key
+            record_key += f"-r{int(item['Rewind'])}"
         outcome = await self.store.completed_activity(instance_id, record_key) if check else None
         fresh = outcome is None
         if fresh:

@@ -320,16 +320,11 @@ class DurableApi:
         return self._check_status_response(started)
 
     async def rewind(self, request: web.Request, client_encoded: bool) -> web.Response:
-        """The extension's checks (404 unknown, 412 unless Failed), then 501 as it answers for a
-        storage provider without rewind: this host does not rewind (a Failed instance stays as
-        it is; restart it instead)."""
-        instance_id = request.match_info["instance_id"]
-        instance = await self.engine.store.load_state(instance_id)
-        if instance is None:
-            return web.json_response(f'No orchestration with instance ID "{instance_id}" found.', status=404)
-        if instance.status != "Failed":
-            return web.json_response(f'This orchestration has status {instance.status}, but only orchestrations '
-                                     f'in the "Failed" state can be rewound.', status=412)
-        return error_response(501, "Rewind is not supported by the underlying storage provider.",
-                              NotImplementedError("The local host does not implement rewind."),
-                              "System.NotImplementedException")
+        """As HttpApiHandler: 404 unknown, 410 Completed or Terminated, 500 (the client's
+        InvalidOperationException) for an instance that is not Failed, else 202 (rewind.py)."""
+        try:
+            code = await self.engine.rewind(request.match_info["instance_id"], request.query.get("reason", ""))
+        except WrongState as refused:
+            return error_response(500, "Something went wrong while processing your request", refused,
+                                  "System.InvalidOperationException")
+        return web.json_response(None, status=code)

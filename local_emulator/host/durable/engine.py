@@ -31,6 +31,7 @@ from azure.functions import meta
 
 from local_emulator.host.app_loader import FunctionEntry, FunctionIndex
 from local_emulator.host.durable import history as h
+from local_emulator.host.durable import rewind as rewinding
 from local_emulator.host.durable.activities import ActivityWorker
 from local_emulator.host.durable.entities import EntityWorker
 from local_emulator.host.durable.failures import OUT_OF_PROC, failure_details, user_exception
@@ -190,6 +191,19 @@ class DurableEngine:
         """Status codes as raise_event."""
         return await self._send_to_running(instance_id, h.event(h.EXECUTION_TERMINATED, Input=json.dumps(reason)))
 
+    async def rewind(self, instance_id: str, reason: str) -> int:
+        """202 once the request is queued (rewind.py); 404 unknown, 410 Completed or Terminated;
+        WrongState (the extension's InvalidOperationException) unless Failed."""
+        instance = await self.store.load_state(instance_id)
+        if instance is None:
+            return 404
+        if instance.status in ("Completed", "Terminated"):
+            return 410
+        if instance.status != "Failed":
+            raise WrongState("The rewind operation is only supported on failed orchestration instances.")
+        await self.store.send_control(rewinding.request(instance_id, instance.execution_id, reason, h.new_key()))
+        return 202
+
     async def suspend(self, instance_id: str, reason: str | None) -> int:
         """202 accepted, 404 no such instance, 410 finished; NotSuspendable if already suspended."""
         return await self._send_to_running(instance_id, h.event(h.EXECUTION_SUSPENDED, Reason=reason),
@@ -336,6 +350,11 @@ class DurableEngine:
             return  # purged or never created
         instance.redelivered = redelivered
         events = self._new_events(instance, bodies)
+        rewind = next((e for e in events if e["EventType"] == rewinding.REWIND_REQUESTED), None)
+        if rewind is not None:
+            if instance.status == "Failed":   # else applied already (a redelivered request)
+                await self._rewind(instance, rewind)
+            return
         if not events or instance.status in TERMINAL:
             return
         if not instance.history and events[0]["EventType"] != h.EXECUTION_STARTED:
@@ -362,6 +381,49 @@ class DurableEngine:
             await send()
         reset = first_episode or instance.state.get("Episodes", 0) == 0
         await self.store.commit(instance, new_history, reset_history=reset)
+        self._remember(instance)
+
+    async def _rewind(self, instance: Instance, request: dict) -> None:
+        """Rewind a Failed execution (rewind.py): its final failures leave the history, failed
+        activities run again under their task ids, failed sub-orchestrations are rewound, and
+        the orchestrator replays once. All of it in one commit, the sends first (keys fixed by
+        the rewind's number, so a repeat after a crash is dropped by the receivers)."""
+        state, instance_id, execution_id = instance.state, instance.instance_id, instance.execution_id
+        plan = rewinding.plan(instance.history)
+        number = state.get("Rewinds", 0) + 1
+        state.update(Rewinds=number, RuntimeStatus="Running", Output=None, NextId=plan.next_id,
+                     LastUpdatedTime=h.iso(h.utc_now()))
+        instance.history = list(plan.history)
+        new_history = list(plan.history)
+        outbound: list[Callable[[], Awaitable[None]]] = []
+        for scheduled in plan.activities:
+            task_id = scheduled["EventId"]
+            instance.work_items.append({"InstanceId": instance_id, "ExecutionId": execution_id, "TaskId": task_id,
+                                        "Name": scheduled["Name"], "Input": scheduled.get("Input"),
+                                        "Rewind": number, "Key": f"{instance_id}:{execution_id}:{task_id}:r{number}"})
+        for scheduled in plan.unanswered:   # the worker reports a recorded outcome instead of running it
+            task_id = scheduled["EventId"]
+            instance.work_items.append({"InstanceId": instance_id, "ExecutionId": execution_id, "TaskId": task_id,
+                                        "Name": scheduled["Name"], "Input": scheduled.get("Input"),
+                                        "Key": f"{instance_id}:{execution_id}:{task_id}"})
+        for timer in plan.timers:
+            self._send_timer(instance, timer["EventId"], h.parse_iso(timer["FireAt"]), outbound)
+        for child in plan.children:
+            message = rewinding.request(child, None, request.get("Reason") or "",
+                                        f"{instance_id}:{execution_id}:rewind{number}:{child}")
+            # a second later: the child's outcome must find this instance Running (committed below)
+            outbound.append(lambda message=message: self.store.send_control(message, delay_seconds=1))
+        log.info("orchestration %s instance=%s: rewinding %d activities and %d sub-orchestrations", state["Name"],
+                 instance_id, len(plan.activities), len(plan.children))
+        await self._episode(instance, [], new_history, outbound)
+        instance.redelivered = True   # a repeat after a crash sends these again: the worker checks
+        for message in self._work_item_messages(instance):
+            outbound.append(lambda message=message: self.store.send_workitem(message))
+        for send in outbound:
+            await send()
+        fault_points.reached("durable.rewind.before_commit")
+        await self.store.commit(instance, new_history, reset_history=True)
+        fault_points.reached("durable.rewind.after_commit")
         self._remember(instance)
 
     @staticmethod

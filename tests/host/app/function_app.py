@@ -174,6 +174,34 @@ def counter(context: df.DurableOrchestrationContext):
 
 
 @app.orchestration_trigger(context_name="context")
+def rewindable(context: df.DurableOrchestrationContext):
+    """work, then an activity that fails on its first run only, then work: rewound after failing."""
+    tag = context.get_input()["tag"]
+    first = yield context.call_activity("work", {"i": 1, "tag": tag, "sleep": 0})
+    second = yield context.call_activity("fails_once", tag)
+    third = yield context.call_activity("work", {"i": 3, "tag": tag, "sleep": 0})
+    return [first, second, third]
+
+
+@app.orchestration_trigger(context_name="context")
+def rewindable_fan_out(context: df.DurableOrchestrationContext):
+    """Two slow works beside an activity that fails at once: the instance fails before they end."""
+    tag = context.get_input()["tag"]
+    results = yield context.task_all([context.call_activity("work", {"i": i, "tag": tag, "sleep": 1})
+                                      for i in range(2)] + [context.call_activity("fails_once", tag)])
+    return results
+
+
+@app.orchestration_trigger(context_name="context")
+def rewindable_parent(context: df.DurableOrchestrationContext):
+    """work, then `rewindable` as a sub-orchestration: its failure fails this one."""
+    tag = context.get_input()["tag"]
+    before = yield context.call_activity("work", {"i": 0, "tag": tag, "sleep": 0})
+    inner = yield context.call_sub_orchestrator("rewindable", {"tag": tag})
+    return [before, inner]
+
+
+@app.orchestration_trigger(context_name="context")
 def broken(context: df.DurableOrchestrationContext):
     yield context.call_activity("double", 1)
     raise ValueError("orchestrator gave up")
@@ -243,6 +271,14 @@ def flaky(job: dict) -> str:
     if attempts <= job["fail"]:
         raise RuntimeError(f"boom {attempts}")
     return f"ok after {attempts}"
+
+
+@app.activity_trigger(input_name="tag")
+def fails_once(tag: str) -> str:
+    runs = record("once-" + tag, "run")
+    if runs == 1:
+        raise RuntimeError("fails on its first run")
+    return f"ok on run {runs}"
 
 
 @app.activity_trigger(input_name="x")
