@@ -15,7 +15,7 @@ from azure.mgmt.containerinstance.models import ContainerGroup
 from shared import azure_clients, continuation, key_grants, model_states, settings, storage_names, trainer_resources
 from shared.blob_sas import trainer_blob_urls
 from shared.container_group import build_container_group, training_hostdata
-from shared.contract import continued_training, training
+from shared.contract import keeps_model_state, training
 
 # The SAS outlives the run's deadline by this much: the deadline timer starts only once the
 # group is provisioned (confidential ACI can take many minutes, plus activity retries), and
@@ -56,9 +56,10 @@ def trainer_container_group(run: dict, record: dict) -> ContainerGroup:
 
 
 def trainer_keeps(payload: dict, contract_digest: str, run_id: str) -> list[str]:
-    """The blobs the trainer creates for the clean room itself: a continued-training contract's
-    model state and its wrapped data key (shared/model_states.py); none otherwise."""
-    return model_states.paths(contract_digest, run_id) if continued_training(payload) else []
+    """The blobs the trainer creates for the clean room itself: the model state and its wrapped
+    data key of a contract that keeps it (continued training or inference: shared/model_states.py);
+    none otherwise."""
+    return model_states.paths(contract_digest, run_id) if keeps_model_state(payload) else []
 
 
 def _environment(run: dict, record: dict) -> dict[str, str]:
@@ -75,7 +76,7 @@ def _environment(run: dict, record: dict) -> dict[str, str]:
         "CCR_EVENTGRID_TOPIC_URL": settings.require("CCR_EVENTGRID_TOPIC_URL"),
         "CCR_EVENTGRID_KEY": settings.require("CCR_EVENTGRID_KEY"),
     }
-    if continued_training(record["payload"]):  # where the contract's state KEK is (shared/model_states.py)
+    if keeps_model_state(record["payload"]):  # where the contract's state KEK is (shared/model_states.py)
         environment["CCR_KEYVAULT_URL"] = settings.require("CCR_KEYVAULT_URL")
     ca_bundle = settings.ca_bundle()
     if isinstance(ca_bundle, str):

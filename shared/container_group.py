@@ -34,6 +34,10 @@ REGISTRY_REPOSITORY = (r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z
                        r"/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*")
 TRAINER_IMAGE = re.compile(rf"^(?:ccr-trainer|{REGISTRY_REPOSITORY})@(?P<digest>sha256:[0-9a-f]{{64}})$")
 TRAINER_COMMAND = ("python", "-m", "trainer_container")
+# The inference workload: the same image, its own entrypoint (trainer_container/infer.py). The
+# command is in the policy, so an inference group's host data differs from the training group's
+# of the same contract: a grant pins one workload, or both by name (shared/key_grants.py).
+INFERENCE_COMMAND = ("python", "-m", "trainer_container.infer")
 TRAINER_CONTAINER_NAME = "trainer"
 SKR_CONTAINER_NAME = "skr-sidecar"
 SKR_PORT = 8080
@@ -69,25 +73,31 @@ def trainer_image_digest(trainer_image: str) -> str:
     return match.group("digest")
 
 
-def _trainer_template_rules():
+# Both workloads read the same variables: an inference's batch is named by the request document
+# the control plane writes beside the model state (shared/inference_requests.py).
+_WORKLOADS = {"training": (TRAINER_COMMAND, TRAINER_ENV_NAMES), "inference": (INFERENCE_COMMAND, TRAINER_ENV_NAMES)}
+
+
+def _template_rules(env_names: tuple[str, ...]):
     return [string_rule(name, TRAINER_FIXED_ENV[name]) if name in TRAINER_FIXED_ENV else wildcard_rule(name)
-            for name in TRAINER_ENV_NAMES]
+            for name in env_names]
 
 
-def training_policy_template(trainer_image: str) -> str:
+def training_policy_template(trainer_image: str, workload: str = "training") -> str:
     """The group's policy text without any contract rule: trainer (this image's layer, the
-    fixed command, `NAME=.*` rules for run values), SKR sidecar, pause container."""
+    workload's fixed command, `NAME=.*` rules for run values), SKR sidecar, pause container."""
+    command, env_names = _WORKLOADS[workload]
     layer = trainer_image_digest(trainer_image).split(":", 1)[1]
-    trainer = user_container(trainer_image, TRAINER_CONTAINER_NAME, (layer,), TRAINER_COMMAND,
-                             _trainer_template_rules(), TRAINER_IMAGE_ENV, TRAINER_WORKING_DIR, TRAINER_USER)
+    trainer = user_container(trainer_image, TRAINER_CONTAINER_NAME, (layer,), command,
+                             _template_rules(env_names), TRAINER_IMAGE_ENV, TRAINER_WORKING_DIR, TRAINER_USER)
     sidecar = user_container(SKR_SIDECAR_IMAGE, SKR_CONTAINER_NAME, (), SKR_SIDECAR_COMMAND,
                              [string_rule(name, value) for name, value in SKR_SIDECAR_ENV.items()])
     return policy_text([trainer, sidecar, pause_container()])
 
 
-def policy_template_sha256(trainer_image: str) -> str:
-    """sha256 hex of the template text (what a contract pins)."""
-    return hashlib.sha256(training_policy_template(trainer_image).encode("ascii")).hexdigest()
+def policy_template_sha256(trainer_image: str, workload: str = "training") -> str:
+    """sha256 hex of the template text (what a contract pins, per workload)."""
+    return hashlib.sha256(training_policy_template(trainer_image, workload).encode("ascii")).hexdigest()
 
 
 def _checked_digest(contract_digest: str) -> str:
@@ -96,9 +106,9 @@ def _checked_digest(contract_digest: str) -> str:
     return contract_digest
 
 
-def training_cce_policy(trainer_image: str, contract_digest: str) -> str:
-    """Base64 CCE policy of the group that runs this image for this contract."""
-    text = with_required_env(training_policy_template(trainer_image), trainer_image, CONTRACT_DIGEST_ENV,
+def training_cce_policy(trainer_image: str, contract_digest: str, workload: str = "training") -> str:
+    """Base64 CCE policy of the group that runs this image for this contract (and workload)."""
+    text = with_required_env(training_policy_template(trainer_image, workload), trainer_image, CONTRACT_DIGEST_ENV,
                              _checked_digest(contract_digest))
     return base64.b64encode(text.encode("ascii")).decode("ascii")
 
@@ -108,9 +118,14 @@ def training_hostdata(trainer_image: str, contract_digest: str) -> str:
     return hostdata_of(training_cce_policy(trainer_image, contract_digest))
 
 
-def _environment(values: Mapping[str, str]) -> list[EnvironmentVariable]:
+def inference_hostdata(image: str, contract_digest: str) -> str:
+    """The host data of the contract's inference group (its own command: never the training's)."""
+    return hostdata_of(training_cce_policy(image, contract_digest, "inference"))
+
+
+def _environment(values: Mapping[str, str], env_names: tuple[str, ...] = TRAINER_ENV_NAMES) -> list[EnvironmentVariable]:
     from azure.mgmt.containerinstance.models import EnvironmentVariable
-    unknown = sorted(set(values) - set(TRAINER_ENV_NAMES))
+    unknown = sorted(set(values) - set(env_names))
     if unknown:
         raise ValueError(f"environment variables not allowed by the trainer policy: {', '.join(unknown)}")
     variables = []
@@ -125,7 +140,8 @@ def _environment(values: Mapping[str, str]) -> list[EnvironmentVariable]:
 def build_container_group(trainer_image: str, contract_digest: str, environment: Mapping[str, str], location: str,
                           cpu: float = trainer_resources.DEFAULT_CPU,
                           memory_in_gb: float = trainer_resources.DEFAULT_MEMORY_GB,
-                          identity_id: str | None = None, registry: str | None = None) -> ContainerGroup:
+                          identity_id: str | None = None, registry: str | None = None,
+                          workload: str = "training") -> ContainerGroup:
     """Trainer + SKR sidecar, `sku=Confidential` with the contract's CCE policy, no public IP,
     never restarted (a run is one attempt). Secrets go in as secure values. The builder sets
     `CCR_CONTRACT_DIGEST` itself; a caller passing it is refused. `cpu` / `memory_in_gb` are the
@@ -135,7 +151,8 @@ def build_container_group(trainer_image: str, contract_digest: str, environment:
     ACI example, so that identity needs Key Vault Crypto Service Release User on each vault.
     `registry` (`CCR_TRAINER_REGISTRY`, a login server): a trainer image from it is pulled with
     that identity (imageRegistryCredentials `identity`; it needs AcrPull there), never with a
-    password, so the registry can refuse anonymous pulls."""
+    password, so the registry can refuse anonymous pulls. `workload` "inference" runs the
+    inference entrypoint under its own policy (INFERENCE_COMMAND)."""
     from azure.mgmt.containerinstance.models import (ConfidentialComputeProperties, Container, ContainerGroup,
                                                      ContainerGroupIdentity, EnvironmentVariable,
                                                      ImageRegistryCredential, ResourceRequests, ResourceRequirements,
@@ -148,11 +165,12 @@ def build_container_group(trainer_image: str, contract_digest: str, environment:
     pulled_from_registry = bool(registry) and trainer_image.startswith(f"{registry}/")
     if pulled_from_registry and identity_id is None:
         raise ValueError(f"the trainer image comes from {registry}: the group needs an identity to pull it with")
-    cce_policy = training_cce_policy(trainer_image, contract_digest)
+    command, env_names = _WORKLOADS[workload]
+    cce_policy = training_cce_policy(trainer_image, contract_digest, workload)
     environment = {**TRAINER_FIXED_ENV, **environment, CONTRACT_DIGEST_ENV: contract_digest}
     trainer = Container(
-        name=TRAINER_CONTAINER_NAME, image=trainer_image, command=list(TRAINER_COMMAND),
-        environment_variables=_environment(environment),
+        name=TRAINER_CONTAINER_NAME, image=trainer_image, command=list(command),
+        environment_variables=_environment(environment, env_names),
         resources=ResourceRequirements(requests=ResourceRequests(memory_in_gb=memory_in_gb, cpu=cpu)))
     sidecar = Container(
         name=SKR_CONTAINER_NAME, image=SKR_SIDECAR_IMAGE, command=list(SKR_SIDECAR_COMMAND),
