@@ -5,7 +5,8 @@ Claim: a batch is scored only for a party the contract names in `workloads.infer
 only under keys that party granted to this contract's *inference* group, and its predictions are
 readable by that party alone.
 
-- Who uploaded it. A batch lives at `inference-batches/<party name>/<contract id>/<batch>.ccr`.
+- Who uploaded it. A batch lives at `inference-batches/<party name>/<contract digest>/<batch>.ccr`
+  (a contract is its id and its digest: the digest alone names the signed terms).
   A party's only storage credential is a one-blob SAS under its own name (shared/party_sas.py),
   so the name in the path is the uploader, as for datasets and models; the requester is the
   contract's requester whose DID has that name. A path naming anyone else is no request at all:
@@ -42,31 +43,33 @@ from shared import key_grants, storage_names
 INPUT, OUTPUT = "input", "output"
 CONTENT_TYPE = "text/csv"  # a batch is a prepared CSV (trainer_container/inference.py)
 _SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 
 class RequestError(ValueError):
     """An inference request that does not hold (names fields, never values)."""
 
 
-def batch_blob(party: str, contract_id: str, batch: str) -> str:
-    """`<party>/<contract id>/<batch>.ccr` in `inference-batches/`: under the uploader's name."""
-    return f"{party}/{contract_id}/{batch}{storage_names.PACKAGE_SUFFIX}"
+def batch_blob(party: str, contract_digest: str, batch: str) -> str:
+    """`<party>/<contract digest>/<batch>.ccr` in `inference-batches/`: under the uploader's name."""
+    return f"{party}/{contract_digest}/{batch}{storage_names.PACKAGE_SUFFIX}"
 
 
-def batch_path(party: str, contract_id: str, batch: str) -> str:
-    return f"{storage_names.INFERENCE_BATCHES}/{batch_blob(party, contract_id, batch)}"
+def batch_path(party: str, contract_digest: str, batch: str) -> str:
+    return f"{storage_names.INFERENCE_BATCHES}/{batch_blob(party, contract_digest, batch)}"
 
 
 def parse_batch_path(path: str) -> tuple[str, str, str] | None:
-    """(party name, contract id, batch name) of `inference-batches/<party>/<contract>/<batch>.ccr`,
-    else None."""
+    """(party name, contract digest, batch name) of
+    `inference-batches/<party>/<contract digest>/<batch>.ccr`, else None."""
     container, _, name = path.partition("/")
     parts = name.split("/")
     if container != storage_names.INFERENCE_BATCHES or len(parts) != 3 \
             or not parts[2].endswith(storage_names.PACKAGE_SUFFIX):
         return None
-    party, contract_id, batch = parts[0], parts[1], parts[2][:-len(storage_names.PACKAGE_SUFFIX)]
-    return (party, contract_id, batch) if all(_SEGMENT.match(p) for p in (party, contract_id, batch)) else None
+    party, digest, batch = parts[0], parts[1], parts[2][:-len(storage_names.PACKAGE_SUFFIX)]
+    valid = all(_SEGMENT.match(p) for p in (party, batch)) and _DIGEST.match(digest)
+    return (party, digest, batch) if valid else None
 
 
 def requester(payload: dict, party: str) -> str | None:
@@ -114,7 +117,7 @@ def request_path(contract_digest: str, run: str) -> str:
 
 @dataclass(frozen=True)
 class Request:
-    batch: str          # inference-batches/<party>/<contract id>/<batch>.ccr
+    batch: str          # inference-batches/<party>/<contract digest>/<batch>.ccr
     requester: str      # the requester's DID
     model_run_id: str   # the training run whose kept model state is scored with
 
@@ -133,7 +136,7 @@ def checked(document: bytes, payload: dict, contract_digest: str, run: str) -> R
     except (ValueError, TypeError, KeyError):
         raise RequestError("the inference request is not a valid request document") from None
     parsed = parse_batch_path(request.batch) if isinstance(request.batch, str) else None
-    if parsed is None or parsed[1] != payload["contract_id"]:
+    if parsed is None or parsed[1] != contract_digest:
         raise RequestError("the batch is not an inference batch of this contract")
     if requester(payload, parsed[0]) != request.requester or request.requester is None:
         raise RequestError("the batch's uploader is not a requester the contract names")

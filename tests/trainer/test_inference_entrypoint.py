@@ -141,7 +141,7 @@ def _upload_batch(stage, signed, party: str, frame: pd.DataFrame | bytes, name: 
     plain = frame if isinstance(frame, bytes) else frame.to_csv(index=False).encode()
     encrypted = io.BytesIO()
     package.encrypt_stream(io.BytesIO(plain), encrypted, key, key_id, "text/csv", None)
-    path = inference_requests.batch_path(dids.did_name(did), CONTRACT_ID, name)
+    path = inference_requests.batch_path(dids.did_name(did), signed.digest, name)
     stage.blobs.get_blob_client(*path.split("/", 1)).upload_blob(encrypted.getvalue(), overwrite=True)
     return path
 
