@@ -64,7 +64,8 @@ def trained(tmp_path_factory, azurite, did_host):
     for container in (storage_names.MODEL_STATES, storage_names.INFERENCE_BATCHES, storage_names.PREDICTIONS):
         if not stage.blobs.get_container_client(container).exists():
             stage.blobs.create_container(container)
-    payload = stage.contract(_raw_tables(), covid_model.covid_training_config(), covid_model.covid_join_spec())
+    payload = stage.contract(_raw_tables(), covid_model.covid_training_config(epochs=1, batch_size=256),
+                             covid_model.covid_join_spec())  # one short epoch: the model only has to exist
     payload["workloads"]["inference"] = {
         "image": TRAINER_IMAGE, "policy_template_sha256": policy_template_sha256(TRAINER_IMAGE, "inference"),
         "requesters": [stage.identities["tdc"].did, stage.identities[REQUESTER].did], "weights_leave": False,
