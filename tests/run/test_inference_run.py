@@ -6,7 +6,8 @@ The bank grants its inference keys (to the contract's inference group only) and 
 of complete feature rows: its arrival starts one inference run, which restores the kept model in
 a confidential group of its own, and the bank alone fetches and decrypts the predictions, one per
 row of its batch. The run is recorded for every party of the contract to see (who asked, how many
-rows). A batch uploaded by the bureau, which the contract does not name, starts nothing; a batch
+rows); the same batch arriving again starts nothing more. A batch uploaded by the bureau, which
+the contract does not name, starts nothing; a batch
 with a column the model does not take ends with a clear error and no predictions, the batch kept."""
 from __future__ import annotations
 
@@ -36,10 +37,11 @@ ROWS = 2_000
 BATCH_ROWS = 300   # bank customers drawn; the batch is their joined rows (fewer)
 
 
-def _arrival(stack, blob: str, timeout: float = 60) -> str:
+def _arrival(stack, blob: str, timeout: float = 60, nth: int = 1) -> str:
+    """The host's log line answering the `nth` arrival of `blob`."""
     def line():
-        return next((text for text in stack.host.logs().splitlines() if f"inference batch {blob} arrived" in text),
-                    None)
+        lines = [text for text in stack.host.logs().splitlines() if f"inference batch {blob} arrived" in text]
+        return lines[nth - 1] if len(lines) >= nth else None
     return wait_for(line, timeout, what=f"the arrival of {blob}")
 
 
@@ -47,7 +49,8 @@ def _arrival(stack, blob: str, timeout: float = 60) -> str:
 def trained(stack, tmp_path_factory):
     """The contract (bank as requester, weights_leave false) trained once; the bank's keys granted."""
     scenario = LoanScenario(stack, tmp_path_factory.mktemp("loan-inference"), rows=ROWS, seed=41,
-                            contract_id="loan-inference", echo=lambda _: None)
+                            contract_id="loan-inference", echo=lambda _: None,
+                            training_overrides={"epochs": 1})  # the model only has to exist
     try:
         scenario.raw_table("bank")
         scenario.build_trainer_image()
@@ -140,6 +143,14 @@ def test_the_inference_run_is_recorded_for_the_parties_to_see(scored):
     seen = scenario.run_record(submitted["run_id"])           # the TDC (model owner), through the status API
     assert seen["workload"] == "inference" and seen["rows"] == len(pd.read_csv(scenario.workdir / "first.csv"))
     assert seen["requester"] == scenario.identities["bank"]["did"]
+
+
+def test_the_same_batch_arriving_again_starts_nothing_more(stack, scored):
+    scenario, _, submitted, _ = scored
+    blob = _service(stack).get_blob_client(*submitted["batch"].split("/", 1))
+    blob.upload_blob(blob.download_blob().readall(), overwrite=True)   # a second BlobCreated for the path
+    assert "run already exists" in _arrival(stack, submitted["batch"], nth=2)
+    assert groups_created(stack, submitted["run_id"]) == 1
 
 
 def test_a_batch_from_a_party_the_contract_does_not_name_starts_nothing(stack, scored):
