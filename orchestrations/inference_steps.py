@@ -17,7 +17,7 @@ from orchestrations import deployment, run_steps
 from shared import (attested_outcome, azure_clients, inference_requests, key_grants, model_states, settings,
                     storage_names, trainer_resources)
 from shared import contract as contracts
-from shared.blob_sas import trainer_blob_urls
+from shared.blob_sas import blob_location, trainer_blob_urls
 from shared.container_group import build_container_group, inference_hostdata
 from shared.contract_store import split_blob_path
 from shared.package import PackageError, read_header
@@ -144,7 +144,7 @@ def finish_inference(run: dict, outcome: dict) -> dict:
                "status": outcome["status"], "failed_phase": None if outcome["status"] == "succeeded" else outcome.get("phase"),
                "reason": outcome.get("reason"), "requester": request.requester, "batch": request.batch,
                "model_run_id": request.model_run_id,
-               "output_blob": predictions.url.split("?")[0] if outcome["status"] == "succeeded" else None,
+               "output_blob": blob_location(predictions.url) if outcome["status"] == "succeeded" else None,
                **{k: outcome.get(k) for k in ("rows", "batch_commitment", "output_blake3", "model_state_sha256")}}
     RunRecords(azure_clients.blob_service()).finish(run["run_id"], summary)
     return summary

@@ -6,6 +6,8 @@ asking to read another requester's predictions; a requester writing a batch unde
 party's name; the training group or a non-requester granting a requester's inference keys."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from shared import contract as contracts
@@ -134,3 +136,19 @@ def test_only_a_requester_writes_its_inference_grants(inferring):
     for subject in requests_.grant_subjects(inferring, other):  # not a requester: no inference grants at all
         with pytest.raises(party_sas.SasRefused, match="not one of yours"):
             party_sas.check(other, key_grants.grant_path(digest, subject.subject), "create", inferring)
+
+
+@pytest.mark.parametrize("command", ["grant", "submit", "fetch"])
+def test_ccr_infer_refuses_a_caller_the_contract_does_not_name(inferring, tmp_path, capsys, command):
+    from ccr.cli import main
+    contract = tmp_path / "contract.json"
+    contract.write_text(json.dumps(inferring))
+    (tmp_path / "batch.csv").write_text("row_id,x\n1,2\n")
+    extra = {"grant": [], "submit": ["--input", str(tmp_path / "batch.csv"), "--batch", "b1"],
+             "fetch": ["--run-id", "run-0123456789abcdef", "--out", str(tmp_path / "p.csv")]}[command]
+    outsider = inferring["tdps"][1]["did"]
+    code = main(["infer", command, "--contract", str(contract), "--did", outsider, "--keys-dir", str(tmp_path / "k"),
+                 *extra])
+    assert code == 1
+    assert f"does not name {outsider} as an inference requester" in capsys.readouterr().err
+    assert not (tmp_path / "k").exists() and not (tmp_path / "p.csv").exists()   # no key made, nothing written

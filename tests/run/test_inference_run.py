@@ -1,6 +1,6 @@
 """Confidential batch inference on the loan scenario, end to end on one stack.
 
-The contract names the bank as the only inference requester and forbids the weights to leave:
+The contract names the bank (and the TDC) as inference requesters and forbids the weights to leave:
 the training run gives the TDC its metrics and privacy report only, and keeps the model inside.
 The bank grants its inference keys (to the contract's inference group only) and uploads a batch
 of complete feature rows: its arrival starts one inference run, which restores the kept model in
@@ -47,7 +47,8 @@ def _arrival(stack, blob: str, timeout: float = 60, nth: int = 1) -> str:
 
 @pytest.fixture(scope="module")
 def trained(stack, tmp_path_factory):
-    """The contract (bank as requester, weights_leave false) trained once; the bank's keys granted."""
+    """The contract (bank and TDC as requesters, weights_leave false) trained once; the bank's
+    inference keys granted (the TDC's never)."""
     scenario = LoanScenario(stack, tmp_path_factory.mktemp("loan-inference"), rows=ROWS, seed=41,
                             contract_id="loan-inference", echo=lambda _: None,
                             training_overrides={"epochs": 1})  # the model only has to exist
@@ -61,7 +62,8 @@ def trained(stack, tmp_path_factory):
         payload["workloads"]["inference"] = {
             "image": scenario.trainer_image,
             "policy_template_sha256": policy_template_sha256(scenario.trainer_image, "inference"),
-            "requesters": [scenario.identities["bank"]["did"]], "weights_leave": False,
+            "requesters": [scenario.identities["bank"]["did"], scenario.identities["tdc"]["did"]],
+            "weights_leave": False,
             "deadline_seconds": 300, "max_rows": 1_000}
         contract.write_text(json.dumps(payload, indent=2))
         scenario.sign_and_submit(contract)
@@ -85,9 +87,9 @@ def _batch(scenario, name: str, rows: int = BATCH_ROWS, seed: int = 5, **extra) 
     return path
 
 
-def _submit(scenario, contract: Path, name: str, **extra) -> dict:
+def _submit(scenario, contract: Path, name: str, party: str = "bank", **extra) -> dict:
     return scenario.ccr("infer", "submit", "--contract", str(contract), "--input", str(_batch(scenario, name, **extra)),
-                        "--batch", name, "--keys-dir", str(scenario.keys_dir("bank")), party="bank")
+                        "--batch", name, "--keys-dir", str(scenario.keys_dir(party)), party=party)
 
 
 def _finished(stack, run_id: str, timeout: float = 180) -> dict:
@@ -170,6 +172,17 @@ def test_a_batch_from_a_party_the_contract_does_not_name_starts_nothing(stack, s
     assert not _service(stack).get_blob_client(*inference_requests.predictions_path(run_id).split("/", 1)).exists()
     refusal = json.loads(_blob(stack, f"{storage_names.RUNS}/{refusal_name(path)}"))
     assert refusal["started"] is False and "not a requester" in refusal["reason"]
+
+
+def test_a_requester_that_granted_no_inference_keys_gets_nothing_deployed(stack, scored):
+    """The TDC is a named requester too, but never ran `ccr infer grant`: its batch is admitted,
+    and the run fails at the grants, before any container group exists."""
+    scenario, contract, _, _ = scored
+    submitted = _submit(scenario, contract, "ungranted", party="tdc")
+    record = _finished(stack, submitted["run_id"])
+    assert record["status"] == "failed" and record["failed_phase"] == "gathering_key_grants"
+    assert "no key grant for inference input key of" in record["reason"]
+    assert groups_created(stack, submitted["run_id"]) == 0
 
 
 def test_a_bad_batch_ends_with_a_clear_error_no_output_and_the_batch_kept(stack, scored):
