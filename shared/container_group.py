@@ -73,23 +73,23 @@ def trainer_image_digest(trainer_image: str) -> str:
     return match.group("digest")
 
 
-# Both workloads read the same variables: an inference's batch is named by the request document
-# the control plane writes beside the model state (shared/inference_requests.py).
-_WORKLOADS = {"training": (TRAINER_COMMAND, TRAINER_ENV_NAMES), "inference": (INFERENCE_COMMAND, TRAINER_ENV_NAMES)}
+# Both workloads read the same variables (an inference's batch is named by the request document
+# the control plane writes beside the model state: shared/inference_requests.py); only the
+# command differs.
+WORKLOAD_COMMANDS = {"training": TRAINER_COMMAND, "inference": INFERENCE_COMMAND}
 
 
-def _template_rules(env_names: tuple[str, ...]):
+def _trainer_template_rules():
     return [string_rule(name, TRAINER_FIXED_ENV[name]) if name in TRAINER_FIXED_ENV else wildcard_rule(name)
-            for name in env_names]
+            for name in TRAINER_ENV_NAMES]
 
 
 def training_policy_template(trainer_image: str, workload: str = "training") -> str:
     """The group's policy text without any contract rule: trainer (this image's layer, the
     workload's fixed command, `NAME=.*` rules for run values), SKR sidecar, pause container."""
-    command, env_names = _WORKLOADS[workload]
     layer = trainer_image_digest(trainer_image).split(":", 1)[1]
-    trainer = user_container(trainer_image, TRAINER_CONTAINER_NAME, (layer,), command,
-                             _template_rules(env_names), TRAINER_IMAGE_ENV, TRAINER_WORKING_DIR, TRAINER_USER)
+    trainer = user_container(trainer_image, TRAINER_CONTAINER_NAME, (layer,), WORKLOAD_COMMANDS[workload],
+                             _trainer_template_rules(), TRAINER_IMAGE_ENV, TRAINER_WORKING_DIR, TRAINER_USER)
     sidecar = user_container(SKR_SIDECAR_IMAGE, SKR_CONTAINER_NAME, (), SKR_SIDECAR_COMMAND,
                              [string_rule(name, value) for name, value in SKR_SIDECAR_ENV.items()])
     return policy_text([trainer, sidecar, pause_container()])
@@ -123,9 +123,9 @@ def inference_hostdata(image: str, contract_digest: str) -> str:
     return hostdata_of(training_cce_policy(image, contract_digest, "inference"))
 
 
-def _environment(values: Mapping[str, str], env_names: tuple[str, ...] = TRAINER_ENV_NAMES) -> list[EnvironmentVariable]:
+def _environment(values: Mapping[str, str]) -> list[EnvironmentVariable]:
     from azure.mgmt.containerinstance.models import EnvironmentVariable
-    unknown = sorted(set(values) - set(env_names))
+    unknown = sorted(set(values) - set(TRAINER_ENV_NAMES))
     if unknown:
         raise ValueError(f"environment variables not allowed by the trainer policy: {', '.join(unknown)}")
     variables = []
@@ -165,12 +165,11 @@ def build_container_group(trainer_image: str, contract_digest: str, environment:
     pulled_from_registry = bool(registry) and trainer_image.startswith(f"{registry}/")
     if pulled_from_registry and identity_id is None:
         raise ValueError(f"the trainer image comes from {registry}: the group needs an identity to pull it with")
-    command, env_names = _WORKLOADS[workload]
     cce_policy = training_cce_policy(trainer_image, contract_digest, workload)
     environment = {**TRAINER_FIXED_ENV, **environment, CONTRACT_DIGEST_ENV: contract_digest}
     trainer = Container(
-        name=TRAINER_CONTAINER_NAME, image=trainer_image, command=list(command),
-        environment_variables=_environment(environment, env_names),
+        name=TRAINER_CONTAINER_NAME, image=trainer_image, command=list(WORKLOAD_COMMANDS[workload]),
+        environment_variables=_environment(environment),
         resources=ResourceRequirements(requests=ResourceRequests(memory_in_gb=memory_in_gb, cpu=cpu)))
     sidecar = Container(
         name=SKR_CONTAINER_NAME, image=SKR_SIDECAR_IMAGE, command=list(SKR_SIDECAR_COMMAND),

@@ -152,3 +152,15 @@ def test_ccr_infer_refuses_a_caller_the_contract_does_not_name(inferring, tmp_pa
     assert code == 1
     assert f"does not name {outsider} as an inference requester" in capsys.readouterr().err
     assert not (tmp_path / "k").exists() and not (tmp_path / "p.csv").exists()   # no key made, nothing written
+
+
+def test_the_inference_group_runs_its_own_command_under_its_own_policy():
+    from shared.cce_policy import hostdata_of, policy_containers
+    from shared.container_group import INFERENCE_COMMAND, TRAINER_COMMAND, build_container_group
+    group = build_container_group(IMAGE, DIGEST, {"CCR_RUN_ID": "run-0123456789abcdef"}, "westeurope",
+                                  workload="inference")
+    policy = group.confidential_compute_properties.cce_policy
+    assert group.containers[0].command == list(INFERENCE_COMMAND)
+    assert hostdata_of(policy) == inference_hostdata(IMAGE, DIGEST)
+    commands = {container.command for container in policy_containers(policy)}
+    assert INFERENCE_COMMAND in commands and TRAINER_COMMAND not in commands  # the policy admits no training
