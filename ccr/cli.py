@@ -19,7 +19,7 @@ import sys
 from ccr.common import CliError
 from ccr.output import FORMATS, chosen
 
-GROUPS = ["ccr.tdp", "ccr.tdc", "ccr.keys", "ccr.contract", "ccr.runs", "ccr.events", "ccr.page", "ccr.profile",
+GROUPS = ["ccr.tdp", "ccr.tdc", "ccr.infer", "ccr.keys", "ccr.contract", "ccr.runs", "ccr.events", "ccr.page", "ccr.profile",
           "ccr.completion"]
 # urllib3 quotes the request URL in connection errors; with a SAS connection string it holds sig=
 _SAS_SIGNATURE = re.compile(r"(?i)\b(sig=)[^&\s'\"]+")

@@ -20,7 +20,7 @@ from functions.http_responses import error, json_response
 from orchestrations.admission import start_run_if_ready
 from shared import azure_clients, telemetry
 from orchestrations.state_key import ensure_state_kek
-from shared.contract import ContractError, continued_training, verify_contract
+from shared.contract import ContractError, keeps_model_state, verify_contract
 from shared.contract_store import ContractStore
 from shared.run_records import run_id_for
 
@@ -60,7 +60,7 @@ async def contract_webhook(req: func.HttpRequest, client: df.DurableOrchestratio
         contract_id, digest = record["contract_id"], record["digest"]
         if new:
             log.info("accepted contract %s@%s (ledger seqno %s)", contract_id, digest[:12], seqno)
-        if continued_training(record["payload"]):
+        if keeps_model_state(record["payload"]):
             try:
                 await asyncio.to_thread(ensure_state_kek, record["payload"], digest)
             except Exception as problem:  # the ledger retries: the run starts once the key is there

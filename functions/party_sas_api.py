@@ -25,8 +25,9 @@ def party_sas_url(req: func.HttpRequest) -> func.HttpResponse:
         did = calling_party(req)
         body = json_body(req)
         service = azure_clients.blob_service()
+        runs = PartyRuns(service)
         path = party_sas.check(did, body.get("blob"), body.get("permission"), body.get("contract"),
-                               PartyRuns(service).tdc_of_run)
+                               runs.tdc_of_run, runs.requester_of_run)
     except PartyAuthError as problem:
         return refused(problem)
     except BadRequest as problem:

@@ -2,8 +2,9 @@
 // postdeploy hook in azure.yaml: a function's webhook needs the system key the host creates
 // when it indexes the blob triggers).
 //
-// - BlobCreated in datasets/ and models/ (the storage account's system topic) to the blob
-//   triggers dataset_arrived and model_arrived (functions/input_arrivals.py), which on Flex
+// - BlobCreated in datasets/, models/ and inference-batches/ (the storage account's system topic) to the blob
+//   triggers dataset_arrived and model_arrived (functions/input_arrivals.py) and
+//   inference_batch_arrived (functions/inference_arrivals.py), which on Flex
 //   Consumption take their events from Event Grid: the blobs extension's webhook with its key.
 // - CCR.Trainer.Completed / .Failed / .Progress on the run topic to the Event Grid trigger trainer_finished
 //   (functions/completion_events.py).
@@ -67,6 +68,30 @@ resource modelsArrived 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022
         'Microsoft.Storage.BlobCreated'
       ]
       subjectBeginsWith: '/blobServices/default/containers/models/'
+    }
+    eventDeliverySchema: 'EventGridSchema'
+    retryPolicy: {
+      maxDeliveryAttempts: 30
+      eventTimeToLiveInMinutes: 1440
+    }
+  }
+}
+
+resource inferenceBatchesArrived 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022-06-15' = {
+  parent: blobEvents
+  name: 'ccr-inference-batches-arrived'
+  properties: {
+    destination: {
+      endpointType: 'WebHook'
+      properties: {
+        endpointUrl: '${blobsWebhook}?functionName=Host.Functions.inference_batch_arrived&code=${blobsExtensionKey}'
+      }
+    }
+    filter: {
+      includedEventTypes: [
+        'Microsoft.Storage.BlobCreated'
+      ]
+      subjectBeginsWith: '/blobServices/default/containers/inference-batches/'
     }
     eventDeliverySchema: 'EventGridSchema'
     retryPolicy: {

@@ -221,7 +221,7 @@ class Stack:
 
     def _subscribe_host(self) -> None:
         """The subscriptions infra/subscriptions.bicep creates: completion and progress events to the host's
-        Event Grid trigger; BlobCreated in datasets/ and models/ (the storage account's system
+        Event Grid trigger; BlobCreated in datasets/, models/ and inference-batches/ (the storage account's system
         topic) to the blob triggers' webhook with the blobs_extension key."""
         endpoint = (f"{self.host.url}/runtime/webhooks/eventgrid?functionName=trainer_finished"
                     f"&code={self.settings['CCR_EVENTGRID_SYSTEM_KEY']}")
@@ -230,7 +230,9 @@ class Stack:
                                                         events.TRAINER_PROGRESS])
         self.eventgrid.create_system_topic(STORAGE_TOPIC)
         for name, container, function in (("ccr-datasets-arrived", storage_names.DATASETS, "dataset_arrived"),
-                                          ("ccr-models-arrived", storage_names.MODELS, "model_arrived")):
+                                          ("ccr-models-arrived", storage_names.MODELS, "model_arrived"),
+                                          ("ccr-inference-batches-arrived", storage_names.INFERENCE_BATCHES,
+                                           "inference_batch_arrived")):
             webhook = (f"{self.host.url}/runtime/webhooks/blobs?functionName=Host.Functions.{function}"
                        f"&code={self.settings['CCR_BLOBS_EXTENSION_KEY']}")
             self.eventgrid.create_subscription(STORAGE_TOPIC, name, webhook, event_types=[BLOB_CREATED],

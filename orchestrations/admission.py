@@ -69,10 +69,12 @@ async def start_run_if_ready(client: df.DurableOrchestrationClient, contract_id:
         return await start_claimed(client, claim["run"], claim["created"])
 
 
-async def start_claimed(client: df.DurableOrchestrationClient, run: dict, created: bool) -> dict:
+async def start_claimed(client: df.DurableOrchestrationClient, run: dict, created: bool,
+                        orchestrator: str = "ccr_run") -> dict:
     """Start the orchestration of a run whose record exists (`created`: this caller wrote it),
     unless it exists or appears within its starter's grace; report what happened. Continued
-    runs (orchestrations/continued_admission.py) are started the same way."""
+    runs (orchestrations/continued_admission.py) and inference runs (`orchestrator`
+    "ccr_inference": orchestrations/inference_admission.py) are started the same way."""
     with telemetry.run_context(run):
         exists = {"run_id": run["run_id"], "started": False, "reason": "run already exists"}
         if created:
@@ -83,7 +85,7 @@ async def start_claimed(client: df.DurableOrchestrationClient, run: dict, create
                 return exists
             log.warning("run %s was claimed but never started: starting it", run["run_id"])
         try:
-            await client.start_new("ccr_run", run["run_id"], run)
+            await client.start_new(orchestrator, run["run_id"], run)
         except Exception:
             if await _orchestration_exists(client, run["run_id"]):
                 return exists  # another caller started it meanwhile

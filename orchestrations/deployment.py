@@ -20,7 +20,7 @@ from shared import (azure_clients, continuation, key_grants, model_states, setti
                     trainer_resources)
 from shared.blob_sas import trainer_blob_urls
 from shared.container_group import build_container_group, policy_template_sha256, training_hostdata
-from shared.contract import continued_training, training, training_sidecar
+from shared.contract import inference, keeps_model_state, training, training_sidecar
 
 # The SAS outlives the run's deadline by this much: the deadline timer starts only once the
 # group is provisioned (confidential ACI can take many minutes, plus activity retries), and
@@ -37,24 +37,25 @@ def hostdata(payload: dict, contract_digest: str) -> str:
     return training_hostdata(training(payload)["image"], contract_digest, training_sidecar(payload))
 
 
-def policy_problem(payload: dict) -> str | None:
-    """Why this deployment cannot run the trainer group the contract pins, or None: the contract
-    was written for another SKR sidecar than `CCR_SKR_SIDECAR_IMAGE`, or its
-    policy_template_sha256 is not the template of its image and sidecar (the parties would have
-    granted keys to host data no group of ours reports)."""
+def policy_problem(payload: dict, workload: str = "training") -> str | None:
+    """Why this deployment cannot run the contract's `workload` group as the contract pins it,
+    or None: the contract was written for another SKR sidecar than `CCR_SKR_SIDECAR_IMAGE` (both
+    its groups run the training workload's), or the workload's policy_template_sha256 is not the
+    template of its image and sidecar (the parties would have granted keys to host data no group
+    of ours reports)."""
     try:
         configured = skr_sidecar.configured()
     except skr_sidecar.SidecarError as error:
         return str(error)
-    workload = training(payload)
     if training_sidecar(payload) != configured:
         return (f"the contract was written for SKR sidecar {training_sidecar(payload).image}, but this deployment "
                 f"runs {configured.image} ({skr_sidecar.SIDECAR_IMAGE_SETTING}): write the contract with "
                 "`ccr contract new` under the same setting, or set it to the contract's sidecar")
-    if workload["policy_template_sha256"] != policy_template_sha256(workload["image"], configured):
-        return (f"the contract's policy_template_sha256 is not the policy template of its trainer image with SKR "
-                f"sidecar {configured.image} ({skr_sidecar.SIDECAR_IMAGE_SETTING}): no group this deployment runs "
-                "would match it")
+    terms = training(payload) if workload == "training" else inference(payload)
+    if terms["policy_template_sha256"] != policy_template_sha256(terms["image"], configured, workload):
+        return (f"the contract's {workload} policy_template_sha256 is not the policy template of its image with "
+                f"SKR sidecar {configured.image} ({skr_sidecar.SIDECAR_IMAGE_SETTING}): no group this deployment "
+                "runs would match it")
     return None
 
 
@@ -79,21 +80,23 @@ def trainer_container_group(run: dict, record: dict) -> ContainerGroup:
                                  settings.get("CCR_LOCATION", "westeurope"), cpu=cpu, memory_in_gb=memory_gb,
                                  identity_id=settings.get("CCR_TRAINER_IDENTITY_ID") or None,
                                  registry=settings.get("CCR_TRAINER_REGISTRY") or None,
-                                 sidecar=_checked_sidecar(payload))
+                                 sidecar=checked_sidecar(payload))
 
 
-def _checked_sidecar(payload: dict) -> skr_sidecar.SidecarSpec:
-    """The configured sidecar, which must be the contract's (`validate_inputs` checked it first)."""
-    reason = policy_problem(payload)
+def checked_sidecar(payload: dict, workload: str = "training") -> skr_sidecar.SidecarSpec:
+    """The configured sidecar, which must be the contract's (checked first: `validate_inputs`,
+    `gather_inference_grants`)."""
+    reason = policy_problem(payload, workload)
     if reason:
         raise skr_sidecar.SidecarError(reason)
     return skr_sidecar.configured()
 
 
 def trainer_keeps(payload: dict, contract_digest: str, run_id: str) -> list[str]:
-    """The blobs the trainer creates for the clean room itself: a continued-training contract's
-    model state and its wrapped data key (shared/model_states.py); none otherwise."""
-    return model_states.paths(contract_digest, run_id) if continued_training(payload) else []
+    """The blobs the trainer creates for the clean room itself: the model state and its wrapped
+    data key of a contract that keeps it (continued training or inference: shared/model_states.py);
+    none otherwise."""
+    return model_states.paths(contract_digest, run_id) if keeps_model_state(payload) else []
 
 
 def _environment(run: dict, record: dict) -> dict[str, str]:
@@ -110,7 +113,7 @@ def _environment(run: dict, record: dict) -> dict[str, str]:
         "CCR_EVENTGRID_TOPIC_URL": settings.require("CCR_EVENTGRID_TOPIC_URL"),
         "CCR_EVENTGRID_KEY": settings.require("CCR_EVENTGRID_KEY"),
     }
-    if continued_training(record["payload"]):  # where the contract's state KEK is (shared/model_states.py)
+    if keeps_model_state(record["payload"]):  # where the contract's state KEK is (shared/model_states.py)
         environment["CCR_KEYVAULT_URL"] = settings.require("CCR_KEYVAULT_URL")
     ca_bundle = settings.ca_bundle()
     if isinstance(ca_bundle, str):

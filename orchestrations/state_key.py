@@ -1,4 +1,5 @@
-"""The control plane's one key act: the state KEK of a contract that allows continued training,
+"""The control plane's one key act: the state KEK of a contract that keeps its model state
+(continued training, or an inference workload: shared/contract.py `keeps_model_state`),
 created when the contract is accepted (shared/model_states.py says why here and not by a party).
 
 Created once, idempotently (the ledger may deliver a contract again): an existing KEK of that
@@ -19,9 +20,9 @@ class StateKeyError(RuntimeError):
 
 def ensure_state_kek(payload: dict, contract_digest: str) -> str:
     """Create the contract's state KEK in the control plane's vault (RSA-HSM, exportable, immutable
-    release policy admitting only this contract's trainer group) unless it exists; its name."""
+    release policy admitting only this contract's trainer group, and its inference group if any) unless it exists; its name."""
     name = model_states.kek_name(contract_digest)
-    policy = key_grants.kek_release_policy(settings.require("CCR_MAA_URL"), payload, contract_digest)
+    policy = key_grants.state_release_policy(settings.require("CCR_MAA_URL"), payload, contract_digest)
     with azure_clients.key_client() as vault:
         try:
             key = vault.get_key(name)

@@ -37,6 +37,10 @@ REGISTRY_REPOSITORY = (r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z
                        r"/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*")
 TRAINER_IMAGE = re.compile(rf"^(?:ccr-trainer|{REGISTRY_REPOSITORY})@(?P<digest>sha256:[0-9a-f]{{64}})$")
 TRAINER_COMMAND = ("python", "-m", "trainer_container")
+# The inference workload: the same image, its own entrypoint (trainer_container/infer.py). The
+# command is in the policy, so an inference group's host data differs from the training group's
+# of the same contract: a grant pins one workload, or both by name (shared/key_grants.py).
+INFERENCE_COMMAND = ("python", "-m", "trainer_container.infer")
 TRAINER_CONTAINER_NAME = "trainer"
 SKR_CONTAINER_NAME = "skr-sidecar"
 SKR_URL_IN_GROUP = f"http://localhost:{SKR_PORT}"
@@ -70,26 +74,34 @@ def trainer_image_digest(trainer_image: str) -> str:
     return match.group("digest")
 
 
+# Both workloads read the same variables (an inference's batch is named by the request document
+# the control plane writes beside the model state: shared/inference_requests.py); only the
+# command differs.
+WORKLOAD_COMMANDS = {"training": TRAINER_COMMAND, "inference": INFERENCE_COMMAND}
+
+
 def _trainer_template_rules():
     return [string_rule(name, TRAINER_FIXED_ENV[name]) if name in TRAINER_FIXED_ENV else wildcard_rule(name)
             for name in TRAINER_ENV_NAMES]
 
 
-def training_policy_template(trainer_image: str, sidecar: SidecarSpec = DEFAULT_SIDECAR) -> str:
+def training_policy_template(trainer_image: str, sidecar: SidecarSpec = DEFAULT_SIDECAR,
+                             workload: str = "training") -> str:
     """The group's policy text without any contract rule: trainer (this image's layer, the
-    fixed command, `NAME=.*` rules for run values), SKR sidecar (its image, command and
-    environment), pause container."""
+    workload's fixed command, `NAME=.*` rules for run values), SKR sidecar (its image, command
+    and environment), pause container."""
     layer = trainer_image_digest(trainer_image).split(":", 1)[1]
-    trainer = user_container(trainer_image, TRAINER_CONTAINER_NAME, (layer,), TRAINER_COMMAND,
+    trainer = user_container(trainer_image, TRAINER_CONTAINER_NAME, (layer,), WORKLOAD_COMMANDS[workload],
                              _trainer_template_rules(), TRAINER_IMAGE_ENV, TRAINER_WORKING_DIR, TRAINER_USER)
     skr = user_container(sidecar.image, SKR_CONTAINER_NAME, (), sidecar.command,
                          [string_rule(name, value) for name, value in sidecar.environment])
     return policy_text([trainer, skr, pause_container()])
 
 
-def policy_template_sha256(trainer_image: str, sidecar: SidecarSpec = DEFAULT_SIDECAR) -> str:
-    """sha256 hex of the template text (what a contract pins)."""
-    return hashlib.sha256(training_policy_template(trainer_image, sidecar).encode("ascii")).hexdigest()
+def policy_template_sha256(trainer_image: str, sidecar: SidecarSpec = DEFAULT_SIDECAR,
+                           workload: str = "training") -> str:
+    """sha256 hex of the template text (what a contract pins, per workload)."""
+    return hashlib.sha256(training_policy_template(trainer_image, sidecar, workload).encode("ascii")).hexdigest()
 
 
 def _checked_digest(contract_digest: str) -> str:
@@ -98,9 +110,11 @@ def _checked_digest(contract_digest: str) -> str:
     return contract_digest
 
 
-def training_cce_policy(trainer_image: str, contract_digest: str, sidecar: SidecarSpec = DEFAULT_SIDECAR) -> str:
-    """Base64 CCE policy of the group that runs this image for this contract."""
-    text = with_required_env(training_policy_template(trainer_image, sidecar), trainer_image, CONTRACT_DIGEST_ENV,
+def training_cce_policy(trainer_image: str, contract_digest: str, sidecar: SidecarSpec = DEFAULT_SIDECAR,
+                        workload: str = "training") -> str:
+    """Base64 CCE policy of the group that runs this image for this contract (and workload)."""
+    text = with_required_env(training_policy_template(trainer_image, sidecar, workload), trainer_image,
+                             CONTRACT_DIGEST_ENV,
                              _checked_digest(contract_digest))
     return base64.b64encode(text.encode("ascii")).decode("ascii")
 
@@ -108,6 +122,11 @@ def training_cce_policy(trainer_image: str, contract_digest: str, sidecar: Sidec
 def training_hostdata(trainer_image: str, contract_digest: str, sidecar: SidecarSpec = DEFAULT_SIDECAR) -> str:
     """The host data SEV-SNP reports for that group: what key release policies pin."""
     return hostdata_of(training_cce_policy(trainer_image, contract_digest, sidecar))
+
+
+def inference_hostdata(image: str, contract_digest: str, sidecar: SidecarSpec = DEFAULT_SIDECAR) -> str:
+    """The host data of the contract's inference group (its own command: never the training's)."""
+    return hostdata_of(training_cce_policy(image, contract_digest, sidecar, "inference"))
 
 
 def _environment(values: Mapping[str, str]) -> list[EnvironmentVariable]:
@@ -128,7 +147,7 @@ def build_container_group(trainer_image: str, contract_digest: str, environment:
                           cpu: float = trainer_resources.DEFAULT_CPU,
                           memory_in_gb: float = trainer_resources.DEFAULT_MEMORY_GB,
                           identity_id: str | None = None, registry: str | None = None,
-                          sidecar: SidecarSpec = DEFAULT_SIDECAR) -> ContainerGroup:
+                          sidecar: SidecarSpec = DEFAULT_SIDECAR, workload: str = "training") -> ContainerGroup:
     """Trainer + SKR sidecar, `sku=Confidential` with the contract's CCE policy, no public IP,
     never restarted (a run is one attempt). Secrets go in as secure values. The builder sets
     `CCR_CONTRACT_DIGEST` itself; a caller passing it is refused. `cpu` / `memory_in_gb` are the
@@ -139,7 +158,8 @@ def build_container_group(trainer_image: str, contract_digest: str, environment:
     `registry` (`CCR_TRAINER_REGISTRY`, a login server): a trainer image from it is pulled with
     that identity (imageRegistryCredentials `identity`; it needs AcrPull there), never with a
     password, so the registry can refuse anonymous pulls. `sidecar`: the SKR sidecar container,
-    the same spec the policy names."""
+    the same spec the policy names. `workload` "inference" runs the inference entrypoint under
+    its own policy (INFERENCE_COMMAND)."""
     from azure.mgmt.containerinstance.models import (ConfidentialComputeProperties, Container, ContainerGroup,
                                                      ContainerGroupIdentity, EnvironmentVariable,
                                                      ImageRegistryCredential, ResourceRequests, ResourceRequirements,
@@ -152,10 +172,10 @@ def build_container_group(trainer_image: str, contract_digest: str, environment:
     pulled_from_registry = bool(registry) and trainer_image.startswith(f"{registry}/")
     if pulled_from_registry and identity_id is None:
         raise ValueError(f"the trainer image comes from {registry}: the group needs an identity to pull it with")
-    cce_policy = training_cce_policy(trainer_image, contract_digest, sidecar)
+    cce_policy = training_cce_policy(trainer_image, contract_digest, sidecar, workload)
     environment = {**TRAINER_FIXED_ENV, **environment, CONTRACT_DIGEST_ENV: contract_digest}
     trainer = Container(
-        name=TRAINER_CONTAINER_NAME, image=trainer_image, command=list(TRAINER_COMMAND),
+        name=TRAINER_CONTAINER_NAME, image=trainer_image, command=list(WORKLOAD_COMMANDS[workload]),
         environment_variables=_environment(environment),
         resources=ResourceRequirements(requests=ResourceRequests(memory_in_gb=memory_in_gb, cpu=cpu)))
     sidecar = Container(

@@ -389,6 +389,20 @@ def inference(payload: dict) -> dict | None:
     return {"feature_sources": [], "threshold": DEFAULT_THRESHOLD, **workload}
 
 
+def keeps_model_state(payload: dict) -> bool:
+    """Whether a run keeps its trained model inside the clean room (shared/model_states.py): for
+    continued training, or for an inference workload to restore it (never from the TDC)."""
+    return continued_training(payload) or ((payload.get("workloads") or {}).get("inference") is not None)
+
+
+def weights_leave(payload: dict) -> bool:
+    """Whether the TDC's output carries the trained model's weights: yes unless the contract's
+    inference workload says `weights_leave: false` (the model owner lets parties query the model
+    inside the clean room without anyone holding its weights)."""
+    workload = (payload.get("workloads") or {}).get("inference")
+    return workload is None or workload.get("weights_leave") is not False
+
+
 def datasets(payload: dict) -> list[tuple[str, dict]]:
     """(provider DID, dataset entry) for every dataset of the contract, in order."""
     return [(tdp["did"], dataset) for tdp in payload["tdps"] for dataset in tdp["datasets"]]

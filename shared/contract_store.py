@@ -3,7 +3,8 @@
 is another contract with its own run and blocks nothing; a replay of the same signed contract
 finds the stored record. Each input blob is indexed to the contracts that name it, since one
 upload may serve many contracts; a contract allowing continued training is also indexed by each
-of its datasets (provider name and dataset name), where a later version of it arrives."""
+of its datasets (provider name and dataset name), where a later version of it arrives; one with
+an inference workload by its digest, which its requesters' batch paths name."""
 from __future__ import annotations
 
 import hashlib
@@ -57,6 +58,8 @@ class ContractStore:
         if existing is None:
             for item in contract_inputs(payload):
                 self._blobs.create(_index_name(item["blob"], key), {})
+            if contracts.inference(payload) is not None:  # its requesters' batches name it by digest
+                self._blobs.create(_inferring_name(digest, key), {})
             if contracts.continued_training(payload):  # a later version of its datasets may continue it
                 for did, dataset in contracts.datasets(payload):
                     self._blobs.create(_continuing_name(did_name(did), dataset["name"], key), {})
@@ -76,12 +79,22 @@ class ContractStore:
         prefix = _continuing_name(party, dataset, "")
         return [split_contract_key(name[len(prefix):]) for name, _ in self._blobs.list(prefix)]
 
+    def inferring(self, digest: str) -> list[tuple[str, str]]:
+        """(contract_id, digest) of the accepted contract with this digest that has an inference
+        workload (none or one: the digest names the terms, the id is among them)."""
+        prefix = _inferring_name(digest, "")
+        return [split_contract_key(name[len(prefix):]) for name, _ in self._blobs.list(prefix)]
+
     def get(self, contract_id: str, digest: str) -> dict | None:
         return self._blobs.get(f"{contract_key(contract_id, digest)}.json")
 
 
 def _continuing_name(party: str, dataset: str, key: str) -> str:
     return f"continuing/{hashlib.sha256(f'{party}/{dataset}'.encode()).hexdigest()}/{key}"
+
+
+def _inferring_name(digest: str, key: str) -> str:
+    return f"inferring/{digest}/{key}"
 
 
 def _index_name(blob_path: str, key: str) -> str:

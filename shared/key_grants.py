@@ -29,7 +29,7 @@ from jwcrypto.common import JWException
 
 from shared import contract as contracts
 from shared import storage_names
-from shared.container_group import training_hostdata
+from shared.container_group import inference_hostdata, training_hostdata
 from shared.release_policy import build_release_policy
 
 KEK_PREFIX = "ccr-kek-"
@@ -82,6 +82,23 @@ def kek_release_policy(authority_url: str, payload: dict, contract_digest: str) 
     image = contracts.training(payload)["image"]
     return build_release_policy(authority_url,
                                 training_hostdata(image, contract_digest, contracts.training_sidecar(payload)))
+
+
+def inference_release_policy(authority_url: str, payload: dict, contract_digest: str) -> dict:
+    """Release only to the attested inference group of exactly this contract (a requester's
+    batch and output keys: the training group never gets them)."""
+    return build_release_policy(authority_url, inference_hostdata(contracts.inference(payload)["image"],
+                                                                  contract_digest, contracts.training_sidecar(payload)))
+
+
+def state_release_policy(authority_url: str, payload: dict, contract_digest: str) -> dict:
+    """The contract's model-state KEK (shared/model_states.py): its trainer group, and its
+    inference group when the contract names one (that group restores the model from the state,
+    never from the TDC); each pinned by its own host data."""
+    image, sidecar = contracts.training(payload)["image"], contracts.training_sidecar(payload)
+    inference = contracts.inference(payload)
+    more = (inference_hostdata(inference["image"], contract_digest, sidecar),) if inference else ()
+    return build_release_policy(authority_url, training_hostdata(image, contract_digest, sidecar), *more)
 
 
 def wrap(dek: bytes, kek_public: rsa.RSAPublicKey, kek: str, key_id: str) -> str:

@@ -2,7 +2,9 @@
 
 Claim: the status API shows a run (its record, or its line in the list) to an authenticated
 party only when that party's DID is the TDC or a TDP of the run's contract; a run's output is
-for its TDC alone (`tdc_of_run`, used by `shared.party_sas`). Attack stopped: a party, or an outsider
+for its TDC alone (`tdc_of_run`, used by `shared.party_sas`), an inference run's predictions for
+its requester alone (`requester_of_run`); every party of the contract sees each inference run's
+record (who asked, how many rows), which is what makes many queries visible. Attack stopped: a party, or an outsider
 with a DID, learning which contracts other parties run, when, with which outcome and budget.
 Another party's run answers exactly like a run that does not exist, so an id cannot be probed.
 """
@@ -18,7 +20,7 @@ from shared.run_records import RunRecords, run_id_for
 
 
 RUN_SUMMARY = ("run_id", "contract_id", "status", "phase", "created", "finished", "container_group",
-               "output_blob", "privacy_budget_spent")
+               "output_blob", "privacy_budget_spent", "workload", "requester", "rows")
 
 
 class PartyRuns:
@@ -61,6 +63,11 @@ class PartyRuns:
         """The DID of the TDC of a run's contract (the one party its output is for)."""
         record = self._runs.get(run_id)
         return self.tdc(record) if record is not None else None
+
+    def requester_of_run(self, run_id: str) -> str | None:
+        """The requester of an inference run (the one party its predictions are for), else None."""
+        record = self._runs.get(run_id)
+        return record.get("requester") if record is not None and record.get("workload") == "inference" else None
 
     def contract_status(self, did: str, contract_id: str, digest: str) -> dict | None:
         """An accepted contract as a party of it sees it: who signed, which inputs have arrived

@@ -10,7 +10,11 @@ only for
     grants in that contract (`shared.key_grants.subjects`). Grants are written when a party
     signs, before the contract is complete and accepted, so the payload stands in for the
     accepted record; the name pins the grant to the grantor;
-  - `outputs/<run id>/output.ccr` (read) when it is the TDC of that run's contract.
+  - `outputs/<run id>/output.ccr` (read) when it is the TDC of that run's contract;
+  - `inference-batches/<its name>/...` (create, read back): its own inference batches
+    (shared/inference_requests.py: the name in the path is the uploader);
+  - `predictions/<run id>/predictions.ccr` (read) when it is the requester of that inference run.
+A requester's inference grants (`inference_requests.grant_subjects`) are grants it makes.
 Its name is the last segment of its did:web (`shared.did.did_name`); DIDs hosted by one ledger
 have distinct names (first registration wins).
 
@@ -30,14 +34,14 @@ from azure.storage.blob import BlobServiceClient
 
 from shared import contract as contracts
 from shared import did as dids
-from shared import key_grants, storage_names
+from shared import inference_requests, key_grants, storage_names
 from shared.blob_sas import CREATE_ONLY, READ_ONLY, blob_sas_url
 
 SAS_SECONDS = 3600
 PERMISSIONS = {"create": CREATE_ONLY, "read": READ_ONLY}
 MAX_PATH = 1024
 _SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")  # never "." or ".."
-_OWN_CONTAINERS = (storage_names.DATASETS, storage_names.MODELS)
+_OWN_CONTAINERS = (storage_names.DATASETS, storage_names.MODELS, storage_names.INFERENCE_BATCHES)
 _CONTROL_PLANE = (storage_names.CONTRACTS, storage_names.RUNS)
 
 
@@ -50,7 +54,8 @@ class SasRefused(Exception):
 
 
 def check(did: str, path, permission, contract=None,
-          tdc_of_run: Callable[[str], str | None] = lambda run_id: None) -> str:
+          tdc_of_run: Callable[[str], str | None] = lambda run_id: None,
+          requester_of_run: Callable[[str], str | None] = lambda run_id: None) -> str:
     """The blob path `did` may get a `permission` SAS for, or SasRefused saying why not."""
     if not isinstance(permission, str) or permission not in PERMISSIONS:
         raise SasRefused(f"permission must be one of {', '.join(PERMISSIONS)}", 400)
@@ -69,6 +74,12 @@ def check(did: str, path, permission, contract=None,
         if len(segments) != 2 or f"{segments[0]}/{segments[1]}" != storage_names.output_blob(segments[0]) \
                 or tdc_of_run(segments[0]) != did:
             raise SasRefused("outputs/<run id>/output.ccr is readable only by the TDC of that run's contract")
+    elif container == storage_names.PREDICTIONS:
+        if permission != "read":
+            raise SasRefused("predictions/ are written by the inference only; a requester may only read its own")
+        if len(segments) != 2 or f"{container}/{'/'.join(segments)}" != inference_requests.predictions_path(segments[0]) \
+                or requester_of_run(segments[0]) != did:
+            raise SasRefused("predictions/<run id>/predictions.ccr is readable only by the requester of that run")
     else:
         raise SasRefused(f"parties get no SAS in container {container!r}")
     return f"{container}/{'/'.join(segments)}"
@@ -109,7 +120,9 @@ def _check_grant(did: str, segments: list[str], contract) -> None:
         raise SasRefused("grants/<digest>/...: the digest must be that of the contract presented")
     if did not in contracts.parties(payload):
         raise SasRefused("you are not a party to this contract")
-    own = {key_grants.grant_blob(digest, subject.subject) for subject in key_grants.subjects(payload)
+    requested = inference_requests.grant_subjects(payload, did) \
+        if did in (contracts.inference(payload) or {}).get("requesters", []) else []
+    own = {key_grants.grant_blob(digest, subject.subject) for subject in [*key_grants.subjects(payload), *requested]
            if subject.grantor == did}
     if "/".join(segments) not in own:
         raise SasRefused("that grant is not one of yours: a party writes only the grants of the keys it grants")

@@ -26,17 +26,18 @@ class PolicyNotSatisfied(Exception):
     """Claims that do not satisfy a policy; the message names the claim, never its value."""
 
 
-def build_release_policy(authority_url: str, hostdata_hex: str) -> dict:
+def build_release_policy(authority_url: str, hostdata_hex: str, *more_hostdata: str) -> dict:
     """Release only to a compliant, non-debuggable SEV-SNP container whose CCE policy hashes
-    to `hostdata_hex`, as attested by `authority_url`."""
-    hostdata = hostdata_hex.lower()
-    if len(hostdata) != 64 or any(c not in "0123456789abcdef" for c in hostdata):
-        raise ReleasePolicyError("hostdata must be a sha256 hex digest (64 hex digits)")
+    to `hostdata_hex` (or to one of `more_hostdata`: one anyOf entry each, every other claim
+    pinned the same), as attested by `authority_url`."""
     if not authority_url:
         raise ReleasePolicyError("the attestation authority URL is required")
-    return {
-        "version": "1.0.0",
-        "anyOf": [{
+    entries = []
+    for value in (hostdata_hex, *more_hostdata):
+        hostdata = value.lower()
+        if len(hostdata) != 64 or any(c not in "0123456789abcdef" for c in hostdata):
+            raise ReleasePolicyError("hostdata must be a sha256 hex digest (64 hex digits)")
+        entries.append({
             "authority": authority_url.rstrip("/"),
             "allOf": [
                 {"claim": "x-ms-attestation-type", "equals": "sevsnpvm"},
@@ -44,8 +45,8 @@ def build_release_policy(authority_url: str, hostdata_hex: str) -> dict:
                 {"claim": "x-ms-sevsnpvm-hostdata", "equals": hostdata},
                 {"claim": "x-ms-sevsnpvm-is-debuggable", "equals": False},
             ],
-        }],
-    }
+        })
+    return {"version": "1.0.0", "anyOf": entries}
 
 
 def policy_to_json(policy: dict) -> bytes:

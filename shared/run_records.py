@@ -33,9 +33,11 @@ class RunRecords:
     def _name(run_id: str) -> str:
         return f"records/{run_id}.json"
 
-    def create(self, run_id: str, contract_id: str, contract_digest: str) -> bool:
+    def create(self, run_id: str, contract_id: str, contract_digest: str, **fields) -> bool:
+        """The run's record, once (conditional write): False if it exists. `fields` say more
+        about the run (an inference run: its workload, requester and batch)."""
         return self._blobs.create(self._name(run_id), {
-            "run_id": run_id, "contract_id": contract_id, "contract_digest": contract_digest,
+            **fields, "run_id": run_id, "contract_id": contract_id, "contract_digest": contract_digest,
             "status": "pending", "phase": "admitted", "created": utc_now(), "phases": {}})
 
     def get(self, run_id: str) -> dict | None:

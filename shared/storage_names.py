@@ -6,6 +6,8 @@ CONTRACTS = "contracts"
 RUNS = "runs"
 GRANTS = "grants"
 MODEL_STATES = "model-states"  # trained model states kept for continued training (shared/model_states.py)
+INFERENCE_BATCHES = "inference-batches"  # a requester's encrypted batches (shared/inference_requests.py)
+PREDICTIONS = "predictions"              # each inference run's encrypted predictions, for its requester only
 
 PACKAGE_SUFFIX = ".ccr"
 

@@ -37,7 +37,9 @@ class ContractTerms:
     model: PackageRef
     output: key_grants.GrantSubject
     join: JoinSpec
-    continued_training: bool = False  # keep the model state for continued runs (shared/model_states.py)
+    continued_training: bool = False  # a declared new version continues from the kept model state
+    keeps_model_state: bool = False   # keep the trained state (continued training or inference: shared/model_states.py)
+    weights_leave: bool = True        # the TDC's output carries the model (false: metrics and privacy report only)
 
     @classmethod
     def from_contract(cls, contract: contracts.Contract) -> "ContractTerms":
@@ -54,7 +56,8 @@ class ContractTerms:
                    min(float(d["epsilon"]) for _, d in contracts.datasets(payload)),
                    float(payload["privacy"]["delta"]), float(evaluation["validation_split"]),
                    int(evaluation["min_joined_rows"]), _ref("model", payload["tdc"]["model"], grants["model"]),
-                   grants["output"], join, contracts.continued_training(payload))
+                   grants["output"], join, contracts.continued_training(payload),
+                   contracts.keeps_model_state(payload), contracts.weights_leave(payload))
 
 
 def _ref(name: str, entry: dict, grant: key_grants.GrantSubject) -> PackageRef:

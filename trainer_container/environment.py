@@ -14,8 +14,8 @@
 | `CCR_MAA_URL` | the attestation authority the sidecar attests with |
 | `CCR_EVENTGRID_TOPIC_URL`, `CCR_EVENTGRID_KEY` | topic for `CCR.Trainer.Completed` / `.Failed` |
 | `CCR_CA_BUNDLE` | PEM of the CA of the loopback TLS twins (optional; system CAs otherwise) |
-| `CCR_KEYVAULT_URL` | the control plane's vault holding the contract's state KEK (a continued- |
-|   | training contract only: shared/model_states.py); its blobs' create-only SAS are in CCR_BLOB_URLS |
+| `CCR_KEYVAULT_URL` | the control plane's vault holding the contract's state KEK (a contract that |
+|   | keeps its model: continued training or inference, shared/model_states.py); its blobs' SAS are in CCR_BLOB_URLS |
 Each key-encryption key's vault comes from the signed contract (its grantor's `key_vault`).
 """
 from __future__ import annotations
@@ -52,7 +52,7 @@ class TrainerEnvironment:
     skr_url: str
     maa_url: str
     ca_bundle: str | bool
-    state_vault: str | None = None  # a continued-training contract's state KEK vault
+    state_vault: str | None = None  # the state KEK's vault (a contract that keeps its model)
 
     @classmethod
     def from_environ(cls) -> "TrainerEnvironment":

@@ -36,6 +36,8 @@ from trainer_container.onnx_convert import ModelConversionError, load_model, onn
 CONTENT_TYPE = "application/vnd.ccr.model-state+zip"
 MAX_MEMBER_BYTES = 512 * 1024 * 1024
 _MEMBERS = ("model.onnx", "standardizer.json")
+_LOSS_MEMBER = "loss.json"  # optional: the training config's loss, which says what the model outputs (inference)
+LOSSES = ("bce_with_logits", "bce", "cross_entropy", "mse")
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)  # equal states, equal bytes
 _CONSTANTS = ("low", "high", "mean", "scale")
 
@@ -49,6 +51,7 @@ class ModelState:
     model: nn.Sequential   # trainable, as onnx_to_torch makes it
     standardizer: Standardizer
     digest: str            # `digest(model, standardizer)`: which model a continued run starts from
+    loss: str | None = None  # the loss it was trained with (what its output means), if the state says
 
 
 def layers(model: nn.Module) -> list[str]:
@@ -69,15 +72,20 @@ def digest(model: nn.Module, standardizer: Standardizer) -> str:
     return hashed.hexdigest()
 
 
-def save(model: nn.Sequential, standardizer: Standardizer) -> bytes:
-    """The state as bytes (deterministic): the trainable layers' ONNX and the scaling constants."""
+def save(model: nn.Sequential, standardizer: Standardizer, loss: str | None = None) -> bytes:
+    """The state as bytes (deterministic): the trainable layers' ONNX and the scaling constants,
+    and the training loss when given (an inference reads what the output means from it, not
+    from the TDC's package)."""
     constants = {name: np.asarray(getattr(standardizer, name), dtype=np.float64).tolist() for name in _CONSTANTS}
     members = {"model.onnx": export_onnx(model, len(constants["mean"])),
                "standardizer.json": json.dumps(constants).encode()}
+    if loss is not None:
+        members[_LOSS_MEMBER] = json.dumps({"loss": loss}).encode()
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name in _MEMBERS:
-            archive.writestr(zipfile.ZipInfo(name, _FIXED_TIME), members[name])
+        for name in (*_MEMBERS, _LOSS_MEMBER):
+            if name in members:
+                archive.writestr(zipfile.ZipInfo(name, _FIXED_TIME), members[name])
     return buffer.getvalue()
 
 
@@ -86,11 +94,12 @@ def load(data: bytes) -> ModelState:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             sizes = {info.filename: info.file_size for info in archive.infolist()}
-            if sorted(sizes) != sorted(_MEMBERS):
-                raise ModelStateError(f"a model state holds exactly {' and '.join(_MEMBERS)}")
+            if sorted(set(sizes) - {_LOSS_MEMBER}) != sorted(_MEMBERS):
+                raise ModelStateError(f"a model state holds exactly {' and '.join(_MEMBERS)} (and {_LOSS_MEMBER})")
             if any(size > MAX_MEMBER_BYTES for size in sizes.values()):
                 raise ModelStateError("a model state member is too large")
             onnx_bytes, constants_text = (archive.read(name) for name in _MEMBERS)
+            loss = _loss(archive.read(_LOSS_MEMBER)) if _LOSS_MEMBER in sizes else None
     except zipfile.BadZipFile:
         raise ModelStateError("a model state is a zip archive") from None
     try:
@@ -98,7 +107,17 @@ def load(data: bytes) -> ModelState:
     except ModelConversionError as error:
         raise ModelStateError(f"the model state's model.onnx: {error}") from None
     standardizer = _standardizer(constants_text, model.in_features)
-    return ModelState(model, standardizer, digest(model, standardizer))
+    return ModelState(model, standardizer, digest(model, standardizer), loss)
+
+
+def _loss(text: bytes) -> str:
+    try:
+        loss = json.loads(text).get("loss")
+    except (ValueError, AttributeError):
+        loss = None
+    if loss not in LOSSES:
+        raise ModelStateError(f"{_LOSS_MEMBER} names one loss of {', '.join(LOSSES)}")
+    return loss
 
 
 def _standardizer(text: bytes, n_features: int) -> Standardizer:

@@ -3,8 +3,9 @@ container policy measured (trainer_container/consent.py), fetch and check the mo
 (the privacy budget is checked here, before any data is read), fetch, check and
 decrypt the datasets, join, train with DP-SGD, export and verify, encrypt the output for the
 TDC, upload it, and publish the completion event (and, while training, one attested progress
-event per epoch: progress_report.py). A contract allowing continued training also keeps the
-trained model state under its state key (state_store.py); a continued run trains a declared new
+event per epoch: progress_report.py). A contract allowing continued training or inference also
+keeps the trained model state under its state key (state_store.py; with `weights_leave: false`
+the TDC's output then carries no model); a continued run trains a declared new
 version from the previous state (continued_run.py). A dataset's plaintext never reaches a file:
 the join reads each package decrypted into a pipe (plaintext_pipe.py); the model package and the
 output are the only plaintext files, in a temporary folder that is removed at the end. Storage is
@@ -216,7 +217,7 @@ class TrainerRun:
         # from constants only: a budget too small for the fixed mechanisms stops here, before any data
         privacy = RunPrivacy.before_data(config.epsilon, terms.delta, terms.validation_split, terms.min_joined_rows,
                                          roc_auc=binary and "roc_auc" in config.metrics, loss="loss" in config.metrics)
-        states = self.state_store(terms.digest) if terms.continued_training else None
+        states = self.state_store(terms.digest) if terms.keeps_model_state else None
         start = {}
         if continued is not None:  # warm start: the kept model, checked against the contract's before any data
             state = states.restore(continued.previous_run_id)
@@ -260,12 +261,14 @@ class TrainerRun:
         self.progress("onnxruntime reproduces the torch model")
         kept = {}
         if states is not None:  # kept before the TDC's output: a success always leaves its state
-            states.keep(self.env.run_id, model_state.save(model, split.standardizer))
+            states.keep(self.env.run_id, model_state.save(model, split.standardizer, config.loss))
             kept = {"model_state_sha256": model_state.digest(model, split.standardizer)}
         metrics = {"validation": evaluation["metrics"], "mechanisms": evaluation["mechanisms"],
-                   "feature_columns": list(features), "target_column": terms.join.target, "onnx_check": "passed"}
+                   "feature_columns": list(features), "target_column": terms.join.target, "onnx_check": "passed",
+                   "weights": "included" if terms.weights_leave else "withheld: the model stays in the clean room"}
         self.phase("output")
-        output_blob, output_blake3 = self.upload_output(build_output_zip(onnx_bytes, metrics, report), terms.output,
+        released = onnx_bytes if terms.weights_leave else None  # the owner's `weights_leave: false`
+        output_blob, output_blake3 = self.upload_output(build_output_zip(released, metrics, report), terms.output,
                                                         terms.digest)
         self.phase("")
         summary = {k: report[k] for k in ("epsilon", "delta", "target_epsilon", "accountant", "epsilon_rdp")}

@@ -105,11 +105,14 @@ def test_an_app_needs_exactly_one_function_app(tmp_path):
 
 
 def test_the_input_triggers_are_deferred_blob_bindings_the_rest_unchanged():
-    """What the worker reports for the real app: the two input triggers take a BlobClient, so
+    """What the worker reports for the real app: the three blob triggers (two inputs, inference
+    batches) take a BlobClient, so
     their bindings carry SupportsDeferredBinding (true on the trigger, false on the durable
     client, as the base extension writes them); functions without SDK types have no flag."""
     index = index_in_process(PROJECT_ROOT)
-    for name, container in (("dataset_arrived", "datasets"), ("model_arrived", "models")):
+    triggers = (("dataset_arrived", "datasets"), ("model_arrived", "models"),
+                ("inference_batch_arrived", "inference-batches"))
+    for name, container in triggers:
         entry = index.entries[name]
         assert entry.sdk_types == {"blob": BlobClient}
         assert entry.trigger == {"direction": "IN", "type": "blobTrigger", "name": "blob",
@@ -119,8 +122,9 @@ def test_the_input_triggers_are_deferred_blob_bindings_the_rest_unchanged():
             "direction": "IN", "type": "durableClient", "name": "client",
             "properties": {"SupportsDeferredBinding": False}}
     others = [entry for entry in index.entries.values() if not entry.sdk_types]
-    assert len(others) == len(index) - 2 and index.by_trigger("blobTrigger") == [
-        index.entries["dataset_arrived"], index.entries["model_arrived"]]
+    assert len(others) == len(index) - len(triggers) and \
+        sorted(index.by_trigger("blobTrigger"), key=lambda e: e.name) == sorted(
+            (index.entries[name] for name, _ in triggers), key=lambda e: e.name)
     assert not any("properties" in binding for entry in others for binding in entry.bindings)
 
 

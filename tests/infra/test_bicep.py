@@ -146,7 +146,7 @@ def test_the_blob_triggers_watch_the_data_connection_identity_based_as_event_gri
     from tests.host.test_templates import index_in_process
     index = index_in_process(INFRA.parent)
     values = app_settings()
-    for function in ("dataset_arrived", "model_arrived"):
+    for function in ("dataset_arrived", "model_arrived", "inference_batch_arrived"):
         trigger = index.entries[function].trigger
         assert trigger["source"] == "EventGrid" and trigger["connection"] == "CCR_STORAGE_CONNECTION"
     assert values["CCR_STORAGE_CONNECTION__blobServiceUri"] == _endpoint("blob")
@@ -197,7 +197,9 @@ def test_blob_created_in_each_input_container_goes_to_its_blob_trigger():
     from tests.host.test_templates import index_in_process
     index = index_in_process(INFRA.parent)
     for name, container, function in (("datasetsArrived", storage_names.DATASETS, "dataset_arrived"),
-                                      ("modelsArrived", storage_names.MODELS, "model_arrived")):
+                                      ("modelsArrived", storage_names.MODELS, "model_arrived"),
+                                      ("inferenceBatchesArrived", storage_names.INFERENCE_BATCHES,
+                                       "inference_batch_arrived")):
         subscription = _subscription(name)
         assert subscription["filter"] == {"includedEventTypes": ["Microsoft.Storage.BlobCreated"],
                                           "subjectBeginsWith": f"/blobServices/default/containers/{container}/"}
