@@ -29,6 +29,8 @@ from shared import trainer_resources
 
 DEFAULT_VALIDATION_SPLIT = 0.2
 DEFAULT_MIN_JOINED_ROWS = 100
+DEFAULT_INFERENCE_MAX_ROWS = 100_000
+DEFAULT_INFERENCE_DEADLINE_SECONDS = 600
 
 NAME = "contract"
 HELP = "contract: new, sign, grant, submit, verify, status"
@@ -88,6 +90,16 @@ def register(groups) -> None:
                      help="the SKR sidecar the deployment runs, pinned by digest: <registry>/<repository>@sha256:<hex> "
                           "(default: setting CCR_SKR_SIDECAR_IMAGE, else the built-in pin); written into the contract "
                           "and into its policy template digest")
+    new.add_argument("--inference-requester", action="append", default=[], metavar="DID",
+                     help="a party that may submit inference batches (repeatable; any names the inference "
+                          "workload: the trainer image under its inference command, the model kept inside)")
+    new.add_argument("--inference-max-rows", type=int, help=f"largest inference batch (default "
+                                                            f"{DEFAULT_INFERENCE_MAX_ROWS:,})")
+    new.add_argument("--inference-deadline-seconds", type=int,
+                     help=f"an inference run's deadline (default {DEFAULT_INFERENCE_DEADLINE_SECONDS})")
+    new.add_argument("--withhold-weights", action="store_true",
+                     help="the TDC gets each run's metrics and privacy report but never the model's weights, which "
+                          "stay inside for inference (workloads.inference.weights_leave false)")
     new.add_argument("--ledger", help="ledger URL, where the datasets' budget declarations are read (default: "
                                       "setting CCR_LEDGER_URL)")
     new.add_argument("--out", type=Path, required=True)
@@ -345,10 +357,33 @@ def build_payload(args) -> dict:
         training["skr_sidecar_image"] = sidecar.image
     elif args.skr_sidecar_image:
         raise CliError("--skr-sidecar-image: give --trainer-image too (the policy template digest covers both)")
+    _inference_terms(args, payload)
     try:
         return contracts.validate_payload(payload)
     except contracts.ContractError as error:
         raise CliError(str(error)) from None
+
+
+def _inference_terms(args, payload: dict) -> None:
+    """The inference workload from `--inference-*` and `--withhold-weights`: the training image
+    under the inference command, its policy template pinned with the same sidecar."""
+    from shared.container_group import policy_template_sha256
+    if not args.inference_requester:
+        for option, given in (("--inference-max-rows", args.inference_max_rows is not None),
+                              ("--inference-deadline-seconds", args.inference_deadline_seconds is not None),
+                              ("--withhold-weights", args.withhold_weights)):
+            if given:
+                raise CliError(f"{option}: name who may ask with --inference-requester first")
+        return
+    if not args.trainer_image:
+        raise CliError("--inference-requester: give --trainer-image too (inference runs the same image)")
+    payload["workloads"]["inference"] = {
+        "image": args.trainer_image,
+        "policy_template_sha256": policy_template_sha256(args.trainer_image, _sidecar(args), workload="inference"),
+        "requesters": args.inference_requester, "weights_leave": not args.withhold_weights,
+        "deadline_seconds": DEFAULT_INFERENCE_DEADLINE_SECONDS if args.inference_deadline_seconds is None
+        else args.inference_deadline_seconds,
+        "max_rows": DEFAULT_INFERENCE_MAX_ROWS if args.inference_max_rows is None else args.inference_max_rows}
 
 
 def _sidecar(args):

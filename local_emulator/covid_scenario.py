@@ -113,9 +113,11 @@ class CovidScenario:
 
     def __init__(self, stack: Stack, workdir: Path, contract_id: str = "covid-demo",
                  epsilon: float = 1.5, deadline_seconds: int = 300, echo=print, training_overrides=None,
-                 image_kind: str | None = None, continued_training: bool = False, lifetime_runs: int = 1):
+                 image_kind: str | None = None, continued_training: bool = False, lifetime_runs: int = 1,
+                 inference_requesters: tuple[str, ...] = (), withhold_weights: bool = False):
         self.stack, self.workdir, self.contract_id = stack, Path(workdir), contract_id
         self.continued_training, self.lifetime_runs = continued_training, lifetime_runs
+        self.inference_requesters, self.withhold_weights = tuple(inference_requesters), withhold_weights
         self.image_kind = image_kind or trainer_image_kind()
         self.epsilon, self.deadline_seconds, self.echo = epsilon, deadline_seconds, echo
         self.training_overrides = training_overrides or {}
@@ -252,9 +254,18 @@ class CovidScenario:
                  "--join", str(join), "--deadline-seconds", str(self.deadline_seconds),
                  "--trainer-image", self.trainer_image, "--out", str(payload),
                  *(["--continued-training"] if self.continued_training else []),
+                 *[arg for party in self.inference_requesters
+                   for arg in ("--inference-requester", self.identities[party]["did"])],
+                 *(["--withhold-weights"] if self.withhold_weights else []),
                  *(["--skr-sidecar-image", changes["skr_sidecar_image"]] if "skr_sidecar_image" in changes else []))
         self._note_contract(payload)
         return payload
+
+    def grant_inference_keys(self, party: str) -> dict:
+        """A requester the contract names makes its inference batch and output keys and grants
+        them to the contract's inference group (`ccr infer grant`)."""
+        return self.ccr("infer", "grant", "--contract", str(self.workdir / "contract.json"),
+                        "--keys-dir", str(self.keys_dir(party)), party=party)
 
     def declare_budgets(self, epsilon: float) -> None:
         """Each provider declares its dataset's lifetime budget on the ledger (once per provider

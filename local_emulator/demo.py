@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 from local_emulator.covid_scenario import CovidScenario, trainer_image_kind
-from local_emulator.loan_scenario import DEFAULT_BATCH_ROWS, DEFAULT_ROWS, LoanScenario
+from local_emulator.loan_scenario import DEFAULT_BATCH_ROWS, DEFAULT_ROWS, DEFAULT_SAMPLE_ROWS, LoanScenario
 from local_emulator.stack import Stack
 from shared.settings import emulator_dir
 
@@ -162,6 +162,9 @@ def loan_report(scenario: LoanScenario, result: dict, elapsed: float, echo=print
         echo(f"  budget spent per dataset: {record.get('privacy_budget_spent')} (the new customers' own "
              "population; the bureau's adds to its first run)")
         _loan_model_report("continued run", continued, echo)
+    inference = result.get("inference")
+    if inference:
+        _inference_report(scenario, inference, echo)
 
 
 def _loan_model_report(which: str, result: dict, echo) -> None:
@@ -175,13 +178,32 @@ def _loan_model_report(which: str, result: dict, echo) -> None:
          f"model {evaluation['model_auc']:.3f}, non-private logistic regression {evaluation['baseline_auc']:.3f}")
 
 
+def _inference_report(scenario: LoanScenario, inference: dict, echo) -> None:
+    record = inference["run"]
+    echo(f"inference run {record['run_id']} (the bank's sample of applicants): {record['status']}"
+         + (f" ({record.get('reason')})" if record.get("reason") else ""))
+    summary = inference.get("summary")
+    if not summary:
+        return
+    seconds = scenario.timings.get("inference: run (until recorded)", 0.0)
+    echo(f"  {summary['rows']:,} predictions, one per row sent and in its order: {summary['rows_match']} "
+         f"({seconds:.1f} s from upload to record, mostly the confidential group's start; the data plane's "
+         "own rate: bench/inference_throughput.py)")
+    echo(f"  mean default probability {summary['mean_probability']:.3f}, labelled default "
+         f"{summary['labelled_default']:.1%}; ROC AUC against the outcomes the bank later learns "
+         f"{summary['auc_on_later_outcomes']:.3f}")
+    echo("  only the bank holds the key its predictions are encrypted under; the run is recorded for every party")
+
+
 def run_loan_demo(rows: int | None = None, state_dir: Path | None = None, image_kind: str = DEMO_IMAGE_KIND,
-                  batch_rows: int | None = None) -> int:
-    """The loan scenario: a first run on `rows` bank customers, then a run continued on a batch
-    of `batch_rows` new ones. The exit code is 0 only if both succeeded."""
+                  batch_rows: int | None = None, sample_rows: int | None = None) -> int:
+    """The loan scenario: a first run on `rows` bank customers, a run continued on a batch of
+    `batch_rows` new ones, then the bank's inference on `sample_rows` applicants. The exit code
+    is 0 only if all succeeded."""
     return _run_scenario("demo-loan", state_dir, image_kind,
                          lambda stack, parties: LoanScenario(stack, parties, rows=rows or DEFAULT_ROWS,
                                                              batch_rows=batch_rows or DEFAULT_BATCH_ROWS,
+                                                             sample_rows=sample_rows or DEFAULT_SAMPLE_ROWS,
                                                              image_kind=image_kind, echo=_say),
                          loan_report)
 

@@ -6,6 +6,10 @@ becomes the `customer` pseudonym both join on), encrypt, upload and declare thei
 TDC publishes the model and training config of local_emulator/loan_reference.py; all three
 sign; the run trains once; the TDC fetches the model.
 
+With `sample_rows`, the contract names the bank as an inference requester: once training is
+done, the bank scores a sample CSV of applicants (complete feature rows) with the model kept in
+the clean room, and only the bank decrypts the predictions.
+
 With `batch_rows`, the contract allows continued training and the bank later publishes a new
 batch: loans of `batch_rows` new customers (the bureau already has files on them), declared as
 a version 2 of new individuals. Its arrival starts a continued run from the first run's model,
@@ -24,15 +28,17 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime
+import pandas as pd
 
 from local_emulator import loan_data, loan_reference
-from local_emulator.covid_scenario import CovidScenario
+from local_emulator.covid_scenario import CommandFailed, CovidScenario
 from local_emulator.loan_baseline import fit_logistic, roc_auc
 from local_emulator.stack import Stack
 from shared import continuation
 
 DEFAULT_ROWS = 5_000        # bank customers: about 4,250 joined rows, a run well under a minute
 DEFAULT_BATCH_ROWS = 2_000  # new bank customers of the demo's continued batch: about 1,700 joined rows
+DEFAULT_SAMPLE_ROWS = 2_000  # applicants drawn for the demo's inference sample (about 1,700 complete rows)
 SEED_SCALE_ROWS = 4_700_000         # the seed's benchmark: about 4 M joined rows trained first,
 SEED_SCALE_BATCH_ROWS = 1_180_000   # then about 1 M continued on (85% of customers join the bureau)
 EVALUATION_ROWS = 20_000    # bank customers of the fresh sample: about 17,000 joined rows
@@ -51,13 +57,16 @@ class LoanScenario(CovidScenario):
     purpose = "Loan default model (a bank's loan records joined with a credit bureau's history)"
 
     def __init__(self, stack: Stack, workdir: Path, rows: int = DEFAULT_ROWS, seed: int = 0,
-                 contract_id: str = "loan-demo", epsilon: float = EPSILON, batch_rows: int = 0, **options):
+                 contract_id: str = "loan-demo", epsilon: float = EPSILON, batch_rows: int = 0,
+                 sample_rows: int = 0, **options):
         options.setdefault("deadline_seconds", deadline_for(rows))
         if batch_rows:  # a second run, continued: the contract allows it and the bureau's budget has room
             options.setdefault("continued_training", True)
             options.setdefault("lifetime_runs", 2)
+        if sample_rows:  # the bank may score its applicants with the model kept inside
+            options.setdefault("inference_requesters", ("bank",))
         super().__init__(stack, workdir, contract_id=contract_id, epsilon=epsilon, **options)
-        self.rows, self.seed, self.batch_rows = rows, seed, batch_rows
+        self.rows, self.seed, self.batch_rows, self.sample_rows = rows, seed, batch_rows, sample_rows
         self.generated: dict | None = None
 
     # --- the scenario's inputs (CovidScenario's hooks) -------------------------------------
@@ -111,6 +120,9 @@ class LoanScenario(CovidScenario):
             self.publish_model()
         with self.timed("contract, sign, submit"):
             self.sign_and_submit(self.write_contract())
+        for party in self.inference_requesters:
+            with self.timed(f"inference: {party} grants keys"):
+                self.grant_inference_keys(party)
         with self.timed("run (until notified)"):
             notice = self.wait_for_notice(timeout)
         result = {"notice": notice, "run": self.run_record(notice["run_id"])}
@@ -121,11 +133,47 @@ class LoanScenario(CovidScenario):
                 result["evaluation"] = self.evaluate(self.workdir / "trained.onnx")
             if self.batch_rows:
                 result["continued"] = self.continue_on_new_batch(timeout)
+            if self.sample_rows:
+                result["inference"] = self.score_sample(timeout)
         return result
 
     def succeeded(self, result: dict) -> bool:
-        """The first run succeeded and so did the continued one, if the scenario has a batch."""
-        return super().succeeded(result) and (not self.batch_rows or super().succeeded(result["continued"]))
+        """The first run succeeded, and so did the continued run and the inference the scenario has."""
+        return super().succeeded(result) and (not self.batch_rows or super().succeeded(result["continued"])) and \
+            (not self.sample_rows or result["inference"]["run"]["status"] == "succeeded")
+
+    def score_sample(self, timeout: float) -> dict:
+        """The bank scores a sample of applicants (complete feature rows of a fresh synthetic draw,
+        row ids its own) with the model kept in the clean room, then fetches and decrypts the
+        predictions; a summary of them beside the outcomes the bank later learns."""
+        features, outcomes = loan_data.joined_sample(self.sample_rows, self.seed + 2, loan_reference.FEATURE_COLUMNS,
+                                                     loan_reference.TARGET)
+        sample = pd.DataFrame(features, columns=list(loan_reference.FEATURE_COLUMNS))
+        sample.insert(0, "row_id", [f"applicant-{i}" for i in range(len(sample))])
+        sample.to_csv(self.workdir / "sample.csv", index=False)
+        contract = str(self.workdir / "contract.json")
+        with self.timed("inference: submit sample"):
+            submitted = self.ccr("infer", "submit", "--contract", contract, "--input", str(self.workdir / "sample.csv"),
+                                 "--batch", "sample", "--keys-dir", str(self.keys_dir("bank")), party="bank")
+        with self.timed("inference: run (until recorded)"):
+            try:
+                self.ccr("runs", "watch", submitted["run_id"], "--timeout", str(timeout), party="bank")
+            except CommandFailed:
+                pass                     # the record says why
+        record = self.ccr("runs", "show", submitted["run_id"], party="bank")
+        result = {"run": record}
+        if record["status"] == "succeeded":
+            with self.timed("inference: fetch predictions"):
+                self.ccr("infer", "fetch", "--contract", contract, "--run-id", submitted["run_id"],
+                         "--out", str(self.workdir / "predictions.csv"), "--keys-dir", str(self.keys_dir("bank")),
+                         party="bank")
+            predictions = pd.read_csv(self.workdir / "predictions.csv", dtype={"row_id": str})
+            result["summary"] = {
+                "rows": len(predictions), "rows_match": predictions["row_id"].tolist() == sample["row_id"].tolist(),
+                "mean_probability": float(predictions["probability"].mean()),
+                "labelled_default": float(predictions["label"].mean()),
+                "auc_on_later_outcomes": roc_auc(predictions["probability"].to_numpy(), outcomes)}
+        return result
 
     def continue_on_new_batch(self, timeout: float) -> dict:
         """The bank prepares, publishes and declares its new customers' batch as version 2 (new

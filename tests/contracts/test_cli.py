@@ -138,6 +138,31 @@ def test_a_contract_allows_continued_training_only_when_its_author_asks(ccr, led
     assert contracts.continued_training(json.loads((tmp_path / "payload.json").read_text())) is True
 
 
+def test_contract_new_writes_the_inference_workload_only_when_a_requester_is_named(ccr, ledger, tmp_path):
+    image = "ccr-trainer@sha256:" + sha("i")
+    dids = identities_with_budgets(ccr, tmp_path)
+    assert new_contract(ccr, tmp_path, dids)[0] == 0
+    assert contracts.inference(json.loads((tmp_path / "payload.json").read_text())) is None
+    status, _, err = new_contract(ccr, tmp_path, dids, flags=("--inference-requester", dids["icmr"],
+                                                              "--inference-requester", dids["tdc"],
+                                                              "--withhold-weights", "--inference-max-rows", "5000"))
+    assert status == 0, err
+    terms = contracts.inference(json.loads((tmp_path / "payload.json").read_text()))
+    assert terms["requesters"] == [dids["icmr"], dids["tdc"]] and terms["weights_leave"] is False
+    assert terms["max_rows"] == 5000 and terms["image"] == image
+    assert terms["policy_template_sha256"] == policy_template_sha256(image, workload="inference")
+    assert terms["policy_template_sha256"] != policy_template_sha256(image)   # its own command, its own template
+    (tmp_path / "payload.json").unlink()
+    for flags, message in (
+            (("--withhold-weights",), "--withhold-weights: name who may ask with --inference-requester first"),
+            (("--inference-requester", "did:web:outsider.example"), "requesters[0] must be the DID of a party"),
+            (("--inference-requester", dids["icmr"], "--inference-max-rows", "0"), "max_rows must be"),
+    ):
+        status, _, err = new_contract(ccr, tmp_path, dids, flags=flags)
+        assert status == 1 and message in err, err
+        assert not (tmp_path / "payload.json").exists()
+
+
 def test_contract_new_pins_the_sidecar_the_deployment_runs(ccr, ledger, tmp_path, monkeypatch):
     """The contract names the SKR sidecar and its template digest covers it; a tag is refused."""
     from shared.skr_sidecar import DEFAULT_SIDECAR, SidecarSpec

@@ -29,9 +29,8 @@ from orchestrations.inference_admission import refusal_name
 from shared import inference_requests, package, storage_names
 from shared import did as dids
 from shared.did import DEFAULT_KEY_ID
-from shared.container_group import policy_template_sha256
 from tests.run.conftest import groups_created, remaining_groups, run_record
-from tests.run.test_continued_training import _blob, _notice, _service
+from tests.run.test_continued_training import _blob, _service
 
 ROWS = 2_000
 BATCH_ROWS = 300   # bank customers drawn; the batch is their joined rows (fewer)
@@ -50,7 +49,8 @@ def trained(stack, tmp_path_factory):
     """The contract (bank and TDC as requesters, weights_leave false) trained once; the bank's
     inference keys granted (the TDC's never)."""
     scenario = LoanScenario(stack, tmp_path_factory.mktemp("loan-inference"), rows=ROWS, seed=41,
-                            contract_id="loan-inference", echo=lambda _: None,
+                            contract_id="loan-inference", echo=lambda _: None, inference_requesters=("bank", "tdc"),
+                            withhold_weights=True,
                             training_overrides={"epochs": 1})  # the model only has to exist
     try:
         scenario.raw_table("bank")
@@ -58,18 +58,9 @@ def trained(stack, tmp_path_factory):
         scenario.prepare_and_publish_datasets()
         scenario.publish_model()
         contract = scenario.write_contract()
-        payload = json.loads(contract.read_text())
-        payload["workloads"]["inference"] = {
-            "image": scenario.trainer_image,
-            "policy_template_sha256": policy_template_sha256(scenario.trainer_image, workload="inference"),
-            "requesters": [scenario.identities["bank"]["did"], scenario.identities["tdc"]["did"]],
-            "weights_leave": False,
-            "deadline_seconds": 300, "max_rows": 1_000}
-        contract.write_text(json.dumps(payload, indent=2))
         scenario.sign_and_submit(contract)
-        granted = scenario.ccr("infer", "grant", "--contract", str(contract), "--keys-dir",
-                               str(scenario.keys_dir("bank")), party="bank")
-        notice = _notice(scenario, scenario.run_id, 180)
+        granted = scenario.grant_inference_keys("bank")
+        notice = scenario.notice_of(scenario.run_id, 180)
         yield scenario, contract, notice, granted
     finally:
         scenario.close()
