@@ -1,6 +1,6 @@
 """The run's steps as Durable activities. Each one is idempotent (the host may run an
 activity again after a crash) and records its phase in the run record. Each runs inside
-`_step`: every log record it makes carries the run's `run_id` and `contract_id` as fields
+`activity_step`: every log record it makes carries the run's `run_id` and `contract_id` as fields
 (shared/telemetry.py), and its start, end or failure (the exception class only) is logged."""
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ bp = df.Blueprint()
 log = logging.getLogger(__name__)
 
 
-def _records() -> RunRecords:
+def run_records() -> RunRecords:
     return RunRecords(azure_clients.blob_service())
 
 
 @contextmanager
-def _step(name: str, run: dict):
+def activity_step(name: str, run: dict):
     with telemetry.run_context(run):
         log.info("activity %s started", name)
         try:
@@ -38,60 +38,60 @@ def _step(name: str, run: dict):
 
 @bp.activity_trigger(input_name="run")
 def previous_model_state(run: dict) -> dict:
-    with _step("previous_model_state", run):
-        _records().enter_phase(run["run_id"], "waiting_for_previous_model")
+    with activity_step("previous_model_state", run):
+        run_records().enter_phase(run["run_id"], "waiting_for_previous_model")
         return run_steps.previous_model_state(run)
 
 
 @bp.activity_trigger(input_name="run")
 def validate_inputs(run: dict) -> dict:
-    with _step("validate_inputs", run):
-        _records().enter_phase(run["run_id"], "validating")
+    with activity_step("validate_inputs", run):
+        run_records().enter_phase(run["run_id"], "validating")
         return run_steps.validate_inputs(run)
 
 
 @bp.activity_trigger(input_name="run")
 def gather_key_grants(run: dict) -> dict:
-    with _step("gather_key_grants", run):
-        _records().enter_phase(run["run_id"], "gathering_key_grants")
+    with activity_step("gather_key_grants", run):
+        run_records().enter_phase(run["run_id"], "gathering_key_grants")
         return run_steps.gather_key_grants(run)
 
 
 @bp.activity_trigger(input_name="run")
 def reserve_privacy_budget(run: dict) -> dict:
-    with _step("reserve_privacy_budget", run):
-        _records().enter_phase(run["run_id"], "reserving_budget")
+    with activity_step("reserve_privacy_budget", run):
+        run_records().enter_phase(run["run_id"], "reserving_budget")
         return run_steps.reserve_privacy_budget(run)
 
 
 @bp.activity_trigger(input_name="run")
 def deploy_trainer(run: dict) -> dict:
-    with _step("deploy_trainer", run):
-        _records().enter_phase(run["run_id"], "deploying")
-        _records().keep_nonce(run["run_id"], run["nonce"])  # to check the trainer's progress events
+    with activity_step("deploy_trainer", run):
+        run_records().enter_phase(run["run_id"], "deploying")
+        run_records().keep_nonce(run["run_id"], run["nonce"])  # to check the trainer's progress events
         deployment = run_steps.deploy_trainer(run)
         if deployment["ok"]:
-            _records().enter_phase(run["run_id"], "training", container_group=deployment["container_group"])
+            run_records().enter_phase(run["run_id"], "training", container_group=deployment["container_group"])
         return deployment
 
 
 @bp.activity_trigger(input_name="claim")
 def verify_trainer_outcome(claim: dict) -> dict:
-    with _step("verify_trainer_outcome", claim["run"]):
+    with activity_step("verify_trainer_outcome", claim["run"]):
         return run_steps.verify_trainer_outcome(claim["run"], claim["event"])
 
 
 @bp.activity_trigger(input_name="run")
 def clean_up_trainer(run: dict) -> dict:
-    with _step("clean_up_trainer", run):
-        _records().enter_phase(run["run_id"], "cleaning_up")
+    with activity_step("clean_up_trainer", run):
+        run_records().enter_phase(run["run_id"], "cleaning_up")
         return run_steps.clean_up_trainer(run)
 
 
 @bp.activity_trigger(input_name="result")
 def finish_run(result: dict) -> dict:
-    with _step("finish_run", result["run"]):
-        _records().enter_phase(result["run"]["run_id"], "notifying")
+    with activity_step("finish_run", result["run"]):
+        run_records().enter_phase(result["run"]["run_id"], "notifying")
         return run_steps.finish_run(result["run"], result["outcome"])
 
 
@@ -99,13 +99,13 @@ def finish_run(result: dict) -> dict:
 def notify_tdc(notice: dict) -> dict:
     """One attempt to tell the TDC on one channel; raises when it did not get through (the
     orchestrator retries with durable timers)."""
-    with _step("notify_tdc", notice["run"]):
+    with activity_step("notify_tdc", notice["run"]):
         return tdc_notice.deliver(notice["run"], notice["summary"], notice["channel"])
 
 
 @bp.activity_trigger(input_name="notification")
 def record_notification(notification: dict) -> dict:
-    with _step("record_notification", notification["run"]):
+    with activity_step("record_notification", notification["run"]):
         delivery = notification["delivery"]
         log.info("notice to the TDC: %s", ", ".join(
             f"{channel} {'delivered' if outcome.get('delivered') else 'not delivered'}"

@@ -37,14 +37,14 @@ def _request(run: dict) -> inference_requests.Request:
 def gather_inference_grants(run: dict) -> dict:
     """The requester's two grants pin this contract's inference group, and the contract's state
     KEK admits it: nothing is deployed before."""
-    payload = run_steps._contract(run)
+    payload = run_steps.contract_of(run)
     unrunnable = deployment.policy_problem(payload, "inference")
     if unrunnable:
         return {"ok": False, "reason": unrunnable}
     expected, authority = hostdata(payload, run["contract_digest"]), settings.require("CCR_MAA_URL")
     subjects = inference_requests.grant_subjects(payload, _request(run).requester)
     with azure_clients.key_client(subjects[0].key_vault) as vault:
-        problems = [run_steps._grant_problem(run["contract_digest"], s, vault, expected) for s in subjects]
+        problems = [run_steps.grant_problem(run["contract_digest"], s, vault, expected) for s in subjects]
     with azure_clients.key_client() as vault:
         try:
             state = vault.get_key(model_states.kek_name(run["contract_digest"])).properties.release_policy
@@ -72,7 +72,7 @@ def inference_reads(payload: dict, run: dict) -> list[str]:
 def deploy_inference(run: dict) -> dict:
     """Write the request, then create the inference group once (a retry finds it). Its spec
     carries SAS URLs: built here only, never logged or returned."""
-    record = run_steps._record(run)
+    record = run_steps.contract_record(run)
     client, resource_group = azure_clients.container_client(), settings.require("CCR_RESOURCE_GROUP")
     group_name = deployment.group_name(run)
     try:
@@ -89,7 +89,7 @@ def deploy_inference(run: dict) -> dict:
             if error.status_code is not None and error.status_code >= 500:
                 raise
             return {"ok": False, "container_group": group_name,
-                    "reason": f"container group {group_name} was refused: {run_steps._first_line(error)}"}
+                    "reason": f"container group {group_name} was refused: {run_steps.first_line(error)}"}
     if group.provisioning_state == "Failed":
         return {"ok": False, "container_group": group_name, "reason": f"container group {group_name} failed to provision"}
     return {"ok": True, "container_group": group_name}
@@ -126,7 +126,7 @@ def _ensure_container(container: str) -> None:
 def verify_inference_outcome(run: dict, event: dict) -> dict:
     """The outcome, when the attested inference group of this run signed it (no privacy spent:
     predictions of the requester's own rows are post-processing of a released DP model)."""
-    payload = run_steps._contract(run)
+    payload = run_steps.contract_of(run)
     try:
         outcome = attested_outcome.verify(event, run["run_id"], run["nonce"], hostdata(payload, run["contract_digest"]),
                                           settings.require("CCR_MAA_URL"), 0.0, settings.ca_bundle())
@@ -138,7 +138,7 @@ def verify_inference_outcome(run: dict, event: dict) -> dict:
 def finish_inference(run: dict, outcome: dict) -> dict:
     """Record the inference like a run: who asked, on which batch, how many rows, with which
     model; a success only with its predictions in place under the requester's output key."""
-    payload, request = run_steps._contract(run), _request(run)
+    payload, request = run_steps.contract_of(run), _request(run)
     predictions = azure_clients.blob_service().get_blob_client(
         *split_blob_path(inference_requests.predictions_path(run["run_id"])))
     if outcome["status"] == "succeeded":

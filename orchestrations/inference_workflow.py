@@ -12,8 +12,8 @@ from datetime import timedelta
 import azure.durable_functions as df
 
 from orchestrations import inference_steps, tdc_notice
-from orchestrations.activities import _records, _step
-from orchestrations.run_workflow import NOTICE_RETRY, RETRY, TRAINER_FINISHED_EVENT, _safe_reason
+from orchestrations.activities import activity_step, run_records
+from orchestrations.run_workflow import NOTICE_RETRY, RETRY, TRAINER_FINISHED_EVENT, safe_reason
 
 bp = df.Blueprint()
 
@@ -25,7 +25,7 @@ def ccr_inference(context: df.DurableOrchestrationContext):
     try:
         outcome = yield from _steps(context, run, progress)
     except Exception as error:  # an activity failed after its retries
-        outcome = {"status": "failed", "phase": progress["phase"], "reason": _safe_reason(error)}
+        outcome = {"status": "failed", "phase": progress["phase"], "reason": safe_reason(error)}
     if progress["deployed"]:
         context.set_custom_status({"phase": "cleaning_up"})
         yield context.call_activity_with_retry("clean_up_trainer", RETRY, run)
@@ -81,38 +81,38 @@ def _outcome(outcome: dict) -> dict:
 
 @bp.activity_trigger(input_name="run")
 def gather_inference_grants(run: dict) -> dict:
-    with _step("gather_inference_grants", run):
-        _records().enter_phase(run["run_id"], "gathering_key_grants")
+    with activity_step("gather_inference_grants", run):
+        run_records().enter_phase(run["run_id"], "gathering_key_grants")
         return inference_steps.gather_inference_grants(run)
 
 
 @bp.activity_trigger(input_name="run")
 def deploy_inference(run: dict) -> dict:
-    with _step("deploy_inference", run):
-        _records().enter_phase(run["run_id"], "deploying")
-        _records().keep_nonce(run["run_id"], run["nonce"])
+    with activity_step("deploy_inference", run):
+        run_records().enter_phase(run["run_id"], "deploying")
+        run_records().keep_nonce(run["run_id"], run["nonce"])
         deployed = inference_steps.deploy_inference(run)
         if deployed["ok"]:
-            _records().enter_phase(run["run_id"], "inferring", container_group=deployed["container_group"])
+            run_records().enter_phase(run["run_id"], "inferring", container_group=deployed["container_group"])
         return deployed
 
 
 @bp.activity_trigger(input_name="claim")
 def verify_inference_outcome(claim: dict) -> dict:
-    with _step("verify_inference_outcome", claim["run"]):
+    with activity_step("verify_inference_outcome", claim["run"]):
         return inference_steps.verify_inference_outcome(claim["run"], claim["event"])
 
 
 @bp.activity_trigger(input_name="result")
 def finish_inference(result: dict) -> dict:
-    with _step("finish_inference", result["run"]):
-        _records().enter_phase(result["run"]["run_id"], "notifying")
+    with activity_step("finish_inference", result["run"]):
+        run_records().enter_phase(result["run"]["run_id"], "notifying")
         return inference_steps.finish_inference(result["run"], result["outcome"])
 
 
 @bp.activity_trigger(input_name="notice")
 def notify_requester(notice: dict) -> dict:
     """One attempt to tell the requester (a `CCR.Run.Finished` event under its own subject)."""
-    with _step("notify_requester", notice["run"]):
+    with activity_step("notify_requester", notice["run"]):
         message = {**tdc_notice.notice(notice["summary"]), "rows": notice["summary"].get("rows")}
         return tdc_notice.publish_event(message, [notice["run"]["request"]["requester"]])

@@ -31,7 +31,7 @@ HEADER_PROBE_BYTES = 1 << 20
 LOG_TAIL_LINES = 50
 
 
-def _record(run: dict) -> dict:
+def contract_record(run: dict) -> dict:
     """The accepted contract of this run: payload, digest and the signed envelope."""
     record = ContractStore(azure_clients.blob_service()).get(run["contract_id"], run["contract_digest"])
     if record is None or record["digest"] != run["contract_digest"]:
@@ -39,8 +39,8 @@ def _record(run: dict) -> dict:
     return record
 
 
-def _contract(run: dict) -> dict:
-    return _record(run)["payload"]
+def contract_of(run: dict) -> dict:
+    return contract_record(run)["payload"]
 
 
 # --- 0. a continued run waits for the model it starts from ----------------------------------
@@ -60,7 +60,7 @@ def validate_inputs(run: dict) -> dict:
     contract's manifest digest (checked concurrently). Reserves nothing: consent is not
     checked yet. First of all, this deployment must be able to run the trainer group the
     contract pins (its SKR sidecar and policy template: `deployment.policy_problem`)."""
-    payload = _contract(run)
+    payload = contract_of(run)
     reason = deployment.policy_problem(payload)
     if reason:
         return {"ok": False, "reason": reason}
@@ -107,7 +107,7 @@ def gather_key_grants(run: dict) -> dict:
     their keys themselves (a grant is part of their consent); this step gathers and checks
     them all before anything is reserved or deployed: each vault's grants over one client
     (one auth challenge, one connection), the vaults concurrently."""
-    payload = _contract(run)
+    payload = contract_of(run)
     expected = deployment.hostdata(payload, run["contract_digest"])
     by_vault: dict[str, list] = {}
     for subject in key_grants.subjects(payload):
@@ -115,7 +115,7 @@ def gather_key_grants(run: dict) -> dict:
 
     def check_vault(subjects: list) -> list:
         with azure_clients.key_client(subjects[0].key_vault) as vault:
-            return [_grant_problem(run["contract_digest"], s, vault, expected) for s in subjects]
+            return [grant_problem(run["contract_digest"], s, vault, expected) for s in subjects]
 
     with ThreadPoolExecutor(max_workers=len(by_vault)) as pool:
         problems = [p for found in pool.map(check_vault, by_vault.values()) for p in found]
@@ -123,7 +123,7 @@ def gather_key_grants(run: dict) -> dict:
     return {"ok": False, "reason": reason} if reason else {"ok": True, "hostdata": expected}
 
 
-def _grant_problem(contract_digest: str, subject: key_grants.GrantSubject, vault, expected: str) -> str | None:
+def grant_problem(contract_digest: str, subject: key_grants.GrantSubject, vault, expected: str) -> str | None:
     """Why this grant does not hold for this contract's trainer group, or None."""
     kek = key_grants.kek_name(contract_digest, subject.subject)
     whose = f"{subject.label} (granted by {subject.grantor})"
@@ -188,7 +188,7 @@ def reserve_privacy_budget(run: dict) -> dict:
     refuses a training config asking another) and the contract's delta, if the provider's
     declared lifetime budget still allows it. Runs only after every grant is verified: a
     contract a provider never signed cannot charge its budget."""
-    payload = _contract(run)
+    payload = contract_of(run)
     budget = PrivacyBudget(azure_clients.blob_service())
     delta = float(payload["privacy"]["delta"])
     planned = min(float(d["epsilon"]) for _, d in contracts.datasets(payload))
@@ -225,7 +225,7 @@ def deploy_trainer(run: dict) -> dict:
     A group the platform refuses (e.g. an image that does not match its digest) is a
     failed run, not something to retry. The spec carries the trainer's SAS URLs: it is built
     here only, and never logged or returned."""
-    record = _record(run)
+    record = contract_record(run)
     client = azure_clients.container_client()
     group_name = deployment.group_name(run)
     resource_group = settings.require("CCR_RESOURCE_GROUP")
@@ -242,7 +242,7 @@ def deploy_trainer(run: dict) -> dict:
             if error.status_code is not None and error.status_code >= 500:
                 raise
             return {"ok": False, "container_group": group_name,
-                    "reason": f"container group {group_name} was refused: {_first_line(error)}"}
+                    "reason": f"container group {group_name} was refused: {first_line(error)}"}
         log.info("created container group %s", group_name)
     if group.provisioning_state == "Failed":
         return {"ok": False, "container_group": group_name,
@@ -268,7 +268,7 @@ def _ensure_containers() -> None:
             pass
 
 
-def _first_line(error: HttpResponseError) -> str:
+def first_line(error: HttpResponseError) -> str:
     text = (error.message or str(error) or type(error).__name__).strip().splitlines()
     return (text[0] if text else type(error).__name__)[:300]
 
@@ -279,7 +279,7 @@ def verify_trainer_outcome(run: dict, event: dict) -> dict:
     """`{"ok": True, "outcome"}` when the event proves itself (shared/attested_outcome.py):
     signed by the attested trainer of this run's group, for this run id and nonce, with
     figures within the plan; otherwise `{"ok": False, "reason"}` and the run keeps waiting."""
-    payload = _contract(run)
+    payload = contract_of(run)
     planned = min(float(d["epsilon"]) for _, d in contracts.datasets(payload))
     try:
         outcome = attested_outcome.verify(event, run["run_id"], run["nonce"],
@@ -301,7 +301,7 @@ def record_trainer_progress(event: dict) -> bool:
         log.warning("progress event for an unknown run; ignored")
         return False
     run = {"run_id": run_id, "contract_id": record["contract_id"], "contract_digest": record["contract_digest"]}
-    payload = _contract(run)
+    payload = contract_of(run)
     planned = min(float(d["epsilon"]) for _, d in contracts.datasets(payload))
     return attested_progress.record(records, event, records.nonce(run_id),
                                     deployment.hostdata(payload, run["contract_digest"]),
@@ -334,7 +334,7 @@ def clean_up_trainer(run: dict) -> dict:
 def finish_run(run: dict, outcome: dict) -> dict:
     """Record the outcome and settle the privacy budget. A success is taken only with its
     output in place: a trainer's word alone does not make a run succeed."""
-    payload = _contract(run)
+    payload = contract_of(run)
     output = azure_clients.blob_service().get_blob_client(
         *split_blob_path(storage_names.output_path(run["run_id"])))
     output_url = None

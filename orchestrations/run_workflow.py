@@ -42,7 +42,7 @@ def ccr_run(context: df.DurableOrchestrationContext):
     try:
         outcome = yield from _run_steps(context, run, progress)
     except Exception as error:  # an activity failed after its retries
-        outcome = {"status": "failed", "phase": progress["phase"], "reason": _safe_reason(error)}
+        outcome = {"status": "failed", "phase": progress["phase"], "reason": safe_reason(error)}
     return (yield from _finish(context, run, outcome, progress["deployed"]))
 
 
@@ -138,7 +138,7 @@ def _notify_tdc(context, run: dict, summary: dict):
                 "notify_tdc", NOTICE_RETRY, {"run": run, "summary": summary, "channel": channel})
         except Exception as error:  # every attempt failed
             delivery[channel] = {"delivered": False, "attempts": NOTICE_RETRY.max_number_of_attempts,
-                                 "reason": _safe_reason(error)}
+                                 "reason": safe_reason(error)}
     yield context.call_activity_with_retry("record_notification", RETRY,
                                            {"run": run, "delivery": delivery})
 
@@ -159,7 +159,7 @@ def _trainer_outcome(outcome: dict) -> dict:
     return {"status": "failed", "phase": "training", "reason": reason, "data_untouched": not outcome["data_read"]}
 
 
-def _safe_reason(error: Exception) -> str:
+def safe_reason(error: Exception) -> str:
     """Activity errors reach us as text; keep only the first line, bounded."""
     text = str(error).split("$OutOfProcData$")[0].strip().splitlines()
     return (text[0] if text else type(error).__name__)[:500]

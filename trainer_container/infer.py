@@ -60,7 +60,7 @@ class InferenceRun(training_run.TrainerRun):
         self.phase("batch")
         encrypted = self.workdir / "batch.ccr"
         with BlobClient.from_blob_url(self.env.blob_url(request.batch)) as blob, \
-                training_run._storage("download", request.batch), open(encrypted, "wb") as out:
+                training_run.storage_errors("download", request.batch), open(encrypted, "wb") as out:
             blob.download_blob().readinto(out)
         with open(encrypted, "rb") as src:
             header = package.read_header(src)
@@ -95,7 +95,7 @@ class InferenceRun(training_run.TrainerRun):
             raise InferenceError(f"the encrypted predictions are larger than {PREDICTIONS_MAX_BYTES >> 20} MiB")
         path = inference_requests.predictions_path(self.env.run_id)
         with BlobClient.from_blob_url(self.env.blob_url(path), max_single_put_size=PREDICTIONS_MAX_BYTES) as blob, \
-                training_run._storage("upload", path), open(predictions, "rb") as src:
+                training_run.storage_errors("upload", path), open(predictions, "rb") as src:
             blob.upload_blob(src, overwrite=False)  # created once, for the requester only
         predictions.unlink()
         return blob_location(blob.url)

@@ -137,7 +137,7 @@ class TrainerRun:
         this contract's attested group, then unwraps the data key the owner wrapped under it."""
         kek = key_grants.kek_name(contract_digest, grant.subject)
         path = key_grants.grant_path(contract_digest, grant.subject)
-        with BlobClient.from_blob_url(self.env.blob_url(path)) as blob, _storage("download", path):
+        with BlobClient.from_blob_url(self.env.blob_url(path)) as blob, storage_errors("download", path):
             wrapped = blob.download_blob().readall().decode("ascii", "replace")
         key_grants.check_header(wrapped, kek, grant.key_id)
         return key_grants.unwrap(wrapped, self.skr.release(grant.key_vault, kek), kek, grant.key_id)
@@ -151,12 +151,12 @@ class TrainerRun:
         return StateStore(contract_digest, kek, self.workdir, self._download, self._create)
 
     def _download(self, path: str) -> bytes:
-        with BlobClient.from_blob_url(self.env.blob_url(path)) as blob, _storage("download", path):
+        with BlobClient.from_blob_url(self.env.blob_url(path)) as blob, storage_errors("download", path):
             return blob.download_blob().readall()
 
     def _create(self, path: str, data: bytes) -> None:
         with BlobClient.from_blob_url(self.env.blob_url(path), max_single_put_size=OUTPUT_MAX_BYTES) as blob, \
-                _storage("upload", path):
+                storage_errors("upload", path):
             blob.upload_blob(data, overwrite=False)
 
     def download(self, ref: PackageRef) -> Path:
@@ -164,7 +164,7 @@ class TrainerRun:
         data key the contract names (decryption then checks the plaintext against that digest)."""
         encrypted = self.workdir / f"{ref.container}-{ref.name}.ccr"
         path = f"{ref.container}/{ref.blob}"
-        with BlobClient.from_blob_url(self.env.blob_url(path)) as blob, _storage("download", path), \
+        with BlobClient.from_blob_url(self.env.blob_url(path)) as blob, storage_errors("download", path), \
                 open(encrypted, "wb") as out:
             blob.download_blob().readinto(out)
         with open(encrypted, "rb") as src:
@@ -284,13 +284,13 @@ class TrainerRun:
             raise ExportError(f"the encrypted output is larger than {OUTPUT_MAX_BYTES >> 20} MiB")
         path = storage_names.output_path(self.env.run_id)
         with BlobClient.from_blob_url(self.env.blob_url(path), max_single_put_size=OUTPUT_MAX_BYTES) as blob, \
-                _storage("upload", path), open(encrypted, "rb") as src:
+                storage_errors("upload", path), open(encrypted, "rb") as src:
             blob.upload_blob(src, overwrite=False)  # the one output of this run, created once
         return blob_location(blob.url), manifest.blake3  # a version-2 package
 
 
 @contextmanager
-def _storage(action: str, path: str) -> Iterator[None]:
+def storage_errors(action: str, path: str) -> Iterator[None]:
     """Storage errors as BlobAccessError: the SDK's own text is not for logs and events."""
     try:
         yield
