@@ -5,9 +5,11 @@ their work (activities, timers, sub-orchestrations) as queue messages.
 
 Crash safety: outbound messages are sent before the history is committed and carry
 deterministic keys, so a batch replayed after a crash sends the same messages again and the
-receiver drops the duplicates; queue messages are deleted only after the commit. Activities
-record their outcome in a table before acknowledging, so a redelivered work item reports the
-recorded outcome instead of running again. Each instance is processed by one task at a time.
+receiver drops the duplicates; queue messages are deleted only after the commit. Activity
+outcomes reach their orchestration in process (deliver_outcomes) and the work item is
+acknowledged only once they are committed to its history, which is their record: a
+redelivered work item reports the recorded outcome instead of running again. Each instance
+is processed by one task at a time.
 
 Suspension (suspension.py): while suspended, events are held and no orchestrator code runs;
 the suspend and resume markers are history the SDK's replay never sees.
@@ -18,6 +20,7 @@ host allocates match the SDK's counter."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -109,7 +112,7 @@ class DurableEngine:
         self._loops: list[asyncio.Task] = []
         self._work: set[asyncio.Task] = set()
         self.activity_worker = ActivityWorker(store, self.activities, invoker, lease_seconds, extra_inputs,
-                                              self._spawn)
+                                              self._spawn, self.deliver_outcomes, self.recorded_outcome)
         self.entities = EntityWorker(store, index, invoker, lease_seconds)
         self.cache: dict[str, Instance] = {}
         self._starting: dict[str, asyncio.Future] = {}  # execution id -> its row written (this process)
@@ -164,8 +167,11 @@ class DurableEngine:
 
     async def _write_new_state(self, instance_id: str, state: dict) -> None:
         """The new execution's row: created, or replacing a finished instance's; refused while
-        another execution of this id is pending or running."""
-        if await self.store.insert_new(instance_id, state):
+        another execution of this id is pending or running. A row this process created is
+        remembered, so its first episode needs no read (its ETag still guards the commit)."""
+        etag = await self.store.insert_new(instance_id, state)
+        if etag is not None:
+            self._remember(Instance(instance_id, state, etag))
             return
         existing = await self.store.load_state(instance_id)
         if existing is None:
@@ -271,27 +277,64 @@ class DurableEngine:
 
     # orchestrations --------------------------------------------------------------------
     async def _process_instance(self, instance_id: str, group: list) -> None:
+        bodies = [body for _, body in group]
+        redelivered = any(message.dequeue_count > 1 for message, _ in group)
+        async with self._instance_lock(instance_id):
+            if await self._applied(instance_id, bodies, redelivered):
+                await asyncio.gather(*(self.store.control.delete_message(message) for message, _ in group))
+
+    async def deliver_outcomes(self, instance_id: str, execution_id: str, events: list[dict],
+                               may_repeat: bool) -> None:
+        """Activity outcomes handed over in process instead of through the control queue:
+        committed to the instance's history (the outcomes' record) before this returns, so
+        the work item may then be acknowledged. Raises when they could not be; the work item
+        is then delivered again and reports what the history holds."""
+        body = {"InstanceId": instance_id, "ExecutionId": execution_id, "Events": events, "Key": events[0]["Key"]}
+        async with self._instance_lock(instance_id):
+            if not await self._applied(instance_id, [body], may_repeat):
+                raise RuntimeError(f"activity outcomes for instance {instance_id} were not committed")
+
+    async def recorded_outcome(self, instance_id: str, execution_id: str, task_id: int) -> dict | None:
+        """The outcome of a task the instance's history already holds (or holds back while
+        suspended): a redelivered work item reports it instead of running the activity again."""
+        async with self._instance_lock(instance_id):
+            instance = self.cache.get(instance_id) or await self.store.load(instance_id)
+            if instance is None or instance.execution_id != execution_id:
+                return None
+            self._remember(instance)
+        for event in instance.history + instance.buffered:
+            if event["EventType"] in (h.TASK_COMPLETED, h.TASK_FAILED) and event.get("TaskScheduledId") == task_id:
+                return event
+        return None
+
+    @contextlib.asynccontextmanager
+    async def _instance_lock(self, instance_id: str):
+        """One task at a time per instance; the lock is dropped once nobody holds or awaits it."""
         lock = self.locks[instance_id]
-        async with lock:
-            bodies = [body for _, body in group]
-            redelivered = any(message.dequeue_count > 1 for message, _ in group)
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and not getattr(lock, "_waiters", None):
+                self.locks.pop(instance_id, None)
+
+    async def _applied(self, instance_id: str, bodies: list[dict], redelivered: bool) -> bool:
+        """Apply and commit the events (the caller holds the instance's lock); False, logged,
+        when that failed and the events must come again."""
+        try:
             try:
-                try:
-                    await self._apply(instance_id, bodies, redelivered)
-                except (TableTransactionError, ResourceModifiedError):
-                    self.cache.pop(instance_id, None)  # changed elsewhere: reload and go again
-                    await self._apply(instance_id, bodies, redelivered)
-            except asyncio.CancelledError:
-                self.cache.pop(instance_id, None)
-                raise
-            except Exception:
-                self.cache.pop(instance_id, None)
-                log.exception("orchestration dispatch failed; its messages will be delivered again")
-                return
-            for message, _ in group:
-                await self.store.control.delete_message(message)
-        if not lock.locked() and not getattr(lock, "_waiters", None):
-            self.locks.pop(instance_id, None)
+                await self._apply(instance_id, bodies, redelivered)
+            except (TableTransactionError, ResourceModifiedError):
+                self.cache.pop(instance_id, None)  # changed elsewhere: reload and go again
+                await self._apply(instance_id, bodies, redelivered)
+        except asyncio.CancelledError:
+            self.cache.pop(instance_id, None)
+            raise
+        except Exception:
+            self.cache.pop(instance_id, None)
+            log.exception("orchestration dispatch failed; its messages will be delivered again")
+            return False
+        return True
 
     def _new_events(self, instance: Instance, bodies: list[dict]) -> list[dict]:
         """Events not yet in the history, for this execution, ExecutionStarted first."""

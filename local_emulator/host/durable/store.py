@@ -2,9 +2,8 @@
 - table <hub>Instances: per instance (PartitionKey = instance id) one row `state`, one row
   per orchestration episode (`h<execution>-<n>`, its history events as JSON) and, while the
   instance is suspended, one row per batch of events it buffers (`b<execution>-<n>`), written
-  in one entity-group transaction guarded by the state row's ETag;
-- table <hub>Activities: one row per finished activity (its result), written before the
-  activity's queue message is deleted, so a redelivered work item is not executed again;
+  in one entity-group transaction guarded by the state row's ETag (an activity's outcome is
+  recorded there, in its orchestration's history, before its work item is deleted);
 - queues <hub>-control (orchestrator events, timers as invisible messages) and
   <hub>-workitems (activity executions);
 - container <hub>-largemessages: messages and properties too large for a queue or a table,
@@ -18,11 +17,11 @@ from dataclasses import dataclass, field
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
-from azure.data.tables import TableTransactionError
 from azure.data.tables.aio import TableClient
 from azure.storage.queue.aio import QueueClient
 
 from local_emulator.host.durable.large_payloads import BLOB_SUFFIX, LargePayloads
+from local_emulator.host.durable.transport import direct_transport
 
 STATE_ROW = "state"
 TERMINAL = ("Completed", "Failed", "Terminated")
@@ -61,20 +60,21 @@ class Instance:
 class TaskHubStore:
     def __init__(self, connection_string: str, hub: str):
         self.hub = hub
-        self.instances = TableClient.from_connection_string(connection_string, f"{hub}Instances")
-        self.activities = TableClient.from_connection_string(connection_string, f"{hub}Activities")
-        self.control = QueueClient.from_connection_string(connection_string, f"{hub.lower()}-control")
-        self.workitems = QueueClient.from_connection_string(connection_string, f"{hub.lower()}-workitems")
+        self.instances = TableClient.from_connection_string(connection_string, f"{hub}Instances",
+                                                            transport=direct_transport())
+        self.control = QueueClient.from_connection_string(connection_string, f"{hub.lower()}-control",
+                                                          transport=direct_transport())
+        self.workitems = QueueClient.from_connection_string(connection_string, f"{hub.lower()}-workitems",
+                                                            transport=direct_transport())
         self.large = LargePayloads(connection_string, hub)
         # set when this process sends to a queue, so its idle dispatcher looks at once
         self.sent = {self.control.queue_name: asyncio.Event(), self.workitems.queue_name: asyncio.Event()}
 
     async def create(self) -> None:
-        for table in (self.instances, self.activities):
-            try:
-                await table.create_table()
-            except ResourceExistsError:
-                pass
+        try:
+            await self.instances.create_table()
+        except ResourceExistsError:
+            pass
         for queue in (self.control, self.workitems):
             try:
                 await queue.create_queue()
@@ -83,7 +83,7 @@ class TaskHubStore:
         await self.large.create()
 
     async def close(self) -> None:
-        for client in (self.instances, self.activities, self.control, self.workitems, self.large):
+        for client in (self.instances, self.control, self.workitems, self.large):
             await client.close()
 
     # instances -------------------------------------------------------------------------
@@ -119,13 +119,13 @@ class TaskHubStore:
                 instance.buffered.extend(json.loads((await self._inflate(row))["Events"]))
         return instance
 
-    async def insert_new(self, instance_id: str, state: dict) -> bool:
-        """Create the state row; False if the instance already exists."""
+    async def insert_new(self, instance_id: str, state: dict) -> str | None:
+        """Create the state row and return its ETag; None if the instance already exists."""
         try:
-            await self.instances.create_entity(await self.large.offload(_pack_state(instance_id, state)))
-            return True
+            metadata = await self.instances.create_entity(await self.large.offload(_pack_state(instance_id, state)))
+            return metadata["etag"]
         except ResourceExistsError:
-            return False
+            return None
 
     async def commit(self, instance: Instance, new_events: list[dict], reset_history: bool) -> None:
         """Append one episode (or start a fresh history) and update the state row atomically."""
@@ -185,9 +185,6 @@ class TaskHubStore:
             "PartitionKey eq @pk", parameters={"pk": instance_id}, select=["PartitionKey", "RowKey"])]
         for row in rows:
             await self.instances.delete_entity(instance_id, row["RowKey"])
-        async for row in self.activities.query_entities("PartitionKey eq @pk", parameters={"pk": instance_id},
-                                                         select=["PartitionKey", "RowKey"]):
-            await self.activities.delete_entity(instance_id, row["RowKey"])
         await self.large.purge(instance_id)
         return 1 if any(row["RowKey"] == STATE_ROW for row in rows) else 0
 
@@ -213,36 +210,6 @@ class TaskHubStore:
             parameters["after"] = after
         async for row in self.instances.query_entities(" and ".join(clauses), parameters=parameters):
             yield row["PartitionKey"], _unpack_state(await self._inflate(row))
-
-    # activity completions ---------------------------------------------------------------
-    async def completed_activity(self, instance_id: str, key: str) -> dict | None:
-        try:
-            row = await self.activities.get_entity(instance_id, key)
-        except ResourceNotFoundError:
-            return None
-        return json.loads((await self._inflate(row))["Event"])
-
-    async def record_activity(self, instance_id: str, key: str, event: dict) -> dict:
-        """Keep the first recorded outcome; return whichever is recorded."""
-        try:
-            await self.activities.create_entity(await self.large.offload(
-                {"PartitionKey": instance_id, "RowKey": key, "Event": json.dumps(event)}))
-            return event
-        except ResourceExistsError:
-            return await self.completed_activity(instance_id, key)
-
-    async def record_activities(self, instance_id: str, outcomes: list[tuple[str, dict]]) -> dict[str, dict]:
-        """Record several outcomes in one transaction; any already recorded keeps its first one."""
-        if not outcomes:
-            return {}
-        operations = [("create", await self.large.offload({"PartitionKey": instance_id, "RowKey": key,
-                                                          "Event": json.dumps(event)}))
-                      for key, event in outcomes]
-        try:
-            await self.activities.submit_transaction(operations)
-            return dict(outcomes)
-        except TableTransactionError:
-            return {key: await self.record_activity(instance_id, key, event) for key, event in outcomes}
 
     # queues -----------------------------------------------------------------------------
     async def send_control(self, message: dict, delay_seconds: int = 0) -> None:
