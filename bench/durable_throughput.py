@@ -64,7 +64,13 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
-def run(url: str, key: str, system_key: str, n: int) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(url: str, key: str, system_key: str, n: int, pids: dict[str, int]) -> dict:
     cities = [f"city-{i}" for i in range(FAN_OUT)]
 
     def start_one(_):
@@ -73,6 +79,7 @@ def run(url: str, key: str, system_key: str, n: int) -> dict:
         response.raise_for_status()
         return response.json()["id"]
 
+    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     began = time.perf_counter()
     with ThreadPoolExecutor(16) as pool:
         ids = set(pool.map(start_one, range(n)))
@@ -85,6 +92,7 @@ def run(url: str, key: str, system_key: str, n: int) -> dict:
         if len(done) < n:
             time.sleep(0.25)
     elapsed = time.perf_counter() - began
+    cpu = {f"{name}_cpu_s": round(cpu_seconds(pid) - cpu_before[name], 2) for name, pid in pids.items()}
     failed = [s for s in done.values() if s["runtimeStatus"] != "Completed" or len(s["output"]) != FAN_OUT]
     if len(done) < n or failed:
         raise RuntimeError(f"N={n}: {len(done)} finished, {len(failed)} failed or wrong")
@@ -94,10 +102,11 @@ def run(url: str, key: str, system_key: str, n: int) -> dict:
                "orchestrations_per_s": round(n / elapsed, 2),
                "activities_per_s": round(n * FAN_OUT / elapsed, 1),
                "p50_latency_s": round(statistics.median(latencies), 3),
-               "p95_latency_s": round(percentile(latencies, 0.95), 3)}
+               "p95_latency_s": round(percentile(latencies, 0.95), 3), **cpu}
     print(f"N={n:>4} x {FAN_OUT} activities: {figures['seconds']} s, "
           f"{figures['orchestrations_per_s']} orchestrations/s, {figures['activities_per_s']} activities/s, "
-          f"latency p50 {figures['p50_latency_s']} s, p95 {figures['p95_latency_s']} s", flush=True)
+          f"latency p50 {figures['p50_latency_s']} s, p95 {figures['p95_latency_s']} s; CPU s "
+          + ", ".join(f"{name} {cpu[name + '_cpu_s']}" for name in pids), flush=True)
     return figures
 
 
@@ -123,7 +132,8 @@ def main() -> None:
         host = None
         try:
             host, url = start_host(azurite.connection_string, key, system_key)
-            results = {f"n{n}": run(url, key, system_key, n) for n in RUNS}
+            pids = {"host": host.pid, "azurite": azurite.process.pid}
+            results = {f"n{n}": run(url, key, system_key, n, pids) for n in RUNS}
         finally:
             if host is not None:
                 os.killpg(host.pid, signal.SIGTERM)
