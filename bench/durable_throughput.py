@@ -1,8 +1,11 @@
 """Durable throughput of the local host: N orchestrations, each fanning out to 10 trivial
 activities, started through the app's HTTP starter (client.start_new) on Azurite.
-Prints orchestrations/s, activities/s and p50/p95 start-to-completion latency (host
-timestamps: createdTime -> lastUpdatedTime of the completed instance) for N=50 and N=200;
-the last line is one JSON object with those figures."""
+Prints orchestrations/s, activities/s, p50/p95 start-to-completion latency (host
+timestamps: createdTime -> lastUpdatedTime of the completed instance) and the CPU seconds the
+host and Azurite spent, for N=50 and N=200; first, on the idle host, the activity hop: from
+an activity's TaskScheduled timestamp in the history to the moment the activity function
+began (it returns that moment), p50/p95 over sequential calls. The last line is one JSON
+object with those figures."""
 from __future__ import annotations
 
 import json
@@ -29,6 +32,7 @@ from local_emulator.azurite import Azurite  # noqa: E402
 APP_DIR = ROOT / "bench" / "fanout_app"
 FAN_OUT = 10
 RUNS = tuple(int(n) for n in os.environ.get("BENCH_RUNS", "50,200").split(","))
+HOP_INSTANCES, HOPS = 10, 5
 
 
 def start_host(connection: str, key: str, system_key: str) -> tuple[subprocess.Popen, str]:
@@ -110,6 +114,30 @@ def run(url: str, key: str, system_key: str, n: int, pids: dict[str, int]) -> di
     return figures
 
 
+def activity_hops(url: str, key: str, instances: int = HOP_INSTANCES, hops: int = HOPS) -> dict:
+    """Scheduled -> started of sequential activities on an otherwise idle host."""
+    delays = []
+    for _ in range(instances):
+        links = requests.post(f"{url}/api/orchestrators/hop_probe", params={"code": key}, json=hops,
+                              timeout=60).json()
+        deadline = time.monotonic() + 60
+        while True:
+            status = requests.get(links["statusQueryGetUri"], params={"showHistory": "true",
+                                                                      "showHistoryOutput": "true"}, timeout=60).json()
+            if status["runtimeStatus"] == "Completed" or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        completions = [e for e in status.get("historyEvents", []) if e["EventType"] == "TaskCompleted"]
+        if len(completions) != hops:
+            raise RuntimeError(f"hop probe: {status['runtimeStatus']}, {len(completions)} of {hops} activities")
+        delays += [1000 * (parse(e["Result"]) - parse(e["ScheduledTime"])).total_seconds() for e in completions]
+    figures = {"hops": len(delays), "p50_ms": round(statistics.median(delays), 1),
+               "p95_ms": round(percentile(delays, 0.95), 1), "max_ms": round(max(delays), 1)}
+    print(f"activity hop (scheduled -> started, idle host, {figures['hops']} hops): p50 {figures['p50_ms']} ms, "
+          f"p95 {figures['p95_ms']} ms, max {figures['max_ms']} ms", flush=True)
+    return figures
+
+
 def list_instances(url: str, system_key: str, runtime_status: str) -> list[dict]:
     """Every page of an instance query (a page holds 100 unless `top` says otherwise, as on
     Azure), following x-ms-continuation-token."""
@@ -133,7 +161,8 @@ def main() -> None:
         try:
             host, url = start_host(azurite.connection_string, key, system_key)
             pids = {"host": host.pid, "azurite": azurite.process.pid}
-            results = {f"n{n}": run(url, key, system_key, n, pids) for n in RUNS}
+            results = {"activity_hop": activity_hops(url, key)}
+            results.update({f"n{n}": run(url, key, system_key, n, pids) for n in RUNS})
         finally:
             if host is not None:
                 os.killpg(host.pid, signal.SIGTERM)

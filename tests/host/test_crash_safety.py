@@ -18,7 +18,8 @@ def recorded_task_ids(connection: str, hub: str, instance_id: str) -> set[int]:
     """Task ids whose outcome is committed to the instance's history (the outcome's record)."""
     table = TableClient.from_connection_string(connection, f"{hub}Instances")
     rows = table.query_entities("PartitionKey eq @pk", parameters={"pk": instance_id})
-    events = [event for row in rows if row["RowKey"].startswith("h") for event in json.loads(row["Events"])]
+    events = [event for row in rows for event in json.loads(
+        row["Events"] if row["RowKey"].startswith("h") else row.get("Tail") or "[]")]
     return {event["TaskScheduledId"] for event in events if event["EventType"] == 5}  # TaskCompleted
 
 

@@ -53,8 +53,10 @@ class ActivityWorker:
             await self.store.workitems.delete_message(message)
             return
         renewal = asyncio.create_task(self._keep_leased(message))
-        # a first delivery of a message sent once cannot have recorded outcomes yet
-        check = message.dequeue_count > 1 or body.get("MayRepeat", False)
+        # a first delivery of a message sent once cannot have recorded outcomes yet; a message
+        # its sender ran itself (dequeue count 0) is received only once that sender has died
+        check = (message.dequeue_count > 1 or body.get("MayRepeat", False)
+                 or (body.get("SentLeased", False) and message.dequeue_count > 0))
         self._unreported.update((instance_id, execution_id) for instance_id, execution_id, _ in keys)
         try:
             await asyncio.gather(*(self._run_item(item, key, check) for item, key in zip(items, keys)))

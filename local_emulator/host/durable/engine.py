@@ -33,11 +33,22 @@ from azure.data.tables import TableTransactionError
 from azure.functions import meta
 
 from local_emulator.host.app_loader import FunctionEntry, FunctionIndex
+from local_emulator.host.durable import group_send
 from local_emulator.host.durable import history as h
 from local_emulator.host.durable.activities import ActivityWorker
 from local_emulator.host.durable.entities import EntityWorker
-from local_emulator.host.durable.failures import OUT_OF_PROC, failure_details, user_exception
-from local_emulator.host.durable.store import ACTIVE, TERMINAL, Instance, TaskHubStore, storable_id
+from local_emulator.host.durable.failures import (
+    OUT_OF_PROC,
+    failure_details,
+    user_exception,
+)
+from local_emulator.host.durable.store import (
+    ACTIVE,
+    TERMINAL,
+    Instance,
+    TaskHubStore,
+    storable_id,
+)
 from local_emulator.host.durable.suspension import apply_suspension
 from local_emulator.host.invoker import Invoker
 from shared import fault_points
@@ -120,6 +131,9 @@ class DurableEngine:
 
     async def start(self) -> None:
         await self.store.create()
+        # activities this host schedules start without a queue receive (the idle hop)
+        self.store.take_sent_workitems(self.lease_seconds,
+                                       lambda message: self._spawn(self.activity_worker.run(message)))
         self._loops = [asyncio.create_task(self._dispatch(self.store.control, self._orchestration_batch)),
                        asyncio.create_task(self._dispatch(self.store.workitems, self._activity_batch))]
 
@@ -260,8 +274,8 @@ class DurableEngine:
         groups: dict[str, list] = defaultdict(list)
         for message in messages:
             try:
-                body = await self.store.body(message)
-                groups[body["InstanceId"]].append((message, body))
+                for handle, body in await self.store.control_bodies(message):
+                    groups[body["InstanceId"]].append((handle, body))
             except (ValueError, KeyError, TypeError, ResourceNotFoundError):
                 log.warning("control queue: dropping a malformed message")
                 await self.store.control.delete_message(message)
@@ -281,7 +295,7 @@ class DurableEngine:
         redelivered = any(message.dequeue_count > 1 for message, _ in group)
         async with self._instance_lock(instance_id):
             if await self._applied(instance_id, bodies, redelivered):
-                await asyncio.gather(*(self.store.control.delete_message(message) for message, _ in group))
+                await asyncio.gather(*(self.store.ack_control(message) for message, _ in group))
 
     async def deliver_outcomes(self, instance_id: str, execution_id: str, events: list[dict],
                                may_repeat: bool) -> None:
@@ -399,30 +413,15 @@ class DurableEngine:
             for batch in batches:
                 if await self._episode(instance, batch, new_history, outbound):
                     break
-        for message in self._work_item_messages(instance):
+        for items in group_send.chunks(instance.work_items):
+            message = {"Items": items, "MayRepeat": instance.redelivered}
             outbound.append(lambda message=message: self.store.send_workitem(message))
+        instance.work_items = []
         for send in outbound:
             await send()
         reset = first_episode or instance.state.get("Episodes", 0) == 0
         await self.store.commit(instance, new_history, reset_history=reset)
         self._remember(instance)
-
-    @staticmethod
-    def _work_item_messages(instance: Instance, limit: int = 48 * 1024) -> list[dict]:
-        """The episode's activities in as few work-item messages as fit a queue message
-        (64 KiB); `MayRepeat` when rebuilt from redelivered events, as they may be sent twice."""
-        messages, items, size = [], [], 0
-        for item in instance.work_items:
-            item_size = len(json.dumps(item))
-            if items and size + item_size > limit:
-                messages.append(items)
-                items, size = [], 0
-            items.append(item)
-            size += item_size
-        if items:
-            messages.append(items)
-        instance.work_items = []
-        return [{"Items": chunk, "MayRepeat": instance.redelivered} for chunk in messages]
 
     def _adopt(self, instance_id: str, instance: Instance | None, body: dict, started: dict) -> Instance:
         """The row a start message's starter died before writing, rebuilt from the message."""
