@@ -52,12 +52,14 @@ def host_command(args) -> None:
 @contextlib.contextmanager
 def _profiled(stats_path: str | None):
     """CCR_HOST_PROFILE=<file>: cProfile the host's event loop (its main thread) and write
-    the stats there when it stops, to see where a benchmark's time goes."""
+    the stats there when it stops, to see where a benchmark's time goes. The clock is the
+    thread's CPU time, so time spent waiting (or descheduled on a busy machine) is not counted."""
     if not stats_path:
         yield
         return
     import cProfile
-    profile = cProfile.Profile()
+    import time
+    profile = cProfile.Profile(time.thread_time)
     profile.enable()
     try:
         yield

@@ -44,6 +44,7 @@ from local_emulator.host.durable.failures import (
 )
 from local_emulator.host.durable.store import (
     ACTIVE,
+    HISTORY_ROWS,
     TERMINAL,
     Instance,
     TaskHubStore,
@@ -103,7 +104,8 @@ ADOPT_AFTER_SECONDS = 2.0  # a start message whose row is still missing after th
 def new_state(name: str, version: str, input_json, created: str, execution_id: str, parent: dict | None) -> dict:
     return {"Name": name, "Version": version, "RuntimeStatus": "Pending", "Input": input_json, "Output": None,
             "CustomStatus": None, "CreatedTime": created, "LastUpdatedTime": created,
-            "ExecutionId": execution_id, "ActionCount": 0, "NextId": 0, "Episodes": 0, **(parent or {})}
+            "ExecutionId": execution_id, "ActionCount": 0, "NextId": 0, "Episodes": 0, HISTORY_ROWS: "[]",
+            **(parent or {})}
 
 
 class DurableEngine:
@@ -379,8 +381,7 @@ class DurableEngine:
         orphan = _adoptable_start(instance, bodies)
         if orphan is not None and orphan[0]["ExecutionId"] in self._starting:
             await self._starting[orphan[0]["ExecutionId"]]  # this process is writing its row right now
-            self.cache.pop(instance_id, None)
-            instance = await self.store.load(instance_id)
+            instance = self.cache.get(instance_id) or await self.store.load(instance_id)
             orphan = _adoptable_start(instance, bodies)
         if orphan is not None:
             body, started = orphan

@@ -1,10 +1,11 @@
 """Task-hub state in Azurite, so a killed host loses nothing:
 - table <hub>Instances: per instance (PartitionKey = instance id) one row `state` (holding
   the latest episodes' events in its `Tail` while they are few and the instance runs), history
-  rows (`h<execution>-<n>`, events as JSON, written when the tail moves out) and, while the
-  instance is suspended, one row per batch of events it buffers (`b<execution>-<n>`), written
-  in one entity-group transaction guarded by the state row's ETag (an activity's outcome is
-  recorded there, in its orchestration's history, before its work item is deleted);
+  rows (`h<execution>-<n>-<unique>`, events as JSON, written when the tail moves out, valid
+  once the state row's `HistoryRows` names them) and, while the instance is suspended, one
+  row per batch of events it buffers (`b<execution>-<n>`); every change is committed by the
+  state row's update, guarded by its ETag (an activity's outcome is recorded there, in its
+  orchestration's history, before its work item is deleted);
 - queues <hub>-control (orchestrator events, timers as invisible messages) and
   <hub>-workitems (activity executions); messages ready together are sent as one
   (group_send.py);
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -30,6 +32,7 @@ from local_emulator.host.durable.transport import direct_transport
 STATE_ROW = "state"
 TAIL = "Tail"  # state-row property: the events of the latest episodes, as JSON
 TAIL_CHARS = 16 * 1024  # a longer tail moves to a history row (and always once the instance ends)
+HISTORY_ROWS = "HistoryRows"  # state-row property: the committed history rows' keys, as JSON
 TERMINAL = ("Completed", "Failed", "Terminated")
 ACTIVE = ("Pending", "Running", "Suspended")
 _NOT_IN_KEYS = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")  # what a table PartitionKey refuses
@@ -133,9 +136,13 @@ class TaskHubStore:
         instance = Instance(instance_id, _unpack_state(await self._inflate(state_rows[0])),
                             state_rows[0].metadata["etag"])
         episodes = sorted((row for row in rows if row["RowKey"].startswith("h")), key=lambda r: r["RowKey"])
+        if HISTORY_ROWS not in instance.state:  # written before the state row named its history rows
+            instance.state[HISTORY_ROWS] = json.dumps(
+                [row["RowKey"] for row in episodes if row["RowKey"].startswith(f"h{instance.execution_id}-")])
+        committed = set(json.loads(instance.state[HISTORY_ROWS]))
         for row in episodes:
             instance.history_rows.append(row["RowKey"])
-            if row["RowKey"].startswith(f"h{instance.execution_id}-"):
+            if row["RowKey"] in committed:  # not a row whose state update never happened
                 instance.history.extend(json.loads((await self._inflate(row))["Events"]))
         instance.tail = json.loads(state_rows[0].get(TAIL) or "[]")
         instance.history.extend(instance.tail)
@@ -155,15 +162,17 @@ class TaskHubStore:
             return None
 
     async def commit(self, instance: Instance, new_events: list[dict], reset_history: bool) -> None:
-        """Append one episode (or start a fresh history) and update the state row atomically:
-        in the state row's tail alone while it is short and the instance runs (one entity
-        write, no transaction), else the tail and the episode move to a history row in the
-        same transaction as the state row."""
+        """Append one episode (or start a fresh history), committed by the state row's update
+        (guarded by its ETag): in the state row's tail alone while it is short and the
+        instance runs (one entity write), else the tail and the episode move to a new history
+        row written first, which counts once the state row names it (one transaction instead
+        when rows are deleted or held back as well)."""
         ops = []
         if reset_history:
             ops += [("delete", {"PartitionKey": instance.instance_id, "RowKey": rk})
                     for rk in instance.history_rows]
             instance.history_rows, instance.tail = [], []
+            instance.state[HISTORY_ROWS] = "[]"
         ops += await self._buffer_operations(instance, release=reset_history or instance.release_buffer)
         tail = instance.tail + new_events
         tail_json = json.dumps(tail) if tail else ""
@@ -179,24 +188,36 @@ class TaskHubStore:
                 instance.state["Episodes"] = state_entity["Episodes"]
             instance.tail = tail
             return
-        new_events, instance.tail = tail, []
-        if instance.etag:
-            ops.append(("update", state_entity, {"mode": "replace", "etag": instance.etag,
-                                                 "match_condition": MatchConditions.IfNotModified}))
-        else:
-            ops.append(("upsert", state_entity, {"mode": "replace"}))
-        if new_events:
-            episode = instance.state["Episodes"] = max(instance.state.get("Episodes", 0),
-                                                       state_entity.get("Episodes", 0))
-            row_key = f"h{instance.execution_id}-{episode:06d}"
-            ops.append(("upsert", await self.large.offload({"PartitionKey": instance.instance_id, "RowKey": row_key,
-                                                            "Events": json.dumps(new_events)}), {"mode": "replace"}))
-            instance.history_rows.append(row_key)
-        state_at = len(ops) - (2 if new_events else 1)
-        for start in range(0, len(ops), 99):  # entity-group transactions hold at most 100
-            results = await self.instances.submit_transaction(ops[start:start + 99])
-            if start <= state_at < start + 99:
-                instance.etag = results[state_at - start]["etag"]
+        # the tail and this episode move to a history row of their own (a unique key: a writer
+        # that loses the race for the state row leaves only a row no state row names)
+        history_row = None
+        if tail:
+            row_key = f"h{instance.execution_id}-{state_entity.get('Episodes', 0):06d}-{uuid.uuid4().hex[:8]}"
+            history_row = await self.large.offload({"PartitionKey": instance.instance_id, "RowKey": row_key,
+                                                    "Events": json.dumps(tail)})
+            state_entity[HISTORY_ROWS] = json.dumps(json.loads(instance.state.get(HISTORY_ROWS) or "[]") + [row_key])
+        if ops:  # rows to delete or hold back as well: all of it in one transaction
+            if history_row is not None:
+                ops.append(("upsert", history_row, {"mode": "replace"}))
+            state_at = len(ops)
+            if instance.etag:
+                ops.append(("update", state_entity, {"mode": "replace", "etag": instance.etag,
+                                                     "match_condition": MatchConditions.IfNotModified}))
+            else:
+                ops.append(("upsert", state_entity, {"mode": "replace"}))
+            for start in range(0, len(ops), 99):  # entity-group transactions hold at most 100
+                results = await self.instances.submit_transaction(ops[start:start + 99])
+                if start <= state_at < start + 99:
+                    instance.etag = results[state_at - start]["etag"]
+        else:  # the history row, then the state row naming it: two plain writes, no transaction
+            if history_row is not None:
+                await self.instances.upsert_entity(history_row, mode="replace")
+            await self._write_state_row(instance, state_entity)
+        instance.state["Episodes"] = state_entity.get("Episodes", 0)
+        if history_row is not None:
+            instance.state[HISTORY_ROWS] = state_entity[HISTORY_ROWS]
+            instance.history_rows.append(history_row["RowKey"])
+        instance.tail = []
 
     async def _write_state_row(self, instance: Instance, state_entity: dict) -> None:
         if instance.etag:
