@@ -99,6 +99,8 @@ class GroupSender:
         if self._drainer is not None:
             self._drainer.cancel()
             await asyncio.gather(self._drainer, return_exceptions=True)
+        _settle(self._waiting, RuntimeError("queue sender stopped"))  # a drainer cancelled unstarted
+        self._waiting = []
 
 
 def _settle(batch: list, failure: BaseException | None) -> None:
