@@ -76,10 +76,13 @@ def cpu_seconds(pid: int) -> float:
 
 def run(url: str, key: str, system_key: str, n: int, pids: dict[str, int]) -> dict:
     cities = [f"city-{i}" for i in range(FAN_OUT)]
+    sessions = threading.local()  # each client thread keeps its connection, as an HTTP client does
 
     def start_one(_):
-        response = requests.post(f"{url}/api/orchestrators/hello_sequence", params={"code": key},
-                                 json=cities, timeout=60)
+        if not hasattr(sessions, "client"):
+            sessions.client = requests.Session()
+        response = sessions.client.post(f"{url}/api/orchestrators/hello_sequence", params={"code": key},
+                                        json=cities, timeout=60)
         response.raise_for_status()
         return response.json()["id"]
 
