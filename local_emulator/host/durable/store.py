@@ -2,8 +2,9 @@
 - table <hub>Instances: per instance (PartitionKey = instance id) one row `state` (holding
   the latest episodes' events in its `Tail` while they are few and the instance runs), history
   rows (`h<execution>-<n>-<unique>`, events as JSON, written when the tail moves out, valid
-  once the state row's `HistoryRows` names them) and, while the instance is suspended, one
-  row per batch of events it buffers (`b<execution>-<n>`); every change is committed by the
+  once the state row's `HistoryRows` names them) and, while the instance is suspended (or
+  Failed, holding late outcomes for a rewind), one row per batch of events it buffers
+  (`b<execution>-<n>`); every change is committed by the
   state row's update, guarded by its ETag (an activity's outcome is recorded there, in its
   orchestration's history, before its work item is deleted);
 - queues <hub>-control (orchestrator events, timers as invisible messages) and
@@ -228,7 +229,7 @@ class TaskHubStore:
         instance.etag = metadata["etag"]
 
     async def _buffer_operations(self, instance: Instance, release: bool) -> list:
-        """Rows of the events a suspended instance holds: the released ones deleted, newly
+        """Rows of the events a suspended (or Failed) instance holds: the released ones deleted, newly
         held ones added (numbered on from a counter in the state, never reusing a key)."""
         ops = []
         if release:
