@@ -1,7 +1,7 @@
 """How the task hub commits an episode without an entity-group transaction (store.py): the
-events stay in the state row's Tail while the instance runs, and move to a history row once
-it ends; a history row counts only once the state row names it, so a row left by a host
-that died between its two writes, or by a writer that lost the ETag race, is never read."""
+events stay in the state row's Tail while they are few, and move to a history row when they
+grow; a history row counts only once the state row names it, so a row left by a host that
+died between its two writes, or by a writer that lost the ETag race, is never read."""
 import asyncio
 import json
 import secrets
@@ -12,7 +12,7 @@ from azure.data.tables import TableClient
 
 from local_emulator.host.durable import history as h
 from local_emulator.host.durable.engine import new_state
-from local_emulator.host.durable.store import Instance, TaskHubStore
+from local_emulator.host.durable.store import TAIL_CHARS, Instance, TaskHubStore
 
 
 def _rows(connection: str, hub: str, instance_id: str) -> dict[str, dict]:
@@ -42,29 +42,35 @@ def hub():
     return "t" + secrets.token_hex(5)
 
 
-def test_a_running_instance_s_events_stay_in_its_state_row_and_move_out_when_it_ends(azurite, hub):
+def test_a_short_history_stays_in_the_state_row_and_a_long_one_moves_to_a_history_row(azurite, hub):
     started, scheduled = h.event(h.EXECUTION_STARTED, Name="fan_out"), h.event(h.TASK_SCHEDULED, 0, Name="work")
+    big = h.event(h.TASK_COMPLETED, TaskScheduledId=0, Result=json.dumps("r" * TAIL_CHARS))
     completed = h.event(h.EXECUTION_COMPLETED, OrchestrationStatus="Completed", Result="1")
 
     async def scenario(store):
         instance = await _new_instance(store, "run-1")
         instance.state["RuntimeStatus"] = "Running"
         await store.commit(instance, [started, scheduled], reset_history=True)
-        running = _rows(azurite, hub, "run-1")
+        short = _rows(azurite, hub, "run-1")
         reloaded = await store.load("run-1")
+        await store.commit(instance, [big], reset_history=False)
         instance.state["RuntimeStatus"] = "Completed"
         await store.commit(instance, [completed], reset_history=False)
-        return running, reloaded, await store.load("run-1")
+        listed = await store.query_states_with_ids({"Completed"})
+        return short, reloaded, await store.load("run-1"), listed
 
-    running, reloaded, finished = asyncio.run(_with_store(azurite, hub, scenario))
-    assert list(running) == ["state"]  # one write per episode while it runs
-    assert json.loads(running["state"]["Tail"]) == [started, scheduled]
+    short, reloaded, finished, listed = asyncio.run(_with_store(azurite, hub, scenario))
+    assert list(short) == ["state"]  # one write per episode while the history is short
+    assert json.loads(short["state"]["Tail"]) == [started, scheduled]
     assert reloaded.history == [started, scheduled]
     rows = _rows(azurite, hub, "run-1")
     history_keys = [key for key in rows if key.startswith("h")]
-    assert len(history_keys) == 1 and rows["state"]["Tail"] == ""  # the ended instance's row is lean again
+    assert len(history_keys) == 1 and json.loads(rows["state"]["Tail"]) == [completed]
     assert json.loads(rows["state"]["HistoryRows"]) == history_keys
-    assert finished.history == [started, scheduled, completed]
+    assert finished.history == [started, scheduled, big, completed]
+    (instance_id, state), = listed  # a listing reads the state, not the history it carries
+    assert instance_id == "run-1" and state["RuntimeStatus"] == "Completed"
+    assert "Tail" not in state and "HistoryRows" not in state and state["Name"] == "fan_out"
 
 
 def test_a_history_row_no_state_row_names_is_never_read(azurite, hub):
@@ -86,8 +92,9 @@ def test_a_history_row_no_state_row_names_is_never_read(azurite, hub):
 
 
 def test_the_writer_that_loses_the_etag_race_leaves_nothing_that_is_read(azurite, hub):
-    ours = h.event(h.EXECUTION_COMPLETED, OrchestrationStatus="Completed", Result="\"ours\"")
-    theirs = h.event(h.EXECUTION_COMPLETED, OrchestrationStatus="Completed", Result="\"theirs\"")
+    # results too long for the state row's tail: each writer writes a history row first
+    ours = h.event(h.EXECUTION_COMPLETED, OrchestrationStatus="Completed", Result=json.dumps("ours" * TAIL_CHARS))
+    theirs = h.event(h.EXECUTION_COMPLETED, OrchestrationStatus="Completed", Result=json.dumps("theirs" * TAIL_CHARS))
 
     async def scenario(store):
         first = await _new_instance(store, "run-3")
@@ -100,8 +107,8 @@ def test_the_writer_that_loses_the_etag_race_leaves_nothing_that_is_read(azurite
         return await store.load("run-3")
 
     loaded = asyncio.run(_with_store(azurite, hub, scenario))
-    assert loaded.history[-1]["Result"] == "\"ours\""
-    assert all(event.get("Result") != "\"theirs\"" for event in loaded.history)
+    assert loaded.history[-1] == ours
+    assert theirs not in loaded.history
     assert len([key for key in _rows(azurite, hub, "run-3") if key.startswith("h")]) == 2  # one is dead
 
 

@@ -1,6 +1,6 @@
 """Task-hub state in Azurite, so a killed host loses nothing:
 - table <hub>Instances: per instance (PartitionKey = instance id) one row `state` (holding
-  the latest episodes' events in its `Tail` while they are few and the instance runs), history
+  the latest episodes' events in its `Tail` while they are few; listings do not read it), history
   rows (`h<execution>-<n>-<unique>`, events as JSON, written when the tail moves out, valid
   once the state row's `HistoryRows` names them) and, while the instance is suspended (or
   Failed, holding late outcomes for a rewind), one row per batch of events it buffers
@@ -32,7 +32,7 @@ from local_emulator.host.durable.transport import direct_transport
 
 STATE_ROW = "state"
 TAIL = "Tail"  # state-row property: the events of the latest episodes, as JSON
-TAIL_CHARS = 16 * 1024  # a longer tail moves to a history row (and always once the instance ends)
+TAIL_CHARS = 16 * 1024  # a longer tail moves to a history row
 HISTORY_ROWS = "HistoryRows"  # state-row property: the committed history rows' keys, as JSON
 TERMINAL = ("Completed", "Failed", "Terminated")
 ACTIVE = ("Pending", "Running", "Suspended")
@@ -164,8 +164,8 @@ class TaskHubStore:
 
     async def commit(self, instance: Instance, new_events: list[dict], reset_history: bool) -> None:
         """Append one episode (or start a fresh history), committed by the state row's update
-        (guarded by its ETag): in the state row's tail alone while it is short and the
-        instance runs (one entity write), else the tail and the episode move to a new history
+        (guarded by its ETag): in the state row's tail alone while it is short (one entity
+        write), else the tail and the episode move to a new history
         row written first, which counts once the state row names it (one transaction instead
         when rows are deleted or held back as well)."""
         ops = []
@@ -177,7 +177,7 @@ class TaskHubStore:
         ops += await self._buffer_operations(instance, release=reset_history or instance.release_buffer)
         tail = instance.tail + new_events
         tail_json = json.dumps(tail) if tail else ""
-        keep_tail = not ops and instance.status not in TERMINAL and len(tail_json) <= TAIL_CHARS
+        keep_tail = not ops and len(tail_json) <= TAIL_CHARS
         state_entity = _pack_state(instance.instance_id, instance.state)
         state_entity[TAIL] = tail_json if keep_tail else ""
         if new_events:
@@ -280,7 +280,9 @@ class TaskHubStore:
         if after is not None:
             clauses.append("PartitionKey gt @after")
             parameters["after"] = after
-        async for row in self.instances.query_entities(" and ".join(clauses), parameters=parameters):
+        async for row in self.instances.query_entities(" and ".join(clauses), parameters=parameters,
+                                                       select=LISTED_COLUMNS):
+            row = {key: value for key, value in row.items() if value is not None}  # absent from this row
             yield row["PartitionKey"], _unpack_state(await self._inflate(row))
 
     # queues -----------------------------------------------------------------------------
@@ -355,6 +357,9 @@ class TaskHubStore:
 
 
 _JSON_FIELDS = ("Input", "Output", "CustomStatus")
+# what an instance listing reads of a state row: not its history (Tail, HistoryRows)
+LISTED_COLUMNS = ["PartitionKey", "Name", "Version", "RuntimeStatus", "CreatedTime", "LastUpdatedTime",
+                  "ExecutionId", "ParentInstanceId", *_JSON_FIELDS, *(field + BLOB_SUFFIX for field in _JSON_FIELDS)]
 
 
 def _pack_state(instance_id: str, state: dict) -> dict:
