@@ -1,8 +1,11 @@
 """Durable throughput of the local host: N orchestrations, each fanning out to 10 trivial
 activities, started through the app's HTTP starter (client.start_new) on Azurite.
-Prints orchestrations/s, activities/s and p50/p95 start-to-completion latency (host
-timestamps: createdTime -> lastUpdatedTime of the completed instance) for N=50 and N=200;
-the last line is one JSON object with those figures."""
+Prints orchestrations/s, activities/s, p50/p95 start-to-completion latency (host
+timestamps: createdTime -> lastUpdatedTime of the completed instance) and the CPU seconds the
+host and Azurite spent, for N=50 and N=200; first, on the idle host, the activity hop: from
+an activity's TaskScheduled timestamp in the history to the moment the activity function
+began (it returns that moment), p50/p95 over sequential calls. The last line is one JSON
+object with those figures."""
 from __future__ import annotations
 
 import json
@@ -29,6 +32,7 @@ from local_emulator.azurite import Azurite  # noqa: E402
 APP_DIR = ROOT / "bench" / "fanout_app"
 FAN_OUT = 10
 RUNS = tuple(int(n) for n in os.environ.get("BENCH_RUNS", "50,200").split(","))
+HOP_INSTANCES, HOPS = 10, 5
 
 
 def start_host(connection: str, key: str, system_key: str) -> tuple[subprocess.Popen, str]:
@@ -64,15 +68,25 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
-def run(url: str, key: str, system_key: str, n: int) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(url: str, key: str, system_key: str, n: int, pids: dict[str, int]) -> dict:
     cities = [f"city-{i}" for i in range(FAN_OUT)]
+    sessions = threading.local()  # each client thread keeps its connection, as an HTTP client does
 
     def start_one(_):
-        response = requests.post(f"{url}/api/orchestrators/hello_sequence", params={"code": key},
-                                 json=cities, timeout=60)
+        if not hasattr(sessions, "client"):
+            sessions.client = requests.Session()
+        response = sessions.client.post(f"{url}/api/orchestrators/hello_sequence", params={"code": key},
+                                        json=cities, timeout=60)
         response.raise_for_status()
         return response.json()["id"]
 
+    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     began = time.perf_counter()
     with ThreadPoolExecutor(16) as pool:
         ids = set(pool.map(start_one, range(n)))
@@ -85,6 +99,7 @@ def run(url: str, key: str, system_key: str, n: int) -> dict:
         if len(done) < n:
             time.sleep(0.25)
     elapsed = time.perf_counter() - began
+    cpu = {f"{name}_cpu_s": round(cpu_seconds(pid) - cpu_before[name], 2) for name, pid in pids.items()}
     failed = [s for s in done.values() if s["runtimeStatus"] != "Completed" or len(s["output"]) != FAN_OUT]
     if len(done) < n or failed:
         raise RuntimeError(f"N={n}: {len(done)} finished, {len(failed)} failed or wrong")
@@ -94,10 +109,35 @@ def run(url: str, key: str, system_key: str, n: int) -> dict:
                "orchestrations_per_s": round(n / elapsed, 2),
                "activities_per_s": round(n * FAN_OUT / elapsed, 1),
                "p50_latency_s": round(statistics.median(latencies), 3),
-               "p95_latency_s": round(percentile(latencies, 0.95), 3)}
+               "p95_latency_s": round(percentile(latencies, 0.95), 3), **cpu}
     print(f"N={n:>4} x {FAN_OUT} activities: {figures['seconds']} s, "
           f"{figures['orchestrations_per_s']} orchestrations/s, {figures['activities_per_s']} activities/s, "
-          f"latency p50 {figures['p50_latency_s']} s, p95 {figures['p95_latency_s']} s", flush=True)
+          f"latency p50 {figures['p50_latency_s']} s, p95 {figures['p95_latency_s']} s; CPU s "
+          + ", ".join(f"{name} {cpu[name + '_cpu_s']}" for name in pids), flush=True)
+    return figures
+
+
+def activity_hops(url: str, key: str, instances: int = HOP_INSTANCES, hops: int = HOPS) -> dict:
+    """Scheduled -> started of sequential activities on an otherwise idle host."""
+    delays = []
+    for _ in range(instances):
+        links = requests.post(f"{url}/api/orchestrators/hop_probe", params={"code": key}, json=hops,
+                              timeout=60).json()
+        deadline = time.monotonic() + 60
+        while True:
+            status = requests.get(links["statusQueryGetUri"], params={"showHistory": "true",
+                                                                      "showHistoryOutput": "true"}, timeout=60).json()
+            if status["runtimeStatus"] == "Completed" or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        completions = [e for e in status.get("historyEvents", []) if e["EventType"] == "TaskCompleted"]
+        if len(completions) != hops:
+            raise RuntimeError(f"hop probe: {status['runtimeStatus']}, {len(completions)} of {hops} activities")
+        delays += [1000 * (parse(e["Result"]) - parse(e["ScheduledTime"])).total_seconds() for e in completions]
+    figures = {"hops": len(delays), "p50_ms": round(statistics.median(delays), 1),
+               "p95_ms": round(percentile(delays, 0.95), 1), "max_ms": round(max(delays), 1)}
+    print(f"activity hop (scheduled -> started, idle host, {figures['hops']} hops): p50 {figures['p50_ms']} ms, "
+          f"p95 {figures['p95_ms']} ms, max {figures['max_ms']} ms", flush=True)
     return figures
 
 
@@ -123,7 +163,9 @@ def main() -> None:
         host = None
         try:
             host, url = start_host(azurite.connection_string, key, system_key)
-            results = {f"n{n}": run(url, key, system_key, n) for n in RUNS}
+            pids = {"host": host.pid, "azurite": azurite.process.pid}
+            results = {"activity_hop": activity_hops(url, key)}
+            results.update({f"n{n}": run(url, key, system_key, n, pids) for n in RUNS})
         finally:
             if host is not None:
                 os.killpg(host.pid, signal.SIGTERM)

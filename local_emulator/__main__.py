@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -44,7 +45,27 @@ def host_command(args) -> None:
         await host.start()
         print(f"Host listening on {host.url}", flush=True)
 
-    asyncio.run(_run_until_signalled(start, host.stop))
+    with _profiled(os.environ.get("CCR_HOST_PROFILE")):
+        asyncio.run(_run_until_signalled(start, host.stop))
+
+
+@contextlib.contextmanager
+def _profiled(stats_path: str | None):
+    """CCR_HOST_PROFILE=<file>: cProfile the host's event loop (its main thread) and write
+    the stats there when it stops, to see where a benchmark's time goes. The clock is the
+    thread's CPU time, so time spent waiting (or descheduled on a busy machine) is not counted."""
+    if not stats_path:
+        yield
+        return
+    import cProfile
+    import time
+    profile = cProfile.Profile(time.thread_time)
+    profile.enable()
+    try:
+        yield
+    finally:
+        profile.disable()
+        profile.dump_stats(stats_path)
 
 
 def up_command(args) -> None:

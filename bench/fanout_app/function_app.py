@@ -1,4 +1,7 @@
-"""The app bench/durable_throughput.py drives: an HTTP starter and a fan-out of trivial activities."""
+"""The app bench/durable_throughput.py drives: an HTTP starter, a fan-out of trivial
+activities, and a probe of the activity hop (scheduled -> started)."""
+from datetime import datetime, timezone
+
 import azure.durable_functions as df
 import azure.functions as func
 
@@ -22,3 +25,17 @@ def hello_sequence(context: df.DurableOrchestrationContext):
 @app.activity_trigger(input_name="city")
 def say_hello(city: str) -> str:
     return f"Hello {city}!"
+
+
+@app.orchestration_trigger(context_name="context")
+def hop_probe(context: df.DurableOrchestrationContext):
+    """Activities one after another, each returning when it began."""
+    began = []
+    for _ in range(context.get_input()):
+        began.append((yield context.call_activity("began_at", None)))
+    return began
+
+
+@app.activity_trigger(input_name="unused")
+def began_at(unused) -> str:
+    return datetime.now(timezone.utc).isoformat()

@@ -2,6 +2,8 @@
 orchestration completes once with the right output, and no activity whose result was
 already recorded runs again. kill -9 at each named point of creating an instance: a restart
 ends with exactly one started instance."""
+import json
+
 import pytest
 import requests
 from azure.data.tables import TableClient
@@ -13,9 +15,12 @@ N = 8
 
 
 def recorded_task_ids(connection: str, hub: str, instance_id: str) -> set[int]:
-    table = TableClient.from_connection_string(connection, f"{hub}Activities")
+    """Task ids whose outcome is committed to the instance's history (the outcome's record)."""
+    table = TableClient.from_connection_string(connection, f"{hub}Instances")
     rows = table.query_entities("PartitionKey eq @pk", parameters={"pk": instance_id})
-    return {int(row["RowKey"].rsplit("-", 1)[1]) for row in rows}
+    events = [event for row in rows for event in json.loads(
+        row["Events"] if row["RowKey"].startswith("h") else row.get("Tail") or "[]")]
+    return {event["TaskScheduledId"] for event in events if event["EventType"] == 5}  # TaskCompleted
 
 
 def test_kill_9_during_fan_out_loses_nothing_and_repeats_nothing_recorded(host, record_dir, azurite):

@@ -188,10 +188,10 @@ def test_rewind_of_an_activity_that_ran_out_of_retries_runs_it_once_more(shared_
     assert len(records(shared_records, "flaky-" + key)) == 4
 
 
-def test_rewind_asks_again_for_outcomes_that_came_after_the_failure(shared_host, shared_records):
-    """A fan-out fails while two activities still run; their results reach a Failed instance
-    (dropped, as for any finished one). Rewound, it gets their recorded results: they do not
-    run again, only the failed activity does."""
+def test_rewind_replays_with_outcomes_that_came_after_the_failure(shared_host, shared_records):
+    """A fan-out fails while two activities still run; their results reach a Failed instance,
+    which holds them (rewind.py). Rewound, it replays with them: they do not run again, only
+    the failed activity does."""
     host, tag = shared_host, "rf-" + uuid.uuid4().hex[:8]
     failed = wait_done(start(host, "rewindable_fan_out", {"tag": tag}))
     assert failed["runtimeStatus"] == "Failed"
@@ -206,10 +206,14 @@ def test_rewind_asks_again_for_outcomes_that_came_after_the_failure(shared_host,
 def test_kill_9_while_a_rewind_is_applied_neither_loses_nor_repeats_it(host, record_dir):
     """The host dies right after a rewind's commit (its request is delivered again: ignored), then
     after another's sends but before its commit (applied again): restarted, each instance
-    completes and its failed activity ran again exactly once."""
+    completes and its failed activity ran again exactly once. Outcomes a Failed fan-out held
+    before the crashes are still there for its rewind: its slow activities do not run again."""
     points = ("durable.rewind.after_commit", "durable.rewind.before_commit")
+    held = wait_done(start(host, "rewindable_fan_out", {"tag": "rk-held"}))
     failed = {point: wait_done(start(host, "rewindable", {"tag": "rk-" + point.rsplit(".", 1)[1]})) for point in points}
-    assert {done["runtimeStatus"] for done in failed.values()} == {"Failed"}
+    assert {done["runtimeStatus"] for done in [held, *failed.values()]} == {"Failed"}
+    wait_until(lambda: len(records(record_dir, "work", "rk-held")) == 2, 30)
+    time.sleep(0.5)                                   # their outcomes reach the failed instance
     for index, point in enumerate(points):
         host.env["CCR_FAULT_POINT"] = point
         host.kill()
@@ -224,6 +228,9 @@ def test_kill_9_while_a_rewind_is_applied_neither_loses_nor_repeats_it(host, rec
     host.env["CCR_FAULT_POINT"] = ""
     host.start()
     assert completed_again(host, failed[points[-1]])["output"] == [10, "ok on run 2", 30]
+    assert manage(host, "rewind", held["instanceId"]).status_code == 202
+    assert completed_again(host, held)["output"] == [0, 10, "ok on run 2"]
+    assert sorted(records(record_dir, "work", "rk-held")) == ["rk-held:0", "rk-held:1"]
     for point in points:
         tag = "rk-" + point.rsplit(".", 1)[1]
         assert records(record_dir, "work", tag) == [f"{tag}:1", f"{tag}:3"]

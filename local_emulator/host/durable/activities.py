@@ -1,12 +1,16 @@
-"""Activity work items: run the activity, record its outcome in the task hub before the
-work item is acknowledged, and report it to the orchestrator. A redelivered work item whose
-outcome is recorded reports that outcome instead of running again. Outcomes of one instance
-finishing within `report_delay` share one table transaction and one control message."""
+"""Activity work items: run the activity and hand its outcome to the orchestration in
+process; the work item is acknowledged only once the outcome is committed to the
+orchestration's history, which is the outcome's record. A redelivered work item whose
+outcome is recorded reports that outcome instead of running again, and one received while this
+process still runs the same task waits for that run's outcome. Outcomes of one instance
+share one orchestrator episode (one commit): those finishing together go at once, a
+straggler waits at most `report_delay` for its siblings."""
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable
+from collections import Counter
+from typing import Awaitable, Callable
 
 from azure.core.exceptions import ResourceNotFoundError
 from azure.functions import meta
@@ -22,19 +26,26 @@ log = logging.getLogger("local_emulator.host.durable")
 
 class ActivityWorker:
     def __init__(self, store: TaskHubStore, activities: dict[str, FunctionEntry], invoker: Invoker,
-                 lease_seconds: int, extra_inputs: Callable[[FunctionEntry], dict], spawn: Callable):
+                 lease_seconds: int, extra_inputs: Callable[[FunctionEntry], dict], spawn: Callable,
+                 deliver: Callable[[str, str, list[dict], bool], Awaitable[None]],
+                 recorded: Callable[[str, str, int], Awaitable[dict | None]]):
         self.store = store
         self.activities = activities
         self.invoker = invoker
         self.lease_seconds = lease_seconds
         self.extra_inputs = extra_inputs
         self._spawn = spawn
-        self.report_delay = 0.05  # seconds
+        self._deliver = deliver  # outcomes -> the orchestration, committed to its history
+        self._recorded = recorded  # a task's outcome if its history already holds it
+        self.report_delay = 0.05  # seconds a finished outcome waits for its siblings at most
         self._outbox: dict[tuple[str, str], list] = {}
+        self._unreported: Counter = Counter()  # (instance, execution) -> items running or waiting
         self._receipts: dict[str, str] = {}  # work-item id -> pop receipt after a lease renewal
+        self._running: dict[tuple, asyncio.Future] = {}  # task -> its outcome, from run until committed
 
     async def run(self, message) -> None:
-        """One work-item message: the activities one orchestrator episode scheduled."""
+        """One work-item message: the activities one orchestrator episode scheduled. It is
+        deleted only once every outcome is in its orchestration's history."""
         try:
             body = await self.store.body(message)
             items = body["Items"]
@@ -44,9 +55,12 @@ class ActivityWorker:
             await self.store.workitems.delete_message(message)
             return
         renewal = asyncio.create_task(self._keep_leased(message))
+        # a first delivery of a message sent once cannot have recorded outcomes yet; a message
+        # its sender ran itself (dequeue count 0) is received only once that sender has died
+        check = (message.dequeue_count > 1 or body.get("MayRepeat", False)
+                 or (body.get("SentLeased", False) and message.dequeue_count > 0))
+        self._unreported.update((instance_id, execution_id) for instance_id, execution_id, _ in keys)
         try:
-            # a first delivery of a message sent once cannot have recorded outcomes yet
-            check = message.dequeue_count > 1 or body.get("MayRepeat", False)
             await asyncio.gather(*(self._run_item(item, key, check) for item, key in zip(items, keys)))
             renewal.cancel()
             await self.store.workitems.delete_message(message.id, self._receipts.pop(message.id, message.pop_receipt))
@@ -59,42 +73,70 @@ class ActivityWorker:
             self._receipts.pop(message.id, None)
 
     async def _run_item(self, item: dict, key: tuple[str, str, int], check: bool) -> None:
-        instance_id, execution_id, task_id = key
-        record_key = f"{execution_id}-{task_id:06d}"
-        if item.get("Rewind"):   # a rewound task runs again: its failed outcome is recorded under the plain key
-            record_key += f"-r{int(item['Rewind'])}"
-        outcome = await self.store.completed_activity(instance_id, record_key) if check else None
-        fresh = outcome is None
-        if fresh:
-            outcome = await self._execute_activity(item)
-        await self._report(instance_id, execution_id, record_key, outcome, f"{item['Key']}:done", fresh)
+        instance_id, execution_id, _ = key
+        try:
+            outcome, runner = await self._outcome(item, key, check)
+        except BaseException:
+            self._uncount((instance_id, execution_id), 1)  # no outcome of this item will come
+            raise
+        try:
+            await self._report(instance_id, execution_id, outcome, f"{item['Key']}:done", check)
+        finally:
+            if runner is not None and self._running.get(key) is runner:
+                del self._running[key]  # its outcome is committed now, or its message comes again
 
-    async def _report(self, instance_id: str, execution_id: str, record_key: str, outcome: dict, key: str,
-                      fresh: bool) -> None:
-        """Record the outcome, then tell the orchestrator. Outcomes of one instance finishing
-        within a few milliseconds share one table transaction and one control message."""
+    async def _outcome(self, item: dict, key: tuple[str, str, int], check: bool) -> tuple[dict, asyncio.Future | None]:
+        """The task's recorded outcome, the outcome of the run of it this process has under way
+        (a message sent again after a crash, received while the first still runs), else a run's
+        outcome; with the future that marks the run when this call ran it."""
+        outcome = await self._recorded(*key) if check else None
+        while outcome is None:
+            running = self._running.get(key)
+            if running is None:
+                break
+            outcome = await asyncio.shield(running)  # None: that run ended without one (and left)
+        if outcome is not None:
+            return outcome, None
+        runner = self._running[key] = asyncio.get_running_loop().create_future()
+        try:
+            outcome = await self._execute_activity(item)
+        finally:
+            runner.set_result(outcome)
+            if outcome is None:
+                del self._running[key]
+        return outcome, runner
+
+    async def _report(self, instance_id: str, execution_id: str, outcome: dict, key: str, may_repeat: bool) -> None:
+        """Hand the outcome to its orchestration and wait until it is committed. Outcomes of one
+        instance share one episode: they go together as soon as none of that instance is still
+        running, else after `report_delay`."""
         batch_key = (instance_id, execution_id)
         pending = self._outbox.get(batch_key)
         if pending is None:
             pending = self._outbox[batch_key] = []
-            asyncio.get_running_loop().call_later(self.report_delay, self._spawn_flush, batch_key)
+            asyncio.get_running_loop().call_later(self.report_delay, self._spawn_flush, batch_key, pending)
         done = asyncio.get_running_loop().create_future()
-        pending.append((record_key, outcome, key, fresh, done))
+        pending.append((outcome, key, may_repeat, done))
+        if len(pending) >= self._unreported[batch_key]:
+            self._spawn_flush(batch_key, pending)
         await done
 
-    def _spawn_flush(self, batch_key) -> None:
-        self._spawn(self._flush(batch_key))
+    def _spawn_flush(self, batch_key, pending: list) -> None:
+        if self._outbox.get(batch_key) is pending:  # not flushed yet
+            del self._outbox[batch_key]
+            self._uncount(batch_key, len(pending))
+            self._spawn(self._flush(batch_key, pending))
 
-    async def _flush(self, batch_key) -> None:
+    def _uncount(self, batch_key, count: int) -> None:
+        self._unreported[batch_key] -= count
+        if self._unreported[batch_key] <= 0:
+            del self._unreported[batch_key]
+
+    async def _flush(self, batch_key, pending: list) -> None:
         instance_id, execution_id = batch_key
-        pending = self._outbox.pop(batch_key, [])
         try:
-            recorded = await self.store.record_activities(
-                instance_id, [(record_key, outcome) for record_key, outcome, _, fresh, _ in pending if fresh])
-            events = [{"Key": key, "Event": recorded.get(record_key, outcome)}
-                      for record_key, outcome, key, _, _ in pending]
-            await self.store.send_control({"InstanceId": instance_id, "ExecutionId": execution_id,
-                                           "Events": events, "Key": events[0]["Key"]})
+            events = [{"Key": key, "Event": outcome} for outcome, key, _, _ in pending]
+            await self._deliver(instance_id, execution_id, events, any(repeat for *_, repeat, _ in pending))
         except BaseException as failure:
             for *_, done in pending:
                 if not done.done():

@@ -5,9 +5,11 @@ their work (activities, timers, sub-orchestrations) as queue messages.
 
 Crash safety: outbound messages are sent before the history is committed and carry
 deterministic keys, so a batch replayed after a crash sends the same messages again and the
-receiver drops the duplicates; queue messages are deleted only after the commit. Activities
-record their outcome in a table before acknowledging, so a redelivered work item reports the
-recorded outcome instead of running again. Each instance is processed by one task at a time.
+receiver drops the duplicates; queue messages are deleted only after the commit. Activity
+outcomes reach their orchestration in process (deliver_outcomes) and the work item is
+acknowledged only once they are committed to its history, which is their record: a
+redelivered work item reports the recorded outcome instead of running again. Each instance
+is processed by one task at a time.
 
 Suspension (suspension.py): while suspended, events are held and no orchestrator code runs;
 the suspend and resume markers are history the SDK's replay never sees.
@@ -18,6 +20,7 @@ host allocates match the SDK's counter."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -30,12 +33,24 @@ from azure.data.tables import TableTransactionError
 from azure.functions import meta
 
 from local_emulator.host.app_loader import FunctionEntry, FunctionIndex
+from local_emulator.host.durable import group_send
 from local_emulator.host.durable import history as h
 from local_emulator.host.durable import rewind as rewinding
 from local_emulator.host.durable.activities import ActivityWorker
 from local_emulator.host.durable.entities import EntityWorker
-from local_emulator.host.durable.failures import OUT_OF_PROC, failure_details, user_exception
-from local_emulator.host.durable.store import ACTIVE, TERMINAL, Instance, TaskHubStore, storable_id
+from local_emulator.host.durable.failures import (
+    OUT_OF_PROC,
+    failure_details,
+    user_exception,
+)
+from local_emulator.host.durable.store import (
+    ACTIVE,
+    HISTORY_ROWS,
+    TERMINAL,
+    Instance,
+    TaskHubStore,
+    storable_id,
+)
 from local_emulator.host.durable.suspension import apply_suspension
 from local_emulator.host.invoker import Invoker
 from shared import fault_points
@@ -90,7 +105,8 @@ ADOPT_AFTER_SECONDS = 2.0  # a start message whose row is still missing after th
 def new_state(name: str, version: str, input_json, created: str, execution_id: str, parent: dict | None) -> dict:
     return {"Name": name, "Version": version, "RuntimeStatus": "Pending", "Input": input_json, "Output": None,
             "CustomStatus": None, "CreatedTime": created, "LastUpdatedTime": created,
-            "ExecutionId": execution_id, "ActionCount": 0, "NextId": 0, "Episodes": 0, **(parent or {})}
+            "ExecutionId": execution_id, "ActionCount": 0, "NextId": 0, "Episodes": 0, HISTORY_ROWS: "[]",
+            **(parent or {})}
 
 
 class DurableEngine:
@@ -110,7 +126,7 @@ class DurableEngine:
         self._loops: list[asyncio.Task] = []
         self._work: set[asyncio.Task] = set()
         self.activity_worker = ActivityWorker(store, self.activities, invoker, lease_seconds, extra_inputs,
-                                              self._spawn)
+                                              self._spawn, self.deliver_outcomes, self.recorded_outcome)
         self.entities = EntityWorker(store, index, invoker, lease_seconds)
         self.cache: dict[str, Instance] = {}
         self._starting: dict[str, asyncio.Future] = {}  # execution id -> its row written (this process)
@@ -118,6 +134,9 @@ class DurableEngine:
 
     async def start(self) -> None:
         await self.store.create()
+        # activities this host schedules start without a queue receive (the idle hop)
+        self.store.take_sent_workitems(self.lease_seconds,
+                                       lambda message: self._spawn(self.activity_worker.run(message)))
         self._loops = [asyncio.create_task(self._dispatch(self.store.control, self._orchestration_batch)),
                        asyncio.create_task(self._dispatch(self.store.workitems, self._activity_batch))]
 
@@ -165,8 +184,11 @@ class DurableEngine:
 
     async def _write_new_state(self, instance_id: str, state: dict) -> None:
         """The new execution's row: created, or replacing a finished instance's; refused while
-        another execution of this id is pending or running."""
-        if await self.store.insert_new(instance_id, state):
+        another execution of this id is pending or running. A row this process created is
+        remembered, so its first episode needs no read (its ETag still guards the commit)."""
+        etag = await self.store.insert_new(instance_id, state)
+        if etag is not None:
+            self._remember(Instance(instance_id, state, etag))
             return
         existing = await self.store.load_state(instance_id)
         if existing is None:
@@ -268,8 +290,8 @@ class DurableEngine:
         groups: dict[str, list] = defaultdict(list)
         for message in messages:
             try:
-                body = await self.store.body(message)
-                groups[body["InstanceId"]].append((message, body))
+                for handle, body in await self.store.control_bodies(message):
+                    groups[body["InstanceId"]].append((handle, body))
             except (ValueError, KeyError, TypeError, ResourceNotFoundError):
                 log.warning("control queue: dropping a malformed message")
                 await self.store.control.delete_message(message)
@@ -285,27 +307,64 @@ class DurableEngine:
 
     # orchestrations --------------------------------------------------------------------
     async def _process_instance(self, instance_id: str, group: list) -> None:
+        bodies = [body for _, body in group]
+        redelivered = any(message.dequeue_count > 1 for message, _ in group)
+        async with self._instance_lock(instance_id):
+            if await self._applied(instance_id, bodies, redelivered):
+                await asyncio.gather(*(self.store.ack_control(message) for message, _ in group))
+
+    async def deliver_outcomes(self, instance_id: str, execution_id: str, events: list[dict],
+                               may_repeat: bool) -> None:
+        """Activity outcomes handed over in process instead of through the control queue:
+        committed to the instance's history (the outcomes' record) before this returns, so
+        the work item may then be acknowledged. Raises when they could not be; the work item
+        is then delivered again and reports what the history holds."""
+        body = {"InstanceId": instance_id, "ExecutionId": execution_id, "Events": events, "Key": events[0]["Key"]}
+        async with self._instance_lock(instance_id):
+            if not await self._applied(instance_id, [body], may_repeat):
+                raise RuntimeError(f"activity outcomes for instance {instance_id} were not committed")
+
+    async def recorded_outcome(self, instance_id: str, execution_id: str, task_id: int) -> dict | None:
+        """The outcome of a task the instance's history already holds (or holds back while
+        suspended): a redelivered work item reports it instead of running the activity again."""
+        async with self._instance_lock(instance_id):
+            instance = self.cache.get(instance_id) or await self.store.load(instance_id)
+            if instance is None or instance.execution_id != execution_id:
+                return None
+            self._remember(instance)
+        for event in instance.history + instance.buffered:
+            if event["EventType"] in (h.TASK_COMPLETED, h.TASK_FAILED) and event.get("TaskScheduledId") == task_id:
+                return event
+        return None
+
+    @contextlib.asynccontextmanager
+    async def _instance_lock(self, instance_id: str):
+        """One task at a time per instance; the lock is dropped once nobody holds or awaits it."""
         lock = self.locks[instance_id]
-        async with lock:
-            bodies = [body for _, body in group]
-            redelivered = any(message.dequeue_count > 1 for message, _ in group)
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and not getattr(lock, "_waiters", None):
+                self.locks.pop(instance_id, None)
+
+    async def _applied(self, instance_id: str, bodies: list[dict], redelivered: bool) -> bool:
+        """Apply and commit the events (the caller holds the instance's lock); False, logged,
+        when that failed and the events must come again."""
+        try:
             try:
-                try:
-                    await self._apply(instance_id, bodies, redelivered)
-                except (TableTransactionError, ResourceModifiedError):
-                    self.cache.pop(instance_id, None)  # changed elsewhere: reload and go again
-                    await self._apply(instance_id, bodies, redelivered)
-            except asyncio.CancelledError:
-                self.cache.pop(instance_id, None)
-                raise
-            except Exception:
-                self.cache.pop(instance_id, None)
-                log.exception("orchestration dispatch failed; its messages will be delivered again")
-                return
-            for message, _ in group:
-                await self.store.control.delete_message(message)
-        if not lock.locked() and not getattr(lock, "_waiters", None):
-            self.locks.pop(instance_id, None)
+                await self._apply(instance_id, bodies, redelivered)
+            except (TableTransactionError, ResourceModifiedError):
+                self.cache.pop(instance_id, None)  # changed elsewhere: reload and go again
+                await self._apply(instance_id, bodies, redelivered)
+        except asyncio.CancelledError:
+            self.cache.pop(instance_id, None)
+            raise
+        except Exception:
+            self.cache.pop(instance_id, None)
+            log.exception("orchestration dispatch failed; its messages will be delivered again")
+            return False
+        return True
 
     def _new_events(self, instance: Instance, bodies: list[dict]) -> list[dict]:
         """Events not yet in the history, for this execution, ExecutionStarted first."""
@@ -336,8 +395,7 @@ class DurableEngine:
         orphan = _adoptable_start(instance, bodies)
         if orphan is not None and orphan[0]["ExecutionId"] in self._starting:
             await self._starting[orphan[0]["ExecutionId"]]  # this process is writing its row right now
-            self.cache.pop(instance_id, None)
-            instance = await self.store.load(instance_id)
+            instance = self.cache.get(instance_id) or await self.store.load(instance_id)
             orphan = _adoptable_start(instance, bodies)
         if orphan is not None:
             body, started = orphan
@@ -355,6 +413,9 @@ class DurableEngine:
             if instance.status == "Failed":   # else applied already (a redelivered request)
                 await self._rewind(instance, rewind)
             return
+        if instance.status == "Failed":
+            await self._hold_for_rewind(instance, events)
+            return
         if not events or instance.status in TERMINAL:
             return
         if not instance.history and events[0]["EventType"] != h.EXECUTION_STARTED:
@@ -370,78 +431,69 @@ class DurableEngine:
                          new_history, outbound, terminate)
         else:
             events = apply_suspension(instance, events, new_history)
-            ordinary = [e for e in events if not self._is_retry_event(instance.history, e)]
-            batches = ([ordinary] if ordinary else []) + [[e] for e in events if e not in ordinary]
-            for batch in batches:
+            for batch in self._batches(instance.history, events):
                 if await self._episode(instance, batch, new_history, outbound):
                     break
-        for message in self._work_item_messages(instance):
+        for items in group_send.chunks(instance.work_items):
+            message = {"Items": items, "MayRepeat": instance.redelivered}
             outbound.append(lambda message=message: self.store.send_workitem(message))
+        instance.work_items = []
         for send in outbound:
             await send()
         reset = first_episode or instance.state.get("Episodes", 0) == 0
         await self.store.commit(instance, new_history, reset_history=reset)
         self._remember(instance)
 
+    async def _hold_for_rewind(self, instance: Instance, events: list[dict]) -> None:
+        """A Failed instance keeps the task outcomes that reach it (rewind.py): stored in its
+        buffer rows, where a redelivered work item finds its outcome and a rewind takes them."""
+        held = [event for event in events if h.completion_id(event) is not None]
+        if held:
+            instance.new_buffered.extend(held)
+            await self.store.commit(instance, [], reset_history=False)
+
     async def _rewind(self, instance: Instance, request: dict) -> None:
         """Rewind a Failed execution (rewind.py): its final failures leave the history, failed
         activities run again under their task ids, failed sub-orchestrations are rewound, and
-        the orchestrator replays once. All of it in one commit, the sends first (keys fixed by
-        the rewind's number, so a repeat after a crash is dropped by the receivers)."""
+        the orchestrator replays with the outcomes the instance held since it failed. All of it
+        in one commit, the sends first (keys fixed by the rewind's number, so a repeat after a
+        crash is dropped by the receivers)."""
         state, instance_id, execution_id = instance.state, instance.instance_id, instance.execution_id
-        plan = rewinding.plan(instance.history)
+        plan = rewinding.plan(instance.history, instance.buffered)
         number = state.get("Rewinds", 0) + 1
         state.update(Rewinds=number, RuntimeStatus="Running", Output=None, NextId=plan.next_id,
                      LastUpdatedTime=h.iso(h.utc_now()))
         instance.history = list(plan.history)
         new_history = list(plan.history)
+        instance.release_buffer = True   # the held outcomes are this replay's events: their rows go
         outbound: list[Callable[[], Awaitable[None]]] = []
         for scheduled in plan.activities:
             task_id = scheduled["EventId"]
             instance.work_items.append({"InstanceId": instance_id, "ExecutionId": execution_id, "TaskId": task_id,
                                         "Name": scheduled["Name"], "Input": scheduled.get("Input"),
-                                        "Rewind": number, "Key": f"{instance_id}:{execution_id}:{task_id}:r{number}"})
-        for scheduled in plan.unanswered:   # the worker reports a recorded outcome instead of running it
-            task_id = scheduled["EventId"]
-            instance.work_items.append({"InstanceId": instance_id, "ExecutionId": execution_id, "TaskId": task_id,
-                                        "Name": scheduled["Name"], "Input": scheduled.get("Input"),
-                                        "Key": f"{instance_id}:{execution_id}:{task_id}"})
-        for timer in plan.timers:
-            self._send_timer(instance, timer["EventId"], h.parse_iso(timer["FireAt"]), outbound)
+                                        "Key": f"{instance_id}:{execution_id}:{task_id}:r{number}"})
         for child in plan.children:
             message = rewinding.request(child, None, request.get("Reason") or "",
                                         f"{instance_id}:{execution_id}:rewind{number}:{child}")
             # a second later: the child's outcome must find this instance Running (committed below)
             outbound.append(lambda message=message: self.store.send_control(message, delay_seconds=1))
-        log.info("orchestration %s instance=%s: rewinding %d activities and %d sub-orchestrations", state["Name"],
-                 instance_id, len(plan.activities), len(plan.children))
-        await self._episode(instance, [], new_history, outbound)
-        instance.redelivered = True   # a repeat after a crash sends these again: the worker checks
-        for message in self._work_item_messages(instance):
+        log.info("orchestration %s instance=%s: rewinding %d activities and %d sub-orchestrations, %d outcomes "
+                 "held since the failure", state["Name"], instance_id, len(plan.activities), len(plan.children),
+                 len(plan.answers))
+        for batch in self._batches(instance.history, plan.answers) or [[]]:
+            if await self._episode(instance, batch, new_history, outbound):
+                break
+        # a repeat after a crash sends these again: the worker looks for a recorded outcome first
+        for items in group_send.chunks(instance.work_items):
+            message = {"Items": items, "MayRepeat": True}
             outbound.append(lambda message=message: self.store.send_workitem(message))
+        instance.work_items = []
         for send in outbound:
             await send()
         fault_points.reached("durable.rewind.before_commit")
         await self.store.commit(instance, new_history, reset_history=True)
         fault_points.reached("durable.rewind.after_commit")
         self._remember(instance)
-
-    @staticmethod
-    def _work_item_messages(instance: Instance, limit: int = 48 * 1024) -> list[dict]:
-        """The episode's activities in as few work-item messages as fit a queue message
-        (64 KiB); `MayRepeat` when rebuilt from redelivered events, as they may be sent twice."""
-        messages, items, size = [], [], 0
-        for item in instance.work_items:
-            item_size = len(json.dumps(item))
-            if items and size + item_size > limit:
-                messages.append(items)
-                items, size = [], 0
-            items.append(item)
-            size += item_size
-        if items:
-            messages.append(items)
-        instance.work_items = []
-        return [{"Items": chunk, "MayRepeat": instance.redelivered} for chunk in messages]
 
     def _adopt(self, instance_id: str, instance: Instance | None, body: dict, started: dict) -> Instance:
         """The row a start message's starter died before writing, rebuilt from the message."""
@@ -464,6 +516,13 @@ class DurableEngine:
         self.cache[instance.instance_id] = instance
         while len(self.cache) > self.cache_size:
             self.cache.pop(next(iter(self.cache)))
+
+    @classmethod
+    def _batches(cls, history: list[dict], events: list[dict]) -> list[list[dict]]:
+        """One episode for the ordinary events, then one for each retry event (its bookkeeping
+        needs an episode of its own)."""
+        ordinary = [e for e in events if not cls._is_retry_event(history, e)]
+        return ([ordinary] if ordinary else []) + [[e] for e in events if e not in ordinary]
 
     @staticmethod
     def _is_retry_event(history: list[dict], event: dict) -> bool:

@@ -135,7 +135,7 @@ class EntityWorker:
                 return
             for message, _ in group:
                 try:
-                    await self.store.control.delete_message(message)
+                    await self.store.ack_control(message)
                 except ResourceNotFoundError:
                     pass  # its lease ran out and another delivery took it; that one finds it applied
         if not lock.locked() and not getattr(lock, "_waiters", None):

@@ -18,6 +18,8 @@ import uuid
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob.aio import BlobServiceClient
 
+from local_emulator.host.durable.transport import direct_transport
+
 MAX_MESSAGE_BYTES = 45 * 1024
 MAX_PROPERTY_BYTES = 60 * 1024
 BLOB_SUFFIX = "BlobName"
@@ -25,7 +27,7 @@ BLOB_SUFFIX = "BlobName"
 
 class LargePayloads:
     def __init__(self, connection_string: str, hub: str):
-        self.service = BlobServiceClient.from_connection_string(connection_string)
+        self.service = BlobServiceClient.from_connection_string(connection_string, transport=direct_transport())
         self.container = self.service.get_container_client(f"{hub.lower()}-largemessages")
         self._uploaded: dict[tuple[str, str, str], tuple[str, str]] = {}  # property -> (sha256, blob)
 

@@ -7,14 +7,21 @@ applies it under the instance's lock: every failed task whose failure ended it (
 sub-orchestration without retries left) loses its failure from the history, the execution's
 ExecutionCompleted goes too, the failed activities are sent again under their original task
 ids, a failed sub-orchestration is rewound in turn, and the orchestrator replays once, so the
-status is Running again. Successful tasks keep their results: they never run again. Tasks whose
-outcome arrived after the failure (dropped then, as for any finished instance) are asked again:
-an activity's work item is sent again under its own key, so the worker reports the outcome it
-recorded instead of running it, and a timer is set again for its time.
+status is Running again. Successful tasks keep their results: they never run again.
 
-A redelivered rewind (the host died before its commit) repeats the same work under the same
-keys; the activity worker's outcome records drop the duplicate. A rewind of an instance that
-is no longer Failed (it was applied already) does nothing."""
+Outcomes that reach an instance after it failed (a fan-out's slow activities, a timer) are not
+dropped: a Failed instance holds them in its buffer rows, as a suspended one holds its events
+(engine._hold_for_rewind), committed before the activity's work item is deleted. A redelivered
+work item finds its outcome there (the activity worker's recorded check reads the history and
+the held events), and the rewind passes the held outcomes to its replay as new events, deleting
+their rows in its commit. Nothing is asked again: a task with no outcome at the rewind still has
+its work item or timer message queued (deleted only once its outcome is committed), and that
+outcome reaches the instance once it runs again.
+
+A redelivered rewind (the host died after its sends, before its commit) repeats the same work
+under the same keys, with the held outcomes still stored; the activity worker, looking for a
+recorded outcome first, runs a rewound activity once its failure has left the history. A rewind
+of an instance that is no longer Failed (it was applied already) does nothing."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -22,6 +29,7 @@ from dataclasses import dataclass, field
 from local_emulator.host.durable import history as h
 
 REWIND_REQUESTED = 21   # ExecutionRewound in DTF's numbering; a message only, never history
+_AWAITS = (h.TASK_SCHEDULED, h.SUB_CREATED, h.TIMER_CREATED)   # events a completion answers
 
 
 def request(instance_id: str, execution_id: str | None, reason: str, key: str) -> dict:
@@ -34,9 +42,8 @@ def request(instance_id: str, execution_id: str | None, reason: str, key: str) -
 class Plan:
     history: list[dict]
     activities: list[dict] = field(default_factory=list)     # TaskScheduled events to run again
-    unanswered: list[dict] = field(default_factory=list)     # TaskScheduled events with no outcome
-    timers: list[dict] = field(default_factory=list)         # TimerCreated events that never fired
     children: list[str] = field(default_factory=list)        # failed sub-orchestrations to rewind
+    answers: list[dict] = field(default_factory=list)        # held outcomes the replay gets
     next_id: int = 0
 
 
@@ -48,8 +55,9 @@ def _final(scheduled: dict | None) -> bool:
     return not options or scheduled.get("Attempt", 1) >= options.get("maxNumberOfAttempts", 1)
 
 
-def plan(history: list[dict]) -> Plan:
-    """The rewound history and the work it needs."""
+def plan(history: list[dict], held: list[dict] = ()) -> Plan:
+    """The rewound history and the work it needs; `held` are the outcomes that reached the
+    instance after it failed (one per task: the first)."""
     failures = {h.TASK_FAILED: h.TASK_SCHEDULED, h.SUB_FAILED: h.SUB_CREATED}
     dropped: set[int] = set()     # positions in `history`
     result = Plan([])
@@ -79,9 +87,13 @@ def plan(history: list[dict]) -> Plan:
         kept.pop()
     result.history = kept
     answered = {h.completion_id(e) for e in kept if h.completion_id(e) is not None}
-    rerun = {e["EventId"] for e in result.activities}
-    result.unanswered = [e for e in kept if e["EventType"] == h.TASK_SCHEDULED
-                         and e["EventId"] not in answered and e["EventId"] not in rerun]
-    result.timers = [e for e in kept if e["EventType"] == h.TIMER_CREATED and e["EventId"] not in answered]
+    rewound = {e["EventId"] for e in result.activities} | {
+        e["EventId"] for e in kept if e["EventType"] == h.SUB_CREATED and e["InstanceId"] in result.children}
+    awaited = {e["EventId"] for e in kept if e["EventType"] in _AWAITS} - answered - rewound
+    for event in held:   # an answer to a task the rewound history still awaits, else stale
+        task_id = h.completion_id(event)
+        if task_id in awaited:
+            result.answers.append(event)
+            awaited.discard(task_id)
     result.next_id = 1 + max((e["EventId"] for e in kept if e.get("EventId", -1) >= 0), default=-1)
     return result

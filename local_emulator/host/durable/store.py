@@ -1,12 +1,15 @@
 """Task-hub state in Azurite, so a killed host loses nothing:
-- table <hub>Instances: per instance (PartitionKey = instance id) one row `state`, one row
-  per orchestration episode (`h<execution>-<n>`, its history events as JSON) and, while the
-  instance is suspended, one row per batch of events it buffers (`b<execution>-<n>`), written
-  in one entity-group transaction guarded by the state row's ETag;
-- table <hub>Activities: one row per finished activity (its result), written before the
-  activity's queue message is deleted, so a redelivered work item is not executed again;
+- table <hub>Instances: per instance (PartitionKey = instance id) one row `state` (holding
+  the latest episodes' events in its `Tail` while they are few; listings do not read it), history
+  rows (`h<execution>-<n>-<unique>`, events as JSON, written when the tail moves out, valid
+  once the state row's `HistoryRows` names them) and, while the instance is suspended (or
+  Failed, holding late outcomes for a rewind), one row per batch of events it buffers
+  (`b<execution>-<n>`); every change is committed by the
+  state row's update, guarded by its ETag (an activity's outcome is recorded there, in its
+  orchestration's history, before its work item is deleted);
 - queues <hub>-control (orchestrator events, timers as invisible messages) and
-  <hub>-workitems (activity executions);
+  <hub>-workitems (activity executions); messages ready together are sent as one
+  (group_send.py);
 - container <hub>-largemessages: messages and properties too large for a queue or a table,
   compressed, as DurableTask.AzureStorage keeps them (large_payloads.py)."""
 from __future__ import annotations
@@ -14,17 +17,23 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
-from azure.data.tables import TableTransactionError
 from azure.data.tables.aio import TableClient
 from azure.storage.queue.aio import QueueClient
 
+from local_emulator.host.durable import group_send
 from local_emulator.host.durable.large_payloads import BLOB_SUFFIX, LargePayloads
+from local_emulator.host.durable.transport import direct_transport
 
 STATE_ROW = "state"
+TAIL = "Tail"  # state-row property: the events of the latest episodes, as JSON
+TAIL_CHARS = 16 * 1024  # a longer tail moves to a history row
+HISTORY_ROWS = "HistoryRows"  # state-row property: the committed history rows' keys, as JSON
 TERMINAL = ("Completed", "Failed", "Terminated")
 ACTIVE = ("Pending", "Running", "Suspended")
 _NOT_IN_KEYS = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")  # what a table PartitionKey refuses
@@ -36,12 +45,24 @@ def storable_id(instance_id: str) -> bool:
 
 
 @dataclass
+class MessageShare:
+    """One instance's share of a control message that carries several bodies."""
+    message: object
+    shares: list[int]  # shares not yet acknowledged, counted down by every share
+
+    @property
+    def dequeue_count(self) -> int:
+        return self.message.dequeue_count
+
+
+@dataclass
 class Instance:
     instance_id: str
     state: dict
     etag: str | None = None
     history: list[dict] = field(default_factory=list)
     history_rows: list[str] = field(default_factory=list)
+    tail: list[dict] = field(default_factory=list)  # the latest events, kept in the state row
     redelivered: bool = False  # being rebuilt from messages a previous attempt may have handled
     work_items: list[dict] = field(default_factory=list)  # activities scheduled, not yet sent
     buffered: list[dict] = field(default_factory=list)  # events held while suspended (stored)
@@ -61,20 +82,26 @@ class Instance:
 class TaskHubStore:
     def __init__(self, connection_string: str, hub: str):
         self.hub = hub
-        self.instances = TableClient.from_connection_string(connection_string, f"{hub}Instances")
-        self.activities = TableClient.from_connection_string(connection_string, f"{hub}Activities")
-        self.control = QueueClient.from_connection_string(connection_string, f"{hub.lower()}-control")
-        self.workitems = QueueClient.from_connection_string(connection_string, f"{hub.lower()}-workitems")
+        self.instances = TableClient.from_connection_string(connection_string, f"{hub}Instances",
+                                                            transport=direct_transport())
+        self.control = QueueClient.from_connection_string(connection_string, f"{hub.lower()}-control",
+                                                          transport=direct_transport())
+        self.workitems = QueueClient.from_connection_string(connection_string, f"{hub.lower()}-workitems",
+                                                            transport=direct_transport())
         self.large = LargePayloads(connection_string, hub)
+        self._workitem_lease: int | None = None
+        self._run_sent_workitem: Callable[[object], None] | None = None
+        self._control_sender = group_send.GroupSender(self._put_control, group_send.merge_control)
+        self._workitem_sender = group_send.GroupSender(self._put_workitem, group_send.merge_work_items,
+                                                       group_send.work_item_count, group_send.MAX_ITEMS)
         # set when this process sends to a queue, so its idle dispatcher looks at once
         self.sent = {self.control.queue_name: asyncio.Event(), self.workitems.queue_name: asyncio.Event()}
 
     async def create(self) -> None:
-        for table in (self.instances, self.activities):
-            try:
-                await table.create_table()
-            except ResourceExistsError:
-                pass
+        try:
+            await self.instances.create_table()
+        except ResourceExistsError:
+            pass
         for queue in (self.control, self.workitems):
             try:
                 await queue.create_queue()
@@ -83,7 +110,9 @@ class TaskHubStore:
         await self.large.create()
 
     async def close(self) -> None:
-        for client in (self.instances, self.activities, self.control, self.workitems, self.large):
+        await self._control_sender.stop()
+        await self._workitem_sender.stop()
+        for client in (self.instances, self.control, self.workitems, self.large):
             await client.close()
 
     # instances -------------------------------------------------------------------------
@@ -108,10 +137,16 @@ class TaskHubStore:
         instance = Instance(instance_id, _unpack_state(await self._inflate(state_rows[0])),
                             state_rows[0].metadata["etag"])
         episodes = sorted((row for row in rows if row["RowKey"].startswith("h")), key=lambda r: r["RowKey"])
+        if HISTORY_ROWS not in instance.state:  # written before the state row named its history rows
+            instance.state[HISTORY_ROWS] = json.dumps(
+                [row["RowKey"] for row in episodes if row["RowKey"].startswith(f"h{instance.execution_id}-")])
+        committed = set(json.loads(instance.state[HISTORY_ROWS]))
         for row in episodes:
             instance.history_rows.append(row["RowKey"])
-            if row["RowKey"].startswith(f"h{instance.execution_id}-"):
+            if row["RowKey"] in committed:  # not a row whose state update never happened
                 instance.history.extend(json.loads((await self._inflate(row))["Events"]))
+        instance.tail = json.loads(state_rows[0].get(TAIL) or "[]")
+        instance.history.extend(instance.tail)
         buffers = sorted((row for row in rows if row["RowKey"].startswith("b")), key=lambda r: r["RowKey"])
         for row in buffers:
             instance.buffer_rows.append(row["RowKey"])
@@ -119,45 +154,82 @@ class TaskHubStore:
                 instance.buffered.extend(json.loads((await self._inflate(row))["Events"]))
         return instance
 
-    async def insert_new(self, instance_id: str, state: dict) -> bool:
-        """Create the state row; False if the instance already exists."""
+    async def insert_new(self, instance_id: str, state: dict) -> str | None:
+        """Create the state row and return its ETag; None if the instance already exists."""
         try:
-            await self.instances.create_entity(await self.large.offload(_pack_state(instance_id, state)))
-            return True
+            metadata = await self.instances.create_entity(await self.large.offload(_pack_state(instance_id, state)))
+            return metadata["etag"]
         except ResourceExistsError:
-            return False
+            return None
 
     async def commit(self, instance: Instance, new_events: list[dict], reset_history: bool) -> None:
-        """Append one episode (or start a fresh history) and update the state row atomically."""
+        """Append one episode (or start a fresh history), committed by the state row's update
+        (guarded by its ETag): in the state row's tail alone while it is short (one entity
+        write), else the tail and the episode move to a new history
+        row written first, which counts once the state row names it (one transaction instead
+        when rows are deleted or held back as well)."""
         ops = []
         if reset_history:
             ops += [("delete", {"PartitionKey": instance.instance_id, "RowKey": rk})
                     for rk in instance.history_rows]
-            instance.history_rows = []
+            instance.history_rows, instance.tail = [], []
+            instance.state[HISTORY_ROWS] = "[]"
         ops += await self._buffer_operations(instance, release=reset_history or instance.release_buffer)
+        tail = instance.tail + new_events
+        tail_json = json.dumps(tail) if tail else ""
+        keep_tail = not ops and len(tail_json) <= TAIL_CHARS
         state_entity = _pack_state(instance.instance_id, instance.state)
+        state_entity[TAIL] = tail_json if keep_tail else ""
         if new_events:
             state_entity["Episodes"] = instance.state.get("Episodes", 0) + 1
         await self.large.offload(state_entity)
+        if keep_tail:
+            await self._write_state_row(instance, state_entity)
+            if new_events:
+                instance.state["Episodes"] = state_entity["Episodes"]
+            instance.tail = tail
+            return
+        # the tail and this episode move to a history row of their own (a unique key: a writer
+        # that loses the race for the state row leaves only a row no state row names)
+        history_row = None
+        if tail:
+            row_key = f"h{instance.execution_id}-{state_entity.get('Episodes', 0):06d}-{uuid.uuid4().hex[:8]}"
+            history_row = await self.large.offload({"PartitionKey": instance.instance_id, "RowKey": row_key,
+                                                    "Events": json.dumps(tail)})
+            state_entity[HISTORY_ROWS] = json.dumps(json.loads(instance.state.get(HISTORY_ROWS) or "[]") + [row_key])
+        if ops:  # rows to delete or hold back as well: all of it in one transaction
+            if history_row is not None:
+                ops.append(("upsert", history_row, {"mode": "replace"}))
+            state_at = len(ops)
+            if instance.etag:
+                ops.append(("update", state_entity, {"mode": "replace", "etag": instance.etag,
+                                                     "match_condition": MatchConditions.IfNotModified}))
+            else:
+                ops.append(("upsert", state_entity, {"mode": "replace"}))
+            for start in range(0, len(ops), 99):  # entity-group transactions hold at most 100
+                results = await self.instances.submit_transaction(ops[start:start + 99])
+                if start <= state_at < start + 99:
+                    instance.etag = results[state_at - start]["etag"]
+        else:  # the history row, then the state row naming it: two plain writes, no transaction
+            if history_row is not None:
+                await self.instances.upsert_entity(history_row, mode="replace")
+            await self._write_state_row(instance, state_entity)
+        instance.state["Episodes"] = state_entity.get("Episodes", 0)
+        if history_row is not None:
+            instance.state[HISTORY_ROWS] = state_entity[HISTORY_ROWS]
+            instance.history_rows.append(history_row["RowKey"])
+        instance.tail = []
+
+    async def _write_state_row(self, instance: Instance, state_entity: dict) -> None:
         if instance.etag:
-            ops.append(("update", state_entity, {"mode": "replace", "etag": instance.etag,
-                                                 "match_condition": MatchConditions.IfNotModified}))
+            metadata = await self.instances.update_entity(state_entity, mode="replace", etag=instance.etag,
+                                                          match_condition=MatchConditions.IfNotModified)
         else:
-            ops.append(("upsert", state_entity, {"mode": "replace"}))
-        if new_events:
-            episode = instance.state["Episodes"] = instance.state.get("Episodes", 0) + 1
-            row_key = f"h{instance.execution_id}-{episode:06d}"
-            ops.append(("upsert", await self.large.offload({"PartitionKey": instance.instance_id, "RowKey": row_key,
-                                                            "Events": json.dumps(new_events)}), {"mode": "replace"}))
-            instance.history_rows.append(row_key)
-        state_at = len(ops) - (2 if new_events else 1)
-        for start in range(0, len(ops), 99):  # entity-group transactions hold at most 100
-            results = await self.instances.submit_transaction(ops[start:start + 99])
-            if start <= state_at < start + 99:
-                instance.etag = results[state_at - start]["etag"]
+            metadata = await self.instances.upsert_entity(state_entity, mode="replace")
+        instance.etag = metadata["etag"]
 
     async def _buffer_operations(self, instance: Instance, release: bool) -> list:
-        """Rows of the events a suspended instance holds: the released ones deleted, newly
+        """Rows of the events a suspended (or Failed) instance holds: the released ones deleted, newly
         held ones added (numbered on from a counter in the state, never reusing a key)."""
         ops = []
         if release:
@@ -185,9 +257,6 @@ class TaskHubStore:
             "PartitionKey eq @pk", parameters={"pk": instance_id}, select=["PartitionKey", "RowKey"])]
         for row in rows:
             await self.instances.delete_entity(instance_id, row["RowKey"])
-        async for row in self.activities.query_entities("PartitionKey eq @pk", parameters={"pk": instance_id},
-                                                         select=["PartitionKey", "RowKey"]):
-            await self.activities.delete_entity(instance_id, row["RowKey"])
         await self.large.purge(instance_id)
         return 1 if any(row["RowKey"] == STATE_ROW for row in rows) else 0
 
@@ -211,49 +280,64 @@ class TaskHubStore:
         if after is not None:
             clauses.append("PartitionKey gt @after")
             parameters["after"] = after
-        async for row in self.instances.query_entities(" and ".join(clauses), parameters=parameters):
+        async for row in self.instances.query_entities(" and ".join(clauses), parameters=parameters,
+                                                       select=LISTED_COLUMNS):
+            row = {key: value for key, value in row.items() if value is not None}  # absent from this row
             yield row["PartitionKey"], _unpack_state(await self._inflate(row))
-
-    # activity completions ---------------------------------------------------------------
-    async def completed_activity(self, instance_id: str, key: str) -> dict | None:
-        try:
-            row = await self.activities.get_entity(instance_id, key)
-        except ResourceNotFoundError:
-            return None
-        return json.loads((await self._inflate(row))["Event"])
-
-    async def record_activity(self, instance_id: str, key: str, event: dict) -> dict:
-        """Keep the first recorded outcome; return whichever is recorded."""
-        try:
-            await self.activities.create_entity(await self.large.offload(
-                {"PartitionKey": instance_id, "RowKey": key, "Event": json.dumps(event)}))
-            return event
-        except ResourceExistsError:
-            return await self.completed_activity(instance_id, key)
-
-    async def record_activities(self, instance_id: str, outcomes: list[tuple[str, dict]]) -> dict[str, dict]:
-        """Record several outcomes in one transaction; any already recorded keeps its first one."""
-        if not outcomes:
-            return {}
-        operations = [("create", await self.large.offload({"PartitionKey": instance_id, "RowKey": key,
-                                                          "Event": json.dumps(event)}))
-                      for key, event in outcomes]
-        try:
-            await self.activities.submit_transaction(operations)
-            return dict(outcomes)
-        except TableTransactionError:
-            return {key: await self.record_activity(instance_id, key, event) for key, event in outcomes}
 
     # queues -----------------------------------------------------------------------------
     async def send_control(self, message: dict, delay_seconds: int = 0) -> None:
+        """Send now (merged with others being sent meanwhile), or visible after a delay."""
+        if delay_seconds > 0:
+            await self._put_control(message, delay_seconds)
+        else:
+            await self._control_sender.send(message)
+
+    async def _put_control(self, message: dict, delay_seconds: int = 0) -> None:
         await self.control.send_message(await self.large.outgoing(message),
                                         visibility_timeout=max(0, int(delay_seconds)) or None, time_to_live=-1)
         if not delay_seconds:
             self.sent[self.control.queue_name].set()
 
     async def send_workitem(self, message: dict) -> None:
-        await self.workitems.send_message(await self.large.outgoing(message), time_to_live=-1)
-        self.sent[self.workitems.queue_name].set()
+        """Send `{"Items": [...], "MayRepeat": ...}`, merged with others being sent meanwhile."""
+        await self._workitem_sender.send(message)
+
+    def take_sent_workitems(self, lease_seconds: int, run: Callable[[object], None]) -> None:
+        """From now on a work-item message this process sends is already leased to it: sent
+        invisible for `lease_seconds` and handed to `run` with the put's pop receipt, no receive
+        in between. If this process dies, the message turns visible when that lease ends and
+        any host's dispatcher takes it, as a message whose receiver died."""
+        self._workitem_lease, self._run_sent_workitem = lease_seconds, run
+
+    async def _put_workitem(self, message: dict) -> None:
+        if self._run_sent_workitem is not None:
+            message = {**message, "SentLeased": True}  # whoever receives it, its sender died first
+        sent = await self.workitems.send_message(await self.large.outgoing(message), time_to_live=-1,
+                                                 visibility_timeout=self._workitem_lease)
+        if self._run_sent_workitem is None:
+            self.sent[self.workitems.queue_name].set()
+        else:
+            sent.dequeue_count = 0  # never received: a first delivery
+            self._run_sent_workitem(sent)
+
+    async def control_bodies(self, message) -> list[tuple[object, dict]]:
+        """(handle to acknowledge, body) of each instance body a control message carries."""
+        body = await self.body(message)
+        bodies = group_send.split_control(body)
+        if len(bodies) == 1 and bodies[0] is body:
+            return [(message, body)]
+        shares = [len(bodies)]
+        return [(MessageShare(message, shares), part) for part in bodies]
+
+    async def ack_control(self, handle) -> None:
+        """Delete a control message, or count down a share of one (deleted with its last)."""
+        if isinstance(handle, MessageShare):
+            handle.shares[0] -= 1
+            if handle.shares[0] > 0:
+                return
+            handle = handle.message
+        await self.control.delete_message(handle)
 
     async def body(self, message) -> dict:
         """A received message's JSON body, read back from its blob if it was offloaded."""
@@ -273,6 +357,9 @@ class TaskHubStore:
 
 
 _JSON_FIELDS = ("Input", "Output", "CustomStatus")
+# what an instance listing reads of a state row: not its history (Tail, HistoryRows)
+LISTED_COLUMNS = ["PartitionKey", "Name", "Version", "RuntimeStatus", "CreatedTime", "LastUpdatedTime",
+                  "ExecutionId", "ParentInstanceId", *_JSON_FIELDS, *(field + BLOB_SUFFIX for field in _JSON_FIELDS)]
 
 
 def _pack_state(instance_id: str, state: dict) -> dict:
@@ -283,7 +370,7 @@ def _pack_state(instance_id: str, state: dict) -> dict:
 
 
 def _unpack_state(row) -> dict:
-    state = {k: v for k, v in row.items() if k not in ("PartitionKey", "RowKey")}
+    state = {k: v for k, v in row.items() if k not in ("PartitionKey", "RowKey", TAIL)}
     for key in _JSON_FIELDS:
         if key in state and isinstance(state[key], str):
             state[key] = json.loads(state[key])
