@@ -21,7 +21,7 @@ from azure.storage.queue.aio import QueueClient
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from local_emulator.azurite import Azurite  # noqa: E402
+from local_emulator.azurite import Azurite
 
 COUNT = int(os.environ.get("BENCH_OPERATIONS", "2000"))
 DATA_PARENT = os.environ.get("BENCH_AZURITE_PARENT")  # e.g. /dev/shm: no disk flush cost

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 MAX_BATCH_BYTES = 40 * 1024  # below the 45 KB at which a message would go to a blob
 MAX_ITEMS = 100  # activities one work-item message may hold (one lease and one delete for all)
@@ -50,7 +50,7 @@ def merge_control(payloads: list[dict]) -> dict:
 
 def split_control(body: dict) -> list[dict]:
     """The instance bodies a received control message carries."""
-    return body["Messages"] if "Messages" in body else [body]
+    return body.get("Messages", [body])
 
 
 class GroupSender:
