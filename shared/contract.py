@@ -383,7 +383,7 @@ def inference(payload: dict) -> dict | None:
     """The inference workload's terms, with the optional fields' defaults filled in
     (`feature_sources` [] = the requester's own features only, `threshold` 0.5), or None when
     the contract allows no inference."""
-    workload = payload["workloads"].get("inference")
+    workload = (payload.get("workloads") or {}).get("inference")  # a partial payload: none
     if workload is None:
         return None
     return {"feature_sources": [], "threshold": DEFAULT_THRESHOLD, **workload}
