@@ -61,8 +61,12 @@ def prepare(folder: Path, rows: int, seed: int, key: bytes) -> tuple[dict[str, P
                       "package_bytes": sum(p.stat().st_size for p in packages.values())}
 
 
+def _peak_rss_mb() -> int:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6)  # Linux reports KiB
+
+
 class Phases:
-    """Wall and CPU seconds (all threads) of each phase in turn."""
+    """Wall and CPU seconds (all threads) of each phase in turn, and the peak RSS at its end."""
 
     def __init__(self):
         self.figures: dict[str, dict] = {}
@@ -76,7 +80,8 @@ class Phases:
 
             def __exit__(self, *exc):
                 phases.figures[name] = {"s": round(time.perf_counter() - self.wall, 2),
-                                        "cpu_s": round(time.process_time() - self.cpu, 2)}
+                                        "cpu_s": round(time.process_time() - self.cpu, 2),
+                                        "peak_rss_mb": _peak_rss_mb()}  # so far: the phase that sets the peak shows
         return Timed()
 
 
@@ -152,7 +157,7 @@ def worker(job: dict) -> dict:
     return {"rows_joined": rows, "training_rows": len(split.train_y), "steps_per_epoch": privacy.dp_sgd.steps // EPOCHS,
             "phases": phase.figures, "total_s": round(sum(f["s"] for f in phase.figures.values()), 1),
             "total_cpu_s": round(sum(f["cpu_s"] for f in phase.figures.values()), 1),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6),  # Linux: KiB
+            "peak_rss_mb": _peak_rss_mb(),
             "dp_validation": {k: round(v, 3) for k, v in evaluation["metrics"].items()
                               if isinstance(v, (int, float))}}
 
@@ -164,7 +169,7 @@ def run_worker(job: dict) -> dict:
 
 
 def report(name: str, figures: dict, memory_mb: float) -> None:
-    phases = ", ".join(f"{p} {f['s']} s" for p, f in figures["phases"].items())
+    phases = ", ".join(f"{p} {f['s']} s (peak {f['peak_rss_mb']:,} MB)" for p, f in figures["phases"].items())
     print(f"  {name}: {figures['rows_joined']:,} joined rows, {figures['total_s']} s ({figures['total_cpu_s']} CPU s), "
           f"peak RSS {figures['peak_rss_mb']:,} MB of {memory_mb:,.0f} MB; {phases}", flush=True)
 
