@@ -33,6 +33,11 @@ from trainer_container.accountant import Accountant, GaussianRelease
 from trainer_container.secure_random import SecureRandom
 
 MIN_STATISTICS_ROWS = 1.0  # the noisy count is clamped below here before dividing by it
+# Rows widened to float64 at a time: the scaling's temporaries stay a few tens of MB whatever the
+# table's size (bench/loan_scale.py: 4 M rows peaked above the trainer's default 2 GB when each
+# step made a float64 copy of the whole table). Chunking changes no value: float32 -> float64 is
+# exact and every operation is per element (the sums only add in another order).
+ROWS_AT_ONCE = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -50,8 +55,12 @@ class Standardizer:
         accountant.charge(GaussianRelease("scaling_statistics", noise_multiplier))
         n, d = x.shape
         mid, half = (high + low) / 2, (high - low) / 2
-        u = (np.clip(x, low, high) - mid) / half
-        sums = np.concatenate([u.sum(axis=0), np.square(u).sum(axis=0), [n]])
+        sums = np.zeros(2 * d + 1)
+        sums[-1] = n
+        for start in range(0, n, ROWS_AT_ONCE):
+            u = (np.clip(x[start:start + ROWS_AT_ONCE].astype(np.float64), low, high) - mid) / half
+            sums[:d] += u.sum(axis=0)
+            sums[d:2 * d] += np.square(u).sum(axis=0)
         noise_std = noise_multiplier * math.sqrt(2 * d + 1)  # sigma * L2 sensitivity
         noisy = sums + noise.normal(2 * d + 1, noise_std).numpy()
         rows = max(float(noisy[-1]), MIN_STATISTICS_ROWS)
@@ -60,7 +69,12 @@ class Standardizer:
         return cls(low, high, mid + half * mean_u, half * np.sqrt(variance_u))
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        return ((np.clip(x, self.low, self.high) - self.mean) / self.scale).astype(np.float32)
+        """Scaled float32 features, computed in float64 a chunk of rows at a time."""
+        scaled = np.empty(np.shape(x), dtype=np.float32)
+        for start in range(0, len(x), ROWS_AT_ONCE):
+            chunk = np.asarray(x[start:start + ROWS_AT_ONCE], dtype=np.float64)
+            scaled[start:start + ROWS_AT_ONCE] = (np.clip(chunk, self.low, self.high) - self.mean) / self.scale
+        return scaled
 
 
 @dataclass(frozen=True)
@@ -101,7 +115,9 @@ def split_with_standardizer(table: pd.DataFrame, feature_columns: tuple[str, ...
 
 def _secret_split(table: pd.DataFrame, feature_columns: tuple[str, ...], target: str, validation_split: float,
                   noise: SecureRandom) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    x = table.loc[:, list(feature_columns)].to_numpy(dtype=np.float64)
+    # the join's float32 stays float32 here (half the memory of a float64 copy), widened per chunk
+    narrow = all(table[c].dtype == np.float32 for c in feature_columns)
+    x = table.loc[:, list(feature_columns)].to_numpy(dtype=np.float32 if narrow else np.float64)
     y = table[target].to_numpy(dtype=np.float64)
     return (x, y, *secret_split(len(table), validation_split, noise))
 

@@ -21,17 +21,34 @@ Measured before choosing, on the bench's tables (2 M joined rows, three COVID-sh
 None was installed (pandas 3 does not need pyarrow), so each costs one dependency; DuckDB was
 the fastest, and reads a pipe in constant memory.
 
-Memory: a key is held as a 128-bit digest (MD5 of a per-join random salt and the key, computed
-inside DuckDB as the CSV streams in), not as a string: 16 bytes instead of ~80 per key. At most
-two datasets are held at once: the first two load side by side (DuckDB reads a pipe on one
+Memory: a key is held as a 64-bit digest (DuckDB's `hash` of a per-join random salt and the
+key, computed inside DuckDB, vectorised, as the CSV streams in), not as a string: 8 bytes instead
+of ~80 per key, and a third of the CPU of the MD5 digest used before (bench/join_scale.py). At
+most two datasets are held at once: the first two load side by side (DuckDB reads a pipe on one
 thread), each later one once the one before is joined and dropped; the first keeps only its
-digests once its values are out. Equal keys give equal digests; distinct keys collide with
-probability about n^2 / 2^129 (1e-24 for 30 M keys), and the salt, drawn from the OS for each
-join and never output, leaves no party a prefix to build an MD5 collision on (nor a motive: the
-providers share the pseudonym key, so a provider can already name any row it likes).
+digests once its values are out.
+
+Why 64 bits are enough here. Equal keys give equal digests. Every dataset's digests are checked
+unique, so a collision inside one dataset, or between a key of one dataset and a *matched* key
+of another (the other's own copy of that key then collides with it too), refuses the join as
+"not unique": loud, never a wrong row. The one silent case is a key of the first dataset that
+no other dataset holds colliding with a key of another dataset that the first does not hold:
+one spurious row pairing two people's features, each person still in at most one row (the
+DP-SGD bound per person holds). For a digest that behaves randomly that takes probability at
+most u1 * u2 / 2^64 for u1 and u2 unmatched keys (3e-10 for 100 k each; 5e-6 in the extreme
+of 10 M each), and a refusal about n^2 / 2^65 (3e-6 at 10 M keys). The salt, drawn from the OS
+for each join and never output, is what keeps the digests unpredictable; DuckDB's hash is not
+cryptographic, but a party able to build collisions gains nothing: it can only refuse a run (as
+it can by not signing) or add a row, and the providers share the pseudonym key, so a provider
+can already name any row it likes.
 bench/join_scale.py measures 1 M and 10 M rows, before and after, from encrypted packages; at
 10 M rows in one run (shared machine, load 5-7): before (decrypt to files, pandas) 200 s and
 4.47 GB, after 75.5 s and 2.09 GB, 54 CPU s of which a quarter is system time (pipes, pages).
+The 64-bit digest, on the same 10 M-row packages one run after the other (load 6-7): 54.4 CPU s
+and 2075 MB with MD5, 44.9 CPU s and 1819 MB now (wall 111 s and 102 s: the machine's load; on
+two idle cores the CPU seconds bound it near 25 s). What remains is DuckDB reading the CSV and
+converting its text (about 0.7 and 0.5 CPU s per million rows and table), the uniqueness check
+and the joins; decryption is under 0.3 CPU s per million rows and table.
 
 Values: read as text and converted as the pandas join did (text -> float64 -> float32, values
 beyond float32's range become +-inf); a missing, NaN or non-numeric value refuses the dataset.
@@ -189,7 +206,7 @@ def _load(con: duckdb.DuckDBPyConnection, table: str, dataset: JoinDataset, spec
         try:
             con.execute(
                 f"CREATE TABLE {table} AS SELECT CASE WHEN key IS NULL OR key IN ({na_keys}) THEN NULL "
-                f"ELSE md5_number('{salt}' || key) END AS fp{values} "
+                f"ELSE hash('{salt}' || key) END AS fp{values} "
                 f"FROM (SELECT c{position[dataset.join_key]} AS key{parsed} "
                 f"FROM read_csv(?, columns = {types}, header = {str(not piped).lower()}, auto_detect = false, "
                 "delim = ',', quote = '\"', escape = '\"', strict_mode = true))", [str(path)])

@@ -3,7 +3,8 @@ nothing data-dependent released while it runs (no per-epoch metrics: the evaluat
 release at the end, dp_evaluation.py; only the epoch counter, via progress_report.py). Deterministic given the config's seed and the secure source's key."""
 from __future__ import annotations
 
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -14,6 +15,27 @@ from trainer_container.accountant import Accountant
 from trainer_container.dp_sgd import PrivacyPlan, PrivateStep
 from trainer_container.features import Split
 from trainer_container.secure_random import SecureRandom
+
+
+# A model at most this large trains on one torch thread (bench/loan_scale.py, issue 15): a DP-SGD
+# step of the loan MLP (417 parameters, batch 256) took 4.1 ms on one thread and 5.2 ms on two
+# with 2.5x the CPU, and 78 ms on two when the container's cores were shared (the operators'
+# threads wait at every barrier for a descheduled sibling). Past about 25 M multiply-adds a step
+# (batch 256 x 100 k parameters) splitting an operator starts to pay for its barrier.
+SINGLE_THREAD_PARAMETERS = 100_000
+
+
+@contextmanager
+def _operator_threads(model: nn.Module) -> Iterator[None]:
+    """torch's intra-op threads while `model` trains: one for a small model, torch's default
+    otherwise; the process's setting is restored afterwards."""
+    before = torch.get_num_threads()
+    if sum(p.numel() for p in model.parameters()) <= SINGLE_THREAD_PARAMETERS:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def output_width(model: nn.Module) -> int:
@@ -89,11 +111,12 @@ def train_private(model: nn.Sequential, split: Split, config: TrainingConfig, pl
     accountant.charge(plan.release())
     step = PrivateStep(model, make_optimizer(config, model), loss_function(config.loss, "sum"), plan, noise)
     y_all = targets(split.train_y, config.loss)
-    for epoch in range(1, plan.epochs + 1):
-        private_epoch(step, split.train_x, y_all, noise)
-        progress(f"epoch {epoch}/{plan.epochs} done")  # a constant line: no value of the epoch leaves
-        if epoch_done is not None:
-            epoch_done(epoch)
+    with _operator_threads(model):
+        for epoch in range(1, plan.epochs + 1):
+            private_epoch(step, split.train_x, y_all, noise)
+            progress(f"epoch {epoch}/{plan.epochs} done")  # a constant line: no value of the epoch leaves
+            if epoch_done is not None:
+                epoch_done(epoch)
     model.eval()
 
 

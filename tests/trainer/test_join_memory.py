@@ -1,4 +1,4 @@
-"""The join never holds keys as Python strings (DuckDB keeps a 16-byte digest per key): adding a
+"""The join never holds keys as Python strings (DuckDB keeps an 8-byte salted digest per key): adding a
 third dataset must not add a third set of key strings to the Python-side peak (bench/join_scale.py
 measures the whole process at 1 and 10 million rows)."""
 from __future__ import annotations
