@@ -19,7 +19,7 @@ import pytest
 from bench.pandas_join import join_datasets as pandas_join
 from shared import package
 from shared.pipeline import JoinSpec
-from trainer_container.join import JoinError, join_datasets
+from trainer_container.join import join_datasets
 from trainer_container.plaintext_pipe import decrypted_pipe
 
 ROOT = Path(__file__).resolve().parents[2]
