@@ -18,8 +18,6 @@ fields, never values (run.safe_error)."""
 from __future__ import annotations
 
 import sys
-import tempfile
-from contextlib import closing
 from pathlib import Path
 from typing import Callable
 
@@ -31,7 +29,6 @@ from shared.blob_sas import blob_location
 from trainer_container import run as training_run
 from trainer_container.consent import verified_contract
 from trainer_container.contract_terms import ContractTerms
-from trainer_container.environment import TrainerEnvironment
 from trainer_container.export import export_onnx, with_standardization
 from trainer_container.inference import OUTPUTS, InferenceError, InferenceSpec, run_inference
 
@@ -40,9 +37,7 @@ PREDICTIONS_MAX_BYTES = training_run.OUTPUT_MAX_BYTES
 
 
 def safe_error(exc: BaseException) -> tuple[str, str]:
-    if isinstance(exc, SAFE_ERRORS):
-        return type(exc).__name__, str(exc)
-    return type(exc).__name__, "internal error in the inference"
+    return training_run.safe_error(exc, SAFE_ERRORS, "the inference")
 
 
 class InferenceRun(training_run.TrainerRun):
@@ -104,26 +99,9 @@ class InferenceRun(training_run.TrainerRun):
 def main(progress: Callable[[str], None] = print) -> int:
     """0 when the predictions are uploaded and the attested outcome published; a failure is
     attested and published too (never a row, never a value)."""
-    try:
-        env = TrainerEnvironment.from_environ()
-    except Exception as exc:
-        progress("failed: {}: {}".format(*safe_error(exc)))
-        return 2
-    progress(f"inference {env.run_id}: starting")
-    with tempfile.TemporaryDirectory(prefix="ccr-inference-") as workdir, \
-            closing(InferenceRun(env, Path(workdir), progress)) as run:
-        try:
-            outcome = run.execute()
-            progress("succeeded")
-        except Exception as exc:
-            error_class, message = safe_error(exc)
-            run.phase("")
-            progress(f"failed: {error_class}: {message}")
-            outcome = {"status": "failed", "workload": "inference", "error_class": error_class, "message": message,
-                       "phase_seconds": dict(run.timings)}
-        published = training_run.publish(run.attested_event(outcome), progress)
-    return 0 if outcome["status"] == "succeeded" and published else 1
-
+    return training_run.run_workload(InferenceRun, progress, label="inference", scratch="ccr-inference-",
+                                     safe=safe_error, succeeded=lambda _: "succeeded",
+                                     failure_fields={"workload": "inference"})
 
 if __name__ == "__main__":
     sys.exit(main(lambda line: print(line, flush=True)))

@@ -24,7 +24,8 @@ import time
 from contextlib import closing, contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator
+from types import MappingProxyType
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 from azure.core.exceptions import HttpResponseError
@@ -79,12 +80,12 @@ SAFE_ERRORS = (SettingsError, ConsentError, ContractError, PipelineConfigError, 
                continued_run.ContinuationError)
 
 
-def safe_error(exc: BaseException) -> tuple[str, str]:
-    """(error class, message) fit for logs and events: unknown errors lose their message,
+def safe_error(exc: BaseException, known: tuple = SAFE_ERRORS, where: str = "the trainer") -> tuple[str, str]:
+    """(error class, message) fit for logs and events: errors not `known` lose their message,
     which could quote data (pandas and torch errors often do)."""
-    if isinstance(exc, SAFE_ERRORS):
+    if isinstance(exc, known):
         return type(exc).__name__, str(exc)
-    return type(exc).__name__, "internal error in the trainer"
+    return type(exc).__name__, f"internal error in {where}"
 
 
 class _Discard:
@@ -312,25 +313,34 @@ def publish(data: dict, progress: Callable[[str], None]) -> bool:
 def main(progress: Callable[[str], None] = print) -> int:
     """The container's entry point: 0 when the output is uploaded and the attested completion
     event published; a failure is attested and published too."""
+    return run_workload(TrainerRun, progress, label="run", scratch="ccr-trainer-", safe=safe_error,
+                        succeeded=lambda outcome: f"succeeded: epsilon {outcome['privacy']['epsilon']:.3f}")
+
+
+def run_workload(run_class: type[TrainerRun], progress: Callable[[str], None], *, label: str, scratch: str,
+                 safe: Callable[[BaseException], tuple[str, str]], succeeded: Callable[[dict], str],
+                 failure_fields: Mapping[str, str] = MappingProxyType({})) -> int:
+    """One workload run in the container (training, or inference: trainer_container/infer.py):
+    `run_class(...).execute()` in a scratch folder, its outcome - or the failure, through `safe`,
+    with `failure_fields` - attested and published. 2 when the environment is unusable."""
     try:
         env = TrainerEnvironment.from_environ()
     except Exception as exc:
-        error_class, message = safe_error(exc)
-        progress(f"failed: {error_class}: {message}")
+        progress("failed: {}: {}".format(*safe(exc)))
         return 2
-    progress(f"run {env.run_id}: starting")
-    with tempfile.TemporaryDirectory(prefix="ccr-trainer-") as workdir, \
-            closing(TrainerRun(env, Path(workdir), progress)) as trainer:
+    progress(f"{label} {env.run_id}: starting")
+    with tempfile.TemporaryDirectory(prefix=scratch) as workdir, \
+            closing(run_class(env, Path(workdir), progress)) as run:
         try:
-            outcome = trainer.execute()
-            progress(f"succeeded: epsilon {outcome['privacy']['epsilon']:.3f}")
+            outcome = run.execute()
+            progress(succeeded(outcome))
         except Exception as exc:
-            error_class, message = safe_error(exc)
-            trainer.phase("")
+            error_class, message = safe(exc)
+            run.phase("")
             progress(f"failed: {error_class}: {message}")
-            outcome = {"status": "failed", "error_class": error_class, "message": message,
-                       "phase_seconds": dict(trainer.timings)}
-        published = publish(trainer.attested_event(outcome), progress)
+            outcome = {"status": "failed", **failure_fields, "error_class": error_class, "message": message,
+                       "phase_seconds": dict(run.timings)}
+        published = publish(run.attested_event(outcome), progress)
     return 0 if outcome["status"] == "succeeded" and published else 1
 
 
