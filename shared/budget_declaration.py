@@ -38,10 +38,7 @@ def declare(identity: dids.Identity, dataset: str, epsilon: float, delta: float)
 
 def check_claims(claims) -> dict:
     """The claims if they are exactly the four fields, with a finite epsilon > 0 and 0 < delta < 1."""
-    if not isinstance(claims, dict) or sorted(claims) != sorted(FIELDS):
-        raise DeclarationError(f"a budget declaration holds exactly {', '.join(FIELDS)}")
-    if not isinstance(claims["provider"], str) or not isinstance(claims["dataset"], str) or not claims["dataset"]:
-        raise DeclarationError("a budget declaration's provider and dataset are strings")
+    statements.checked_fields(KIND, claims, FIELDS)
     for name, low, high in (("epsilon", 0.0, math.inf), ("delta", 0.0, 1.0)):
         value = claims[name]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value < high:

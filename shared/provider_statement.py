@@ -31,6 +31,16 @@ class Kind:
     describe: Callable[[dict], str]
 
 
+def checked_fields(kind: Kind, claims, fields: tuple[str, ...]) -> dict:
+    """`claims` if it holds exactly `fields`, the provider and dataset as strings (each kind
+    then checks its own terms)."""
+    if not isinstance(claims, dict) or sorted(claims) != sorted(fields):
+        raise kind.error(f"a {kind.name} holds exactly {', '.join(fields)}")
+    if not isinstance(claims["provider"], str) or not isinstance(claims["dataset"], str) or not claims["dataset"]:
+        raise kind.error(f"a {kind.name}'s provider and dataset are strings")
+    return claims
+
+
 def canonical(value: dict) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 

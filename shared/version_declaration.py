@@ -48,10 +48,7 @@ def declare(identity: dids.Identity, dataset: str, version: int, pin: dict, new_
 def check_claims(claims) -> dict:
     """The claims if they are exactly FIELDS, well typed: a version >= 1, a known digest
     algorithm with 64 lowercase hex digits, and new_individuals true or false."""
-    if not isinstance(claims, dict) or sorted(claims) != sorted(FIELDS):
-        raise VersionDeclarationError(f"a version declaration holds exactly {', '.join(FIELDS)}")
-    if not isinstance(claims["provider"], str) or not isinstance(claims["dataset"], str) or not claims["dataset"]:
-        raise VersionDeclarationError("a version declaration's provider and dataset are strings")
+    statements.checked_fields(KIND, claims, FIELDS)
     version = claims["version"]
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise VersionDeclarationError("a version declaration's version must be an integer >= 1")
