@@ -7,13 +7,11 @@ budget (docs/TRUST_CHAIN.md section 12). Deterministic orchestrator code only; e
 is an activity below, each recording its phase on the run record."""
 from __future__ import annotations
 
-from datetime import timedelta
-
 import azure.durable_functions as df
 
 from orchestrations import inference_steps, tdc_notice
 from orchestrations.activities import activity_step, run_records
-from orchestrations.run_workflow import NOTICE_RETRY, RETRY, TRAINER_FINISHED_EVENT, safe_reason
+from orchestrations.run_workflow import NOTICE_RETRY, RETRY, safe_reason, wait_for_attested_outcome
 
 bp = df.Blueprint()
 
@@ -55,18 +53,11 @@ def _steps(context, run: dict, progress: dict):
     if not deployment["ok"]:
         return {"status": "failed", "phase": "deploying", "reason": deployment["reason"]}
     enter("inferring", container_group=deployment["container_group"])
-    timer = context.create_timer(context.current_utc_datetime + timedelta(seconds=run["deadline_seconds"]))
-    while True:  # events that do not prove themselves are ignored until the deadline
-        finished = context.wait_for_external_event(TRAINER_FINISHED_EVENT)
-        winner = yield context.task_any([finished, timer])
-        if winner != finished:
-            return {"status": "failed", "phase": "inferring",
-                    "reason": f"deadline of {run['deadline_seconds']} s passed before the inference finished"}
-        verdict = yield context.call_activity_with_retry("verify_inference_outcome", RETRY,
-                                                         {"run": run, "event": finished.result})
-        if verdict["ok"]:
-            timer.cancel()
-            return _outcome(verdict["outcome"])
+    outcome = yield from wait_for_attested_outcome(context, run, "verify_inference_outcome")
+    if outcome is None:
+        return {"status": "failed", "phase": "inferring",
+                "reason": f"deadline of {run['deadline_seconds']} s passed before the inference finished"}
+    return _outcome(outcome)
 
 
 def _outcome(outcome: dict) -> dict:

@@ -84,19 +84,27 @@ def _run_steps(context, run: dict, progress: dict):
         return _refused("deploying", deployment["reason"])
 
     enter("training", container_group=deployment["container_group"])
-    deadline = context.current_utc_datetime + timedelta(seconds=run["deadline_seconds"])
-    timer = context.create_timer(deadline)
-    while True:  # events that do not prove themselves are ignored: keep waiting until the deadline
+    outcome = yield from wait_for_attested_outcome(context, run, "verify_trainer_outcome")
+    if outcome is None:
+        return {"status": "failed", "phase": "training",
+                "reason": f"deadline of {run['deadline_seconds']} s passed before the trainer finished"}
+    return _trainer_outcome(outcome)
+
+
+def wait_for_attested_outcome(context, run: dict, verifier: str):
+    """The outcome the group deployed for `run` attested (each completion event checked by the
+    activity `verifier`), or None once the run's deadline passed: events that do not prove
+    themselves are ignored, and the wait goes on."""
+    timer = context.create_timer(context.current_utc_datetime + timedelta(seconds=run["deadline_seconds"]))
+    while True:
         finished = context.wait_for_external_event(TRAINER_FINISHED_EVENT)
         winner = yield context.task_any([finished, timer])
         if winner != finished:
-            return {"status": "failed", "phase": "training",
-                    "reason": f"deadline of {run['deadline_seconds']} s passed before the trainer finished"}
-        verdict = yield context.call_activity_with_retry(
-            "verify_trainer_outcome", RETRY, {"run": run, "event": finished.result})
+            return None
+        verdict = yield context.call_activity_with_retry(verifier, RETRY, {"run": run, "event": finished.result})
         if verdict["ok"]:
             timer.cancel()
-            return _trainer_outcome(verdict["outcome"])
+            return verdict["outcome"]
 
 
 def _wait_for_previous_model(context, run: dict):
