@@ -69,17 +69,13 @@ def check(did: str, path, permission, contract=None,
     elif container == storage_names.GRANTS:
         _check_grant(did, segments, contract)
     elif container == storage_names.OUTPUTS:
-        if permission != "read":
-            raise SasRefused("outputs/ are written by the trainer only; a party may only read its run's output")
-        if len(segments) != 2 or f"{segments[0]}/{segments[1]}" != storage_names.output_blob(segments[0]) \
-                or tdc_of_run(segments[0]) != did:
-            raise SasRefused("outputs/<run id>/output.ccr is readable only by the TDC of that run's contract")
+        _check_run_result(did, permission, container, segments, storage_names.output_path, tdc_of_run,
+                          "outputs/ are written by the trainer only; a party may only read its run's output",
+                          "outputs/<run id>/output.ccr is readable only by the TDC of that run's contract")
     elif container == storage_names.PREDICTIONS:
-        if permission != "read":
-            raise SasRefused("predictions/ are written by the inference only; a requester may only read its own")
-        if len(segments) != 2 or f"{container}/{'/'.join(segments)}" != inference_requests.predictions_path(segments[0]) \
-                or requester_of_run(segments[0]) != did:
-            raise SasRefused("predictions/<run id>/predictions.ccr is readable only by the requester of that run")
+        _check_run_result(did, permission, container, segments, inference_requests.predictions_path, requester_of_run,
+                          "predictions/ are written by the inference only; a requester may only read its own",
+                          "predictions/<run id>/predictions.ccr is readable only by the requester of that run")
     else:
         raise SasRefused(f"parties get no SAS in container {container!r}")
     return f"{container}/{'/'.join(segments)}"
@@ -96,6 +92,16 @@ def issue(service: BlobServiceClient, path: str, permission: str, now: datetime 
     expiry = (now or datetime.now(timezone.utc)) + timedelta(seconds=SAS_SECONDS)
     return {"url": blob_sas_url(service, path, PERMISSIONS[permission], expiry), "blob": path,
             "permission": permission, "expires": expiry.isoformat(timespec="seconds")}
+
+
+def _check_run_result(did: str, permission: str, container: str, segments: list[str], result_path,
+                      owner_of_run: Callable[[str], str | None], write_refusal: str, read_refusal: str) -> None:
+    """A run's one result blob (`result_path(run id)`): read only, and only by the party it is for."""
+    if permission != "read":
+        raise SasRefused(write_refusal)
+    if len(segments) != 2 or f"{container}/{'/'.join(segments)}" != result_path(segments[0]) \
+            or owner_of_run(segments[0]) != did:
+        raise SasRefused(read_refusal)
 
 
 def _split(path) -> tuple[str, list[str]]:
