@@ -146,10 +146,7 @@ class LoanScenario(CovidScenario):
         """The bank scores a sample of applicants (complete feature rows of a fresh synthetic draw,
         row ids its own) with the model kept in the clean room, then fetches and decrypts the
         predictions; a summary of them beside the outcomes the bank later learns."""
-        features, outcomes = loan_data.joined_sample(self.sample_rows, self.seed + 2, loan_reference.FEATURE_COLUMNS,
-                                                     loan_reference.TARGET)
-        sample = pd.DataFrame(features, columns=list(loan_reference.FEATURE_COLUMNS))
-        sample.insert(0, "row_id", [f"applicant-{i}" for i in range(len(sample))])
+        sample, outcomes = applicants(self.sample_rows, self.seed + 2, "applicant")
         sample.to_csv(self.workdir / "sample.csv", index=False)
         contract = str(self.workdir / "contract.json")
         with self.timed("inference: submit sample"):
@@ -216,3 +213,12 @@ def _split_lines(source: Path, rows: int, first: Path, rest: Path) -> None:
         for number, line in enumerate(lines):
             (head if number < rows else tail).write(line)
     source.unlink()
+
+
+def applicants(rows: int, seed: int, name: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """An inference batch of complete feature rows (a synthetic draw of `rows` customers' joined
+    rows), row ids `<name>-<i>` first; and the outcomes those people later have."""
+    features, outcomes = loan_data.joined_sample(rows, seed, loan_reference.FEATURE_COLUMNS, loan_reference.TARGET)
+    batch = pd.DataFrame(features, columns=list(loan_reference.FEATURE_COLUMNS))
+    batch.insert(0, "row_id", [f"{name}-{i}" for i in range(len(batch))])
+    return batch, outcomes

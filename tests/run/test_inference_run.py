@@ -21,9 +21,8 @@ import pytest
 
 from ccr.common import CliError
 from ccr.party import clean_room
-from local_emulator import loan_data, loan_reference
 from local_emulator.covid_scenario import _environment
-from local_emulator.loan_scenario import LoanScenario
+from local_emulator.loan_scenario import LoanScenario, applicants
 from local_emulator.stack import wait_for
 from orchestrations.inference_admission import refusal_name
 from shared import inference_requests, package, storage_names
@@ -68,9 +67,7 @@ def trained(stack, tmp_path_factory):
 
 def _batch(scenario, name: str, rows: int = BATCH_ROWS, seed: int = 5, **extra) -> Path:
     """Complete feature rows (a fresh synthetic draw) with row ids; `extra` columns added."""
-    features, _ = loan_data.joined_sample(rows, seed, loan_reference.FEATURE_COLUMNS, loan_reference.TARGET)
-    frame = pd.DataFrame(features, columns=list(loan_reference.FEATURE_COLUMNS))
-    frame.insert(0, "row_id", [f"{name}-{i}" for i in range(len(frame))])
+    frame, _ = applicants(rows, seed, name)
     for column, value in extra.items():
         frame[column] = value
     path = scenario.workdir / f"{name}.csv"
