@@ -23,10 +23,10 @@ the fastest, and reads a pipe in constant memory.
 
 Memory: a key is held as a 64-bit digest (DuckDB's `hash` of a per-join random salt and the
 key, computed inside DuckDB, vectorised, as the CSV streams in), not as a string: 8 bytes instead
-of ~80 per key, and a third of the CPU of the MD5 digest used before (bench/join_scale.py). At
-most two datasets are held at once: the first two load side by side (DuckDB reads a pipe on one
-thread), each later one once the one before is joined and dropped; the first keeps only its
-digests once its values are out.
+of ~80 per key, and a third of the CPU of the MD5 digest used before (bench/join_scale.py).
+DuckDB reads a pipe on one thread, so datasets load two at a time, in order, the next as soon as
+one is in: the cores stay busy while the first are joined. The first dataset keeps only its
+digests once its values are out; each later one is dropped once joined.
 
 Why 64 bits are enough here. Equal keys give equal digests. Every dataset's digests are checked
 unique, so a collision inside one dataset, or between a key of one dataset and a *matched* key
@@ -50,15 +50,19 @@ two idle cores the CPU seconds bound it near 25 s). What remains is DuckDB readi
 converting its text (about 0.7 and 0.5 CPU s per million rows and table), the uniqueness check
 and the joins; decryption is under 0.3 CPU s per million rows and table.
 
-Values: read as text and converted as the pandas join did (text -> float64 -> float32, values
-beyond float32's range become +-inf); a missing, NaN or non-numeric value refuses the dataset.
-A key that is empty or one of pandas' default NA strings counts as missing. Errors name columns
-and datasets, never a value (DuckDB's own messages quote rows, so none is passed on).
+Values: parsed by DuckDB's CSV reader as float64 (what Python's float() reads: signs,
+exponents, blanks around, inf and nan spellings, underscores between digits; non-ASCII digits
+are refused), then float32, values beyond its range becoming +-inf; a missing, NaN or
+non-numeric value refuses the dataset. Parsing in the reader rather than casting its text
+afterwards halves the conversion's cost. A key that is empty or one of pandas' default NA
+strings counts as missing. Errors name columns and datasets, never a value (DuckDB's own
+messages quote rows, so none is passed on).
 """
 from __future__ import annotations
 
 import csv
 import os
+import re
 import stat
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, closing, nullcontext
@@ -84,7 +88,6 @@ NA_KEYS = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan",
 # (DuckDB's own cast refuses such values).
 _FLOAT32_EDGE = 3.4028235677973366e38
 _MACROS = f"""
-CREATE MACRO ccr_double(text) AS CASE WHEN contains(text, '_') THEN NULL ELSE TRY_CAST(text AS DOUBLE) END;
 CREATE MACRO ccr_float32(d) AS CASE WHEN d IS NULL OR isnan(d) THEN NULL
                                     WHEN abs(d) < {_FLOAT32_EDGE!r} THEN d::FLOAT
                                     WHEN d > 0 THEN 'inf'::FLOAT ELSE '-inf'::FLOAT END;
@@ -106,26 +109,32 @@ def join_datasets(spec: JoinSpec, sources: Mapping[str, JoinSource]) -> pd.DataF
             dataset = spec.datasets[index]
             return pool.submit(_load_on_cursor, con, tables[index], dataset, spec, sources[dataset.name], salt)
 
-        # DuckDB reads a pipe on one thread: the first two datasets load at once; each later
-        # one once the one before is joined and dropped (at most two datasets held at a time).
-        loading = [load(index) for index in range(min(2, len(tables)))]
-        loading[0].result()
-        rows = con.execute(f"SELECT count(*) FROM {tables[0]}").fetchone()[0]
-        columns: dict[str, np.ndarray] = {}
-        present = _fill(con, f"SELECT rowid AS base_row, {_select(_wanted(first, spec))} FROM {tables[0]}",
-                        _wanted(first, spec), rows, columns)
-        # the first dataset's values are in `columns` now: only its key digests stay, in row order
-        con.execute(f"CREATE TABLE base_keys AS SELECT fp FROM {tables[0]} ORDER BY rowid")
-        con.execute(f"DROP TABLE {tables[0]}")
-        for index, dataset in enumerate(others, start=1):
-            loading[-1].result()
-            wanted = _wanted(dataset, spec)
-            present &= _fill(con, f"SELECT base.rowid AS base_row{''.join(f', other.{_quote(c)}' for c in wanted)} "
-                                  f"FROM {tables[index]} AS other JOIN base_keys AS base ON other.fp = base.fp",
-                             wanted, rows, columns)
-            con.execute(f"DROP TABLE {tables[index]}")
-            if index + 1 < len(tables):
-                loading.append(load(index + 1))
+        # DuckDB reads a pipe on one thread: datasets load two at a time, in order, each next
+        # one as soon as one before it is in, so both cores stay busy while the first are joined.
+        loading = [load(index) for index in range(len(tables))]
+        try:
+            loading[0].result()
+            rows = con.execute(f"SELECT count(*) FROM {tables[0]}").fetchone()[0]
+            columns: dict[str, np.ndarray] = {}
+            present = _fill(con, f"SELECT rowid AS base_row, {_select(_wanted(first, spec))} FROM {tables[0]}",
+                            _wanted(first, spec), rows, columns)
+            # the first dataset's values are in `columns` now: only its key digests stay, under
+            # the same row ids (dropping a column keeps them, and costs nothing, unlike a copy)
+            for column in _wanted(first, spec):
+                con.execute(f"ALTER TABLE {tables[0]} DROP COLUMN {_quote(column)}")
+            for index, dataset in enumerate(others, start=1):
+                loading[index].result()
+                if index == len(others):  # no load writing any more: the dropped columns' memory is freed
+                    con.execute("CHECKPOINT")  # before the last fill, when the most columns are held
+                wanted = _wanted(dataset, spec)
+                present &= _fill(con, f"SELECT base.rowid AS base_row"
+                                      f"{''.join(f', other.{_quote(c)}' for c in wanted)} FROM {tables[index]} "
+                                      f"AS other JOIN {tables[0]} AS base ON other.fp = base.fp", wanted, rows, columns)
+                con.execute(f"DROP TABLE {tables[index]}")
+        except BaseException:
+            for pending in loading:  # a load not yet started never starts
+                pending.cancel()
+            raise
     # one column at a time, each freed once compacted: never two copies of the whole table
     return pd.DataFrame({column: columns.pop(column)[present] for column in list(columns)}, copy=False)
 
@@ -199,30 +208,52 @@ def _load(con: duckdb.DuckDBPyConnection, table: str, dataset: JoinDataset, spec
             raise JoinError(f"dataset {dataset.name} has no column {', '.join(missing)}")
         position = {name: index for index, name in reversed(list(enumerate(header)))}  # first of a repeated name
         wanted = _wanted(dataset, spec)
-        parsed = "".join(f", ccr_double(c{position[c]}) AS {_quote(c)}" for c in wanted)  # text -> float64
-        values = "".join(f", ccr_float32({_quote(c)}) AS {_quote(c)}" for c in wanted)  # float64 -> float32
-        types = "{" + ", ".join(f"'c{i}': 'VARCHAR'" for i in range(len(header))) + "}"
+        numeric = {position[c]: c for c in wanted}  # parsed as float64 by the reader, the rest kept as text
+        values = "".join(f", ccr_float32(c{i}) AS {_quote(c)}" for i, c in numeric.items())  # -> float32
+        types = "{" + ", ".join(f"'c{i}': '{'DOUBLE' if i in numeric else 'VARCHAR'}'" for i in range(len(header))) + "}"
         na_keys = ", ".join("'" + na.replace("'", "''") + "'" for na in NA_KEYS)
         try:
             con.execute(
                 f"CREATE TABLE {table} AS SELECT CASE WHEN key IS NULL OR key IN ({na_keys}) THEN NULL "
                 f"ELSE hash('{salt}' || key) END AS fp{values} "
-                f"FROM (SELECT c{position[dataset.join_key]} AS key{parsed} "
+                f"FROM (SELECT c{position[dataset.join_key]} AS key, * "
                 f"FROM read_csv(?, columns = {types}, header = {str(not piped).lower()}, auto_detect = false, "
                 "delim = ',', quote = '\"', escape = '\"', strict_mode = true))", [str(path)])
+        except duckdb.ConversionException as error:  # a selected value the reader could not parse as a number
+            column = numeric.get(_unparsed_column(error))
+            if column is None:
+                raise JoinError(f"dataset {dataset.name} is not a CSV table (UTF-8, comma-separated, "
+                                "one row per line, every row as wide as the header)") from None
+            raise JoinError(f"column {column} of dataset {dataset.name} has missing or non-numeric values") from None
         except duckdb.Error:
             raise JoinError(f"dataset {dataset.name} is not a CSV table (UTF-8, comma-separated, "
                             "one row per line, every row as wide as the header)") from None
-    checks = ["count(*) FILTER (WHERE fp IS NULL)", "count(*) - count(DISTINCT fp)",
-              *(f"count(*) FILTER (WHERE {_quote(c)} IS NULL)" for c in wanted)]
-    no_key, duplicates, *bad = con.execute(f"SELECT {', '.join(checks)} FROM {table}").fetchone()
+    missing = ["count(*) - count(fp)", *(f"count(*) - count({_quote(c)})" for c in wanted)]
+    no_key, *bad = con.execute(f"SELECT {', '.join(missing)} FROM {table}").fetchone()
     if no_key:
         raise JoinError(f"dataset {dataset.name} has rows without a join key {dataset.join_key}")
     for column, count in zip(wanted, bad):
         if count:
             raise JoinError(f"column {column} of dataset {dataset.name} has missing or non-numeric values")
-    if duplicates:
+    if not _distinct(con, table):
         raise JoinError(f"join key {dataset.join_key} of dataset {dataset.name} is not unique")
+
+
+def _distinct(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    """Whether the key digests of `table` (none missing) are pairwise distinct: sorted in place
+    in numpy, a fifth of the CPU of DuckDB's count(DISTINCT) hash table (bench/join_scale.py),
+    8 bytes a row for the moment it takes."""
+    digests = con.execute(f"SELECT fp FROM {table}").fetchnumpy()["fp"]
+    digests.sort()
+    return not np.any(digests[1:] == digests[:-1])
+
+
+def _unparsed_column(error: duckdb.ConversionException) -> int | None:
+    """The position of the column DuckDB's CSV reader could not convert, from its message
+    (which also quotes the value and the line, so only the column's name `c<position>` is
+    taken from it), or None."""
+    match = re.search(r'converting column "c(\d+)"', str(error))
+    return int(match.group(1)) if match else None
 
 
 def _read_header(dataset: JoinDataset, path: Path) -> tuple[list[str], bool]:

@@ -50,6 +50,15 @@ def test_duplicate_join_keys_are_refused(tmp_path):
         join_datasets(spec, {"one": tmp_path / "one.csv"})
 
 
+def test_duplicate_keys_of_a_later_dataset_are_refused_even_when_nothing_matches_them(tmp_path):
+    pd.DataFrame({"k": ["a", "b"], "x": [1, 2], "t": [0, 1]}).to_csv(tmp_path / "one.csv", index=False)
+    pd.DataFrame({"id": ["a", "b", "c", "c"], "y": [1, 2, 3, 4]}).to_csv(tmp_path / "two.csv", index=False)
+    spec = JoinSpec.from_dict({"datasets": [{"name": "one", "join_key": "k", "columns": ["x", "t"]},
+                                            {"name": "two", "join_key": "id", "columns": ["y"]}], "target": "t"})
+    with pytest.raises(JoinError, match="join key id of dataset two is not unique"):
+        join_datasets(spec, {"one": tmp_path / "one.csv", "two": tmp_path / "two.csv"})
+
+
 @pytest.mark.parametrize("mutate, message", [
     (lambda s: s["datasets"][0]["columns"].append("age"), "selected from both"),
     (lambda s: s["datasets"][0].update(join_key="a_test_ct_value"), "cannot be a selected column"),

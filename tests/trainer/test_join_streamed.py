@@ -95,6 +95,15 @@ def test_values_convert_as_the_pandas_join_did(tmp_path):
     pd.testing.assert_frame_equal(joined, expected)
 
 
+def test_digit_group_underscores_read_as_python_reads_them(tmp_path):
+    """The reader parses a number as Python's float() does: underscores between digits group
+    them (pandas refused those; misplaced ones are refused below)."""
+    text = "k,x,t\na,1_000,1\nb,0.000_5,0\nc,1e1_0,1\n"
+    spec = JoinSpec.from_dict({"datasets": [{"name": "one", "join_key": "k", "columns": ["x", "t"]}], "target": "t"})
+    joined = join_datasets(spec, piped({"one": seal(tmp_path, "one", text.encode())}))
+    assert joined["x"].tolist() == [np.float32(float(v)) for v in ("1_000", "0.000_5", "1e1_0")]
+
+
 def _zip() -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
@@ -112,7 +121,8 @@ REFUSALS = {  # case -> (dataset one's plaintext, the error's beginning)
     "non_numeric": (f"k,x,t\na,1,0\nb,{SECRET},1\n".encode(), "column x of dataset one has missing or non-numeric"),
     "missing_value": (b"k,x,t\na,1,0\nb,,1\n", "column x of dataset one has missing or non-numeric"),
     "nan_value": (b"k,x,t\na,NaN,0\n", "column x of dataset one has missing or non-numeric"),
-    "underscored_number": (b"k,x,t\na,1_000,0\n", "column x of dataset one has missing or non-numeric"),
+    "misplaced_underscore": (b"k,x,t\na,1__000,0\n", "column x of dataset one has missing or non-numeric"),
+    "arabic_indic_digits": ("k,x,t\na,\u0661\u0662,0\n".encode(), "column x of dataset one has missing or non-numeric"),
     "missing_key": (b"k,x,t\na,1,0\n,2,1\n", "dataset one has rows without a join key k"),
     "na_key": (b"k,x,t\na,1,0\nNA,2,1\n", "dataset one has rows without a join key k"),
     "duplicate_key": (f"k,x,t\n{SECRET},1,0\nb,2,1\n{SECRET},3,0\n".encode(), "join key k of dataset one is not unique"),
