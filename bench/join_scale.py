@@ -12,7 +12,8 @@ that reports its own time, CPU seconds (the machine may be shared) and peak RSS 
 
 Every table holds the `rows` shared keys, each table in its own order, plus 1% keys of its own
 that the inner join must drop, so exactly `rows` rows come out. Tables are streamed to disk
-a chunk at a time in a temporary directory, deleted after each size. The smaller size
+a chunk at a time in a temporary directory, deleted after each size (with --keep DIR the
+packages and their throwaway key stay in DIR and later runs with it reuse them). The smaller size
 (--small, 1 M) runs first. Issue 15's target: 10 M joined rows in under 20 s and 2 GB.
 `--after-only` skips the old join (which takes minutes and 4+ GB at 10 M rows).
 Last line: one JSON object."""
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -124,16 +126,43 @@ def encrypt(paths: dict[str, Path], key: bytes) -> dict[str, Path]:
     return packages
 
 
-def measure(rows: int, ways: list[str]) -> dict:
+def prepared(folder: Path, rows: int) -> tuple[dict[str, Path], bytes, dict]:
+    """The three packages of `rows` joined rows and their key, generated into `folder`, or
+    reused from it when an earlier run with --keep left them there (the key beside them)."""
+    job = folder / "packages.json"
+    if job.exists():
+        kept = json.loads(job.read_text())
+        print(f"{rows:,} joined rows: reusing the packages kept in {folder}", flush=True)
+        packages = {name: Path(path) for name, path in kept["packages"].items()}
+        return packages, bytes.fromhex(kept["key"]), {"csv_bytes": _plaintext_bytes(packages)}
     print(f"{rows:,} joined rows: generating three tables of {rows + round(rows * UNMATCHED):,} rows", flush=True)
+    paths, generate_s = generate(folder, rows)
+    key = os.urandom(package.KEY_SIZE)
+    packages = encrypt(paths, key)
+    figures = {"csv_bytes": _plaintext_bytes(packages), "generate_s": round(generate_s, 1)}
+    print(f"  encrypted {figures['csv_bytes'] / 1e9:.2f} GB of CSV into three packages", flush=True)
+    job.write_text(json.dumps({"packages": {name: str(path) for name, path in packages.items()}, "key": key.hex()}))
+    return packages, key, figures
+
+
+def _plaintext_bytes(packages: dict[str, Path]) -> int:
+    """The CSV bytes the packages hold, as their manifests say."""
+    total = 0
+    for path in packages.values():
+        with open(path, "rb") as stream:
+            total += package.read_header(stream).manifest.size
+    return total
+
+
+def measure(rows: int, ways: list[str], keep: Path | None = None) -> dict:
     expected = [c for columns in FEATURES.values() for c in columns]
     figures = {"rows_joined": rows}
-    with tempfile.TemporaryDirectory(prefix="ccr-bench-join-") as scratch:
-        paths, generate_s = generate(Path(scratch), rows)
-        figures.update(csv_bytes=sum(path.stat().st_size for path in paths.values()), generate_s=round(generate_s, 1))
-        key = os.urandom(package.KEY_SIZE)
-        packages = encrypt(paths, key)
-        print(f"  encrypted {figures['csv_bytes'] / 1e9:.2f} GB of CSV into three packages", flush=True)
+    if keep is not None:
+        (keep / f"rows_{rows}").mkdir(parents=True, exist_ok=True)
+    with (nullcontext(keep / f"rows_{rows}") if keep is not None
+          else tempfile.TemporaryDirectory(prefix="ccr-bench-join-")) as scratch:
+        packages, key, made = prepared(Path(scratch), rows)
+        figures.update(made)
         for way in ways:
             joined = run_join(way, packages, key)
             if joined["rows"] != rows or joined["columns"] != expected or joined["dtypes"] != ["float32"]:
@@ -157,10 +186,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000_000, help="joined rows (default 10,000,000)")
     parser.add_argument("--small", type=int, default=1_000_000, help="smaller size run first (default 1,000,000)")
     parser.add_argument("--after-only", action="store_true", help="skip the old pandas join")
+    parser.add_argument("--keep", type=Path, help="keep the generated packages (and their throwaway key) in this "
+                                                  "folder and reuse them on the next run with it")
     args = parser.parse_args()
     ways = ["after"] if args.after_only else ["before", "after"]
     sizes = sorted({min(args.small, args.rows), args.rows})
-    results = {f"rows_{n}": measure(n, ways) for n in sizes}
+    results = {f"rows_{n}": measure(n, ways, args.keep) for n in sizes}
     large = results[f"rows_{sizes[-1]}"]["after"]
     target = {"join_s_under": 20, "peak_rss_mb_under": 2048, "rows": sizes[-1],
               "met": large["join_s"] < 20 and large["join_peak_rss_mb"] < 2048}
