@@ -49,6 +49,7 @@ from local_emulator.host.durable.store import (
     TERMINAL,
     Instance,
     TaskHubStore,
+    is_redelivery,
     storable_id,
 )
 from local_emulator.host.durable.suspension import apply_suspension
@@ -137,6 +138,9 @@ class DurableEngine:
         # activities this host schedules start without a queue receive (the idle hop)
         self.store.take_sent_workitems(self.lease_seconds,
                                        lambda message: self._spawn(self.activity_worker.run(message)))
+        # so do the control messages it sends to be seen now (starts, events, sub-orchestration outcomes)
+        self.store.take_sent_control(self.lease_seconds,
+                                     lambda message: self._spawn(self._orchestration_batch([message])))
         self._loops = [asyncio.create_task(self._dispatch(self.store.control, self._orchestration_batch)),
                        asyncio.create_task(self._dispatch(self.store.workitems, self._activity_batch))]
 
@@ -308,7 +312,7 @@ class DurableEngine:
     # orchestrations --------------------------------------------------------------------
     async def _process_instance(self, instance_id: str, group: list) -> None:
         bodies = [body for _, body in group]
-        redelivered = any(message.dequeue_count > 1 for message, _ in group)
+        redelivered = any(is_redelivery(message) for message, _ in group)
         async with self._instance_lock(instance_id):
             if await self._applied(instance_id, bodies, redelivered):
                 await asyncio.gather(*(self.store.ack_control(message) for message, _ in group))
@@ -391,12 +395,12 @@ class DurableEngine:
         return events
 
     async def _apply(self, instance_id: str, bodies: list[dict], redelivered: bool = False) -> None:
+        for body in bodies:  # a start this process is still recording: its row first
+            writing = self._starting.get(body.get("ExecutionId"))
+            if writing is not None:
+                await writing
         instance = self.cache.get(instance_id) or await self.store.load(instance_id)
         orphan = _adoptable_start(instance, bodies)
-        if orphan is not None and orphan[0]["ExecutionId"] in self._starting:
-            await self._starting[orphan[0]["ExecutionId"]]  # this process is writing its row right now
-            instance = self.cache.get(instance_id) or await self.store.load(instance_id)
-            orphan = _adoptable_start(instance, bodies)
         if orphan is not None:
             body, started = orphan
             if (h.utc_now() - h.parse_iso(started["Timestamp"])).total_seconds() < ADOPT_AFTER_SECONDS:

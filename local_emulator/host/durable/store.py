@@ -26,7 +26,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables.aio import TableClient
 from azure.storage.queue.aio import QueueClient
 
-from local_emulator.host.durable import group_send
+from local_emulator.host.durable import group_send, row_writes
 from local_emulator.host.durable.large_payloads import BLOB_SUFFIX, LargePayloads
 from local_emulator.host.durable.transport import direct_transport
 
@@ -53,6 +53,13 @@ class MessageShare:
     @property
     def dequeue_count(self) -> int:
         return self.message.dequeue_count
+
+
+def is_redelivery(handle) -> bool:
+    """Whether a control message may have been handled before: received more than once, or
+    received at all after its sender ran it itself (take_sent_control)."""
+    message = handle.message if isinstance(handle, MessageShare) else handle
+    return message.dequeue_count > 1 or (getattr(message, "sent_leased", False) and message.dequeue_count > 0)
 
 
 @dataclass
@@ -90,6 +97,8 @@ class TaskHubStore:
                                                             transport=direct_transport())
         self.large = LargePayloads(connection_string, hub)
         self._workitem_lease: int | None = None
+        self._control_lease: int | None = None
+        self._run_sent_control: Callable[[object], None] | None = None
         self._run_sent_workitem: Callable[[object], None] | None = None
         self._control_sender = group_send.GroupSender(self._put_control, group_send.merge_control)
         self._workitem_sender = group_send.GroupSender(self._put_workitem, group_send.merge_work_items,
@@ -157,8 +166,7 @@ class TaskHubStore:
     async def insert_new(self, instance_id: str, state: dict) -> str | None:
         """Create the state row and return its ETag; None if the instance already exists."""
         try:
-            metadata = await self.instances.create_entity(await self.large.offload(_pack_state(instance_id, state)))
-            return metadata["etag"]
+            return await row_writes.insert(self.instances, await self.large.offload(_pack_state(instance_id, state)))
         except ResourceExistsError:
             return None
 
@@ -212,7 +220,7 @@ class TaskHubStore:
                     instance.etag = results[state_at - start]["etag"]
         else:  # the history row, then the state row naming it: two plain writes, no transaction
             if history_row is not None:
-                await self.instances.upsert_entity(history_row, mode="replace")
+                await row_writes.replace(self.instances, history_row)
             await self._write_state_row(instance, state_entity)
         instance.state["Episodes"] = state_entity.get("Episodes", 0)
         if history_row is not None:
@@ -221,12 +229,7 @@ class TaskHubStore:
         instance.tail = []
 
     async def _write_state_row(self, instance: Instance, state_entity: dict) -> None:
-        if instance.etag:
-            metadata = await self.instances.update_entity(state_entity, mode="replace", etag=instance.etag,
-                                                          match_condition=MatchConditions.IfNotModified)
-        else:
-            metadata = await self.instances.upsert_entity(state_entity, mode="replace")
-        instance.etag = metadata["etag"]
+        instance.etag = await row_writes.replace(self.instances, state_entity, instance.etag)
 
     async def _buffer_operations(self, instance: Instance, release: bool) -> list:
         """Rows of the events a suspended (or Failed) instance holds: the released ones deleted, newly
@@ -248,9 +251,7 @@ class TaskHubStore:
 
     async def replace_state(self, instance: Instance) -> None:
         entity = await self.large.offload(_pack_state(instance.instance_id, instance.state))
-        metadata = await self.instances.update_entity(
-            entity, mode="replace", etag=instance.etag, match_condition=MatchConditions.IfNotModified)
-        instance.etag = metadata["etag"]
+        instance.etag = await row_writes.replace(self.instances, entity, instance.etag)
 
     async def purge(self, instance_id: str) -> int:
         rows = [row async for row in self.instances.query_entities(
@@ -293,10 +294,25 @@ class TaskHubStore:
         else:
             await self._control_sender.send(message)
 
+    def take_sent_control(self, lease_seconds: int, run: Callable[[object], None]) -> None:
+        """As take_sent_workitems, for control messages sent to be seen now (not timers nor
+        other delayed ones): each goes to this process's own orchestration dispatcher with
+        the put's pop receipt, never received and deleted separately. A message whose sender
+        died before deleting it turns visible once the lease ends, and its receiver treats it
+        as a redelivery (is_redelivery)."""
+        self._control_lease, self._run_sent_control = lease_seconds, run
+
     async def _put_control(self, message: dict, delay_seconds: int = 0) -> None:
-        await self.control.send_message(await self.large.outgoing(message),
-                                        visibility_timeout=max(0, int(delay_seconds)) or None, time_to_live=-1)
-        if not delay_seconds:
+        delay = max(0, int(delay_seconds))
+        leased = not delay and self._run_sent_control is not None
+        if leased:
+            message = {**message, "SentLeased": True}  # whoever receives it, its sender died first
+        sent = await self.control.send_message(await self.large.outgoing(message), time_to_live=-1,
+                                               visibility_timeout=self._control_lease if leased else delay or None)
+        if leased:
+            sent.dequeue_count = 0  # never received: a first delivery
+            self._run_sent_control(sent)
+        elif not delay:
             self.sent[self.control.queue_name].set()
 
     async def send_workitem(self, message: dict) -> None:
@@ -324,6 +340,7 @@ class TaskHubStore:
     async def control_bodies(self, message) -> list[tuple[object, dict]]:
         """(handle to acknowledge, body) of each instance body a control message carries."""
         body = await self.body(message)
+        message.sent_leased = bool(body.pop("SentLeased", False))
         bodies = group_send.split_control(body)
         if len(bodies) == 1 and bodies[0] is body:
             return [(message, body)]
