@@ -26,7 +26,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables.aio import TableClient
 from azure.storage.queue.aio import QueueClient
 
-from local_emulator.host.durable import group_send, row_writes
+from local_emulator.host.durable import group_send, message_ops, row_writes
 from local_emulator.host.durable.large_payloads import BLOB_SUFFIX, LargePayloads
 from local_emulator.host.durable.transport import direct_transport
 
@@ -307,8 +307,8 @@ class TaskHubStore:
         leased = not delay and self._run_sent_control is not None
         if leased:
             message = {**message, "SentLeased": True}  # whoever receives it, its sender died first
-        sent = await self.control.send_message(await self.large.outgoing(message), time_to_live=-1,
-                                               visibility_timeout=self._control_lease if leased else delay or None)
+        sent = await message_ops.put(self.control, await self.large.outgoing(message),
+                                     self._control_lease if leased else delay or None)
         if leased:
             sent.dequeue_count = 0  # never received: a first delivery
             self._run_sent_control(sent)
@@ -329,8 +329,7 @@ class TaskHubStore:
     async def _put_workitem(self, message: dict) -> None:
         if self._run_sent_workitem is not None:
             message = {**message, "SentLeased": True}  # whoever receives it, its sender died first
-        sent = await self.workitems.send_message(await self.large.outgoing(message), time_to_live=-1,
-                                                 visibility_timeout=self._workitem_lease)
+        sent = await message_ops.put(self.workitems, await self.large.outgoing(message), self._workitem_lease)
         if self._run_sent_workitem is None:
             self.sent[self.workitems.queue_name].set()
         else:
@@ -354,7 +353,10 @@ class TaskHubStore:
             if handle.shares[0] > 0:
                 return
             handle = handle.message
-        await self.control.delete_message(handle)
+        await message_ops.delete(self.control, handle.id, handle.pop_receipt)
+
+    async def ack_workitem(self, message_id: str, pop_receipt: str) -> None:
+        await message_ops.delete(self.workitems, message_id, pop_receipt)
 
     async def body(self, message) -> dict:
         """A received message's JSON body, read back from its blob if it was offloaded."""
