@@ -9,7 +9,10 @@
   orchestration's history, before its work item is deleted);
 - queues <hub>-control (orchestrator events, timers as invisible messages) and
   <hub>-workitems (activity executions); messages ready together are sent as one
-  (group_send.py);
+  (group_send.py), and those this process sends to be handled now go to its own dispatchers
+  already leased (take_sent_workitems, take_sent_control), never received separately;
+- the hottest writes (state rows, puts and deletes of messages) skip the SDK's generic
+  (de)serializers (row_writes.py, message_ops.py);
 - container <hub>-largemessages: messages and properties too large for a queue or a table,
   compressed, as DurableTask.AzureStorage keeps them (large_payloads.py)."""
 from __future__ import annotations
