@@ -60,6 +60,18 @@ def test_episodes_taken_by_a_commit_are_not_committed_again_and_waiters_learn_it
     asyncio.run(scenario())
 
 
+def test_every_instance_holding_episodes_is_listed_for_a_stop_to_commit():
+    async def scenario():
+        commits, _ = _commits()
+        commits.hold("a", [{"e": 1}], reset=False, earlier=None)
+        commits.hold("b", [{"e": 2}], reset=True, earlier=None)
+        assert [(instance_id, held.events) for instance_id, held in commits.all_held()] == [
+            ("a", [{"e": 1}]), ("b", [{"e": 2}])]
+        commits.take("a")
+        assert [instance_id for instance_id, _ in commits.all_held()] == ["b"]
+    asyncio.run(scenario())
+
+
 def test_dropped_episodes_fail_their_waiters_and_are_never_committed():
     async def scenario():
         commits, flushed = _commits()

@@ -47,6 +47,9 @@ class DeferredCommits:
         if self._held.get(instance_id) is held:
             self._flush(instance_id, held)
 
+    def all_held(self) -> list[tuple[str, Held]]:
+        return list(self._held.items())
+
     def take(self, instance_id: str) -> Held | None:
         """What is held for the instance, to go with the next commit (settle it after)."""
         return self._held.pop(instance_id, None)

@@ -149,6 +149,9 @@ class DurableEngine:
                        asyncio.create_task(self._dispatch(self.store.workitems, self._activity_batch))]
 
     async def stop(self) -> None:
+        # held episodes are committed, not left for a redelivery once their messages' leases end
+        await asyncio.gather(*(self._commit_held(instance_id, held) for instance_id, held in self.deferred.all_held()),
+                             return_exceptions=True)
         for task in self._loops + list(self._work):
             task.cancel()
         await asyncio.gather(*self._loops, *self._work, return_exceptions=True)
