@@ -11,8 +11,8 @@
   <hub>-workitems (activity executions); messages ready together are sent as one
   (group_send.py), and those this process sends to be handled now go to its own dispatchers
   already leased (take_sent_workitems, take_sent_control), never received separately;
-- the hottest writes (state rows, puts and deletes of messages) skip the SDK's generic
-  (de)serializers (row_writes.py, message_ops.py);
+- the hottest requests (state-row writes, puts and deletes of messages, instance listings)
+  skip the SDK's generic (de)serializers (row_writes.py, message_ops.py, row_queries.py);
 - container <hub>-largemessages: messages and properties too large for a queue or a table,
   compressed, as DurableTask.AzureStorage keeps them (large_payloads.py)."""
 from __future__ import annotations
@@ -29,7 +29,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables.aio import TableClient
 from azure.storage.queue.aio import QueueClient
 
-from local_emulator.host.durable import group_send, message_ops, row_writes
+from local_emulator.host.durable import group_send, message_ops, row_queries, row_writes
 from local_emulator.host.durable.large_payloads import BLOB_SUFFIX, LargePayloads
 from local_emulator.host.durable.transport import direct_transport
 
@@ -284,8 +284,7 @@ class TaskHubStore:
         if after is not None:
             clauses.append("PartitionKey gt @after")
             parameters["after"] = after
-        async for row in self.instances.query_entities(" and ".join(clauses), parameters=parameters,
-                                                       select=LISTED_COLUMNS):
+        async for row in row_queries.query(self.instances, " and ".join(clauses), parameters, LISTED_COLUMNS):
             row = {key: value for key, value in row.items() if value is not None}  # absent from this row
             yield row["PartitionKey"], _unpack_state(await self._inflate(row))
 
