@@ -30,6 +30,21 @@ def test_fan_out_runs_every_activity_once(host, record_dir):
     assert history[0] == "ExecutionStarted" and history[-1] == "ExecutionCompleted"
 
 
+def test_scheduled_activities_are_recorded_while_they_run_though_their_commit_waits_for_outcomes(host, record_dir):
+    """The episode that schedules activities holds its commit for their outcomes only a
+    moment (deferred_commits.py): while slow activities run, the status already shows the
+    instance Running with its tasks scheduled."""
+    links = start(host, "fan_out", {"n": 2, "sleep": 2.0, "tag": "slow"})
+
+    def scheduled():
+        body = status(links, showHistory="true")
+        kinds = [event["EventType"] for event in body.get("historyEvents") or []]
+        return body if kinds.count("TaskScheduled") == 2 else None
+    running = wait_until(scheduled, 1.5, 0.05, "scheduled tasks in the status")
+    assert running["runtimeStatus"] == "Running" and records(record_dir, "work", "slow") == []
+    assert wait_done(links)["output"] == 10
+
+
 def test_activity_retry_is_owned_by_the_host(host, record_dir):
     key = uuid.uuid4().hex
     links = start(host, "with_retry", {"key": key, "fail": 2})

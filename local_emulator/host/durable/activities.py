@@ -63,7 +63,7 @@ class ActivityWorker:
         try:
             await asyncio.gather(*(self._run_item(item, key, check) for item, key in zip(items, keys)))
             renewal.cancel()
-            await self.store.workitems.delete_message(message.id, self._receipts.pop(message.id, message.pop_receipt))
+            await self.store.ack_workitem(message.id, self._receipts.pop(message.id, message.pop_receipt))
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -5,7 +5,9 @@ their work (activities, timers, sub-orchestrations) as queue messages.
 
 Crash safety: outbound messages are sent before the history is committed and carry
 deterministic keys, so a batch replayed after a crash sends the same messages again and the
-receiver drops the duplicates; queue messages are deleted only after the commit. Activity
+receiver drops the duplicates; queue messages are deleted only after the commit (which an
+episode that only scheduled this host's activities holds a moment for their outcomes, to make
+one write of both: deferred_commits.py). Activity
 outcomes reach their orchestration in process (deliver_outcomes) and the work item is
 acknowledged only once they are committed to its history, which is their record: a
 redelivered work item reports the recorded outcome instead of running again. Each instance
@@ -37,6 +39,7 @@ from local_emulator.host.durable import group_send
 from local_emulator.host.durable import history as h
 from local_emulator.host.durable import rewind as rewinding
 from local_emulator.host.durable.activities import ActivityWorker
+from local_emulator.host.durable.deferred_commits import DeferredCommits, Held, settle
 from local_emulator.host.durable.entities import EntityWorker
 from local_emulator.host.durable.failures import (
     OUT_OF_PROC,
@@ -49,6 +52,7 @@ from local_emulator.host.durable.store import (
     TERMINAL,
     Instance,
     TaskHubStore,
+    is_redelivery,
     storable_id,
 )
 from local_emulator.host.durable.suspension import apply_suspension
@@ -131,16 +135,23 @@ class DurableEngine:
         self.cache: dict[str, Instance] = {}
         self._starting: dict[str, asyncio.Future] = {}  # execution id -> its row written (this process)
         self.cache_size = 5000
+        self.deferred = DeferredCommits(0.25, lambda instance_id, held: self._spawn(self._commit_held(instance_id, held)))
 
     async def start(self) -> None:
         await self.store.create()
         # activities this host schedules start without a queue receive (the idle hop)
         self.store.take_sent_workitems(self.lease_seconds,
                                        lambda message: self._spawn(self.activity_worker.run(message)))
+        # so do the control messages it sends to be seen now (starts, events, sub-orchestration outcomes)
+        self.store.take_sent_control(self.lease_seconds,
+                                     lambda message: self._spawn(self._orchestration_batch([message])))
         self._loops = [asyncio.create_task(self._dispatch(self.store.control, self._orchestration_batch)),
                        asyncio.create_task(self._dispatch(self.store.workitems, self._activity_batch))]
 
     async def stop(self) -> None:
+        # held episodes are committed, not left for a redelivery once their messages' leases end
+        await asyncio.gather(*(self._commit_held(instance_id, held) for instance_id, held in self.deferred.all_held()),
+                             return_exceptions=True)
         for task in self._loops + list(self._work):
             task.cancel()
         await asyncio.gather(*self._loops, *self._work, return_exceptions=True)
@@ -308,10 +319,13 @@ class DurableEngine:
     # orchestrations --------------------------------------------------------------------
     async def _process_instance(self, instance_id: str, group: list) -> None:
         bodies = [body for _, body in group]
-        redelivered = any(message.dequeue_count > 1 for message, _ in group)
+        redelivered = any(is_redelivery(message) for message, _ in group)
         async with self._instance_lock(instance_id):
-            if await self._applied(instance_id, bodies, redelivered):
-                await asyncio.gather(*(self.store.ack_control(message) for message, _ in group))
+            if not await self._applied(instance_id, bodies, redelivered):
+                return
+            held = self.deferred.waiter(instance_id)
+        if await self._committed(held):
+            await asyncio.gather(*(self.store.ack_control(message) for message, _ in group))
 
     async def deliver_outcomes(self, instance_id: str, execution_id: str, events: list[dict],
                                may_repeat: bool) -> None:
@@ -321,8 +335,50 @@ class DurableEngine:
         is then delivered again and reports what the history holds."""
         body = {"InstanceId": instance_id, "ExecutionId": execution_id, "Events": events, "Key": events[0]["Key"]}
         async with self._instance_lock(instance_id):
-            if not await self._applied(instance_id, [body], may_repeat):
-                raise RuntimeError(f"activity outcomes for instance {instance_id} were not committed")
+            applied = await self._applied(instance_id, [body], may_repeat)
+            held = self.deferred.waiter(instance_id)
+        if not applied or not await self._committed(held):
+            raise RuntimeError(f"activity outcomes for instance {instance_id} were not committed")
+
+    @staticmethod
+    async def _committed(held: asyncio.Future | None) -> bool:
+        """Wait for episodes held uncommitted (deferred_commits.py); False, logged, if they failed."""
+        if held is None:
+            return True
+        try:
+            await asyncio.shield(held)
+        except Exception:
+            log.warning("held episodes were not committed; their messages will be delivered again")
+            return False
+        return True
+
+    async def _commit_held(self, instance_id: str, held: Held) -> None:
+        """Commit the episodes held for an instance that nobody met meanwhile."""
+        async with self._instance_lock(instance_id):
+            if self.deferred.waiter(instance_id) is not held.committed:
+                return  # committed with a later episode already
+            self.deferred.take(instance_id)
+            instance = self.cache.get(instance_id)
+            try:
+                if instance is None:
+                    raise RuntimeError(f"instance {instance_id} left the cache with uncommitted episodes")
+                await self.store.commit(instance, held.events, reset_history=held.reset)
+            except Exception as failure:
+                self._forget(instance_id)
+                settle(held, failure)
+                log.exception("committing held episodes failed; their messages will be delivered again")
+                return
+            except BaseException:
+                self._forget(instance_id)
+                settle(held, RuntimeError("stopped"))
+                raise
+            settle(held)
+            self._remember(instance)
+
+    def _forget(self, instance_id: str) -> None:
+        """Drop the instance's in-memory state (and any episodes it held uncommitted)."""
+        self.cache.pop(instance_id, None)
+        self.deferred.drop(instance_id)
 
     async def recorded_outcome(self, instance_id: str, execution_id: str, task_id: int) -> dict | None:
         """The outcome of a task the instance's history already holds (or holds back while
@@ -355,13 +411,13 @@ class DurableEngine:
             try:
                 await self._apply(instance_id, bodies, redelivered)
             except (TableTransactionError, ResourceModifiedError):
-                self.cache.pop(instance_id, None)  # changed elsewhere: reload and go again
+                self._forget(instance_id)  # changed elsewhere: reload and go again
                 await self._apply(instance_id, bodies, redelivered)
         except asyncio.CancelledError:
-            self.cache.pop(instance_id, None)
+            self._forget(instance_id)
             raise
         except Exception:
-            self.cache.pop(instance_id, None)
+            self._forget(instance_id)
             log.exception("orchestration dispatch failed; its messages will be delivered again")
             return False
         return True
@@ -391,12 +447,12 @@ class DurableEngine:
         return events
 
     async def _apply(self, instance_id: str, bodies: list[dict], redelivered: bool = False) -> None:
+        for body in bodies:  # a start this process is still recording: its row first
+            writing = self._starting.get(body.get("ExecutionId"))
+            if writing is not None:
+                await writing
         instance = self.cache.get(instance_id) or await self.store.load(instance_id)
         orphan = _adoptable_start(instance, bodies)
-        if orphan is not None and orphan[0]["ExecutionId"] in self._starting:
-            await self._starting[orphan[0]["ExecutionId"]]  # this process is writing its row right now
-            instance = self.cache.get(instance_id) or await self.store.load(instance_id)
-            orphan = _adoptable_start(instance, bodies)
         if orphan is not None:
             body, started = orphan
             if (h.utc_now() - h.parse_iso(started["Timestamp"])).total_seconds() < ADOPT_AFTER_SECONDS:
@@ -422,8 +478,20 @@ class DurableEngine:
             for body in bodies:  # arrived before the start message: look again shortly
                 await self.store.send_control(body, delay_seconds=1)
             return
+        held = self.deferred.take(instance_id)  # episodes held uncommitted: they go with this commit
+        try:
+            committed = await self._run_and_commit(instance, events, held)
+        except BaseException as failure:
+            settle(held, failure if isinstance(failure, Exception) else RuntimeError("stopped"))
+            raise
+        if committed:
+            settle(held)
+
+    async def _run_and_commit(self, instance: Instance, events: list[dict], held: Held | None) -> bool:
+        """Replay the new events, send what they scheduled, then commit (True), or hold the
+        commit a moment when only activities of this host were scheduled (deferred_commits.py)."""
         outbound: list[Callable[[], Awaitable[None]]] = []
-        new_history: list[dict] = []
+        new_history: list[dict] = list(held.events) if held else []  # continue-as-new clears them
         first_episode = instance.state.get("Episodes", 0) == 0
         terminate = next((e for e in events if e["EventType"] == h.EXECUTION_TERMINATED), None)
         if terminate is not None:
@@ -434,15 +502,23 @@ class DurableEngine:
             for batch in self._batches(instance.history, events):
                 if await self._episode(instance, batch, new_history, outbound):
                     break
+        # only activities this host runs itself, whose outcomes will follow in a moment
+        only_activities = bool(instance.work_items) and not outbound
         for items in group_send.chunks(instance.work_items):
             message = {"Items": items, "MayRepeat": instance.redelivered}
             outbound.append(lambda message=message: self.store.send_workitem(message))
         instance.work_items = []
         for send in outbound:
             await send()
-        reset = first_episode or instance.state.get("Episodes", 0) == 0
+        reset = first_episode or instance.state.get("Episodes", 0) == 0 or (held is not None and held.reset)
+        if (only_activities and instance.status == "Running" and not instance.redelivered
+                and not instance.new_buffered and not instance.release_buffer):
+            self.deferred.hold(instance.instance_id, new_history, reset, held)
+            self._remember(instance)
+            return False
         await self.store.commit(instance, new_history, reset_history=reset)
         self._remember(instance)
+        return True
 
     async def _hold_for_rewind(self, instance: Instance, events: list[dict]) -> None:
         """A Failed instance keeps the task outcomes that reach it (rewind.py): stored in its
@@ -514,8 +590,11 @@ class DurableEngine:
             self.cache.pop(instance.instance_id, None)
             return
         self.cache[instance.instance_id] = instance
-        while len(self.cache) > self.cache_size:
-            self.cache.pop(next(iter(self.cache)))
+        while len(self.cache) > self.cache_size:  # never one holding uncommitted episodes
+            oldest = next((key for key in self.cache if key not in self.deferred), None)
+            if oldest is None:
+                break
+            self.cache.pop(oldest)
 
     @classmethod
     def _batches(cls, history: list[dict], events: list[dict]) -> list[list[dict]]:

@@ -9,7 +9,10 @@
   orchestration's history, before its work item is deleted);
 - queues <hub>-control (orchestrator events, timers as invisible messages) and
   <hub>-workitems (activity executions); messages ready together are sent as one
-  (group_send.py);
+  (group_send.py), and those this process sends to be handled now go to its own dispatchers
+  already leased (take_sent_workitems, take_sent_control), never received separately;
+- the hottest requests (state-row writes, puts and deletes of messages, instance listings)
+  skip the SDK's generic (de)serializers (row_writes.py, message_ops.py, row_queries.py);
 - container <hub>-largemessages: messages and properties too large for a queue or a table,
   compressed, as DurableTask.AzureStorage keeps them (large_payloads.py)."""
 from __future__ import annotations
@@ -26,7 +29,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.data.tables.aio import TableClient
 from azure.storage.queue.aio import QueueClient
 
-from local_emulator.host.durable import group_send
+from local_emulator.host.durable import group_send, message_ops, row_queries, row_writes
 from local_emulator.host.durable.large_payloads import BLOB_SUFFIX, LargePayloads
 from local_emulator.host.durable.transport import direct_transport
 
@@ -53,6 +56,13 @@ class MessageShare:
     @property
     def dequeue_count(self) -> int:
         return self.message.dequeue_count
+
+
+def is_redelivery(handle) -> bool:
+    """Whether a control message may have been handled before: received more than once, or
+    received at all after its sender ran it itself (take_sent_control)."""
+    message = handle.message if isinstance(handle, MessageShare) else handle
+    return message.dequeue_count > 1 or (getattr(message, "sent_leased", False) and message.dequeue_count > 0)
 
 
 @dataclass
@@ -90,6 +100,8 @@ class TaskHubStore:
                                                             transport=direct_transport())
         self.large = LargePayloads(connection_string, hub)
         self._workitem_lease: int | None = None
+        self._control_lease: int | None = None
+        self._run_sent_control: Callable[[object], None] | None = None
         self._run_sent_workitem: Callable[[object], None] | None = None
         self._control_sender = group_send.GroupSender(self._put_control, group_send.merge_control)
         self._workitem_sender = group_send.GroupSender(self._put_workitem, group_send.merge_work_items,
@@ -157,8 +169,7 @@ class TaskHubStore:
     async def insert_new(self, instance_id: str, state: dict) -> str | None:
         """Create the state row and return its ETag; None if the instance already exists."""
         try:
-            metadata = await self.instances.create_entity(await self.large.offload(_pack_state(instance_id, state)))
-            return metadata["etag"]
+            return await row_writes.insert(self.instances, await self.large.offload(_pack_state(instance_id, state)))
         except ResourceExistsError:
             return None
 
@@ -212,7 +223,7 @@ class TaskHubStore:
                     instance.etag = results[state_at - start]["etag"]
         else:  # the history row, then the state row naming it: two plain writes, no transaction
             if history_row is not None:
-                await self.instances.upsert_entity(history_row, mode="replace")
+                await row_writes.replace(self.instances, history_row)
             await self._write_state_row(instance, state_entity)
         instance.state["Episodes"] = state_entity.get("Episodes", 0)
         if history_row is not None:
@@ -221,12 +232,7 @@ class TaskHubStore:
         instance.tail = []
 
     async def _write_state_row(self, instance: Instance, state_entity: dict) -> None:
-        if instance.etag:
-            metadata = await self.instances.update_entity(state_entity, mode="replace", etag=instance.etag,
-                                                          match_condition=MatchConditions.IfNotModified)
-        else:
-            metadata = await self.instances.upsert_entity(state_entity, mode="replace")
-        instance.etag = metadata["etag"]
+        instance.etag = await row_writes.replace(self.instances, state_entity, instance.etag)
 
     async def _buffer_operations(self, instance: Instance, release: bool) -> list:
         """Rows of the events a suspended (or Failed) instance holds: the released ones deleted, newly
@@ -248,9 +254,7 @@ class TaskHubStore:
 
     async def replace_state(self, instance: Instance) -> None:
         entity = await self.large.offload(_pack_state(instance.instance_id, instance.state))
-        metadata = await self.instances.update_entity(
-            entity, mode="replace", etag=instance.etag, match_condition=MatchConditions.IfNotModified)
-        instance.etag = metadata["etag"]
+        instance.etag = await row_writes.replace(self.instances, entity, instance.etag)
 
     async def purge(self, instance_id: str) -> int:
         rows = [row async for row in self.instances.query_entities(
@@ -280,8 +284,7 @@ class TaskHubStore:
         if after is not None:
             clauses.append("PartitionKey gt @after")
             parameters["after"] = after
-        async for row in self.instances.query_entities(" and ".join(clauses), parameters=parameters,
-                                                       select=LISTED_COLUMNS):
+        async for row in row_queries.query(self.instances, " and ".join(clauses), parameters, LISTED_COLUMNS):
             row = {key: value for key, value in row.items() if value is not None}  # absent from this row
             yield row["PartitionKey"], _unpack_state(await self._inflate(row))
 
@@ -293,10 +296,25 @@ class TaskHubStore:
         else:
             await self._control_sender.send(message)
 
+    def take_sent_control(self, lease_seconds: int, run: Callable[[object], None]) -> None:
+        """As take_sent_workitems, for control messages sent to be seen now (not timers nor
+        other delayed ones): each goes to this process's own orchestration dispatcher with
+        the put's pop receipt, never received and deleted separately. A message whose sender
+        died before deleting it turns visible once the lease ends, and its receiver treats it
+        as a redelivery (is_redelivery)."""
+        self._control_lease, self._run_sent_control = lease_seconds, run
+
     async def _put_control(self, message: dict, delay_seconds: int = 0) -> None:
-        await self.control.send_message(await self.large.outgoing(message),
-                                        visibility_timeout=max(0, int(delay_seconds)) or None, time_to_live=-1)
-        if not delay_seconds:
+        delay = max(0, int(delay_seconds))
+        leased = not delay and self._run_sent_control is not None
+        if leased:
+            message = {**message, "SentLeased": True}  # whoever receives it, its sender died first
+        sent = await message_ops.put(self.control, await self.large.outgoing(message),
+                                     self._control_lease if leased else delay or None)
+        if leased:
+            sent.dequeue_count = 0  # never received: a first delivery
+            self._run_sent_control(sent)
+        elif not delay:
             self.sent[self.control.queue_name].set()
 
     async def send_workitem(self, message: dict) -> None:
@@ -313,8 +331,7 @@ class TaskHubStore:
     async def _put_workitem(self, message: dict) -> None:
         if self._run_sent_workitem is not None:
             message = {**message, "SentLeased": True}  # whoever receives it, its sender died first
-        sent = await self.workitems.send_message(await self.large.outgoing(message), time_to_live=-1,
-                                                 visibility_timeout=self._workitem_lease)
+        sent = await message_ops.put(self.workitems, await self.large.outgoing(message), self._workitem_lease)
         if self._run_sent_workitem is None:
             self.sent[self.workitems.queue_name].set()
         else:
@@ -324,6 +341,7 @@ class TaskHubStore:
     async def control_bodies(self, message) -> list[tuple[object, dict]]:
         """(handle to acknowledge, body) of each instance body a control message carries."""
         body = await self.body(message)
+        message.sent_leased = bool(body.pop("SentLeased", False))
         bodies = group_send.split_control(body)
         if len(bodies) == 1 and bodies[0] is body:
             return [(message, body)]
@@ -337,7 +355,10 @@ class TaskHubStore:
             if handle.shares[0] > 0:
                 return
             handle = handle.message
-        await self.control.delete_message(handle)
+        await message_ops.delete(self.control, handle.id, handle.pop_receipt)
+
+    async def ack_workitem(self, message_id: str, pop_receipt: str) -> None:
+        await message_ops.delete(self.workitems, message_id, pop_receipt)
 
     async def body(self, message) -> dict:
         """A received message's JSON body, read back from its blob if it was offloaded."""
