@@ -56,12 +56,25 @@ Decryption verifies the plaintext digest against the manifest as it goes (on a s
 while a third writes the plaintext and the next segment is decrypted), so a package whose
 content does not match its authenticated manifest is refused.
 
-Where the time goes (bench/crypto_throughput.py, CPU seconds per GB on this 2-core AMD EPYC with
-the SHA extensions masked): AES-256-GCM 0.35-0.4, BLAKE3 0.3-0.35 on one thread, writing the
-output into a tmpfs file 0.5-0.75 (the kernel's page allocation and copy: the same with
-fallocate, and more through a writable map), faults of the mapped source 0.1-0.2 per pass;
-encrypt measures 1.5-2.1 and decrypt 1.4-1.6 in all, so two idle cores bound both near
-1.2-1.4 GB/s, and on a shared machine the figures fall with the share of the cores left.
+Where the time goes (bench/crypto_throughput.py, 1 GiB in a tmpfs, this 2-core AMD EPYC with
+the SHA extensions masked; CPU seconds per GB of each pipeline thread, measured with
+thread_time): AES-256-GCM with the faults of the mapped source 0.45-0.65 (AES alone 0.3-0.4),
+BLAKE3 0.3-0.4 on one thread, the encryption's hashing pass 0.5-0.7 (BLAKE3 on both cores and
+the source's faults), writing the output into a tmpfs file 0.45-0.6 (the kernel allocates a
+4 KiB page per 4 KiB and copies into it; the allocation alone, as posix_fallocate, is 0.3-0.4
+and writing into allocated pages 0.2-0.25, so allocating up front saved nothing and, done
+before the work, held up every stage for 0.35-0.45 s/GB: dropped). Encrypt uses 1.6-1.9
+CPU-s/GB and decrypt 1.45-1.65. On two otherwise idle cores encrypt is its hashing pass
+(0.36 s/GB) then its encryption pass (0.69 s/GB, bound by the thread doing AES-GCM and the
+faults, the writer beside it), decrypt one pipeline of 0.87 s/GB (three stages of 0.55, 0.5 and
+0.3 CPU-s/GB on two cores). Measured while other processes used under 0.15 of a core: encrypt
+best 1.00, median 0.91 GB/s (with the up-front allocation 0.91, 0.75), decrypt best 1.27,
+median 1.03 GB/s (1.07, 0.89); on a shared machine the figures fall with the share of the
+cores left. Measured and not kept: a second writer thread (tmpfs writes to one file serialise
+on its inode lock: no faster, more system time), a writable map of the output (twice the
+system time of write), read() or MADV_POPULATE_READ/WILLNEED instead of the plain map for the
+source and several segments per write call (none faster), and the allocation overlapped with
+the hashing pass (that pass already keeps both cores busy).
 
 Memory is constant: 1 MiB buffers, reused; file sources are read through a memory map whose
 consumed pages are dropped as it goes (one copy fewer per byte, constant resident memory).
