@@ -56,12 +56,26 @@ Decryption verifies the plaintext digest against the manifest as it goes (on a s
 while a third writes the plaintext and the next segment is decrypted), so a package whose
 content does not match its authenticated manifest is refused.
 
-Where the time goes (bench/crypto_throughput.py, CPU seconds per GB on this 2-core AMD EPYC with
-the SHA extensions masked): AES-256-GCM 0.35-0.4, BLAKE3 0.3-0.35 on one thread, writing the
-output into a tmpfs file 0.5-0.75 (the kernel's page allocation and copy: the same with
-fallocate, and more through a writable map), faults of the mapped source 0.1-0.2 per pass;
-encrypt measures 1.5-2.1 and decrypt 1.4-1.6 in all, so two idle cores bound both near
-1.2-1.4 GB/s, and on a shared machine the figures fall with the share of the cores left.
+Where the time goes (bench/crypto_throughput.py, 1 GiB in a tmpfs, this 2-core AMD EPYC with
+the SHA extensions masked; CPU seconds per GB of each pipeline thread, measured with
+thread_time): AES-256-GCM with the faults of the mapped source 0.45-0.65 (AES alone 0.3-0.4),
+BLAKE3 0.3-0.4 on one thread, the encryption's hashing pass 0.5-0.7 (BLAKE3 on both cores and
+the source's faults), writing the output into a tmpfs file 0.45-0.6 (the kernel allocates a
+4 KiB page per 4 KiB and copies into it; the allocation alone, as posix_fallocate, is 0.3-0.4
+and writing into allocated pages 0.2-0.25, so allocating up front saved nothing and, done
+before the work, held up every stage for 0.35-0.45 s/GB: dropped). Encrypt uses 1.6-1.9
+CPU-s/GB and decrypt 1.45-1.65. On two otherwise idle cores encrypt is its hashing pass
+(0.36 s/GB) then its encryption pass (0.69 s/GB, bound by the thread doing AES-GCM and the
+faults, the writer beside it), decrypt one pipeline of 0.87 s/GB (three stages of 0.55, 0.5 and
+0.3 CPU-s/GB on two cores). Measured while other processes used under 0.15 of a core: encrypt
+best 1.00, median 0.91 GB/s (with the up-front allocation 0.91, 0.75), decrypt best 1.27,
+median 1.03 GB/s (1.07, 0.89); on a shared machine the figures fall with the share of the
+cores left. Measured and not kept: a second writer thread (tmpfs writes to one file serialise
+on its inode lock: no faster, more system time), a writable map of the output (twice the
+system time of write), read() or MADV_POPULATE_READ/WILLNEED instead of the plain map for the
+source and several segments per write call (none faster), the allocation overlapped with the
+hashing pass (that pass already keeps both cores busy), and AES-GCM on two threads in the
+encryption pass (that pass slower, 0.93 against 0.76 s/GB: the in-order writer waits on them).
 
 Memory is constant: 1 MiB buffers, reused; file sources are read through a memory map whose
 consumed pages are dropped as it goes (one copy fewer per byte, constant resident memory).
@@ -517,20 +531,16 @@ def decrypt_stream(src: BinaryIO, dst: BinaryIO, key: bytes) -> Manifest:
     return header.manifest
 
 
-def _atomic_output(dst_path: Path, write, size: int) -> Manifest:
-    """Runs `write(file)` on a temporary file beside `dst_path`, with `size` bytes (at most
-    the final size) allocated up front; renames it into place only if `write` returns,
-    removes it otherwise."""
+def _atomic_output(dst_path: Path, write) -> Manifest:
+    """Runs `write(file)` on a temporary file beside `dst_path`; renames it into place only
+    if `write` returns, removes it otherwise. Nothing is allocated up front: on a tmpfs an
+    up-front posix_fallocate costs the same CPU as the page allocation the writes do, but it
+    ran alone before any other stage, where the writer thread allocates beside them."""
     dst_path = Path(dst_path)
     handle = tempfile.NamedTemporaryFile(dir=dst_path.parent, prefix=f".{dst_path.name}.", suffix=".part",
                                          delete=False)
     try:
         with handle:
-            if size > 0:
-                try:
-                    os.posix_fallocate(handle.fileno(), 0, size)
-                except OSError:  # a file system without allocation: written as it comes
-                    pass
             result = write(handle)
         os.replace(handle.name, dst_path)
     except BaseException:
@@ -543,16 +553,11 @@ def encrypt_file(src_path, dst_path, key: bytes, key_id: str, content_type: str,
                  schema: dict | None = None, version: int = VERSION) -> Manifest:
     """Encrypts a file into a package file (written atomically)."""
     with open(src_path, "rb", buffering=0) as src:
-        size = os.fstat(src.fileno()).st_size
         return _atomic_output(dst_path, lambda dst: encrypt_stream(src, dst, key, key_id, content_type, schema,
-                                                                   version=version),
-                              size + TAG_SIZE * max(1, -(-size // SEGMENT_SIZE)))
+                                                                   version=version))
 
 
 def decrypt_file(src_path, dst_path, key: bytes) -> Manifest:
     """Decrypts a package file; the destination appears only once everything verified."""
     with open(src_path, "rb", buffering=0) as src:
-        header = read_header(src)  # not yet authenticated: the allocation never exceeds the package
-        allocate = min(header.manifest.size, os.fstat(src.fileno()).st_size - len(header.raw))
-        src.seek(0)
-        return _atomic_output(dst_path, lambda dst: decrypt_stream(src, dst, key), allocate)
+        return _atomic_output(dst_path, lambda dst: decrypt_stream(src, dst, key))

@@ -1,11 +1,16 @@
 """The package's pipelines keep several segments in flight (encryption writes earlier segments
 while it encrypts the next; decryption hashes and writes while it decrypts): a destination
 that fails mid-way stops the operation with its own error, and one that takes part of each
-write still receives every byte in order."""
+write still receives every byte in order; a destination file that fills up part way (writes
+allocate the file as they go) leaves no partial output behind."""
 from __future__ import annotations
 
+import errno
 import io
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +83,39 @@ def test_short_writes_still_deliver_every_byte_in_order(plaintext, sealed):
     assert package.decrypt_stream(io.BytesIO(packaged.kept.getvalue()), restored, KEY) == manifest
     assert restored.kept.getvalue() == plaintext
     assert package.decrypt_stream(io.BytesIO(sealed), ShortWriter(), KEY).digest == manifest.digest
+
+
+FILLS_UP = """
+import resource, sys
+from shared import package
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[4]), int(sys.argv[4])))  # Python ignores SIGXFSZ
+operation, source, destination = sys.argv[1:4]
+try:
+    if operation == "encrypt":
+        package.encrypt_file(source, destination, bytes(range(32)), "key", "application/octet-stream")
+    else:
+        package.decrypt_file(source, destination, bytes(range(32)))
+except OSError as error:
+    print(error.errno)
+"""
+
+
+def _fill_up_while_writing(operation: str, source, destination, limit: int) -> str:
+    """Runs one file operation in a child process whose files cannot grow past `limit` bytes
+    (a destination that fills up part way: nothing is allocated before the writes)."""
+    root = Path(__file__).resolve().parents[2]
+    return subprocess.run([sys.executable, "-c", FILLS_UP, operation, str(source), str(destination), str(limit)],
+                          cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, check=True, capture_output=True,
+                          text=True, timeout=60).stdout.strip()
+
+
+@pytest.mark.parametrize("operation", ["encrypt", "decrypt"])
+def test_a_destination_file_that_fills_up_part_way_leaves_nothing_and_keeps_the_old_file(tmp_path, plaintext,
+                                                                                          sealed, operation):
+    source = tmp_path / "source"
+    source.write_bytes(plaintext if operation == "encrypt" else sealed)
+    destination = tmp_path / "destination"
+    destination.write_bytes(b"previous content")
+    assert _fill_up_while_writing(operation, source, destination, limit=5 * SEGMENT_SIZE) == str(errno.EFBIG)
+    assert destination.read_bytes() == b"previous content"
+    assert {p.name for p in tmp_path.iterdir()} == {"source", "destination"}  # no partial temporary file
