@@ -1,5 +1,5 @@
-"""The task hub's hot queue operations (putting a control or work-item message, deleting one
-once handled): the same requests the queue client's send_message / delete_message send,
+"""The task hub's hot queue operations (putting a control or work-item message, receiving a
+batch, deleting one once handled): the same requests the queue client's send_message / receive_messages / delete_message send,
 signed and sent by shared_key.py on that client's session, without the generated operation
 layer's XML serializer and model deserializer nor the pipeline around them (measured against
 Azurite: 2.3-2.6 ms CPU a put through the client's method, 1.6-1.9 ms through its pipeline
@@ -28,12 +28,27 @@ async def put(queue: QueueClient, content: str, visibility_timeout: int | None =
             f"<QueueMessage><MessageText>{escape(content)}</MessageText></QueueMessage>")
     response = await _send(queue, "POST", "/messages", params, 201, body.encode(),
                            {"Content-Type": "application/xml; charset=utf-8"})
-    recorded = ElementTree.fromstring(response.content).find("QueueMessage")
-    times = {name: parsedate_to_datetime(recorded.findtext(tag)) for name, tag in
+    return _message(ElementTree.fromstring(response.content).find("QueueMessage"), content)
+
+
+async def receive(queue: QueueClient, max_messages: int, visibility_timeout: int) -> list[QueueMessage]:
+    """Up to `max_messages` visible messages, each leased for `visibility_timeout` seconds, as
+    the client's receive_messages returns them (text as stored, dequeue count, pop receipt)."""
+    response = await _send(queue, "GET", "/messages", {"numofmessages": str(max_messages),
+                                                       "visibilitytimeout": str(visibility_timeout)}, 200)
+    return [_message(element, element.findtext("MessageText") or "")
+            for element in ElementTree.fromstring(response.content).iter("QueueMessage")]
+
+
+def _message(element, content: str) -> QueueMessage:
+    times = {name: parsedate_to_datetime(element.findtext(tag)) for name, tag in
              (("inserted_on", "InsertionTime"), ("expires_on", "ExpirationTime"),
-              ("next_visible_on", "TimeNextVisible")) if recorded.findtext(tag)}
-    return QueueMessage(content, id=recorded.findtext("MessageId"), pop_receipt=recorded.findtext("PopReceipt"),
-                        **times)
+              ("next_visible_on", "TimeNextVisible")) if element.findtext(tag)}
+    message = QueueMessage(content, id=element.findtext("MessageId"), pop_receipt=element.findtext("PopReceipt"),
+                           **times)
+    if element.findtext("DequeueCount"):
+        message.dequeue_count = int(element.findtext("DequeueCount"))
+    return message
 
 
 async def delete(queue: QueueClient, message_id: str, pop_receipt: str) -> None:

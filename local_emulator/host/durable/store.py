@@ -11,8 +11,9 @@
   <hub>-workitems (activity executions); messages ready together are sent as one
   (group_send.py), and those this process sends to be handled now go to its own dispatchers
   already leased (take_sent_workitems, take_sent_control), never received separately;
-- the hottest requests (state-row writes, puts and deletes of messages, instance listings)
-  skip the SDK's generic (de)serializers (row_writes.py, message_ops.py, row_queries.py);
+- the hottest requests (state-row writes, puts, receives and deletes of messages, instance
+  listings) skip the SDK's generic (de)serializers (row_writes.py, message_ops.py, row_queries.py),
+  the first three also its pipeline (shared_key.py);
 - container <hub>-largemessages: messages and properties too large for a queue or a table,
   compressed, as DurableTask.AzureStorage keeps them (large_payloads.py)."""
 from __future__ import annotations
@@ -372,9 +373,7 @@ class TaskHubStore:
 
     @staticmethod
     async def receive(queue: QueueClient, max_messages: int, lease_seconds: int) -> list:
-        pager = queue.receive_messages(messages_per_page=max_messages, max_messages=max_messages,
-                                       visibility_timeout=lease_seconds)
-        return [message async for message in pager]
+        return await message_ops.receive(queue, max_messages, lease_seconds)
 
 
 _JSON_FIELDS = ("Input", "Output", "CustomStatus")
