@@ -17,7 +17,9 @@ from azure.core.exceptions import (
     ResourceModifiedError,
     ResourceNotFoundError,
 )
-from azure.data.tables._serialize import _add_entity_properties  # the SDK's encoder: the same body it sends
+from azure.data.tables._serialize import (
+    _add_entity_properties,  # the SDK's encoder: the same body it sends
+)
 from azure.data.tables.aio import TableClient
 
 from local_emulator.host.durable import shared_key

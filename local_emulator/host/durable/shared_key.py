@@ -66,7 +66,7 @@ class SharedKeySender:
                     reply = Reply(response.status, response.headers, await response.read())
                 if reply.status_code not in _RETRIABLE or attempt == RETRIES:
                     return reply
-            except (aiohttp.ClientConnectionError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientConnectionError):
                 if attempt == RETRIES:
                     raise
             await asyncio.sleep(BACKOFF_SECONDS * 2 ** attempt)

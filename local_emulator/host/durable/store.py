@@ -142,8 +142,7 @@ class TaskHubStore:
         """State and the current execution's history, in order."""
         if not storable_id(instance_id):
             return None
-        rows = [row async for row in self.instances.query_entities(
-            "PartitionKey eq @pk", parameters={"pk": instance_id})]
+        rows = [row async for row in row_queries.query(self.instances, "PartitionKey eq @pk", {"pk": instance_id}, None)]
         state_rows = [row for row in rows if row["RowKey"] == STATE_ROW]
         if not state_rows:
             return None
