@@ -1,13 +1,17 @@
 """Hot storage requests signed with the account key and sent without the SDK's pipeline
 (local_emulator/host/durable/shared_key.py): Azurite accepts their signatures for keys that
 need percent-encoding and for receives, refuses a wrong key with nothing stored, and a request
-answered 503 is sent again (as the pipeline's retry policy would) until it succeeds."""
+answered 503 is sent again (as the pipeline's retry policy would) until it succeeds; a client
+holding a SAS instead of the key still writes, through its own pipeline."""
 import asyncio
 import secrets
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiohttp import web
+from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
 from azure.core.exceptions import HttpResponseError
+from azure.data.tables import AccountSasPermissions, ResourceTypes, generate_account_sas
 from azure.data.tables.aio import TableClient
 from azure.storage.queue.aio import QueueClient
 
@@ -106,3 +110,20 @@ def test_a_request_answered_503_is_sent_again_signed_until_it_succeeds(monkeypat
 
     assert asyncio.run(run()) == 'W/"datetime\'1\'"'
     assert len(seen) == 3 and all(value.startswith("SharedKey devstoreaccount1:") for value in seen)
+
+
+def test_a_client_without_the_account_key_writes_through_its_pipeline(azurite):
+    async def body(table, connection):
+        sas = generate_account_sas(AzureNamedKeyCredential("devstoreaccount1", ACCOUNT_KEY),
+                                   resource_types=ResourceTypes(object=True),
+                                   permission=AccountSasPermissions(read=True, write=True, add=True, update=True),
+                                   expiry=datetime.now(UTC) + timedelta(minutes=5))
+        by_sas = TableClient(table.url, table.table_name, credential=AzureSasCredential(sas))
+        try:
+            assert shared_key.sender_for(by_sas) is None
+            etag = await row_writes.insert(by_sas, {"PartitionKey": "p", "RowKey": "state", "Name": "via sas"})
+        finally:
+            await by_sas.close()
+        stored = await table.get_entity("p", "state")
+        assert stored["Name"] == "via sas" and stored.metadata["etag"] == etag
+    _table_scenario(azurite, body)
