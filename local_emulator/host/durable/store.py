@@ -59,6 +59,27 @@ class MessageShare:
         return self.message.dequeue_count
 
 
+class SendingWorkItem:
+    """A work-item message this process is putting to its own queue, leased to itself: its
+    body at once, the message as the queue stored it (id, pop receipt) once the put is done."""
+    dequeue_count = 0  # never received: a first delivery
+
+    def __init__(self, body: dict, put: asyncio.Future):
+        self.body = body
+        self._put = put
+
+    async def persisted(self):
+        """The stored message; raises what the put raised (then nothing may report for it)."""
+        return await asyncio.shield(self._put)
+
+    @property
+    def id(self) -> str | None:
+        """The stored message's id; None until (or unless) the put succeeded."""
+        if self._put.done() and not self._put.cancelled() and self._put.exception() is None:
+            return self._put.result().id
+        return None
+
+
 def is_redelivery(handle) -> bool:
     """Whether a control message may have been handled before: received more than once, or
     received at all after its sender ran it itself (take_sent_control)."""
@@ -323,20 +344,28 @@ class TaskHubStore:
 
     def take_sent_workitems(self, lease_seconds: int, run: Callable[[object], None]) -> None:
         """From now on a work-item message this process sends is already leased to it: sent
-        invisible for `lease_seconds` and handed to `run` with the put's pop receipt, no receive
-        in between. If this process dies, the message turns visible when that lease ends and
-        any host's dispatcher takes it, as a message whose receiver died."""
+        invisible for `lease_seconds` and handed to `run` as a SendingWorkItem as soon as its
+        put begins (its activities may start while Azurite stores it; their outcomes wait for
+        the put, SendingWorkItem.persisted), no receive in between. If this process dies, the
+        message turns visible when that lease ends and any host's dispatcher takes it, as a
+        message whose receiver died; if it dies before the put completes, the episode that
+        sent it was not committed and sends it again (an activity runs at least once)."""
         self._workitem_lease, self._run_sent_workitem = lease_seconds, run
 
     async def _put_workitem(self, message: dict) -> None:
-        if self._run_sent_workitem is not None:
-            message = {**message, "SentLeased": True}  # whoever receives it, its sender died first
-        sent = await message_ops.put(self.workitems, await self.large.outgoing(message), self._workitem_lease)
         if self._run_sent_workitem is None:
+            await message_ops.put(self.workitems, await self.large.outgoing(message))
             self.sent[self.workitems.queue_name].set()
-        else:
-            sent.dequeue_count = 0  # never received: a first delivery
-            self._run_sent_workitem(sent)
+            return
+        message = {**message, "SentLeased": True}  # whoever receives it, its sender died first
+        put = asyncio.ensure_future(self._put_leased(message))
+        self._run_sent_workitem(SendingWorkItem(message, put))
+        await put  # the sender's episode counts as sent only once the message is stored
+
+    async def _put_leased(self, message: dict):
+        sent = await message_ops.put(self.workitems, await self.large.outgoing(message), self._workitem_lease)
+        sent.dequeue_count = 0  # never received: a first delivery
+        return sent
 
     async def control_bodies(self, message) -> list[tuple[object, dict]]:
         """(handle to acknowledge, body) of each instance body a control message carries."""
