@@ -45,6 +45,15 @@ def test_a_query_returns_what_the_clients_own_query_returns_page_after_page(azur
     _scenario(azurite, body)
 
 
+def test_a_query_without_select_returns_whole_rows_with_their_etags(azurite):
+    async def body(table):
+        theirs = [row async for row in table.query_entities("PartitionKey eq @pk", parameters={"pk": "c'1"})]
+        ours = [row async for row in row_queries.query(table, "PartitionKey eq @pk", {"pk": "c'1"}, None)]
+        assert [dict(row) for row in ours] == [dict(row) for row in theirs] and ours[0]["Unselected"] == "x"
+        assert ours[0].metadata["etag"] == theirs[0].metadata["etag"] == (await table.get_entity("c'1", "state")).metadata["etag"]
+    _scenario(azurite, body)
+
+
 def test_a_quote_in_a_parameter_stays_inside_its_value(azurite):
     async def body(table):
         hostile = {**PARAMETERS, "s0": "' or RowKey ne '", "s1": "none"}

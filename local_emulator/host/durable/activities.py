@@ -18,7 +18,7 @@ from azure.functions import meta
 from local_emulator.host.app_loader import FunctionEntry
 from local_emulator.host.durable import history as h
 from local_emulator.host.durable.failures import activity_failed_fields
-from local_emulator.host.durable.store import TaskHubStore
+from local_emulator.host.durable.store import SendingWorkItem, TaskHubStore
 from local_emulator.host.invoker import Invoker
 
 log = logging.getLogger("local_emulator.host.durable")
@@ -45,9 +45,11 @@ class ActivityWorker:
 
     async def run(self, message) -> None:
         """One work-item message: the activities one orchestrator episode scheduled. It is
-        deleted only once every outcome is in its orchestration's history."""
+        deleted only once every outcome is in its orchestration's history. One this process
+        is still putting (SendingWorkItem) starts its activities at once; their outcomes are
+        reported only once it is stored (if the put fails, its episode fails and sends it again)."""
         try:
-            body = await self.store.body(message)
+            body = message.body if isinstance(message, SendingWorkItem) else await self.store.body(message)
             items = body["Items"]
             keys = [(item["InstanceId"], item["ExecutionId"], int(item["TaskId"])) for item in items]
         except (ValueError, KeyError, TypeError, ResourceNotFoundError):
@@ -61,8 +63,9 @@ class ActivityWorker:
                  or (body.get("SentLeased", False) and message.dequeue_count > 0))
         self._unreported.update((instance_id, execution_id) for instance_id, execution_id, _ in keys)
         try:
-            await asyncio.gather(*(self._run_item(item, key, check) for item, key in zip(items, keys)))
+            await asyncio.gather(*(self._run_item(item, key, check, message) for item, key in zip(items, keys)))
             renewal.cancel()
+            message = await _stored(message)
             await self.store.ack_workitem(message.id, self._receipts.pop(message.id, message.pop_receipt))
         except asyncio.CancelledError:
             raise
@@ -72,14 +75,16 @@ class ActivityWorker:
             renewal.cancel()
             self._receipts.pop(message.id, None)
 
-    async def _run_item(self, item: dict, key: tuple[str, str, int], check: bool) -> None:
+    async def _run_item(self, item: dict, key: tuple[str, str, int], check: bool, message) -> None:
         instance_id, execution_id, _ = key
+        runner = None
         try:
-            outcome, runner = await self._outcome(item, key, check)
-        except BaseException:
-            self._uncount((instance_id, execution_id), 1)  # no outcome of this item will come
-            raise
-        try:
+            try:
+                outcome, runner = await self._outcome(item, key, check)
+                await _stored(message)  # no outcome of a message that was never stored
+            except BaseException:
+                self._uncount((instance_id, execution_id), 1)  # no outcome of this item will come
+                raise
             await self._report(instance_id, execution_id, outcome, f"{item['Key']}:done", check)
         finally:
             if runner is not None and self._running.get(key) is runner:
@@ -150,6 +155,7 @@ class ActivityWorker:
 
     async def _keep_leased(self, message) -> None:
         """Extend the work item's invisibility while a long activity runs."""
+        message = await _stored(message)
         receipt = message.pop_receipt
         while True:
             await asyncio.sleep(max(1.0, self.lease_seconds / 3))
@@ -174,3 +180,8 @@ class ActivityWorker:
             return h.event(h.TASK_FAILED, TaskScheduledId=task_id, **activity_failed_fields(item["Name"], failure))
         encoded = converter.encode(result, expected_type=None)
         return h.event(h.TASK_COMPLETED, TaskScheduledId=task_id, Result=encoded.value)
+
+
+async def _stored(message):
+    """The queue's record of a work-item message (waiting for the put of one still being sent)."""
+    return await message.persisted() if isinstance(message, SendingWorkItem) else message

@@ -11,8 +11,9 @@
   <hub>-workitems (activity executions); messages ready together are sent as one
   (group_send.py), and those this process sends to be handled now go to its own dispatchers
   already leased (take_sent_workitems, take_sent_control), never received separately;
-- the hottest requests (state-row writes, puts and deletes of messages, instance listings)
-  skip the SDK's generic (de)serializers (row_writes.py, message_ops.py, row_queries.py);
+- the hottest requests (state-row writes, puts, receives and deletes of messages, instance
+  listings) skip the SDK's generic (de)serializers (row_writes.py, message_ops.py, row_queries.py),
+  the first three also its pipeline (shared_key.py);
 - container <hub>-largemessages: messages and properties too large for a queue or a table,
   compressed, as DurableTask.AzureStorage keeps them (large_payloads.py)."""
 from __future__ import annotations
@@ -56,6 +57,27 @@ class MessageShare:
     @property
     def dequeue_count(self) -> int:
         return self.message.dequeue_count
+
+
+class SendingWorkItem:
+    """A work-item message this process is putting to its own queue, leased to itself: its
+    body at once, the message as the queue stored it (id, pop receipt) once the put is done."""
+    dequeue_count = 0  # never received: a first delivery
+
+    def __init__(self, body: dict, put: asyncio.Future):
+        self.body = body
+        self._put = put
+
+    async def persisted(self):
+        """The stored message; raises what the put raised (then nothing may report for it)."""
+        return await asyncio.shield(self._put)
+
+    @property
+    def id(self) -> str | None:
+        """The stored message's id; None until (or unless) the put succeeded."""
+        if self._put.done() and not self._put.cancelled() and self._put.exception() is None:
+            return self._put.result().id
+        return None
 
 
 def is_redelivery(handle) -> bool:
@@ -141,8 +163,7 @@ class TaskHubStore:
         """State and the current execution's history, in order."""
         if not storable_id(instance_id):
             return None
-        rows = [row async for row in self.instances.query_entities(
-            "PartitionKey eq @pk", parameters={"pk": instance_id})]
+        rows = [row async for row in row_queries.query(self.instances, "PartitionKey eq @pk", {"pk": instance_id}, None)]
         state_rows = [row for row in rows if row["RowKey"] == STATE_ROW]
         if not state_rows:
             return None
@@ -323,20 +344,28 @@ class TaskHubStore:
 
     def take_sent_workitems(self, lease_seconds: int, run: Callable[[object], None]) -> None:
         """From now on a work-item message this process sends is already leased to it: sent
-        invisible for `lease_seconds` and handed to `run` with the put's pop receipt, no receive
-        in between. If this process dies, the message turns visible when that lease ends and
-        any host's dispatcher takes it, as a message whose receiver died."""
+        invisible for `lease_seconds` and handed to `run` as a SendingWorkItem as soon as its
+        put begins (its activities may start while Azurite stores it; their outcomes wait for
+        the put, SendingWorkItem.persisted), no receive in between. If this process dies, the
+        message turns visible when that lease ends and any host's dispatcher takes it, as a
+        message whose receiver died; if it dies before the put completes, the episode that
+        sent it was not committed and sends it again (an activity runs at least once)."""
         self._workitem_lease, self._run_sent_workitem = lease_seconds, run
 
     async def _put_workitem(self, message: dict) -> None:
-        if self._run_sent_workitem is not None:
-            message = {**message, "SentLeased": True}  # whoever receives it, its sender died first
-        sent = await message_ops.put(self.workitems, await self.large.outgoing(message), self._workitem_lease)
         if self._run_sent_workitem is None:
+            await message_ops.put(self.workitems, await self.large.outgoing(message))
             self.sent[self.workitems.queue_name].set()
-        else:
-            sent.dequeue_count = 0  # never received: a first delivery
-            self._run_sent_workitem(sent)
+            return
+        message = {**message, "SentLeased": True}  # whoever receives it, its sender died first
+        put = asyncio.ensure_future(self._put_leased(message))
+        self._run_sent_workitem(SendingWorkItem(message, put))
+        await put  # the sender's episode counts as sent only once the message is stored
+
+    async def _put_leased(self, message: dict):
+        sent = await message_ops.put(self.workitems, await self.large.outgoing(message), self._workitem_lease)
+        sent.dequeue_count = 0  # never received: a first delivery
+        return sent
 
     async def control_bodies(self, message) -> list[tuple[object, dict]]:
         """(handle to acknowledge, body) of each instance body a control message carries."""
@@ -372,9 +401,7 @@ class TaskHubStore:
 
     @staticmethod
     async def receive(queue: QueueClient, max_messages: int, lease_seconds: int) -> list:
-        pager = queue.receive_messages(messages_per_page=max_messages, max_messages=max_messages,
-                                       visibility_timeout=lease_seconds)
-        return [message async for message in pager]
+        return await message_ops.receive(queue, max_messages, lease_seconds)
 
 
 _JSON_FIELDS = ("Input", "Output", "CustomStatus")
