@@ -44,17 +44,22 @@ can already name any row it likes.
 bench/join_scale.py measures 1 M and 10 M rows, before and after, from encrypted packages; at
 10 M rows in one run (shared machine, load 5-7): before (decrypt to files, pandas) 200 s and
 4.47 GB, after 75.5 s and 2.09 GB, 54 CPU s of which a quarter is system time (pipes, pages).
-The 64-bit digest, on the same 10 M-row packages one run after the other (load 6-7): 54.4 CPU s
-and 2075 MB with MD5, 44.9 CPU s and 1819 MB now (wall 111 s and 102 s: the machine's load; on
-two idle cores the CPU seconds bound it near 25 s). What remains is DuckDB reading the CSV and
-converting its text (about 0.7 and 0.5 CPU s per million rows and table), the uniqueness check
-and the joins; decryption is under 0.3 CPU s per million rows and table.
+The 64-bit digest instead of MD5 took it to 44.9 CPU s and 1819 MB; on two quiet cores 23.6 s,
+37.1 CPU s. Then, profiled per step at 10 M rows (CPU s, under load): the uniqueness check as
+DuckDB's count(DISTINCT) 3.2-3.6 per dataset against about 0.5 as a numpy sort; the first
+dataset's digests copied in row order (ORDER BY rowid) 1.05, against nothing for dropping its
+value columns; the values cast from text 0.45 per 2 M rows and dataset more than parsed by the
+reader; and the third dataset, loaded alone, left a core idle. With all four changes, on two
+quiet cores (load 1.0-1.4): 10 M rows in 16.1 s, 27.1 CPU s, 1813 MB peak; 1 M rows in 1.9 s.
+What remains is DuckDB reading the CSV (about 0.5 CPU s per million rows and table), the two
+joins with the first dataset's digests (about 1.5 CPU s each at 10 M) and decryption (0.93 CPU
+s per GB to nowhere, bench/crypto_throughput.py: about 0.07 per million rows and table).
 
 Values: parsed by DuckDB's CSV reader as float64 (what Python's float() reads: signs,
 exponents, blanks around, inf and nan spellings, underscores between digits; non-ASCII digits
 are refused), then float32, values beyond its range becoming +-inf; a missing, NaN or
-non-numeric value refuses the dataset. Parsing in the reader rather than casting its text
-afterwards halves the conversion's cost. A key that is empty or one of pandas' default NA
+non-numeric value refuses the dataset (parsing in the reader costs 0.45 CPU s less per 2 M
+rows and dataset than casting its text afterwards). A key that is empty or one of pandas' default NA
 strings counts as missing. Errors name columns and datasets, never a value (DuckDB's own
 messages quote rows, so none is passed on).
 """
