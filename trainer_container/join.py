@@ -59,9 +59,9 @@ Values: parsed by DuckDB's CSV reader as float64 (what Python's float() reads: s
 exponents, blanks around, inf and nan spellings, underscores between digits; non-ASCII digits
 are refused), then float32, values beyond its range becoming +-inf; a missing, NaN or
 non-numeric value refuses the dataset (parsing in the reader costs 0.45 CPU s less per 2 M
-rows and dataset than casting its text afterwards). A key that is empty or one of pandas' default NA
-strings counts as missing. Errors name columns and datasets, never a value (DuckDB's own
-messages quote rows, so none is passed on).
+rows and dataset than casting its text afterwards). A key that is empty or one of pandas'
+default NA strings counts as missing. Errors name columns and datasets, never a value
+(DuckDB's own messages quote rows, so none is passed on).
 """
 from __future__ import annotations
 
@@ -233,8 +233,8 @@ def _load(con: duckdb.DuckDBPyConnection, table: str, dataset: JoinDataset, spec
         except duckdb.Error:
             raise JoinError(f"dataset {dataset.name} is not a CSV table (UTF-8, comma-separated, "
                             "one row per line, every row as wide as the header)") from None
-    missing = ["count(*) - count(fp)", *(f"count(*) - count({_quote(c)})" for c in wanted)]
-    no_key, *bad = con.execute(f"SELECT {', '.join(missing)} FROM {table}").fetchone()
+    null_counts = ["count(*) - count(fp)", *(f"count(*) - count({_quote(c)})" for c in wanted)]
+    no_key, *bad = con.execute(f"SELECT {', '.join(null_counts)} FROM {table}").fetchone()
     if no_key:
         raise JoinError(f"dataset {dataset.name} has rows without a join key {dataset.join_key}")
     for column, count in zip(wanted, bad):

@@ -59,6 +59,18 @@ def test_duplicate_keys_of_a_later_dataset_are_refused_even_when_nothing_matches
         join_datasets(spec, {"one": tmp_path / "one.csv", "two": tmp_path / "two.csv"})
 
 
+def test_a_non_numeric_value_is_reported_by_its_own_column_wherever_it_stands(tmp_path):
+    """The reader reports the column by position: the message must name the right one when the
+    key comes last and an unselected text column sits between the selected ones."""
+    (tmp_path / "one.csv").write_text("k,x,t\na,1,0\nb,2,1\n")
+    (tmp_path / "two.csv").write_text("y,note,z,id\n1,free text,2,a\n3,more,SECRET-4711,b\n")
+    spec = JoinSpec.from_dict({"datasets": [{"name": "one", "join_key": "k", "columns": ["x", "t"]},
+                                            {"name": "two", "join_key": "id", "columns": ["y", "z"]}], "target": "t"})
+    with pytest.raises(JoinError, match="^column z of dataset two has missing or non-numeric values$") as error:
+        join_datasets(spec, {"one": tmp_path / "one.csv", "two": tmp_path / "two.csv"})
+    assert "SECRET" not in str(error.value)
+
+
 @pytest.mark.parametrize("mutate, message", [
     (lambda s: s["datasets"][0]["columns"].append("age"), "selected from both"),
     (lambda s: s["datasets"][0].update(join_key="a_test_ct_value"), "cannot be a selected column"),
