@@ -4,8 +4,9 @@ update_entity / upsert_entity send, signed and sent by shared_key.py on that cli
 the entity encoded by the SDK's own entity encoder, but without the generated operation
 layer's generic serializer and response deserializer nor the pipeline around them (measured
 against Azurite: 2.0-2.4 ms CPU a write through the client's methods, 1.4 ms through its
-pipeline without that layer); these writes are the most frequent requests the engine makes. Errors are the client's: ResourceExistsError,
-ResourceModifiedError, ResourceNotFoundError, else HttpResponseError."""
+pipeline without that layer); these writes are the most frequent requests the engine makes.
+Errors are the client's: ResourceExistsError, ResourceModifiedError, ResourceNotFoundError,
+else HttpResponseError."""
 from __future__ import annotations
 
 import json
