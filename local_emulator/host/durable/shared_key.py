@@ -46,7 +46,6 @@ class SharedKeySender:
 
     def __init__(self, client, account: str, key: str, table_format: bool):
         self._transport = client._client._client._pipeline._transport
-        self.account = account
         self._policy = (TableSharedKeyPolicy(AzureNamedKeyCredential(account, key)) if table_format
                         else QueueSharedKeyPolicy(account, key))
         self.api_version = client.api_version
