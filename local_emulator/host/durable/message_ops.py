@@ -14,7 +14,6 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import quote
 from xml.sax.saxutils import escape
 
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.storage.queue import QueueMessage
 from azure.storage.queue.aio import QueueClient
 
@@ -61,5 +60,4 @@ async def _send(queue: QueueClient, method: str, path: str, params: dict, expect
     response = await shared_key.send(queue, method, path, params, headers or {}, body)
     if response.status_code == expected:
         return response
-    error = ResourceNotFoundError if response.status_code == 404 else HttpResponseError
-    raise error(message=f"{method} queue message: {response.status_code} {response.text()[:300]}")
+    raise shared_key.failure(response, f"{method} queue message")

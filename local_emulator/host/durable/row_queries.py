@@ -12,7 +12,6 @@ import json
 from collections.abc import AsyncIterator
 from urllib.parse import quote
 
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.data.tables import TableEntity
 from azure.data.tables._deserialize import (
     _convert_to_entity,  # the SDK's converter: the same entities
@@ -40,8 +39,7 @@ async def query(table: TableClient, query_filter: str, parameters: dict, select:
     while True:
         response = await shared_key.send(table, "GET", f"/{quote(table.table_name, safe='')}()", params, headers)
         if response.status_code != 200:
-            error = ResourceNotFoundError if response.status_code == 404 else HttpResponseError
-            raise error(message=f"query {table.table_name}: {response.status_code} {response.text()[:300]}")
+            raise shared_key.failure(response, f"query {table.table_name}")
         for entry in json.loads(response.content)["value"]:
             yield _convert_to_entity(entry)
         following = {name: response.headers.get(header) for name, header in _NEXT}

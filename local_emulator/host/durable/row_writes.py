@@ -13,7 +13,6 @@ import json
 from urllib.parse import quote
 
 from azure.core.exceptions import (
-    HttpResponseError,
     ResourceExistsError,
     ResourceModifiedError,
     ResourceNotFoundError,
@@ -49,5 +48,4 @@ async def _send(table: TableClient, method: str, path: str, entity: dict, header
     response = await shared_key.send(table, method, path, {}, {**_HEADERS, **headers}, body)
     if response.status_code in (201, 204):
         return response.headers["ETag"]
-    error = _ERRORS.get(response.status_code, HttpResponseError)
-    raise error(message=f"{method} {table.table_name} entity: {response.status_code} {response.text()[:300]}")
+    raise shared_key.failure(response, f"{method} {table.table_name} entity", _ERRORS)

@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 import aiohttp
 from azure.core.credentials import AzureNamedKeyCredential
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.core.pipeline import PipelineContext, PipelineRequest
 from azure.core.pipeline.transport import HttpRequest as TransportRequest
 from azure.core.rest import HttpRequest
@@ -79,6 +80,14 @@ class SharedKeySender:
         request = PipelineRequest(TransportRequest(method, url, headers=dict(headers)), PipelineContext(self._transport))
         self._policy.on_request(request)
         return request.http_request.headers["Authorization"]
+
+
+def failure(reply, what: str, errors: dict | None = None) -> HttpResponseError:
+    """The client's exception for a reply that failed: the class `errors` maps its status to
+    (by default ResourceNotFoundError for 404), else HttpResponseError, naming `what` was
+    asked, the status and the start of the service's answer."""
+    error = (errors or {404: ResourceNotFoundError}).get(reply.status_code, HttpResponseError)
+    return error(message=f"{what}: {reply.status_code} {reply.text()[:300]}")
 
 
 _senders: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
