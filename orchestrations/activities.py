@@ -36,6 +36,18 @@ def activity_step(name: str, run: dict):
         log.info("activity %s done", name)
 
 
+def deploy_group(run: dict, deploy, running_phase: str) -> dict:
+    """A run's container group deployed by `deploy(run)`, recorded as the run's record has it:
+    the deploying phase and the run's nonce first (to check the group's progress events), then
+    `running_phase` with the group's name once it is up; `deploy`'s answer."""
+    run_records().enter_phase(run["run_id"], "deploying")
+    run_records().keep_nonce(run["run_id"], run["nonce"])
+    deployed = deploy(run)
+    if deployed["ok"]:
+        run_records().enter_phase(run["run_id"], running_phase, container_group=deployed["container_group"])
+    return deployed
+
+
 @bp.activity_trigger(input_name="run")
 def previous_model_state(run: dict) -> dict:
     with activity_step("previous_model_state", run):
@@ -67,12 +79,7 @@ def reserve_privacy_budget(run: dict) -> dict:
 @bp.activity_trigger(input_name="run")
 def deploy_trainer(run: dict) -> dict:
     with activity_step("deploy_trainer", run):
-        run_records().enter_phase(run["run_id"], "deploying")
-        run_records().keep_nonce(run["run_id"], run["nonce"])  # to check the trainer's progress events
-        deployment = run_steps.deploy_trainer(run)
-        if deployment["ok"]:
-            run_records().enter_phase(run["run_id"], "training", container_group=deployment["container_group"])
-        return deployment
+        return deploy_group(run, run_steps.deploy_trainer, "training")
 
 
 @bp.activity_trigger(input_name="claim")

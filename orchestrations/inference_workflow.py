@@ -10,7 +10,7 @@ from __future__ import annotations
 import azure.durable_functions as df
 
 from orchestrations import inference_steps, tdc_notice
-from orchestrations.activities import activity_step, run_records
+from orchestrations.activities import activity_step, deploy_group, run_records
 from orchestrations.run_workflow import NOTICE_RETRY, RETRY, safe_reason, wait_for_attested_outcome
 
 bp = df.Blueprint()
@@ -80,12 +80,7 @@ def gather_inference_grants(run: dict) -> dict:
 @bp.activity_trigger(input_name="run")
 def deploy_inference(run: dict) -> dict:
     with activity_step("deploy_inference", run):
-        run_records().enter_phase(run["run_id"], "deploying")
-        run_records().keep_nonce(run["run_id"], run["nonce"])
-        deployed = inference_steps.deploy_inference(run)
-        if deployed["ok"]:
-            run_records().enter_phase(run["run_id"], "inferring", container_group=deployed["container_group"])
-        return deployed
+        return deploy_group(run, inference_steps.deploy_inference, "inferring")
 
 
 @bp.activity_trigger(input_name="claim")
